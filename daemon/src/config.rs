@@ -1,0 +1,473 @@
+//! The daemon's configuration file (TOML).
+//!
+//! Every key is optional and has a documented default; an unknown key or a value of the
+//! wrong type is an error naming the file, the key, the line and the expected type. The
+//! file is read at start and again on SIGHUP or `daemon.reload`; a refused file leaves the
+//! configuration in force untouched.
+//!
+//! ```toml
+//! [daemon]
+//! state_dir = "/var/lib/cleanroom"     # SQLite state database lives here
+//! host_root = "/"                      # root under which /proc and /sys are used
+//!
+//! [socket]
+//! path = "/run/cleanroom/cleanroomd.sock"
+//! group = "cleanroom"                  # group owning the socket
+//! mode = 0o660                         # 0o666 lets every local user read status
+//!
+//! [limits]
+//! max_connections = 1024               # further connections get an error and are closed
+//! max_in_flight = 32                   # unanswered requests per connection
+//! idle_timeout_s = 300                 # close connections silent for this long
+//! shutdown_grace_ms = 500              # how long SIGTERM waits for requests in flight
+//!
+//! [auth]
+//! runner_group = "cleanroom"           # members may run tests
+//! admin_group = "cleanroom-admin"      # members may tune the host
+//! ```
+//!
+//! Command-line flags (`--socket`, `--state-dir`, `--host-root`) and `CLEANROOM_SOCKET`
+//! take precedence over the file, also after a reload.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where the daemon looks for its configuration unless `--config` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/cleanroom/cleanroomd.toml";
+
+/// Errors loading a configuration; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema.
+    #[error("config file {}: {detail}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Key, line and what was expected.
+        detail: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Paths of the daemon itself.
+    pub daemon: DaemonSection,
+    /// The control socket.
+    pub socket: SocketSection,
+    /// Connection limits.
+    pub limits: Limits,
+    /// Groups that grant roles.
+    pub auth: Auth,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    /// Directory of the state database (default `/var/lib/cleanroom`).
+    pub state_dir: PathBuf,
+    /// Root under which `/proc` and `/sys` are read and written (default `/`).
+    pub host_root: PathBuf,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/cleanroom"),
+            host_root: PathBuf::from("/"),
+        }
+    }
+}
+
+/// `[socket]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketSection {
+    /// Socket path (default `/run/cleanroom/cleanroomd.sock`).
+    pub path: PathBuf,
+    /// Group that owns the socket file (default `cleanroom`); left alone if it does not
+    /// exist on this host.
+    pub group: String,
+    /// Permission bits of the socket file (default `0o660`); an octal integer (`0o660`) or
+    /// an octal string (`"0660"`).
+    pub mode: Mode,
+}
+
+impl Default for SocketSection {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from(cleanroom_proto::DEFAULT_SOCKET),
+            group: "cleanroom".to_owned(),
+            mode: Mode(0o660),
+        }
+    }
+}
+
+/// File permission bits, shown in octal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u32),
+            Text(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected an octal mode such as 0o660 or \"0660\"")
+        })? {
+            Raw::Int(m) => Ok(Mode(m)),
+            Raw::Text(t) => u32::from_str_radix(t.trim_start_matches("0o"), 8)
+                .map(Mode)
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("{t:?} is not an octal mode such as \"0660\""))
+                }),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most connections served at once (default 1024).
+    pub max_connections: usize,
+    /// Most unanswered requests per connection before the daemon stops reading from it
+    /// (default 32).
+    pub max_in_flight: usize,
+    /// Seconds a connection may stay silent with nothing in flight (default 300).
+    pub idle_timeout_s: u64,
+    /// Milliseconds SIGTERM waits for requests in flight before exiting (default 500,
+    /// at most 900 so the daemon always exits within a second).
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_in_flight: 32,
+            idle_timeout_s: 300,
+            shutdown_grace_ms: 500,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Members may run tests (default `cleanroom`).
+    pub runner_group: String,
+    /// Members may tune the host and act for others (default `cleanroom-admin`).
+    pub admin_group: String,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            runner_group: "cleanroom".to_owned(),
+            admin_group: "cleanroom-admin".to_owned(),
+        }
+    }
+}
+
+/// Values from the command line and environment that win over the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--socket` or `CLEANROOM_SOCKET`.
+    pub socket: Option<PathBuf>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--host-root`.
+    pub host_root: Option<PathBuf>,
+}
+
+/// Which file to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `--config PATH`: must exist.
+    Explicit(PathBuf),
+    /// The default path: may be missing, then defaults apply.
+    Default(PathBuf),
+}
+
+/// A configuration and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The effective configuration (file, then overrides).
+    pub config: Config,
+    /// The file read, if one was.
+    pub file: Option<PathBuf>,
+}
+
+/// Reads and validates the configuration, then applies the overrides.
+pub fn load(source: &Source, overrides: &Overrides) -> Result<Loaded, Error> {
+    let (path, required) = match source {
+        Source::Explicit(p) => (p, true),
+        Source::Default(p) => (p, false),
+    };
+    let (mut config, file) = match std::fs::read_to_string(path) {
+        Ok(text) => (parse(path, &text)?, Some(path.clone())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            (Config::default(), None)
+        }
+        Err(source) => {
+            return Err(Error::Read {
+                path: path.clone(),
+                source,
+            });
+        }
+    };
+    if let Some(p) = &overrides.socket {
+        config.socket.path = p.clone();
+    }
+    if let Some(p) = &overrides.state_dir {
+        config.daemon.state_dir = p.clone();
+    }
+    if let Some(p) = &overrides.host_root {
+        config.daemon.host_root = p.clone();
+    }
+    Ok(Loaded { config, file })
+}
+
+/// Parses and validates one configuration text.
+pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
+    let invalid = |detail: String| Error::Invalid {
+        path: path.to_owned(),
+        detail,
+    };
+    let de = toml::de::Deserializer::parse(text).map_err(|e| invalid(describe(text, &e)))?;
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let detail = describe(text, &inner);
+        if key.is_empty() || key == "." {
+            invalid(detail)
+        } else {
+            invalid(format!("key `{key}`: {detail}"))
+        }
+    })?;
+    config.validate().map_err(invalid)?;
+    Ok(config)
+}
+
+/// One line: what is wrong, and where.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("{message} (line {line})")
+        }
+        None => message.to_owned(),
+    }
+}
+
+impl Config {
+    /// Checks value ranges the types alone cannot express.
+    fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err("key `limits.max_connections`: must be at least 1".into());
+        }
+        if l.max_in_flight == 0 {
+            return Err("key `limits.max_in_flight`: must be at least 1".into());
+        }
+        if l.idle_timeout_s == 0 {
+            return Err("key `limits.idle_timeout_s`: must be at least 1".into());
+        }
+        if l.shutdown_grace_ms > 900 {
+            return Err(format!(
+                "key `limits.shutdown_grace_ms`: {} is over 900; the daemon must exit within a second",
+                l.shutdown_grace_ms
+            ));
+        }
+        if self.socket.mode.0 > 0o777 {
+            return Err(format!(
+                "key `socket.mode`: {:#o} is not a permission mode (write it like 0o660)",
+                self.socket.mode.0
+            ));
+        }
+        if !self.socket.path.is_absolute() {
+            return Err(format!(
+                "key `socket.path`: {} is not an absolute path",
+                self.socket.path.display()
+            ));
+        }
+        if self.auth.runner_group.is_empty() || self.auth.admin_group.is_empty() {
+            return Err("keys `auth.runner_group` and `auth.admin_group` may not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `--check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Dotted keys whose values differ between `self` and `newer`, split into those that
+    /// take effect at once and those that need a restart.
+    pub fn diff(&self, newer: &Config) -> (Vec<String>, Vec<String>) {
+        let old = flatten(self);
+        let new = flatten(newer);
+        let mut live = Vec::new();
+        let mut restart = Vec::new();
+        for (key, value) in &new {
+            if old.get(key) != Some(value) {
+                if key.starts_with("daemon.") || key.starts_with("socket.") {
+                    restart.push(key.clone());
+                } else {
+                    live.push(key.clone());
+                }
+            }
+        }
+        (live, restart)
+    }
+}
+
+fn flatten(config: &Config) -> BTreeMap<String, Value> {
+    fn walk(prefix: &str, v: Value, out: &mut BTreeMap<String, Value>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_owned(), other);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(
+        "",
+        serde_json::to_value(config).unwrap_or(Value::Null),
+        &mut out,
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("/etc/x.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse(Path::new("x"), "").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            Path::new("x"),
+            "[daemon]\nstate_dir = \"/s\"\n[socket]\nmode = 0o666\n[limits]\nmax_connections = 5\n[auth]\nadmin_group = \"wheel\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.state_dir, Path::new("/s"));
+        assert_eq!(c.socket.mode, Mode(0o666));
+        assert_eq!(c.limits.max_connections, 5);
+        assert_eq!(c.auth.admin_group, "wheel");
+        assert_eq!(c.auth.runner_group, "cleanroom");
+        let c = parse(Path::new("x"), "[socket]\nmode = \"0640\"\n").unwrap();
+        assert_eq!(c.socket.mode, Mode(0o640));
+    }
+
+    #[test]
+    fn errors_name_file_key_line_and_type() {
+        let table: &[(&str, &[&str])] = &[
+            (
+                "[limits]\nmax_connections = \"many\"\n",
+                &["/etc/x.toml", "limits.max_connections", "line 2", "string"],
+            ),
+            (
+                "[limits]\nmax_conections = 3\n",
+                &["/etc/x.toml", "max_conections", "line 2"],
+            ),
+            ("[sockets]\n", &["sockets", "line 1"]),
+            ("[limits\n", &["/etc/x.toml", "line 1"]),
+            ("[limits]\nmax_in_flight = 0\n", &["limits.max_in_flight"]),
+            ("[socket]\nmode = 0o1777\n", &["socket.mode"]),
+            ("[socket]\npath = \"rel.sock\"\n", &["socket.path"]),
+            ("[socket]\nmode = \"rw\"\n", &["socket.mode", "octal"]),
+            (
+                "[limits]\nshutdown_grace_ms = 5000\n",
+                &["shutdown_grace_ms"],
+            ),
+        ];
+        for (text, wants) in table {
+            let e = err(text);
+            for want in *wants {
+                assert!(e.contains(want), "{text:?}: {e:?} lacks {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn overrides_win_and_missing_default_file_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let overrides = Overrides {
+            socket: Some("/tmp/s.sock".into()),
+            ..Overrides::default()
+        };
+        let loaded = load(&Source::Default(dir.path().join("absent.toml")), &overrides).unwrap();
+        assert_eq!(loaded.file, None);
+        assert_eq!(loaded.config.socket.path, Path::new("/tmp/s.sock"));
+        let e = load(
+            &Source::Explicit(dir.path().join("absent.toml")),
+            &overrides,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("absent.toml"), "{e}");
+    }
+
+    #[test]
+    fn diff_splits_live_and_restart_keys() {
+        let a = Config::default();
+        let mut b = a.clone();
+        b.limits.max_connections = 3;
+        b.socket.path = "/x.sock".into();
+        let (live, restart) = a.diff(&b);
+        assert_eq!(live, vec!["limits.max_connections"]);
+        assert_eq!(restart, vec!["socket.path"]);
+        assert_eq!(a.diff(&a), (vec![], vec![]));
+    }
+
+    #[test]
+    fn rendered_config_parses_back() {
+        let c = Config::default();
+        assert_eq!(parse(Path::new("x"), &c.to_toml()).unwrap(), c);
+    }
+}

@@ -1,0 +1,147 @@
+//! The only code that reads kernel interfaces (/proc, /sys, cgroupfs).
+//!
+//! Every path goes through [`Host`], which joins it below a configurable root: `/` in
+//! production, a temporary directory in tests that need a host this machine cannot show.
+//!
+//! Limitations: for now this layer only reads what the control plane reports (the cgroup
+//! hierarchies); the write path for kernel knobs arrives with tuning.
+
+mod cgroup;
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+pub use cgroup::{CgroupMount, classify_mounts};
+use cleanroom_proto::CgroupMode;
+
+/// Errors of the host layer; each names the kernel path involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading a kernel file failed.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file, below the host root.
+        path: PathBuf,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// A kernel file did not hold what its format promises.
+    #[error("cannot parse {}: {detail}", path.display())]
+    Parse {
+        /// The file, below the host root.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A path given to the host layer was not absolute or tried to climb out of the root.
+    #[error("refused kernel path {path:?}: it must be absolute and may not contain `..`")]
+    BadPath {
+        /// The offending path as given.
+        path: String,
+    },
+}
+
+/// The host's kernel interfaces, below a root directory.
+#[derive(Debug, Clone)]
+pub struct Host {
+    root: PathBuf,
+}
+
+impl Host {
+    /// A host whose `/proc` and `/sys` live below `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the absolute kernel path `abs` lives below the root. Refuses relative paths
+    /// and `..`, so no caller can leave the root.
+    pub fn path(&self, abs: &str) -> Result<PathBuf, Error> {
+        let p = Path::new(abs);
+        let bad = || Error::BadPath {
+            path: abs.to_owned(),
+        };
+        if !p.is_absolute() {
+            return Err(bad());
+        }
+        let mut out = self.root.clone();
+        for c in p.components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(part) => out.push(part),
+                Component::ParentDir | Component::Prefix(_) => return Err(bad()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The one read path: a whole kernel file as text.
+    pub fn read(&self, abs: &str) -> Result<String, Error> {
+        let path = self.path(abs)?;
+        std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })
+    }
+
+    /// Which cgroup hierarchies are mounted, from `/proc/self/mountinfo`.
+    pub fn cgroup_mode(&self) -> Result<CgroupMode, Error> {
+        let path = self.path("/proc/self/mountinfo")?;
+        let text = std::fs::read(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mounts = cgroup::parse_mountinfo(&text).map_err(|detail| Error::Parse {
+            path: path.clone(),
+            detail,
+        })?;
+        Ok(classify_mounts(&mounts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_below_the_root() {
+        let host = Host::new("/tmp/fake");
+        let table: &[(&str, Option<&str>)] = &[
+            (
+                "/proc/sys/vm/swappiness",
+                Some("/tmp/fake/proc/sys/vm/swappiness"),
+            ),
+            ("/sys/./block", Some("/tmp/fake/sys/block")),
+            ("/", Some("/tmp/fake")),
+            ("/proc/../etc/shadow", None),
+            ("/sys/block/../../etc", None),
+            ("proc/sys", None),
+            ("", None),
+        ];
+        for (input, want) in table {
+            let got = host.path(input).ok();
+            assert_eq!(got.as_deref(), want.map(Path::new), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn read_names_the_path_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new(dir.path());
+        let err = host.read("/proc/nothing").unwrap_err().to_string();
+        assert!(err.contains("proc/nothing"), "{err}");
+    }
+
+    #[test]
+    fn cgroup_mode_from_a_fake_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
+        std::fs::write(
+            dir.path().join("proc/self/mountinfo"),
+            "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+        )
+        .unwrap();
+        assert_eq!(Host::new(dir.path()).cgroup_mode().unwrap(), CgroupMode::V2);
+    }
+}

@@ -1,0 +1,248 @@
+//! cleanroomd: arguments, the start-up order, systemd notification. Nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use cleanroomd::config::{self, Overrides, Source};
+use cleanroomd::host::Host;
+use cleanroomd::server::{self, listener};
+use cleanroomd::state::{Live, Parts, SocketInfo, State};
+use cleanroomd::store::Store;
+use cleanroomd::{privileges, systemd};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The cleanroom daemon: tunes the host with a crash-safe journal and runs tests and
+/// benchmarks in isolation. Controlled with cleanroomctl over a Unix socket.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  \
+        cleanroomd                                   # as systemd starts it\n  \
+        cleanroomd --check-config                    # validate and print the effective config\n  \
+        cleanroomd --socket /tmp/cr.sock --state-dir /tmp/cr-state   # a private instance\n\n\
+        Signals: SIGTERM/SIGINT stop (requests in flight finish first), SIGHUP reloads the\n\
+        configuration (an invalid file is logged and the old one kept).\n\
+        Logs go to stderr; RUST_LOG=debug shows more."
+)]
+struct Args {
+    /// Configuration file. A missing default file means built-in defaults; a missing
+    /// file given here is an error.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Socket to serve, instead of the configured one.
+    #[arg(long, value_name = "PATH", env = cleanroom_proto::SOCKET_ENV)]
+    socket: Option<PathBuf>,
+    /// Directory of the state database [default: /var/lib/cleanroom].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Root under which /proc and /sys are read and written [default: /]. For tests.
+    #[arg(long, value_name = "DIR")]
+    host_root: Option<PathBuf>,
+    /// Validate the configuration, print the effective configuration, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let args = Args::parse();
+    init_logging();
+    match run(args, started) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The start-up order matters; each step says why it sits where it does.
+fn run(args: Args, started: Instant) -> anyhow::Result<()> {
+    // 1. Configuration first: every later step depends on it, and a bad file must stop
+    //    the daemon before it touches anything.
+    let source = match args.config {
+        Some(p) => Source::Explicit(p),
+        None => Source::Default(PathBuf::from(config::DEFAULT_CONFIG_PATH)),
+    };
+    let overrides = Overrides {
+        socket: args.socket,
+        state_dir: args.state_dir,
+        host_root: args.host_root,
+    };
+    let loaded = config::load(&source, &overrides)?;
+    if args.check_config {
+        let from = loaded.file.as_ref().map_or_else(
+            || "built-in defaults".to_owned(),
+            |p| p.display().to_string(),
+        );
+        let text = format!(
+            "# effective configuration (from {from})\n{}",
+            loaded.config.to_toml()
+        );
+        std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
+        return Ok(());
+    }
+    let live = Live::new(loaded);
+    let cfg = live.config.clone();
+
+    // 2. Every connection is a file descriptor.
+    match privileges::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(limit = n, "raised RLIMIT_NOFILE"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
+
+    // 3. The store (with migrations) before the socket: a broken database must fail the
+    //    start before any client can connect.
+    let store = Store::open(&cfg.daemon.state_dir)?;
+
+    // 4. Recovery before the socket, so no request can see a half-recovered host.
+    //    Nothing to recover yet: tuning and runs bring their journals with them.
+    let host = Host::new(&cfg.daemon.host_root);
+    let cgroup = host.cgroup_mode().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot detect cgroup hierarchies");
+        cleanroom_proto::CgroupMode::None
+    });
+
+    // 5. The socket: systemd's if it passed one, else bound here (stale file replaced,
+    //    live daemon refused), with its group and mode set before anyone is told.
+    let listening = match listener::inherited()? {
+        Some(l) => l,
+        None => listener::bind(&cfg.socket.path, &cfg.socket.group, cfg.socket.mode.0)?,
+    };
+
+    // 6. Drop unneeded capabilities while this is the only thread: capabilities are per
+    //    thread, and every thread created later inherits the reduced sets.
+    privileges::drop_capabilities()?;
+
+    // 7. Only now the runtime and its threads.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cleanroomd")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(serve(
+        listening, live, source, overrides, store, host, cgroup, started,
+    ));
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    listening: listener::Listening,
+    live: Live,
+    source: Source,
+    overrides: Overrides,
+    store: Store,
+    host: Host,
+    cgroup: cleanroom_proto::CgroupMode,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::UnixListener::from_std(listening.listener)
+        .context("cannot register the socket with the runtime")?;
+    let grace = Duration::from_millis(live.config.limits.shutdown_grace_ms);
+    let state = State::new(Parts {
+        live,
+        source,
+        overrides,
+        store,
+        host,
+        cgroup,
+        socket: SocketInfo {
+            path: listening.path.clone(),
+            activated: listening.activated,
+        },
+        started,
+    });
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+
+    // 8. READY only now: the socket accepts (the kernel queues connections since bind),
+    //    recovery is done, signals are handled.
+    let status_line = format!("serving {}", state.socket.path.display());
+    systemd::ready(&status_line);
+    tracing::info!(
+        socket = %state.socket.path.display(),
+        activated = state.socket.activated,
+        state_db = %state.store.path().display(),
+        cgroup = state.cgroup.as_str(),
+        startup_ms = started.elapsed().as_secs_f64() * 1e3,
+        "cleanroomd ready"
+    );
+    if let Some(every) = systemd::watchdog_interval() {
+        let token = state.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = tick.tick() => systemd::watchdog(),
+                }
+            }
+        });
+    }
+
+    let signals = {
+        let state = Arc::clone(&state);
+        async move {
+            loop {
+                tokio::select! {
+                    _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                    _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                    _ = sighup.recv() => {
+                        systemd::reloading();
+                        let st = Arc::clone(&state);
+                        match tokio::task::spawn_blocking(move || st.reload()).await {
+                            Ok(Ok(r)) => tracing::info!(changed = ?r.changed, restart_required = ?r.restart_required, "SIGHUP: configuration reloaded"),
+                            Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: new configuration refused; the old one stays in force"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+                        }
+                        systemd::reloaded(&status_line);
+                    }
+                }
+            }
+            systemd::stopping();
+            state.shutdown.cancel();
+        }
+    };
+    tokio::spawn(signals);
+
+    let tracker = server::run(listener, Arc::clone(&state)).await;
+    // 9. Stop: no new connections (the accept loop has ended), requests in flight get up
+    //    to the grace period, then the socket file goes if we created it.
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            connections = tracker.len(),
+            "grace period over; closing connections with requests in flight"
+        );
+    }
+    if !state.socket.activated {
+        if let Err(e) = std::fs::remove_file(&state.socket.path) {
+            tracing::warn!(socket = %state.socket.path.display(), error = %e, "cannot remove socket file");
+        }
+    }
+    tracing::info!("cleanroomd stopped");
+    Ok(())
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // Under journald the journal stamps each line itself; plain lines read best there.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}

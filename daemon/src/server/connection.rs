@@ -1,0 +1,187 @@
+//! One client connection: newline-delimited JSON in, responses out.
+//!
+//! Requests on one connection run concurrently (up to `limits.max_in_flight`; past that the
+//! connection simply is not read until one finishes) and are answered as they finish, each
+//! with its own id. The framing uses `AnyDelimiterCodec` rather than `LinesCodec`: a line
+//! that is not UTF-8 must be a -32700 error on a connection that stays usable, and
+//! `LinesCodec` ends the stream on invalid UTF-8.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes_like::trim_line;
+use cleanroom_proto::{JSONRPC_VERSION, MAX_LINE_BYTES, Response};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value};
+use tokio::net::UnixStream;
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Framed};
+
+use super::peer::Peer;
+use super::{Error, dispatch, encode};
+use crate::state::{ConnectionSlot, State};
+
+type InFlight = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
+/// Serves one connection until the peer leaves, it idles out, or the daemon shuts down.
+pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) {
+    let _slot = slot;
+    let peer = match Peer::of(&stream) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read peer credentials; closing connection");
+            return;
+        }
+    };
+    let limits = state.live().config.limits.clone();
+    let idle_timeout = Duration::from_secs(limits.idle_timeout_s);
+    let codec =
+        AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_LINE_BYTES + 1);
+    let mut framed = Framed::new(stream, codec);
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut reading = true;
+
+    loop {
+        if !reading && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Some(line) = reply {
+                    if framed.send(line).await.is_err() {
+                        break;
+                    }
+                }
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+            }
+            () = state.shutdown.cancelled(), if reading => {
+                // Finish what is in flight, read nothing more.
+                reading = false;
+            }
+            frame = framed.next(), if reading && in_flight.len() < limits.max_in_flight => {
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                match frame {
+                    None => reading = false,
+                    Some(Ok(bytes)) => {
+                        let line = trim_line(&bytes);
+                        if line.len() > MAX_LINE_BYTES {
+                            // Exactly one byte over: the codec let it through whole.
+                            let _ = framed.send(Error::LineTooLong { limit: MAX_LINE_BYTES }.to_line(Value::Null)).await;
+                            break;
+                        }
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        if let Some(fut) = handle_line(line, &peer, &state) {
+                            in_flight.push(fut);
+                        }
+                    }
+                    Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
+                        tracing::warn!(uid = peer.uid, pid = peer.pid, "line over the limit; closing connection");
+                        let _ = framed.send(Error::LineTooLong { limit: MAX_LINE_BYTES }.to_line(Value::Null)).await;
+                        break;
+                    }
+                    Some(Err(AnyDelimiterCodecError::Io(e))) => {
+                        tracing::debug!(error = %e, "connection read failed");
+                        break;
+                    }
+                }
+            }
+            () = &mut idle, if reading && in_flight.is_empty() => {
+                tracing::debug!(uid = peer.uid, pid = peer.pid, "closing idle connection");
+                break;
+            }
+        }
+    }
+}
+
+/// Parses one line. Errors found here are answered at once; a valid request becomes a
+/// future that yields its response line (or nothing, for a notification).
+fn handle_line(line: &[u8], peer: &Arc<Peer>, state: &Arc<State>) -> Option<InFlight> {
+    let started = Instant::now();
+    let mut env: Map<String, Value> = match serde_json::from_slice(line) {
+        Ok(env) => env,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return Some(ready(Error::Parse(e.to_string()).to_line(Value::Null)));
+        }
+        Err(e) => {
+            return Some(ready(
+                Error::InvalidRequest(format!("expected a JSON object: {e}")).to_line(Value::Null),
+            ));
+        }
+    };
+    let id = match env.remove("id") {
+        None => None,
+        Some(v @ (Value::Number(_) | Value::String(_) | Value::Null)) => Some(v),
+        Some(_) => {
+            return Some(ready(
+                Error::InvalidRequest("`id` must be a number, a string or null".into())
+                    .to_line(Value::Null),
+            ));
+        }
+    };
+    let reply_id = id.clone().unwrap_or(Value::Null);
+    let invalid = |msg: String| Some(ready(Error::InvalidRequest(msg).to_line(reply_id.clone())));
+    match env.remove("jsonrpc") {
+        Some(Value::String(v)) if v == JSONRPC_VERSION => {}
+        _ => return invalid(format!("`jsonrpc` must be \"{JSONRPC_VERSION}\"")),
+    }
+    let method = match env.remove("method") {
+        Some(Value::String(m)) => m,
+        _ => return invalid("`method` must be a string".into()),
+    };
+    let params = env.remove("params");
+    // A misspelt member (`parmas`) must not silently run the method without its params.
+    if let Some(unknown) = env.keys().next() {
+        return invalid(format!(
+            "unknown member `{unknown}`; a request has jsonrpc, id, method and params"
+        ));
+    }
+    let peer = Arc::clone(peer);
+    let state = Arc::clone(state);
+    Some(Box::pin(async move {
+        let result = dispatch::dispatch(&method, params, &peer, &state).await;
+        let code = result.as_ref().err().map(|e| e.code().code());
+        state
+            .metrics
+            .observe_request(&method, code, started.elapsed().as_secs_f64());
+        // A request without id is a notification: executed, never answered.
+        let id = id?;
+        Some(match result {
+            Ok(value) => encode(&Response::success(id, value)),
+            Err(e) => {
+                if matches!(e, Error::Internal(_) | Error::Store(_)) {
+                    tracing::error!(method, error = %e, "request failed");
+                }
+                e.to_line(id)
+            }
+        })
+    }))
+}
+
+fn ready(line: String) -> InFlight {
+    Box::pin(std::future::ready(Some(line)))
+}
+
+mod bytes_like {
+    /// The line without its trailing `\r` (the `\n` is already gone).
+    pub(super) fn trim_line(b: &[u8]) -> &[u8] {
+        b.strip_suffix(b"\r").unwrap_or(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes_like::trim_line;
+
+    #[test]
+    fn trims_carriage_return_only() {
+        assert_eq!(trim_line(b"{}\r"), b"{}");
+        assert_eq!(trim_line(b"{}"), b"{}");
+        assert_eq!(trim_line(b"\r"), b"");
+    }
+}

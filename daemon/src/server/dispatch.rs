@@ -1,0 +1,227 @@
+//! Turns one request into one result: authorization, parameter checking, the method itself,
+//! auditing. Knows nothing of sockets or framing, so it can be called from anywhere.
+
+use std::sync::Arc;
+
+use cleanroom_proto::{
+    Caller, Method, Metrics, MetricsResult, NoParams, Ping, PingResult, Reload, Role, Status,
+    StatusResult,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::Error;
+use super::peer::Peer;
+use crate::state::State;
+use crate::store::AuditEvent;
+
+/// Every method the daemon serves, for metric labels and error messages.
+pub const KNOWN_METHODS: &[&str] = &[Ping::NAME, Status::NAME, Metrics::NAME, Reload::NAME];
+
+/// Runs `method` with `params` for `peer`.
+pub async fn dispatch(
+    method: &str,
+    params: Option<Value>,
+    peer: &Peer,
+    state: &Arc<State>,
+) -> Result<Value, Error> {
+    match method {
+        Ping::NAME => {
+            invoke::<Ping, _, _>(params, peer, state, |_, _, _| async {
+                Ok(PingResult { pong: true })
+            })
+            .await
+        }
+        Status::NAME => invoke::<Status, _, _>(params, peer, state, status).await,
+        Metrics::NAME => {
+            invoke::<Metrics, _, _>(params, peer, state, |_, _, state| async move {
+                Ok(MetricsResult {
+                    text: state.metrics.render(),
+                })
+            })
+            .await
+        }
+        Reload::NAME => invoke::<Reload, _, _>(params, peer, state, reload).await,
+        other => Err(Error::MethodNotFound(other.to_owned())),
+    }
+}
+
+/// The frame around every method: role check, typed params, typed result, audit.
+async fn invoke<M, F, Fut>(
+    params: Option<Value>,
+    peer: &Peer,
+    state: &Arc<State>,
+    handler: F,
+) -> Result<Value, Error>
+where
+    M: Method,
+    F: FnOnce(M::Params, Peer, Arc<State>) -> Fut,
+    Fut: Future<Output = Result<M::Result, Error>>,
+{
+    let live = state.live();
+    let role = peer.role(&live.auth);
+    // Digest the params as received, before anything can fail: denied and malformed
+    // attempts at a state change are audited too.
+    let digest = M::MUTATES.then(|| params_digest(params.as_ref()));
+    let outcome = if role < M::ROLE {
+        Err(Error::Forbidden {
+            method: M::NAME,
+            needed: M::ROLE,
+            uid: peer.uid,
+            role,
+            group: live.auth.group_for(M::ROLE).to_owned(),
+        })
+    } else {
+        match parse_params::<M>(params) {
+            Ok(typed) => match handler(typed, peer.clone(), Arc::clone(state)).await {
+                Ok(r) => serde_json::to_value(r).map_err(|e| Error::Internal(e.to_string())),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    };
+    if let Some(params_digest) = digest {
+        let event = AuditEvent {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+            method: M::NAME.to_owned(),
+            params_digest,
+            outcome: match &outcome {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => format!("error {}: {e}", e.code().code()),
+            },
+        };
+        if let Err(e) = state.store.record_audit(event).await {
+            tracing::error!(method = M::NAME, error = %e, "cannot write audit event");
+        }
+    }
+    outcome
+}
+
+/// Params must be an object, `null` or absent; unknown fields are refused by the types.
+fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, Error> {
+    let value = match params {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(v @ Value::Object(_)) => v,
+        Some(other) => {
+            return Err(Error::InvalidParams {
+                method: M::NAME,
+                detail: format!(
+                    "params must be an object of named parameters, not {}",
+                    json_kind(&other)
+                ),
+            });
+        }
+    };
+    serde_json::from_value(value).map_err(|e| Error::InvalidParams {
+        method: M::NAME,
+        detail: e.to_string(),
+    })
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn params_digest(params: Option<&Value>) -> String {
+    let text = params.map(Value::to_string).unwrap_or_default();
+    let hash = Sha256::digest(text.as_bytes());
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn status(_: NoParams, peer: Peer, state: Arc<State>) -> Result<StatusResult, Error> {
+    let live = state.live();
+    Ok(StatusResult {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        protocol: cleanroom_proto::PROTOCOL_VERSION,
+        pid: std::process::id(),
+        uptime_s: state.started.elapsed().as_secs(),
+        state_dir: live.config.daemon.state_dir.display().to_string(),
+        socket: state.socket.path.display().to_string(),
+        socket_activated: state.socket.activated,
+        config_file: live.file.as_ref().map(|p| p.display().to_string()),
+        host_root: state.host.root().display().to_string(),
+        cgroup: state.cgroup,
+        connections: state.connections() as u64,
+        caller: Caller {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+            role: peer.role(&live.auth),
+        },
+    })
+}
+
+async fn reload(
+    _: NoParams,
+    _: Peer,
+    state: Arc<State>,
+) -> Result<cleanroom_proto::ReloadResult, Error> {
+    let st = Arc::clone(&state);
+    let result = tokio::task::spawn_blocking(move || st.reload())
+        .await
+        .map_err(|e| Error::Internal(format!("reload task failed: {e}")))?;
+    match result {
+        Ok(r) => {
+            tracing::info!(changed = ?r.changed, restart_required = ?r.restart_required, "configuration reloaded");
+            Ok(r)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "new configuration refused; the old one stays in force");
+            Err(Error::Config(e))
+        }
+    }
+}
+
+/// Whether a role suffices for a method, for clients that want to check before calling.
+pub fn role_for(method: &str) -> Option<Role> {
+    match method {
+        Ping::NAME => Some(Ping::ROLE),
+        Status::NAME => Some(Status::ROLE),
+        Metrics::NAME => Some(Metrics::ROLE),
+        Reload::NAME => Some(Reload::ROLE),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cleanroom_proto::ErrorCode;
+
+    #[test]
+    fn every_known_method_has_a_role() {
+        for m in KNOWN_METHODS {
+            assert!(role_for(m).is_some(), "{m}");
+        }
+        assert_eq!(role_for("daemon.reload"), Some(Role::Admin));
+        assert_eq!(role_for("nope"), None);
+    }
+
+    #[test]
+    fn params_must_be_objects_and_known() {
+        assert!(parse_params::<Ping>(None).is_ok());
+        assert!(parse_params::<Ping>(Some(Value::Null)).is_ok());
+        let e = parse_params::<Ping>(Some(serde_json::json!([1]))).unwrap_err();
+        assert!(e.to_string().contains("an array"), "{e}");
+        let e = parse_params::<Ping>(Some(serde_json::json!({"loud": true}))).unwrap_err();
+        assert!(e.to_string().contains("loud"), "{e}");
+        assert_eq!(e.code(), ErrorCode::InvalidParams);
+    }
+
+    #[test]
+    fn digest_is_stable_hex() {
+        let d = params_digest(Some(&serde_json::json!({})));
+        assert_eq!(d.len(), 64);
+        assert_eq!(d, params_digest(Some(&serde_json::json!({}))));
+        assert_ne!(d, params_digest(None));
+    }
+}

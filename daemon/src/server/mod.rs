@@ -1,0 +1,179 @@
+//! The control plane: listener, connections (framing), peer credentials, dispatch.
+//!
+//! [`run`] accepts connections until the shutdown token is cancelled. Each connection is
+//! its own task, tracked so shutdown can wait for requests in flight; no connection's error
+//! ever reaches the accept loop, and a slow or hostile client only ever holds its own task.
+
+pub mod connection;
+pub mod dispatch;
+pub mod listener;
+pub mod peer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cleanroom_proto::{ErrorCode, ErrorObject, Response, Role};
+use serde_json::Value;
+use tokio::net::UnixListener;
+use tokio_util::task::TaskTracker;
+
+use crate::state::State;
+use crate::{config, store};
+
+/// Everything a request can fail with. [`Error::code`] maps each to its stable wire code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The line was not JSON.
+    #[error("line is not valid JSON: {0}")]
+    Parse(String),
+    /// JSON, but not a JSON-RPC 2.0 request.
+    #[error("not a JSON-RPC 2.0 request: {0}")]
+    InvalidRequest(String),
+    /// A line longer than the protocol allows.
+    #[error("line exceeds the limit of {limit} bytes; closing the connection")]
+    LineTooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// Too many connections.
+    #[error("too many connections (limit {limit}); try again later")]
+    TooManyConnections {
+        /// The limit.
+        limit: usize,
+    },
+    /// No such method.
+    #[error("unknown method {0:?}; known methods: {known}", known = dispatch::KNOWN_METHODS.join(", "))]
+    MethodNotFound(String),
+    /// Params did not fit the method.
+    #[error("invalid params for {method}: {detail}")]
+    InvalidParams {
+        /// The method.
+        method: &'static str,
+        /// What was wrong, naming the field.
+        detail: String,
+    },
+    /// The caller's role is too low.
+    #[error(
+        "{method} needs role {needed}; caller uid {uid} has role {role} (join group {group:?} or ask root)"
+    )]
+    Forbidden {
+        /// The method.
+        method: &'static str,
+        /// Role it needs.
+        needed: Role,
+        /// Caller uid.
+        uid: u32,
+        /// Caller role.
+        role: Role,
+        /// Group that grants the needed role.
+        group: String,
+    },
+    /// A configuration file was refused.
+    #[error("{0}; the configuration in force is unchanged")]
+    Config(#[from] config::Error),
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The daemon is stopping.
+    #[error("cleanroomd is shutting down")]
+    ShuttingDown,
+    /// A bug or an unexpected failure inside the daemon.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The stable wire code. One exhaustive match: a new variant must pick its code here.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Parse(_) => ErrorCode::ParseError,
+            Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Error::LineTooLong { .. } => ErrorCode::LineTooLong,
+            Error::TooManyConnections { .. } => ErrorCode::TooManyConnections,
+            Error::MethodNotFound(_) => ErrorCode::MethodNotFound,
+            Error::InvalidParams { .. } => ErrorCode::InvalidParams,
+            Error::Forbidden { .. } => ErrorCode::Forbidden,
+            Error::Config(_) => ErrorCode::ConfigInvalid,
+            Error::Store(_) => ErrorCode::Store,
+            Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Machine-readable details, where a client can act on them.
+    fn data(&self) -> Option<Value> {
+        match self {
+            Error::Forbidden {
+                needed,
+                role,
+                group,
+                ..
+            } => Some(serde_json::json!({"needed": needed, "role": role, "group": group})),
+            Error::LineTooLong { limit } | Error::TooManyConnections { limit } => {
+                Some(serde_json::json!({"limit": limit}))
+            }
+            _ => None,
+        }
+    }
+
+    /// The JSON-RPC error object.
+    pub fn to_object(&self) -> ErrorObject {
+        ErrorObject {
+            code: self.code().code(),
+            message: self.to_string(),
+            data: self.data(),
+        }
+    }
+
+    /// A whole response line (without the newline) for request `id`.
+    pub fn to_line(&self, id: Value) -> String {
+        encode(&Response::failure(id, self.to_object()))
+    }
+}
+
+/// Serializes a response to one line.
+pub(crate) fn encode(response: &Response) -> String {
+    serde_json::to_string(response).unwrap_or_else(|e| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":{},"message":"cannot encode response: {}"}}}}"#,
+            ErrorCode::Internal.code(),
+            e.to_string().replace('"', "'")
+        )
+    })
+}
+
+/// Accepts connections until `state.shutdown` is cancelled, then returns the tracker of
+/// the connection tasks still finishing their requests.
+pub async fn run(listener: UnixListener, state: Arc<State>) -> TaskTracker {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _)) => match state.admit_connection() {
+                Some(slot) => {
+                    tracker.spawn(connection::serve(stream, Arc::clone(&state), slot));
+                }
+                None => {
+                    let limit = state.live().config.limits.max_connections;
+                    let mut line = Error::TooManyConnections { limit }.to_line(Value::Null);
+                    line.push('\n');
+                    // A fresh socket's send buffer is empty: this never blocks. If the peer
+                    // is already gone there is nobody to tell.
+                    let _ = stream.try_write(line.as_bytes());
+                    tracing::warn!(limit, "connection refused: too many connections");
+                }
+            },
+            Err(e) => {
+                // EMFILE, ENFILE, ENOMEM...: back off a little instead of spinning.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    tracker.close();
+    tracker
+}

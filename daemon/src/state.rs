@@ -1,0 +1,174 @@
+//! What every request handler shares: the configuration in force, the store, the metrics,
+//! the host, and facts fixed at start.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use cleanroom_proto::{CgroupMode, ReloadResult};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, Overrides, Source};
+use crate::host::Host;
+use crate::metrics::Metrics;
+use crate::server::peer::AuthPolicy;
+use crate::store::Store;
+
+/// The configuration in force and what was derived from it.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// The effective configuration.
+    pub config: Config,
+    /// The file it came from, if any.
+    pub file: Option<PathBuf>,
+    /// Group ids that grant roles, resolved from `config.auth`.
+    pub auth: AuthPolicy,
+}
+
+impl Live {
+    /// Resolves the derived parts of a loaded configuration.
+    pub fn new(loaded: config::Loaded) -> Self {
+        let auth = AuthPolicy::resolve(&loaded.config.auth);
+        Self {
+            config: loaded.config,
+            file: loaded.file,
+            auth,
+        }
+    }
+}
+
+/// The socket the daemon serves.
+#[derive(Debug, Clone)]
+pub struct SocketInfo {
+    /// Its path.
+    pub path: PathBuf,
+    /// Whether systemd passed it (socket activation).
+    pub activated: bool,
+}
+
+/// Shared daemon state.
+#[derive(Debug)]
+pub struct State {
+    live: RwLock<Arc<Live>>,
+    source: Source,
+    overrides: Overrides,
+    /// The state database.
+    pub store: Store,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// The host's kernel interfaces.
+    pub host: Host,
+    /// Cgroup hierarchies detected at start.
+    pub cgroup: CgroupMode,
+    /// The socket served.
+    pub socket: SocketInfo,
+    /// When the daemon started.
+    pub started: Instant,
+    /// Cancelled when the daemon begins to shut down.
+    pub shutdown: CancellationToken,
+    connections: AtomicUsize,
+}
+
+/// What [`State::new`] needs.
+#[derive(Debug)]
+pub struct Parts {
+    /// The configuration loaded at start.
+    pub live: Live,
+    /// Where it was read from, for reloads.
+    pub source: Source,
+    /// Command-line overrides, applied again on every reload.
+    pub overrides: Overrides,
+    /// The opened store.
+    pub store: Store,
+    /// The host.
+    pub host: Host,
+    /// Detected cgroup mode.
+    pub cgroup: CgroupMode,
+    /// The socket.
+    pub socket: SocketInfo,
+    /// When start-up began.
+    pub started: Instant,
+}
+
+impl State {
+    /// Shared state from its parts.
+    pub fn new(parts: Parts) -> Arc<Self> {
+        Arc::new(Self {
+            live: RwLock::new(Arc::new(parts.live)),
+            source: parts.source,
+            overrides: parts.overrides,
+            store: parts.store,
+            metrics: Metrics::new(),
+            host: parts.host,
+            cgroup: parts.cgroup,
+            socket: parts.socket,
+            started: parts.started,
+            shutdown: CancellationToken::new(),
+            connections: AtomicUsize::new(0),
+        })
+    }
+
+    /// The configuration in force now.
+    pub fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Re-reads the configuration file. A refused file leaves the configuration in force
+    /// untouched. Blocking (file and group database reads): call from a blocking context.
+    pub fn reload(&self) -> Result<ReloadResult, config::Error> {
+        let loaded = match config::load(&self.source, &self.overrides) {
+            Ok(l) => l,
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["refused"]).inc();
+                return Err(e);
+            }
+        };
+        let new = Live::new(loaded);
+        let mut guard = self.live.write().unwrap_or_else(|p| p.into_inner());
+        let (changed, restart_required) = guard.config.diff(&new.config);
+        let result = ReloadResult {
+            config_file: new.file.as_ref().map(|p| p.display().to_string()),
+            changed,
+            restart_required,
+        };
+        *guard = Arc::new(new);
+        drop(guard);
+        self.metrics.reloads.with_label_values(&["ok"]).inc();
+        Ok(result)
+    }
+
+    /// Counts a connection; `None` when the limit is reached.
+    pub fn admit_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let limit = self.live().config.limits.max_connections;
+        let prev = self.connections.fetch_add(1, Ordering::AcqRel);
+        if prev >= limit {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.connections_rejected.inc();
+            return None;
+        }
+        self.metrics.connections_open.inc();
+        self.metrics.connections_total.inc();
+        Some(ConnectionSlot {
+            state: Arc::clone(self),
+        })
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+}
+
+/// One admitted connection; frees its slot when dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    state: Arc<State>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.state.connections.fetch_sub(1, Ordering::AcqRel);
+        self.state.metrics.connections_open.dec();
+    }
+}

@@ -1,0 +1,74 @@
+//! Forward-only schema migrations. Migration `i` (0-based) takes the schema from version
+//! `i` to `i + 1`; `PRAGMA user_version` holds the version. Never edit a shipped
+//! migration: append a new one.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::Error;
+
+/// The migrations, oldest first.
+const MIGRATIONS: &[&str] = &[
+    // 1: the audit log of state-changing requests.
+    "CREATE TABLE audit (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts            REAL    NOT NULL,
+        uid           INTEGER NOT NULL,
+        gid           INTEGER NOT NULL,
+        pid           INTEGER NOT NULL,
+        method        TEXT    NOT NULL,
+        params_digest TEXT    NOT NULL,
+        outcome       TEXT    NOT NULL
+    );",
+];
+
+/// The schema version this binary writes.
+pub(crate) fn current_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Brings the database up to [`current_version`], one transaction per migration.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    let sqlite = |source| Error::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sqlite)?;
+    let known = current_version();
+    if found > known {
+        return Err(Error::NewerSchema {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(sqlite)?;
+        tx.execute_batch(sql).map_err(sqlite)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(sqlite)?;
+        tx.commit().map_err(sqlite)?;
+        tracing::info!(db = %path.display(), version = i + 1, "migrated state database");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_an_empty_database_to_the_current_version() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate(&mut c, Path::new(":memory:")).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, current_version());
+        // Idempotent.
+        migrate(&mut c, Path::new(":memory:")).unwrap();
+    }
+}

@@ -1,0 +1,297 @@
+//! The SQLite state database: `<state-dir>/cleanroom.db`.
+//!
+//! WAL mode, `synchronous=FULL` (a committed row survives a power cut, which the tuning
+//! journal will rely on), schema version in `PRAGMA user_version` with forward-only
+//! migrations applied at start. A database newer than this binary, or a file that is not
+//! a SQLite database, is an error at start: never a silent reset.
+//!
+//! SQLite calls block, so async code reaches the database only through [`Store::call`],
+//! which runs the closure on tokio's blocking pool, never on an async worker thread.
+//!
+//! Limitations: one connection behind a mutex; enough for the control plane's write rate.
+
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags};
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "cleanroom.db";
+
+/// Errors of the store; each names the database or directory.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The state directory cannot be created or used.
+    #[error("state directory {}: {source}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state directory path exists and is not a directory.
+    #[error("state directory {} exists and is not a directory", path.display())]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file exists but is not a usable SQLite database.
+    #[error(
+        "state database {} is unreadable or corrupt ({source}); move it aside to start with an empty state",
+        path.display()
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer cleanroomd.
+    #[error(
+        "state database {} has schema version {found}, newer than the {known} this cleanroomd knows; run a newer cleanroomd",
+        path.display()
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        known: i64,
+    },
+    /// A statement failed.
+    #[error("state database {}: {source}", path.display())]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The blocking task running a statement panicked or was cancelled.
+    #[error("state database task failed: {0}")]
+    Task(String),
+}
+
+/// The state database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// One state-changing request, as the audit table records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Caller uid (from the kernel).
+    pub uid: u32,
+    /// Caller gid.
+    pub gid: u32,
+    /// Caller pid.
+    pub pid: i32,
+    /// Method name.
+    pub method: String,
+    /// SHA-256 of the params as received, hex.
+    pub params_digest: String,
+    /// `ok` or `error <code>: <message>`.
+    pub outcome: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `state_dir` and migrates it. Blocking:
+    /// call it at start, before the runtime serves requests.
+    pub fn open(state_dir: &Path) -> Result<Self, Error> {
+        match std::fs::metadata(state_dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(Error::NotADirectory {
+                    path: state_dir.to_owned(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(state_dir)
+                    .map_err(|source| Error::StateDir {
+                        path: state_dir.to_owned(),
+                        source,
+                    })?;
+            }
+            Err(source) => {
+                return Err(Error::StateDir {
+                    path: state_dir.to_owned(),
+                    source,
+                });
+            }
+        }
+        let path = state_dir.join(DB_FILE);
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(|source| {
+            match std::fs::File::options().read(true).write(true).open(&path) {
+                Err(io) if io.kind() != std::io::ErrorKind::NotFound => Error::StateDir {
+                    path: path.clone(),
+                    source: io,
+                },
+                _ => Error::Corrupt {
+                    path: path.clone(),
+                    source,
+                },
+            }
+        })?;
+        // The first statement reads the header: a file that is not a database fails here.
+        let corrupt = |source| Error::Corrupt {
+            path: path.clone(),
+            source,
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(corrupt)?;
+        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
+            .map_err(corrupt)?;
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .map_err(corrupt)?;
+        let mut conn = conn;
+        migrations::migrate(&mut conn, &path)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub async fn call<F, R>(&self, f: F) -> Result<R, Error>
+    where
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard).map_err(|source| Error::Sqlite { path, source })
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// Appends one audit event.
+    pub async fn record_audit(&self, event: AuditEvent) -> Result<(), Error> {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO audit (ts, uid, gid, pid, method, params_digest, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params![
+                    ts,
+                    event.uid,
+                    event.gid,
+                    event.pid,
+                    event.method,
+                    event.params_digest,
+                    event.outcome
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// The most recent audit events, newest first.
+    pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, Error> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT uid, gid, pid, method, params_digest, outcome FROM audit
+                 ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| {
+                Ok(AuditEvent {
+                    uid: r.get(0)?,
+                    gid: r.get(1)?,
+                    pid: r.get(2)?,
+                    method: r.get(3)?,
+                    params_digest: r.get(4)?,
+                    outcome: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn creates_migrates_and_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let store = Store::open(&state).unwrap();
+        let event = AuditEvent {
+            uid: 0,
+            gid: 0,
+            pid: 1,
+            method: "daemon.reload".into(),
+            params_digest: "ab".into(),
+            outcome: "ok".into(),
+        };
+        rt().block_on(store.record_audit(event.clone())).unwrap();
+        assert_eq!(rt().block_on(store.recent_audit(10)).unwrap(), vec![event]);
+        drop(store);
+        // Reopening keeps the rows and does not migrate twice.
+        let store = Store::open(&state).unwrap();
+        assert_eq!(rt().block_on(store.recent_audit(10)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn garbage_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), vec![0x42u8; 8192]).unwrap();
+        let e = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+        assert!(e.to_string().contains(DB_FILE), "{e}");
+        // The file was not replaced.
+        assert_eq!(std::fs::read(dir.path().join(DB_FILE)).unwrap()[0], 0x42);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.execute_batch("PRAGMA user_version = 999").unwrap();
+        drop(c);
+        let e = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(e, Error::NewerSchema { found: 999, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn state_dir_that_is_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = Store::open(&file).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+    }
+}

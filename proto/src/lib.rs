@@ -1,0 +1,515 @@
+//! Wire types of the cleanroomd control protocol.
+//!
+//! `cleanroomd` listens on a Unix stream socket (default [`DEFAULT_SOCKET`]). Clients speak
+//! [JSON-RPC 2.0](https://www.jsonrpc.org/specification) over it, framed as one JSON object
+//! per line.
+//!
+//! # Framing
+//!
+//! - Every message is one JSON object on one line, terminated by `\n` (`\r\n` is accepted).
+//! - A line may hold at most [`MAX_LINE_BYTES`] bytes (1 MiB, not counting the newline). A
+//!   longer line is answered with an error of code [`ErrorCode::LineTooLong`] (id `null`)
+//!   and the connection is closed: the rest of the line cannot be trusted to be a request.
+//! - Several requests may be in flight on one connection; each response carries the `id`
+//!   of its request and responses may come in any order. The daemon stops reading from a
+//!   connection while it holds its per-connection limit of unanswered requests
+//!   (`limits.max_in_flight`), so a pipelining client is slowed down, never dropped.
+//! - A connection that sends nothing and has nothing in flight for `limits.idle_timeout_s`
+//!   seconds is closed by the daemon.
+//! - When the daemon already serves `limits.max_connections` connections, a new connection
+//!   receives one error line ([`ErrorCode::TooManyConnections`]) and is closed.
+//!
+//! # Requests and responses
+//!
+//! ```json
+//! {"jsonrpc":"2.0","id":1,"method":"daemon.status","params":{}}
+//! {"jsonrpc":"2.0","id":1,"result":{"version":"0.1.0","protocol":1,"pid":4242,...}}
+//! {"jsonrpc":"2.0","id":2,"method":"daemon.reload"}
+//! {"jsonrpc":"2.0","id":2,"error":{"code":-32001,"message":"daemon.reload needs role admin; caller uid 65534 has role reader"}}
+//! ```
+//!
+//! - `id` is a number or a string chosen by the client. A request without `id` is a
+//!   notification in JSON-RPC terms: it is executed and never answered.
+//! - `params` is an object (by-name parameters) or absent. Positional (array) parameters
+//!   are refused. **An unknown field in `params` is an error that names it**: a typo must
+//!   never silently change behaviour.
+//! - A `result` is an object. Clients must ignore fields they do not know, so the daemon
+//!   can add fields without a protocol version change. Removing or changing a field bumps
+//!   [`PROTOCOL_VERSION`], which `daemon.status` reports.
+//! - Long work streams notifications (`{"jsonrpc":"2.0","method":"run.output",...}`, no
+//!   `id`) before its final response; a client tells them apart by the absence of `id`.
+//!
+//! # Errors
+//!
+//! An error object carries a stable numeric `code` (see [`ErrorCode`]), a lowercase
+//! `message` that names the offending input, and sometimes `data` with details. The codes
+//! from -32700 to -32600 are JSON-RPC's own; the daemon's start at -32001.
+//!
+//! # Roles
+//!
+//! The daemon takes the caller's identity from the kernel (`SO_PEERCRED` and
+//! `SO_PEERGROUPS`), never from a request. Each method needs a [`Role`]:
+//! `reader` (anyone who may connect), `runner` (root or a member of the runner group,
+//! default `cleanroom`), `admin` (root or a member of the admin group, default
+//! `cleanroom-admin`). A call above the caller's role fails with [`ErrorCode::Forbidden`].
+//!
+//! # Methods
+//!
+//! | method | role | params | result |
+//! |---|---|---|---|
+//! | `daemon.ping` | reader | none | [`PingResult`] |
+//! | `daemon.status` | reader | none | [`StatusResult`] |
+//! | `daemon.metrics` | reader | none | [`MetricsResult`] |
+//! | `daemon.reload` | admin | none | [`ReloadResult`] |
+//!
+//! Each method is also a type implementing [`Method`], which ties its name, role and
+//! parameter and result types together for clients written in Rust.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version of the protocol described here; reported by `daemon.status`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Most bytes one line (one message) may hold, not counting the newline.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Where the daemon listens unless told otherwise (`--socket`, `CLEANROOM_SOCKET`).
+pub const DEFAULT_SOCKET: &str = "/run/cleanroom/cleanroomd.sock";
+
+/// Environment variable that overrides the socket path for both the daemon and the client.
+pub const SOCKET_ENV: &str = "CLEANROOM_SOCKET";
+
+/// The `jsonrpc` member every message carries.
+pub const JSONRPC_VERSION: &str = "2.0";
+
+/// A request as a client sends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// Chosen by the client, echoed in the response; absent for a notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    /// Method name, e.g. `daemon.status`.
+    pub method: String,
+    /// By-name parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+}
+
+impl Request {
+    /// A request with the given id, method and parameters.
+    pub fn new(id: u64, method: &str, params: Value) -> Self {
+        Self {
+            jsonrpc: JSONRPC_VERSION.to_owned(),
+            id: Some(Value::from(id)),
+            method: method.to_owned(),
+            params: Some(params),
+        }
+    }
+}
+
+/// A response: the request's id and either a result or an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// The request's id; `null` when the request could not be read far enough to know it.
+    pub id: Value,
+    /// The result or the error.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+impl Response {
+    /// A successful response.
+    pub fn success(id: Value, result: Value) -> Self {
+        Self {
+            jsonrpc: JSONRPC_VERSION.to_owned(),
+            id,
+            outcome: Outcome::Result(result),
+        }
+    }
+
+    /// An error response.
+    pub fn failure(id: Value, error: ErrorObject) -> Self {
+        Self {
+            jsonrpc: JSONRPC_VERSION.to_owned(),
+            id,
+            outcome: Outcome::Error(error),
+        }
+    }
+}
+
+/// What a response carries: `"result"` or `"error"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The method's result object.
+    Result(Value),
+    /// Why the method failed.
+    Error(ErrorObject),
+}
+
+/// A notification the daemon streams before a final response (no `id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// What this notification is, e.g. `run.output`.
+    pub method: String,
+    /// Its content.
+    #[serde(default)]
+    pub params: Value,
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorObject {
+    /// Stable code; see [`ErrorCode`].
+    pub code: i32,
+    /// Lowercase, names the offending input.
+    pub message: String,
+    /// Details, when there are any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl ErrorObject {
+    /// An error with the given code and message and no data.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.code(),
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// The known code of this error, if the client knows it.
+    pub fn kind(&self) -> Option<ErrorCode> {
+        ErrorCode::from_code(self.code)
+    }
+}
+
+impl fmt::Display for ErrorObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ErrorObject {}
+
+/// The stable error codes. Their numbers never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// -32700: the line is not valid JSON (id `null`; the connection stays usable).
+    ParseError,
+    /// -32600: valid JSON but not a JSON-RPC 2.0 request object.
+    InvalidRequest,
+    /// -32601: no method of that name.
+    MethodNotFound,
+    /// -32602: the params do not fit the method; the message names the field.
+    InvalidParams,
+    /// -32603: the daemon failed inside; the message says what.
+    Internal,
+    /// -32001: the caller's role is below the one the method needs.
+    Forbidden,
+    /// -32002: a line longer than [`MAX_LINE_BYTES`]; the connection is then closed.
+    LineTooLong,
+    /// -32003: the daemon already serves its maximum of connections.
+    TooManyConnections,
+    /// -32004: a configuration file was refused; the old configuration stays in force.
+    ConfigInvalid,
+    /// -32005: the daemon is shutting down and takes no new work.
+    ShuttingDown,
+    /// -32006: the state database failed.
+    Store,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::ParseError,
+        ErrorCode::InvalidRequest,
+        ErrorCode::MethodNotFound,
+        ErrorCode::InvalidParams,
+        ErrorCode::Internal,
+        ErrorCode::Forbidden,
+        ErrorCode::LineTooLong,
+        ErrorCode::TooManyConnections,
+        ErrorCode::ConfigInvalid,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Store,
+    ];
+
+    /// The number on the wire.
+    pub const fn code(self) -> i32 {
+        match self {
+            ErrorCode::ParseError => -32700,
+            ErrorCode::InvalidRequest => -32600,
+            ErrorCode::MethodNotFound => -32601,
+            ErrorCode::InvalidParams => -32602,
+            ErrorCode::Internal => -32603,
+            ErrorCode::Forbidden => -32001,
+            ErrorCode::LineTooLong => -32002,
+            ErrorCode::TooManyConnections => -32003,
+            ErrorCode::ConfigInvalid => -32004,
+            ErrorCode::ShuttingDown => -32005,
+            ErrorCode::Store => -32006,
+        }
+    }
+
+    /// The code for a number, if it is one of ours.
+    pub fn from_code(code: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+}
+
+/// What a caller may do. Ordered: `Reader < Runner < Admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May connect: status, lists, metrics, its own runs.
+    Reader,
+    /// Root or a member of the runner group: runs tests as itself.
+    Runner,
+    /// Root or a member of the admin group: tunes the host.
+    Admin,
+}
+
+impl Role {
+    /// The lowercase name used on the wire and in messages.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Runner => "runner",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A method of the protocol: its name, the role it needs and its types.
+pub trait Method {
+    /// Name on the wire.
+    const NAME: &'static str;
+    /// Least role that may call it.
+    const ROLE: Role;
+    /// Whether it changes state (such calls are written to the audit log).
+    const MUTATES: bool;
+    /// Its `params` object.
+    type Params: Serialize + DeserializeOwned;
+    /// Its `result` object.
+    type Result: Serialize + DeserializeOwned;
+}
+
+/// Parameters of a method that takes none. `params` may be absent, `null` or `{}`; any
+/// field in it is an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// `daemon.ping`: the cheapest round trip.
+#[derive(Debug)]
+pub enum Ping {}
+
+impl Method for Ping {
+    const NAME: &'static str = "daemon.ping";
+    const ROLE: Role = Role::Reader;
+    const MUTATES: bool = false;
+    type Params = NoParams;
+    type Result = PingResult;
+}
+
+/// Result of `daemon.ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingResult {
+    /// Always true.
+    pub pong: bool,
+}
+
+/// `daemon.status`: what the daemon is and who is asking.
+#[derive(Debug)]
+pub enum Status {}
+
+impl Method for Status {
+    const NAME: &'static str = "daemon.status";
+    const ROLE: Role = Role::Reader;
+    const MUTATES: bool = false;
+    type Params = NoParams;
+    type Result = StatusResult;
+}
+
+/// Which cgroup hierarchies the host has mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// Only the unified (cgroup2) hierarchy, at `/sys/fs/cgroup`.
+    V2,
+    /// Only legacy (v1) controller hierarchies.
+    V1,
+    /// v1 controllers plus a cgroup2 mount elsewhere (often `/sys/fs/cgroup/unified`).
+    Hybrid,
+    /// No cgroup file system mounted.
+    None,
+}
+
+impl CgroupMode {
+    /// The lowercase name used on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CgroupMode::V2 => "v2",
+            CgroupMode::V1 => "v1",
+            CgroupMode::Hybrid => "hybrid",
+            CgroupMode::None => "none",
+        }
+    }
+}
+
+/// The caller as the kernel identified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// Effective uid of the connecting process.
+    pub uid: u32,
+    /// Effective gid of the connecting process.
+    pub gid: u32,
+    /// Pid of the connecting process (at connect time).
+    pub pid: i32,
+    /// The role those credentials give.
+    pub role: Role,
+}
+
+/// Result of `daemon.status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResult {
+    /// Daemon version (semver).
+    pub version: String,
+    /// [`PROTOCOL_VERSION`] of the daemon.
+    pub protocol: u32,
+    /// Daemon pid.
+    pub pid: u32,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// Directory of the state database.
+    pub state_dir: String,
+    /// Socket path the daemon serves.
+    pub socket: String,
+    /// Whether the socket came from systemd socket activation.
+    pub socket_activated: bool,
+    /// Configuration file in force, if one was read.
+    pub config_file: Option<String>,
+    /// Root under which /proc and /sys are read (`/` in production).
+    pub host_root: String,
+    /// Cgroup hierarchies detected at start.
+    pub cgroup: CgroupMode,
+    /// Connections open now, this one included.
+    pub connections: u64,
+    /// Who asked.
+    pub caller: Caller,
+}
+
+/// `daemon.metrics`: the Prometheus text exposition.
+#[derive(Debug)]
+pub enum Metrics {}
+
+impl Method for Metrics {
+    const NAME: &'static str = "daemon.metrics";
+    const ROLE: Role = Role::Reader;
+    const MUTATES: bool = false;
+    type Params = NoParams;
+    type Result = MetricsResult;
+}
+
+/// Result of `daemon.metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsResult {
+    /// Prometheus text format 0.0.4.
+    pub text: String,
+}
+
+/// `daemon.reload`: re-read the configuration (and, later, the profiles), as SIGHUP does.
+#[derive(Debug)]
+pub enum Reload {}
+
+impl Method for Reload {
+    const NAME: &'static str = "daemon.reload";
+    const ROLE: Role = Role::Admin;
+    const MUTATES: bool = true;
+    type Params = NoParams;
+    type Result = ReloadResult;
+}
+
+/// Result of `daemon.reload`. A refused configuration is an error
+/// ([`ErrorCode::ConfigInvalid`]) instead, and the old configuration stays in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResult {
+    /// The file read, if any (none when running on defaults).
+    pub config_file: Option<String>,
+    /// Dotted keys whose value changed and took effect, e.g. `limits.max_connections`.
+    pub changed: Vec<String>,
+    /// Dotted keys that changed but only take effect after a restart (e.g. `socket.path`).
+    pub restart_required: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn error_codes_round_trip_and_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.code()), "duplicate code {}", code.code());
+            assert_eq!(ErrorCode::from_code(code.code()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_code(1), None);
+    }
+
+    #[test]
+    fn response_wire_shape() {
+        let ok = Response::success(json!(7), json!({"pong": true}));
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            json!({"jsonrpc": "2.0", "id": 7, "result": {"pong": true}})
+        );
+        let err = Response::failure(
+            Value::Null,
+            ErrorObject::new(ErrorCode::ParseError, "bad json"),
+        );
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "bad json"}})
+        );
+        let back: Response = serde_json::from_value(serde_json::to_value(&err).unwrap()).unwrap();
+        assert_eq!(back, err);
+    }
+
+    #[test]
+    fn no_params_refuses_unknown_fields() {
+        let e = serde_json::from_value::<NoParams>(json!({"verbose": true})).unwrap_err();
+        assert!(e.to_string().contains("verbose"), "{e}");
+        serde_json::from_value::<NoParams>(json!({})).unwrap();
+    }
+
+    #[test]
+    fn results_ignore_unknown_fields() {
+        let r: PingResult = serde_json::from_value(json!({"pong": true, "later": 1})).unwrap();
+        assert!(r.pong);
+    }
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Reader < Role::Runner && Role::Runner < Role::Admin);
+        assert_eq!(serde_json::to_value(Role::Admin).unwrap(), json!("admin"));
+    }
+}

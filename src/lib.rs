@@ -1,0 +1,357 @@
+//! Test support for cleanroom's end-to-end tests and benchmarks: start the real
+//! `cleanroomd` on a private socket and state directory, wait for its READY, drive it with
+//! the real `cleanroomctl` or a raw socket, and stop it — even when a test fails.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`), or in
+//! `CLEANROOM_BIN_DIR`. `cargo test` does not build another package's binaries, so the test
+//! command builds them first (`scripts/test`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Path of a workspace binary (`cleanroomd`, `cleanroomctl`).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("CLEANROOM_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            let mut dir = exe.parent().expect("exe dir").to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --workspace --bins), \
+         or set CLEANROOM_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// Whether this process is root; prints why a test skips when it is not.
+pub fn is_root_or_skip(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipping {test}: needs root (CI runs as root)");
+    }
+    root
+}
+
+/// How to start a daemon.
+#[derive(Debug, Default)]
+pub struct DaemonBuilder {
+    config: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    world_traversable: bool,
+    socket: Option<PathBuf>,
+}
+
+impl DaemonBuilder {
+    /// Writes `text` as the config file and passes `--config`.
+    pub fn config(mut self, text: &str) -> Self {
+        self.config = Some(text.to_owned());
+        self
+    }
+
+    /// Serves this socket path instead of one in the temporary directory.
+    pub fn socket(mut self, path: &Path) -> Self {
+        self.socket = Some(path.to_owned());
+        self
+    }
+
+    /// Adds a command-line argument.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    /// Makes the temporary directory traversable by every user (for tests that connect
+    /// as another user).
+    pub fn world_traversable(mut self) -> Self {
+        self.world_traversable = true;
+        self
+    }
+
+    /// Starts the daemon and waits for READY=1. Panics with the daemon's log if it exits
+    /// or stays silent.
+    pub fn start(self) -> Daemon {
+        match self.try_start() {
+            Ok(d) => d,
+            Err((status, log)) => panic!("cleanroomd did not become ready ({status}):\n{log}"),
+        }
+    }
+
+    /// Starts the daemon; on failure returns its exit status (or why it was killed) and
+    /// its log.
+    pub fn try_start(self) -> Result<Daemon, (String, String)> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        if self.world_traversable {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod tempdir");
+        }
+        let socket = self
+            .socket
+            .clone()
+            .unwrap_or_else(|| dir.path().join("cleanroomd.sock"));
+        let state_dir = dir.path().join("state");
+        let log_path = dir.path().join("cleanroomd.log");
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let mut cmd = Command::new(bin("cleanroomd"));
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state_dir);
+        if let Some(text) = &self.config {
+            let path = dir.path().join("cleanroomd.toml");
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("--config").arg(path);
+        } else {
+            // Never read the host's /etc/cleanroom/cleanroomd.toml in tests.
+            let path = dir.path().join("empty.toml");
+            std::fs::write(&path, "").expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.args(&self.args)
+            .env_remove("CLEANROOM_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).expect("log file"));
+        let child = cmd.spawn().expect("spawn cleanroomd");
+        let mut daemon = Daemon {
+            child,
+            socket,
+            state_dir,
+            log_path,
+            notify,
+            notifications: Vec::new(),
+            dir,
+        };
+        match daemon.wait_notification("READY=1", Duration::from_secs(10)) {
+            Ok(()) => Ok(daemon),
+            Err(why) => {
+                let _ = daemon.child.kill();
+                let _ = daemon.child.wait();
+                Err((why, daemon.log()))
+            }
+        }
+    }
+}
+
+/// A running `cleanroomd`, killed and reaped on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The process.
+    pub child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    log_path: PathBuf,
+    notify: UnixDatagram,
+    /// Every datagram received on NOTIFY_SOCKET so far.
+    pub notifications: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// A builder with defaults (empty config file, private socket and state dir).
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder::default()
+    }
+
+    /// Starts a daemon with defaults.
+    pub fn start() -> Daemon {
+        Self::builder().start()
+    }
+
+    /// The temporary directory holding socket, state and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until a NOTIFY_SOCKET datagram contains `needle` (or one already did).
+    pub fn wait_notification(&mut self, needle: &str, timeout: Duration) -> Result<(), String> {
+        if self.notifications.iter().any(|n| n.contains(needle)) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < deadline {
+            match self.notify.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let hit = msg.contains(needle);
+                    self.notifications.push(msg);
+                    if hit {
+                        return Ok(());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(format!("notify socket: {e}")),
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited with {status} before {needle}"));
+            }
+        }
+        Err(format!("no {needle} within {timeout:?}"))
+    }
+
+    /// Runs `cleanroomctl --socket <ours> ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("cleanroomctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("CLEANROOM_SOCKET")
+            .output()
+            .expect("run cleanroomctl")
+    }
+
+    /// Runs `cleanroomctl` through `setpriv` with the given setpriv options (as another
+    /// user). Needs root.
+    pub fn ctl_as(&self, setpriv: &[&str], args: &[&str]) -> Output {
+        Command::new("setpriv")
+            .args(setpriv)
+            .arg(bin("cleanroomctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("CLEANROOM_SOCKET")
+            .output()
+            .expect("run setpriv cleanroomctl")
+    }
+
+    /// A raw line-oriented connection.
+    pub fn connect(&self) -> RawClient {
+        RawClient::connect(&self.socket)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill");
+    }
+
+    /// Waits up to `timeout` for the daemon to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A raw connection speaking newline-delimited JSON.
+#[derive(Debug)]
+pub struct RawClient {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl RawClient {
+    /// Connects to `socket`.
+    pub fn connect(socket: &Path) -> Self {
+        let stream = UnixStream::connect(socket)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let writer = stream.try_clone().expect("clone");
+        Self {
+            reader: BufReader::new(stream),
+            writer,
+            next_id: 1,
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    /// Reads one line as JSON; `None` at end of stream.
+    pub fn recv(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("bad line from daemon {line:?}: {e}")),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read from daemon: {e}"),
+        }
+    }
+
+    /// Sends one request and returns its response object.
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.send_raw(format!("{line}\n").as_bytes())
+            .expect("send request");
+        let resp = self.recv().expect("response");
+        assert_eq!(resp["id"], json!(id), "{resp}");
+        resp
+    }
+
+    /// The underlying stream (for shutdown, timeouts).
+    pub fn stream(&self) -> &UnixStream {
+        &self.writer
+    }
+}
