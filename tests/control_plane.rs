@@ -860,3 +860,44 @@ fn cleanroomctl_exit_codes() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_dropped() {
+    let d = Daemon::builder()
+        .config("[limits]\nidle_timeout_s = 1\n")
+        .start();
+    let stream = UnixStream::connect(&d.socket).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Requests whose answers are never read: the daemon's writes back block once the
+        // socket buffers are full, and after the idle timeout it gives the peer up.
+        let req = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"daemon.status\"}\n".repeat(100);
+        let result = loop {
+            if let Err(e) = w.write_all(&req) {
+                break e;
+            }
+        };
+        let _ = tx.send(result.kind());
+    });
+    let kind = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the daemon closed the connection");
+    assert!(
+        matches!(
+            kind,
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        "{kind:?}"
+    );
+    drop(stream);
+    assert_eq!(
+        d.connect().call("daemon.ping", json!({}))["result"]["pong"],
+        true
+    );
+    assert!(
+        d.log().contains("peer stopped reading its answers"),
+        "{}",
+        d.log()
+    );
+}

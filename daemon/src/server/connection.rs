@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes_like::trim_line;
 use cleanroom_proto::{JSONRPC_VERSION, MAX_LINE_BYTES, Response};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
@@ -52,8 +51,15 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
             biased;
             Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(line) = reply {
-                    if framed.send(line).await.is_err() {
-                        break;
+                    // A peer that stops reading its answers holds the connection only
+                    // as long as an idle one would.
+                    match tokio::time::timeout(idle_timeout, framed.send(line)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            tracing::warn!(uid = peer.uid, pid = peer.pid, "peer stopped reading its answers; closing connection");
+                            break;
+                        }
                     }
                 }
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
@@ -167,16 +173,14 @@ fn ready(line: String) -> InFlight {
     Box::pin(std::future::ready(Some(line)))
 }
 
-mod bytes_like {
-    /// The line without its trailing `\r` (the `\n` is already gone).
-    pub(super) fn trim_line(b: &[u8]) -> &[u8] {
-        b.strip_suffix(b"\r").unwrap_or(b)
-    }
+/// The line without its trailing `\r` (the `\n` is already gone).
+fn trim_line(b: &[u8]) -> &[u8] {
+    b.strip_suffix(b"\r").unwrap_or(b)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::bytes_like::trim_line;
+    use super::trim_line;
 
     #[test]
     fn trims_carriage_return_only() {

@@ -155,6 +155,17 @@ impl Store {
             .map_err(corrupt)?;
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
             .map_err(corrupt)?;
+        // Audit rows and, later, the tuning journal are for root's eyes: owner only. SQLite
+        // gives the -wal and -shm files the database file's mode.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| Error::StateDir {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
+        }
         let mut conn = conn;
         migrations::migrate(&mut conn, &path)?;
         Ok(Self {
@@ -248,6 +259,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let store = Store::open(&state).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         let event = AuditEvent {
             uid: 0,
             gid: 0,
