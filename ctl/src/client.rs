@@ -23,6 +23,8 @@ pub enum CallError {
     Rpc(ErrorObject),
     /// The connection broke or the answer made no sense (exit 1).
     Protocol(String),
+    /// The daemon answered, and the answer is a failure (apply failed, drift, conflicts).
+    Failed(String),
 }
 
 impl std::fmt::Display for CallError {
@@ -46,7 +48,7 @@ impl std::fmt::Display for CallError {
                 }
             }
             CallError::Rpc(e) => f.write_str(&e.message),
-            CallError::Protocol(m) => f.write_str(m),
+            CallError::Protocol(m) | CallError::Failed(m) => f.write_str(m),
         }
     }
 }
@@ -156,7 +158,7 @@ impl CallError {
             CallError::Unreachable { .. } => 69,
             CallError::SocketDenied { .. } => 77,
             CallError::Rpc(e) if e.kind() == Some(ErrorCode::Forbidden) => 77,
-            CallError::Rpc(_) | CallError::Protocol(_) => 1,
+            CallError::Rpc(_) | CallError::Protocol(_) | CallError::Failed(_) => 1,
         }
     }
 }

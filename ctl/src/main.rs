@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use cleanroom_proto::{Metrics, NoParams, Ping, Reload, Status};
+use cleanroom_proto::{
+    Metrics, NoParams, Ping, ProfileActive, ProfileApply, ProfileApplyParams, ProfileList,
+    ProfileRecommend, ProfileRevert, ProfileRevertParams, ProfileShow, ProfileShowParams,
+    ProfileVerify, Reload, Status, TuneResult,
+};
 use serde::Serialize;
 
 use client::{CallError, Client};
@@ -72,12 +76,65 @@ enum Command {
     /// Print the daemon's metrics in Prometheus text format.
     #[command(after_help = "Examples:\n  cleanroomctl metrics | grep cleanroomd_requests_total")]
     Metrics,
+    /// Tuning profiles: list, show, apply, revert, verify, recommend.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
     /// Make the daemon re-read its configuration (like SIGHUP); needs role admin.
     #[command(
         after_help = "An invalid file is refused with an error naming the key and line, and the\n\
         configuration in force stays unchanged.\n\nExamples:\n  sudo cleanroomctl reload"
     )]
     Reload,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfileCommand {
+    /// List the profiles the daemon found (broken ones with their error).
+    #[command(after_help = "Examples:\n  cleanroomctl profile list")]
+    List,
+    /// Show a profile with includes resolved and the file each value came from.
+    #[command(after_help = "Examples:\n  cleanroomctl profile show benchmark")]
+    Show {
+        /// Profile name.
+        name: String,
+    },
+    /// Apply a profile: originals are journaled durably before any write; a failure
+    /// undoes what this apply wrote (unless --best-effort). Needs role admin.
+    #[command(after_help = "Exit code 1 when a knob failed.\n\nExamples:\n  \
+        cleanroomctl profile apply throughput-performance --dry-run\n  \
+        sudo cleanroomctl profile apply throughput-performance")]
+    Apply {
+        /// Profile name.
+        name: String,
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply what can be applied; do not undo on a failure.
+        #[arg(long)]
+        best_effort: bool,
+    },
+    /// Put back every original value cleanroom changed. A knob someone else changed since
+    /// is left alone and reported as a conflict (unless --force). Needs role admin.
+    #[command(
+        after_help = "Exit code 1 when conflicts or failures remain.\n\nExamples:\n  \
+        sudo cleanroomctl profile revert\n  sudo cleanroomctl profile revert --force"
+    )]
+    Revert {
+        /// Restore knobs someone else changed too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Compare the active profile with the host, knob by knob.
+    #[command(
+        after_help = "Exit code 1 when a knob drifted.\n\nExamples:\n  cleanroomctl profile verify"
+    )]
+    Verify,
+    /// Recommend a profile for this host, with the reasons.
+    #[command(after_help = "Examples:\n  cleanroomctl profile recommend")]
+    Recommend,
+    /// Show the active profile and the journal's size.
+    #[command(after_help = "Examples:\n  cleanroomctl profile active")]
+    Active,
 }
 
 fn parse_timeout(s: &str) -> Result<f64, String> {
@@ -121,9 +178,67 @@ fn run(cli: &Cli) -> Result<(), CallError> {
             let r = client.call::<Metrics>(&NoParams {})?;
             emit(cli, &r, || r.text.clone())
         }
+        Command::Profile(ref p) => profile(cli, &mut client, p),
         Command::Reload => {
             let r = client.call::<Reload>(&NoParams {})?;
             emit(cli, &r, || output::reload(&r))
+        }
+    }
+}
+
+fn profile(cli: &Cli, client: &mut Client, cmd: &ProfileCommand) -> Result<(), CallError> {
+    let tune = |cli: &Cli, r: TuneResult, what: &str| -> Result<(), CallError> {
+        emit(cli, &r, || output::tune(&r))?;
+        if r.ok {
+            Ok(())
+        } else {
+            Err(CallError::Failed(what.to_owned()))
+        }
+    };
+    match cmd {
+        ProfileCommand::List => {
+            let r = client.call::<ProfileList>(&NoParams {})?;
+            emit(cli, &r, || output::profile_list(&r))
+        }
+        ProfileCommand::Show { name } => {
+            let r = client.call::<ProfileShow>(&ProfileShowParams { name: name.clone() })?;
+            emit(cli, &r, || output::profile_show(&r))
+        }
+        ProfileCommand::Apply {
+            name,
+            dry_run,
+            best_effort,
+        } => {
+            let r = client.call::<ProfileApply>(&ProfileApplyParams {
+                name: name.clone(),
+                dry_run: *dry_run,
+                best_effort: *best_effort,
+            })?;
+            tune(
+                cli,
+                r,
+                &format!("applying {name} failed; what it wrote was undone unless --best-effort"),
+            )
+        }
+        ProfileCommand::Revert { force } => {
+            let r = client.call::<ProfileRevert>(&ProfileRevertParams { force: *force })?;
+            tune(
+                cli,
+                r,
+                "revert left conflicts or failures in the journal (see above; --force restores conflicts)",
+            )
+        }
+        ProfileCommand::Verify => {
+            let r = client.call::<ProfileVerify>(&NoParams {})?;
+            tune(cli, r, "the host drifted from the active profile")
+        }
+        ProfileCommand::Recommend => {
+            let r = client.call::<ProfileRecommend>(&NoParams {})?;
+            emit(cli, &r, || output::recommend(&r))
+        }
+        ProfileCommand::Active => {
+            let r = client.call::<ProfileActive>(&NoParams {})?;
+            emit(cli, &r, || output::active(&r))
         }
     }
 }

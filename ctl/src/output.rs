@@ -4,7 +4,10 @@ use std::fmt::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use cleanroom_proto::{ReloadResult, StatusResult};
+use cleanroom_proto::{
+    ActiveResult, ProfileListResult, ProfileShowResult, RecommendResult, ReloadResult,
+    StatusResult, TuneResult,
+};
 
 /// Rows of `label  value`, labels padded to one column.
 fn table(rows: &[(&str, String)]) -> String {
@@ -53,6 +56,14 @@ pub fn status(r: &StatusResult) -> String {
         ("host root", r.host_root.clone()),
         ("cgroups", r.cgroup.as_str().to_owned()),
         ("connections", r.connections.to_string()),
+        (
+            "profile",
+            r.active_profile.clone().unwrap_or_else(|| "none".into()),
+        ),
+        (
+            "journal",
+            format!("{} knobs to put back", r.journal_entries),
+        ),
         (
             "you",
             format!(
@@ -107,6 +118,153 @@ pub fn reload(r: &ReloadResult) -> String {
     }
     out.push_str(&table(&rows));
     out
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let n = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate().take(n) {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let pad = widths[i] - c.chars().count();
+                l.push_str(c);
+                l.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn status_name(s: cleanroom_proto::KnobStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+        .unwrap_or_default()
+}
+
+/// `profile apply|revert|verify`.
+pub fn tune(r: &TuneResult) -> String {
+    let verify = r.items.iter().any(|i| {
+        matches!(
+            i.status,
+            cleanroom_proto::KnobStatus::Ok | cleanroom_proto::KnobStatus::Drifted
+        )
+    });
+    let header: &[&str] = if verify {
+        &["KNOB", "EXPECTED", "ACTUAL", "RESULT"]
+    } else {
+        &["KNOB", "BEFORE", "AFTER", "RESULT"]
+    };
+    let rows: Vec<Vec<String>> = r
+        .items
+        .iter()
+        .map(|i| {
+            let mut result = status_name(i.status);
+            if let Some(reason) = &i.reason {
+                result = format!("{result}: {reason}");
+            }
+            vec![
+                i.knob.clone(),
+                i.before.clone().unwrap_or_else(|| "-".into()),
+                i.after.clone().unwrap_or_else(|| "-".into()),
+                result,
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    if let Some(p) = &r.profile {
+        out.push_str(&format!(
+            "profile {p}{}\n",
+            if r.dry_run {
+                " (dry run: nothing written)"
+            } else {
+                ""
+            }
+        ));
+    }
+    if rows.is_empty() {
+        out.push_str("nothing to do\n");
+    } else {
+        out.push_str(&columns(header, &rows));
+    }
+    out.push_str(&format!(
+        "journal: {} knobs to put back\n",
+        r.journal_entries
+    ));
+    out
+}
+
+/// `profile list`.
+pub fn profile_list(r: &ProfileListResult) -> String {
+    let rows: Vec<Vec<String>> = r
+        .profiles
+        .iter()
+        .map(|p| {
+            vec![
+                format!("{}{}", if p.active { "* " } else { "  " }, p.name),
+                match &p.error {
+                    Some(e) => format!("BROKEN: {e}"),
+                    None => p.summary.clone(),
+                },
+            ]
+        })
+        .collect();
+    columns(&["  NAME", "SUMMARY"], &rows)
+}
+
+/// `profile show`.
+pub fn profile_show(r: &ProfileShowResult) -> String {
+    let mut out = format!("{}: {}\n  file     {}\n", r.name, r.summary, r.path);
+    if !r.include.is_empty() {
+        out.push_str(&format!("  include  {}\n", r.include.join(", ")));
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = r
+        .settings
+        .iter()
+        .map(|s| vec![s.setting.clone(), s.value.clone(), s.source.clone()])
+        .collect();
+    if rows.is_empty() {
+        out.push_str("(changes nothing)\n");
+    } else {
+        out.push_str(&columns(&["SETTING", "VALUE", "FROM"], &rows));
+    }
+    out
+}
+
+/// `profile recommend`.
+pub fn recommend(r: &RecommendResult) -> String {
+    let mut out = format!("recommended profile: {}\n", r.profile);
+    for reason in &r.reasons {
+        out.push_str(&format!("  - {reason}\n"));
+    }
+    out
+}
+
+/// `profile active`.
+pub fn active(r: &ActiveResult) -> String {
+    format!(
+        "profile  {}\nphase    {}\njournal  {} knobs to put back\n",
+        r.profile.clone().unwrap_or_else(|| "none".into()),
+        r.phase,
+        r.journal_entries
+    )
 }
 
 #[cfg(test)]

@@ -24,6 +24,13 @@
 //! [auth]
 //! runner_group = "cleanroom"           # members may run tests
 //! admin_group = "cleanroom-admin"      # members may tune the host
+//!
+//! [tuning]
+//! profile_dirs = ["/usr/lib/cleanroom/profiles", "/etc/cleanroom/profiles"]
+//! sysctl_allow = ["vm.", "net.core.", ...]   # prefixes profiles may set
+//! on_start = "reapply"                 # or "revert": what a restart does with the journal
+//! drift_check_interval_s = 0           # periodic verify of the active profile (0: off)
+//! revert_on_stop = false               # put the originals back when the daemon stops
 //! ```
 //!
 //! Command-line flags (`--socket`, `--state-dir`, `--host-root`) and `CLEANROOM_SOCKET`
@@ -71,6 +78,8 @@ pub struct Config {
     pub limits: Limits,
     /// Groups that grant roles.
     pub auth: Auth,
+    /// Tuning profiles and the journal.
+    pub tuning: Tuning,
 }
 
 /// `[daemon]`
@@ -189,6 +198,45 @@ impl Default for Auth {
         Self {
             runner_group: "cleanroom".to_owned(),
             admin_group: "cleanroom-admin".to_owned(),
+        }
+    }
+}
+
+/// `[tuning]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tuning {
+    /// Profile directories, searched in order; a later directory's profile replaces an
+    /// earlier one of the same name (default: `/usr/lib/cleanroom/profiles`, then
+    /// `/etc/cleanroom/profiles`).
+    pub profile_dirs: Vec<PathBuf>,
+    /// Sysctl key prefixes profiles may set (default: vm., net.core., net.ipv4., ...).
+    /// Keys that make the kernel run a program are refused whatever this says.
+    pub sysctl_allow: Vec<String>,
+    /// At start, with a journal left by a previous run: `reapply` the active profile
+    /// (default) or `revert` to the originals.
+    pub on_start: crate::tune::OnStart,
+    /// Seconds between drift checks of the active profile (0, the default: off).
+    pub drift_check_interval_s: u64,
+    /// Revert the tuning when the daemon stops (default false: tuning outlives the daemon,
+    /// the journal keeps the originals).
+    pub revert_on_stop: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            profile_dirs: vec![
+                PathBuf::from("/usr/lib/cleanroom/profiles"),
+                PathBuf::from("/etc/cleanroom/profiles"),
+            ],
+            sysctl_allow: crate::host::sysctl::DEFAULT_ALLOW
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            on_start: crate::tune::OnStart::Reapply,
+            drift_check_interval_s: 0,
+            revert_on_stop: false,
         }
     }
 }
@@ -315,6 +363,13 @@ impl Config {
                 "key `socket.path`: {} is not an absolute path",
                 self.socket.path.display()
             ));
+        }
+        for p in &self.tuning.sysctl_allow {
+            if p.is_empty() {
+                return Err(
+                    "key `tuning.sysctl_allow`: an empty prefix would allow every key".into(),
+                );
+            }
         }
         if self.auth.runner_group.is_empty() || self.auth.admin_group.is_empty() {
             return Err("keys `auth.runner_group` and `auth.admin_group` may not be empty".into());

@@ -13,3 +13,4 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod systemd;
+pub mod tune;

@@ -99,9 +99,21 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     //    start before any client can connect.
     let store = Store::open(&cfg.daemon.state_dir)?;
 
-    // 4. Recovery before the socket, so no request can see a half-recovered host.
-    //    Nothing to recover yet: tuning and runs bring their journals with them.
+    // 4. Recovery before the socket, so no request can see a half-recovered host: the
+    //    journal left by a previous run is re-applied or reverted (a new boot recaptures
+    //    the originals).
     let host = Host::new(&cfg.daemon.host_root);
+    let recovered = cleanroomd::tune::recover(
+        cleanroomd::tune::Ctx {
+            host: &host,
+            store: &store,
+            profiles: &live.profiles,
+            allow: &cfg.tuning.sysctl_allow,
+        },
+        cfg.tuning.on_start,
+    )
+    .context("tuning recovery failed")?;
+    tracing::info!(outcome = %recovered, "tuning recovery");
     let cgroup = host.cgroup_mode().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot detect cgroup hierarchies");
         cleanroom_proto::CgroupMode::None
@@ -212,6 +224,12 @@ async fn serve(
     };
     tokio::spawn(signals);
 
+    if let Ok(a) = cleanroomd::tune::active(&state.store) {
+        state.metrics.set_active_profile(a.profile.as_deref());
+        state.metrics.journal_entries.set(a.journal_entries as i64);
+    }
+    tokio::spawn(drift_checks(Arc::clone(&state)));
+
     let tracker = server::run(listener, Arc::clone(&state)).await;
     // 9. Stop: no new connections (the accept loop has ended), requests in flight get up
     //    to the grace period, then the socket file goes if we created it.
@@ -221,6 +239,24 @@ async fn serve(
             "grace period over; closing connections with requests in flight"
         );
     }
+    if state.live().config.tuning.revert_on_stop {
+        let _guard = state.tune_lock.lock().await;
+        let st = Arc::clone(&state);
+        match tokio::task::spawn_blocking(move || {
+            let live = st.live();
+            cleanroomd::tune::revert(st.tune_ctx(&live), false)
+        })
+        .await
+        {
+            Ok(Ok(r)) => tracing::info!(
+                ok = r.ok,
+                left = r.journal_entries,
+                "tuning reverted on stop"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot revert tuning on stop"),
+            Err(e) => tracing::error!(error = %e, "revert task failed"),
+        }
+    }
     if !state.socket.activated {
         if let Err(e) = std::fs::remove_file(&state.socket.path) {
             tracing::warn!(socket = %state.socket.path.display(), error = %e, "cannot remove socket file");
@@ -228,6 +264,46 @@ async fn serve(
     }
     tracing::info!("cleanroomd stopped");
     Ok(())
+}
+
+/// Verifies the active profile every `tuning.drift_check_interval_s` seconds (0: never
+/// wakes up for it), updating the drift metric and logging drifted knobs.
+async fn drift_checks(state: Arc<State>) {
+    loop {
+        let every = state.live().config.tuning.drift_check_interval_s;
+        if every == 0 {
+            // Off: sleep until a reload may have turned it on.
+            tokio::select! {
+                () = state.shutdown.cancelled() => return,
+                () = state.reloaded.notified() => continue,
+            }
+        }
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = state.reloaded.notified() => continue,
+            () = tokio::time::sleep(Duration::from_secs(every)) => {}
+        }
+        let st = Arc::clone(&state);
+        let result = tokio::task::spawn_blocking(move || {
+            let live = st.live();
+            cleanroomd::tune::verify(st.tune_ctx(&live))
+        })
+        .await;
+        match result {
+            Ok(Ok(r)) => {
+                state.metrics.observe_tuning(&r);
+                for i in r
+                    .items
+                    .iter()
+                    .filter(|i| i.status == cleanroom_proto::KnobStatus::Drifted)
+                {
+                    tracing::warn!(knob = %i.knob, expected = ?i.before, actual = ?i.after, "tuning drift");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "drift check failed"),
+            Err(e) => tracing::warn!(error = %e, "drift check task failed"),
+        }
+    }
 }
 
 fn init_logging() {

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub connections_rejected: IntCounter,
     /// Configuration reloads by outcome (`ok`, `refused`).
     pub reloads: IntCounterVec,
+    /// Knobs in the tuning journal.
+    pub journal_entries: IntGauge,
+    /// Knobs of the active profile that drifted at the last verify.
+    pub drift_items: IntGauge,
+    /// 1 for the active profile.
+    pub active_profile: IntGaugeVec,
 }
 
 impl Metrics {
@@ -77,6 +83,24 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let journal_entries = IntGauge::new(
+            "cleanroomd_tuning_journal_entries",
+            "Kernel values cleanroom changed and can put back.",
+        )
+        .expect("valid metric");
+        let drift_items = IntGauge::new(
+            "cleanroomd_tuning_drift_items",
+            "Knobs of the active profile that no longer hold its value (at the last verify).",
+        )
+        .expect("valid metric");
+        let active_profile = IntGaugeVec::new(
+            Opts::new(
+                "cleanroomd_tuning_active_profile",
+                "1 for the tuning profile in force.",
+            ),
+            &["profile"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             Opts::new(
                 "cleanroomd_build_info",
@@ -109,6 +133,9 @@ impl Metrics {
             Box::new(connections_total.clone()),
             Box::new(connections_rejected.clone()),
             Box::new(reloads.clone()),
+            Box::new(journal_entries.clone()),
+            Box::new(drift_items.clone()),
+            Box::new(active_profile.clone()),
             Box::new(build),
             Box::new(start),
         ] {
@@ -126,6 +153,9 @@ impl Metrics {
             connections_total,
             connections_rejected,
             reloads,
+            journal_entries,
+            drift_items,
+            active_profile,
         }
     }
 
@@ -142,6 +172,32 @@ impl Metrics {
         };
         self.requests.with_label_values(&[method, code]).inc();
         self.latency.with_label_values(&[method]).observe(seconds);
+    }
+
+    /// Updates the tuning gauges from an apply, revert or verify.
+    pub fn observe_tuning(&self, r: &cleanroom_proto::TuneResult) {
+        use cleanroom_proto::KnobStatus;
+        self.journal_entries.set(r.journal_entries as i64);
+        let drifted = r
+            .items
+            .iter()
+            .filter(|i| i.status == KnobStatus::Drifted)
+            .count();
+        let is_verify = r
+            .items
+            .iter()
+            .any(|i| matches!(i.status, KnobStatus::Ok | KnobStatus::Drifted));
+        if is_verify || r.items.is_empty() {
+            self.drift_items.set(drifted as i64);
+        }
+    }
+
+    /// Sets the active-profile gauge.
+    pub fn set_active_profile(&self, profile: Option<&str>) {
+        self.active_profile.reset();
+        if let Some(p) = profile {
+            self.active_profile.with_label_values(&[p]).set(1);
+        }
     }
 
     /// The text exposition of every metric.

@@ -14,6 +14,7 @@ use crate::host::Host;
 use crate::metrics::Metrics;
 use crate::server::peer::AuthPolicy;
 use crate::store::Store;
+use crate::tune::profile::ProfileSet;
 
 /// The configuration in force and what was derived from it.
 #[derive(Debug, Clone)]
@@ -24,16 +25,28 @@ pub struct Live {
     pub file: Option<PathBuf>,
     /// Group ids that grant roles, resolved from `config.auth`.
     pub auth: AuthPolicy,
+    /// The tuning profiles, loaded from `config.tuning.profile_dirs`.
+    pub profiles: Arc<ProfileSet>,
 }
 
 impl Live {
     /// Resolves the derived parts of a loaded configuration.
     pub fn new(loaded: config::Loaded) -> Self {
         let auth = AuthPolicy::resolve(&loaded.config.auth);
+        let profiles = Arc::new(ProfileSet::load(
+            &loaded.config.tuning.profile_dirs,
+            &loaded.config.tuning.sysctl_allow,
+        ));
+        for (name, entry) in &profiles.entries {
+            if let Err(e) = &entry.profile {
+                tracing::warn!(profile = %name, error = %e, "profile is broken; the others stay usable");
+            }
+        }
         Self {
             config: loaded.config,
             file: loaded.file,
             auth,
+            profiles,
         }
     }
 }
@@ -67,6 +80,10 @@ pub struct State {
     pub started: Instant,
     /// Cancelled when the daemon begins to shut down.
     pub shutdown: CancellationToken,
+    /// Serialises applies and reverts: concurrent requests queue here.
+    pub tune_lock: tokio::sync::Mutex<()>,
+    /// Woken after every successful reload.
+    pub reloaded: tokio::sync::Notify,
     connections: AtomicUsize,
 }
 
@@ -105,6 +122,8 @@ impl State {
             socket: parts.socket,
             started: parts.started,
             shutdown: CancellationToken::new(),
+            tune_lock: tokio::sync::Mutex::new(()),
+            reloaded: tokio::sync::Notify::new(),
             connections: AtomicUsize::new(0),
         })
     }
@@ -135,6 +154,7 @@ impl State {
         *guard = Arc::new(new);
         drop(guard);
         self.metrics.reloads.with_label_values(&["ok"]).inc();
+        self.reloaded.notify_waiters();
         Ok(result)
     }
 
@@ -152,6 +172,16 @@ impl State {
         Some(ConnectionSlot {
             state: Arc::clone(self),
         })
+    }
+
+    /// The context tuning operations need, for the configuration in force.
+    pub fn tune_ctx<'a>(&'a self, live: &'a Live) -> crate::tune::Ctx<'a> {
+        crate::tune::Ctx {
+            host: &self.host,
+            store: &self.store,
+            profiles: &live.profiles,
+            allow: &live.config.tuning.sysctl_allow,
+        }
     }
 
     /// Connections open now.

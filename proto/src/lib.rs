@@ -61,6 +61,13 @@
 //! | `daemon.status` | reader | none | [`StatusResult`] |
 //! | `daemon.metrics` | reader | none | [`MetricsResult`] |
 //! | `daemon.reload` | admin | none | [`ReloadResult`] |
+//! | `profile.list` | reader | none | [`ProfileListResult`] |
+//! | `profile.show` | reader | [`ProfileShowParams`] | [`ProfileShowResult`] |
+//! | `profile.apply` | admin | [`ProfileApplyParams`] | [`TuneResult`] |
+//! | `profile.revert` | admin | [`ProfileRevertParams`] | [`TuneResult`] |
+//! | `profile.verify` | reader | none | [`TuneResult`] |
+//! | `profile.recommend` | reader | none | [`RecommendResult`] |
+//! | `profile.active` | reader | none | [`ActiveResult`] |
 //!
 //! Each method is also a type implementing [`Method`], which ties its name, role and
 //! parameter and result types together for clients written in Rust.
@@ -228,11 +235,13 @@ pub enum ErrorCode {
     ShuttingDown,
     /// -32006: the state database failed.
     Store,
+    /// -32007: no such profile, or it is broken (the message says why).
+    Profile,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -244,6 +253,7 @@ impl ErrorCode {
         ErrorCode::ConfigInvalid,
         ErrorCode::ShuttingDown,
         ErrorCode::Store,
+        ErrorCode::Profile,
     ];
 
     /// The number on the wire.
@@ -260,6 +270,7 @@ impl ErrorCode {
             ErrorCode::ConfigInvalid => -32004,
             ErrorCode::ShuttingDown => -32005,
             ErrorCode::Store => -32006,
+            ErrorCode::Profile => -32007,
         }
     }
 
@@ -413,6 +424,12 @@ pub struct StatusResult {
     pub cgroup: CgroupMode,
     /// Connections open now, this one included.
     pub connections: u64,
+    /// The tuning profile in force, if any.
+    #[serde(default)]
+    pub active_profile: Option<String>,
+    /// Knobs in the tuning journal (values cleanroom changed and can put back).
+    #[serde(default)]
+    pub journal_entries: u64,
     /// Who asked.
     pub caller: Caller,
 }
@@ -458,6 +475,218 @@ pub struct ReloadResult {
     pub changed: Vec<String>,
     /// Dotted keys that changed but only take effect after a restart (e.g. `socket.path`).
     pub restart_required: Vec<String>,
+}
+
+/// Declares a method type.
+macro_rules! method {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $role:expr, $mutates:literal, $params:ty, $result:ty) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub enum $ty {}
+        impl Method for $ty {
+            const NAME: &'static str = $name;
+            const ROLE: Role = $role;
+            const MUTATES: bool = $mutates;
+            type Params = $params;
+            type Result = $result;
+        }
+    };
+}
+
+method!(
+    /// `profile.list`: every profile found, usable or broken.
+    ProfileList, "profile.list", Role::Reader, false, NoParams, ProfileListResult
+);
+method!(
+    /// `profile.show`: one profile with includes resolved and each value's source file.
+    ProfileShow, "profile.show", Role::Reader, false, ProfileShowParams, ProfileShowResult
+);
+method!(
+    /// `profile.apply`: plan, journal the originals durably, write. Atomic unless
+    /// `best_effort`.
+    ProfileApply, "profile.apply", Role::Admin, true, ProfileApplyParams, TuneResult
+);
+method!(
+    /// `profile.revert`: put back every original value cleanroom still owns
+    /// (compare-and-swap; a knob someone else changed is a conflict unless `force`).
+    ProfileRevert, "profile.revert", Role::Admin, true, ProfileRevertParams, TuneResult
+);
+method!(
+    /// `profile.verify`: compare the active profile with the host, knob by knob.
+    ProfileVerify, "profile.verify", Role::Reader, false, NoParams, TuneResult
+);
+method!(
+    /// `profile.recommend`: a profile for what this host is, with the reasons.
+    ProfileRecommend, "profile.recommend", Role::Reader, false, NoParams, RecommendResult
+);
+method!(
+    /// `profile.active`: the profile in force and the journal's size.
+    ProfileActive, "profile.active", Role::Reader, false, NoParams, ActiveResult
+);
+
+/// One profile in `profile.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileInfo {
+    /// Its name (file stem).
+    pub name: String,
+    /// Its summary.
+    pub summary: String,
+    /// The file it was read from.
+    pub path: String,
+    /// Whether it is the active profile.
+    pub active: bool,
+    /// Why it cannot be used, if it is broken.
+    pub error: Option<String>,
+}
+
+/// Result of `profile.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileListResult {
+    /// Sorted by name.
+    pub profiles: Vec<ProfileInfo>,
+}
+
+/// Params of `profile.show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileShowParams {
+    /// Profile name.
+    pub name: String,
+}
+
+/// One resolved setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingInfo {
+    /// Dotted id, e.g. `sysctl.vm.swappiness`, `cpu.governor`, `block."sd*".scheduler`.
+    pub setting: String,
+    /// The value as text.
+    pub value: String,
+    /// The file that set it (after includes).
+    pub source: String,
+}
+
+/// Result of `profile.show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileShowResult {
+    /// Name.
+    pub name: String,
+    /// File.
+    pub path: String,
+    /// Summary.
+    pub summary: String,
+    /// Included profiles, as written.
+    pub include: Vec<String>,
+    /// Every resolved setting.
+    pub settings: Vec<SettingInfo>,
+}
+
+/// Params of `profile.apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileApplyParams {
+    /// Profile name.
+    pub name: String,
+    /// Only plan: read every knob and say what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Apply what can be applied; a failed knob does not undo the others.
+    #[serde(default)]
+    pub best_effort: bool,
+}
+
+/// Params of `profile.revert`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRevertParams {
+    /// Restore knobs someone else changed too.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What happened to one knob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KnobStatus {
+    /// apply: written.
+    Applied,
+    /// apply, revert: already held the value.
+    Unchanged,
+    /// The knob is absent here or cannot take the value (reason says why).
+    Unsupported,
+    /// Policy forbids it (reason says why).
+    Refused,
+    /// The write failed (reason says why).
+    Failed,
+    /// dry run: would be written.
+    Planned,
+    /// apply: written, then undone because another knob failed.
+    RolledBack,
+    /// revert (and apply, for knobs the new profile no longer sets): original put back.
+    Restored,
+    /// revert: someone else changed it; left alone.
+    Conflict,
+    /// revert with force: someone else changed it; original put back anyway.
+    Forced,
+    /// verify: holds the profile's value.
+    Ok,
+    /// verify: holds another value.
+    Drifted,
+}
+
+/// One row of an apply, revert or verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnobResult {
+    /// Display name, e.g. `sysctl vm.swappiness`, `block loop0 scheduler`.
+    pub knob: String,
+    /// Kernel file.
+    pub path: String,
+    /// Value before (apply, revert) or expected (verify, conflict).
+    pub before: Option<String>,
+    /// Value after (apply, revert) or actual (verify, conflict).
+    pub after: Option<String>,
+    /// What happened.
+    pub status: KnobStatus,
+    /// Why, for unsupported, refused, failed, conflict, drifted.
+    pub reason: Option<String>,
+}
+
+/// Result of `profile.apply`, `profile.revert` and `profile.verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TuneResult {
+    /// The profile concerned (none for a revert or verify with no active profile).
+    pub profile: Option<String>,
+    /// Whether the operation fully succeeded: apply without failure, revert without
+    /// conflicts or failures, verify without drift.
+    pub ok: bool,
+    /// Whether this was a dry run.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Knob by knob.
+    pub items: Vec<KnobResult>,
+    /// Knobs in the journal afterwards.
+    pub journal_entries: u64,
+}
+
+/// Result of `profile.recommend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecommendResult {
+    /// The profile to use.
+    pub profile: String,
+    /// What the host is, as observed.
+    pub reasons: Vec<String>,
+}
+
+/// Result of `profile.active`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveResult {
+    /// The profile in force, if any.
+    pub profile: Option<String>,
+    /// `idle`, `applying`, `active` or `reverting`.
+    pub phase: String,
+    /// Since when (seconds since the Unix epoch).
+    pub since: Option<f64>,
+    /// Knobs in the journal.
+    pub journal_entries: u64,
 }
 
 #[cfg(test)]

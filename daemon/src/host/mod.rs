@@ -3,10 +3,13 @@
 //! Every path goes through [`Host`], which joins it below a configurable root: `/` in
 //! production, a temporary directory in tests that need a host this machine cannot show.
 //!
-//! Limitations: for now this layer only reads what the control plane reports (the cgroup
-//! hierarchies); the write path for kernel knobs arrives with tuning.
+//! One read path ([`Host::read`]) and one write path ([`Host::write`]); their errors carry
+//! the path (and the value written). Parsers of kernel formats live in [`format`] and are
+//! pure.
 
 mod cgroup;
+pub mod format;
+pub mod sysctl;
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -22,6 +25,16 @@ pub enum Error {
     Read {
         /// The file, below the host root.
         path: PathBuf,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// Writing a kernel file failed.
+    #[error("cannot write {value:?} to {}: {source}", path.display())]
+    Write {
+        /// The file, below the host root.
+        path: PathBuf,
+        /// The value written.
+        value: String,
         /// What the kernel said.
         source: io::Error,
     },
@@ -83,6 +96,54 @@ impl Host {
     pub fn read(&self, abs: &str) -> Result<String, Error> {
         let path = self.path(abs)?;
         std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })
+    }
+
+    /// The one write path: `value` into a kernel file, as one write(2) (the kernel parses
+    /// each write on its own). The file must exist: kernel files are never created.
+    pub fn write(&self, abs: &str, value: &str) -> Result<(), Error> {
+        use std::io::Write;
+        let path = self.path(abs)?;
+        let err = |source| Error::Write {
+            path: path.clone(),
+            value: value.to_owned(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(err)?;
+        f.write_all(value.as_bytes()).map_err(err)?;
+        Ok(())
+    }
+
+    /// Whether a kernel path exists.
+    pub fn exists(&self, abs: &str) -> bool {
+        self.path(abs).map(|p| p.exists()).unwrap_or(false)
+    }
+
+    /// Names in a kernel directory, sorted; empty if it does not exist.
+    pub fn list(&self, abs: &str) -> Vec<String> {
+        let Ok(path) = self.path(abs) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// The boot id (`/proc/sys/kernel/random/boot_id`).
+    pub fn boot_id(&self) -> Result<String, Error> {
+        Ok(self
+            .read("/proc/sys/kernel/random/boot_id")?
+            .trim()
+            .to_owned())
     }
 
     /// Which cgroup hierarchies are mounted, from `/proc/self/mountinfo`.

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use cleanroom_proto::{
-    Caller, Method, Metrics, MetricsResult, NoParams, Ping, PingResult, Reload, Role, Status,
-    StatusResult,
+    Caller, Method, Metrics, MetricsResult, NoParams, Ping, PingResult, ProfileActive,
+    ProfileApply, ProfileInfo, ProfileList, ProfileListResult, ProfileRecommend, ProfileRevert,
+    ProfileShow, ProfileShowParams, ProfileShowResult, ProfileVerify, Reload, Role, SettingInfo,
+    Status, StatusResult, TuneResult,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -14,9 +16,22 @@ use super::Error;
 use super::peer::Peer;
 use crate::state::State;
 use crate::store::AuditEvent;
+use crate::tune;
 
 /// Every method the daemon serves, for metric labels and error messages.
-pub const KNOWN_METHODS: &[&str] = &[Ping::NAME, Status::NAME, Metrics::NAME, Reload::NAME];
+pub const KNOWN_METHODS: &[&str] = &[
+    Ping::NAME,
+    Status::NAME,
+    Metrics::NAME,
+    Reload::NAME,
+    ProfileList::NAME,
+    ProfileShow::NAME,
+    ProfileApply::NAME,
+    ProfileRevert::NAME,
+    ProfileVerify::NAME,
+    ProfileRecommend::NAME,
+    ProfileActive::NAME,
+];
 
 /// Runs `method` with `params` for `peer`.
 pub async fn dispatch(
@@ -42,6 +57,46 @@ pub async fn dispatch(
             .await
         }
         Reload::NAME => invoke::<Reload, _, _>(params, peer, state, reload).await,
+        ProfileList::NAME => invoke::<ProfileList, _, _>(params, peer, state, profile_list).await,
+        ProfileShow::NAME => invoke::<ProfileShow, _, _>(params, peer, state, profile_show).await,
+        ProfileApply::NAME => {
+            invoke::<ProfileApply, _, _>(params, peer, state, |p, _, st| {
+                tune_op(st, true, move |ctx| {
+                    tune::apply(ctx, &p.name, p.dry_run, p.best_effort)
+                })
+            })
+            .await
+        }
+        ProfileRevert::NAME => {
+            invoke::<ProfileRevert, _, _>(params, peer, state, |p, _, st| {
+                tune_op(st, true, move |ctx| tune::revert(ctx, p.force))
+            })
+            .await
+        }
+        ProfileVerify::NAME => {
+            invoke::<ProfileVerify, _, _>(params, peer, state, |_, _, st| {
+                tune_op(st, false, tune::verify)
+            })
+            .await
+        }
+        ProfileRecommend::NAME => {
+            invoke::<ProfileRecommend, _, _>(params, peer, state, |_, _, st| async move {
+                let host = st.host.clone();
+                tokio::task::spawn_blocking(move || tune::recommend::recommend(&host))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))
+            })
+            .await
+        }
+        ProfileActive::NAME => {
+            invoke::<ProfileActive, _, _>(params, peer, state, |_, _, st| async move {
+                tokio::task::spawn_blocking(move || tune::active(&st.store))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?
+                    .map_err(Error::from)
+            })
+            .await
+        }
         other => Err(Error::MethodNotFound(other.to_owned())),
     }
 }
@@ -139,6 +194,10 @@ fn params_digest(params: Option<&Value>) -> String {
 
 async fn status(_: NoParams, peer: Peer, state: Arc<State>) -> Result<StatusResult, Error> {
     let live = state.live();
+    let st = Arc::clone(&state);
+    let active = tokio::task::spawn_blocking(move || tune::active(&st.store))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
     Ok(StatusResult {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol: cleanroom_proto::PROTOCOL_VERSION,
@@ -151,12 +210,92 @@ async fn status(_: NoParams, peer: Peer, state: Arc<State>) -> Result<StatusResu
         host_root: state.host.root().display().to_string(),
         cgroup: state.cgroup,
         connections: state.connections() as u64,
+        active_profile: active.profile,
+        journal_entries: active.journal_entries,
         caller: Caller {
             uid: peer.uid,
             gid: peer.gid,
             pid: peer.pid,
             role: peer.role(&live.auth),
         },
+    })
+}
+
+/// Runs a tuning operation on a blocking thread; `exclusive` ones (apply, revert) queue
+/// behind each other.
+async fn tune_op<F>(state: Arc<State>, exclusive: bool, op: F) -> Result<TuneResult, Error>
+where
+    F: FnOnce(tune::Ctx<'_>) -> Result<TuneResult, tune::Error> + Send + 'static,
+{
+    let _guard = if exclusive {
+        Some(state.tune_lock.lock().await)
+    } else {
+        None
+    };
+    let st = Arc::clone(&state);
+    let (result, active) = tokio::task::spawn_blocking(move || {
+        let live = st.live();
+        let result = op(st.tune_ctx(&live));
+        (result, tune::active(&st.store).ok().and_then(|a| a.profile))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("tuning task failed: {e}")))?;
+    let result = result?;
+    state.metrics.observe_tuning(&result);
+    state.metrics.set_active_profile(active.as_deref());
+    Ok(result)
+}
+
+async fn profile_list(_: NoParams, _: Peer, state: Arc<State>) -> Result<ProfileListResult, Error> {
+    let live = state.live();
+    let st = Arc::clone(&state);
+    let active = tokio::task::spawn_blocking(move || tune::active(&st.store))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??
+        .profile;
+    let profiles = live
+        .profiles
+        .entries
+        .iter()
+        .map(|(name, entry)| ProfileInfo {
+            name: name.clone(),
+            summary: entry
+                .profile
+                .as_ref()
+                .map(|p| p.summary.clone())
+                .unwrap_or_default(),
+            path: entry.path.display().to_string(),
+            active: active.as_deref() == Some(name.as_str()),
+            error: entry.profile.as_ref().err().cloned(),
+        })
+        .collect();
+    Ok(ProfileListResult { profiles })
+}
+
+async fn profile_show(
+    p: ProfileShowParams,
+    _: Peer,
+    state: Arc<State>,
+) -> Result<ProfileShowResult, Error> {
+    let live = state.live();
+    let r = live
+        .profiles
+        .get(&p.name)
+        .map_err(|e| Error::Tune(tune::Error::Profile(e)))?;
+    Ok(ProfileShowResult {
+        name: r.name.clone(),
+        path: r.path.display().to_string(),
+        summary: r.summary.clone(),
+        include: r.include.clone(),
+        settings: r
+            .settings
+            .iter()
+            .map(|(id, s)| SettingInfo {
+                setting: id.clone(),
+                value: s.setting.value_text(),
+                source: s.source.display().to_string(),
+            })
+            .collect(),
     })
 }
 
@@ -188,6 +327,13 @@ pub fn role_for(method: &str) -> Option<Role> {
         Status::NAME => Some(Status::ROLE),
         Metrics::NAME => Some(Metrics::ROLE),
         Reload::NAME => Some(Reload::ROLE),
+        ProfileList::NAME => Some(ProfileList::ROLE),
+        ProfileShow::NAME => Some(ProfileShow::ROLE),
+        ProfileApply::NAME => Some(ProfileApply::ROLE),
+        ProfileRevert::NAME => Some(ProfileRevert::ROLE),
+        ProfileVerify::NAME => Some(ProfileVerify::ROLE),
+        ProfileRecommend::NAME => Some(ProfileRecommend::ROLE),
+        ProfileActive::NAME => Some(ProfileActive::ROLE),
         _ => None,
     }
 }

@@ -74,6 +74,9 @@ pub enum Error {
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// A tuning operation failed.
+    #[error(transparent)]
+    Tune(#[from] crate::tune::Error),
     /// The daemon is stopping.
     #[error("cleanroomd is shutting down")]
     ShuttingDown,
@@ -95,6 +98,9 @@ impl Error {
             Error::Forbidden { .. } => ErrorCode::Forbidden,
             Error::Config(_) => ErrorCode::ConfigInvalid,
             Error::Store(_) => ErrorCode::Store,
+            Error::Tune(crate::tune::Error::Profile(_)) => ErrorCode::Profile,
+            Error::Tune(crate::tune::Error::Journal(_)) => ErrorCode::Store,
+            Error::Tune(crate::tune::Error::Host(_)) => ErrorCode::Internal,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
             Error::Internal(_) => ErrorCode::Internal,
         }

@@ -21,6 +21,27 @@ const MIGRATIONS: &[&str] = &[
         params_digest TEXT    NOT NULL,
         outcome       TEXT    NOT NULL
     );",
+    // 2: the tuning journal. One row per kernel file cleanroom changed: its value before
+    // cleanroom first touched it (`original`), the value cleanroom last wrote or is about
+    // to write (`written`), and, while an apply is in progress, the value the file held
+    // before that apply (`pending_prev`). With these three, any crash leaves the file at a
+    // value the journal knows.
+    "CREATE TABLE journal (
+        path          TEXT PRIMARY KEY,
+        knob          TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        original      TEXT NOT NULL,
+        written       TEXT NOT NULL,
+        pending_prev  TEXT,
+        updated       REAL NOT NULL
+    );
+    CREATE TABLE tuning_state (
+        id       INTEGER PRIMARY KEY CHECK (id = 1),
+        profile  TEXT,
+        phase    TEXT NOT NULL,
+        boot_id  TEXT NOT NULL,
+        since    REAL NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.

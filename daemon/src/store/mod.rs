@@ -10,6 +10,7 @@
 //!
 //! Limitations: one connection behind a mutex; enough for the control plane's write rate.
 
+pub mod journal;
 mod migrations;
 
 use std::path::{Path, PathBuf};
@@ -177,6 +178,12 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The connection, for code already on a blocking thread (the tuner interleaves
+    /// kernel writes with journal commits). Never call from async code.
+    pub fn lock_blocking(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` with the connection on the blocking pool.

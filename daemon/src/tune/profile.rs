@@ -1,0 +1,685 @@
+//! Tuning profiles: TOML files in the profile directories, with inheritance.
+//!
+//! ```toml
+//! [profile]
+//! summary = "what it is for"
+//! include = ["throughput-performance"]   # resolved first, in order; later wins
+//!
+//! [sysctl]
+//! "vm.swappiness" = 10                   # integer, string, or array (vectors)
+//! [cpu]
+//! governor = "performance"
+//! energy_performance_preference = "performance"
+//! boost = false
+//! min_freq = "max"
+//! smt = "off"
+//! [block."sd*"]
+//! scheduler = ["mq-deadline", "none"]    # the first one the device offers
+//! read_ahead_kb = 4096
+//! nr_requests = 256
+//! [vm]
+//! transparent_hugepage = "madvise"
+//! defrag = "madvise"
+//! [irq]
+//! affinity = "0"                         # CPU list for default and every IRQ
+//! [bench]
+//! aslr = false                           # kernel.randomize_va_space 0 (true: 2)
+//! perf_event_max_sample_rate = 1
+//! [isolation]
+//! cpus = "1-3"                           # the pool exclusive runs may take
+//! ```
+//!
+//! Every file is validated at load: an unknown section or key, a wrong type, a refused
+//! sysctl key or a malformed value is an error naming the file, the line and the key. A
+//! broken profile is listed with its error and cannot be applied; the others stay usable.
+//! Directories are searched in order; a later directory's profile of the same name
+//! replaces an earlier one (`/etc/cleanroom/profiles` overrides the shipped ones).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::host::format::{format_cpu_list, parse_cpu_list};
+use crate::host::sysctl::{SysctlKey, refusal};
+
+/// One desired setting, before it meets a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    /// A sysctl key and its value (vectors space-separated).
+    Sysctl {
+        /// The key.
+        key: SysctlKey,
+        /// The value as written to the file.
+        value: String,
+    },
+    /// cpufreq governor of every policy.
+    Governor(String),
+    /// energy_performance_preference of every policy.
+    Epp(String),
+    /// Turbo/boost on or off.
+    Boost(bool),
+    /// Frequency floor of every policy set to its maximum.
+    MinFreqMax,
+    /// SMT control (`on`, `off`).
+    Smt(String),
+    /// Block devices matching a glob: I/O scheduler preferences.
+    Scheduler {
+        /// Device name glob.
+        glob: String,
+        /// Preferences, first available wins.
+        prefs: Vec<String>,
+    },
+    /// Block devices matching a glob: read-ahead.
+    ReadAhead {
+        /// Device name glob.
+        glob: String,
+        /// KiB.
+        kb: u64,
+    },
+    /// Block devices matching a glob: queue depth.
+    NrRequests {
+        /// Device name glob.
+        glob: String,
+        /// Requests.
+        n: u64,
+    },
+    /// Transparent huge pages `enabled`.
+    Thp(String),
+    /// Transparent huge pages `defrag`.
+    ThpDefrag(String),
+    /// IRQ affinity (default and every IRQ).
+    IrqAffinity(BTreeSet<u32>),
+    /// The CPU pool for exclusive runs (not a kernel knob).
+    IsolationCpus(BTreeSet<u32>),
+}
+
+impl Setting {
+    /// The merge key: two settings with the same id replace each other.
+    pub fn id(&self) -> String {
+        match self {
+            Setting::Sysctl { key, .. } => format!("sysctl.{key}"),
+            Setting::Governor(_) => "cpu.governor".into(),
+            Setting::Epp(_) => "cpu.energy_performance_preference".into(),
+            Setting::Boost(_) => "cpu.boost".into(),
+            Setting::MinFreqMax => "cpu.min_freq".into(),
+            Setting::Smt(_) => "cpu.smt".into(),
+            Setting::Scheduler { glob, .. } => format!("block.\"{glob}\".scheduler"),
+            Setting::ReadAhead { glob, .. } => format!("block.\"{glob}\".read_ahead_kb"),
+            Setting::NrRequests { glob, .. } => format!("block.\"{glob}\".nr_requests"),
+            Setting::Thp(_) => "vm.transparent_hugepage".into(),
+            Setting::ThpDefrag(_) => "vm.defrag".into(),
+            Setting::IrqAffinity(_) => "irq.affinity".into(),
+            Setting::IsolationCpus(_) => "isolation.cpus".into(),
+        }
+    }
+
+    /// The value as text, for display.
+    pub fn value_text(&self) -> String {
+        match self {
+            Setting::Sysctl { value, .. } => value.clone(),
+            Setting::Governor(v) | Setting::Epp(v) | Setting::Smt(v) => v.clone(),
+            Setting::Thp(v) | Setting::ThpDefrag(v) => v.clone(),
+            Setting::Boost(b) => b.to_string(),
+            Setting::MinFreqMax => "max".into(),
+            Setting::Scheduler { prefs, .. } => prefs.join(", "),
+            Setting::ReadAhead { kb, .. } => kb.to_string(),
+            Setting::NrRequests { n, .. } => n.to_string(),
+            Setting::IrqAffinity(s) | Setting::IsolationCpus(s) => format_cpu_list(s),
+        }
+    }
+}
+
+/// A setting and the file it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced {
+    /// The setting.
+    pub setting: Setting,
+    /// The profile file that set it.
+    pub source: PathBuf,
+}
+
+/// A profile with its includes resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Its name.
+    pub name: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// One line on what it is for.
+    pub summary: String,
+    /// Included profiles, as written.
+    pub include: Vec<String>,
+    /// Every setting, by id, with its source.
+    pub settings: BTreeMap<String, Sourced>,
+}
+
+/// One profile file as found, resolved or broken.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The file.
+    pub path: PathBuf,
+    /// The resolved profile, or why it cannot be used.
+    pub profile: Result<Resolved, String>,
+}
+
+/// Every profile found in the profile directories.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileSet {
+    /// By name.
+    pub entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    #[serde(default)]
+    profile: Meta,
+    #[serde(default)]
+    sysctl: BTreeMap<String, Spanned<SysctlValue>>,
+    cpu: Option<CpuDoc>,
+    #[serde(default)]
+    block: BTreeMap<String, BlockDoc>,
+    vm: Option<VmDoc>,
+    irq: Option<IrqDoc>,
+    bench: Option<BenchDoc>,
+    isolation: Option<IsolationDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Meta {
+    #[serde(default)]
+    summary: String,
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SysctlValue {
+    Int(i64),
+    Text(String),
+    Vector(Vec<i64>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CpuDoc {
+    governor: Option<String>,
+    energy_performance_preference: Option<String>,
+    boost: Option<bool>,
+    min_freq: Option<Spanned<String>>,
+    smt: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockDoc {
+    scheduler: Option<OneOrMany>,
+    read_ahead_kb: Option<u64>,
+    nr_requests: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmDoc {
+    transparent_hugepage: Option<String>,
+    defrag: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IrqDoc {
+    affinity: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BenchDoc {
+    aslr: Option<bool>,
+    perf_event_max_sample_rate: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IsolationDoc {
+    cpus: Option<Spanned<String>>,
+}
+
+/// A parsed file before includes are resolved.
+#[derive(Debug, Clone)]
+struct Parsed {
+    summary: String,
+    include: Vec<String>,
+    settings: Vec<Setting>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Whether a profile name is acceptable (it becomes part of a path).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Parses one profile file's text. `allow` is the sysctl allowlist.
+fn parse(path: &Path, text: &str, allow: &[String]) -> Result<Parsed, String> {
+    let at = |line: usize, key: &str, msg: String| {
+        format!("{}: line {line}: key `{key}`: {msg}", path.display())
+    };
+    let de = toml::de::Deserializer::parse(text).map_err(|e| {
+        let line = e.span().map_or(0, |s| line_of(text, s.start));
+        format!(
+            "{}: line {line}: {}",
+            path.display(),
+            e.message().trim_end()
+        )
+    })?;
+    let doc: FileDoc = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner.span().map_or(0, |s| line_of(text, s.start));
+        at(line, &key, inner.message().trim_end().to_owned())
+    })?;
+    let mut settings = Vec::new();
+    for (raw_key, value) in &doc.sysctl {
+        let line = line_of(text, value.span().start);
+        let key =
+            SysctlKey::parse(raw_key).map_err(|e| at(line, &format!("sysctl.{raw_key}"), e))?;
+        if let Some(why) = refusal(&key, allow) {
+            return Err(at(line, &format!("sysctl.{raw_key}"), why));
+        }
+        let value = match value.get_ref() {
+            SysctlValue::Int(i) => i.to_string(),
+            SysctlValue::Text(s) => crate::host::format::normalize_words(s),
+            SysctlValue::Vector(v) => v.iter().map(i64::to_string).collect::<Vec<_>>().join(" "),
+        };
+        settings.push(Setting::Sysctl { key, value });
+    }
+    if let Some(cpu) = doc.cpu {
+        if let Some(g) = cpu.governor {
+            settings.push(Setting::Governor(g));
+        }
+        if let Some(e) = cpu.energy_performance_preference {
+            settings.push(Setting::Epp(e));
+        }
+        if let Some(b) = cpu.boost {
+            settings.push(Setting::Boost(b));
+        }
+        if let Some(m) = cpu.min_freq {
+            if m.get_ref() != "max" {
+                return Err(at(
+                    line_of(text, m.span().start),
+                    "cpu.min_freq",
+                    format!(
+                        "{:?} is not supported; the only value is \"max\"",
+                        m.get_ref()
+                    ),
+                ));
+            }
+            settings.push(Setting::MinFreqMax);
+        }
+        if let Some(s) = cpu.smt {
+            if !matches!(s.get_ref().as_str(), "on" | "off") {
+                return Err(at(
+                    line_of(text, s.span().start),
+                    "cpu.smt",
+                    format!("{:?} is not \"on\" or \"off\"", s.get_ref()),
+                ));
+            }
+            settings.push(Setting::Smt(s.into_inner()));
+        }
+    }
+    for (glob, b) in doc.block {
+        if glob.contains('/') || glob.contains("..") || glob.is_empty() {
+            return Err(at(
+                0,
+                &format!("block.\"{glob}\""),
+                "a device glob may not contain `/` or `..`".into(),
+            ));
+        }
+        if let Err(e) = glob::Pattern::new(&glob) {
+            return Err(at(
+                0,
+                &format!("block.\"{glob}\""),
+                format!("bad glob: {e}"),
+            ));
+        }
+        if let Some(s) = b.scheduler {
+            let prefs = match s {
+                OneOrMany::One(s) => vec![s],
+                OneOrMany::Many(v) => v,
+            };
+            if prefs.is_empty() {
+                return Err(at(
+                    0,
+                    &format!("block.\"{glob}\".scheduler"),
+                    "empty list".into(),
+                ));
+            }
+            settings.push(Setting::Scheduler {
+                glob: glob.clone(),
+                prefs,
+            });
+        }
+        if let Some(kb) = b.read_ahead_kb {
+            settings.push(Setting::ReadAhead {
+                glob: glob.clone(),
+                kb,
+            });
+        }
+        if let Some(n) = b.nr_requests {
+            settings.push(Setting::NrRequests {
+                glob: glob.clone(),
+                n,
+            });
+        }
+    }
+    if let Some(vm) = doc.vm {
+        if let Some(t) = vm.transparent_hugepage {
+            settings.push(Setting::Thp(t));
+        }
+        if let Some(d) = vm.defrag {
+            settings.push(Setting::ThpDefrag(d));
+        }
+    }
+    if let Some(irq) = doc.irq {
+        if let Some(a) = irq.affinity {
+            let set = parse_cpu_list(a.get_ref())
+                .map_err(|e| at(line_of(text, a.span().start), "irq.affinity", e))?;
+            if set.is_empty() {
+                return Err(at(
+                    line_of(text, a.span().start),
+                    "irq.affinity",
+                    "empty CPU list".into(),
+                ));
+            }
+            settings.push(Setting::IrqAffinity(set));
+        }
+    }
+    if let Some(bench) = doc.bench {
+        if let Some(aslr) = bench.aslr {
+            settings.push(Setting::Sysctl {
+                key: SysctlKey::parse("kernel.randomize_va_space").expect("valid key"),
+                value: if aslr { "2" } else { "0" }.into(),
+            });
+        }
+        if let Some(rate) = bench.perf_event_max_sample_rate {
+            settings.push(Setting::Sysctl {
+                key: SysctlKey::parse("kernel.perf_event_max_sample_rate").expect("valid key"),
+                value: rate.to_string(),
+            });
+        }
+    }
+    if let Some(iso) = doc.isolation {
+        if let Some(c) = iso.cpus {
+            let set = parse_cpu_list(c.get_ref())
+                .map_err(|e| at(line_of(text, c.span().start), "isolation.cpus", e))?;
+            settings.push(Setting::IsolationCpus(set));
+        }
+    }
+    let mut include = Vec::new();
+    for inc in doc.profile.include {
+        if !valid_name(inc.get_ref()) {
+            return Err(at(
+                line_of(text, inc.span().start),
+                "profile.include",
+                format!("{:?} is not a profile name", inc.get_ref()),
+            ));
+        }
+        include.push(inc.into_inner());
+    }
+    Ok(Parsed {
+        summary: doc.profile.summary,
+        include,
+        settings,
+    })
+}
+
+impl ProfileSet {
+    /// Reads every `*.toml` in `dirs` (later directories override earlier ones of the
+    /// same name) and resolves includes. Never fails as a whole: broken profiles carry
+    /// their error.
+    pub fn load(dirs: &[PathBuf], allow: &[String]) -> Self {
+        let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for dir in dirs {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let mut found: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            found.sort();
+            for path in found {
+                if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+                    if valid_name(name) {
+                        files.insert(name.to_owned(), path);
+                    }
+                }
+            }
+        }
+        let parsed: BTreeMap<String, (PathBuf, Result<Parsed, String>)> = files
+            .into_iter()
+            .map(|(name, path)| {
+                let result = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+                    .and_then(|text| parse(&path, &text, allow));
+                (name, (path, result))
+            })
+            .collect();
+        let entries = parsed
+            .iter()
+            .map(|(name, (path, _))| {
+                let profile = resolve(name, &parsed, &mut Vec::new());
+                (
+                    name.clone(),
+                    Entry {
+                        path: path.clone(),
+                        profile,
+                    },
+                )
+            })
+            .collect();
+        Self { entries }
+    }
+
+    /// A usable profile by name, or why not.
+    pub fn get(&self, name: &str) -> Result<&Resolved, String> {
+        match self.entries.get(name) {
+            Some(Entry { profile: Ok(p), .. }) => Ok(p),
+            Some(Entry {
+                profile: Err(e), ..
+            }) => Err(format!("profile {name:?} is broken: {e}")),
+            None => Err(format!(
+                "no profile named {name:?}; available: {}",
+                self.entries.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+}
+
+fn resolve(
+    name: &str,
+    parsed: &BTreeMap<String, (PathBuf, Result<Parsed, String>)>,
+    stack: &mut Vec<String>,
+) -> Result<Resolved, String> {
+    if let Some(pos) = stack.iter().position(|n| n == name) {
+        let mut cycle: Vec<&str> = stack[pos..].iter().map(String::as_str).collect();
+        cycle.push(name);
+        return Err(format!("include cycle: {}", cycle.join(" -> ")));
+    }
+    let Some((path, result)) = parsed.get(name) else {
+        return Err(format!(
+            "included profile {name:?} does not exist (included by {})",
+            stack.last().map_or("?", String::as_str)
+        ));
+    };
+    let p = match result {
+        Ok(p) => p,
+        Err(e) if stack.is_empty() => return Err(e.clone()),
+        Err(e) => return Err(format!("included profile {name:?} is broken: {e}")),
+    };
+    stack.push(name.to_owned());
+    let mut settings = BTreeMap::new();
+    for inc in &p.include {
+        let r = resolve(inc, parsed, stack);
+        match r {
+            Ok(r) => settings.extend(r.settings),
+            Err(e) => {
+                stack.pop();
+                return Err(e);
+            }
+        }
+    }
+    stack.pop();
+    for s in &p.settings {
+        settings.insert(
+            s.id(),
+            Sourced {
+                setting: s.clone(),
+                source: path.clone(),
+            },
+        );
+    }
+    Ok(Resolved {
+        name: name.to_owned(),
+        path: path.clone(),
+        summary: p.summary.clone(),
+        include: p.include.clone(),
+        settings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::sysctl::DEFAULT_ALLOW;
+
+    fn allow() -> Vec<String> {
+        DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn set(files: &[(&str, &str)]) -> (tempfile::TempDir, ProfileSet) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+        }
+        let s = ProfileSet::load(&[dir.path().to_owned()], &allow());
+        (dir, s)
+    }
+
+    #[test]
+    fn includes_merge_later_wins_with_sources() {
+        let (_d, s) = set(&[
+            (
+                "base",
+                "[sysctl]\n\"vm.swappiness\" = 30\n\"vm.dirty_ratio\" = 10\n",
+            ),
+            (
+                "top",
+                "[profile]\ninclude = [\"base\"]\n[sysctl]\n\"vm.swappiness\" = 5\n\"net.ipv4.tcp_rmem\" = [4096, 87380, 6291456]\n",
+            ),
+        ]);
+        let top = s.get("top").unwrap();
+        let sw = &top.settings["sysctl.vm.swappiness"];
+        assert_eq!(sw.setting.value_text(), "5");
+        assert!(sw.source.ends_with("top.toml"));
+        let dr = &top.settings["sysctl.vm.dirty_ratio"];
+        assert!(dr.source.ends_with("base.toml"));
+        assert_eq!(
+            top.settings["sysctl.net.ipv4.tcp_rmem"]
+                .setting
+                .value_text(),
+            "4096 87380 6291456"
+        );
+    }
+
+    #[test]
+    fn cycles_are_named() {
+        let (_d, s) = set(&[
+            ("a", "[profile]\ninclude = [\"b\"]\n"),
+            ("b", "[profile]\ninclude = [\"c\"]\n"),
+            ("c", "[profile]\ninclude = [\"a\"]\n"),
+            ("ok", "[sysctl]\n\"vm.swappiness\" = 1\n"),
+        ]);
+        let e = s.get("a").unwrap_err();
+        assert!(e.contains("include cycle: a -> b -> c -> a"), "{e}");
+        assert!(s.get("ok").is_ok(), "the others stay usable");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let table: &[(&str, &[&str])] = &[
+            (
+                "[sysctl]\n\"kernel.core_pattern\" = \"|/bin/sh\"\n",
+                &["line 2", "sysctl.kernel.core_pattern", "always refused"],
+            ),
+            (
+                "[sysctl]\n\"kernel.domainname\" = \"x\"\n",
+                &["line 2", "allowlist"],
+            ),
+            ("[sysctl]\n\"vm/../../etc\" = 1\n", &["line 2", "not valid"]),
+            ("[cpu]\ngovernor = 3\n", &["line 2", "cpu.governor"]),
+            ("[cpu]\nturbo = true\n", &["line 2", "turbo"]),
+            ("[gpu]\nx = 1\n", &["line 1", "gpu"]),
+            ("[cpu]\nmin_freq = \"min\"\n", &["line 2", "cpu.min_freq"]),
+            ("[irq]\naffinity = \"0-\"\n", &["line 2", "irq.affinity"]),
+            ("[block.\"../x\"]\nread_ahead_kb = 1\n", &["block"]),
+            (
+                "[profile]\ninclude = [\"../etc\"]\n",
+                &["line 2", "profile.include"],
+            ),
+        ];
+        for (text, wants) in table {
+            let (_d, s) = set(&[("p", text)]);
+            let e = s.get("p").unwrap_err();
+            assert!(e.contains("p.toml"), "{e}");
+            for w in *wants {
+                assert!(e.contains(w), "{text:?}: {e:?} lacks {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn later_directories_override() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::write(a.path().join("p.toml"), "[sysctl]\n\"vm.swappiness\" = 1\n").unwrap();
+        std::fs::write(b.path().join("p.toml"), "[sysctl]\n\"vm.swappiness\" = 2\n").unwrap();
+        let s = ProfileSet::load(&[a.path().to_owned(), b.path().to_owned()], &allow());
+        assert_eq!(
+            s.get("p").unwrap().settings["sysctl.vm.swappiness"]
+                .setting
+                .value_text(),
+            "2"
+        );
+    }
+
+    #[test]
+    fn missing_include_and_broken_include() {
+        let (_d, s) = set(&[
+            ("a", "[profile]\ninclude = [\"nope\"]\n"),
+            ("b", "[profile]\ninclude = [\"broken\"]\n"),
+            ("broken", "[sysctl\n"),
+        ]);
+        assert!(s.get("a").unwrap_err().contains("\"nope\" does not exist"));
+        assert!(s.get("b").unwrap_err().contains("\"broken\" is broken"));
+        assert!(s.get("zzz").unwrap_err().contains("no profile named"));
+    }
+}
