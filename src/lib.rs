@@ -55,6 +55,7 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     world_traversable: bool,
     socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
 }
 
 impl DaemonBuilder {
@@ -67,6 +68,13 @@ impl DaemonBuilder {
     /// Serves this socket path instead of one in the temporary directory.
     pub fn socket(mut self, path: &Path) -> Self {
         self.socket = Some(path.to_owned());
+        self
+    }
+
+    /// Keeps state in this directory instead of one in the temporary directory (for
+    /// restarts on the same state).
+    pub fn state_dir(mut self, path: &Path) -> Self {
+        self.state_dir = Some(path.to_owned());
         self
     }
 
@@ -110,7 +118,10 @@ impl DaemonBuilder {
             .socket
             .clone()
             .unwrap_or_else(|| dir.path().join("cleanroomd.sock"));
-        let state_dir = dir.path().join("state");
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let log_path = dir.path().join("cleanroomd.log");
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
@@ -353,5 +364,109 @@ impl RawClient {
     /// The underlying stream (for shutdown, timeouts).
     pub fn stream(&self) -> &UnixStream {
         &self.writer
+    }
+}
+
+/// The values of some kernel files, put back when dropped (also when a test panics).
+#[derive(Debug)]
+pub struct KernelSnapshot {
+    values: Vec<(PathBuf, String)>,
+}
+
+impl KernelSnapshot {
+    /// Reads every file now.
+    pub fn take(paths: &[&str]) -> Self {
+        let values = paths
+            .iter()
+            .map(|p| {
+                let v = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {p}: {e}"));
+                (PathBuf::from(p), v)
+            })
+            .collect();
+        Self { values }
+    }
+
+    /// The current contents of the same files.
+    pub fn current(&self) -> Vec<(PathBuf, String)> {
+        self.values
+            .iter()
+            .map(|(p, _)| (p.clone(), std::fs::read_to_string(p).unwrap_or_default()))
+            .collect()
+    }
+
+    /// The contents when the snapshot was taken.
+    pub fn taken(&self) -> &[(PathBuf, String)] {
+        &self.values
+    }
+
+    /// Puts every value back.
+    pub fn restore(&self) {
+        for (path, raw) in &self.values {
+            let value = restorable(raw);
+            if std::fs::read_to_string(path)
+                .ok()
+                .map(|c| restorable(&c))
+                .as_ref()
+                == Some(&value)
+            {
+                continue;
+            }
+            if let Err(e) = std::fs::write(path, &value) {
+                eprintln!("cannot restore {} to {value:?}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// What to write to get a file's content back: the bracketed option of a selector file,
+/// else the content.
+fn restorable(raw: &str) -> String {
+    raw.split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+        .map(str::to_owned)
+        .unwrap_or_else(|| raw.trim().to_owned())
+}
+
+impl Drop for KernelSnapshot {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+/// A loop device over a small temporary file, detached when dropped.
+#[derive(Debug)]
+pub struct LoopDevice {
+    /// `loopN`.
+    pub name: String,
+    _file: tempfile::NamedTempFile,
+}
+
+impl LoopDevice {
+    /// Attaches a new loop device (needs root).
+    pub fn new() -> Self {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        file.as_file().set_len(8 << 20).expect("size");
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file.path())
+            .output()
+            .expect("losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = String::from_utf8(out.stdout).unwrap();
+        let name = dev.trim().trim_start_matches("/dev/").to_owned();
+        Self { name, _file: file }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup")
+            .arg("-d")
+            .arg(format!("/dev/{}", self.name))
+            .status();
     }
 }

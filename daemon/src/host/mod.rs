@@ -110,7 +110,7 @@ impl Host {
         };
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .truncate(false)
+            .truncate(true)
             .open(&path)
             .map_err(err)?;
         f.write_all(value.as_bytes()).map_err(err)?;

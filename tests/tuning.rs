@@ -1,0 +1,620 @@
+//! End-to-end tests of tuning against real kernel values on this machine (root), and a fake
+//! host root for what it cannot show (cpufreq, a new boot). Every test that touches real
+//! values holds a snapshot that puts them back when it ends, even by a panic; the tests of
+//! this file run one at a time because they share the kernel.
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cleanroom::{Daemon, KernelSnapshot, LoopDevice, is_root_or_skip};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+static KERNEL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    KERNEL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const SWAPPINESS: &str = "/proc/sys/vm/swappiness";
+const DIRTY_RATIO: &str = "/proc/sys/vm/dirty_ratio";
+const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
+const THP: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+fn selected(path: &str) -> String {
+    let raw = std::fs::read_to_string(path).unwrap();
+    raw.split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+        .unwrap()
+        .to_owned()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn status_of(result: &Value, knob_path: &str) -> String {
+    result["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["path"] == knob_path)
+        .unwrap_or_else(|| panic!("{knob_path} not in {result}"))["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A daemon whose only profile directory is `dir`.
+fn daemon_with_profiles(dir: &Path, extra: &str) -> Daemon {
+    Daemon::builder()
+        .config(&format!(
+            "[tuning]\nprofile_dirs = [{:?}]\n{extra}",
+            dir.display().to_string()
+        ))
+        .start()
+}
+
+fn write_profile(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+}
+
+/// A value different from the current one, within the knob's range.
+fn other(current: &str, a: u32, b: u32) -> String {
+    if current == a.to_string() {
+        b.to_string()
+    } else {
+        a.to_string()
+    }
+}
+
+#[test]
+fn apply_verify_drift_conflict_and_byte_exact_revert() {
+    if !is_root_or_skip("apply_verify_drift_conflict_and_byte_exact_revert") {
+        return;
+    }
+    let _serial = serial();
+    let dev = LoopDevice::new();
+    let sched = format!("/sys/block/{}/queue/scheduler", dev.name);
+    let ra = format!("/sys/block/{}/queue/read_ahead_kb", dev.name);
+    let snap = KernelSnapshot::take(&[SWAPPINESS, DIRTY_RATIO, SOMAXCONN, &sched, &ra, THP]);
+
+    let swappiness = other(&read(SWAPPINESS), 13, 14);
+    let dirty = other(&read(DIRTY_RATIO), 17, 18);
+    let somaxconn = other(&read(SOMAXCONN), 1999, 2001);
+    let scheduler = if selected(&sched) == "mq-deadline" {
+        "none"
+    } else {
+        "mq-deadline"
+    };
+    let read_ahead = other(&read(&ra), 1024, 2048);
+    let thp = if selected(THP) == "never" {
+        "madvise"
+    } else {
+        "never"
+    };
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(
+        profiles.path(),
+        "t",
+        &format!(
+            "[sysctl]\n\"vm.swappiness\" = {swappiness}\n\"vm/dirty_ratio\" = {dirty}\n\"net.core.somaxconn\" = {somaxconn}\n\
+             [block.\"{}\"]\nscheduler = [\"{scheduler}\"]\nread_ahead_kb = {read_ahead}\n\
+             [vm]\ntransparent_hugepage = \"{thp}\"\n\
+             [cpu]\ngovernor = \"performance\"\n",
+            dev.name
+        ),
+    );
+    let d = daemon_with_profiles(profiles.path(), "");
+
+    let out = d.ctl(&["--json", "profile", "apply", "t"]);
+    assert!(out.status.success(), "{out:?}");
+    let r = json(&out);
+    assert_eq!(read(SWAPPINESS), swappiness);
+    assert_eq!(read(DIRTY_RATIO), dirty);
+    assert_eq!(read(SOMAXCONN), somaxconn);
+    assert_eq!(selected(&sched), scheduler);
+    assert_eq!(read(&ra), read_ahead);
+    assert_eq!(selected(THP), thp);
+    assert_eq!(status_of(&r, SWAPPINESS), "applied");
+    assert_eq!(status_of(&r, &sched), "applied");
+    // No cpufreq on this machine: unsupported with a reason, and the apply succeeded.
+    let gov = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["knob"] == "cpu governor")
+        .unwrap();
+    assert_eq!(gov["status"], "unsupported");
+    assert!(gov["reason"].as_str().unwrap().contains("cpufreq"));
+    assert_eq!(r["journal_entries"], 6);
+
+    let v = d.ctl(&["--json", "profile", "verify"]);
+    assert!(v.status.success(), "{v:?}");
+    assert_eq!(status_of(&json(&v), DIRTY_RATIO), "ok");
+
+    // An admin changes one value by hand.
+    let by_hand = other(&dirty, 21, 22);
+    std::fs::write(DIRTY_RATIO, &by_hand).unwrap();
+    let v = d.ctl(&["--json", "profile", "verify"]);
+    assert_eq!(v.status.code(), Some(1), "drift exits 1");
+    let vr = json(&v);
+    assert_eq!(status_of(&vr, DIRTY_RATIO), "drifted");
+    assert_eq!(status_of(&vr, SWAPPINESS), "ok");
+    assert!(
+        d.ctl(&["metrics"])
+            .stdout
+            .windows(32)
+            .any(|w| w == b"cleanroomd_tuning_drift_items 1\n".as_slice()
+                || w.starts_with(b"cleanroomd_tuning_drift_items 1")),
+        "drift metric"
+    );
+
+    // Revert leaves the admin's value alone and restores the rest byte-exact.
+    let out = d.ctl(&["--json", "profile", "revert"]);
+    assert_eq!(out.status.code(), Some(1), "conflicts exit 1");
+    let r = json(&out);
+    assert_eq!(status_of(&r, DIRTY_RATIO), "conflict");
+    assert_eq!(read(DIRTY_RATIO), by_hand);
+    for (path, before) in snap.current().iter().zip(snap.taken()) {
+        if path.0 != Path::new(DIRTY_RATIO) {
+            assert_eq!(
+                path.1,
+                before.1,
+                "{} not restored byte-exact",
+                path.0.display()
+            );
+        }
+    }
+    assert_eq!(r["journal_entries"], 1, "the conflict stays journaled");
+    // --force puts the original back.
+    let out = d.ctl(&["--json", "profile", "revert", "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(status_of(&json(&out), DIRTY_RATIO), "forced");
+    assert_eq!(snap.current(), snap.taken());
+    assert_eq!(
+        json(&d.ctl(&["--json", "profile", "active"]))["journal_entries"],
+        0
+    );
+}
+
+#[test]
+fn switching_profiles_then_reverting_gives_the_pre_a_host_back() {
+    if !is_root_or_skip("switching_profiles_then_reverting_gives_the_pre_a_host_back") {
+        return;
+    }
+    let _serial = serial();
+    let snap = KernelSnapshot::take(&[SWAPPINESS, DIRTY_RATIO, SOMAXCONN, THP]);
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(
+        profiles.path(),
+        "a",
+        &format!(
+            "[sysctl]\n\"vm.swappiness\" = {}\n\"vm.dirty_ratio\" = {}\n",
+            other(&read(SWAPPINESS), 11, 12),
+            other(&read(DIRTY_RATIO), 31, 32)
+        ),
+    );
+    write_profile(
+        profiles.path(),
+        "b",
+        &format!(
+            "[sysctl]\n\"vm.dirty_ratio\" = {}\n\"net.core.somaxconn\" = {}\n[vm]\ntransparent_hugepage = \"{}\"\n",
+            other(&read(DIRTY_RATIO), 33, 34),
+            other(&read(SOMAXCONN), 3001, 3002),
+            if selected(THP) == "always" {
+                "never"
+            } else {
+                "always"
+            }
+        ),
+    );
+    let d = daemon_with_profiles(profiles.path(), "");
+    assert!(d.ctl(&["profile", "apply", "a"]).status.success());
+    let out = d.ctl(&["--json", "profile", "apply", "b"]);
+    assert!(out.status.success(), "{out:?}");
+    // b does not set swappiness: the switch put its original back.
+    assert_eq!(status_of(&json(&out), SWAPPINESS), "restored");
+    assert_eq!(read(SWAPPINESS), snap.taken()[0].1.trim());
+    let out = d.ctl(&["profile", "revert"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        snap.current(),
+        snap.taken(),
+        "revert after A→B restores the pre-A values"
+    );
+}
+
+#[test]
+fn a_failed_write_rolls_the_apply_back_unless_best_effort() {
+    if !is_root_or_skip("a_failed_write_rolls_the_apply_back_unless_best_effort") {
+        return;
+    }
+    let _serial = serial();
+    let snap = KernelSnapshot::take(&[SWAPPINESS, DIRTY_RATIO]);
+    let profiles = tempfile::tempdir().unwrap();
+    // vm.dirty_ratio accepts 0..=100: 250 fails with EINVAL. Settings apply in id order,
+    // so swappiness (after dirty_ratio) is... written or not: both orders are checked by
+    // the statuses below.
+    write_profile(
+        profiles.path(),
+        "bad",
+        &format!(
+            "[sysctl]\n\"vm.swappiness\" = {}\n\"vm.dirty_ratio\" = 250\n\"vm.dirty_background_ratio\" = 7\n",
+            other(&read(SWAPPINESS), 9, 8)
+        ),
+    );
+    let d = daemon_with_profiles(profiles.path(), "");
+    let out = d.ctl(&["--json", "profile", "apply", "bad"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let r = json(&out);
+    assert_eq!(r["ok"], false);
+    assert_eq!(status_of(&r, DIRTY_RATIO), "failed");
+    assert_eq!(
+        snap.current(),
+        snap.taken(),
+        "nothing this apply wrote stays"
+    );
+    assert_eq!(r["journal_entries"], 0);
+    let statuses: Vec<&str> = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert!(statuses.contains(&"rolled_back"), "{statuses:?}");
+
+    let out = d.ctl(&["--json", "profile", "apply", "bad", "--best-effort"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r = json(&out);
+    assert_eq!(status_of(&r, SWAPPINESS), "applied");
+    assert_eq!(status_of(&r, DIRTY_RATIO), "failed");
+    assert_ne!(read(SWAPPINESS), snap.taken()[0].1.trim());
+    assert!(d.ctl(&["profile", "revert"]).status.success());
+    assert_eq!(snap.current(), snap.taken());
+}
+
+/// Sysctl knobs that are safe to change on this machine, with two values each.
+const MANY: &[(&str, &str, &str)] = &[
+    ("vm.swappiness", "41", "42"),
+    ("vm.dirty_ratio", "23", "24"),
+    ("vm.dirty_background_ratio", "6", "7"),
+    ("vm.dirty_expire_centisecs", "2900", "3100"),
+    ("vm.dirty_writeback_centisecs", "490", "510"),
+    ("vm.vfs_cache_pressure", "90", "110"),
+    ("vm.stat_interval", "2", "3"),
+    ("net.core.somaxconn", "3000", "3100"),
+    ("net.core.netdev_max_backlog", "1500", "1600"),
+    ("net.core.rmem_max", "300000", "310000"),
+    ("net.core.wmem_max", "300000", "310000"),
+    (
+        "net.ipv4.tcp_rmem",
+        "4096 100000 5000000",
+        "4096 110000 5100000",
+    ),
+    (
+        "net.ipv4.tcp_wmem",
+        "4096 20000 4000000",
+        "4096 21000 4100000",
+    ),
+    ("net.ipv4.tcp_fin_timeout", "45", "50"),
+    ("net.ipv4.tcp_keepalive_time", "7000", "7100"),
+    ("net.ipv4.tcp_keepalive_intvl", "60", "70"),
+    ("net.ipv4.tcp_max_syn_backlog", "2000", "2100"),
+    ("net.ipv4.ip_local_port_range", "33000 60000", "34000 61000"),
+    ("fs.inotify.max_user_watches", "120000", "130000"),
+    ("fs.inotify.max_user_instances", "300", "310"),
+];
+
+fn sysctl_path(key: &str) -> String {
+    format!("/proc/sys/{}", key.replace('.', "/"))
+}
+
+#[test]
+fn kill_9_at_any_moment_loses_no_original() {
+    if !is_root_or_skip("kill_9_at_any_moment_loses_no_original") {
+        return;
+    }
+    let _serial = serial();
+    let paths: Vec<String> = MANY.iter().map(|(k, _, _)| sysctl_path(k)).collect();
+    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let snap = KernelSnapshot::take(&path_refs);
+    let profiles = tempfile::tempdir().unwrap();
+    for (name, pick) in [("many-a", 1), ("many-b", 2)] {
+        let mut text = String::from("[sysctl]\n");
+        for (i, (k, a, b)) in MANY.iter().enumerate() {
+            // many-b leaves every third knob out, so a switch also restores some.
+            if pick == 2 && i % 3 == 0 {
+                continue;
+            }
+            text.push_str(&format!(
+                "\"{k}\" = \"{}\"\n",
+                if pick == 1 { a } else { b }
+            ));
+        }
+        write_profile(profiles.path(), name, &text);
+    }
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().join("state");
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut kills_mid_apply = 0;
+    for iteration in 0..60 {
+        let on_start = if iteration % 2 == 0 {
+            "reapply"
+        } else {
+            "revert"
+        };
+        let config = format!("on_start = \"{on_start}\"\n");
+        let mut d = Daemon::builder()
+            .config(&format!(
+                "[tuning]\nprofile_dirs = [{:?}]\n{config}",
+                profiles.path().display().to_string()
+            ))
+            .state_dir(&state_arg)
+            .start();
+        // Sometimes apply A first so the kill lands in a switch.
+        if iteration % 3 == 1 {
+            assert!(d.ctl(&["profile", "apply", "many-a"]).status.success());
+        }
+        let target = if iteration % 3 == 1 {
+            "many-b"
+        } else {
+            "many-a"
+        };
+        let child = std::process::Command::new(cleanroom::bin("cleanroomctl"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["profile", "apply", target])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rand() % 6000));
+        d.signal(Signal::SIGKILL);
+        d.wait_exit(Duration::from_secs(5)).expect("killed");
+        let mut child = child;
+        let _ = child.wait();
+        let changed = snap.current() != snap.taken();
+        if changed {
+            kills_mid_apply += 1;
+        }
+        // Restart on the same state: recovery runs, then revert.
+        let d2 = Daemon::builder()
+            .config(&format!(
+                "[tuning]\nprofile_dirs = [{:?}]\n{config}",
+                profiles.path().display().to_string()
+            ))
+            .state_dir(&state_arg)
+            .start();
+        let out = d2.ctl(&["--json", "profile", "revert"]);
+        assert!(
+            out.status.success(),
+            "iteration {iteration}: {out:?}\n{}",
+            d2.log()
+        );
+        let now = snap.current();
+        for (cur, before) in now.iter().zip(snap.taken()) {
+            assert_eq!(
+                cur.1,
+                before.1,
+                "iteration {iteration} ({on_start}): {} not restored\n{}",
+                cur.0.display(),
+                d2.log()
+            );
+        }
+        assert_eq!(json(&out)["journal_entries"], 0);
+    }
+    assert!(
+        kills_mid_apply > 10,
+        "the kills rarely hit an apply ({kills_mid_apply} of 60)"
+    );
+}
+
+#[test]
+fn a_new_boot_recaptures_the_originals() {
+    let fake = tempfile::tempdir().unwrap();
+    let root = fake.path();
+    let put = |p: &str, v: &str| {
+        let path = root.join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, v).unwrap();
+    };
+    let get = |p: &str| std::fs::read_to_string(root.join(p.trim_start_matches('/'))).unwrap();
+    put(
+        "/proc/sys/kernel/random/boot_id",
+        "11111111-1111-1111-1111-111111111111\n",
+    );
+    put("/proc/sys/vm/swappiness", "60\n");
+    put("/proc/self/mountinfo", "");
+    let cpufreq = "/sys/devices/system/cpu/cpufreq/policy0";
+    put(&format!("{cpufreq}/scaling_governor"), "powersave\n");
+    put(
+        &format!("{cpufreq}/scaling_available_governors"),
+        "performance powersave\n",
+    );
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(
+        profiles.path(),
+        "p",
+        "[sysctl]\n\"vm.swappiness\" = 5\n[cpu]\ngovernor = \"performance\"\n",
+    );
+    let state = tempfile::tempdir().unwrap();
+    let start = || {
+        Daemon::builder()
+            .config(&format!(
+                "[tuning]\nprofile_dirs = [{:?}]\n",
+                profiles.path().display().to_string()
+            ))
+            .arg("--host-root")
+            .arg(root.to_str().unwrap())
+            .state_dir(&state.path().join("s"))
+            .start()
+    };
+    let mut d = start();
+    let out = d.ctl(&["--json", "profile", "apply", "p"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(get("/proc/sys/vm/swappiness"), "5");
+    assert_eq!(get(&format!("{cpufreq}/scaling_governor")), "performance");
+    d.signal(Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(2)).unwrap();
+
+    // Reboot: a new boot id, and the kernel's defaults back (a different value, so the
+    // test can tell old originals from new ones).
+    put(
+        "/proc/sys/kernel/random/boot_id",
+        "22222222-2222-2222-2222-222222222222\n",
+    );
+    put("/proc/sys/vm/swappiness", "70\n");
+    put(&format!("{cpufreq}/scaling_governor"), "powersave\n");
+    let d = start();
+    assert!(d.log().contains("new boot"), "{}", d.log());
+    // Re-applied (on_start = reapply) with the originals captured again.
+    assert_eq!(get("/proc/sys/vm/swappiness"), "5");
+    let out = d.ctl(&["--json", "profile", "revert"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        get("/proc/sys/vm/swappiness"),
+        "70",
+        "the new boot's value, not the stale 60"
+    );
+    assert_eq!(get(&format!("{cpufreq}/scaling_governor")), "powersave");
+}
+
+#[test]
+fn refused_keys_and_broken_profiles_give_their_errors() {
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(
+        profiles.path(),
+        "evil",
+        "[profile]\nsummary = \"x\"\n[sysctl]\n\"kernel.core_pattern\" = \"|/tmp/x\"\n",
+    );
+    write_profile(
+        profiles.path(),
+        "cycle-a",
+        "[profile]\ninclude = [\"cycle-b\"]\n",
+    );
+    write_profile(
+        profiles.path(),
+        "cycle-b",
+        "[profile]\ninclude = [\"cycle-a\"]\n",
+    );
+    write_profile(
+        profiles.path(),
+        "typo",
+        "[sysctl]\n\"vm.swappiness\" = 10\n[cpu]\ngovernour = \"performance\"\n",
+    );
+    write_profile(profiles.path(), "fine", "[profile]\nsummary = \"usable\"\n");
+    let d = daemon_with_profiles(profiles.path(), "");
+    let list = json(&d.ctl(&["--json", "profile", "list"]));
+    let by_name = |n: &str| {
+        list["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    let evil = by_name("evil")["error"].as_str().unwrap().to_owned();
+    assert!(
+        evil.contains("evil.toml")
+            && evil.contains("line 4")
+            && evil.contains("kernel.core_pattern"),
+        "{evil}"
+    );
+    assert!(
+        by_name("cycle-a")["error"]
+            .as_str()
+            .unwrap()
+            .contains("cycle-a -> cycle-b -> cycle-a")
+    );
+    let typo = by_name("typo")["error"].as_str().unwrap().to_owned();
+    assert!(
+        typo.contains("line 4") && typo.contains("governour"),
+        "{typo}"
+    );
+    assert_eq!(by_name("fine")["error"], Value::Null);
+
+    let out = d.ctl(&["profile", "apply", "evil"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("always refused"));
+    let out = d.ctl(&["profile", "apply", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no profile named \"nope\""));
+    let out = d.ctl(&["profile", "apply", "fine"]);
+    assert!(out.status.success(), "the others stay usable: {out:?}");
+    let human = String::from_utf8(d.ctl(&["profile", "list"]).stdout).unwrap();
+    assert!(human.contains("* fine"), "{human}");
+    assert!(human.contains("BROKEN"), "{human}");
+}
+
+#[test]
+fn a_reader_cannot_apply_or_revert() {
+    if !is_root_or_skip("a_reader_cannot_apply_or_revert") {
+        return;
+    }
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(profiles.path(), "fine", "[profile]\nsummary = \"usable\"\n");
+    let d = Daemon::builder()
+        .config(&format!(
+            "[socket]\nmode = 0o666\n[tuning]\nprofile_dirs = [{:?}]\n",
+            profiles.path().display().to_string()
+        ))
+        .world_traversable()
+        .start();
+    let nobody = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
+    for args in [
+        &["profile", "apply", "fine"][..],
+        &["profile", "revert"][..],
+    ] {
+        let out = d.ctl_as(&nobody, args);
+        assert_eq!(out.status.code(), Some(77), "{args:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("needs role admin"));
+    }
+    // Reading is allowed.
+    assert!(d.ctl_as(&nobody, &["profile", "list"]).status.success());
+    assert!(d.ctl_as(&nobody, &["profile", "verify"]).status.success());
+}
+
+#[test]
+fn revert_works_when_the_profile_file_is_gone() {
+    if !is_root_or_skip("revert_works_when_the_profile_file_is_gone") {
+        return;
+    }
+    let _serial = serial();
+    let snap = KernelSnapshot::take(&[SWAPPINESS]);
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(
+        profiles.path(),
+        "gone",
+        &format!(
+            "[sysctl]\n\"vm.swappiness\" = {}\n",
+            other(&read(SWAPPINESS), 3, 4)
+        ),
+    );
+    let d = daemon_with_profiles(profiles.path(), "");
+    assert!(d.ctl(&["profile", "apply", "gone"]).status.success());
+    std::fs::remove_file(profiles.path().join("gone.toml")).unwrap();
+    assert!(d.ctl(&["reload"]).status.success());
+    let out = d.ctl(&["profile", "revert"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(snap.current(), snap.taken());
+}
