@@ -443,7 +443,7 @@ pub struct LoopDevice {
 
 impl LoopDevice {
     /// Attaches a new loop device (needs root).
-    pub fn new() -> Self {
+    pub fn attach() -> Self {
         let file = tempfile::NamedTempFile::new().expect("temp file");
         file.as_file().set_len(8 << 20).expect("size");
         let out = Command::new("losetup")

@@ -86,7 +86,7 @@ fn apply_verify_drift_conflict_and_byte_exact_revert() {
         return;
     }
     let _serial = serial();
-    let dev = LoopDevice::new();
+    let dev = LoopDevice::attach();
     let sched = format!("/sys/block/{}/queue/scheduler", dev.name);
     let ra = format!("/sys/block/{}/queue/read_ahead_kb", dev.name);
     let snap = KernelSnapshot::take(&[SWAPPINESS, DIRTY_RATIO, SOMAXCONN, &sched, &ra, THP]);
