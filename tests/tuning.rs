@@ -618,3 +618,184 @@ fn revert_works_when_the_profile_file_is_gone() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(snap.current(), snap.taken());
 }
+
+#[test]
+fn irqs_the_kernel_will_not_move_are_reported_not_fatal() {
+    if !is_root_or_skip("irqs_the_kernel_will_not_move_are_reported_not_fatal") {
+        return;
+    }
+    let _serial = serial();
+    let mut paths = vec!["/proc/irq/default_smp_affinity".to_owned()];
+    for e in std::fs::read_dir("/proc/irq").unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().parse::<u32>().is_ok() {
+            paths.push(e.path().join("smp_affinity_list").display().to_string());
+        }
+    }
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let snap = KernelSnapshot::take(&refs);
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(profiles.path(), "irq0", "[irq]\naffinity = \"0\"\n");
+    let d = daemon_with_profiles(profiles.path(), "");
+    let out = d.ctl(&["--json", "profile", "apply", "irq0"]);
+    assert!(out.status.success(), "a refused IRQ is not fatal: {out:?}");
+    let r = json(&out);
+    assert_eq!(read("/proc/irq/default_smp_affinity"), "1");
+    let items = r["items"].as_array().unwrap();
+    let refused: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["status"] == "unsupported")
+        .collect();
+    for i in &refused {
+        assert!(
+            i["reason"].as_str().unwrap().contains("the kernel refused"),
+            "{i}"
+        );
+    }
+    let moved = items.iter().filter(|i| i["status"] == "applied").count();
+    assert!(moved >= 1, "{r}");
+    // verify does not call a refused IRQ drift.
+    let v = d.ctl(&["--json", "profile", "verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    assert!(d.ctl(&["profile", "revert"]).status.success());
+    assert_eq!(snap.current(), snap.taken());
+}
+
+fn fake_host(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for (p, v) in files {
+        let path = root.path().join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, v).unwrap();
+    }
+    root
+}
+
+#[test]
+fn periodic_drift_checks_update_the_metric_and_log() {
+    let root = fake_host(&[
+        ("/proc/sys/kernel/random/boot_id", "b\n"),
+        ("/proc/sys/vm/swappiness", "60\n"),
+        ("/proc/self/mountinfo", ""),
+    ]);
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(profiles.path(), "p", "[sysctl]\n\"vm.swappiness\" = 5\n");
+    let d = Daemon::builder()
+        .config(&format!(
+            "[tuning]\nprofile_dirs = [{:?}]\ndrift_check_interval_s = 1\n",
+            profiles.path().display().to_string()
+        ))
+        .arg("--host-root")
+        .arg(root.path().to_str().unwrap())
+        .start();
+    assert!(d.ctl(&["profile", "apply", "p"]).status.success());
+    std::fs::write(root.path().join("proc/sys/vm/swappiness"), "9\n").unwrap();
+    let mut seen = false;
+    for _ in 0..100 {
+        let m = String::from_utf8(d.ctl(&["metrics"]).stdout).unwrap();
+        if m.contains("cleanroomd_tuning_drift_items 1") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen, "drift metric never rose\n{}", d.log());
+    assert!(d.log().contains("tuning drift"), "{}", d.log());
+}
+
+#[test]
+fn revert_on_stop_puts_the_originals_back() {
+    let root = fake_host(&[
+        ("/proc/sys/kernel/random/boot_id", "b\n"),
+        ("/proc/sys/vm/swappiness", "60\n"),
+        ("/proc/self/mountinfo", ""),
+    ]);
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(profiles.path(), "p", "[sysctl]\n\"vm.swappiness\" = 5\n");
+    let mut d = Daemon::builder()
+        .config(&format!(
+            "[tuning]\nprofile_dirs = [{:?}]\nrevert_on_stop = true\n",
+            profiles.path().display().to_string()
+        ))
+        .arg("--host-root")
+        .arg(root.path().to_str().unwrap())
+        .start();
+    assert!(d.ctl(&["profile", "apply", "p"]).status.success());
+    let swappiness = root.path().join("proc/sys/vm/swappiness");
+    assert_eq!(std::fs::read_to_string(&swappiness).unwrap(), "5");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(2)).unwrap().code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&swappiness).unwrap(), "60");
+}
+
+#[test]
+fn concurrent_applies_queue_and_reload_finds_new_profiles() {
+    let root = fake_host(&[
+        ("/proc/sys/kernel/random/boot_id", "b\n"),
+        ("/proc/sys/vm/swappiness", "60\n"),
+        ("/proc/sys/vm/dirty_ratio", "20\n"),
+        ("/proc/self/mountinfo", ""),
+    ]);
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(
+        profiles.path(),
+        "a",
+        "[sysctl]\n\"vm.swappiness\" = 1\n\"vm.dirty_ratio\" = 11\n",
+    );
+    write_profile(
+        profiles.path(),
+        "b",
+        "[sysctl]\n\"vm.swappiness\" = 2\n\"vm.dirty_ratio\" = 12\n",
+    );
+    let d = Daemon::builder()
+        .config(&format!(
+            "[tuning]\nprofile_dirs = [{:?}]\n",
+            profiles.path().display().to_string()
+        ))
+        .arg("--host-root")
+        .arg(root.path().to_str().unwrap())
+        .start();
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let d = &d;
+            s.spawn(move || {
+                let name = if i % 2 == 0 { "a" } else { "b" };
+                let out = d.ctl(&["profile", "apply", name]);
+                assert!(out.status.success(), "{out:?}");
+            });
+        }
+    });
+    // Whichever came last, the host holds one profile's values, never a mix.
+    let sw = std::fs::read_to_string(root.path().join("proc/sys/vm/swappiness")).unwrap();
+    let dr = std::fs::read_to_string(root.path().join("proc/sys/vm/dirty_ratio")).unwrap();
+    assert!(
+        matches!((sw.as_str(), dr.as_str()), ("1", "11") | ("2", "12")),
+        "{sw} {dr}"
+    );
+    let active = json(&d.ctl(&["--json", "profile", "active"]));
+    assert_eq!(active["journal_entries"], 2);
+
+    // A profile added later appears after a reload (SIGHUP does the same).
+    write_profile(profiles.path(), "late", "[profile]\nsummary = \"new\"\n");
+    assert!(d.ctl(&["profile", "show", "late"]).status.code() == Some(1));
+    d.signal(Signal::SIGHUP);
+    let mut found = false;
+    for _ in 0..100 {
+        if d.ctl(&["profile", "show", "late"]).status.success() {
+            found = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(found, "SIGHUP reloads the profiles");
+    let out = d.ctl(&["profile", "revert"]);
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("proc/sys/vm/swappiness")).unwrap(),
+        "60"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("proc/sys/vm/dirty_ratio")).unwrap(),
+        "20"
+    );
+}

@@ -35,6 +35,10 @@ const MIGRATIONS: &[&str] = &[
         pending_prev  TEXT,
         updated       REAL NOT NULL
     );
+    CREATE TABLE tuning_refused (
+        path     TEXT PRIMARY KEY,
+        reason   TEXT NOT NULL
+    );
     CREATE TABLE tuning_state (
         id       INTEGER PRIMARY KEY CHECK (id = 1),
         profile  TEXT,

@@ -241,14 +241,29 @@ pub fn apply(
     journal::begin_apply(&mut conn, name, &boot, &journal_changes)?;
 
     let mut written: Vec<usize> = Vec::new();
+    let mut refused_by_kernel: Vec<(String, String)> = Vec::new();
     let mut failed = false;
     let mut change_items: Vec<KnobResult> = Vec::new();
     for (i, p) in changes.iter().enumerate() {
         let want = &desired_values[i];
         let restore = restore_paths.contains(&p.path);
         match write_knob(ctx.host, &p.path, p.kind, want) {
+            Ok(actual) if actual != *want && !restore => {
+                // The write was accepted but the kernel kept another value (a managed IRQ,
+                // a value it rounds): not this profile's value, and not drift either.
+                let reason = format!("the kernel accepted {want:?} but kept {actual:?}");
+                refused_by_kernel.push((p.path.clone(), reason.clone()));
+                change_items.push(item(
+                    p,
+                    p.current.clone(),
+                    Some(actual.clone()),
+                    KnobStatus::Unsupported,
+                    Some(reason),
+                ));
+                finals.push((p.path.clone(), actual));
+                written.push(i);
+            }
             Ok(actual) => {
-                let reason = (actual != *want).then(|| format!("the kernel kept {actual:?}"));
                 let status = if restore {
                     KnobStatus::Restored
                 } else {
@@ -259,18 +274,20 @@ pub fn apply(
                     p.current.clone(),
                     Some(actual.clone()),
                     status,
-                    reason,
+                    None,
                 ));
                 finals.push((p.path.clone(), actual));
                 written.push(i);
             }
             Err(e) if p.soft => {
+                let reason = format!("the kernel refused: {e}");
+                refused_by_kernel.push((p.path.clone(), reason.clone()));
                 change_items.push(item(
                     p,
                     p.current.clone(),
                     p.current.clone(),
                     KnobStatus::Unsupported,
-                    Some(format!("the kernel refused: {e}")),
+                    Some(reason),
                 ));
                 finals.push((p.path.clone(), currents[i].clone()));
             }
@@ -339,6 +356,7 @@ pub fn apply(
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     journal::settle(&mut conn, &finals_ref, Some(name), "active", &boot)?;
+    journal::set_refused(&mut conn, &refused_by_kernel)?;
     items.extend(change_items);
     let journal_entries = journal::count(&conn)?;
     Ok(TuneResult {
@@ -436,6 +454,7 @@ fn revert_locked(host: &Host, conn: &mut Connection, force: bool) -> Result<Tune
     }
     tx.commit()?;
     journal::set_state(conn, None, "idle", &boot)?;
+    journal::set_refused(conn, &[])?;
     let journal_entries = journal::count(conn)?;
     Ok(TuneResult {
         profile: previous,
@@ -448,9 +467,13 @@ fn revert_locked(host: &Host, conn: &mut Connection, force: bool) -> Result<Tune
 
 /// `profile.verify`: the active profile against the host.
 pub fn verify(ctx: Ctx<'_>) -> Result<TuneResult, Error> {
-    let (state, journal_entries) = {
+    let (state, journal_entries, refused) = {
         let conn = ctx.store.lock_blocking();
-        (journal::state(&conn)?, journal::count(&conn)?)
+        (
+            journal::state(&conn)?,
+            journal::count(&conn)?,
+            journal::refused(&conn)?,
+        )
     };
     let Some(name) = state.and_then(|s| s.profile) else {
         return Ok(TuneResult {
@@ -468,6 +491,13 @@ pub fn verify(ctx: Ctx<'_>) -> Result<TuneResult, Error> {
             Want::Value(d) if p.current.as_ref() == Some(d) => {
                 item(&p, Some(d.clone()), p.current.clone(), KnobStatus::Ok, None)
             }
+            Want::Value(_) if refused.contains_key(&p.path) => item(
+                &p,
+                None,
+                p.current.clone(),
+                KnobStatus::Unsupported,
+                refused.get(&p.path).cloned(),
+            ),
             Want::Value(d) => {
                 ok = false;
                 item(
