@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
 cargo bench --bench control_plane
+cargo bench --bench tuning
 benches/footprint.sh

@@ -358,6 +358,7 @@ pub fn apply(
     journal::settle(&mut conn, &finals_ref, Some(name), "active", &boot)?;
     journal::set_refused(&mut conn, &refused_by_kernel)?;
     items.extend(change_items);
+    items.sort_by(|a, b| a.knob.cmp(&b.knob));
     let journal_entries = journal::count(&conn)?;
     Ok(TuneResult {
         profile: Some(name.to_owned()),
