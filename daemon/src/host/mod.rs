@@ -4,7 +4,7 @@
 //! production, a temporary directory in tests that need a host this machine cannot show.
 //!
 //! One read path ([`Host::read`]) and one write path ([`Host::write`]); their errors carry
-//! the path (and the value written). Parsers of kernel formats live in [`format`] and are
+//! the path (and the value written). Parsers of kernel formats live in [`mod@format`] and are
 //! pure.
 
 mod cgroup;
