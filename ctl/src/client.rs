@@ -25,6 +25,9 @@ pub enum CallError {
     Protocol(String),
     /// The daemon answered, and the answer is a failure (apply failed, drift, conflicts).
     Failed(String),
+    /// A run ended with this exit code (the command's own, 124, 128+N, 127, 126), and
+    /// maybe a message.
+    Exit(u8, Option<String>),
 }
 
 impl std::fmt::Display for CallError {
@@ -49,6 +52,7 @@ impl std::fmt::Display for CallError {
             }
             CallError::Rpc(e) => f.write_str(&e.message),
             CallError::Protocol(m) | CallError::Failed(m) => f.write_str(m),
+            CallError::Exit(_, m) => f.write_str(m.as_deref().unwrap_or("")),
         }
     }
 }
@@ -97,8 +101,33 @@ impl Client {
         })
     }
 
+    /// Calls method `M`, handing every notification that arrives before the result to
+    /// `on_note`, with no read timeout (a run takes as long as it takes).
+    pub fn call_streaming<M: Method>(
+        &mut self,
+        params: &M::Params,
+        on_note: &mut dyn FnMut(&str, &Value),
+    ) -> Result<M::Result, CallError> {
+        let params = serde_json::to_value(params)
+            .map_err(|e| CallError::Protocol(format!("cannot encode params: {e}")))?;
+        let _ = self.reader.get_ref().set_read_timeout(None);
+        let value = self.call_inner(M::NAME, params, on_note)?;
+        serde_json::from_value(value).map_err(|e| {
+            CallError::Protocol(format!("cannot decode the result of {}: {e}", M::NAME))
+        })
+    }
+
     /// Calls `method` with `params` and returns the raw result.
     pub fn call_raw(&mut self, method: &str, params: Value) -> Result<Value, CallError> {
+        self.call_inner(method, params, &mut |_, _| {})
+    }
+
+    fn call_inner(
+        &mut self,
+        method: &str,
+        params: Value,
+        on_note: &mut dyn FnMut(&str, &Value),
+    ) -> Result<Value, CallError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut line = serde_json::to_string(&Request::new(id, method, params))
@@ -121,9 +150,11 @@ impl Client {
             let v: Value = serde_json::from_str(&buf).map_err(|e| {
                 CallError::Protocol(format!("unreadable answer from cleanroomd: {e}"))
             })?;
-            // Notifications (no id) come before the final response; later commands show
-            // them, these ones have none.
+            // Notifications (no id) come before the final response.
             if v.get("id").is_none() {
+                if let Some(m) = v.get("method").and_then(Value::as_str) {
+                    on_note(m, v.get("params").unwrap_or(&Value::Null));
+                }
                 continue;
             }
             let resp: Response = serde_json::from_value(v)
@@ -159,6 +190,7 @@ impl CallError {
             CallError::SocketDenied { .. } => 77,
             CallError::Rpc(e) if e.kind() == Some(ErrorCode::Forbidden) => 77,
             CallError::Rpc(_) | CallError::Protocol(_) | CallError::Failed(_) => 1,
+            CallError::Exit(code, _) => *code,
         }
     }
 }

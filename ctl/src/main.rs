@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use cleanroom_proto::{
     Metrics, NoParams, Ping, ProfileActive, ProfileApply, ProfileApplyParams, ProfileList,
     ProfileRecommend, ProfileRevert, ProfileRevertParams, ProfileShow, ProfileShowParams,
-    ProfileVerify, Reload, Status, TuneResult,
+    ProfileVerify, Reload, RunParams, RunStart, Status, TuneResult,
 };
 use serde::Serialize;
 
@@ -55,10 +55,11 @@ struct Cli {
     /// Print the result object as JSON on stdout and nothing else.
     #[arg(long, global = true)]
     json: bool,
-    /// Seconds to wait for the daemon's answer.
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10.0,
-          value_parser = parse_timeout)]
-    timeout: f64,
+    /// How long to wait for the daemon's answer (e.g. 10, 2.5s, 500ms) [default: 10s].
+    /// With `run`: the run's wall-clock limit, after which every process of the run is
+    /// killed (no limit by default).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +77,20 @@ enum Command {
     /// Print the daemon's metrics in Prometheus text format.
     #[command(after_help = "Examples:\n  cleanroomctl metrics | grep cleanroomd_requests_total")]
     Metrics,
+    /// Run a command in a clean room: its own cgroup, as you, measured; every process it
+    /// starts ends with it. Exits with the command's exit code.
+    #[command(
+        after_help = "Exit code: the command's own; 124 when the timeout ended it; 128+N when signal N\n\
+        ended it; 127 command not found; 126 not executable; 1 when the run could not be done.\n\
+        The command's output streams to your stdout and stderr (to stderr only with --json, whose\n\
+        stdout is the result object); a summary goes to stderr.\n\n\
+        Examples:\n  \
+        cleanroomctl run -- make test\n  \
+        cleanroomctl run --timeout 30s --memory 512M --pids 256 -- ./integration-test\n  \
+        cleanroomctl run --repeat 20 --warmup 3 -- ./bench --quick\n  \
+        cleanroomctl --json run --repeat 10 -- ./bench > result.json"
+    )]
+    Run(RunArgs),
     /// Tuning profiles: list, show, apply, revert, verify, recommend.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -85,6 +100,96 @@ enum Command {
         configuration in force stays unchanged.\n\nExamples:\n  sudo cleanroomctl reload"
     )]
     Reload,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Memory limit (bytes, or with K, M, G suffix); swap is off for the run.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Most processes and threads the run may have (a fork bomb stops there).
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// CPU quota in percent of one CPU (150 = one and a half CPUs).
+    #[arg(long, value_name = "PERCENT")]
+    cpu_percent: Option<u64>,
+    /// Measured repetitions; statistics are printed when more than one.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    repeat: u32,
+    /// Unmeasured repetitions before the measured ones.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    warmup: u32,
+    /// ASLR off for the command, fixed environment, CLEANROOM_SEED=0.
+    #[arg(long)]
+    deterministic: bool,
+    /// Environment variable for the command (repeatable); the rest of your environment
+    /// is not passed.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Working directory [default: the current one].
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// A label stored with the run.
+    #[arg(long)]
+    label: Option<String>,
+    /// The command and its arguments (after --).
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let mult = match t[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1u64 << 40,
+                _ => return Err(format!("{s:?}: unknown size suffix (use K, M, G or T)")),
+            };
+            (&t[..i], mult)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 512M"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s or 500ms"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1e3,
+        "m" | "min" => n * 60e3,
+        "h" => n * 3600e3,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !(ms.is_finite() && ms >= 1.0) {
+        return Err(format!("{s:?} must be at least 1ms"));
+    }
+    Ok(ms as u64)
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,32 +242,23 @@ enum ProfileCommand {
     Active,
 }
 
-fn parse_timeout(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if v.is_finite() && v > 0.0 && v <= 86_400.0 {
-        Ok(v)
-    } else {
-        Err(format!(
-            "{s} is out of range: give a number of seconds above 0, at most 86400"
-        ))
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cleanroomctl: {e}");
+            let msg = e.to_string();
+            if !msg.is_empty() {
+                eprintln!("cleanroomctl: {msg}");
+            }
             ExitCode::from(e.exit_code())
         }
     }
 }
 
 fn run(cli: &Cli) -> Result<(), CallError> {
-    let mut client = Client::connect(&cli.socket, Duration::from_secs_f64(cli.timeout))?;
+    let wait = Duration::from_millis(cli.timeout.unwrap_or(10_000));
+    let mut client = Client::connect(&cli.socket, wait)?;
     match cli.command {
         Command::Status => {
             let r = client.call::<Status>(&NoParams {})?;
@@ -179,6 +275,7 @@ fn run(cli: &Cli) -> Result<(), CallError> {
             emit(cli, &r, || r.text.clone())
         }
         Command::Profile(ref p) => profile(cli, &mut client, p),
+        Command::Run(ref r) => run_command(cli, &mut client, r),
         Command::Reload => {
             let r = client.call::<Reload>(&NoParams {})?;
             emit(cli, &r, || output::reload(&r))
@@ -243,6 +340,76 @@ fn profile(cli: &Cli, client: &mut Client, cmd: &ProfileCommand) -> Result<(), C
     }
 }
 
+fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallError> {
+    use std::io::IsTerminal;
+    let cwd = match &a.cwd {
+        Some(c) => std::path::absolute(c).unwrap_or_else(|_| c.clone()),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+    };
+    let params = RunParams {
+        argv: a.command.clone(),
+        cwd: Some(cwd.display().to_string()),
+        env: a.env.iter().cloned().collect(),
+        memory: a.memory,
+        pids: a.pids,
+        cpu_percent: a.cpu_percent,
+        timeout_ms: cli.timeout,
+        deterministic: a.deterministic,
+        label: a.label.clone(),
+        repeat: a.repeat,
+        warmup: a.warmup,
+    };
+    let progress = std::io::stderr().is_terminal() && (a.repeat + a.warmup) > 1;
+    let json = cli.json;
+    let mut on_note = |method: &str, params: &serde_json::Value| match method {
+        "run.output" => {
+            let data = params["data"].as_str().unwrap_or_default();
+            let to_stderr = json || params["stream"] == "stderr";
+            let _ = if to_stderr {
+                std::io::stderr().write_all(data.as_bytes())
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(data.as_bytes()).and_then(|()| out.flush())
+            };
+        }
+        "run.progress" if progress => {
+            let (done, total) = (
+                params["done"].as_u64().unwrap_or(0),
+                params["total"].as_u64().unwrap_or(1),
+            );
+            let width = 30;
+            let filled = (done * width / total.max(1)) as usize;
+            eprint!(
+                "\r[{}{}] {done}/{total}  last {:.1} ms{}",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled),
+                params["wall_ms"].as_f64().unwrap_or(0.0),
+                if params["warmup"] == true {
+                    " (warm-up)"
+                } else {
+                    ""
+                }
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+        _ => {}
+    };
+    let r = client.call_streaming::<RunStart>(&params, &mut on_note)?;
+    if json {
+        emit(cli, &r, String::new)?;
+    } else {
+        eprint!("{}", output::run_summary(&r));
+    }
+    let code = output::run_exit_code(&r.last);
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(CallError::Exit(code, r.last.error.clone()))
+    }
+}
+
 /// Prints the result as JSON with `--json`, else as the human text `human` makes.
 fn emit<T: Serialize>(
     cli: &Cli,
@@ -277,10 +444,19 @@ mod tests {
     }
 
     #[test]
-    fn timeout_must_be_positive() {
-        assert!(parse_timeout("0").is_err());
-        assert!(parse_timeout("-1").is_err());
-        assert!(parse_timeout("abc").is_err());
-        assert_eq!(parse_timeout("0.5"), Ok(0.5));
+    fn durations_sizes_and_env() {
+        assert_eq!(parse_duration("0.5"), Ok(500));
+        assert_eq!(parse_duration("30s"), Ok(30_000));
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        assert_eq!(parse_duration("2m"), Ok(120_000));
+        for bad in ["0", "-1", "abc", "5 parsecs", "0.1ms"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").is_err());
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(parse_env("=x").is_err());
     }
 }

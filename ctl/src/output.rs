@@ -248,6 +248,110 @@ pub fn profile_show(r: &ProfileShowResult) -> String {
     out
 }
 
+/// The exit code `cleanroomctl run` passes on for a run.
+pub fn run_exit_code(r: &cleanroom_proto::RunRecord) -> u8 {
+    use cleanroom_proto::EndReason;
+    match r.end_reason {
+        EndReason::Timeout => 124,
+        EndReason::Exited => r.exit_code.map_or(1, |c| (c & 0xff) as u8),
+        EndReason::Signaled | EndReason::Oom | EndReason::Cancelled => {
+            r.signal.map_or(1, |s| (128 + s).min(255) as u8)
+        }
+        EndReason::FailedToStart => r.exit_code.map_or(1, |c| (c & 0xff) as u8),
+    }
+}
+
+fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.3} s", v / 1000.0)
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+/// The summary `cleanroomctl run` prints on stderr.
+pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
+    let l = &r.last;
+    let mut out = String::from("\n");
+    let ended = match (l.end_reason, l.exit_code, l.signal) {
+        (cleanroom_proto::EndReason::Timeout, ..) => "timeout (every process killed)".to_owned(),
+        (cleanroom_proto::EndReason::Oom, ..) => {
+            "killed by the OOM killer (memory limit)".to_owned()
+        }
+        (cleanroom_proto::EndReason::Cancelled, ..) => "cancelled".to_owned(),
+        (cleanroom_proto::EndReason::FailedToStart, ..) => {
+            format!("did not start: {}", l.error.clone().unwrap_or_default())
+        }
+        (_, Some(c), _) => format!("exit code {c}"),
+        (_, _, Some(s)) => format!("signal {s}"),
+        _ => "unknown".to_owned(),
+    };
+    let mut rows = vec![
+        ("run", l.id.clone()),
+        ("ended", ended),
+        ("wall", ms(l.wall_ms)),
+        (
+            "cpu",
+            format!("{} user, {} system", ms(l.user_ms), ms(l.sys_ms)),
+        ),
+        ("peak memory", format!("{} KiB", l.max_rss_kb)),
+        (
+            "ctx switches",
+            format!(
+                "{} voluntary, {} involuntary",
+                l.voluntary_ctxt_switches, l.involuntary_ctxt_switches
+            ),
+        ),
+        ("cpus", l.cpus.clone()),
+    ];
+    if l.killed > 0 {
+        rows.push(("left behind", format!("{} processes, killed", l.killed)));
+    }
+    if l.output_truncated {
+        rows.push(("output", "truncated at the daemon's limit".to_owned()));
+    }
+    let noise = &l.noise;
+    if let Some(cpu) = noise.cpu_pressure_us {
+        rows.push((
+            "noise",
+            format!(
+                "CPU pressure {cpu} µs, memory {} µs, I/O {} µs (host-wide stalls during the run)",
+                noise.memory_pressure_us.unwrap_or(0),
+                noise.io_pressure_us.unwrap_or(0)
+            ),
+        ));
+    }
+    out.push_str(&table(&rows));
+    if !r.stats.is_empty() {
+        out.push('\n');
+        let header = [
+            "METRIC", "MEAN", "MEDIAN", "STDDEV", "CV", "MIN", "MAX", "OUTLIERS",
+        ];
+        let rows: Vec<Vec<String>> = r
+            .stats
+            .iter()
+            .map(|(name, s)| {
+                vec![
+                    name.clone(),
+                    format!("{:.3}", s.mean),
+                    format!("{:.3}", s.median),
+                    format!("{:.3}", s.stddev),
+                    format!("{:.2}%", s.cv_percent),
+                    format!("{:.3}", s.min),
+                    format!("{:.3}", s.max),
+                    s.outliers.len().to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&columns(&header, &rows));
+        out.push_str(&format!(
+            "{} measured runs; outliers by Tukey's rule (1.5 IQR)\n",
+            r.runs.len()
+        ));
+    }
+    out
+}
+
 /// `profile recommend`.
 pub fn recommend(r: &RecommendResult) -> String {
     let mut out = format!("recommended profile: {}\n", r.profile);

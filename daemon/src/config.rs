@@ -31,6 +31,10 @@
 //! on_start = "reapply"                 # or "revert": what a restart does with the journal
 //! drift_check_interval_s = 0           # periodic verify of the active profile (0: off)
 //! revert_on_stop = false               # put the originals back when the daemon stops
+//!
+//! [runs]
+//! max_output_bytes = 16777216          # output streamed per run; the rest is dropped
+//! max_repeat = 10000                   # most repetitions per request
 //! ```
 //!
 //! Command-line flags (`--socket`, `--state-dir`, `--host-root`) and `CLEANROOM_SOCKET`
@@ -80,6 +84,28 @@ pub struct Config {
     pub auth: Auth,
     /// Tuning profiles and the journal.
     pub tuning: Tuning,
+    /// Clean-room runs.
+    pub runs: Runs,
+}
+
+/// `[runs]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runs {
+    /// Output of one run streamed to the client at most, in bytes; the rest is dropped
+    /// and the run says so (default 16 MiB).
+    pub max_output_bytes: u64,
+    /// Most repetitions one request may ask for (default 10000).
+    pub max_repeat: u32,
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Self {
+            max_output_bytes: 16 << 20,
+            max_repeat: 10_000,
+        }
+    }
 }
 
 /// `[daemon]`

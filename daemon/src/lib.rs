@@ -9,6 +9,7 @@ pub mod config;
 pub mod host;
 pub mod metrics;
 pub mod privileges;
+pub mod run;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -119,6 +119,15 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         cleanroom_proto::CgroupMode::None
     });
 
+    // 4b. Run cgroups below our own, and the cgroups of runs a dead daemon left behind
+    //     ended and removed, before anyone can start a new run.
+    let runner = std::sync::Arc::new(cleanroomd::run::Runner::new(
+        host.clone(),
+        cgroup,
+        cfg.runs.max_output_bytes,
+        &cleanroomd::run::instance_tag(&cfg.daemon.state_dir),
+    ));
+
     // 5. The socket: systemd's if it passed one, else bound here (stale file replaced,
     //    live daemon refused), with its group and mode set before anyone is told.
     let listening = match listener::inherited()? {
@@ -137,7 +146,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let result = rt.block_on(serve(
-        listening, live, source, overrides, store, host, cgroup, started,
+        listening, live, source, overrides, store, host, cgroup, started, runner,
     ));
     rt.shutdown_timeout(Duration::from_millis(100));
     result
@@ -153,6 +162,7 @@ async fn serve(
     host: Host,
     cgroup: cleanroom_proto::CgroupMode,
     started: Instant,
+    runner: Arc<cleanroomd::run::Runner>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::from_std(listening.listener)
         .context("cannot register the socket with the runtime")?;
@@ -169,6 +179,7 @@ async fn serve(
             activated: listening.activated,
         },
         started,
+        runner,
     });
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -238,6 +249,17 @@ async fn serve(
             connections = tracker.len(),
             "grace period over; closing connections with requests in flight"
         );
+    }
+    // Runs were cancelled with the shutdown token; wait for their cleanup (processes
+    // killed, cgroups removed).
+    state.runs.close();
+    if tokio::time::timeout(Duration::from_millis(300), state.runs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("runs still cleaning up at exit; the next start removes their cgroups");
+    } else {
+        state.runner.shutdown();
     }
     if state.live().config.tuning.revert_on_stop {
         let _guard = state.tune_lock.lock().await;

@@ -84,6 +84,10 @@ pub struct State {
     pub tune_lock: tokio::sync::Mutex<()>,
     /// Woken after every successful reload.
     pub reloaded: tokio::sync::Notify,
+    /// Runs cgroups, spawns and measures runs.
+    pub runner: Arc<crate::run::Runner>,
+    /// Runs in progress, so shutdown can wait for them to be cleaned up.
+    pub runs: tokio_util::task::TaskTracker,
     connections: AtomicUsize,
 }
 
@@ -106,6 +110,8 @@ pub struct Parts {
     pub socket: SocketInfo,
     /// When start-up began.
     pub started: Instant,
+    /// The runner (cgroups prepared, stale runs cleaned).
+    pub runner: Arc<crate::run::Runner>,
 }
 
 impl State {
@@ -124,6 +130,8 @@ impl State {
             shutdown: CancellationToken::new(),
             tune_lock: tokio::sync::Mutex::new(()),
             reloaded: tokio::sync::Notify::new(),
+            runner: parts.runner,
+            runs: tokio_util::task::TaskTracker::new(),
             connections: AtomicUsize::new(0),
         })
     }

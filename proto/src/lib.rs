@@ -68,6 +68,7 @@
 //! | `profile.verify` | reader | none | [`TuneResult`] |
 //! | `profile.recommend` | reader | none | [`RecommendResult`] |
 //! | `profile.active` | reader | none | [`ActiveResult`] |
+//! | `run.start` | runner | [`RunParams`] | [`RunResult`] (after `run.output` notifications) |
 //!
 //! Each method is also a type implementing [`Method`], which ties its name, role and
 //! parameter and result types together for clients written in Rust.
@@ -237,11 +238,13 @@ pub enum ErrorCode {
     Store,
     /// -32007: no such profile, or it is broken (the message says why).
     Profile,
+    /// -32008: a run could not be carried out (no usable cgroups, invalid request).
+    Run,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -254,6 +257,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::Store,
         ErrorCode::Profile,
+        ErrorCode::Run,
     ];
 
     /// The number on the wire.
@@ -271,6 +275,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => -32005,
             ErrorCode::Store => -32006,
             ErrorCode::Profile => -32007,
+            ErrorCode::Run => -32008,
         }
     }
 
@@ -430,6 +435,9 @@ pub struct StatusResult {
     /// Knobs in the tuning journal (values cleanroom changed and can put back).
     #[serde(default)]
     pub journal_entries: u64,
+    /// Directories holding this daemon's run cgroups (one per v1 hierarchy).
+    #[serde(default)]
+    pub run_cgroups: Vec<String>,
     /// Who asked.
     pub caller: Caller,
 }
@@ -687,6 +695,184 @@ pub struct ActiveResult {
     pub since: Option<f64>,
     /// Knobs in the journal.
     pub journal_entries: u64,
+}
+
+method!(
+    /// `run.start`: run a command in its own cgroup as the caller; streams `run.output`
+    /// notifications ([`RunOutput`]) while it runs, then answers with the result.
+    RunStart, "run.start", Role::Runner, true, RunParams, RunResult
+);
+
+fn default_one() -> u32 {
+    1
+}
+
+/// Params of `run.start`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunParams {
+    /// Program and arguments (the program is looked up in the run's `PATH`).
+    pub argv: Vec<String>,
+    /// Working directory, entered as the caller (default `/`).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Environment besides the defaults (`PATH`, `HOME`, `LANG`, `TZ=UTC`), which these
+    /// override.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Memory limit in bytes (swap off for the run).
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// Most processes and threads.
+    #[serde(default)]
+    pub pids: Option<u64>,
+    /// CPU quota in percent of one CPU.
+    #[serde(default)]
+    pub cpu_percent: Option<u64>,
+    /// Wall-clock limit in milliseconds; the whole run is killed when it passes.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// ASLR off for the child, a fixed environment and `CLEANROOM_SEED`.
+    #[serde(default)]
+    pub deterministic: bool,
+    /// A label stored with the run.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Measured repetitions (default 1).
+    #[serde(default = "default_one")]
+    pub repeat: u32,
+    /// Unmeasured repetitions first (default 0).
+    #[serde(default)]
+    pub warmup: u32,
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The program exited (any code).
+    Exited,
+    /// A signal ended it.
+    Signaled,
+    /// The timeout passed; every process of the run was killed.
+    Timeout,
+    /// The memory limit was hit and the kernel's OOM killer ended it.
+    Oom,
+    /// Cancelled (by request, by the client leaving, or by the daemon stopping).
+    Cancelled,
+    /// It could not start (command not found: 127; not executable: 126).
+    FailedToStart,
+}
+
+/// One execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub id: String,
+    /// Exit code, when it exited (127/126 when it could not start).
+    pub exit_code: Option<i32>,
+    /// Signal number, when a signal ended it.
+    pub signal: Option<i32>,
+    /// Why it ended.
+    pub end_reason: EndReason,
+    /// Wall time, milliseconds.
+    pub wall_ms: f64,
+    /// User CPU time of the whole process tree (cgroup), milliseconds.
+    pub user_ms: f64,
+    /// System CPU time of the whole tree, milliseconds.
+    pub sys_ms: f64,
+    /// Peak memory of the tree (cgroup), KiB; the largest process's RSS where the kernel
+    /// keeps no cgroup peak.
+    pub max_rss_kb: u64,
+    /// Voluntary context switches (the program and the descendants it waited for).
+    pub voluntary_ctxt_switches: u64,
+    /// Involuntary context switches.
+    pub involuntary_ctxt_switches: u64,
+    /// OOM kills inside the run.
+    pub oom_kills: u64,
+    /// Processes still alive when the program ended (or at the timeout), all killed.
+    pub killed: u64,
+    /// CPUs the run could use.
+    pub cpus: String,
+    /// What else happened on the machine while it ran.
+    pub noise: Noise,
+    /// Whether output beyond the cap was dropped.
+    pub output_truncated: bool,
+    /// Why it could not start, if it could not.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Interference seen during a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Noise {
+    /// CPU pressure stall during the run (PSI `some` total delta), microseconds; `None`
+    /// where PSI is not available.
+    pub cpu_pressure_us: Option<u64>,
+    /// Memory pressure stall delta, microseconds.
+    pub memory_pressure_us: Option<u64>,
+    /// I/O pressure stall delta, microseconds.
+    pub io_pressure_us: Option<u64>,
+}
+
+/// Statistics of one metric over the measured repetitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub median: f64,
+    /// Sample standard deviation.
+    pub stddev: f64,
+    /// Coefficient of variation, percent (stddev / mean).
+    pub cv_percent: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Indexes of outliers: outside the Tukey fences (Q1 - 1.5 IQR, Q3 + 1.5 IQR).
+    pub outliers: Vec<usize>,
+}
+
+/// Result of `run.start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The last measured run (the only one without `repeat`), flattened.
+    #[serde(flatten)]
+    pub last: RunRecord,
+    /// Every measured run, when `repeat` > 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunRecord>,
+    /// Statistics by metric (`wall_ms`, `user_ms`, `sys_ms`, `max_rss_kb`), when
+    /// `repeat` > 1.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub stats: std::collections::BTreeMap<String, Summary>,
+}
+
+/// The `run.output` notification: a chunk of the child's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOutput {
+    /// The request id of the `run.start` it belongs to.
+    pub request: Value,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The bytes, as UTF-8 (invalid sequences replaced).
+    pub data: String,
+}
+
+/// The `run.progress` notification: a repetition finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunProgress {
+    /// The request id of the `run.start` it belongs to.
+    pub request: Value,
+    /// Repetitions done (warm-up included).
+    pub done: u32,
+    /// Repetitions in all (warm-up included).
+    pub total: u32,
+    /// Whether the one that finished was a warm-up.
+    pub warmup: bool,
+    /// Its wall time, milliseconds.
+    pub wall_ms: f64,
 }
 
 #[cfg(test)]

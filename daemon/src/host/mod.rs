@@ -14,7 +14,7 @@ pub mod sysctl;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-pub use cgroup::{CgroupMount, classify_mounts};
+pub use cgroup::{CgroupMount, ProcCgroup, classify_mounts, parse_proc_cgroup};
 use cleanroom_proto::CgroupMode;
 
 /// Errors of the host layer; each names the kernel path involved.
@@ -144,6 +144,53 @@ impl Host {
             .read("/proc/sys/kernel/random/boot_id")?
             .trim()
             .to_owned())
+    }
+
+    /// Creates a directory (a cgroup); an existing one is fine.
+    pub fn make_dir(&self, abs: &str) -> Result<(), Error> {
+        let path = self.path(abs)?;
+        match std::fs::create_dir(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(source) => Err(Error::Write {
+                path,
+                value: "(mkdir)".into(),
+                source,
+            }),
+        }
+    }
+
+    /// Removes an empty directory (a cgroup); a missing one is fine.
+    pub fn remove_dir(&self, abs: &str) -> Result<(), Error> {
+        let path = self.path(abs)?;
+        match std::fs::remove_dir(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Write {
+                path,
+                value: "(rmdir)".into(),
+                source,
+            }),
+        }
+    }
+
+    /// Every cgroup mount, from `/proc/self/mountinfo`.
+    pub fn cgroup_mounts(&self) -> Result<Vec<CgroupMount>, Error> {
+        let path = self.path("/proc/self/mountinfo")?;
+        let text = std::fs::read(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        cgroup::parse_mountinfo(&text).map_err(|detail| Error::Parse { path, detail })
+    }
+
+    /// The cgroups of this process, from `/proc/self/cgroup`.
+    pub fn own_cgroups(&self) -> Result<Vec<ProcCgroup>, Error> {
+        let text = self.read("/proc/self/cgroup")?;
+        parse_proc_cgroup(&text).map_err(|detail| Error::Parse {
+            path: self.path("/proc/self/cgroup").unwrap_or_default(),
+            detail,
+        })
     }
 
     /// Which cgroup hierarchies are mounted, from `/proc/self/mountinfo`.

@@ -39,6 +39,11 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
         AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_LINE_BYTES + 1);
     let mut framed = Framed::new(stream, codec);
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    // Notifications (run output) of requests in flight; written before their responses.
+    let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<String>(1024);
+    // Cancelled when this connection ends (or the daemon stops): its runs end with it.
+    let cancel = state.shutdown.child_token();
+    let _cancel_on_drop = cancel.clone().drop_guard();
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     let mut reading = true;
@@ -49,6 +54,12 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
         }
         tokio::select! {
             biased;
+            Some(line) = notify_rx.recv() => {
+                match tokio::time::timeout(idle_timeout, framed.send(line)).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
             Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(line) = reply {
                     // A peer that stops reading its answers holds the connection only
@@ -71,7 +82,12 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
             frame = framed.next(), if reading && in_flight.len() < limits.max_in_flight => {
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                 match frame {
-                    None => reading = false,
+                    None => {
+                        // The client closed its end: runs it started end now (a client
+                        // must keep the connection open while its run goes on).
+                        reading = false;
+                        cancel.cancel();
+                    }
                     Some(Ok(bytes)) => {
                         let line = trim_line(&bytes);
                         if line.len() > MAX_LINE_BYTES {
@@ -82,7 +98,8 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
                         }
-                        if let Some(fut) = handle_line(line, &peer, &state) {
+                        let call = super::Call { id: Value::Null, notify: notify_tx.clone(), cancel: cancel.clone() };
+                        if let Some(fut) = handle_line(line, &peer, call, &state) {
                             in_flight.push(fut);
                         }
                     }
@@ -107,7 +124,12 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
 
 /// Parses one line. Errors found here are answered at once; a valid request becomes a
 /// future that yields its response line (or nothing, for a notification).
-fn handle_line(line: &[u8], peer: &Arc<Peer>, state: &Arc<State>) -> Option<InFlight> {
+fn handle_line(
+    line: &[u8],
+    peer: &Arc<Peer>,
+    mut call: super::Call,
+    state: &Arc<State>,
+) -> Option<InFlight> {
     let started = Instant::now();
     let mut env: Map<String, Value> = match serde_json::from_slice(line) {
         Ok(env) => env,
@@ -150,7 +172,8 @@ fn handle_line(line: &[u8], peer: &Arc<Peer>, state: &Arc<State>) -> Option<InFl
     let peer = Arc::clone(peer);
     let state = Arc::clone(state);
     Some(Box::pin(async move {
-        let result = dispatch::dispatch(&method, params, &peer, &state).await;
+        call.id = id.clone().unwrap_or(Value::Null);
+        let result = dispatch::dispatch(&method, params, &peer, &call, &state).await;
         let code = result.as_ref().err().map(|e| e.code().code());
         state
             .metrics

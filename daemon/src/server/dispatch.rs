@@ -6,14 +6,14 @@ use std::sync::Arc;
 use cleanroom_proto::{
     Caller, Method, Metrics, MetricsResult, NoParams, Ping, PingResult, ProfileActive,
     ProfileApply, ProfileInfo, ProfileList, ProfileListResult, ProfileRecommend, ProfileRevert,
-    ProfileShow, ProfileShowParams, ProfileShowResult, ProfileVerify, Reload, Role, SettingInfo,
-    Status, StatusResult, TuneResult,
+    ProfileShow, ProfileShowParams, ProfileShowResult, ProfileVerify, Reload, Role, RunStart,
+    SettingInfo, Status, StatusResult, TuneResult,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::Error;
 use super::peer::Peer;
+use super::{Call, Error};
 use crate::state::State;
 use crate::store::AuditEvent;
 use crate::tune;
@@ -31,6 +31,7 @@ pub const KNOWN_METHODS: &[&str] = &[
     ProfileVerify::NAME,
     ProfileRecommend::NAME,
     ProfileActive::NAME,
+    RunStart::NAME,
 ];
 
 /// Runs `method` with `params` for `peer`.
@@ -38,9 +39,17 @@ pub async fn dispatch(
     method: &str,
     params: Option<Value>,
     peer: &Peer,
+    call: &Call,
     state: &Arc<State>,
 ) -> Result<Value, Error> {
     match method {
+        RunStart::NAME => {
+            let call = call.clone();
+            invoke::<RunStart, _, _>(params, peer, state, move |p, peer, st| {
+                crate::server::runs::start(p, peer, call, st)
+            })
+            .await
+        }
         Ping::NAME => {
             invoke::<Ping, _, _>(params, peer, state, |_, _, _| async {
                 Ok(PingResult { pong: true })
@@ -212,6 +221,7 @@ async fn status(_: NoParams, peer: Peer, state: Arc<State>) -> Result<StatusResu
         connections: state.connections() as u64,
         active_profile: active.profile,
         journal_entries: active.journal_entries,
+        run_cgroups: state.runner.cgroup_bases(),
         caller: Caller {
             uid: peer.uid,
             gid: peer.gid,
@@ -334,6 +344,7 @@ pub fn role_for(method: &str) -> Option<Role> {
         ProfileVerify::NAME => Some(ProfileVerify::ROLE),
         ProfileRecommend::NAME => Some(ProfileRecommend::ROLE),
         ProfileActive::NAME => Some(ProfileActive::ROLE),
+        RunStart::NAME => Some(RunStart::ROLE),
         _ => None,
     }
 }

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod listener;
 pub mod peer;
+pub mod runs;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,18 @@ use tokio_util::task::TaskTracker;
 
 use crate::state::State;
 use crate::{config, store};
+
+/// What a request may use besides its params: its id, a channel for notifications to its
+/// connection, and a token cancelled when the connection ends.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The request id (null for notifications and before it is known).
+    pub id: Value,
+    /// Lines sent to the client before the response.
+    pub notify: tokio::sync::mpsc::Sender<String>,
+    /// Cancelled when the client goes away or the daemon stops.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
 
 /// Everything a request can fail with. [`Error::code`] maps each to its stable wire code.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +90,9 @@ pub enum Error {
     /// A tuning operation failed.
     #[error(transparent)]
     Tune(#[from] crate::tune::Error),
+    /// A run could not be carried out at all (no cgroups, bad request).
+    #[error("{0}")]
+    Run(String),
     /// The daemon is stopping.
     #[error("cleanroomd is shutting down")]
     ShuttingDown,
@@ -102,6 +118,7 @@ impl Error {
             Error::Tune(crate::tune::Error::Journal(_)) => ErrorCode::Store,
             Error::Tune(crate::tune::Error::Host(_)) => ErrorCode::Internal,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::Run(_) => ErrorCode::Run,
             Error::Internal(_) => ErrorCode::Internal,
         }
     }

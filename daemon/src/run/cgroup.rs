@@ -1,0 +1,599 @@
+//! Run cgroups: one per run, nested below the daemon's own cgroup in every hierarchy, with
+//! limits, accounting and a way to end every process inside.
+//!
+//! cgroup v2 (unified): the daemon moves itself into `<own>/daemon` (the no-internal-
+//! processes rule), enables controllers for `<own>/runs`, and each run lives in
+//! `<own>/runs/run-<id>`; ending a run is one write to `cgroup.kill`.
+//! cgroup v1 (and hybrid hosts, whose unified mount has no controllers): one directory per
+//! controller, `<mount>/<own>/cleanroom/run-<id>`; ending a run freezes it (so nothing can
+//! fork while the list is read), kills every pid, and thaws it.
+//!
+//! All access goes through the host layer, so a fake root can stand in for cgroupfs.
+
+use std::time::{Duration, Instant};
+
+use cleanroom_proto::CgroupMode;
+
+use crate::host::{Error as HostError, Host};
+
+/// v1 controllers a run uses.
+const V1_WANTED: &[&str] = &["pids", "memory", "cpu", "cpuacct", "cpuset", "freezer"];
+
+/// Limits applied to a run's cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory limit in bytes (swap off for the run).
+    pub memory: Option<u64>,
+    /// Most processes and threads.
+    pub pids: Option<u64>,
+    /// CPU quota in percent of one CPU (150 = one and a half CPUs).
+    pub cpu_percent: Option<u64>,
+    /// CPUs the run may use (a CPU list); `None` keeps the parent's.
+    pub cpus: Option<String>,
+}
+
+/// Resource use read from a run's cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// User CPU time, microseconds.
+    pub user_us: u64,
+    /// System CPU time, microseconds.
+    pub sys_us: u64,
+    /// Peak memory, bytes (None where the kernel does not say).
+    pub peak_memory: Option<u64>,
+    /// OOM kills inside the cgroup.
+    pub oom_kills: u64,
+}
+
+/// Where runs go on this host.
+#[derive(Debug, Clone)]
+pub enum Layout {
+    /// One directory per v1 hierarchy: (controllers, base directory).
+    V1(Vec<(Vec<String>, String)>),
+    /// The unified hierarchy: the daemon's own cgroup directory.
+    V2(String),
+}
+
+/// A run's cgroup.
+#[derive(Debug, Clone)]
+pub struct RunCgroup {
+    v2: bool,
+    /// (controllers, directory) per hierarchy; one entry on v2.
+    dirs: Vec<(Vec<String>, String)>,
+}
+
+fn join(a: &str, b: &str) -> String {
+    let a = a.trim_end_matches('/');
+    let b = b.trim_start_matches('/');
+    if b.is_empty() {
+        a.to_owned()
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+impl Layout {
+    /// Finds (and prepares) where runs go: below the daemon's own cgroups, in a directory
+    /// named after `instance` (so daemons with different state directories never touch
+    /// each other's runs).
+    pub fn detect(host: &Host, mode: CgroupMode, instance: &str) -> Result<Self, String> {
+        let mounts = host.cgroup_mounts().map_err(|e| e.to_string())?;
+        let own = host.own_cgroups().map_err(|e| e.to_string())?;
+        match mode {
+            CgroupMode::V2 => {
+                let mount = mounts
+                    .iter()
+                    .find(|m| m.unified)
+                    .ok_or("no cgroup2 mount")?;
+                let path = own
+                    .iter()
+                    .find(|c| c.id == 0)
+                    .map_or("/", |c| c.path.as_str());
+                let base = join(&mount.mount_point.display().to_string(), path);
+                let runs = prepare_v2(host, &base, instance).map_err(|e| e.to_string())?;
+                Ok(Layout::V2(runs))
+            }
+            CgroupMode::V1 | CgroupMode::Hybrid => {
+                let mut hiers: Vec<(Vec<String>, String)> = Vec::new();
+                for want in V1_WANTED {
+                    if hiers.iter().any(|(c, _)| c.iter().any(|x| x == want)) {
+                        continue;
+                    }
+                    let Some(mount) = mounts
+                        .iter()
+                        .find(|m| !m.unified && m.controllers.iter().any(|c| c == want))
+                    else {
+                        return Err(format!("the v1 {want} controller is not mounted"));
+                    };
+                    let path = own
+                        .iter()
+                        .find(|c| c.controllers.iter().any(|x| x == want))
+                        .map_or("/", |c| c.path.as_str());
+                    let base = join(
+                        &join(&mount.mount_point.display().to_string(), path),
+                        &format!("cleanroom-{instance}"),
+                    );
+                    host.make_dir(&base).map_err(|e| e.to_string())?;
+                    if mount.controllers.iter().any(|c| c == "cpuset") {
+                        inherit_cpuset(host, &base).map_err(|e| e.to_string())?;
+                    }
+                    hiers.push((mount.controllers.clone(), base));
+                }
+                Ok(Layout::V1(hiers))
+            }
+            CgroupMode::None => Err("no cgroup file system is mounted".into()),
+        }
+    }
+
+    fn runs_dirs(&self) -> Vec<(Vec<String>, String)> {
+        match self {
+            Layout::V1(h) => h.clone(),
+            Layout::V2(base) => vec![(Vec::new(), base.clone())],
+        }
+    }
+
+    /// The directories that hold this daemon's run cgroups.
+    pub fn bases(&self) -> Vec<String> {
+        self.runs_dirs().into_iter().map(|(_, d)| d).collect()
+    }
+
+    /// Creates the cgroup of run `id` with `limits`.
+    pub fn create(&self, host: &Host, id: &str, limits: &Limits) -> Result<RunCgroup, HostError> {
+        let dirs: Vec<(Vec<String>, String)> = self
+            .runs_dirs()
+            .into_iter()
+            .map(|(c, base)| (c, join(&base, &format!("run-{id}"))))
+            .collect();
+        let cg = RunCgroup {
+            v2: matches!(self, Layout::V2(_)),
+            dirs,
+        };
+        for (_, dir) in &cg.dirs {
+            host.make_dir(dir)?;
+        }
+        if let Err(e) = cg.apply_limits(host, limits) {
+            cg.remove(host);
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// Removes the directories that hold run cgroups (at a clean stop; they must be empty).
+    pub fn remove_base(&self, host: &Host) {
+        match self {
+            Layout::V1(h) => {
+                for (_, base) in h {
+                    let _ = host.remove_dir(base);
+                }
+            }
+            Layout::V2(base) => {
+                let _ = host.remove_dir(base);
+            }
+        }
+    }
+
+    /// Ends and removes run cgroups left by a daemon that died; returns how many.
+    pub fn cleanup_stale(&self, host: &Host) -> usize {
+        let mut ids: Vec<String> = Vec::new();
+        for (_, base) in self.runs_dirs() {
+            for name in host.list(&base) {
+                if let Some(id) = name.strip_prefix("run-") {
+                    if !ids.iter().any(|i| i == id) {
+                        ids.push(id.to_owned());
+                    }
+                }
+            }
+        }
+        for id in &ids {
+            let cg = RunCgroup {
+                v2: matches!(self, Layout::V2(_)),
+                dirs: self
+                    .runs_dirs()
+                    .into_iter()
+                    .map(|(c, b)| (c, join(&b, &format!("run-{id}"))))
+                    .collect(),
+            };
+            let killed = cg.kill_all(host);
+            cg.wait_empty(host, Duration::from_secs(2));
+            cg.remove(host);
+            tracing::warn!(run = %id, killed, "removed the cgroup of a run left by a previous daemon");
+        }
+        ids.len()
+    }
+}
+
+fn inherit_cpuset(host: &Host, dir: &str) -> Result<(), HostError> {
+    let parent = dir.rsplit_once('/').map_or("/", |(p, _)| p);
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let current = host.read(&join(dir, f)).unwrap_or_default();
+        if current.trim().is_empty() {
+            let value = host.read(&join(parent, f))?;
+            host.write(&join(dir, f), value.trim())?;
+        }
+    }
+    Ok(())
+}
+
+fn prepare_v2(host: &Host, base: &str, instance: &str) -> Result<String, HostError> {
+    // No internal processes: the daemon leaves its cgroup for a leaf of its own.
+    let leaf = join(base, "daemon");
+    host.make_dir(&leaf)?;
+    host.write(
+        &join(&leaf, "cgroup.procs"),
+        &std::process::id().to_string(),
+    )?;
+    let available = host
+        .read(&join(base, "cgroup.controllers"))
+        .unwrap_or_default();
+    let enable: Vec<String> = ["cpu", "cpuset", "memory", "pids", "io"]
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    let runs = join(base, &format!("runs-{instance}"));
+    host.make_dir(&runs)?;
+    if !enable.is_empty() {
+        host.write(&join(base, "cgroup.subtree_control"), &enable.join(" "))?;
+        host.write(&join(&runs, "cgroup.subtree_control"), &enable.join(" "))?;
+    }
+    Ok(runs)
+}
+
+impl RunCgroup {
+    fn dir_with(&self, controller: &str) -> Option<&str> {
+        if self.v2 {
+            return self.dirs.first().map(|(_, d)| d.as_str());
+        }
+        self.dirs
+            .iter()
+            .find(|(c, _)| c.iter().any(|x| x == controller))
+            .map(|(_, d)| d.as_str())
+    }
+
+    /// The run's directories (one per hierarchy).
+    pub fn dirs(&self) -> Vec<String> {
+        self.dirs.iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// The `cgroup.procs` files a pid must be written to, to enter the run.
+    pub fn procs_files(&self) -> Vec<String> {
+        self.dirs
+            .iter()
+            .map(|(_, d)| join(d, "cgroup.procs"))
+            .collect()
+    }
+
+    fn apply_limits(&self, host: &Host, l: &Limits) -> Result<(), HostError> {
+        if !self.v2 {
+            if let Some(d) = self.dir_with("cpuset") {
+                inherit_cpuset(host, d)?;
+            }
+        }
+        let w = |ctrl: &str, file: &str, value: &str| -> Result<(), HostError> {
+            match self.dir_with(ctrl) {
+                Some(d) => host.write(&join(d, file), value),
+                None => Ok(()),
+            }
+        };
+        if let Some(pids) = l.pids {
+            w("pids", "pids.max", &pids.to_string())?;
+        }
+        if let Some(mem) = l.memory {
+            if self.v2 {
+                w("memory", "memory.max", &mem.to_string())?;
+                // Swap off for the run, where the kernel has swap accounting.
+                if let Some(d) = self.dir_with("memory") {
+                    if host.exists(&join(d, "memory.swap.max")) {
+                        host.write(&join(d, "memory.swap.max"), "0")?;
+                    }
+                }
+            } else {
+                w("memory", "memory.limit_in_bytes", &mem.to_string())?;
+                if let Some(d) = self.dir_with("memory") {
+                    if host.exists(&join(d, "memory.memsw.limit_in_bytes")) {
+                        host.write(&join(d, "memory.memsw.limit_in_bytes"), &mem.to_string())?;
+                    }
+                    host.write(&join(d, "memory.swappiness"), "0").ok();
+                }
+            }
+        }
+        if let Some(pct) = l.cpu_percent {
+            let period = 100_000u64;
+            let quota = period * pct / 100;
+            if self.v2 {
+                w("cpu", "cpu.max", &format!("{quota} {period}"))?;
+            } else {
+                w("cpu", "cpu.cfs_period_us", &period.to_string())?;
+                w("cpu", "cpu.cfs_quota_us", &quota.to_string())?;
+            }
+        }
+        if let Some(cpus) = &l.cpus {
+            w("cpuset", "cpuset.cpus", cpus)?;
+        }
+        Ok(())
+    }
+
+    /// Pids in the run now.
+    pub fn pids(&self, host: &Host) -> Vec<i32> {
+        let Some((_, d)) = self.dirs.first() else {
+            return Vec::new();
+        };
+        // On v1 any hierarchy lists the same processes; pids is always one of ours.
+        let dir = self.dir_with("pids").unwrap_or(d);
+        host.read(&join(dir, "cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Ends every process in the run; returns how many were signalled.
+    pub fn kill_all(&self, host: &Host) -> usize {
+        let before = self.pids(host);
+        if before.is_empty() {
+            return 0;
+        }
+        if self.v2 {
+            if let Some(d) = self.dirs.first().map(|(_, d)| d) {
+                if host.write(&join(d, "cgroup.kill"), "1").is_ok() {
+                    return before.len();
+                }
+            }
+        }
+        // v1 (or a kernel without cgroup.kill): freeze, so nothing forks while the list is
+        // read, kill everything, thaw so the signals are delivered.
+        let freezer = self.dir_with("freezer").map(|d| join(d, "freezer.state"));
+        if let Some(f) = &freezer {
+            if host.write(f, "FROZEN").is_ok() {
+                let deadline = Instant::now() + Duration::from_millis(500);
+                while Instant::now() < deadline {
+                    if host.read(f).map(|s| s.trim() == "FROZEN").unwrap_or(true) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+        let mut killed = std::collections::BTreeSet::new();
+        // Frozen, the list is complete in one pass; without a freezer, repeat to catch
+        // children forked between reading the list and the kills.
+        let passes = if freezer.is_some() { 1 } else { 3 };
+        for _ in 0..passes {
+            let pids = self.pids(host);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let sent = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                if sent.is_ok() {
+                    killed.insert(pid);
+                }
+            }
+        }
+        if let Some(f) = &freezer {
+            let _ = host.write(f, "THAWED");
+        }
+        killed.len().max(before.len())
+    }
+
+    /// Waits until no process is left; false on timeout.
+    pub fn wait_empty(&self, host: &Host, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            if self.pids(host).is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// CPU time, peak memory and OOM kills.
+    pub fn usage(&self, host: &Host) -> Usage {
+        let mut u = Usage::default();
+        if self.v2 {
+            let d = self
+                .dirs
+                .first()
+                .map(|(_, d)| d.clone())
+                .unwrap_or_default();
+            let stat = host.read(&join(&d, "cpu.stat")).unwrap_or_default();
+            u.user_us = keyed(&stat, "user_usec");
+            u.sys_us = keyed(&stat, "system_usec");
+            u.peak_memory = host
+                .read(&join(&d, "memory.peak"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            u.oom_kills = keyed(
+                &host.read(&join(&d, "memory.events")).unwrap_or_default(),
+                "oom_kill",
+            );
+        } else {
+            if let Some(d) = self.dir_with("cpuacct") {
+                let ns = |f: &str| {
+                    host.read(&join(d, f))
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                u.user_us = ns("cpuacct.usage_user") / 1000;
+                u.sys_us = ns("cpuacct.usage_sys") / 1000;
+            }
+            if let Some(d) = self.dir_with("memory") {
+                u.peak_memory = host
+                    .read(&join(d, "memory.max_usage_in_bytes"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                u.oom_kills = keyed(
+                    &host
+                        .read(&join(d, "memory.oom_control"))
+                        .unwrap_or_default(),
+                    "oom_kill",
+                );
+            }
+        }
+        u
+    }
+
+    /// Removes the run's directories (they must be empty of processes).
+    pub fn remove(&self, host: &Host) {
+        for (_, d) in &self.dirs {
+            if let Err(e) = host.remove_dir(d) {
+                tracing::warn!(cgroup = %d, error = %e, "cannot remove run cgroup");
+            }
+        }
+    }
+}
+
+/// `key value` lines (cpu.stat, memory.events, memory.oom_control) → the value of `key`.
+fn keyed(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(key))
+                .then(|| it.next()?.parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(files: &[(&str, &str)]) -> (tempfile::TempDir, Host) {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, c) in files {
+            let path = dir.path().join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, c).unwrap();
+        }
+        let h = Host::new(dir.path());
+        (dir, h)
+    }
+
+    #[test]
+    fn keyed_files() {
+        assert_eq!(
+            keyed("usage_usec 10\nuser_usec 7\nsystem_usec 3\n", "user_usec"),
+            7
+        );
+        assert_eq!(
+            keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", "oom_kill"),
+            2
+        );
+        assert_eq!(keyed("", "x"), 0);
+    }
+
+    #[test]
+    fn v2_layout_limits_and_usage_on_a_fake_root() {
+        let (d, host) = fake(&[
+            (
+                "/proc/self/mountinfo",
+                "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+            ),
+            ("/proc/self/cgroup", "0::/system.slice/cleanroomd.service\n"),
+            (
+                "/sys/fs/cgroup/system.slice/cleanroomd.service/cgroup.controllers",
+                "cpuset cpu io memory pids\n",
+            ),
+            (
+                "/sys/fs/cgroup/system.slice/cleanroomd.service/cgroup.subtree_control",
+                "",
+            ),
+            // The kernel creates the interface files of a new cgroup; a fake root must too.
+            (
+                "/sys/fs/cgroup/system.slice/cleanroomd.service/daemon/cgroup.procs",
+                "",
+            ),
+            (
+                "/sys/fs/cgroup/system.slice/cleanroomd.service/runs-t/cgroup.subtree_control",
+                "",
+            ),
+            (
+                "/sys/fs/cgroup/system.slice/cleanroomd.service/runs-t/run-7/memory.max",
+                "max\n",
+            ),
+            (
+                "/sys/fs/cgroup/system.slice/cleanroomd.service/runs-t/run-7/memory.swap.max",
+                "max\n",
+            ),
+            (
+                "/sys/fs/cgroup/system.slice/cleanroomd.service/runs-t/run-7/pids.max",
+                "max\n",
+            ),
+            (
+                "/sys/fs/cgroup/system.slice/cleanroomd.service/runs-t/run-7/cpu.max",
+                "max 100000\n",
+            ),
+            (
+                "/sys/fs/cgroup/system.slice/cleanroomd.service/runs-t/run-7/cpuset.cpus",
+                "\n",
+            ),
+        ]);
+        let base = "/sys/fs/cgroup/system.slice/cleanroomd.service";
+        let layout = Layout::detect(&host, CgroupMode::V2, "t").unwrap();
+        let read =
+            |p: &str| std::fs::read_to_string(d.path().join(p.trim_start_matches('/'))).unwrap();
+        assert_eq!(
+            read(&format!("{base}/daemon/cgroup.procs")),
+            std::process::id().to_string()
+        );
+        assert_eq!(
+            read(&format!("{base}/cgroup.subtree_control")),
+            "+cpu +cpuset +memory +pids +io"
+        );
+        let limits = Limits {
+            memory: Some(64 << 20),
+            pids: Some(100),
+            cpu_percent: Some(150),
+            cpus: Some("1".into()),
+        };
+        let run = format!("{base}/runs-t/run-7");
+        let cg = layout.create(&host, "7", &limits).unwrap();
+        assert_eq!(
+            read(&format!("{run}/memory.max")),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(read(&format!("{run}/memory.swap.max")), "0");
+        assert_eq!(read(&format!("{run}/pids.max")), "100");
+        assert_eq!(read(&format!("{run}/cpu.max")), "150000 100000");
+        assert_eq!(read(&format!("{run}/cpuset.cpus")), "1");
+        assert_eq!(cg.procs_files(), vec![format!("{run}/cgroup.procs")]);
+        std::fs::write(
+            d.path().join(run.trim_start_matches('/')).join("cpu.stat"),
+            "usage_usec 30\nuser_usec 20\nsystem_usec 10\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path()
+                .join(run.trim_start_matches('/'))
+                .join("memory.peak"),
+            "4096\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path()
+                .join(run.trim_start_matches('/'))
+                .join("memory.events"),
+            "oom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cg.usage(&host),
+            Usage {
+                user_us: 20,
+                sys_us: 10,
+                peak_memory: Some(4096),
+                oom_kills: 1
+            }
+        );
+    }
+}

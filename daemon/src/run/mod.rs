@@ -1,0 +1,342 @@
+//! Clean-room runs: a command in its own cgroup, as the caller, measured, and ended with
+//! every process it started.
+//!
+//! A run: create the cgroup (limits set) → start the child inside it before exec
+//! ([`spawn`]) → stream its output → wait for it, the timeout, or cancellation → kill
+//! whatever is left in the cgroup (double-forked and setsid'd processes included) → read
+//! the cgroup's accounting → remove the cgroup. Results are ready as soon as the last
+//! process is gone: nothing sleeps for a fixed time.
+//!
+//! Limitations (work of later sessions): exclusive cores and shielding, namespaces
+//! (`--isolate`), realtime scheduling, baselines and the run history in SQLite.
+
+pub mod cgroup;
+pub mod spawn;
+pub mod stats;
+
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cleanroom_proto::{EndReason, Noise, RunRecord};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::host::Host;
+use cgroup::{Layout, Limits};
+
+/// A chunk of output from a run.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// One command to run, fully resolved (identity, environment, limits).
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// What to start (its `cgroup_procs` is filled in per run).
+    pub spec: spawn::Spec,
+    /// Cgroup limits.
+    pub limits: Limits,
+    /// Wall-clock limit.
+    pub timeout: Option<Duration>,
+}
+
+/// Runs jobs on this host.
+#[derive(Debug)]
+pub struct Runner {
+    host: Host,
+    layout: Result<Layout, String>,
+    next: AtomicU64,
+    /// Output beyond this many bytes per run is dropped (and said so).
+    pub max_output: u64,
+}
+
+impl Runner {
+    /// Prepares the run cgroups below the daemon's own and removes those a dead daemon
+    /// left behind.
+    pub fn new(
+        host: Host,
+        mode: cleanroom_proto::CgroupMode,
+        max_output: u64,
+        instance: &str,
+    ) -> Self {
+        let layout = Layout::detect(&host, mode, instance);
+        match &layout {
+            Ok(l) => {
+                let n = l.cleanup_stale(&host);
+                tracing::info!(layout = ?l, stale_removed = n, "run cgroups ready");
+            }
+            Err(e) => tracing::warn!(error = %e, "runs are unavailable: no usable cgroups"),
+        }
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Self {
+            host,
+            layout,
+            next: AtomicU64::new(seed),
+            max_output,
+        }
+    }
+
+    /// Removes the directories of run cgroups at a clean stop (a crash leaves them for the
+    /// next start, which cleans them).
+    pub fn shutdown(&self) {
+        if let Ok(l) = &self.layout {
+            l.remove_base(&self.host);
+        }
+    }
+
+    /// The directories holding this daemon's run cgroups.
+    pub fn cgroup_bases(&self) -> Vec<String> {
+        self.layout.as_ref().map(Layout::bases).unwrap_or_default()
+    }
+
+    /// Why runs cannot happen here, if they cannot.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.layout.as_ref().err().map(String::as_str)
+    }
+
+    /// CPUs runs may use (the daemon's own affinity).
+    fn cpus(&self) -> String {
+        let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+            .ok()
+            .map(|s| {
+                (0..nix::sched::CpuSet::count() as u32)
+                    .filter(|c| s.is_set(*c as usize).unwrap_or(false))
+                    .collect::<std::collections::BTreeSet<u32>>()
+            })
+            .unwrap_or_default();
+        crate::host::format::format_cpu_list(&set)
+    }
+
+    /// Runs `job` once. Output goes to `output` (dropped when the receiver is gone);
+    /// `cancel` ends the run early.
+    pub async fn run_once(
+        self: &Arc<Self>,
+        job: &Job,
+        output: mpsc::Sender<Chunk>,
+        cancel: CancellationToken,
+    ) -> RunRecord {
+        let id = self.next.fetch_add(1, Ordering::Relaxed).to_string();
+        let mut record = RunRecord {
+            id: id.clone(),
+            exit_code: None,
+            signal: None,
+            end_reason: EndReason::FailedToStart,
+            wall_ms: 0.0,
+            user_ms: 0.0,
+            sys_ms: 0.0,
+            max_rss_kb: 0,
+            voluntary_ctxt_switches: 0,
+            involuntary_ctxt_switches: 0,
+            oom_kills: 0,
+            killed: 0,
+            cpus: job.limits.cpus.clone().unwrap_or_else(|| self.cpus()),
+            noise: Noise::default(),
+            output_truncated: false,
+            error: None,
+        };
+        let layout = match &self.layout {
+            Ok(l) => l.clone(),
+            Err(e) => {
+                record.error = Some(format!("runs are unavailable on this host: {e}"));
+                return record;
+            }
+        };
+        let host = self.host.clone();
+        let pressure_before = pressure(&host);
+        let job2 = job.clone();
+        let id2 = id.clone();
+        let started = tokio::task::spawn_blocking(move || {
+            let cg = layout
+                .create(&host, &id2, &job2.limits)
+                .map_err(|e| (None, e.to_string()))?;
+            let mut spec = job2.spec.clone();
+            spec.cgroup_procs = cg
+                .procs_files()
+                .iter()
+                .filter_map(|p| host.path(p).ok())
+                .collect();
+            let t0 = Instant::now();
+            match spawn::spawn(&spec) {
+                Ok(child) => Ok((cg, child, t0)),
+                Err(e) => {
+                    cg.remove(&host);
+                    Err((e.exit_code(), e.to_string()))
+                }
+            }
+        })
+        .await;
+        let (cg, mut child, t0) = match started {
+            Ok(Ok(x)) => x,
+            Ok(Err((code, msg))) => {
+                record.exit_code = code;
+                record.error = Some(msg);
+                return record;
+            }
+            Err(e) => {
+                record.error = Some(format!("run task failed: {e}"));
+                return record;
+            }
+        };
+        let host = self.host.clone();
+        let max = self.max_output;
+        let budget = Arc::new(AtomicU64::new(max));
+        let truncated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for (stream, pipe) in [
+            (
+                "stdout",
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            ),
+            (
+                "stderr",
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            ),
+        ] {
+            let Some(mut pipe) = pipe else { continue };
+            let (tx, budget, truncated) =
+                (output.clone(), Arc::clone(&budget), Arc::clone(&truncated));
+            readers.push(tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match pipe.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let left = budget.load(Ordering::Relaxed);
+                    let take = (n as u64).min(left) as usize;
+                    if take < n {
+                        truncated.store(true, Ordering::Relaxed);
+                    }
+                    budget.fetch_sub(take as u64, Ordering::Relaxed);
+                    if take > 0 {
+                        let _ = tx.blocking_send(Chunk {
+                            stream,
+                            data: buf[..take].to_vec(),
+                        });
+                    }
+                }
+            }));
+        }
+        drop(output);
+        let pid = child.id();
+        let mut waiter = tokio::task::spawn_blocking(move || {
+            let r = spawn::wait(pid);
+            (r, Instant::now())
+        });
+        let timeout = job.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
+        let mut reason = None;
+        let waited = tokio::select! {
+            r = &mut waiter => Some(r),
+            () = tokio::time::sleep(timeout) => { reason = Some(EndReason::Timeout); None }
+            () = cancel.cancelled() => { reason = Some(EndReason::Cancelled); None }
+        };
+        let mut killed = 0u64;
+        let waited = match waited {
+            Some(w) => w,
+            None => {
+                let (h, c) = (host.clone(), cg.clone());
+                killed += tokio::task::spawn_blocking(move || c.kill_all(&h) as u64)
+                    .await
+                    .unwrap_or(0);
+                waiter.await
+            }
+        };
+        let (exit, ended) = match waited {
+            Ok((Ok(exit), at)) => (Some(exit), at),
+            Ok((Err(e), at)) => {
+                record.error = Some(format!("cannot wait for the run: {e}"));
+                (None, at)
+            }
+            Err(e) => {
+                record.error = Some(format!("wait task failed: {e}"));
+                (None, Instant::now())
+            }
+        };
+        record.wall_ms = ended.duration_since(t0).as_secs_f64() * 1e3;
+        // Nothing outlives the run: whatever the program left behind goes now.
+        let (h, c) = (host.clone(), cg.clone());
+        let (left, usage) = tokio::task::spawn_blocking(move || {
+            let n = c.kill_all(&h) as u64;
+            c.wait_empty(&h, Duration::from_secs(5));
+            (n, c.usage(&h))
+        })
+        .await
+        .unwrap_or_default();
+        killed += left;
+        for r in readers {
+            let _ = r.await;
+        }
+        let h = host.clone();
+        let _ = tokio::task::spawn_blocking(move || cg.remove(&h)).await;
+        let pressure_after = pressure(&host);
+        record.noise = Noise {
+            cpu_pressure_us: delta(pressure_before[0], pressure_after[0]),
+            memory_pressure_us: delta(pressure_before[1], pressure_after[1]),
+            io_pressure_us: delta(pressure_before[2], pressure_after[2]),
+        };
+        record.killed = killed;
+        record.user_ms = usage.user_us as f64 / 1e3;
+        record.sys_ms = usage.sys_us as f64 / 1e3;
+        record.oom_kills = usage.oom_kills;
+        record.output_truncated = truncated.load(Ordering::Relaxed);
+        if let Some(exit) = exit {
+            record.exit_code = exit.code;
+            record.signal = exit.signal;
+            record.voluntary_ctxt_switches = exit.voluntary;
+            record.involuntary_ctxt_switches = exit.involuntary;
+            record.max_rss_kb = usage.peak_memory.map_or(exit.max_rss_kb, |b| b / 1024);
+        }
+        record.end_reason = match reason {
+            Some(r) => r,
+            None if usage.oom_kills > 0 && record.exit_code != Some(0) => EndReason::Oom,
+            None if record.signal.is_some() => EndReason::Signaled,
+            None => EndReason::Exited,
+        };
+        record
+    }
+}
+
+/// A short tag naming this daemon instance in cgroup paths: derived from its state
+/// directory, so a restart finds the runs its predecessor left, and two daemons with
+/// different state directories (tests, side-by-side instances) never touch each other's.
+pub fn instance_tag(state_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+    let hash = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+    hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// PSI `some total=` of cpu, memory, io (microseconds), where the kernel has them.
+fn pressure(host: &Host) -> [Option<u64>; 3] {
+    ["cpu", "memory", "io"].map(|r| {
+        host.read(&format!("/proc/pressure/{r}"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("some"))?
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("total="))?
+                    .parse()
+                    .ok()
+            })
+    })
+}
+
+fn delta(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    Some(b?.saturating_sub(a?))
+}

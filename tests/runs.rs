@@ -1,0 +1,434 @@
+//! End-to-end tests of clean-room runs: real cgroups and processes on this machine (root).
+//! Every test checks that nothing it started outlives it.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use cleanroom::{Daemon, RawClient, is_root_or_skip};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Processes whose command line contains `marker`.
+fn alive(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// Waits up to `limit` for `cond`.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// The run cgroups the daemon has now (directories `run-*` below the bases it reports).
+fn run_cgroups(d: &Daemon) -> Vec<String> {
+    let out = d.ctl(&["--json", "status"]);
+    let status = json_of(&out);
+    let mut found = Vec::new();
+    for base in status["run_cgroups"].as_array().unwrap() {
+        let base = base.as_str().unwrap();
+        for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("run-") {
+                found.push(e.path().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn exit_codes_signals_and_start_failures_pass_through() {
+    if !is_root_or_skip("exit_codes_signals_and_start_failures_pass_through") {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.ctl(&["run", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("err\n"));
+    let out = d.ctl(&["run", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(128 + 15));
+    let out = d.ctl(&["run", "--", "no-such-command-here"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("command not found: no-such-command-here")
+    );
+    let not_exec = d.dir().join("not-executable");
+    std::fs::write(&not_exec, "echo should not run\n").unwrap();
+    std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = d.ctl(&["run", "--", not_exec.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    let r = json_of(&d.ctl(&["--json", "run", "--", "sh", "-c", "exit 3"]));
+    for key in [
+        "id",
+        "exit_code",
+        "signal",
+        "end_reason",
+        "wall_ms",
+        "user_ms",
+        "sys_ms",
+        "max_rss_kb",
+        "cpus",
+        "noise",
+    ] {
+        assert!(r.get(key).is_some(), "{key} missing from {r}");
+    }
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(r["end_reason"], "exited");
+    assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
+}
+
+#[test]
+fn output_streams_while_the_run_is_still_going() {
+    if !is_root_or_skip("output_streams_while_the_run_is_still_going") {
+        return;
+    }
+    let d = Daemon::start();
+    let go = d.dir().join("go");
+    let mut c = RawClient::connect(&d.socket);
+    let script = format!(
+        "echo first; while [ ! -e {} ]; do sleep 0.01; done; echo second",
+        go.display()
+    );
+    c.send_raw(
+        format!(
+            "{}\n",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
+                   "params": {"argv": ["sh", "-c", script], "timeout_ms": 20000}})
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // The run cannot end before the test creates `go`, so "first" must arrive first.
+    let first = c.recv().unwrap();
+    assert_eq!(first["method"], "run.output", "{first}");
+    assert_eq!(first["params"]["data"], "first\n");
+    assert_eq!(first["params"]["request"], 1);
+    std::fs::write(&go, "").unwrap();
+    let mut rest = Vec::new();
+    loop {
+        let m = c.recv().unwrap();
+        let done = m.get("id").is_some();
+        rest.push(m);
+        if done {
+            break;
+        }
+    }
+    assert!(rest.iter().any(|m| m["params"]["data"] == "second\n"));
+    let result = rest.last().unwrap();
+    assert_eq!(result["result"]["end_reason"], "exited", "{result}");
+}
+
+#[test]
+fn processes_that_escape_with_setsid_do_not_survive_the_run() {
+    if !is_root_or_skip("processes_that_escape_with_setsid_do_not_survive_the_run") {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "setsid sleep 1001.25 & sleep 1001.25 & disown; echo started",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let r = json_of(&out);
+    assert!(r["killed"].as_u64().unwrap() >= 2, "{r}");
+    assert!(alive("1001.25").is_empty(), "{:?}", alive("1001.25"));
+    assert!(run_cgroups(&d).is_empty());
+}
+
+#[test]
+fn a_timeout_kills_the_whole_run() {
+    if !is_root_or_skip("a_timeout_kills_the_whole_run") {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.ctl(&[
+        "--json",
+        "--timeout",
+        "1s",
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1002.5 & sleep 1002.5",
+    ]);
+    assert_eq!(out.status.code(), Some(124));
+    let r = json_of(&out);
+    assert_eq!(r["end_reason"], "timeout");
+    let wall = r["wall_ms"].as_f64().unwrap();
+    assert!(
+        (1000.0..1100.0).contains(&wall),
+        "a 1 s timeout ended the run after {wall} ms"
+    );
+    assert!(alive("1002.5").is_empty());
+}
+
+#[test]
+fn a_fork_bomb_is_contained_and_cleaned_up() {
+    if !is_root_or_skip("a_fork_bomb_is_contained_and_cleaned_up") {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.ctl(&[
+        "--json",
+        "--timeout",
+        "2s",
+        "run",
+        "--pids",
+        "64",
+        "--",
+        "sh",
+        "-c",
+        "bomb() { bomb | bomb & }; bomb; sleep 1003.5",
+    ]);
+    let r = json_of(&out);
+    assert!(
+        matches!(r["end_reason"].as_str(), Some("timeout" | "exited")),
+        "{r}"
+    );
+    assert!(alive("bomb").is_empty());
+    assert!(run_cgroups(&d).is_empty());
+    // The daemon is fine and the host can still fork.
+    assert!(d.ctl(&["run", "--", "true"]).status.success());
+}
+
+#[test]
+fn a_memory_hog_ends_with_reason_oom() {
+    if !is_root_or_skip("a_memory_hog_ends_with_reason_oom") {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--memory",
+        "32M",
+        "--",
+        "python3",
+        "-c",
+        "x = bytearray(256 * 1024 * 1024); print(len(x))",
+    ]);
+    let r = json_of(&out);
+    assert_eq!(r["end_reason"], "oom", "{r}");
+    assert!(r["oom_kills"].as_u64().unwrap() >= 1);
+    assert_eq!(out.status.code(), Some(137));
+    assert!(r["max_rss_kb"].as_u64().unwrap() <= 32 * 1024 + 64, "{r}");
+}
+
+#[test]
+fn a_run_as_nobody_is_nobody() {
+    if !is_root_or_skip("a_run_as_nobody_is_nobody") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n")
+        .world_traversable()
+        .start();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = work.path().join("secret");
+    std::fs::write(&secret, "root only").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let made = work.path().join("made");
+    let script = format!(
+        "id -u; touch {}; cat {} && echo READ-IT",
+        made.display(),
+        secret.display()
+    );
+    let nobody = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
+    let out = d.ctl_as(&nobody, &["run", "--cwd", "/", "--", "sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("65534\n"), "{out:?}");
+    assert!(
+        !stdout.contains("READ-IT"),
+        "nobody read a root-only file: {out:?}"
+    );
+    assert_eq!(std::fs::metadata(&made).unwrap().uid(), 65534);
+    assert_eq!(std::fs::metadata(&made).unwrap().gid(), 65534);
+    // A working directory nobody cannot enter is an error naming it and the user.
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = d.ctl_as(
+        &nobody,
+        &[
+            "run",
+            "--cwd",
+            private.path().to_str().unwrap(),
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(private.path().to_str().unwrap()) && err.contains("65534"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_reader_may_not_run() {
+    if !is_root_or_skip("a_reader_may_not_run") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[socket]\nmode = 0o666\n")
+        .world_traversable()
+        .start();
+    let nobody = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
+    let out = d.ctl_as(&nobody, &["run", "--", "true"]);
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run.start needs role runner"));
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_run() {
+    if !is_root_or_skip("a_client_that_disconnects_cancels_its_run") {
+        return;
+    }
+    let d = Daemon::start();
+    let mut c = RawClient::connect(&d.socket);
+    c.send_raw(
+        format!(
+            "{}\n",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
+                   "params": {"argv": ["sh", "-c", "echo up; sleep 1004.5"]}})
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(c.recv().unwrap()["params"]["data"], "up\n");
+    assert!(!alive("1004.5").is_empty());
+    drop(c);
+    assert!(
+        eventually(Duration::from_secs(5), || alive("1004.5").is_empty()),
+        "{:?}",
+        alive("1004.5")
+    );
+    assert!(eventually(Duration::from_secs(5), || run_cgroups(&d).is_empty()));
+}
+
+#[test]
+fn a_restart_after_kill_9_cleans_up_the_runs_left_behind() {
+    if !is_root_or_skip("a_restart_after_kill_9_cleans_up_the_runs_left_behind") {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mut d = Daemon::builder().state_dir(&state.path().join("s")).start();
+    let mut c = RawClient::connect(&d.socket);
+    c.send_raw(
+        format!(
+            "{}\n",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
+                   "params": {"argv": ["sh", "-c", "echo up; setsid sleep 1005.5 & sleep 1005.5"]}})
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(c.recv().unwrap()["params"]["data"], "up\n");
+    let before = run_cgroups(&d);
+    assert_eq!(before.len(), 6, "{before:?}");
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(5)).unwrap();
+    drop(c);
+    assert!(
+        !alive("1005.5").is_empty(),
+        "the run outlived the daemon, as expected"
+    );
+    assert!(before.iter().all(|p| Path::new(p).exists()));
+    let d2 = Daemon::builder().state_dir(&state.path().join("s")).start();
+    assert!(alive("1005.5").is_empty(), "{:?}", alive("1005.5"));
+    assert!(before.iter().all(|p| !Path::new(p).exists()), "{before:?}");
+    assert!(run_cgroups(&d2).is_empty());
+    assert!(
+        d2.log().contains("left by a previous daemon"),
+        "{}",
+        d2.log()
+    );
+}
+
+#[test]
+fn sigterm_ends_runs_and_the_daemon_within_a_second() {
+    if !is_root_or_skip("sigterm_ends_runs_and_the_daemon_within_a_second") {
+        return;
+    }
+    let mut d = Daemon::start();
+    let mut c = RawClient::connect(&d.socket);
+    c.send_raw(
+        format!(
+            "{}\n",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
+                   "params": {"argv": ["sh", "-c", "echo up; sleep 1006.5"]}})
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(c.recv().unwrap()["params"]["data"], "up\n");
+    let cgroups = run_cgroups(&d);
+    assert!(!cgroups.is_empty());
+    d.signal(Signal::SIGTERM);
+    let status = d
+        .wait_exit(Duration::from_secs(1))
+        .expect("exits within a second");
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(eventually(Duration::from_secs(2), || alive("1006.5").is_empty()));
+    assert!(
+        cgroups.iter().all(|p| !Path::new(p).exists()),
+        "{cgroups:?}"
+    );
+}
+
+#[test]
+fn repeats_give_statistics() {
+    if !is_root_or_skip("repeats_give_statistics") {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.ctl(&[
+        "--json", "run", "--repeat", "5", "--warmup", "2", "--", "true",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let r = json_of(&out);
+    assert_eq!(r["runs"].as_array().unwrap().len(), 5);
+    let wall = &r["stats"]["wall_ms"];
+    let (min, median, max) = (
+        wall["min"].as_f64().unwrap(),
+        wall["median"].as_f64().unwrap(),
+        wall["max"].as_f64().unwrap(),
+    );
+    assert!(min <= median && median <= max, "{wall}");
+    assert!(wall["cv_percent"].is_number());
+}
