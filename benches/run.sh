@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
 cargo bench --bench control_plane
 cargo bench --bench tuning
+cargo bench --bench runs
 benches/footprint.sh

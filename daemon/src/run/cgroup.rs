@@ -139,9 +139,18 @@ impl Layout {
 
     /// Creates the cgroup of run `id` with `limits`.
     pub fn create(&self, host: &Host, id: &str, limits: &Limits) -> Result<RunCgroup, HostError> {
+        // Every v1 hierarchy the run joins costs one cgroup migration (~0.3 ms here):
+        // join cpu and cpuset only when the run asks for a quota or CPUs.
+        let wanted = |c: &[String]| {
+            c.iter()
+                .any(|x| matches!(x.as_str(), "pids" | "memory" | "cpuacct" | "freezer"))
+                || (limits.cpu_percent.is_some() && c.iter().any(|x| x == "cpu"))
+                || (limits.cpus.is_some() && c.iter().any(|x| x == "cpuset"))
+        };
         let dirs: Vec<(Vec<String>, String)> = self
             .runs_dirs()
             .into_iter()
+            .filter(|(c, _)| c.is_empty() || wanted(c))
             .map(|(c, base)| (c, join(&base, &format!("run-{id}"))))
             .collect();
         let cg = RunCgroup {
@@ -340,8 +349,31 @@ impl RunCgroup {
                 }
             }
         }
-        // v1 (or a kernel without cgroup.kill): freeze, so nothing forks while the list is
-        // read, kill everything, thaw so the signals are delivered.
+        // v1 (or a kernel without cgroup.kill): kill what is listed, at once (a killed
+        // process cannot fork any more); a few passes catch children forked between the
+        // read and the kill. Only a run that keeps forking faster than that is frozen, so
+        // nothing can fork while the list is read, killed, and thawed.
+        let mut killed = std::collections::BTreeSet::new();
+        let kill_listed = |killed: &mut std::collections::BTreeSet<i32>| {
+            for pid in self.pids(host) {
+                if killed.contains(&pid) {
+                    continue;
+                }
+                let sent = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                if sent.is_ok() {
+                    killed.insert(pid);
+                }
+            }
+        };
+        for _ in 0..3 {
+            kill_listed(&mut killed);
+            if self.wait_empty(host, Duration::from_millis(20)) {
+                return killed.len().max(before.len());
+            }
+        }
         let freezer = self.dir_with("freezer").map(|d| join(d, "freezer.state"));
         if let Some(f) = &freezer {
             if host.write(f, "FROZEN").is_ok() {
@@ -354,25 +386,7 @@ impl RunCgroup {
                 }
             }
         }
-        let mut killed = std::collections::BTreeSet::new();
-        // Frozen, the list is complete in one pass; without a freezer, repeat to catch
-        // children forked between reading the list and the kills.
-        let passes = if freezer.is_some() { 1 } else { 3 };
-        for _ in 0..passes {
-            let pids = self.pids(host);
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let sent = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                if sent.is_ok() {
-                    killed.insert(pid);
-                }
-            }
-        }
+        kill_listed(&mut killed);
         if let Some(f) = &freezer {
             let _ = host.write(f, "THAWED");
         }

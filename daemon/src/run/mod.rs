@@ -164,9 +164,18 @@ impl Runner {
                 .iter()
                 .filter_map(|p| host.path(p).ok())
                 .collect();
-            let t0 = Instant::now();
+            let before = Instant::now();
             match spawn::spawn(&spec) {
-                Ok(child) => Ok((cg, child, t0)),
+                Ok(child) => {
+                    // spawn returns once execve succeeded: the program runs from here.
+                    // Wall time and the timeout count from this point, so the cost of
+                    // placing the process in its cgroups (on v1 a cgroup migration can
+                    // wait for an RCU grace period) is neither measured nor charged.
+                    let t0 = Instant::now();
+                    let setup = t0.duration_since(before).as_secs_f64() * 1e3;
+                    tracing::debug!(setup_ms = setup, "run started");
+                    Ok((cg, child, t0))
+                }
                 Err(e) => {
                     cg.remove(&host);
                     Err((e.exit_code(), e.to_string()))
@@ -249,10 +258,14 @@ impl Runner {
         let waited = match waited {
             Some(w) => w,
             None => {
+                let at = t0.elapsed().as_secs_f64() * 1e3;
+                tracing::debug!(run = %id, reason = ?reason, at_ms = at, "ending the run");
                 let (h, c) = (host.clone(), cg.clone());
                 killed += tokio::task::spawn_blocking(move || c.kill_all(&h) as u64)
                     .await
                     .unwrap_or(0);
+                let at = t0.elapsed().as_secs_f64() * 1e3;
+                tracing::debug!(run = %id, at_ms = at, killed, "run killed");
                 waiter.await
             }
         };
