@@ -55,7 +55,7 @@ fn spawn(c: &mut Criterion) {
         })
         .collect();
     overshoot.sort_by(f64::total_cmp);
-    println!(
+    eprintln!(
         "timeout precision (100 ms limit, 40 runs): median {:.2} ms past the limit, worst {:.2} ms",
         overshoot[overshoot.len() / 2],
         overshoot[overshoot.len() - 1]
