@@ -799,3 +799,31 @@ fn concurrent_applies_queue_and_reload_finds_new_profiles() {
         "20"
     );
 }
+
+#[test]
+fn a_write_the_kernel_half_takes_is_rolled_back_too() {
+    if !is_root_or_skip("a_write_the_kernel_half_takes_is_rolled_back_too") {
+        return;
+    }
+    let _serial = serial();
+    let rmem = "/proc/sys/net/ipv4/tcp_rmem";
+    let snap = KernelSnapshot::take(&[rmem, SWAPPINESS]);
+    let profiles = tempfile::tempdir().unwrap();
+    // The kernel stores a vector element by element: the first two elements are written
+    // before the third (-5) is refused with EINVAL.
+    write_profile(
+        profiles.path(),
+        "half",
+        &format!(
+            "[sysctl]\n\"net.ipv4.tcp_rmem\" = \"4095 87381 -5\"\n\"vm.swappiness\" = {}\n",
+            other(&read(SWAPPINESS), 17, 18)
+        ),
+    );
+    let d = daemon_with_profiles(profiles.path(), "");
+    let out = d.ctl(&["--json", "profile", "apply", "half"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let r = json(&out);
+    assert!(matches!(status_of(&r, rmem).as_str(), "failed" | "rolled_back"), "{r}");
+    assert_eq!(snap.current(), snap.taken(), "the half-written vector was put back: {r}");
+    assert_eq!(r["journal_entries"], 0);
+}

@@ -160,6 +160,7 @@ pub fn settle(
     profile: Option<&str>,
     phase: &str,
     boot_id: &str,
+    refused: Option<&[(String, String)]>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
@@ -173,6 +174,15 @@ pub fn settle(
     }
     tx.execute("UPDATE journal SET pending_prev = NULL", [])?;
     tx.execute("DELETE FROM journal WHERE written = original", [])?;
+    if let Some(refused) = refused {
+        tx.execute("DELETE FROM tuning_refused", [])?;
+        let mut ins = tx.prepare_cached(
+            "INSERT OR REPLACE INTO tuning_refused (path, reason) VALUES (?1, ?2)",
+        )?;
+        for (path, reason) in refused {
+            ins.execute(params![path, reason])?;
+        }
+    }
     put_state(&tx, profile, phase, boot_id)?;
     tx.commit()
 }
@@ -180,6 +190,22 @@ pub fn settle(
 /// Drops one row (its original is back, or was forced back).
 pub fn forget(conn: &Connection, path: &str) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM journal WHERE path = ?1", [path])?;
+    Ok(())
+}
+
+/// After a revert: a row that stays records what the file holds now, and no value of an
+/// apply long over counts as cleanroom's any more.
+pub fn keep_after_revert(conn: &Connection, path: &str, now: Option<&str>) -> rusqlite::Result<()> {
+    match now {
+        Some(v) => conn.execute(
+            "UPDATE journal SET written = ?2, pending_prev = NULL WHERE path = ?1",
+            params![path, v],
+        )?,
+        None => conn.execute(
+            "UPDATE journal SET pending_prev = NULL WHERE path = ?1",
+            [path],
+        )?,
+    };
     Ok(())
 }
 

@@ -95,10 +95,37 @@ fn plan(ctx: Ctx<'_>, name: &str) -> Result<Vec<Planned>, Error> {
             by_path.insert(p.path.clone(), p);
         }
     }
-    Ok(order
+    let mut planned: Vec<Planned> = order
         .into_iter()
         .filter_map(|k| by_path.remove(&k))
-        .collect())
+        .collect();
+    planned.sort_by_key(|p| apply_rank(&p.path));
+    Ok(planned)
+}
+
+/// Order of writes where one knob affects another: an I/O scheduler before the queue
+/// settings it resets; SMT last (turning it off takes CPUs, and their cpufreq policies,
+/// offline). The sort is stable, so the rest keep the profile's order.
+fn apply_rank(path: &str) -> u8 {
+    if path.ends_with("/queue/scheduler") {
+        0
+    } else if path.ends_with("/smt/control") {
+        3
+    } else {
+        1
+    }
+}
+
+/// Order of restores: SMT first (its CPUs come back before their policies are
+/// restored), then schedulers before the queue settings they reset.
+fn revert_rank(path: &str) -> u8 {
+    if path.ends_with("/smt/control") {
+        0
+    } else if path.ends_with("/queue/scheduler") {
+        1
+    } else {
+        2
+    }
 }
 
 fn read_canonical(host: &Host, path: &str, kind: Kind) -> Result<String, String> {
@@ -124,7 +151,13 @@ pub fn apply(
     let mut planned = plan(ctx, name)?;
     let mut conn = ctx.store.lock_blocking();
     let rows = journal::rows(&conn)?;
-    let in_plan: HashSet<String> = planned.iter().map(|p| p.path.clone()).collect();
+    // Only knobs this profile will actually set count as "in the plan": one it cannot set
+    // here (unsupported, refused) goes back to its original like any other it drops.
+    let in_plan: HashSet<String> = planned
+        .iter()
+        .filter(|p| matches!(p.want, Want::Value(_)))
+        .map(|p| p.path.clone())
+        .collect();
     // Knobs the previous profile changed and this one does not set go back to their
     // originals, unless someone else changed them since (then they stay, as conflicts).
     let mut restore_paths = HashSet::new();
@@ -279,30 +312,46 @@ pub fn apply(
                 finals.push((p.path.clone(), actual));
                 written.push(i);
             }
-            Err(e) if p.soft => {
-                let reason = format!("the kernel refused: {e}");
-                refused_by_kernel.push((p.path.clone(), reason.clone()));
-                change_items.push(item(
-                    p,
-                    p.current.clone(),
-                    p.current.clone(),
-                    KnobStatus::Unsupported,
-                    Some(reason),
-                ));
-                finals.push((p.path.clone(), currents[i].clone()));
-            }
             Err(e) => {
-                change_items.push(item(
-                    p,
-                    p.current.clone(),
-                    p.current.clone(),
-                    KnobStatus::Failed,
-                    Some(e),
-                ));
-                finals.push((p.path.clone(), currents[i].clone()));
-                failed = true;
-                if !best_effort {
-                    break;
+                // A failed write may still have changed the file (a vector sysctl is
+                // stored element by element): what the file holds now decides.
+                match read_canonical(ctx.host, &p.path, p.kind) {
+                    Ok(now) if now == currents[i] => {
+                        finals.push((p.path.clone(), now));
+                    }
+                    Ok(now) => {
+                        finals.push((p.path.clone(), now));
+                        written.push(i);
+                    }
+                    Err(_) => {
+                        // Unknown: keep the journal row (its original) for revert.
+                        finals.push((p.path.clone(), desired_values[i].clone()));
+                        written.push(i);
+                    }
+                }
+                let after = finals.last().map(|f| f.1.clone());
+                if p.soft {
+                    let reason = format!("the kernel refused: {e}");
+                    refused_by_kernel.push((p.path.clone(), reason.clone()));
+                    change_items.push(item(
+                        p,
+                        p.current.clone(),
+                        after,
+                        KnobStatus::Unsupported,
+                        Some(reason),
+                    ));
+                } else {
+                    change_items.push(item(
+                        p,
+                        p.current.clone(),
+                        after,
+                        KnobStatus::Failed,
+                        Some(e),
+                    ));
+                    failed = true;
+                    if !best_effort {
+                        break;
+                    }
                 }
             }
         }
@@ -317,7 +366,17 @@ pub fn apply(
                 .expect("written knob has an item");
             match write_knob(ctx.host, &p.path, p.kind, &currents[i]) {
                 Ok(actual) => {
-                    change_items[pos].status = KnobStatus::RolledBack;
+                    if actual == currents[i] {
+                        if change_items[pos].status != KnobStatus::Failed {
+                            change_items[pos].status = KnobStatus::RolledBack;
+                        }
+                    } else {
+                        change_items[pos].status = KnobStatus::Failed;
+                        change_items[pos].reason = Some(format!(
+                            "rolled back, but the kernel kept {actual:?} instead of {:?}",
+                            currents[i]
+                        ));
+                    }
                     change_items[pos].after = Some(actual.clone());
                     set_final(&mut finals, &p.path, actual);
                 }
@@ -340,7 +399,7 @@ pub fn apply(
             None => (None, "idle"),
         };
         let phase = if phase == "applying" { "active" } else { phase };
-        journal::settle(&mut conn, &finals_ref, prof, phase, &boot)?;
+        journal::settle(&mut conn, &finals_ref, prof, phase, &boot, None)?;
         items.extend(change_items);
         let journal_entries = journal::count(&conn)?;
         return Ok(TuneResult {
@@ -351,12 +410,26 @@ pub fn apply(
             journal_entries,
         });
     }
+    // One write can change another knob (a new I/O scheduler resets nr_requests): what
+    // the files hold now is what the journal records.
+    for &k in &written {
+        let p = changes[k];
+        if let Ok(now) = read_canonical(ctx.host, &p.path, p.kind) {
+            set_final(&mut finals, &p.path, now);
+        }
+    }
     let finals_ref: Vec<(&str, &str)> = finals
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    journal::settle(&mut conn, &finals_ref, Some(name), "active", &boot)?;
-    journal::set_refused(&mut conn, &refused_by_kernel)?;
+    journal::settle(
+        &mut conn,
+        &finals_ref,
+        Some(name),
+        "active",
+        &boot,
+        Some(&refused_by_kernel),
+    )?;
     items.extend(change_items);
     items.sort_by(|a, b| a.knob.cmp(&b.knob));
     let journal_entries = journal::count(&conn)?;
@@ -383,13 +456,16 @@ pub fn revert(ctx: Ctx<'_>, force: bool) -> Result<TuneResult, Error> {
 
 fn revert_locked(host: &Host, conn: &mut Connection, force: bool) -> Result<TuneResult, Error> {
     let boot = host.boot_id()?;
-    let rows = journal::rows(conn)?;
+    let mut rows = journal::rows(conn)?;
+    rows.sort_by_key(|r| revert_rank(&r.path));
     let previous = journal::state(conn)?.and_then(|s| s.profile);
     // No profile is in force from here on, even if the revert is cut short: a restart then
     // finishes the revert instead of re-applying.
     journal::set_state(conn, None, "reverting", &boot)?;
     let mut items = Vec::new();
     let mut done = Vec::new();
+    // Rows that stay, with what their file holds now when it was read.
+    let mut kept: Vec<(String, Option<String>)> = Vec::new();
     let mut ok = true;
     for row in &rows {
         let kind = Kind::parse_name(&row.kind).unwrap_or(Kind::Text);
@@ -405,36 +481,37 @@ fn revert_locked(host: &Host, conn: &mut Connection, force: bool) -> Result<Tune
             Ok(c) => c,
             Err(e) => {
                 ok = false;
-                items.push(item(
-                    &p,
-                    None,
-                    None,
-                    KnobStatus::Failed,
-                    Some(format!("cannot read: {e}")),
-                ));
+                kept.push((row.path.clone(), None));
+                let reason = Some(format!("cannot read: {e}"));
+                items.push(item(&p, None, None, KnobStatus::Failed, reason));
                 continue;
             }
         };
         if current == row.original {
-            items.push(item(
-                &p,
-                Some(current.clone()),
-                Some(current),
-                KnobStatus::Unchanged,
-                None,
-            ));
+            let (b, a) = (Some(current.clone()), Some(current));
+            items.push(item(&p, b, a, KnobStatus::Unchanged, None));
             done.push(row.path.clone());
             continue;
         }
         let ours = current == row.written || row.pending_prev.as_ref() == Some(&current);
         if !ours && !force {
             ok = false;
-            items.push(item(&p, Some(row.written.clone()), Some(current), KnobStatus::Conflict,
-                Some(format!("changed by someone else since cleanroom wrote it; left alone (original {:?}; --force restores it)", row.original))));
+            let reason = format!(
+                "changed by someone else since cleanroom wrote it; left alone (original {:?}; --force restores it)",
+                row.original
+            );
+            items.push(item(
+                &p,
+                Some(row.written.clone()),
+                Some(current),
+                KnobStatus::Conflict,
+                Some(reason),
+            ));
+            kept.push((row.path.clone(), None));
             continue;
         }
         match write_knob(host, &row.path, kind, &row.original) {
-            Ok(actual) => {
+            Ok(actual) if actual == row.original => {
                 let status = if ours {
                     KnobStatus::Restored
                 } else {
@@ -443,9 +520,26 @@ fn revert_locked(host: &Host, conn: &mut Connection, force: bool) -> Result<Tune
                 items.push(item(&p, Some(current), Some(actual), status, None));
                 done.push(row.path.clone());
             }
+            Ok(actual) => {
+                // The original did not stick: the row stays, with what the file holds.
+                ok = false;
+                let reason = format!(
+                    "the kernel kept {actual:?} instead of the original {:?}",
+                    row.original
+                );
+                items.push(item(
+                    &p,
+                    Some(current),
+                    Some(actual.clone()),
+                    KnobStatus::Failed,
+                    Some(reason),
+                ));
+                kept.push((row.path.clone(), Some(actual)));
+            }
             Err(e) => {
                 ok = false;
                 items.push(item(&p, Some(current), None, KnobStatus::Failed, Some(e)));
+                kept.push((row.path.clone(), None));
             }
         }
     }
@@ -453,9 +547,12 @@ fn revert_locked(host: &Host, conn: &mut Connection, force: bool) -> Result<Tune
     for path in &done {
         journal::forget(&tx, path)?;
     }
+    for (path, now) in &kept {
+        journal::keep_after_revert(&tx, path, now.as_deref())?;
+    }
+    tx.execute("DELETE FROM tuning_refused", [])?;
     tx.commit()?;
     journal::set_state(conn, None, "idle", &boot)?;
-    journal::set_refused(conn, &[])?;
     let journal_entries = journal::count(conn)?;
     Ok(TuneResult {
         profile: previous,
