@@ -215,22 +215,6 @@ pub fn clear(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Replaces the set of knobs the kernel refused at the last apply (IRQs it will not move),
-/// so verify does not call them drift.
-pub fn set_refused(conn: &mut Connection, refused: &[(String, String)]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    tx.execute("DELETE FROM tuning_refused", [])?;
-    {
-        let mut ins = tx.prepare_cached(
-            "INSERT OR REPLACE INTO tuning_refused (path, reason) VALUES (?1, ?2)",
-        )?;
-        for (path, reason) in refused {
-            ins.execute(params![path, reason])?;
-        }
-    }
-    tx.commit()
-}
-
 /// The knobs the kernel refused at the last apply, with the reason.
 pub fn refused(conn: &Connection) -> rusqlite::Result<std::collections::HashMap<String, String>> {
     let mut stmt = conn.prepare_cached("SELECT path, reason FROM tuning_refused")?;
