@@ -823,7 +823,14 @@ fn a_write_the_kernel_half_takes_is_rolled_back_too() {
     let out = d.ctl(&["--json", "profile", "apply", "half"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let r = json(&out);
-    assert!(matches!(status_of(&r, rmem).as_str(), "failed" | "rolled_back"), "{r}");
-    assert_eq!(snap.current(), snap.taken(), "the half-written vector was put back: {r}");
+    assert!(
+        matches!(status_of(&r, rmem).as_str(), "failed" | "rolled_back"),
+        "{r}"
+    );
+    assert_eq!(
+        snap.current(),
+        snap.taken(),
+        "the half-written vector was put back: {r}"
+    );
     assert_eq!(r["journal_entries"], 0);
 }
