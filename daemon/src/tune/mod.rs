@@ -671,7 +671,10 @@ pub fn recover(ctx: Ctx<'_>, on_start: OnStart) -> Result<String, Error> {
             journal::set_state(&mut conn, None, "idle", &boot)?;
         }
         return match wanted {
-            Some(name) => match apply(ctx, &name, false, true) {
+            Some(name) => match apply(ctx, &name, false, false) {
+                Ok(r) if !r.ok => Ok(format!(
+                    "new boot: stale originals dropped; profile {name} could not be re-applied whole, nothing of it stays"
+                )),
                 Ok(r) => Ok(format!(
                     "new boot: stale originals dropped, profile {name} re-applied ({} knobs journaled)",
                     r.journal_entries
@@ -683,8 +686,16 @@ pub fn recover(ctx: Ctx<'_>, on_start: OnStart) -> Result<String, Error> {
             None => Ok("new boot: stale originals dropped".into()),
         };
     }
+    // Re-applied atomically: a crash in the middle of an apply ends with the profile
+    // applied whole, or (if that fails now) with the originals back; never half of it.
     if let Some(name) = wanted {
-        match apply(ctx, &name, false, true) {
+        match apply(ctx, &name, false, false) {
+            Ok(r) if !r.ok => {
+                tracing::warn!(
+                    profile = name,
+                    "the active profile cannot be applied whole any more; reverting"
+                );
+            }
             Ok(r) => {
                 return Ok(format!(
                     "profile {name} re-applied after restart ({} knobs journaled)",
