@@ -432,3 +432,75 @@ fn repeats_give_statistics() {
     assert!(min <= median && median <= max, "{wall}");
     assert!(wall["cv_percent"].is_number());
 }
+
+#[test]
+fn a_root_callers_run_has_no_capabilities_and_deterministic_runs_repeat_addresses() {
+    if !is_root_or_skip(
+        "a_root_callers_run_has_no_capabilities_and_deterministic_runs_repeat_addresses",
+    ) {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.ctl(&["run", "--", "grep", "^Cap", "/proc/self/status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(set))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+    let stack = |extra: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "grep", "stack", "/proc/self/maps"]);
+        String::from_utf8_lossy(&d.ctl(&args).stdout).into_owned()
+    };
+    let (a, b) = (stack(&["--deterministic"]), stack(&["--deterministic"]));
+    assert!(a.contains("[stack]"), "{a}");
+    assert_eq!(a, b, "deterministic runs have the same stack address");
+    let (c, e) = (stack(&[]), stack(&[]));
+    assert_ne!(c, e, "without --deterministic the kernel randomises it");
+}
+
+#[test]
+fn isolated_runs_see_only_loopback_a_private_tmp_and_their_own_hostname() {
+    if !is_root_or_skip("isolated_runs_see_only_loopback_a_private_tmp_and_their_own_hostname") {
+        return;
+    }
+    let d = Daemon::start();
+    let marker = format!("cleanroom-isolation-{}", std::process::id());
+    let script = format!("cat /proc/self/net/dev; hostname; touch /tmp/{marker}; ls -a /tmp");
+    let out = d.ctl(&[
+        "run",
+        "--isolate",
+        "net,mount,uts,ipc",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ifaces: Vec<&str> = text
+        .lines()
+        .skip(2)
+        .take_while(|l| l.contains(':'))
+        .map(|l| l.split(':').next().unwrap().trim())
+        .collect();
+    assert_eq!(ifaces, vec!["lo"], "{text}");
+    assert!(text.contains("\ncleanroom\n"), "{text}");
+    assert!(text.contains(&marker));
+    assert!(
+        !Path::new(&format!("/tmp/{marker}")).exists(),
+        "the private /tmp leaked to the host"
+    );
+    // lo is up: a server and a client on 127.0.0.1 inside the run talk.
+    let py = "import socket;s=socket.socket();s.bind(('127.0.0.1',0));s.listen();c=socket.create_connection(s.getsockname());print('loopback ok')";
+    let out = d.ctl(&["run", "--isolate", "net", "--", "python3", "-c", py]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "loopback ok\n",
+        "{out:?}"
+    );
+}

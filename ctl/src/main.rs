@@ -122,6 +122,10 @@ struct RunArgs {
     /// ASLR off for the command, fixed environment, CLEANROOM_SEED=0.
     #[arg(long)]
     deterministic: bool,
+    /// Namespaces of its own, comma-separated: net (only lo), mount (private /tmp), uts
+    /// (hostname cleanroom), ipc.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_isolation)]
+    isolate: Vec<cleanroom_proto::Isolation>,
     /// Environment variable for the command (repeatable); the rest of your environment
     /// is not passed.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -183,6 +187,20 @@ fn parse_duration(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?} must be at least 1ms"));
     }
     Ok(ms as u64)
+}
+
+fn parse_isolation(s: &str) -> Result<cleanroom_proto::Isolation, String> {
+    use cleanroom_proto::Isolation;
+    match s.trim() {
+        "net" => Ok(Isolation::Net),
+        "mount" => Ok(Isolation::Mount),
+        "uts" => Ok(Isolation::Uts),
+        "ipc" => Ok(Isolation::Ipc),
+        "pid" => Err("pid namespaces are not supported yet; use net, mount, uts, ipc".into()),
+        other => Err(format!(
+            "{other:?} is not a namespace: use net, mount, uts, ipc"
+        )),
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -355,6 +373,7 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         cpu_percent: a.cpu_percent,
         timeout_ms: cli.timeout,
         deterministic: a.deterministic,
+        isolate: a.isolate.clone(),
         label: a.label.clone(),
         repeat: a.repeat,
         warmup: a.warmup,

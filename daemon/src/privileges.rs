@@ -44,6 +44,10 @@ pub const KEPT: &[(Capability, &str)] = &[
     ),
     (Capability::CAP_CHOWN, "hand a run's cgroup to its user"),
     (
+        Capability::CAP_SETPCAP,
+        "empty the capability bounding set of runs (else a root caller's run regains capabilities at exec)",
+    ),
+    (
         Capability::CAP_SYS_PTRACE,
         "read /proc/<pid> of foreign tasks (noise accounting, shield exemptions)",
     ),
@@ -68,7 +72,8 @@ pub fn drop_capabilities() -> Result<(), Error> {
     if permitted.is_empty() {
         return Ok(());
     }
-    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
+    // The bounding set first: dropping from it needs CAP_SETPCAP (kept: runs need it to
+    // empty their own bounding set).
     if permitted.contains(&Capability::CAP_SETPCAP) {
         let bounding = caps::read(None, CapSet::Bounding).map_err(|source| Error {
             what: "read bounding set",

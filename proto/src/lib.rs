@@ -735,6 +735,10 @@ pub struct RunParams {
     /// ASLR off for the child, a fixed environment and `CLEANROOM_SEED`.
     #[serde(default)]
     pub deterministic: bool,
+    /// Namespaces of its own: `net` (only a loopback interface, up), `mount` (a private
+    /// `/tmp`), `uts` (hostname `cleanroom`), `ipc`.
+    #[serde(default)]
+    pub isolate: Vec<Isolation>,
     /// A label stored with the run.
     #[serde(default)]
     pub label: Option<String>,
@@ -744,6 +748,20 @@ pub struct RunParams {
     /// Unmeasured repetitions first (default 0).
     #[serde(default)]
     pub warmup: u32,
+}
+
+/// A namespace a run can have of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Its own network stack with only `lo`.
+    Net,
+    /// Its own mount table with a private `/tmp`.
+    Mount,
+    /// Its own hostname.
+    Uts,
+    /// Its own System V IPC and POSIX message queues.
+    Ipc,
 }
 
 /// Why a run ended.

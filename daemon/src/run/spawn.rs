@@ -6,7 +6,9 @@
 //!    writer), so the program's very first instruction is accounted and limited and no
 //!    fork can escape;
 //! 2. a new session (no controlling terminal, its own process group);
-//! 3. `personality(ADDR_NO_RANDOMIZE)` for deterministic runs;
+//! 3. `personality(ADDR_NO_RANDOMIZE)` for deterministic runs; namespaces asked for
+//!    (`unshare`, still root): a private `/tmp` in a mount namespace, `lo` up in a network
+//!    namespace, hostname `cleanroom` in a UTS namespace;
 //! 4. drop the capability bounding set while still root (needs CAP_SETPCAP);
 //! 5. `NO_NEW_PRIVS`, then the caller's groups, gid and uid (setres*: all three ids);
 //! 6. clear every remaining capability and the ambient set (a root caller keeps none);
@@ -41,6 +43,8 @@ pub struct Spec {
     pub groups: Vec<u32>,
     /// ASLR off for the child.
     pub deterministic: bool,
+    /// Namespaces of its own.
+    pub isolate: Vec<cleanroom_proto::Isolation>,
     /// `cgroup.procs` files (real paths) to enter before exec.
     pub cgroup_procs: Vec<PathBuf>,
 }
@@ -107,6 +111,15 @@ pub fn spawn(spec: &Spec) -> Result<Child, Error> {
         .map_err(|e| spawn_err(io::Error::other(e)))?;
     let groups: Vec<libc::gid_t> = spec.groups.clone();
     let (uid, gid, deterministic) = (spec.uid, spec.gid, spec.deterministic);
+    let mut ns_flags = 0;
+    for i in &spec.isolate {
+        ns_flags |= match i {
+            cleanroom_proto::Isolation::Net => libc::CLONE_NEWNET,
+            cleanroom_proto::Isolation::Mount => libc::CLONE_NEWNS,
+            cleanroom_proto::Isolation::Uts => libc::CLONE_NEWUTS,
+            cleanroom_proto::Isolation::Ipc => libc::CLONE_NEWIPC,
+        };
+    }
     let status_w_fd = status_w.as_raw_fd();
 
     let mut cmd = Command::new(&program);
@@ -146,6 +159,41 @@ pub fn spawn(spec: &Spec) -> Result<Child, Error> {
             }
             if deterministic && libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong) < 0 {
                 return Err(fail(b'p'));
+            }
+            if ns_flags != 0 {
+                if libc::unshare(ns_flags) < 0 {
+                    return Err(fail(b'i'));
+                }
+                if ns_flags & libc::CLONE_NEWNS != 0 {
+                    // Nothing mounted here propagates to the host, then /tmp of its own.
+                    let (root, tmp, tmpfs, opts) = (c"/", c"/tmp", c"tmpfs", c"mode=1777");
+                    if libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) < 0
+                        || libc::mount(
+                            tmpfs.as_ptr(),
+                            tmp.as_ptr(),
+                            tmpfs.as_ptr(),
+                            libc::MS_NOSUID | libc::MS_NODEV,
+                            opts.as_ptr().cast(),
+                        ) < 0
+                    {
+                        return Err(fail(b'i'));
+                    }
+                }
+                if ns_flags & libc::CLONE_NEWUTS != 0 {
+                    let name = b"cleanroom";
+                    if libc::sethostname(name.as_ptr().cast(), name.len()) < 0 {
+                        return Err(fail(b'i'));
+                    }
+                }
+                if ns_flags & libc::CLONE_NEWNET != 0 && !loopback_up() {
+                    return Err(fail(b'i'));
+                }
             }
             for cap in 0..64 {
                 libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
@@ -188,6 +236,32 @@ pub fn spawn(spec: &Spec) -> Result<Child, Error> {
     }
 }
 
+/// Brings `lo` up in a fresh network namespace (only async-signal-safe calls).
+///
+/// # Safety
+/// Only between fork and exec, or anywhere: it only issues socket and ioctl calls on
+/// stack values.
+unsafe fn loopback_up() -> bool {
+    // SAFETY: plain system calls on a local, zero-initialised ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return false;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut ok = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) >= 0;
+        if ok {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            ok = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) >= 0;
+        }
+        libc::close(fd);
+        ok
+    }
+}
+
 fn classify(program: &str, spec: &Spec, status_r: OwnedFd, e: io::Error) -> Error {
     let mut msg = [0u8; 5];
     let mut f = std::fs::File::from(status_r);
@@ -204,6 +278,7 @@ fn classify(program: &str, spec: &Spec, status_r: OwnedFd, e: io::Error) -> Erro
                     .unwrap_or_default(),
                 source,
             },
+            b'i' => Error::Spawn(format!("{program} (namespaces)"), source),
             b'd' => Error::Cwd {
                 cwd: spec.cwd.display().to_string(),
                 uid: spec.uid,

@@ -118,6 +118,7 @@ pub async fn start(
             gid: peer.gid,
             groups: peer.groups.clone(),
             deterministic: p.deterministic,
+            isolate: p.isolate.clone(),
             cgroup_procs: Vec::new(),
         },
         limits: Limits {
