@@ -504,3 +504,79 @@ fn isolated_runs_see_only_loopback_a_private_tmp_and_their_own_hostname() {
         "{out:?}"
     );
 }
+
+#[test]
+fn baselines_catch_a_regression_and_history_keeps_the_runs() {
+    if !is_root_or_skip("baselines_catch_a_regression_and_history_keeps_the_runs") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n")
+        .world_traversable()
+        .start();
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--repeat",
+        "6",
+        "--save-baseline",
+        "quick",
+        "--label",
+        "before",
+        "--",
+        "sleep",
+        "0.02",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let base = json_of(&out);
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--repeat",
+        "6",
+        "--baseline",
+        "quick",
+        "--",
+        "sleep",
+        "0.08",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "a regression exits 1: {out:?}");
+    let slow = json_of(&out);
+    assert_eq!(slow["comparison"]["verdict"], "slower", "{slow}");
+    assert!(slow["comparison"]["change_percent"].as_f64().unwrap() > 100.0);
+    let list = json_of(&d.ctl(&["--json", "runs", "list"]));
+    let batches: Vec<&str> = list["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["batch"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        batches,
+        vec![
+            slow["batch"].as_str().unwrap(),
+            base["batch"].as_str().unwrap()
+        ]
+    );
+    let shown = json_of(&d.ctl(&["--json", "runs", "show", "baseline:quick"]));
+    assert_eq!(shown["runs"].as_array().unwrap().len(), 6);
+    let out = d.ctl(&[
+        "--json",
+        "runs",
+        "compare",
+        slow["batch"].as_str().unwrap(),
+        "baseline:quick",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(json_of(&out)["verdict"], "faster");
+    // Another runner sees neither root's runs nor may delete its baseline.
+    let nobody = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
+    let theirs = json_of(&d.ctl_as(&nobody, &["--json", "runs", "list"]));
+    assert!(theirs["batches"].as_array().unwrap().is_empty(), "{theirs}");
+    let out = d.ctl_as(&nobody, &["baseline", "delete", "quick"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(d.ctl(&["baseline", "delete", "quick"]).status.success());
+    let out = d.ctl(&["run", "--baseline", "quick", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no baseline named \"quick\""));
+}

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use cleanroom_proto::{
-    Metrics, NoParams, Ping, ProfileActive, ProfileApply, ProfileApplyParams, ProfileList,
-    ProfileRecommend, ProfileRevert, ProfileRevertParams, ProfileShow, ProfileShowParams,
-    ProfileVerify, Reload, RunParams, RunStart, Status, TuneResult,
+    BaselineDelete, BaselineList, BaselineParams, BatchParams, Metrics, NoParams, Ping,
+    ProfileActive, ProfileApply, ProfileApplyParams, ProfileList, ProfileRecommend, ProfileRevert,
+    ProfileRevertParams, ProfileShow, ProfileShowParams, ProfileVerify, Reload, RunParams,
+    RunStart, RunsCompare, RunsCompareParams, RunsList, RunsListParams, RunsShow, Status,
+    TuneResult,
 };
 use serde::Serialize;
 
@@ -91,6 +93,12 @@ enum Command {
         cleanroomctl --json run --repeat 10 -- ./bench > result.json"
     )]
     Run(RunArgs),
+    /// Stored runs: list, show, compare.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Baselines: list, delete (save one with `run --save-baseline NAME`).
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
     /// Tuning profiles: list, show, apply, revert, verify, recommend.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -136,6 +144,13 @@ struct RunArgs {
     /// A label stored with the run.
     #[arg(long)]
     label: Option<String>,
+    /// Save the measured runs as the baseline of this name.
+    #[arg(long, value_name = "NAME")]
+    save_baseline: Option<String>,
+    /// Compare with this baseline (Welch's t-test and a relative threshold); exit code 1
+    /// on a regression when the command itself succeeded.
+    #[arg(long, value_name = "NAME")]
+    baseline: Option<String>,
     /// The command and its arguments (after --).
     #[arg(required = true, last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -208,6 +223,46 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// The newest stored runs (yours; an admin sees every one).
+    #[command(
+        after_help = "Examples:\n  cleanroomctl runs list\n  cleanroomctl runs list --limit 100"
+    )]
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One stored batch of runs, whole (as `run --json` printed it).
+    #[command(after_help = "Examples:\n  cleanroomctl runs show 1795438620536")]
+    Show {
+        /// Batch id (from `runs list`), or baseline:NAME.
+        batch: String,
+    },
+    /// Compare batch B against batch A (ids or baseline:NAME); exit code 1 when B is slower.
+    #[command(after_help = "Examples:\n  cleanroomctl runs compare baseline:main 1795438620536")]
+    Compare {
+        /// The reference.
+        a: String,
+        /// The batch compared with it.
+        b: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BaselineCommand {
+    /// Every baseline.
+    #[command(after_help = "Examples:\n  cleanroomctl baseline list")]
+    List,
+    /// Forget a baseline (yours, or any as admin).
+    #[command(after_help = "Examples:\n  cleanroomctl baseline delete main")]
+    Delete {
+        /// Its name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,6 +349,45 @@ fn run(cli: &Cli) -> Result<(), CallError> {
         }
         Command::Profile(ref p) => profile(cli, &mut client, p),
         Command::Run(ref r) => run_command(cli, &mut client, r),
+        Command::Runs(RunsCommand::List { limit }) => {
+            let r = client.call::<RunsList>(&RunsListParams { limit: Some(limit) })?;
+            emit(cli, &r, || output::runs_list(&r))
+        }
+        Command::Runs(RunsCommand::Show { ref batch }) => {
+            let r = client.call::<RunsShow>(&BatchParams {
+                batch: batch.clone(),
+            })?;
+            emit(cli, &r, || output::run_summary(&r))
+        }
+        Command::Runs(RunsCommand::Compare { ref a, ref b }) => {
+            let r = client.call::<RunsCompare>(&RunsCompareParams {
+                a: a.clone(),
+                b: b.clone(),
+            })?;
+            emit(cli, &r, || output::comparison(&r))?;
+            if r.verdict == cleanroom_proto::Verdict::Slower {
+                Err(CallError::Exit(
+                    1,
+                    Some("regression: B is slower than A".into()),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Command::Baseline(BaselineCommand::List) => {
+            let r = client.call::<BaselineList>(&NoParams {})?;
+            emit(cli, &r, || output::baselines(&r))
+        }
+        Command::Baseline(BaselineCommand::Delete { ref name }) => {
+            let r = client.call::<BaselineDelete>(&BaselineParams { name: name.clone() })?;
+            emit(cli, &r, || {
+                if r.deleted {
+                    format!("baseline {} deleted\n", r.name)
+                } else {
+                    format!("no baseline named {}\n", r.name)
+                }
+            })
+        }
         Command::Reload => {
             let r = client.call::<Reload>(&NoParams {})?;
             emit(cli, &r, || output::reload(&r))
@@ -375,6 +469,8 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         deterministic: a.deterministic,
         isolate: a.isolate.clone(),
         label: a.label.clone(),
+        save_baseline: a.save_baseline.clone(),
+        baseline: a.baseline.clone(),
         repeat: a.repeat,
         warmup: a.warmup,
     };
@@ -422,6 +518,16 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         eprint!("{}", output::run_summary(&r));
     }
     let code = output::run_exit_code(&r.last);
+    let regression = r
+        .comparison
+        .as_ref()
+        .is_some_and(|c| c.verdict == cleanroom_proto::Verdict::Slower);
+    if code == 0 && regression {
+        return Err(CallError::Exit(
+            1,
+            Some("regression: slower than the baseline".into()),
+        ));
+    }
     if code == 0 {
         Ok(())
     } else {

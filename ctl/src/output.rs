@@ -322,6 +322,10 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
         ));
     }
     out.push_str(&table(&rows));
+    if let Some(c) = &r.comparison {
+        out.push('\n');
+        out.push_str(&comparison(c));
+    }
     if !r.stats.is_empty() {
         out.push('\n');
         let header = [
@@ -350,6 +354,81 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
         ));
     }
     out
+}
+
+/// A comparison, one paragraph.
+pub fn comparison(c: &cleanroom_proto::Comparison) -> String {
+    let verdict = match c.verdict {
+        cleanroom_proto::Verdict::Faster => "FASTER",
+        cleanroom_proto::Verdict::Slower => "SLOWER (regression)",
+        cleanroom_proto::Verdict::NoChange => "no change",
+    };
+    format!(
+        "{}: {} → {} ({:+.2}%), p = {:.4} (confidence {:.1}%): {verdict}\n  \
+         (Welch's t-test at alpha {}, changes under {}% ignored)\n",
+        c.metric,
+        ms(c.baseline_mean),
+        ms(c.mean),
+        c.change_percent,
+        c.p_value,
+        c.confidence_percent,
+        c.alpha,
+        c.threshold_percent
+    )
+}
+
+/// `runs list`.
+pub fn runs_list(r: &cleanroom_proto::RunsListResult) -> String {
+    let rows: Vec<Vec<String>> = r
+        .batches
+        .iter()
+        .map(|b| {
+            vec![
+                b.batch.clone(),
+                b.uid.to_string(),
+                b.runs.to_string(),
+                ms(b.wall_ms),
+                match (b.end_reason, b.exit_code) {
+                    (cleanroom_proto::EndReason::Exited, Some(c)) => format!("exit {c}"),
+                    (reason, _) => serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                },
+                b.label.clone().unwrap_or_default(),
+                b.argv.join(" "),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no runs stored\n".into();
+    }
+    columns(
+        &[
+            "BATCH",
+            "UID",
+            "RUNS",
+            "MEDIAN WALL",
+            "ENDED",
+            "LABEL",
+            "COMMAND",
+        ],
+        &rows,
+    )
+}
+
+/// `baseline list`.
+pub fn baselines(r: &cleanroom_proto::BaselineListResult) -> String {
+    if r.baselines.is_empty() {
+        return "no baselines (save one with: cleanroomctl run --save-baseline NAME -- CMD)\n"
+            .into();
+    }
+    let rows: Vec<Vec<String>> = r
+        .baselines
+        .iter()
+        .map(|b| vec![b.name.clone(), b.batch.clone(), b.uid.to_string()])
+        .collect();
+    columns(&["NAME", "BATCH", "UID"], &rows)
 }
 
 /// `profile recommend`.

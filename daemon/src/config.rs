@@ -35,6 +35,9 @@
 //! [runs]
 //! max_output_bytes = 16777216          # output streamed per run; the rest is dropped
 //! max_repeat = 10000                   # most repetitions per request
+//! history_limit = 1000                 # batches kept in the run history
+//! compare_alpha = 0.05                 # significance level of comparisons (Welch's t-test)
+//! compare_threshold_percent = 2.0      # smallest relative change a comparison reports
 //! ```
 //!
 //! Command-line flags (`--socket`, `--state-dir`, `--host-root`) and `CLEANROOM_SOCKET`
@@ -71,7 +74,7 @@ pub enum Error {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Paths of the daemon itself.
@@ -89,7 +92,7 @@ pub struct Config {
 }
 
 /// `[runs]`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Runs {
     /// Output of one run streamed to the client at most, in bytes; the rest is dropped
@@ -97,6 +100,12 @@ pub struct Runs {
     pub max_output_bytes: u64,
     /// Most repetitions one request may ask for (default 10000).
     pub max_repeat: u32,
+    /// Batches kept in the run history (default 1000; baselines' batches are kept too).
+    pub history_limit: u32,
+    /// Significance level of comparisons (Welch's t-test; default 0.05).
+    pub compare_alpha: f64,
+    /// Smallest relative change of the mean a comparison reports, percent (default 2).
+    pub compare_threshold_percent: f64,
 }
 
 impl Default for Runs {
@@ -104,6 +113,9 @@ impl Default for Runs {
         Self {
             max_output_bytes: 16 << 20,
             max_repeat: 10_000,
+            history_limit: 1000,
+            compare_alpha: 0.05,
+            compare_threshold_percent: 2.0,
         }
     }
 }
@@ -288,7 +300,7 @@ pub enum Source {
 }
 
 /// A configuration and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Loaded {
     /// The effective configuration (file, then overrides).
     pub config: Config,
@@ -389,6 +401,19 @@ impl Config {
                 "key `socket.path`: {} is not an absolute path",
                 self.socket.path.display()
             ));
+        }
+        let r = &self.runs;
+        if !(r.compare_alpha > 0.0 && r.compare_alpha < 1.0) {
+            return Err(format!(
+                "key `runs.compare_alpha`: {} is not between 0 and 1",
+                r.compare_alpha
+            ));
+        }
+        if !(r.compare_threshold_percent >= 0.0 && r.compare_threshold_percent.is_finite()) {
+            return Err("key `runs.compare_threshold_percent`: must be 0 or more".into());
+        }
+        if r.history_limit == 0 {
+            return Err("key `runs.history_limit`: must be at least 1".into());
         }
         for p in &self.tuning.sysctl_allow {
             if p.is_empty() {

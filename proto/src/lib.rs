@@ -69,6 +69,11 @@
 //! | `profile.recommend` | reader | none | [`RecommendResult`] |
 //! | `profile.active` | reader | none | [`ActiveResult`] |
 //! | `run.start` | runner | [`RunParams`] | [`RunResult`] (after `run.output` notifications) |
+//! | `runs.list` | reader | [`RunsListParams`] | [`RunsListResult`] |
+//! | `runs.show` | reader | [`BatchParams`] | [`RunResult`] |
+//! | `runs.compare` | reader | [`RunsCompareParams`] | [`Comparison`] |
+//! | `baseline.list` | reader | none | [`BaselineListResult`] |
+//! | `baseline.delete` | runner | [`BaselineParams`] | [`BaselineDeleteResult`] |
 //!
 //! Each method is also a type implementing [`Method`], which ties its name, role and
 //! parameter and result types together for clients written in Rust.
@@ -735,6 +740,12 @@ pub struct RunParams {
     /// ASLR off for the child, a fixed environment and `CLEANROOM_SEED`.
     #[serde(default)]
     pub deterministic: bool,
+    /// Save the measured runs as the baseline of this name.
+    #[serde(default)]
+    pub save_baseline: Option<String>,
+    /// Compare the measured runs with this baseline (`comparison` in the result).
+    #[serde(default)]
+    pub baseline: Option<String>,
     /// Namespaces of its own: `net` (only a loopback interface, up), `mount` (a private
     /// `/tmp`), `uts` (hostname `cleanroom`), `ipc`.
     #[serde(default)]
@@ -852,6 +863,42 @@ pub struct Summary {
     pub outliers: Vec<usize>,
 }
 
+/// Whether a set of runs is faster or slower than another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Significantly faster, by more than the threshold.
+    Faster,
+    /// Significantly slower, by more than the threshold: a regression.
+    Slower,
+    /// Neither.
+    NoChange,
+}
+
+/// A comparison of one metric between a baseline and new runs (Welch's t-test and a
+/// relative threshold).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The metric (`wall_ms`).
+    pub metric: String,
+    /// Mean of the baseline.
+    pub baseline_mean: f64,
+    /// Mean of the new runs.
+    pub mean: f64,
+    /// Relative change of the mean, percent (positive: slower).
+    pub change_percent: f64,
+    /// Two-sided p-value of Welch's t-test.
+    pub p_value: f64,
+    /// 100 × (1 − p).
+    pub confidence_percent: f64,
+    /// Significance level used.
+    pub alpha: f64,
+    /// Smallest relative change that counts, percent.
+    pub threshold_percent: f64,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
 /// Result of `run.start`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
@@ -865,6 +912,128 @@ pub struct RunResult {
     /// `repeat` > 1.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub stats: std::collections::BTreeMap<String, Summary>,
+    /// The batch id under which the runs are stored (`runs.show`).
+    #[serde(default)]
+    pub batch: String,
+    /// The comparison with `baseline`, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
+}
+
+method!(
+    /// `runs.list`: the newest stored batches (a reader or runner sees its own, an admin
+    /// every one).
+    RunsList, "runs.list", Role::Reader, false, RunsListParams, RunsListResult
+);
+method!(
+    /// `runs.show`: one stored batch, whole.
+    RunsShow, "runs.show", Role::Reader, false, BatchParams, RunResult
+);
+method!(
+    /// `runs.compare`: two stored batches, `b` against `a`.
+    RunsCompare, "runs.compare", Role::Reader, false, RunsCompareParams, Comparison
+);
+method!(
+    /// `baseline.list`: every baseline.
+    BaselineList, "baseline.list", Role::Reader, false, NoParams, BaselineListResult
+);
+method!(
+    /// `baseline.delete`: forget a baseline (its owner or an admin).
+    BaselineDelete, "baseline.delete", Role::Runner, true, BaselineParams, BaselineDeleteResult
+);
+
+/// Params of `runs.list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsListParams {
+    /// How many (default 20).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One batch in `runs.list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchInfo {
+    /// Batch id.
+    pub batch: String,
+    /// When it ended (seconds since the epoch).
+    pub ts: f64,
+    /// Who ran it.
+    pub uid: u32,
+    /// Its label.
+    pub label: Option<String>,
+    /// The command.
+    pub argv: Vec<String>,
+    /// Measured runs.
+    pub runs: u32,
+    /// How the last one ended.
+    pub end_reason: EndReason,
+    /// Exit code of the last one.
+    pub exit_code: Option<i32>,
+    /// Median wall time, milliseconds.
+    pub wall_ms: f64,
+}
+
+/// Result of `runs.list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunsListResult {
+    /// Newest first.
+    pub batches: Vec<BatchInfo>,
+}
+
+/// Params naming a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchParams {
+    /// Batch id.
+    pub batch: String,
+}
+
+/// Params of `runs.compare`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsCompareParams {
+    /// The reference batch (or `baseline:NAME`).
+    pub a: String,
+    /// The batch compared with it (or `baseline:NAME`).
+    pub b: String,
+}
+
+/// Params naming a baseline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineParams {
+    /// Baseline name.
+    pub name: String,
+}
+
+/// One baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineInfo {
+    /// Its name.
+    pub name: String,
+    /// The batch it names.
+    pub batch: String,
+    /// When it was saved.
+    pub ts: f64,
+    /// Who saved it.
+    pub uid: u32,
+}
+
+/// Result of `baseline.list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineListResult {
+    /// By name.
+    pub baselines: Vec<BaselineInfo>,
+}
+
+/// Result of `baseline.delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaselineDeleteResult {
+    /// The name.
+    pub name: String,
+    /// Whether it existed.
+    pub deleted: bool,
 }
 
 /// The `run.output` notification: a chunk of the child's output.

@@ -11,6 +11,7 @@
 //! (`--isolate`), realtime scheduling, baselines and the run history in SQLite.
 
 pub mod cgroup;
+pub mod compare;
 pub mod spawn;
 pub mod stats;
 

@@ -4,16 +4,17 @@
 use std::sync::Arc;
 
 use cleanroom_proto::{
-    Caller, Method, Metrics, MetricsResult, NoParams, Ping, PingResult, ProfileActive,
-    ProfileApply, ProfileInfo, ProfileList, ProfileListResult, ProfileRecommend, ProfileRevert,
-    ProfileShow, ProfileShowParams, ProfileShowResult, ProfileVerify, Reload, Role, RunStart,
-    SettingInfo, Status, StatusResult, TuneResult,
+    BaselineDelete, BaselineList, Caller, Method, Metrics, MetricsResult, NoParams, Ping,
+    PingResult, ProfileActive, ProfileApply, ProfileInfo, ProfileList, ProfileListResult,
+    ProfileRecommend, ProfileRevert, ProfileShow, ProfileShowParams, ProfileShowResult,
+    ProfileVerify, Reload, Role, RunStart, RunsCompare, RunsList, RunsShow, SettingInfo, Status,
+    StatusResult, TuneResult,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::peer::Peer;
-use super::{Call, Error};
+use super::{Call, Error, runs};
 use crate::state::State;
 use crate::store::AuditEvent;
 use crate::tune;
@@ -32,6 +33,11 @@ pub const KNOWN_METHODS: &[&str] = &[
     ProfileRecommend::NAME,
     ProfileActive::NAME,
     RunStart::NAME,
+    RunsList::NAME,
+    RunsShow::NAME,
+    RunsCompare::NAME,
+    BaselineList::NAME,
+    BaselineDelete::NAME,
 ];
 
 /// Runs `method` with `params` for `peer`.
@@ -43,10 +49,21 @@ pub async fn dispatch(
     state: &Arc<State>,
 ) -> Result<Value, Error> {
     match method {
+        RunsList::NAME => invoke::<RunsList, _, _>(params, peer, state, runs::list).await,
+        RunsShow::NAME => invoke::<RunsShow, _, _>(params, peer, state, runs::show).await,
+        RunsCompare::NAME => {
+            invoke::<RunsCompare, _, _>(params, peer, state, runs::compare_batches).await
+        }
+        BaselineList::NAME => {
+            invoke::<BaselineList, _, _>(params, peer, state, runs::baselines).await
+        }
+        BaselineDelete::NAME => {
+            invoke::<BaselineDelete, _, _>(params, peer, state, runs::delete_baseline).await
+        }
         RunStart::NAME => {
             let call = call.clone();
             invoke::<RunStart, _, _>(params, peer, state, move |p, peer, st| {
-                crate::server::runs::start(p, peer, call, st)
+                runs::start(p, peer, call, st)
             })
             .await
         }
@@ -345,6 +362,11 @@ pub fn role_for(method: &str) -> Option<Role> {
         ProfileRecommend::NAME => Some(ProfileRecommend::ROLE),
         ProfileActive::NAME => Some(ProfileActive::ROLE),
         RunStart::NAME => Some(RunStart::ROLE),
+        RunsList::NAME => Some(RunsList::ROLE),
+        RunsShow::NAME => Some(RunsShow::ROLE),
+        RunsCompare::NAME => Some(RunsCompare::ROLE),
+        BaselineList::NAME => Some(BaselineList::ROLE),
+        BaselineDelete::NAME => Some(BaselineDelete::ROLE),
         _ => None,
     }
 }

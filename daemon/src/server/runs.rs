@@ -7,16 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cleanroom_proto::{
-    EndReason, JSONRPC_VERSION, Notification, RunOutput, RunParams, RunProgress, RunRecord,
-    RunResult,
+    BaselineDeleteResult, BaselineInfo, BaselineListResult, BaselineParams, BatchInfo, BatchParams,
+    Comparison, EndReason, JSONRPC_VERSION, Notification, RunOutput, RunParams, RunProgress,
+    RunRecord, RunResult, RunsCompareParams, RunsListParams, RunsListResult,
 };
 use tokio::sync::mpsc;
 
 use super::peer::Peer;
 use super::{Call, Error};
 use crate::run::cgroup::Limits;
-use crate::run::{Chunk, Job, spawn, stats};
+use crate::run::{Chunk, Job, compare, spawn, stats};
 use crate::state::State;
+use crate::store::history;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -94,6 +96,31 @@ pub async fn start(
 ) -> Result<RunResult, Error> {
     let live = state.live();
     validate(&p, live.config.runs.max_repeat)?;
+    if let Some(name) = &p.save_baseline {
+        if !valid_baseline_name(name) {
+            return Err(Error::InvalidParams {
+                method: "run.start",
+                detail: format!(
+                    "save_baseline: {name:?} is not a name (letters, digits, . _ -; at most 64)"
+                ),
+            });
+        }
+    }
+    // The baseline must exist before anything runs.
+    let baseline = match &p.baseline {
+        Some(name) => match load(&state, &format!("baseline:{name}")).await {
+            Ok((batch, _, r)) => Some((batch, r)),
+            Err(_) => {
+                return Err(Error::InvalidParams {
+                    method: "run.start",
+                    detail: format!(
+                        "baseline: no baseline named {name:?} (cleanroomctl baseline list)"
+                    ),
+                });
+            }
+        },
+        None => None,
+    };
     if let Some(why) = state.runner.unavailable() {
         return Err(Error::Run(format!(
             "runs are unavailable on this host: {why}"
@@ -193,9 +220,11 @@ pub async fn start(
         .cloned()
         .ok_or_else(|| Error::Internal("no run was carried out".into()))?;
     let mut result = RunResult {
+        batch: measured.first().map(|r| r.id.clone()).unwrap_or_default(),
         last,
         runs: Vec::new(),
         stats: BTreeMap::new(),
+        comparison: None,
     };
     if p.repeat > 1 {
         let metric = |f: fn(&RunRecord) -> f64| measured.iter().map(f).collect::<Vec<f64>>();
@@ -209,9 +238,207 @@ pub async fn start(
                 result.stats.insert(name.to_owned(), s);
             }
         }
-        result.runs = measured;
+        result.runs = measured.clone();
+    }
+    if let Some((_, base)) = &baseline {
+        let cfg = &live.config.runs;
+        result.comparison = compare::compare(
+            "wall_ms",
+            &samples(base),
+            &measured.iter().map(|r| r.wall_ms).collect::<Vec<_>>(),
+            cfg.compare_alpha,
+            cfg.compare_threshold_percent / 100.0,
+        );
+    }
+    // History (and the baseline to save) after the comparison, so a run never compares
+    // against itself.
+    let row = history::BatchRow {
+        batch: result.batch.clone(),
+        ts: 0.0,
+        uid: peer.uid,
+        label: p.label.clone(),
+        argv: serde_json::to_string(&p.argv).unwrap_or_default(),
+        result: serde_json::to_string(&result).unwrap_or_default(),
+    };
+    let keep = live.config.runs.history_limit;
+    let save = p.save_baseline.clone();
+    let uid = peer.uid;
+    state
+        .store
+        .call(move |c| {
+            history::insert(c, &row, keep)?;
+            if let Some(name) = save {
+                history::save_baseline(c, &name, &row.batch, uid)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(result)
+}
+
+/// The wall times of a stored result.
+fn samples(r: &RunResult) -> Vec<f64> {
+    if r.runs.is_empty() {
+        vec![r.last.wall_ms]
+    } else {
+        r.runs.iter().map(|x| x.wall_ms).collect()
+    }
+}
+
+fn valid_baseline_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// Loads a stored batch (by id, or `baseline:NAME`).
+async fn load(state: &Arc<State>, what: &str) -> Result<(String, u32, RunResult), Error> {
+    let what = what.to_owned();
+    let found = state
+        .store
+        .call(move |c| {
+            let batch = match what.strip_prefix("baseline:") {
+                Some(name) => history::baseline(c, name)?.map(|(b, _)| b),
+                None => Some(what.clone()),
+            };
+            Ok(match batch {
+                Some(b) => history::get(c, &b)?.map(|row| (what, row)),
+                None => None,
+            })
+        })
+        .await?;
+    let Some((what, row)) = found else {
+        return Err(Error::Run("no such batch or baseline".into()));
+    };
+    let result: RunResult = serde_json::from_str(&row.result)
+        .map_err(|e| Error::Internal(format!("stored batch {what} is unreadable: {e}")))?;
+    Ok((row.batch, row.uid, result))
+}
+
+fn may_see(peer: &Peer, owner: u32, state: &State) -> bool {
+    peer.uid == owner || peer.role(&state.live().auth) == cleanroom_proto::Role::Admin
+}
+
+/// `runs.list`.
+pub async fn list(
+    p: RunsListParams,
+    peer: Peer,
+    state: Arc<State>,
+) -> Result<RunsListResult, Error> {
+    let admin = peer.role(&state.live().auth) == cleanroom_proto::Role::Admin;
+    let uid = (!admin).then_some(peer.uid);
+    let limit = p.limit.unwrap_or(20).min(1000);
+    let rows = state
+        .store
+        .call(move |c| history::list(c, uid, limit))
+        .await?;
+    let batches = rows
+        .into_iter()
+        .filter_map(|row| {
+            let r: RunResult = serde_json::from_str(&row.result).ok()?;
+            let mut walls = samples(&r);
+            walls.sort_by(f64::total_cmp);
+            Some(BatchInfo {
+                batch: row.batch,
+                ts: row.ts,
+                uid: row.uid,
+                label: row.label,
+                argv: serde_json::from_str(&row.argv).unwrap_or_default(),
+                runs: walls.len() as u32,
+                end_reason: r.last.end_reason,
+                exit_code: r.last.exit_code,
+                wall_ms: walls[walls.len() / 2],
+            })
+        })
+        .collect();
+    Ok(RunsListResult { batches })
+}
+
+/// `runs.show`.
+pub async fn show(p: BatchParams, peer: Peer, state: Arc<State>) -> Result<RunResult, Error> {
+    let (_, owner, result) = load(&state, &p.batch).await?;
+    if !may_see(&peer, owner, &state) {
+        return Err(Error::Run(format!("batch {} is not yours", p.batch)));
     }
     Ok(result)
+}
+
+/// `runs.compare`.
+pub async fn compare_batches(
+    p: RunsCompareParams,
+    peer: Peer,
+    state: Arc<State>,
+) -> Result<Comparison, Error> {
+    let (_, oa, a) = load(&state, &p.a).await?;
+    let (_, ob, b) = load(&state, &p.b).await?;
+    if !may_see(&peer, oa, &state) || !may_see(&peer, ob, &state) {
+        return Err(Error::Run("you may only compare your own runs".into()));
+    }
+    let cfg = state.live().config.runs.clone();
+    compare::compare(
+        "wall_ms",
+        &samples(&a),
+        &samples(&b),
+        cfg.compare_alpha,
+        cfg.compare_threshold_percent / 100.0,
+    )
+    .ok_or_else(|| Error::Run("nothing to compare".into()))
+}
+
+/// `baseline.list`.
+pub async fn baselines(
+    _: cleanroom_proto::NoParams,
+    _: Peer,
+    state: Arc<State>,
+) -> Result<BaselineListResult, Error> {
+    let rows = state.store.call(|c| history::baselines(c)).await?;
+    Ok(BaselineListResult {
+        baselines: rows
+            .into_iter()
+            .map(|(name, batch, ts, uid)| BaselineInfo {
+                name,
+                batch,
+                ts,
+                uid,
+            })
+            .collect(),
+    })
+}
+
+/// `baseline.delete`: its owner or an admin.
+pub async fn delete_baseline(
+    p: BaselineParams,
+    peer: Peer,
+    state: Arc<State>,
+) -> Result<BaselineDeleteResult, Error> {
+    let name = p.name.clone();
+    let owner = state
+        .store
+        .call(move |c| history::baseline(c, &name))
+        .await?;
+    match owner {
+        None => Ok(BaselineDeleteResult {
+            name: p.name,
+            deleted: false,
+        }),
+        Some((_, uid)) if !may_see(&peer, uid, &state) => Err(Error::Run(format!(
+            "baseline {} belongs to uid {uid}",
+            p.name
+        ))),
+        Some(_) => {
+            let name = p.name.clone();
+            let deleted = state
+                .store
+                .call(move |c| history::delete_baseline(c, &name))
+                .await?;
+            Ok(BaselineDeleteResult {
+                name: p.name,
+                deleted,
+            })
+        }
+    }
 }
 
 #[cfg(test)]

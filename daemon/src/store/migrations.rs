@@ -46,6 +46,24 @@ const MIGRATIONS: &[&str] = &[
         boot_id  TEXT NOT NULL,
         since    REAL NOT NULL
     );",
+    // 3: run history and baselines. A batch is one run.start request (its measured runs);
+    // records are stored as the JSON the protocol returns, so history outlives changes to
+    // this schema.
+    "CREATE TABLE runs (
+        batch     TEXT PRIMARY KEY,
+        ts        REAL    NOT NULL,
+        uid       INTEGER NOT NULL,
+        label     TEXT,
+        argv      TEXT    NOT NULL,
+        result    TEXT    NOT NULL
+    );
+    CREATE INDEX runs_ts ON runs(ts);
+    CREATE TABLE baselines (
+        name      TEXT PRIMARY KEY,
+        batch     TEXT    NOT NULL,
+        ts        REAL    NOT NULL,
+        uid       INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.

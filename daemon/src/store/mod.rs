@@ -10,6 +10,7 @@
 //!
 //! Limitations: one connection behind a mutex; enough for the control plane's write rate.
 
+pub mod history;
 pub mod journal;
 mod migrations;
 

@@ -1,0 +1,107 @@
+//! Run history and baselines. Each batch (one `run.start`) is stored with its result as
+//! the protocol returns it; the oldest batches beyond the retention limit are dropped
+//! (baselines keep theirs).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// One stored batch, without its records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRow {
+    /// Batch id.
+    pub batch: String,
+    /// When it finished (seconds since the epoch).
+    pub ts: f64,
+    /// Who ran it.
+    pub uid: u32,
+    /// Its label.
+    pub label: Option<String>,
+    /// The command, JSON array.
+    pub argv: String,
+    /// The result, JSON.
+    pub result: String,
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Stores a batch and applies the retention limit (baselines' batches are kept).
+pub fn insert(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT OR REPLACE INTO runs (batch, ts, uid, label, argv, result) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![row.batch, now(), row.uid, row.label, row.argv, row.result],
+    )?;
+    tx.execute(
+        "DELETE FROM runs WHERE batch NOT IN (SELECT batch FROM baselines)
+           AND batch NOT IN (SELECT batch FROM runs ORDER BY ts DESC LIMIT ?1)",
+        [keep],
+    )?;
+    tx.commit()
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRow> {
+    Ok(BatchRow {
+        batch: r.get(0)?,
+        ts: r.get(1)?,
+        uid: r.get(2)?,
+        label: r.get(3)?,
+        argv: r.get(4)?,
+        result: r.get(5)?,
+    })
+}
+
+/// The newest batches, newest first; only `uid`'s when given.
+pub fn list(conn: &Connection, uid: Option<u32>, limit: u32) -> rusqlite::Result<Vec<BatchRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT batch, ts, uid, label, argv, result FROM runs
+         WHERE ?1 IS NULL OR uid = ?1 ORDER BY ts DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![uid, limit], row)?;
+    rows.collect()
+}
+
+/// One batch.
+pub fn get(conn: &Connection, batch: &str) -> rusqlite::Result<Option<BatchRow>> {
+    conn.query_row(
+        "SELECT batch, ts, uid, label, argv, result FROM runs WHERE batch = ?1",
+        [batch],
+        row,
+    )
+    .optional()
+}
+
+/// Names `batch` as baseline `name` (replacing an older one of that name).
+pub fn save_baseline(conn: &Connection, name: &str, batch: &str, uid: u32) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO baselines (name, batch, ts, uid) VALUES (?1, ?2, ?3, ?4)",
+        params![name, batch, now(), uid],
+    )?;
+    Ok(())
+}
+
+/// The batch of baseline `name`.
+pub fn baseline(conn: &Connection, name: &str) -> rusqlite::Result<Option<(String, u32)>> {
+    conn.query_row(
+        "SELECT batch, uid FROM baselines WHERE name = ?1",
+        [name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+/// Every baseline: (name, batch, ts, uid).
+pub fn baselines(conn: &Connection) -> rusqlite::Result<Vec<(String, String, f64, u32)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, batch, ts, uid FROM baselines ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    rows.collect()
+}
+
+/// Deletes baseline `name`; whether it existed.
+pub fn delete_baseline(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    Ok(conn.execute("DELETE FROM baselines WHERE name = ?1", [name])? > 0)
+}
