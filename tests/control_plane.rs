@@ -901,3 +901,25 @@ fn a_client_that_never_reads_its_answers_is_dropped() {
         d.log()
     );
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_directory_is_refused() {
+    let first = Daemon::start();
+    let out = Command::new(bin("cleanroomd"))
+        .arg("--socket")
+        .arg(first.dir().join("other.sock"))
+        .arg("--state-dir")
+        .arg(&first.state_dir)
+        .arg("--config")
+        .arg(first.dir().join("empty.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another cleanroomd"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.pid())), "{err}");
+    assert!(
+        !first.dir().join("other.sock").exists(),
+        "the second daemon bound nothing"
+    );
+}

@@ -119,21 +119,22 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         cleanroom_proto::CgroupMode::None
     });
 
-    // 4b. Run cgroups below our own, and the cgroups of runs a dead daemon left behind
-    //     ended and removed, before anyone can start a new run.
-    let runner = std::sync::Arc::new(cleanroomd::run::Runner::new(
-        host.clone(),
-        cgroup,
-        cfg.runs.max_output_bytes,
-        &cleanroomd::run::instance_tag(&cfg.daemon.state_dir),
-    ));
-
     // 5. The socket: systemd's if it passed one, else bound here (stale file replaced,
     //    live daemon refused), with its group and mode set before anyone is told.
     let listening = match listener::inherited()? {
         Some(l) => l,
         None => listener::bind(&cfg.socket.path, &cfg.socket.group, cfg.socket.mode.0)?,
     };
+
+    // 5b. Run cgroups below our own, and the cgroups of runs a dead daemon left behind
+    //     ended and removed. After the socket, so a daemon refused there never touches
+    //     them; before serving, so no new run can start first.
+    let runner = std::sync::Arc::new(cleanroomd::run::Runner::new(
+        host.clone(),
+        cgroup,
+        cfg.runs.max_output_bytes,
+        &cleanroomd::run::instance_tag(&cfg.daemon.state_dir),
+    ));
 
     // 6. Drop unneeded capabilities while this is the only thread: capabilities are per
     //    thread, and every thread created later inherits the reduced sets.

@@ -51,6 +51,14 @@ pub enum Error {
         /// What SQLite said.
         source: rusqlite::Error,
     },
+    /// Another daemon holds the state directory.
+    #[error("state directory {} is in use by another cleanroomd ({holder}); stop it first or pass another --state-dir", path.display())]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// What the lock file says about its holder.
+        holder: String,
+    },
     /// The database was written by a newer cleanroomd.
     #[error(
         "state database {} has schema version {found}, newer than the {known} this cleanroomd knows; run a newer cleanroomd",
@@ -82,6 +90,8 @@ pub enum Error {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// The lock on the state directory, held as long as the store lives.
+    _lock: Arc<std::fs::File>,
 }
 
 /// One state-changing request, as the audit table records it.
@@ -99,6 +109,43 @@ pub struct AuditEvent {
     pub params_digest: String,
     /// `ok` or `error <code>: <message>`.
     pub outcome: String,
+}
+
+/// Takes `<state-dir>/cleanroomd.lock` (flock, released when the process ends, however it
+/// ends) and writes our pid into it.
+fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, Error> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join("cleanroomd.lock");
+    let dir_err = |source| Error::StateDir {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(dir_err)?;
+    // SAFETY: flock on a descriptor this function owns.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => "unknown pid".to_owned(),
+            pid => format!("pid {pid}"),
+        };
+        return Err(Error::Locked {
+            path: state_dir.to_owned(),
+            holder,
+        });
+    }
+    f.set_len(0).map_err(dir_err)?;
+    f.rewind().map_err(dir_err)?;
+    writeln!(f, "{}", std::process::id()).map_err(dir_err)?;
+    Ok(f)
 }
 
 impl Store {
@@ -130,6 +177,9 @@ impl Store {
                 });
             }
         }
+        // One daemon per state directory: a second one would recover (re-apply, revert) a
+        // journal and clean up run cgroups the first one still owns.
+        let lock = lock_state_dir(state_dir)?;
         let path = state_dir.join(DB_FILE);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -173,6 +223,7 @@ impl Store {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            _lock: Arc::new(lock),
         })
     }
 
@@ -309,6 +360,21 @@ mod tests {
         drop(c);
         let e = Store::open(dir.path()).unwrap_err();
         assert!(matches!(e, Error::NewerSchema { found: 999, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn one_daemon_per_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let e = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(e, Error::Locked { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        drop(first);
+        Store::open(dir.path()).unwrap();
     }
 
     #[test]
