@@ -580,3 +580,123 @@ fn baselines_catch_a_regression_and_history_keeps_the_runs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no baseline named \"quick\""));
 }
+
+static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn my_cpus() -> String {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn online_cpus() -> String {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn an_exclusive_run_keeps_everything_else_off_its_cpu() {
+    if !is_root_or_skip("an_exclusive_run_keeps_everything_else_off_its_cpu") {
+        return;
+    }
+    if online_cpus() == "0" {
+        eprintln!("skipping: one CPU, nothing to isolate");
+        return;
+    }
+    let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let before = my_cpus();
+    // PID 1 is exempt: this machine's init is not ours to move (the VM test covers it).
+    let d = Daemon::builder()
+        .config("[runs]\nshield_exempt_pids = [1]\n")
+        .start();
+    let go = d.dir().join("go");
+    let mut c = RawClient::connect(&d.socket);
+    let script = format!(
+        "grep Cpus_allowed_list /proc/self/status; while [ ! -e {} ]; do sleep 0.01; done",
+        go.display()
+    );
+    c.send_raw(
+        format!(
+            "{}\n",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
+                   "params": {"argv": ["sh", "-c", script], "exclusive": true, "timeout_ms": 20000}})
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let first = c.recv().unwrap();
+    let inside = first["params"]["data"].as_str().unwrap().to_owned();
+    assert!(
+        inside.trim().ends_with('1'),
+        "the run has CPU 1: {inside:?}"
+    );
+    // A process started outside now has CPU 1 excluded (it inherits this thread's mask).
+    let outside = std::process::Command::new("grep")
+        .args(["Cpus_allowed_list", "/proc/self/status"])
+        .output()
+        .unwrap();
+    let outside = String::from_utf8_lossy(&outside.stdout).to_string();
+    assert!(!outside.contains('1'), "CPU 1 is shielded: {outside}");
+    assert_eq!(my_cpus(), "0");
+    std::fs::write(&go, "").unwrap();
+    let result = loop {
+        let m = c.recv().unwrap();
+        if m.get("id").is_some() {
+            break m;
+        }
+    };
+    assert_eq!(result["result"]["cpus"], "1", "{result}");
+    assert_eq!(my_cpus(), before, "the shield is lowered after the run");
+    // A second exclusive run at once is refused (one CPU in the pool here)...
+    drop(c);
+}
+
+#[test]
+fn a_crash_never_leaves_the_host_shielded() {
+    if !is_root_or_skip("a_crash_never_leaves_the_host_shielded") {
+        return;
+    }
+    if online_cpus() == "0" {
+        return;
+    }
+    let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let before = my_cpus();
+    let state = tempfile::tempdir().unwrap();
+    let config = "[runs]\nshield_exempt_pids = [1]\n";
+    let mut d = Daemon::builder()
+        .config(config)
+        .state_dir(&state.path().join("s"))
+        .start();
+    let mut c = RawClient::connect(&d.socket);
+    c.send_raw(
+        format!(
+            "{}\n",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
+                   "params": {"argv": ["sh", "-c", "echo up; sleep 1007.5"], "exclusive": true}})
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(c.recv().unwrap()["params"]["data"], "up\n");
+    assert_eq!(my_cpus(), "0");
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(5)).unwrap();
+    drop(c);
+    assert_eq!(my_cpus(), "0", "the dead daemon left the shield up");
+    let d2 = Daemon::builder()
+        .config(config)
+        .state_dir(&state.path().join("s"))
+        .start();
+    assert_eq!(my_cpus(), before, "the next start lowered it\n{}", d2.log());
+    assert!(alive("1007.5").is_empty());
+    assert!(
+        d2.log()
+            .contains("lowered a shield left by a previous daemon")
+    );
+}

@@ -127,6 +127,13 @@ struct RunArgs {
     /// Unmeasured repetitions before the measured ones.
     #[arg(long, value_name = "N", default_value_t = 0)]
     warmup: u32,
+    /// Whole cores of its own from the isolation pool; every other task is kept off them
+    /// while it runs.
+    #[arg(long)]
+    exclusive: bool,
+    /// How many exclusive CPUs (with --exclusive; default 1, rounded up to whole cores).
+    #[arg(long, value_name = "N", requires = "exclusive")]
+    cpus: Option<u32>,
     /// ASLR off for the command, fixed environment, CLEANROOM_SEED=0.
     #[arg(long)]
     deterministic: bool,
@@ -470,6 +477,8 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         isolate: a.isolate.clone(),
         label: a.label.clone(),
         save_baseline: a.save_baseline.clone(),
+        exclusive: a.exclusive,
+        cpus: a.cpus,
         baseline: a.baseline.clone(),
         repeat: a.repeat,
         warmup: a.warmup,

@@ -38,6 +38,8 @@
 //! history_limit = 1000                 # batches kept in the run history
 //! compare_alpha = 0.05                 # significance level of comparisons (Welch's t-test)
 //! compare_threshold_percent = 2.0      # smallest relative change a comparison reports
+//! isolation_cpus = "1-3"               # CPUs exclusive runs may take (default: all but 0)
+//! shield_exempt_pids = [1]             # processes the shield leaves alone
 //! ```
 //!
 //! Command-line flags (`--socket`, `--state-dir`, `--host-root`) and `CLEANROOM_SOCKET`
@@ -106,6 +108,10 @@ pub struct Runs {
     pub compare_alpha: f64,
     /// Smallest relative change of the mean a comparison reports, percent (default 2).
     pub compare_threshold_percent: f64,
+    /// CPUs exclusive runs may take, a CPU list (default: every online CPU but CPU 0).
+    pub isolation_cpus: Option<String>,
+    /// Pids the shield leaves alone (default none; e.g. `[1]` where init is not yours).
+    pub shield_exempt_pids: Vec<i32>,
 }
 
 impl Default for Runs {
@@ -116,6 +122,8 @@ impl Default for Runs {
             history_limit: 1000,
             compare_alpha: 0.05,
             compare_threshold_percent: 2.0,
+            isolation_cpus: None,
+            shield_exempt_pids: Vec::new(),
         }
     }
 }
@@ -411,6 +419,10 @@ impl Config {
         }
         if !(r.compare_threshold_percent >= 0.0 && r.compare_threshold_percent.is_finite()) {
             return Err("key `runs.compare_threshold_percent`: must be 0 or more".into());
+        }
+        if let Some(c) = &r.isolation_cpus {
+            crate::host::format::parse_cpu_list(c)
+                .map_err(|e| format!("key `runs.isolation_cpus`: {e}"))?;
         }
         if r.history_limit == 0 {
             return Err("key `runs.history_limit`: must be at least 1".into());

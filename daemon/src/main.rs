@@ -134,6 +134,9 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         cgroup,
         cfg.runs.max_output_bytes,
         &cleanroomd::run::instance_tag(&cfg.daemon.state_dir),
+        store.clone(),
+        cfg.runs.isolation_cpus.as_deref(),
+        cfg.runs.shield_exempt_pids.clone(),
     ));
 
     // 6. Drop unneeded capabilities while this is the only thread: capabilities are per

@@ -740,6 +740,13 @@ pub struct RunParams {
     /// ASLR off for the child, a fixed environment and `CLEANROOM_SEED`.
     #[serde(default)]
     pub deterministic: bool,
+    /// Whole cores of its own from the isolation pool, shielded from every other task
+    /// while it runs.
+    #[serde(default)]
+    pub exclusive: bool,
+    /// How many exclusive CPUs (default 1; rounded up to whole cores).
+    #[serde(default)]
+    pub cpus: Option<u32>,
     /// Save the measured runs as the baseline of this name.
     #[serde(default)]
     pub save_baseline: Option<String>,

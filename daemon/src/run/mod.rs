@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod compare;
+pub mod shield;
 pub mod spawn;
 pub mod stats;
 
@@ -55,6 +56,39 @@ pub struct Runner {
     next: AtomicU64,
     /// Output beyond this many bytes per run is dropped (and said so).
     pub max_output: u64,
+    store: crate::store::Store,
+    /// CPUs exclusive runs may take.
+    pool: std::collections::BTreeSet<u32>,
+    /// CPUs held by exclusive runs now.
+    taken: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    /// Pids the shield leaves alone.
+    exempt: Vec<i32>,
+}
+
+/// Cores held by an exclusive run; released (and the shield lowered after the last one)
+/// when dropped.
+#[derive(Debug)]
+pub struct Exclusive {
+    runner: Arc<Runner>,
+    /// The CPUs, as a CPU list.
+    pub cpus: String,
+    set: std::collections::BTreeSet<u32>,
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        let mut taken = self.runner.taken.lock().unwrap_or_else(|p| p.into_inner());
+        for c in &self.set {
+            taken.remove(c);
+        }
+        if taken.is_empty() {
+            let mut conn = self.runner.store.lock_blocking();
+            match shield::lower(&self.runner.host, &mut conn) {
+                Ok(n) => tracing::info!(restored = n, "shield lowered"),
+                Err(e) => tracing::error!(error = %e, "cannot lower the shield"),
+            }
+        }
+    }
 }
 
 impl Runner {
@@ -65,6 +99,9 @@ impl Runner {
         mode: cleanroom_proto::CgroupMode,
         max_output: u64,
         instance: &str,
+        store: crate::store::Store,
+        pool: Option<&str>,
+        exempt: Vec<i32>,
     ) -> Self {
         let layout = Layout::detect(&host, mode, instance);
         match &layout {
@@ -78,12 +115,72 @@ impl Runner {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        // A shield left by a daemon that died is lowered before anything else.
+        {
+            let mut conn = store.lock_blocking();
+            if shield::is_raised(&conn).unwrap_or(false) {
+                match shield::lower(&host, &mut conn) {
+                    Ok(n) => {
+                        tracing::warn!(restored = n, "lowered a shield left by a previous daemon")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot lower a shield left by a previous daemon")
+                    }
+                }
+            }
+        }
+        let online = host
+            .read("/sys/devices/system/cpu/online")
+            .ok()
+            .and_then(|t| crate::host::format::parse_cpu_list(&t).ok())
+            .unwrap_or_default();
+        let pool = match pool.map(crate::host::format::parse_cpu_list) {
+            Some(Ok(p)) => p.intersection(&online).copied().collect(),
+            _ => online.iter().copied().filter(|c| *c != 0).collect(),
+        };
         Self {
             host,
             layout,
             next: AtomicU64::new(seed),
             max_output,
+            store,
+            pool,
+            taken: std::sync::Mutex::new(Default::default()),
+            exempt,
         }
+    }
+
+    /// Takes `count` CPUs as whole cores from the pool and, for the first exclusive run,
+    /// raises the shield. Blocking (sysfs, /proc, SQLite).
+    pub fn take_exclusive(self: &Arc<Self>, count: usize) -> Result<Exclusive, String> {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let cores = shield::cores(&self.host, &self.pool);
+        let Some(set) = shield::pick(&cores, &self.pool, &taken, count.max(1)) else {
+            return Err(format!(
+                "{count} exclusive CPUs are not free: the isolation pool is {} and {} are taken",
+                crate::host::format::format_cpu_list(&self.pool),
+                crate::host::format::format_cpu_list(&taken)
+            ));
+        };
+        if taken.is_empty() {
+            let mut conn = self.store.lock_blocking();
+            let shielded = self.pool.clone();
+            match shield::raise(&self.host, &mut conn, &shielded, &self.exempt) {
+                Ok(r) => tracing::info!(
+                    cpus = %crate::host::format::format_cpu_list(&shielded),
+                    moved = r.moved,
+                    unmovable = r.unmovable,
+                    "shield raised"
+                ),
+                Err(e) => return Err(format!("cannot raise the shield: {e}")),
+            }
+        }
+        taken.extend(set.iter().copied());
+        Ok(Exclusive {
+            runner: Arc::clone(self),
+            cpus: crate::host::format::format_cpu_list(&set),
+            set,
+        })
     }
 
     /// Removes the directories of run cgroups at a clean stop (a crash leaves them for the

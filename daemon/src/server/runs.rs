@@ -76,6 +76,12 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
     if p.memory.is_some_and(|m| m < 1 << 20) {
         return bad("memory must be at least 1 MiB".into());
     }
+    if p.cpus.is_some() && !p.exclusive {
+        return bad("cpus needs exclusive".into());
+    }
+    if p.cpus == Some(0) {
+        return bad("cpus must be at least 1".into());
+    }
     if p.pids == Some(0) || p.cpu_percent == Some(0) || p.timeout_ms == Some(0) {
         return bad("pids, cpu_percent and timeout_ms must be positive".into());
     }
@@ -157,6 +163,20 @@ pub async fn start(
         timeout: p.timeout_ms.map(Duration::from_millis),
     };
     let total = p.warmup + p.repeat;
+    let mut job = job;
+    // Exclusive cores for the whole batch; the shield goes up with the first holder.
+    let exclusive = if p.exclusive {
+        let runner = Arc::clone(&state.runner);
+        let count = p.cpus.unwrap_or(1) as usize;
+        let guard = tokio::task::spawn_blocking(move || runner.take_exclusive(count))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(Error::Run)?;
+        job.limits.cpus = Some(guard.cpus.clone());
+        Some(guard)
+    } else {
+        None
+    };
     let runner = Arc::clone(&state.runner);
     let request = call.id.clone();
     let notify = call.notify.clone();
@@ -209,6 +229,10 @@ pub async fn start(
             if stop {
                 break;
             }
+        }
+        // Releasing the cores (and lowering the shield) scans /proc: off the async threads.
+        if let Some(guard) = exclusive {
+            let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
         }
         measured
     });

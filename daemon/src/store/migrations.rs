@@ -63,6 +63,12 @@ const MIGRATIONS: &[&str] = &[
         batch     TEXT    NOT NULL,
         ts        REAL    NOT NULL,
         uid       INTEGER NOT NULL
+    );
+    CREATE TABLE shield (
+        tid        INTEGER PRIMARY KEY,
+        start_time INTEGER NOT NULL,
+        original   TEXT    NOT NULL,
+        written    TEXT    NOT NULL
     );",
 ];
 

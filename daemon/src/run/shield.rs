@@ -1,0 +1,246 @@
+//! Exclusive CPUs: whole cores from the isolation pool for one run at a time, and the
+//! shield that keeps every other task off them while any exclusive run holds cores.
+//!
+//! On cgroup v1 (this kind of host) the shield is the CPU affinity of every other thread:
+//! the shielded CPUs are removed from each one's mask (its original mask is journaled in
+//! SQLite first, so a crash never leaves the host shielded: the next start puts the masks
+//! back). Processes started later inherit the reduced mask from their parent. Lowering the
+//! shield is compare-and-swap per thread: a mask someone changed since is left alone.
+//!
+//! Limitations (next steps): the cgroup v2 partition (`cpuset.cpus.partition`, which lets
+//! the kernel keep every present and future task off the CPUs), IRQ affinity, NUMA-aware
+//! placement, waiting for cores instead of failing fast, and children of exempt processes
+//! (PID 1 when exempt) are not shielded.
+
+use std::collections::BTreeSet;
+
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
+use rusqlite::{Connection, params};
+
+use crate::host::Host;
+use crate::host::format::{format_cpu_list, parse_cpu_list};
+
+/// Groups of SMT siblings (one per core) among `cpus`, from sysfs.
+pub fn cores(host: &Host, cpus: &BTreeSet<u32>) -> Vec<BTreeSet<u32>> {
+    let mut out: Vec<BTreeSet<u32>> = Vec::new();
+    for &cpu in cpus {
+        if out.iter().any(|c| c.contains(&cpu)) {
+            continue;
+        }
+        let siblings = host
+            .read(&format!(
+                "/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+            ))
+            .ok()
+            .and_then(|t| parse_cpu_list(&t).ok())
+            .unwrap_or_else(|| BTreeSet::from([cpu]));
+        out.push(siblings);
+    }
+    out
+}
+
+/// Picks `want` CPUs as whole cores from `pool` minus `taken`; `None` if they are not free.
+pub fn pick(
+    cores: &[BTreeSet<u32>],
+    pool: &BTreeSet<u32>,
+    taken: &BTreeSet<u32>,
+    want: usize,
+) -> Option<BTreeSet<u32>> {
+    let mut got = BTreeSet::new();
+    for core in cores {
+        if got.len() >= want {
+            break;
+        }
+        if core.is_subset(pool) && core.is_disjoint(taken) {
+            got.extend(core.iter().copied());
+        }
+    }
+    (got.len() >= want).then_some(got)
+}
+
+/// Fields of `/proc/<tid>/stat` after the command name: (flags, start time).
+fn stat_fields(text: &str) -> Option<(u64, u64)> {
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(6)?.parse().ok()?, f.get(19)?.parse().ok()?))
+}
+
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+fn mask_of(set: &BTreeSet<u32>) -> Option<CpuSet> {
+    let mut m = CpuSet::new();
+    for &c in set {
+        m.set(c as usize).ok()?;
+    }
+    Some(m)
+}
+
+fn set_of(m: &CpuSet) -> BTreeSet<u32> {
+    (0..CpuSet::count())
+        .filter(|&c| m.is_set(c).unwrap_or(false))
+        .map(|c| c as u32)
+        .collect()
+}
+
+/// What raising the shield did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Raised {
+    /// Threads moved off the shielded CPUs.
+    pub moved: usize,
+    /// Threads that could not be moved (per-CPU kernel threads and the like).
+    pub unmovable: usize,
+}
+
+/// Keeps every thread but the exempt ones off `cpus`, journaling each original mask first.
+pub fn raise(
+    host: &Host,
+    conn: &mut Connection,
+    cpus: &BTreeSet<u32>,
+    exempt: &[i32],
+) -> rusqlite::Result<Raised> {
+    let mut plan: Vec<(i32, u64, BTreeSet<u32>, BTreeSet<u32>)> = Vec::new();
+    let mut raised = Raised::default();
+    let me = std::process::id() as i32;
+    for pid in host
+        .list("/proc")
+        .iter()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        if exempt.contains(&pid) && pid != me {
+            continue;
+        }
+        for tid in host
+            .list(&format!("/proc/{pid}/task"))
+            .iter()
+            .filter_map(|t| t.parse::<i32>().ok())
+        {
+            let Some((flags, start)) = host
+                .read(&format!("/proc/{pid}/task/{tid}/stat"))
+                .ok()
+                .and_then(|t| stat_fields(&t))
+            else {
+                continue;
+            };
+            if flags & PF_KTHREAD != 0 {
+                raised.unmovable += 1;
+                continue;
+            }
+            let Ok(current) = sched_getaffinity(Pid::from_raw(tid)) else {
+                continue;
+            };
+            let original = set_of(&current);
+            if original.is_disjoint(cpus) {
+                continue;
+            }
+            let reduced: BTreeSet<u32> = original.difference(cpus).copied().collect();
+            if reduced.is_empty() {
+                raised.unmovable += 1;
+                continue;
+            }
+            plan.push((tid, start, original, reduced));
+        }
+    }
+    // Originals on disk before any mask changes.
+    let tx = conn.transaction()?;
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT OR IGNORE INTO shield (tid, start_time, original, written) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (tid, start, original, reduced) in &plan {
+            ins.execute(params![
+                tid,
+                *start as i64,
+                format_cpu_list(original),
+                format_cpu_list(reduced)
+            ])?;
+        }
+    }
+    tx.commit()?;
+    for (tid, _, _, reduced) in &plan {
+        let ok =
+            mask_of(reduced).is_some_and(|m| sched_setaffinity(Pid::from_raw(*tid), &m).is_ok());
+        if ok {
+            raised.moved += 1;
+        } else {
+            raised.unmovable += 1;
+        }
+    }
+    Ok(raised)
+}
+
+/// Puts back every journaled mask that still holds what the shield wrote, on the same
+/// thread (same start time); returns how many.
+pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
+    let rows: Vec<(i32, i64, String, String)> = {
+        let mut stmt =
+            conn.prepare_cached("SELECT tid, start_time, original, written FROM shield")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut restored = 0;
+    for (tid, start, original, written) in &rows {
+        let same_thread = host
+            .read(&format!("/proc/{tid}/stat"))
+            .ok()
+            .and_then(|t| stat_fields(&t))
+            .is_some_and(|(_, s)| s as i64 == *start);
+        if !same_thread {
+            continue;
+        }
+        let Ok(current) = sched_getaffinity(Pid::from_raw(*tid)) else {
+            continue;
+        };
+        let (Ok(original), Ok(written)) = (parse_cpu_list(original), parse_cpu_list(written))
+        else {
+            continue;
+        };
+        if set_of(&current) != written {
+            continue; // changed by someone else since: left alone
+        }
+        if mask_of(&original).is_some_and(|m| sched_setaffinity(Pid::from_raw(*tid), &m).is_ok()) {
+            restored += 1;
+        }
+    }
+    conn.execute("DELETE FROM shield", [])?;
+    Ok(restored)
+}
+
+/// Whether a shield is journaled (raised, or left by a crash).
+pub fn is_raised(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT EXISTS (SELECT 1 FROM shield)", [], |r| r.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: &[u32]) -> BTreeSet<u32> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn picks_whole_cores_from_the_pool() {
+        let cores = vec![set(&[0, 4]), set(&[1, 5]), set(&[2, 6]), set(&[3, 7])];
+        let pool = set(&[1, 2, 3, 5, 6, 7]);
+        assert_eq!(pick(&cores, &pool, &set(&[]), 2), Some(set(&[1, 5])));
+        assert_eq!(
+            pick(&cores, &pool, &set(&[1, 5]), 3),
+            Some(set(&[2, 3, 6, 7]))
+        );
+        assert_eq!(pick(&cores, &pool, &set(&[1, 2, 3]), 1), None);
+        // A core half outside the pool is never handed out.
+        assert_eq!(
+            pick(&cores, &set(&[0, 1, 5]), &set(&[]), 1),
+            Some(set(&[1, 5]))
+        );
+    }
+
+    #[test]
+    fn stat_fields_survive_odd_command_names() {
+        let text =
+            "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(stat_fields(text), Some((4_194_560, 98_765)));
+        assert_eq!(stat_fields("garbage"), None);
+    }
+}
