@@ -8,3 +8,4 @@ cargo bench --bench control_plane
 cargo bench --bench tuning
 cargo bench --bench runs
 benches/footprint.sh
+benches/noise.sh

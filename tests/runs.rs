@@ -700,3 +700,48 @@ fn a_crash_never_leaves_the_host_shielded() {
             .contains("lowered a shield left by a previous daemon")
     );
 }
+
+#[test]
+fn a_realtime_run_is_sched_fifo_and_needs_exclusive_cores() {
+    if !is_root_or_skip("a_realtime_run_is_sched_fifo_and_needs_exclusive_cores") {
+        return;
+    }
+    if online_cpus() == "0" {
+        return;
+    }
+    let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let d = Daemon::builder()
+        .config("[runs]\nshield_exempt_pids = [1]\n")
+        .start();
+    let py = "import os; print(os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)";
+    let out = d.ctl(&[
+        "run",
+        "--exclusive",
+        "--realtime",
+        "--",
+        "python3",
+        "-c",
+        py,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1 1\n",
+        "SCHED_FIFO priority 1"
+    );
+    let out = d.ctl(&["run", "--", "python3", "-c", py]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0 0\n",
+        "others stay SCHED_OTHER"
+    );
+    let r = RawClient::connect(&d.socket)
+        .call("run.start", json!({"argv": ["true"], "realtime": true}));
+    assert_eq!(r["error"]["code"], -32602);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("realtime needs exclusive")
+    );
+}

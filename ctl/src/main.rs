@@ -134,6 +134,9 @@ struct RunArgs {
     /// How many exclusive CPUs (with --exclusive; default 1, rounded up to whole cores).
     #[arg(long, value_name = "N", requires = "exclusive")]
     cpus: Option<u32>,
+    /// SCHED_FIFO for the run on its exclusive cores (the kernel's RT throttling stays on).
+    #[arg(long, requires = "exclusive")]
+    realtime: bool,
     /// ASLR off for the command, fixed environment, CLEANROOM_SEED=0.
     #[arg(long)]
     deterministic: bool,
@@ -479,6 +482,7 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         save_baseline: a.save_baseline.clone(),
         exclusive: a.exclusive,
         cpus: a.cpus,
+        realtime: a.realtime,
         baseline: a.baseline.clone(),
         repeat: a.repeat,
         warmup: a.warmup,

@@ -747,6 +747,10 @@ pub struct RunParams {
     /// How many exclusive CPUs (default 1; rounded up to whole cores).
     #[serde(default)]
     pub cpus: Option<u32>,
+    /// SCHED_FIFO (priority 1) for the run on its exclusive cores; the kernel's RT
+    /// throttling stays on, so a runaway run cannot starve the machine.
+    #[serde(default)]
+    pub realtime: bool,
     /// Save the measured runs as the baseline of this name.
     #[serde(default)]
     pub save_baseline: Option<String>,

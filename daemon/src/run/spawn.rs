@@ -9,7 +9,8 @@
 //! 3. `personality(ADDR_NO_RANDOMIZE)` for deterministic runs; namespaces asked for
 //!    (`unshare`, still root): a private `/tmp` in a mount namespace, `lo` up in a network
 //!    namespace, hostname `cleanroom` in a UTS namespace;
-//! 4. drop the capability bounding set while still root (needs CAP_SETPCAP);
+//! 4. SCHED_FIFO for realtime runs, then drop the capability bounding set while still
+//!    root (needs CAP_SYS_NICE and CAP_SETPCAP);
 //! 5. `NO_NEW_PRIVS`, then the caller's groups, gid and uid (setres*: all three ids);
 //! 6. clear every remaining capability and the ambient set (a root caller keeps none);
 //! 7. `chdir` as the caller, so the caller's own permissions decide;
@@ -45,6 +46,8 @@ pub struct Spec {
     pub deterministic: bool,
     /// Namespaces of its own.
     pub isolate: Vec<cleanroom_proto::Isolation>,
+    /// SCHED_FIFO priority 1.
+    pub realtime: bool,
     /// `cgroup.procs` files (real paths) to enter before exec.
     pub cgroup_procs: Vec<PathBuf>,
 }
@@ -110,7 +113,8 @@ pub fn spawn(spec: &Spec) -> Result<Child, Error> {
     let cwd = CString::new(spec.cwd.as_os_str().as_encoded_bytes())
         .map_err(|e| spawn_err(io::Error::other(e)))?;
     let groups: Vec<libc::gid_t> = spec.groups.clone();
-    let (uid, gid, deterministic) = (spec.uid, spec.gid, spec.deterministic);
+    let (uid, gid, deterministic, realtime) =
+        (spec.uid, spec.gid, spec.deterministic, spec.realtime);
     let mut ns_flags = 0;
     for i in &spec.isolate {
         ns_flags |= match i {
@@ -193,6 +197,13 @@ pub fn spawn(spec: &Spec) -> Result<Child, Error> {
                 }
                 if ns_flags & libc::CLONE_NEWNET != 0 && !loopback_up() {
                     return Err(fail(b'i'));
+                }
+            }
+            if realtime {
+                // While still privileged (CAP_SYS_NICE); the policy survives setuid and exec.
+                let param = libc::sched_param { sched_priority: 1 };
+                if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) < 0 {
+                    return Err(fail(b'r'));
                 }
             }
             for cap in 0..64 {

@@ -79,6 +79,9 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
     if p.cpus.is_some() && !p.exclusive {
         return bad("cpus needs exclusive".into());
     }
+    if p.realtime && !p.exclusive {
+        return bad("realtime needs exclusive: a SCHED_FIFO run must have cores of its own".into());
+    }
     if p.cpus == Some(0) {
         return bad("cpus must be at least 1".into());
     }
@@ -152,6 +155,7 @@ pub async fn start(
             groups: peer.groups.clone(),
             deterministic: p.deterministic,
             isolate: p.isolate.clone(),
+            realtime: p.realtime,
             cgroup_procs: Vec::new(),
         },
         limits: Limits {
