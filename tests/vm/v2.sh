@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# End-to-end tests of the cgroup v2 path, run inside ../shared/tools/vm (Debian 12, systemd
+# as PID 1, pure cgroup v2), as root in a Delegate=yes service:
+#   ../shared/tools/vm run --share "$PWD" -- bash tests/vm/v2.sh target/debug
+# Uses the binaries built on the host. Prints one line per check and "N passed, N failed".
+set -uo pipefail
+bin=$(realpath "${1:-target/debug}")
+passed=0 failed=0
+check() { # check NAME CONDITION...
+    local name=$1; shift
+    if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
+}
+# field NAME: the value of a top-level scalar field of the JSON object on stdin (the VM has
+# no python or jq; cleanroomctl --json prints one compact object).
+field() { grep -o "\"$1\":[^,}]*" | head -n1 | cut -d: -f2- | tr -d '"'; }
+
+# The service's cgroup may not hold processes once controllers are enabled for its
+# children: this script goes to a leaf of its own, the daemon to another.
+svc=/sys/fs/cgroup$(awk -F: '$1 == "0" {print $3}' /proc/self/cgroup)
+mkdir -p "$svc/script" "$svc/cleanroomd"
+# Every process of the service (the harness's shell too) moves to the script's leaf.
+for p in $(cat "$svc/cgroup.procs"); do echo "$p" > "$svc/script/cgroup.procs" 2>/dev/null; done
+for c in $(cat "$svc/cgroup.controllers"); do
+    echo "+$c" > "$svc/cgroup.subtree_control" || echo "cannot enable $c for the daemon" >&2
+done
+echo "service cgroup $svc: controllers for children: $(cat "$svc/cgroup.subtree_control")"
+
+work=$(mktemp -d)
+chmod 755 "$work"
+sock=$work/d.sock
+: > "$work/c.toml"
+( echo "$BASHPID" > "$svc/cleanroomd/cgroup.procs"
+  exec "$bin/cleanroomd" --config "$work/c.toml" --socket "$sock" --state-dir "$work/state" 2> "$work/log" ) &
+daemon=$!
+for _ in $(seq 1 300); do "$bin/cleanroomctl" --socket "$sock" ping >/dev/null 2>&1 && break; sleep 0.05; done
+ctl() { "$bin/cleanroomctl" --socket "$sock" "$@"; }
+
+check "daemon reports cgroup v2" test "$(ctl --json status | field cgroup)" = v2
+check "daemon moved itself into a leaf of its delegated subtree" \
+    grep -q "/cleanroomd/daemon$" "/proc/$daemon/cgroup"
+runs_base=$(ctl --json status | grep -o '"run_cgroups":\["[^"]*' | cut -d'"' -f4)
+check "run cgroups live below the daemon's own" test -n "$runs_base" -a -d "$runs_base"
+check "controllers enabled for runs" grep -q memory "$runs_base/cgroup.subtree_control"
+
+out=$(ctl --json run --memory 32M -- sh -c 'x=$(head -c 200000000 /dev/zero | tr "\0" a); echo ${#x}' 2>/dev/null)
+check "memory hog ends with reason oom (memory.max, memory.events)" \
+    test "$(echo "$out" | field end_reason)" = oom
+peak=$(echo "$out" | field max_rss_kb)
+check "peak memory from memory.peak stays under the limit" test "$peak" -gt 0 -a "$peak" -le $((32 * 1024 + 64))
+
+out=$(ctl --json --timeout 2s run --pids 32 -- sh -c 'bomb() { bomb | bomb & }; bomb; sleep 1008.5' 2>/dev/null)
+reason=$(echo "$out" | field end_reason)
+check "fork bomb contained by pids.max and ended by cgroup.kill" test "$reason" = timeout -o "$reason" = exited
+check "no process of the fork bomb survives" test -z "$(pgrep -f 'sleep 1008.5')"
+
+out=$(ctl --json run -- sh -c 'setsid sleep 1009.5 & sleep 1009.5 & echo started' 2>/dev/null)
+check "setsid'd and background processes are killed (cgroup.kill)" test "$(echo "$out" | field killed)" -ge 2
+check "nothing survives the run" test -z "$(pgrep -f 'sleep 1009.5')"
+
+quota=$(ctl run --cpu-percent 50 -- sh -c 'cat "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpu.max"' 2>/dev/null)
+check "cpu quota written to cpu.max" test "$quota" = "50000 100000"
+
+# Exclusive: the shield covers PID 1 here (systemd is ours to move in this VM).
+if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
+    go=$work/go
+    ctl run --exclusive --timeout 20s -- sh -c "while [ ! -e $go ]; do sleep 0.01; done" >/dev/null 2>&1 &
+    client=$!
+    for _ in $(seq 1 200); do grep -q "Cpus_allowed_list:.0$" /proc/1/status && break; sleep 0.05; done
+    check "while an exclusive run holds CPU 1, PID 1 is kept off it" grep -q "Cpus_allowed_list:.0$" /proc/1/status
+    check "a process started outside has CPU 1 excluded" sh -c 'grep -q "Cpus_allowed_list:.0$" /proc/self/status'
+    touch "$go"
+    wait "$client"
+    check "afterwards PID 1 has every CPU again" grep -q "Cpus_allowed_list:.0-1$" /proc/1/status
+fi
+
+kill -TERM "$daemon"; wait "$daemon"
+check "daemon stops cleanly and removes its run cgroups" test ! -e "$runs_base"
+[ "$failed" -eq 0 ] || { echo "--- daemon log"; cat "$work/log"; }
+rm -rf "$work"
+echo "vm: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
