@@ -593,6 +593,22 @@ fn my_cpus() -> String {
         .to_owned()
 }
 
+/// The default IRQ affinity and every IRQ's CPU list.
+fn irq_affinities() -> Vec<(String, String)> {
+    let mut v = vec![(
+        "default".to_owned(),
+        std::fs::read_to_string("/proc/irq/default_smp_affinity").unwrap(),
+    )];
+    for e in std::fs::read_dir("/proc/irq").unwrap().flatten() {
+        let p = e.path().join("smp_affinity_list");
+        if let Ok(t) = std::fs::read_to_string(&p) {
+            v.push((p.display().to_string(), t));
+        }
+    }
+    v.sort();
+    v
+}
+
 fn online_cpus() -> String {
     std::fs::read_to_string("/sys/devices/system/cpu/online")
         .unwrap()
@@ -611,6 +627,7 @@ fn an_exclusive_run_keeps_everything_else_off_its_cpu() {
     }
     let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
     let before = my_cpus();
+    let irqs_before = irq_affinities();
     // PID 1 is exempt: this machine's init is not ours to move (the VM test covers it).
     let d = Daemon::builder()
         .config("[runs]\nshield_exempt_pids = [1]\n")
@@ -644,6 +661,14 @@ fn an_exclusive_run_keeps_everything_else_off_its_cpu() {
     let outside = String::from_utf8_lossy(&outside.stdout).to_string();
     assert!(!outside.contains('1'), "CPU 1 is shielded: {outside}");
     assert_eq!(my_cpus(), "0");
+    // IRQs are kept off CPU 1 too (the default affinity is a mask: CPU 0 only is "1").
+    assert_eq!(
+        std::fs::read_to_string("/proc/irq/default_smp_affinity")
+            .unwrap()
+            .trim_start_matches('0')
+            .trim(),
+        "1"
+    );
     std::fs::write(&go, "").unwrap();
     let result = loop {
         let m = c.recv().unwrap();
@@ -653,6 +678,7 @@ fn an_exclusive_run_keeps_everything_else_off_its_cpu() {
     };
     assert_eq!(result["result"]["cpus"], "1", "{result}");
     assert_eq!(my_cpus(), before, "the shield is lowered after the run");
+    assert_eq!(irq_affinities(), irqs_before, "IRQ affinities are put back");
     // A second exclusive run at once is refused (one CPU in the pool here)...
     drop(c);
 }
@@ -667,6 +693,7 @@ fn a_crash_never_leaves_the_host_shielded() {
     }
     let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
     let before = my_cpus();
+    let irqs_before = irq_affinities();
     let state = tempfile::tempdir().unwrap();
     let config = "[runs]\nshield_exempt_pids = [1]\n";
     let mut d = Daemon::builder()
@@ -694,6 +721,7 @@ fn a_crash_never_leaves_the_host_shielded() {
         .state_dir(&state.path().join("s"))
         .start();
     assert_eq!(my_cpus(), before, "the next start lowered it\n{}", d2.log());
+    assert_eq!(irq_affinities(), irqs_before);
     assert!(alive("1007.5").is_empty());
     assert!(
         d2.log()

@@ -170,6 +170,8 @@ impl Runner {
                     cpus = %crate::host::format::format_cpu_list(&shielded),
                     moved = r.moved,
                     unmovable = r.unmovable,
+                    irqs_moved = r.irqs_moved,
+                    irqs_unmovable = r.irqs_unmovable,
                     "shield raised"
                 ),
                 Err(e) => return Err(format!("cannot raise the shield: {e}")),

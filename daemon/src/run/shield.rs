@@ -7,8 +7,11 @@
 //! back). Processes started later inherit the reduced mask from their parent. Lowering the
 //! shield is compare-and-swap per thread: a mask someone changed since is left alone.
 //!
+//! IRQs are moved off the shielded CPUs the same way (default affinity and every IRQ the
+//! kernel lets move; managed IRQs stay and are counted).
+//!
 //! Limitations (next steps): the cgroup v2 partition (`cpuset.cpus.partition`, which lets
-//! the kernel keep every present and future task off the CPUs), IRQ affinity, NUMA-aware
+//! the kernel keep every present and future task off the CPUs), NUMA-aware
 //! placement, waiting for cores instead of failing fast, and children of exempt processes
 //! (PID 1 when exempt) are not shielded.
 
@@ -90,6 +93,44 @@ pub struct Raised {
     pub moved: usize,
     /// Threads that could not be moved (per-CPU kernel threads and the like).
     pub unmovable: usize,
+    /// IRQs moved off the shielded CPUs.
+    pub irqs_moved: usize,
+    /// IRQs the kernel would not move.
+    pub irqs_unmovable: usize,
+}
+
+/// IRQ affinity files and their current CPU sets: the default (a mask) and every IRQ's
+/// list.
+fn irq_files(host: &Host) -> Vec<(String, bool, BTreeSet<u32>)> {
+    let mut out = Vec::new();
+    let default = "/proc/irq/default_smp_affinity".to_owned();
+    let mask = host
+        .read(&default)
+        .ok()
+        .and_then(|t| crate::host::format::parse_cpu_mask(&t).ok());
+    if let Some(set) = mask {
+        out.push((default, true, set));
+    }
+    for irq in host
+        .list("/proc/irq")
+        .iter()
+        .filter(|n| n.parse::<u32>().is_ok())
+    {
+        let path = format!("/proc/irq/{irq}/smp_affinity_list");
+        if let Some(set) = host.read(&path).ok().and_then(|t| parse_cpu_list(&t).ok()) {
+            out.push((path, false, set));
+        }
+    }
+    out
+}
+
+fn write_irq(host: &Host, path: &str, mask: bool, set: &BTreeSet<u32>) -> bool {
+    let value = if mask {
+        crate::host::format::format_cpu_mask(set)
+    } else {
+        format_cpu_list(set)
+    };
+    host.write(path, &value).is_ok()
 }
 
 /// Keeps every thread but the exempt ones off `cpus`, journaling each original mask first.
@@ -141,9 +182,27 @@ pub fn raise(
             plan.push((tid, start, original, reduced));
         }
     }
+    let irqs: Vec<(String, bool, BTreeSet<u32>, BTreeSet<u32>)> = irq_files(host)
+        .into_iter()
+        .filter(|(_, _, set)| !set.is_disjoint(cpus))
+        .filter_map(|(path, mask, set)| {
+            let reduced: BTreeSet<u32> = set.difference(cpus).copied().collect();
+            (!reduced.is_empty()).then_some((path, mask, set, reduced))
+        })
+        .collect();
     // Originals on disk before any mask changes.
     let tx = conn.transaction()?;
     {
+        let mut irq = tx.prepare_cached(
+            "INSERT OR IGNORE INTO shield_irq (path, original, written) VALUES (?1, ?2, ?3)",
+        )?;
+        for (path, _, original, reduced) in &irqs {
+            irq.execute(params![
+                path,
+                format_cpu_list(original),
+                format_cpu_list(reduced)
+            ])?;
+        }
         let mut ins = tx.prepare_cached(
             "INSERT OR IGNORE INTO shield (tid, start_time, original, written) VALUES (?1, ?2, ?3, ?4)",
         )?;
@@ -157,6 +216,13 @@ pub fn raise(
         }
     }
     tx.commit()?;
+    for (path, mask, _, reduced) in &irqs {
+        if write_irq(host, path, *mask, reduced) {
+            raised.irqs_moved += 1;
+        } else {
+            raised.irqs_unmovable += 1;
+        }
+    }
     for (tid, _, _, reduced) in &plan {
         let ok =
             mask_of(reduced).is_some_and(|m| sched_setaffinity(Pid::from_raw(*tid), &m).is_ok());
@@ -203,12 +269,40 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
         }
     }
     conn.execute("DELETE FROM shield", [])?;
+    let irqs: Vec<(String, String, String)> = {
+        let mut stmt = conn.prepare_cached("SELECT path, original, written FROM shield_irq")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (path, original, written) in &irqs {
+        let mask = path.ends_with("default_smp_affinity");
+        let current = host.read(path).ok().and_then(|t| {
+            if mask {
+                crate::host::format::parse_cpu_mask(&t).ok()
+            } else {
+                parse_cpu_list(&t).ok()
+            }
+        });
+        let (Ok(original), Ok(written)) = (parse_cpu_list(original), parse_cpu_list(written))
+        else {
+            continue;
+        };
+        // Compare-and-swap: only an affinity still as the shield left it goes back.
+        if current.as_ref() == Some(&written) && write_irq(host, path, mask, &original) {
+            restored += 1;
+        }
+    }
+    conn.execute("DELETE FROM shield_irq", [])?;
     Ok(restored)
 }
 
 /// Whether a shield is journaled (raised, or left by a crash).
 pub fn is_raised(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row("SELECT EXISTS (SELECT 1 FROM shield)", [], |r| r.get(0))
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM shield) OR EXISTS (SELECT 1 FROM shield_irq)",
+        [],
+        |r| r.get(0),
+    )
 }
 
 #[cfg(test)]

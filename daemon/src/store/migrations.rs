@@ -69,6 +69,11 @@ const MIGRATIONS: &[&str] = &[
         start_time INTEGER NOT NULL,
         original   TEXT    NOT NULL,
         written    TEXT    NOT NULL
+    );
+    CREATE TABLE shield_irq (
+        path       TEXT PRIMARY KEY,
+        original   TEXT NOT NULL,
+        written    TEXT NOT NULL
     );",
 ];
 
