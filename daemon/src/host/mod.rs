@@ -208,6 +208,20 @@ impl Host {
     }
 }
 
+/// A fake host root holding `files` (absolute kernel paths and contents), for unit tests
+/// of what this machine cannot show.
+#[cfg(test)]
+pub(crate) fn fake_root(files: &[(&str, &str)]) -> (tempfile::TempDir, Host) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, content) in files {
+        let p = dir.path().join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write");
+    }
+    let host = Host::new(dir.path());
+    (dir, host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

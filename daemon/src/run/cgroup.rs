@@ -481,17 +481,7 @@ fn keyed(text: &str, key: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fake(files: &[(&str, &str)]) -> (tempfile::TempDir, Host) {
-        let dir = tempfile::tempdir().unwrap();
-        for (p, c) in files {
-            let path = dir.path().join(p.trim_start_matches('/'));
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, c).unwrap();
-        }
-        let h = Host::new(dir.path());
-        (dir, h)
-    }
+    use crate::host::fake_root as fake;
 
     #[test]
     fn keyed_files() {

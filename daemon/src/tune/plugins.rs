@@ -378,18 +378,8 @@ fn irq(host: &Host, cpus: &BTreeSet<u32>) -> Vec<Planned> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake_root as fake;
     use crate::host::sysctl::SysctlKey;
-
-    fn fake(files: &[(&str, &str)]) -> (tempfile::TempDir, Host) {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, content) in files {
-            let p = dir.path().join(path.trim_start_matches('/'));
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, content).unwrap();
-        }
-        let host = Host::new(dir.path());
-        (dir, host)
-    }
 
     #[test]
     fn kinds_read_and_write() {

@@ -83,17 +83,7 @@ pub fn recommend(host: &Host) -> RecommendResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn host(files: &[(&str, &str)]) -> (tempfile::TempDir, Host) {
-        let dir = tempfile::tempdir().unwrap();
-        for (p, c) in files {
-            let path = dir.path().join(p.trim_start_matches('/'));
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, c).unwrap();
-        }
-        let h = Host::new(dir.path());
-        (dir, h)
-    }
+    use crate::host::fake_root as host;
 
     #[test]
     fn picks_by_what_the_host_is() {
