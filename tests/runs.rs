@@ -773,3 +773,23 @@ fn a_realtime_run_is_sched_fifo_and_needs_exclusive_cores() {
             .contains("realtime needs exclusive")
     );
 }
+
+#[test]
+fn only_an_admin_may_run_as_another_user() {
+    if !is_root_or_skip("only_an_admin_may_run_as_another_user") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n")
+        .world_traversable()
+        .start();
+    let out = d.ctl(&["run", "--user", "nobody", "--", "id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "65534\n", "{out:?}");
+    let nobody = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
+    let out = d.ctl_as(&nobody, &["run", "--user", "root", "--", "id", "-u"]);
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs role admin"));
+    let out = d.ctl(&["run", "--user", "no-such-user-here", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user \"no-such-user-here\""));
+}

@@ -154,6 +154,9 @@ struct RunArgs {
     /// A label stored with the run.
     #[arg(long)]
     label: Option<String>,
+    /// Run as this user (name or uid) instead of yourself; role admin only.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// Save the measured runs as the baseline of this name.
     #[arg(long, value_name = "NAME")]
     save_baseline: Option<String>,
@@ -480,6 +483,7 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         isolate: a.isolate.clone(),
         label: a.label.clone(),
         save_baseline: a.save_baseline.clone(),
+        user: a.user.clone(),
         exclusive: a.exclusive,
         cpus: a.cpus,
         realtime: a.realtime,

@@ -751,6 +751,10 @@ pub struct RunParams {
     /// throttling stays on, so a runaway run cannot starve the machine.
     #[serde(default)]
     pub realtime: bool,
+    /// Run as this user (name or uid) with its groups; role admin only. Without it, a run
+    /// is always the caller's own uid, gid and groups.
+    #[serde(default)]
+    pub user: Option<String>,
     /// Save the measured runs as the baseline of this name.
     #[serde(default)]
     pub save_baseline: Option<String>,

@@ -135,7 +135,26 @@ pub async fn start(
             "runs are unavailable on this host: {why}"
         )));
     }
-    let uid = peer.uid;
+    // Who the run is: the caller, or (admin only) the user asked for.
+    let (uid, gid, groups) = match &p.user {
+        None => (peer.uid, peer.gid, peer.groups.clone()),
+        Some(user) => {
+            let role = peer.role(&live.auth);
+            if role < cleanroom_proto::Role::Admin {
+                return Err(Error::Forbidden {
+                    method: "run.start",
+                    needed: cleanroom_proto::Role::Admin,
+                    uid: peer.uid,
+                    role,
+                    group: live.auth.group_for(cleanroom_proto::Role::Admin).to_owned(),
+                });
+            }
+            let user = user.clone();
+            tokio::task::spawn_blocking(move || resolve_user(&user))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??
+        }
+    };
     let home = tokio::task::spawn_blocking(move || {
         nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
@@ -150,9 +169,9 @@ pub async fn start(
             argv: p.argv.clone(),
             cwd: p.cwd.clone().unwrap_or_else(|| "/".into()).into(),
             env: environment(&p, &home),
-            uid: peer.uid,
-            gid: peer.gid,
-            groups: peer.groups.clone(),
+            uid,
+            gid,
+            groups,
             deterministic: p.deterministic,
             isolate: p.isolate.clone(),
             realtime: p.realtime,
@@ -302,6 +321,27 @@ pub async fn start(
         })
         .await?;
     Ok(result)
+}
+
+/// A user by name or uid: its uid, primary gid and groups from the user database.
+fn resolve_user(user: &str) -> Result<(u32, u32, Vec<u32>), Error> {
+    use nix::unistd::{Uid, User, getgrouplist};
+    let bad = |detail: String| Error::InvalidParams {
+        method: "run.start",
+        detail,
+    };
+    let found = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(user),
+    }
+    .map_err(|e| bad(format!("user: cannot look {user:?} up: {e}")))?
+    .ok_or_else(|| bad(format!("user: no user {user:?}")))?;
+    let name = std::ffi::CString::new(found.name.clone())
+        .map_err(|_| bad(format!("user: bad name {:?}", found.name)))?;
+    let groups = getgrouplist(&name, found.gid)
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![found.gid.as_raw()]);
+    Ok((found.uid.as_raw(), found.gid.as_raw(), groups))
 }
 
 /// The wall times of a stored result.
