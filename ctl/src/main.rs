@@ -92,7 +92,7 @@ enum Command {
         cleanroomctl run --repeat 20 --warmup 3 -- ./bench --quick\n  \
         cleanroomctl --json run --repeat 10 -- ./bench > result.json"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Stored runs: list, show, compare.
     #[command(subcommand)]
     Runs(RunsCommand),
