@@ -37,6 +37,16 @@ fn alive(marker: &str) -> Vec<String> {
     found
 }
 
+/// The next `run.output` notification (skipping `run.started` and `run.progress`).
+fn next_output(c: &mut RawClient) -> Value {
+    loop {
+        let m = c.recv().expect("a notification");
+        if m["method"] == "run.output" || m.get("id").is_some() {
+            return m;
+        }
+    }
+}
+
 /// Waits up to `limit` for `cond`.
 fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -129,7 +139,7 @@ fn output_streams_while_the_run_is_still_going() {
     )
     .unwrap();
     // The run cannot end before the test creates `go`, so "first" must arrive first.
-    let first = c.recv().unwrap();
+    let first = next_output(&mut c);
     assert_eq!(first["method"], "run.output", "{first}");
     assert_eq!(first["params"]["data"], "first\n");
     assert_eq!(first["params"]["request"], 1);
@@ -330,7 +340,7 @@ fn a_client_that_disconnects_cancels_its_run() {
         .as_bytes(),
     )
     .unwrap();
-    assert_eq!(c.recv().unwrap()["params"]["data"], "up\n");
+    assert_eq!(next_output(&mut c)["params"]["data"], "up\n");
     assert!(!alive("1004.5").is_empty());
     drop(c);
     assert!(
@@ -358,7 +368,7 @@ fn a_restart_after_kill_9_cleans_up_the_runs_left_behind() {
         .as_bytes(),
     )
     .unwrap();
-    assert_eq!(c.recv().unwrap()["params"]["data"], "up\n");
+    assert_eq!(next_output(&mut c)["params"]["data"], "up\n");
     let before = run_cgroups(&d);
     assert!(!before.is_empty(), "{before:?}");
     d.signal(Signal::SIGKILL);
@@ -396,7 +406,7 @@ fn sigterm_ends_runs_and_the_daemon_within_a_second() {
         .as_bytes(),
     )
     .unwrap();
-    assert_eq!(c.recv().unwrap()["params"]["data"], "up\n");
+    assert_eq!(next_output(&mut c)["params"]["data"], "up\n");
     let cgroups = run_cgroups(&d);
     assert!(!cgroups.is_empty());
     d.signal(Signal::SIGTERM);
@@ -647,7 +657,7 @@ fn an_exclusive_run_keeps_everything_else_off_its_cpu() {
         .as_bytes(),
     )
     .unwrap();
-    let first = c.recv().unwrap();
+    let first = next_output(&mut c);
     let inside = first["params"]["data"].as_str().unwrap().to_owned();
     assert!(
         inside.trim().ends_with('1'),
@@ -710,7 +720,7 @@ fn a_crash_never_leaves_the_host_shielded() {
         .as_bytes(),
     )
     .unwrap();
-    assert_eq!(c.recv().unwrap()["params"]["data"], "up\n");
+    assert_eq!(next_output(&mut c)["params"]["data"], "up\n");
     assert_eq!(my_cpus(), "0");
     d.signal(Signal::SIGKILL);
     d.wait_exit(Duration::from_secs(5)).unwrap();
@@ -792,4 +802,47 @@ fn only_an_admin_may_run_as_another_user() {
     let out = d.ctl(&["run", "--user", "no-such-user-here", "--", "true"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user \"no-such-user-here\""));
+}
+
+#[test]
+fn run_cancel_ends_a_batch_by_its_id() {
+    if !is_root_or_skip("run_cancel_ends_a_batch_by_its_id") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n")
+        .world_traversable()
+        .start();
+    let mut c = RawClient::connect(&d.socket);
+    c.send_raw(
+        format!(
+            "{}\n",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
+                   "params": {"argv": ["sh", "-c", "echo up; sleep 1010.5"]}})
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let started = c.recv().unwrap();
+    assert_eq!(started["method"], "run.started", "{started}");
+    let batch = started["params"]["batch"].as_str().unwrap().to_owned();
+    assert_eq!(next_output(&mut c)["params"]["data"], "up\n");
+    // Not someone else's to cancel.
+    let nobody = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
+    let out = d.ctl_as(&nobody, &["runs", "cancel", &batch]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!alive("1010.5").is_empty());
+    let out = d.ctl(&["--json", "runs", "cancel", &batch]);
+    assert_eq!(json_of(&out)["cancelled"], true);
+    let result = loop {
+        let m = c.recv().unwrap();
+        if m.get("id").is_some() {
+            break m;
+        }
+    };
+    assert_eq!(result["result"]["end_reason"], "cancelled", "{result}");
+    assert_eq!(result["result"]["batch"], batch.as_str());
+    assert!(alive("1010.5").is_empty());
+    let out = d.ctl(&["--json", "runs", "cancel", &batch]);
+    assert_eq!(json_of(&out)["cancelled"], false, "no longer running");
 }

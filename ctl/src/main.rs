@@ -18,9 +18,9 @@ use clap::{Parser, Subcommand};
 use cleanroom_proto::{
     BaselineDelete, BaselineList, BaselineParams, BatchParams, Metrics, NoParams, Ping,
     ProfileActive, ProfileApply, ProfileApplyParams, ProfileList, ProfileRecommend, ProfileRevert,
-    ProfileRevertParams, ProfileShow, ProfileShowParams, ProfileVerify, Reload, RunParams,
-    RunStart, RunsCompare, RunsCompareParams, RunsList, RunsListParams, RunsShow, Status,
-    TuneResult,
+    ProfileRevertParams, ProfileShow, ProfileShowParams, ProfileVerify, Reload, RunCancel,
+    RunParams, RunStart, RunsCompare, RunsCompareParams, RunsList, RunsListParams, RunsShow,
+    Status, TuneResult,
 };
 use serde::Serialize;
 
@@ -255,6 +255,12 @@ enum RunsCommand {
         /// Batch id (from `runs list`), or baseline:NAME.
         batch: String,
     },
+    /// End a batch that is running (yours, or any as admin); its `run` exits as cancelled.
+    #[command(after_help = "Examples:\n  cleanroomctl runs cancel 1795438620536")]
+    Cancel {
+        /// Batch id (from the run's start, or `runs list`).
+        batch: String,
+    },
     /// Compare batch B against batch A (ids or baseline:NAME); exit code 1 when B is slower.
     #[command(after_help = "Examples:\n  cleanroomctl runs compare baseline:main 1795438620536")]
     Compare {
@@ -365,6 +371,18 @@ fn run(cli: &Cli) -> Result<(), CallError> {
         Command::Runs(RunsCommand::List { limit }) => {
             let r = client.call::<RunsList>(&RunsListParams { limit: Some(limit) })?;
             emit(cli, &r, || output::runs_list(&r))
+        }
+        Command::Runs(RunsCommand::Cancel { ref batch }) => {
+            let r = client.call::<RunCancel>(&BatchParams {
+                batch: batch.clone(),
+            })?;
+            emit(cli, &r, || {
+                if r.cancelled {
+                    format!("batch {} is being cancelled\n", r.batch)
+                } else {
+                    format!("batch {} is not running\n", r.batch)
+                }
+            })
         }
         Command::Runs(RunsCommand::Show { ref batch }) => {
             let r = client.call::<RunsShow>(&BatchParams {

@@ -88,6 +88,10 @@ pub struct State {
     pub runner: Arc<crate::run::Runner>,
     /// Runs in progress, so shutdown can wait for them to be cleaned up.
     pub runs: tokio_util::task::TaskTracker,
+    /// Batches in progress: owner uid and the token that cancels them.
+    pub active_runs: std::sync::Mutex<
+        std::collections::HashMap<String, (u32, tokio_util::sync::CancellationToken)>,
+    >,
     connections: AtomicUsize,
 }
 
@@ -132,6 +136,7 @@ impl State {
             reloaded: tokio::sync::Notify::new(),
             runner: parts.runner,
             runs: tokio_util::task::TaskTracker::new(),
+            active_runs: std::sync::Mutex::new(Default::default()),
             connections: AtomicUsize::new(0),
         })
     }

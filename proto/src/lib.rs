@@ -69,6 +69,7 @@
 //! | `profile.recommend` | reader | none | [`RecommendResult`] |
 //! | `profile.active` | reader | none | [`ActiveResult`] |
 //! | `run.start` | runner | [`RunParams`] | [`RunResult`] (after `run.output` notifications) |
+//! | `run.cancel` | runner | [`BatchParams`] | [`RunCancelResult`] |
 //! | `runs.list` | reader | [`RunsListParams`] | [`RunsListResult`] |
 //! | `runs.show` | reader | [`BatchParams`] | [`RunResult`] |
 //! | `runs.compare` | reader | [`RunsCompareParams`] | [`Comparison`] |
@@ -1060,6 +1061,31 @@ pub struct RunOutput {
     pub stream: String,
     /// The bytes, as UTF-8 (invalid sequences replaced).
     pub data: String,
+}
+
+/// The `run.started` notification: the batch id, first thing a `run.start` sends (for
+/// `run.cancel`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStarted {
+    /// The request id of the `run.start` it belongs to.
+    pub request: Value,
+    /// The batch id.
+    pub batch: String,
+}
+
+method!(
+    /// `run.cancel`: end a batch in progress (its owner or an admin); it answers with
+    /// `end_reason` `cancelled`.
+    RunCancel, "run.cancel", Role::Runner, true, BatchParams, RunCancelResult
+);
+
+/// Result of `run.cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCancelResult {
+    /// The batch.
+    pub batch: String,
+    /// Whether it was running (and is now being ended).
+    pub cancelled: bool,
 }
 
 /// The `run.progress` notification: a repetition finished.

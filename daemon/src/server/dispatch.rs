@@ -7,8 +7,8 @@ use cleanroom_proto::{
     BaselineDelete, BaselineList, Caller, Method, Metrics, MetricsResult, NoParams, Ping,
     PingResult, ProfileActive, ProfileApply, ProfileInfo, ProfileList, ProfileListResult,
     ProfileRecommend, ProfileRevert, ProfileShow, ProfileShowParams, ProfileShowResult,
-    ProfileVerify, Reload, Role, RunStart, RunsCompare, RunsList, RunsShow, SettingInfo, Status,
-    StatusResult, TuneResult,
+    ProfileVerify, Reload, Role, RunCancel, RunStart, RunsCompare, RunsList, RunsShow, SettingInfo,
+    Status, StatusResult, TuneResult,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -33,6 +33,7 @@ pub const KNOWN_METHODS: &[&str] = &[
     ProfileRecommend::NAME,
     ProfileActive::NAME,
     RunStart::NAME,
+    RunCancel::NAME,
     RunsList::NAME,
     RunsShow::NAME,
     RunsCompare::NAME,
@@ -49,6 +50,7 @@ pub async fn dispatch(
     state: &Arc<State>,
 ) -> Result<Value, Error> {
     match method {
+        RunCancel::NAME => invoke::<RunCancel, _, _>(params, peer, state, runs::cancel).await,
         RunsList::NAME => invoke::<RunsList, _, _>(params, peer, state, runs::list).await,
         RunsShow::NAME => invoke::<RunsShow, _, _>(params, peer, state, runs::show).await,
         RunsCompare::NAME => {
@@ -362,6 +364,7 @@ pub fn role_for(method: &str) -> Option<Role> {
         ProfileRecommend::NAME => Some(ProfileRecommend::ROLE),
         ProfileActive::NAME => Some(ProfileActive::ROLE),
         RunStart::NAME => Some(RunStart::ROLE),
+        RunCancel::NAME => Some(RunCancel::ROLE),
         RunsList::NAME => Some(RunsList::ROLE),
         RunsShow::NAME => Some(RunsShow::ROLE),
         RunsCompare::NAME => Some(RunsCompare::ROLE),

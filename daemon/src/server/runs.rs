@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use cleanroom_proto::{
     BaselineDeleteResult, BaselineInfo, BaselineListResult, BaselineParams, BatchInfo, BatchParams,
-    Comparison, EndReason, JSONRPC_VERSION, Notification, RunOutput, RunParams, RunProgress,
-    RunRecord, RunResult, RunsCompareParams, RunsListParams, RunsListResult,
+    Comparison, EndReason, JSONRPC_VERSION, Notification, RunCancelResult, RunOutput, RunParams,
+    RunProgress, RunRecord, RunResult, RunStarted, RunsCompareParams, RunsListParams,
+    RunsListResult,
 };
 use tokio::sync::mpsc;
 
@@ -204,6 +205,23 @@ pub async fn start(
     let request = call.id.clone();
     let notify = call.notify.clone();
     let cancel = call.cancel.child_token();
+    let batch = runner.new_id();
+    state
+        .active_runs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(batch.clone(), (peer.uid, cancel.clone()));
+    let _ = notify
+        .send(notification(
+            "run.started",
+            &RunStarted {
+                request: request.clone(),
+                batch: batch.clone(),
+            },
+        ))
+        .await;
+    let active = Arc::clone(&state);
+    let done_batch = batch.clone();
     // The run lives in its own task: if the client goes away its request future is
     // dropped, but the run still ends through the cancel token and cleans up.
     let task = state.runs.spawn(async move {
@@ -253,6 +271,11 @@ pub async fn start(
                 break;
             }
         }
+        active
+            .active_runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&done_batch);
         // Releasing the cores (and lowering the shield) scans /proc: off the async threads.
         if let Some(guard) = exclusive {
             let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
@@ -267,7 +290,7 @@ pub async fn start(
         .cloned()
         .ok_or_else(|| Error::Internal("no run was carried out".into()))?;
     let mut result = RunResult {
-        batch: measured.first().map(|r| r.id.clone()).unwrap_or_default(),
+        batch: batch.clone(),
         last,
         runs: Vec::new(),
         stats: BTreeMap::new(),
@@ -387,6 +410,37 @@ async fn load(state: &Arc<State>, what: &str) -> Result<(String, u32, RunResult)
 
 fn may_see(peer: &Peer, owner: u32, state: &State) -> bool {
     peer.uid == owner || peer.role(&state.live().auth) == cleanroom_proto::Role::Admin
+}
+
+/// `run.cancel`: its owner or an admin.
+pub async fn cancel(
+    p: BatchParams,
+    peer: Peer,
+    state: Arc<State>,
+) -> Result<RunCancelResult, Error> {
+    let found = state
+        .active_runs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&p.batch)
+        .cloned();
+    match found {
+        None => Ok(RunCancelResult {
+            batch: p.batch,
+            cancelled: false,
+        }),
+        Some((owner, _)) if !may_see(&peer, owner, &state) => Err(Error::Run(format!(
+            "batch {} belongs to uid {owner}",
+            p.batch
+        ))),
+        Some((_, token)) => {
+            token.cancel();
+            Ok(RunCancelResult {
+                batch: p.batch,
+                cancelled: true,
+            })
+        }
+    }
 }
 
 /// `runs.list`.
