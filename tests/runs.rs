@@ -671,6 +671,14 @@ fn an_exclusive_run_keeps_everything_else_off_its_cpu() {
     let outside = String::from_utf8_lossy(&outside.stdout).to_string();
     assert!(!outside.contains('1'), "CPU 1 is shielded: {outside}");
     assert_eq!(my_cpus(), "0");
+    // A thread born under the shield (it inherits the reduced mask) gets CPU 1 back after.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<(String, String)>();
+    let newborn = std::thread::spawn(move || {
+        let during = my_cpus();
+        rx.recv().unwrap();
+        back_tx.send((during, my_cpus())).unwrap();
+    });
     // IRQs are kept off CPU 1 too (the default affinity is a mask: CPU 0 only is "1").
     assert_eq!(
         std::fs::read_to_string("/proc/irq/default_smp_affinity")
@@ -688,6 +696,14 @@ fn an_exclusive_run_keeps_everything_else_off_its_cpu() {
     };
     assert_eq!(result["result"]["cpus"], "1", "{result}");
     assert_eq!(my_cpus(), before, "the shield is lowered after the run");
+    tx.send(()).unwrap();
+    let (during, after) = back_rx.recv().unwrap();
+    newborn.join().unwrap();
+    assert_eq!(during, "0", "a thread born under the shield is off CPU 1");
+    assert_eq!(
+        after, before,
+        "and gets its CPUs back when the shield comes down"
+    );
     assert_eq!(irq_affinities(), irqs_before, "IRQ affinities are put back");
     // A second exclusive run at once is refused (one CPU in the pool here)...
     drop(c);

@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::host::Host;
 use crate::host::format::{format_cpu_list, parse_cpu_list};
@@ -190,8 +190,18 @@ pub fn raise(
             (!reduced.is_empty()).then_some((path, mask, set, reduced))
         })
         .collect();
-    // Originals on disk before any mask changes.
+    // Originals on disk before any mask changes, with when the shield went up (threads
+    // born under it are given their CPUs back when it comes down).
+    let online = host
+        .read("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|t| parse_cpu_list(&t).ok())
+        .unwrap_or_default();
     let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT OR IGNORE INTO shield_meta (id, raised_at, shielded, online) VALUES (1, ?1, ?2, ?3)",
+        params![uptime_ticks(host) as i64, format_cpu_list(cpus), format_cpu_list(&online)],
+    )?;
     {
         let mut irq = tx.prepare_cached(
             "INSERT OR IGNORE INTO shield_irq (path, original, written) VALUES (?1, ?2, ?3)",
@@ -235,8 +245,71 @@ pub fn raise(
     Ok(raised)
 }
 
+/// Clock ticks since boot, the unit of a task's start time in `/proc/<pid>/stat`.
+fn uptime_ticks(host: &Host) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    host.read("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |s| (s * hz) as u64)
+}
+
+/// Threads born while the shield was up inherited a mask without the shielded CPUs; those
+/// whose mask is still exactly that get every online CPU back.
+fn widen_newborn(host: &Host, conn: &Connection) -> rusqlite::Result<usize> {
+    let meta: Option<(i64, String, String)> = conn
+        .query_row(
+            "SELECT raised_at, shielded, online FROM shield_meta WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((raised_at, shielded, online)) = meta else {
+        return Ok(0);
+    };
+    let (Ok(shielded), Ok(online)) = (parse_cpu_list(&shielded), parse_cpu_list(&online)) else {
+        return Ok(0);
+    };
+    let reduced: BTreeSet<u32> = online.difference(&shielded).copied().collect();
+    let Some(full) = mask_of(&online) else {
+        return Ok(0);
+    };
+    let mut widened = 0;
+    for pid in host
+        .list("/proc")
+        .iter()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        for tid in host
+            .list(&format!("/proc/{pid}/task"))
+            .iter()
+            .filter_map(|t| t.parse::<i32>().ok())
+        {
+            let Some((flags, start)) = host
+                .read(&format!("/proc/{pid}/task/{tid}/stat"))
+                .ok()
+                .and_then(|t| stat_fields(&t))
+            else {
+                continue;
+            };
+            if flags & PF_KTHREAD != 0 || (start as i64) < raised_at {
+                continue;
+            }
+            let Ok(current) = sched_getaffinity(Pid::from_raw(tid)) else {
+                continue;
+            };
+            if set_of(&current) == reduced && sched_setaffinity(Pid::from_raw(tid), &full).is_ok() {
+                widened += 1;
+            }
+        }
+    }
+    Ok(widened)
+}
+
 /// Puts back every journaled mask that still holds what the shield wrote, on the same
-/// thread (same start time); returns how many.
+/// thread (same start time), and every online CPU to threads born under the shield that
+/// still have its mask; returns how many.
 pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
     let rows: Vec<(i32, i64, String, String)> = {
         let mut stmt =
@@ -293,6 +366,8 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
         }
     }
     conn.execute("DELETE FROM shield_irq", [])?;
+    restored += widen_newborn(host, conn)?;
+    conn.execute("DELETE FROM shield_meta", [])?;
     Ok(restored)
 }
 

@@ -74,6 +74,12 @@ const MIGRATIONS: &[&str] = &[
         path       TEXT PRIMARY KEY,
         original   TEXT NOT NULL,
         written    TEXT NOT NULL
+    );
+    CREATE TABLE shield_meta (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        raised_at  INTEGER NOT NULL,
+        shielded   TEXT    NOT NULL,
+        online     TEXT    NOT NULL
     );",
 ];
 
