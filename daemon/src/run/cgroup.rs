@@ -158,7 +158,10 @@ impl Layout {
             dirs,
         };
         for (_, dir) in &cg.dirs {
-            host.make_dir(dir)?;
+            if let Err(e) = host.make_dir(dir) {
+                cg.remove(host);
+                return Err(e);
+            }
         }
         if let Err(e) = cg.apply_limits(host, limits) {
             cg.remove(host);
@@ -359,11 +362,7 @@ impl RunCgroup {
                 if killed.contains(&pid) {
                     continue;
                 }
-                let sent = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                if sent.is_ok() {
+                if self.kill_member(host, pid) {
                     killed.insert(pid);
                 }
             }
@@ -391,6 +390,40 @@ impl RunCgroup {
             let _ = host.write(f, "THAWED");
         }
         killed.len().max(before.len())
+    }
+
+    /// SIGKILLs `pid` only if it is still a member of this run: through a pidfd, taken
+    /// before checking membership, so a pid reused by an unrelated process after the list
+    /// was read is never signalled.
+    fn kill_member(&self, host: &Host, pid: i32) -> bool {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: the kernel just returned this descriptor to us; OwnedFd closes it.
+        let pidfd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        let ours = self.dirs.first().is_some_and(|(_, d)| {
+            let leaf = d.rsplit('/').next().unwrap_or_default();
+            host.read(&format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|t| t.lines().any(|l| l.rsplit('/').next() == Some(leaf)))
+        });
+        if !ours {
+            return false;
+        }
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&pidfd);
+        // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                raw,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        rc == 0
     }
 
     /// Waits until no process is left; false on timeout.

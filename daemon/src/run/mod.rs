@@ -331,12 +331,15 @@ impl Runner {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    let left = budget.load(Ordering::Relaxed);
-                    let take = (n as u64).min(left) as usize;
+                    // Both readers share the budget: take from it atomically.
+                    let mut take = 0usize;
+                    let _ = budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                        take = (n as u64).min(left) as usize;
+                        Some(left - take as u64)
+                    });
                     if take < n {
                         truncated.store(true, Ordering::Relaxed);
                     }
-                    budget.fetch_sub(take as u64, Ordering::Relaxed);
                     if take > 0 {
                         let _ = tx.blocking_send(Chunk {
                             stream,
@@ -396,8 +399,16 @@ impl Runner {
         .await
         .unwrap_or_default();
         killed += left;
+        // The pipes end when the last writer is gone; a writer kept alive from outside
+        // the run (a passed descriptor) must not hold the run open.
         for r in readers {
-            let _ = r.await;
+            if tokio::time::timeout(Duration::from_secs(2), r)
+                .await
+                .is_err()
+            {
+                tracing::warn!(run = %id, "output still held open from outside the run; not waiting");
+                truncated.store(true, Ordering::Relaxed);
+            }
         }
         let h = host.clone();
         let _ = tokio::task::spawn_blocking(move || cg.remove(&h)).await;

@@ -199,8 +199,14 @@ pub fn raise(
         .unwrap_or_default();
     let tx = conn.transaction()?;
     tx.execute(
-        "INSERT OR IGNORE INTO shield_meta (id, raised_at, shielded, online) VALUES (1, ?1, ?2, ?3)",
-        params![uptime_ticks(host) as i64, format_cpu_list(cpus), format_cpu_list(&online)],
+        "INSERT OR REPLACE INTO shield_meta (id, raised_at, boot_id, shielded, online)
+         VALUES (1, ?1, ?2, ?3, ?4)",
+        params![
+            uptime_ticks(host) as i64,
+            host.boot_id().unwrap_or_default(),
+            format_cpu_list(cpus),
+            format_cpu_list(&online)
+        ],
     )?;
     {
         let mut irq = tx.prepare_cached(
@@ -258,16 +264,20 @@ fn uptime_ticks(host: &Host) -> u64 {
 /// Threads born while the shield was up inherited a mask without the shielded CPUs; those
 /// whose mask is still exactly that get every online CPU back.
 fn widen_newborn(host: &Host, conn: &Connection) -> rusqlite::Result<usize> {
-    let meta: Option<(i64, String, String)> = conn
+    let meta: Option<(i64, String, String, String)> = conn
         .query_row(
-            "SELECT raised_at, shielded, online FROM shield_meta WHERE id = 1",
+            "SELECT raised_at, boot_id, shielded, online FROM shield_meta WHERE id = 1",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    let Some((raised_at, shielded, online)) = meta else {
+    let Some((raised_at, boot_id, shielded, online)) = meta else {
         return Ok(0);
     };
+    // Start times count from boot: after a reboot nothing was born under this shield.
+    if host.boot_id().ok().as_deref() != Some(boot_id.as_str()) {
+        return Ok(0);
+    }
     let (Ok(shielded), Ok(online)) = (parse_cpu_list(&shielded), parse_cpu_list(&online)) else {
         return Ok(0);
     };
@@ -374,7 +384,8 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
 /// Whether a shield is journaled (raised, or left by a crash).
 pub fn is_raised(conn: &Connection) -> rusqlite::Result<bool> {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM shield) OR EXISTS (SELECT 1 FROM shield_irq)",
+        "SELECT EXISTS (SELECT 1 FROM shield) OR EXISTS (SELECT 1 FROM shield_irq)
+             OR EXISTS (SELECT 1 FROM shield_meta)",
         [],
         |r| r.get(0),
     )

@@ -218,6 +218,9 @@ pub fn spawn(spec: &Spec) -> Result<Child, Error> {
             if libc::setresgid(gid, gid, gid) < 0 || libc::setresuid(uid, uid, uid) < 0 {
                 return Err(fail(b'u'));
             }
+            // Until exec (which resets it) the caller must not be able to ptrace this
+            // process: it still holds the daemon's memory and descriptors.
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
             // A root caller keeps root's uid, not its capabilities.
             let mut header = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this thread
             let data = [0u32; 6];
@@ -234,8 +237,17 @@ pub fn spawn(spec: &Spec) -> Result<Child, Error> {
             if libc::chdir(cwd.as_ptr()) < 0 {
                 return Err(fail(b'd'));
             }
-            // close_range(3, ~0, CLOSE_RANGE_CLOEXEC): every other inherited fd closes at exec.
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+            // close_range(3, ~0, CLOSE_RANGE_CLOEXEC): every other inherited fd closes at
+            // exec. Kernels before 5.11 lack the flag: mark them one by one instead.
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32) < 0 {
+                let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 20) as libc::c_int;
+                for fd in 3..max {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                    }
+                }
+            }
             Ok(())
         });
     }

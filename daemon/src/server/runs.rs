@@ -86,6 +86,9 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
     if p.cpus == Some(0) {
         return bad("cpus must be at least 1".into());
     }
+    if p.cpu_percent.is_some_and(|c| c > 100 * 4096) {
+        return bad("cpu_percent is at most 409600 (4096 CPUs)".into());
+    }
     if p.pids == Some(0) || p.cpu_percent == Some(0) || p.timeout_ms == Some(0) {
         return bad("pids, cpu_percent and timeout_ms must be positive".into());
     }
@@ -211,20 +214,21 @@ pub async fn start(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(batch.clone(), (peer.uid, cancel.clone()));
-    let _ = notify
-        .send(notification(
-            "run.started",
-            &RunStarted {
-                request: request.clone(),
-                batch: batch.clone(),
-            },
-        ))
-        .await;
     let active = Arc::clone(&state);
     let done_batch = batch.clone();
+    let started = notification(
+        "run.started",
+        &RunStarted {
+            request: request.clone(),
+            batch: batch.clone(),
+        },
+    );
     // The run lives in its own task: if the client goes away its request future is
     // dropped, but the run still ends through the cancel token and cleans up.
     let task = state.runs.spawn(async move {
+        // First thing in the task: from here on the exclusive cores are released by the
+        // task, on a blocking thread, whatever happens to the request.
+        let _ = notify.send(started).await;
         let mut measured: Vec<RunRecord> = Vec::new();
         for i in 0..total {
             let (tx, mut rx) = mpsc::channel::<Chunk>(64);

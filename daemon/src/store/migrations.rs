@@ -78,6 +78,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE shield_meta (
         id         INTEGER PRIMARY KEY CHECK (id = 1),
         raised_at  INTEGER NOT NULL,
+        boot_id    TEXT    NOT NULL,
         shielded   TEXT    NOT NULL,
         online     TEXT    NOT NULL
     );",
