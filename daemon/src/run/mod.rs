@@ -259,35 +259,64 @@ impl Runner {
         let pressure_before = pressure(&host);
         let job2 = job.clone();
         let id2 = id.clone();
-        let started = tokio::task::spawn_blocking(move || {
-            let cg = layout
-                .create(&host, &id2, &job2.limits)
-                .map_err(|e| (None, e.to_string()))?;
-            let mut spec = job2.spec.clone();
-            spec.cgroup_procs = cg
-                .procs_files()
-                .iter()
-                .filter_map(|p| host.path(p).ok())
-                .collect();
-            let before = Instant::now();
-            match spawn::spawn(&spec) {
-                Ok(child) => {
-                    // spawn returns once execve succeeded: the program runs from here.
-                    // Wall time and the timeout count from this point, so the cost of
-                    // placing the process in its cgroups (on v1 a cgroup migration can
-                    // wait for an RCU grace period) is neither measured nor charged.
-                    let t0 = Instant::now();
-                    let setup = t0.duration_since(before).as_secs_f64() * 1e3;
-                    tracing::debug!(setup_ms = setup, "run started");
-                    Ok((cg, child, t0))
+        let cg = {
+            let (host, layout, id2, limits) =
+                (host.clone(), layout, id2.clone(), job2.limits.clone());
+            match tokio::task::spawn_blocking(move || layout.create(&host, &id2, &limits)).await {
+                Ok(Ok(cg)) => cg,
+                Ok(Err(e)) => {
+                    record.error = Some(e.to_string());
+                    return record;
                 }
                 Err(e) => {
-                    cg.remove(&host);
-                    Err((e.exit_code(), e.to_string()))
+                    record.error = Some(format!("run task failed: {e}"));
+                    return record;
                 }
             }
-        })
-        .await;
+        };
+        let mut spawning = {
+            let (host, cg) = (host.clone(), cg.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut spec = job2.spec.clone();
+                spec.cgroup_procs = cg
+                    .procs_files()
+                    .iter()
+                    .filter_map(|p| host.path(p).ok())
+                    .collect();
+                let before = Instant::now();
+                match spawn::spawn(&spec) {
+                    Ok(child) => {
+                        // spawn returns once execve succeeded: the program runs from here.
+                        // Wall time and the timeout count from this point, so the cost of
+                        // placing the process in its cgroups (on v1 a cgroup migration
+                        // can wait for an RCU grace period) is neither measured nor
+                        // charged.
+                        let t0 = Instant::now();
+                        let setup = t0.duration_since(before).as_secs_f64() * 1e3;
+                        tracing::debug!(setup_ms = setup, "run started");
+                        Ok((child, t0))
+                    }
+                    Err(e) => {
+                        cg.remove(&host);
+                        Err((e.exit_code(), e.to_string()))
+                    }
+                }
+            })
+        };
+        // Starting can block too (a working directory or program on a file system that
+        // never answers): cancellation and the timeout apply from the fork on. The child
+        // is in its cgroup by then, so killing the cgroup ends the start.
+        let limit = job.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
+        let mut early = None;
+        let started = tokio::select! {
+            r = &mut spawning => r,
+            () = tokio::time::sleep(limit) => { early = Some(EndReason::Timeout); spawning_killed(&host, &cg, &mut spawning).await }
+            () = cancel.cancelled() => { early = Some(EndReason::Cancelled); spawning_killed(&host, &cg, &mut spawning).await }
+        };
+        let started = started.map(|r| r.map(|(child, t0)| (cg, child, t0)));
+        if let (Some(reason), Ok(Err(_))) = (early, &started) {
+            record.end_reason = reason;
+        }
         let (cg, mut child, t0) = match started {
             Ok(Ok(x)) => x,
             Ok(Err((code, msg))) => {
@@ -356,7 +385,7 @@ impl Runner {
             (r, Instant::now())
         });
         let timeout = job.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
-        let mut reason = None;
+        let mut reason = early;
         let waited = tokio::select! {
             r = &mut waiter => Some(r),
             () = tokio::time::sleep(timeout) => { reason = Some(EndReason::Timeout); None }
@@ -448,6 +477,18 @@ pub fn instance_tag(state_dir: &std::path::Path) -> String {
     let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
     let hash = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
     hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Ends a start that is taking too long: kills whatever is in the run's cgroup (the child
+/// joins it first thing after the fork) and waits for the spawn to give up.
+async fn spawning_killed<T: Send + 'static>(
+    host: &Host,
+    cg: &cgroup::RunCgroup,
+    spawning: &mut tokio::task::JoinHandle<T>,
+) -> Result<T, tokio::task::JoinError> {
+    let (h, c) = (host.clone(), cg.clone());
+    let _ = tokio::task::spawn_blocking(move || c.kill_all(&h)).await;
+    spawning.await
 }
 
 /// PSI `some total=` of cpu, memory, io (microseconds), where the kernel has them.
