@@ -30,6 +30,16 @@ fn now() -> f64 {
 
 /// Stores a batch and applies the retention limit (baselines' batches are kept).
 pub fn insert(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Result<()> {
+    // History is not the journal: in WAL mode, NORMAL keeps the database consistent and
+    // only a power cut may lose the newest batches, without an fsync on every run. The
+    // connection goes back to FULL for everything else.
+    conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+    let result = insert_tx(conn, row, keep);
+    conn.execute_batch("PRAGMA synchronous=FULL")?;
+    result
+}
+
+fn insert_tx(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     tx.execute(
         "INSERT OR REPLACE INTO runs (batch, ts, uid, label, argv, result) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -104,4 +114,42 @@ pub fn baselines(conn: &Connection) -> rusqlite::Result<Vec<(String, String, f64
 /// Deletes baseline `name`; whether it existed.
 pub fn delete_baseline(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     Ok(conn.execute("DELETE FROM baselines WHERE name = ?1", [name])? > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_keeps_baselines_and_the_journal_stays_fully_synchronous() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut c = store.lock_blocking();
+        let row = |b: &str| BatchRow {
+            batch: b.into(),
+            ts: 0.0,
+            uid: 0,
+            label: None,
+            argv: "[]".into(),
+            result: "{}".into(),
+        };
+        insert(&mut c, &row("a"), 2).unwrap();
+        save_baseline(&c, "base", "a", 0).unwrap();
+        for b in ["b", "c", "d"] {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            insert(&mut c, &row(b), 2).unwrap();
+        }
+        let kept: Vec<String> = list(&c, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.batch)
+            .collect();
+        assert_eq!(
+            kept,
+            vec!["d", "c", "a"],
+            "the two newest and the baseline's"
+        );
+        let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "FULL again after a history insert");
+    }
 }
