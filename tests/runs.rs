@@ -37,6 +37,12 @@ fn alive(marker: &str) -> Vec<String> {
     found
 }
 
+/// Sends `run.start` with `params` as request 1, without waiting for anything.
+fn start_run(c: &mut RawClient, params: Value) {
+    let line = json!({"jsonrpc": "2.0", "id": 1, "method": "run.start", "params": params});
+    c.send_raw(format!("{line}\n").as_bytes()).unwrap();
+}
+
 /// The next `run.output` notification (skipping `run.started` and `run.progress`).
 fn next_output(c: &mut RawClient) -> Value {
     loop {
@@ -129,15 +135,10 @@ fn output_streams_while_the_run_is_still_going() {
         "echo first; while [ ! -e {} ]; do sleep 0.01; done; echo second",
         go.display()
     );
-    c.send_raw(
-        format!(
-            "{}\n",
-            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
-                   "params": {"argv": ["sh", "-c", script], "timeout_ms": 20000}})
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    start_run(
+        &mut c,
+        json!({"argv": ["sh", "-c", script], "timeout_ms": 20000}),
+    );
     // The run cannot end before the test creates `go`, so "first" must arrive first.
     let first = next_output(&mut c);
     assert_eq!(first["method"], "run.output", "{first}");
@@ -331,15 +332,10 @@ fn a_client_that_disconnects_cancels_its_run() {
     }
     let d = Daemon::start();
     let mut c = RawClient::connect(&d.socket);
-    c.send_raw(
-        format!(
-            "{}\n",
-            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
-                   "params": {"argv": ["sh", "-c", "echo up; sleep 1004.5"]}})
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    start_run(
+        &mut c,
+        json!({"argv": ["sh", "-c", "echo up; sleep 1004.5"]}),
+    );
     assert_eq!(next_output(&mut c)["params"]["data"], "up\n");
     assert!(!alive("1004.5").is_empty());
     drop(c);
@@ -359,15 +355,10 @@ fn a_restart_after_kill_9_cleans_up_the_runs_left_behind() {
     let state = tempfile::tempdir().unwrap();
     let mut d = Daemon::builder().state_dir(&state.path().join("s")).start();
     let mut c = RawClient::connect(&d.socket);
-    c.send_raw(
-        format!(
-            "{}\n",
-            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
-                   "params": {"argv": ["sh", "-c", "echo up; setsid sleep 1005.5 & sleep 1005.5"]}})
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    start_run(
+        &mut c,
+        json!({"argv": ["sh", "-c", "echo up; setsid sleep 1005.5 & sleep 1005.5"]}),
+    );
     assert_eq!(next_output(&mut c)["params"]["data"], "up\n");
     let before = run_cgroups(&d);
     assert!(!before.is_empty(), "{before:?}");
@@ -397,15 +388,10 @@ fn sigterm_ends_runs_and_the_daemon_within_a_second() {
     }
     let mut d = Daemon::start();
     let mut c = RawClient::connect(&d.socket);
-    c.send_raw(
-        format!(
-            "{}\n",
-            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
-                   "params": {"argv": ["sh", "-c", "echo up; sleep 1006.5"]}})
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    start_run(
+        &mut c,
+        json!({"argv": ["sh", "-c", "echo up; sleep 1006.5"]}),
+    );
     assert_eq!(next_output(&mut c)["params"]["data"], "up\n");
     let cgroups = run_cgroups(&d);
     assert!(!cgroups.is_empty());
@@ -648,15 +634,10 @@ fn an_exclusive_run_keeps_everything_else_off_its_cpu() {
         "grep Cpus_allowed_list /proc/self/status; while [ ! -e {} ]; do sleep 0.01; done",
         go.display()
     );
-    c.send_raw(
-        format!(
-            "{}\n",
-            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
-                   "params": {"argv": ["sh", "-c", script], "exclusive": true, "timeout_ms": 20000}})
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    start_run(
+        &mut c,
+        json!({"argv": ["sh", "-c", script], "exclusive": true, "timeout_ms": 20000}),
+    );
     let first = next_output(&mut c);
     let inside = first["params"]["data"].as_str().unwrap().to_owned();
     assert!(
@@ -727,15 +708,10 @@ fn a_crash_never_leaves_the_host_shielded() {
         .state_dir(&state.path().join("s"))
         .start();
     let mut c = RawClient::connect(&d.socket);
-    c.send_raw(
-        format!(
-            "{}\n",
-            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
-                   "params": {"argv": ["sh", "-c", "echo up; sleep 1007.5"], "exclusive": true}})
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    start_run(
+        &mut c,
+        json!({"argv": ["sh", "-c", "echo up; sleep 1007.5"], "exclusive": true}),
+    );
     assert_eq!(next_output(&mut c)["params"]["data"], "up\n");
     assert_eq!(my_cpus(), "0");
     d.signal(Signal::SIGKILL);
@@ -830,15 +806,10 @@ fn run_cancel_ends_a_batch_by_its_id() {
         .world_traversable()
         .start();
     let mut c = RawClient::connect(&d.socket);
-    c.send_raw(
-        format!(
-            "{}\n",
-            json!({"jsonrpc": "2.0", "id": 1, "method": "run.start",
-                   "params": {"argv": ["sh", "-c", "echo up; sleep 1010.5"]}})
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    start_run(
+        &mut c,
+        json!({"argv": ["sh", "-c", "echo up; sleep 1010.5"]}),
+    );
     let started = c.recv().unwrap();
     assert_eq!(started["method"], "run.started", "{started}");
     let batch = started["params"]["batch"].as_str().unwrap().to_owned();

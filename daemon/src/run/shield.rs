@@ -71,6 +71,42 @@ fn stat_fields(text: &str) -> Option<(u64, u64)> {
 
 const PF_KTHREAD: u64 = 0x0020_0000;
 
+/// One thread of the system: process id, thread id, whether it is a kernel thread, and
+/// its start time (clock ticks since boot).
+struct Thread {
+    pid: i32,
+    tid: i32,
+    kernel: bool,
+    start: u64,
+}
+
+/// Every thread in `/proc` whose stat could be read.
+fn threads(host: &Host) -> Vec<Thread> {
+    let mut out = Vec::new();
+    for pid in host
+        .list("/proc")
+        .iter()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        for tid in host
+            .list(&format!("/proc/{pid}/task"))
+            .iter()
+            .filter_map(|t| t.parse::<i32>().ok())
+        {
+            let stat = host.read(&format!("/proc/{pid}/task/{tid}/stat")).ok();
+            if let Some((flags, start)) = stat.and_then(|t| stat_fields(&t)) {
+                out.push(Thread {
+                    pid,
+                    tid,
+                    kernel: flags & PF_KTHREAD != 0,
+                    start,
+                });
+            }
+        }
+    }
+    out
+}
+
 fn mask_of(set: &BTreeSet<u32>) -> Option<CpuSet> {
     let mut m = CpuSet::new();
     for &c in set {
@@ -143,44 +179,33 @@ pub fn raise(
     let mut plan: Vec<(i32, u64, BTreeSet<u32>, BTreeSet<u32>)> = Vec::new();
     let mut raised = Raised::default();
     let me = std::process::id() as i32;
-    for pid in host
-        .list("/proc")
-        .iter()
-        .filter_map(|p| p.parse::<i32>().ok())
+    for Thread {
+        pid,
+        tid,
+        kernel,
+        start,
+    } in threads(host)
     {
         if exempt.contains(&pid) && pid != me {
             continue;
         }
-        for tid in host
-            .list(&format!("/proc/{pid}/task"))
-            .iter()
-            .filter_map(|t| t.parse::<i32>().ok())
-        {
-            let Some((flags, start)) = host
-                .read(&format!("/proc/{pid}/task/{tid}/stat"))
-                .ok()
-                .and_then(|t| stat_fields(&t))
-            else {
-                continue;
-            };
-            if flags & PF_KTHREAD != 0 {
-                raised.unmovable += 1;
-                continue;
-            }
-            let Ok(current) = sched_getaffinity(Pid::from_raw(tid)) else {
-                continue;
-            };
-            let original = set_of(&current);
-            if original.is_disjoint(cpus) {
-                continue;
-            }
-            let reduced: BTreeSet<u32> = original.difference(cpus).copied().collect();
-            if reduced.is_empty() {
-                raised.unmovable += 1;
-                continue;
-            }
-            plan.push((tid, start, original, reduced));
+        if kernel {
+            raised.unmovable += 1;
+            continue;
         }
+        let Ok(current) = sched_getaffinity(Pid::from_raw(tid)) else {
+            continue;
+        };
+        let original = set_of(&current);
+        if original.is_disjoint(cpus) {
+            continue;
+        }
+        let reduced: BTreeSet<u32> = original.difference(cpus).copied().collect();
+        if reduced.is_empty() {
+            raised.unmovable += 1;
+            continue;
+        }
+        plan.push((tid, start, original, reduced));
     }
     let irqs: Vec<(String, bool, BTreeSet<u32>, BTreeSet<u32>)> = irq_files(host)
         .into_iter()
@@ -286,32 +311,18 @@ fn widen_newborn(host: &Host, conn: &Connection) -> rusqlite::Result<usize> {
         return Ok(0);
     };
     let mut widened = 0;
-    for pid in host
-        .list("/proc")
-        .iter()
-        .filter_map(|p| p.parse::<i32>().ok())
+    for Thread {
+        tid, kernel, start, ..
+    } in threads(host)
     {
-        for tid in host
-            .list(&format!("/proc/{pid}/task"))
-            .iter()
-            .filter_map(|t| t.parse::<i32>().ok())
-        {
-            let Some((flags, start)) = host
-                .read(&format!("/proc/{pid}/task/{tid}/stat"))
-                .ok()
-                .and_then(|t| stat_fields(&t))
-            else {
-                continue;
-            };
-            if flags & PF_KTHREAD != 0 || (start as i64) < raised_at {
-                continue;
-            }
-            let Ok(current) = sched_getaffinity(Pid::from_raw(tid)) else {
-                continue;
-            };
-            if set_of(&current) == reduced && sched_setaffinity(Pid::from_raw(tid), &full).is_ok() {
-                widened += 1;
-            }
+        if kernel || (start as i64) < raised_at {
+            continue;
+        }
+        let Ok(current) = sched_getaffinity(Pid::from_raw(tid)) else {
+            continue;
+        };
+        if set_of(&current) == reduced && sched_setaffinity(Pid::from_raw(tid), &full).is_ok() {
+            widened += 1;
         }
     }
     Ok(widened)
