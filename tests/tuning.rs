@@ -245,9 +245,8 @@ fn a_failed_write_rolls_the_apply_back_unless_best_effort() {
     let _serial = serial();
     let snap = KernelSnapshot::take(&[SWAPPINESS, DIRTY_RATIO]);
     let profiles = tempfile::tempdir().unwrap();
-    // vm.dirty_ratio accepts 0..=100: 250 fails with EINVAL. Settings apply in id order,
-    // so swappiness (after dirty_ratio) is... written or not: both orders are checked by
-    // the statuses below.
+    // vm.dirty_ratio accepts 0..=100: 250 fails with EINVAL. Whatever was written before
+    // it (in plan order) must be rolled back; the statuses below accept either order.
     write_profile(
         profiles.path(),
         "bad",
