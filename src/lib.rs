@@ -478,3 +478,110 @@ impl Drop for LoopDevice {
             .status();
     }
 }
+
+/// Helpers for tests of runs: starting them on a raw connection, reading their
+/// notifications, and looking at processes and CPUs.
+pub mod runs {
+    use std::process::Output;
+    use std::time::{Duration, Instant};
+
+    use serde_json::{Value, json};
+
+    use crate::RawClient;
+
+    /// The JSON object `cleanroomctl --json` printed (panics with both streams if not).
+    pub fn json_of(out: &Output) -> Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Processes whose command line contains `marker`.
+    pub fn alive(marker: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+                continue;
+            }
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains(marker) {
+                    found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+        found
+    }
+
+    /// Sends `run.start` with `params` as request `id`, without waiting for anything.
+    pub fn start_run_as(c: &mut RawClient, id: u64, params: Value) {
+        let line = json!({"jsonrpc": "2.0", "id": id, "method": "run.start", "params": params});
+        c.send_raw(format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    /// Sends `run.start` with `params` as request 1, without waiting for anything.
+    pub fn start_run(c: &mut RawClient, params: Value) {
+        start_run_as(c, 1, params);
+    }
+
+    /// The next `run.output` notification or answer (skipping `run.started` and
+    /// `run.progress`).
+    pub fn next_output(c: &mut RawClient) -> Value {
+        loop {
+            let m = c.recv().expect("a notification");
+            if m["method"] == "run.output" || m.get("id").is_some() {
+                return m;
+            }
+        }
+    }
+
+    /// The answer to the request in flight (skipping notifications).
+    pub fn answer(c: &mut RawClient) -> Value {
+        loop {
+            let m = c.recv().expect("an answer");
+            if m.get("id").is_some() {
+                return m;
+            }
+        }
+    }
+
+    /// Waits up to `limit` for `cond`.
+    pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cond()
+    }
+
+    /// `Cpus_allowed_list` of a task's status file (`self`, `thread-self` or a pid).
+    pub fn cpus_of(task: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{task}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    }
+
+    /// This thread's CPUs.
+    pub fn my_cpus() -> String {
+        cpus_of("thread-self")
+    }
+
+    /// The online CPUs, as the kernel lists them.
+    pub fn online_cpus() -> String {
+        std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}

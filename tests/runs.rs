@@ -3,67 +3,12 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use cleanroom::runs::{alive, eventually, json_of, my_cpus, next_output, online_cpus, start_run};
 use cleanroom::{Daemon, RawClient, is_root_or_skip};
 use nix::sys::signal::Signal;
-use serde_json::{Value, json};
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-/// Processes whose command line contains `marker`.
-fn alive(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(marker) {
-                found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    found
-}
-
-/// Sends `run.start` with `params` as request 1, without waiting for anything.
-fn start_run(c: &mut RawClient, params: Value) {
-    let line = json!({"jsonrpc": "2.0", "id": 1, "method": "run.start", "params": params});
-    c.send_raw(format!("{line}\n").as_bytes()).unwrap();
-}
-
-/// The next `run.output` notification (skipping `run.started` and `run.progress`).
-fn next_output(c: &mut RawClient) -> Value {
-    loop {
-        let m = c.recv().expect("a notification");
-        if m["method"] == "run.output" || m.get("id").is_some() {
-            return m;
-        }
-    }
-}
-
-/// Waits up to `limit` for `cond`.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cond()
-}
+use serde_json::json;
 
 /// The run cgroups the daemon has now (directories `run-*` below the bases it reports).
 fn run_cgroups(d: &Daemon) -> Vec<String> {
@@ -579,16 +524,6 @@ fn baselines_catch_a_regression_and_history_keeps_the_runs() {
 
 static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn my_cpus() -> String {
-    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 /// The default IRQ affinity and every IRQ's CPU list.
 fn irq_affinities() -> Vec<(String, String)> {
     let mut v = vec![(
@@ -603,13 +538,6 @@ fn irq_affinities() -> Vec<(String, String)> {
     }
     v.sort();
     v
-}
-
-fn online_cpus() -> String {
-    std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 #[test]

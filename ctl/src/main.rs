@@ -131,9 +131,15 @@ struct RunArgs {
     /// while it runs.
     #[arg(long)]
     exclusive: bool,
-    /// How many exclusive CPUs (with --exclusive; default 1, rounded up to whole cores).
-    #[arg(long, value_name = "N", requires = "exclusive")]
-    cpus: Option<u32>,
+    /// Which exclusive CPUs (with --exclusive): a count N (default 1; whole cores, one NUMA
+    /// node when one has enough) or a CPU list such as 2,3 or 4-7 (exactly those; one CPU
+    /// alone is written 3-3).
+    #[arg(long, value_name = "N|LIST", requires = "exclusive", value_parser = parse_cpus)]
+    cpus: Option<cleanroom_proto::CpuRequest>,
+    /// When other runs hold the exclusive CPUs, wait for them instead of failing (Ctrl-C
+    /// or `runs cancel` stops waiting; --timeout counts from the start of the run).
+    #[arg(long, requires = "exclusive")]
+    wait: bool,
     /// SCHED_FIFO for the run on its exclusive cores (the kernel's RT throttling stays on).
     #[arg(long, requires = "exclusive")]
     realtime: bool,
@@ -167,6 +173,28 @@ struct RunArgs {
     /// The command and its arguments (after --).
     #[arg(required = true, last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+fn parse_cpus(s: &str) -> Result<cleanroom_proto::CpuRequest, String> {
+    let t = s.trim();
+    if t.contains([',', '-']) {
+        let ok = !t.is_empty()
+            && t.split(',').all(|part| {
+                let mut ends = part.splitn(2, '-');
+                ends.all(|n| n.trim().parse::<u32>().is_ok())
+            });
+        if ok {
+            return Ok(cleanroom_proto::CpuRequest::List(t.to_owned()));
+        }
+        return Err(format!("{s:?} is not a CPU list such as 2,3 or 4-7"));
+    }
+    match t.parse::<u32>() {
+        Ok(0) => Err("the count must be at least 1".into()),
+        Ok(n) => Ok(cleanroom_proto::CpuRequest::Count(n)),
+        Err(_) => Err(format!(
+            "{s:?} is neither a count nor a CPU list (2 = two CPUs; 2,3 or 2-3 = those CPUs)"
+        )),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -503,7 +531,8 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         save_baseline: a.save_baseline.clone(),
         user: a.user.clone(),
         exclusive: a.exclusive,
-        cpus: a.cpus,
+        cpus: a.cpus.clone(),
+        wait: a.wait,
         realtime: a.realtime,
         baseline: a.baseline.clone(),
         repeat: a.repeat,

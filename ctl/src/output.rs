@@ -302,7 +302,13 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
                 l.voluntary_ctxt_switches, l.involuntary_ctxt_switches
             ),
         ),
-        ("cpus", l.cpus.clone()),
+        (
+            "cpus",
+            match &r.shield {
+                Some(how) => format!("{} (exclusive, shielded by {how})", l.cpus),
+                None => l.cpus.clone(),
+            },
+        ),
     ];
     if l.killed > 0 {
         rows.push(("left behind", format!("{} processes, killed", l.killed)));

@@ -40,6 +40,9 @@
 //! compare_threshold_percent = 2.0      # smallest relative change a comparison reports
 //! isolation_cpus = "1-3"               # CPUs exclusive runs may take (default: all but 0)
 //! shield_exempt_pids = [1]             # processes the shield leaves alone
+//! shield_exempt_names = ["qemu-*"]     # ... by command name (glob)
+//! shield_exempt_cgroups = ["/system.slice/db.service"] # ... by cgroup (and below)
+//! shield_partition = true              # v2: a cpuset partition (no exemptions possible)
 //! ```
 //!
 //! Command-line flags (`--socket`, `--state-dir`, `--host-root`) and `CLEANROOM_SOCKET`
@@ -112,6 +115,34 @@ pub struct Runs {
     pub isolation_cpus: Option<String>,
     /// Pids the shield leaves alone (default none; e.g. `[1]` where init is not yours).
     pub shield_exempt_pids: Vec<i32>,
+    /// Command names (`/proc/<pid>/comm`, globs like `qemu-*`) the shield leaves alone.
+    pub shield_exempt_names: Vec<String>,
+    /// cgroup paths (as in `/proc/<pid>/cgroup`, e.g. `/system.slice/db.service`) whose
+    /// processes, and their descendants', the shield leaves alone.
+    pub shield_exempt_cgroups: Vec<String>,
+    /// On cgroup v2, shield with a cpuset partition: the kernel itself keeps every other
+    /// task off the CPUs, but it cannot honour exemptions (default true; false shields by
+    /// affinity, which does).
+    pub shield_partition: bool,
+}
+
+impl Runs {
+    /// The shield settings (the config is validated: the globs parse).
+    pub fn shield(&self) -> crate::run::ShieldConfig {
+        crate::run::ShieldConfig {
+            pool: self.isolation_cpus.clone(),
+            exempt: crate::run::shield::Exempt {
+                pids: self.shield_exempt_pids.clone(),
+                names: self
+                    .shield_exempt_names
+                    .iter()
+                    .filter_map(|n| glob::Pattern::new(n).ok())
+                    .collect(),
+                cgroups: self.shield_exempt_cgroups.clone(),
+            },
+            partition: self.shield_partition,
+        }
+    }
 }
 
 impl Default for Runs {
@@ -124,6 +155,9 @@ impl Default for Runs {
             compare_threshold_percent: 2.0,
             isolation_cpus: None,
             shield_exempt_pids: Vec::new(),
+            shield_exempt_names: Vec::new(),
+            shield_exempt_cgroups: Vec::new(),
+            shield_partition: true,
         }
     }
 }
@@ -423,6 +457,18 @@ impl Config {
         if let Some(c) = &r.isolation_cpus {
             crate::host::format::parse_cpu_list(c)
                 .map_err(|e| format!("key `runs.isolation_cpus`: {e}"))?;
+        }
+        for n in &r.shield_exempt_names {
+            glob::Pattern::new(n)
+                .map_err(|e| format!("key `runs.shield_exempt_names`: {n:?} is not a glob: {e}"))?;
+        }
+        for c in &r.shield_exempt_cgroups {
+            if !c.starts_with('/') || c.trim_end_matches('/').is_empty() {
+                return Err(format!(
+                    "key `runs.shield_exempt_cgroups`: {c:?} must be an absolute cgroup path \
+                     below the root (like /system.slice/db.service)"
+                ));
+            }
         }
         if r.history_limit == 0 {
             return Err("key `runs.history_limit`: must be at least 1".into());

@@ -135,8 +135,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         cfg.runs.max_output_bytes,
         &cleanroomd::run::instance_tag(&cfg.daemon.state_dir),
         store.clone(),
-        cfg.runs.isolation_cpus.as_deref(),
-        cfg.runs.shield_exempt_pids.clone(),
+        cfg.runs.shield(),
     ));
 
     // 6. Drop unneeded capabilities while this is the only thread: capabilities are per

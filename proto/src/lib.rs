@@ -745,9 +745,16 @@ pub struct RunParams {
     /// while it runs.
     #[serde(default)]
     pub exclusive: bool,
-    /// How many exclusive CPUs (default 1; rounded up to whole cores).
+    /// Which exclusive CPUs: a count (`2`; default 1, rounded up to whole cores, on one
+    /// NUMA node when one has enough) or a CPU list (`"2,3"`, `"4-7"`: exactly those, whole
+    /// cores of the isolation pool).
     #[serde(default)]
-    pub cpus: Option<u32>,
+    pub cpus: Option<CpuRequest>,
+    /// When the exclusive CPUs are held by other runs: wait for them (cancellable; the
+    /// timeout does not count the wait) instead of failing at once. A request the pool can
+    /// never serve fails at once either way.
+    #[serde(default)]
+    pub wait: bool,
     /// SCHED_FIFO (priority 1) for the run on its exclusive cores; the kernel's RT
     /// throttling stays on, so a runaway run cannot starve the machine.
     #[serde(default)]
@@ -775,6 +782,16 @@ pub struct RunParams {
     /// Unmeasured repetitions first (default 0).
     #[serde(default)]
     pub warmup: u32,
+}
+
+/// Which exclusive CPUs a run asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CpuRequest {
+    /// This many CPUs (whole cores).
+    Count(u32),
+    /// Exactly these CPUs, a CPU list like `2,3` or `4-7`.
+    List(String),
 }
 
 /// A namespace a run can have of its own.
@@ -934,6 +951,10 @@ pub struct RunResult {
     /// The comparison with `baseline`, when one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison: Option<Comparison>,
+    /// How the exclusive cores were shielded (`partition`, `cpuset` or `affinity`), for an
+    /// exclusive run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shield: Option<String>,
 }
 
 method!(

@@ -60,17 +60,44 @@ check "nothing survives the run" test -z "$(pgrep -f 'sleep 1009.5')"
 quota=$(ctl run --cpu-percent 50 -- sh -c 'cat "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpu.max"' 2>/dev/null)
 check "cpu quota written to cpu.max" test "$quota" = "50000 100000"
 
-# Exclusive: the shield covers PID 1 here (systemd is ours to move in this VM).
+# Exclusive: the shield is a cpuset partition here; the kernel takes the CPU from every
+# other cgroup, PID 1 included (systemd is ours to move in this VM).
+start_daemon() {
+    # Into the leaf the first daemon made (its parent now has controllers for children).
+    ( echo "$BASHPID" > "$svc/cleanroomd/daemon/cgroup.procs"
+      exec "$bin/cleanroomd" --config "$work/c.toml" --socket "$sock" --state-dir "$work/state" 2>> "$work/log" ) &
+    daemon=$!
+    for _ in $(seq 1 300); do ctl ping >/dev/null 2>&1 && break; sleep 0.05; done
+}
 if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
     go=$work/go
-    ctl run --exclusive --timeout 20s -- sh -c "while [ ! -e $go ]; do sleep 0.01; done" >/dev/null 2>&1 &
+    ctl --json run --exclusive --timeout 20s -- sh -c "cat /proc/self/cgroup > $work/where; while [ ! -e $go ]; do sleep 0.01; done" > "$work/excl.json" 2>/dev/null &
     client=$!
     for _ in $(seq 1 200); do grep -q "Cpus_allowed_list:.0$" /proc/1/status && break; sleep 0.05; done
     check "while an exclusive run holds CPU 1, PID 1 is kept off it" grep -q "Cpus_allowed_list:.0$" /proc/1/status
     check "a process started outside has CPU 1 excluded" sh -c 'grep -q "Cpus_allowed_list:.0$" /proc/self/status'
+    part=$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null | head -n1)
+    check "the shield is a cpuset partition (cpuset.cpus.partition = root)" \
+        test -n "$part" -a "$(cat "$part/cpuset.cpus.partition" 2>/dev/null)" = root
+    check "the kernel took CPU 1 from the root cgroup's effective set" \
+        test "$(cat /sys/fs/cgroup/cpuset.cpus.effective)" = 0
+    check "the exclusive run lives in the partition" grep -q "^0::/cleanroom-exclusive-.*/run-" "$work/where"
     touch "$go"
     wait "$client"
+    check "the result names the partition shield" grep -q '"shield":"partition"' "$work/excl.json"
     check "afterwards PID 1 has every CPU again" grep -q "Cpus_allowed_list:.0-1$" /proc/1/status
+    check "and the partition is gone" test ! -e "$part"
+
+    # kill -9 mid-run: the next start ends the run and takes the partition down.
+    ctl run --exclusive -- sh -c "touch $work/up; exec sleep 1011.5" >/dev/null 2>&1 &
+    client=$!
+    for _ in $(seq 1 200); do [ -e "$work/up" ] && break; sleep 0.05; done
+    kill -KILL "$daemon"; wait "$daemon" 2>/dev/null; wait "$client" 2>/dev/null
+    check "a dead daemon left the CPU shielded" grep -q "Cpus_allowed_list:.0$" /proc/1/status
+    start_daemon
+    check "the next start lowered the shield (PID 1 has CPU 1 again)" grep -q "Cpus_allowed_list:.0-1$" /proc/1/status
+    check "and ended the run left in the partition" test -z "$(pgrep -x sleep -a | grep 1011.5)"
+    check "and removed the partition" test -z "$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null)"
 fi
 
 kill -TERM "$daemon"; wait "$daemon"

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use cleanroom_proto::CgroupMode;
 
 use crate::host::{Error as HostError, Host};
+use crate::run::shield::Method;
 
 /// v1 controllers a run uses.
 const V1_WANTED: &[&str] = &["pids", "memory", "cpu", "cpuacct", "cpuset", "freezer"];
@@ -89,7 +90,14 @@ impl Layout {
                     .iter()
                     .find(|c| c.id == 0)
                     .map_or("/", |c| c.path.as_str());
-                let base = join(&mount.mount_point.display().to_string(), path);
+                let mut base = join(&mount.mount_point.display().to_string(), path);
+                // Started again inside the leaf a predecessor made (a restart that kept
+                // the cgroup): the subtree is the leaf's parent, as before.
+                if let Some(parent) = base.strip_suffix("/daemon") {
+                    if host.exists(&join(parent, &format!("runs-{instance}"))) {
+                        base = parent.to_owned();
+                    }
+                }
                 let runs = prepare_v2(host, &base, instance).map_err(|e| e.to_string())?;
                 Ok(Layout::V2(runs))
             }
@@ -109,6 +117,13 @@ impl Layout {
                         .iter()
                         .find(|c| c.controllers.iter().any(|x| x == want))
                         .map_or("/", |c| c.path.as_str());
+                    // Started while a shield was up (by a process it moved): the shield's
+                    // cpuset is temporary, so runs go where it was made instead.
+                    let path = match path.find("/cleanroom-shield-") {
+                        Some(0) => "/",
+                        Some(i) => &path[..i],
+                        None => path,
+                    };
                     let base = join(
                         &join(&mount.mount_point.display().to_string(), path),
                         &format!("cleanroom-{instance}"),
@@ -137,8 +152,49 @@ impl Layout {
         self.runs_dirs().into_iter().map(|(_, d)| d).collect()
     }
 
-    /// Creates the cgroup of run `id` with `limits`.
-    pub fn create(&self, host: &Host, id: &str, limits: &Limits) -> Result<RunCgroup, HostError> {
+    /// How the shield works with this layout: v2 a cpuset partition (if `partition`),
+    /// v1 the cpuset hierarchy, else thread affinity.
+    pub fn shield_method(&self, host: &Host, instance: &str, partition: bool) -> Method {
+        let mounts = host.cgroup_mounts().unwrap_or_default();
+        match self {
+            Layout::V2(_) if partition => match mounts.iter().find(|m| m.unified) {
+                Some(m) => {
+                    let mount = m.mount_point.display().to_string();
+                    let dir = join(&mount, &format!("cleanroom-exclusive-{instance}"));
+                    Method::Partition { mount, dir }
+                }
+                None => Method::Affinity,
+            },
+            Layout::V2(_) => Method::Affinity,
+            Layout::V1(hiers) => {
+                let cpuset = mounts
+                    .iter()
+                    .find(|m| !m.unified && m.controllers.iter().any(|c| c == "cpuset"));
+                let keep = hiers
+                    .iter()
+                    .find(|(c, _)| c.iter().any(|x| x == "cpuset"))
+                    .map(|(_, base)| base.clone());
+                match (cpuset, keep) {
+                    (Some(m), Some(keep)) => {
+                        let mount = m.mount_point.display().to_string();
+                        let dir = join(&mount, &format!("cleanroom-shield-{instance}"));
+                        Method::Cpuset { mount, dir, keep }
+                    }
+                    _ => Method::Affinity,
+                }
+            }
+        }
+    }
+
+    /// Creates the cgroup of run `id` with `limits`; on v2, in `partition` when given (an
+    /// exclusive run while the shield's partition is up).
+    pub fn create(
+        &self,
+        host: &Host,
+        id: &str,
+        limits: &Limits,
+        partition: Option<&str>,
+    ) -> Result<RunCgroup, HostError> {
         // Every v1 hierarchy the run joins costs one cgroup migration (~0.3 ms here):
         // join cpu and cpuset only when the run asks for a quota or CPUs.
         let wanted = |c: &[String]| {
@@ -151,7 +207,13 @@ impl Layout {
             .runs_dirs()
             .into_iter()
             .filter(|(c, _)| c.is_empty() || wanted(c))
-            .map(|(c, base)| (c, join(&base, &format!("run-{id}"))))
+            .map(|(c, base)| {
+                let base = match (self, partition) {
+                    (Layout::V2(_), Some(p)) => p.to_owned(),
+                    _ => base,
+                };
+                (c, join(&base, &format!("run-{id}")))
+            })
             .collect();
         let cg = RunCgroup {
             v2: matches!(self, Layout::V2(_)),
@@ -594,7 +656,7 @@ mod tests {
             cpus: Some("1".into()),
         };
         let run = format!("{base}/runs-t/run-7");
-        let cg = layout.create(&host, "7", &limits).unwrap();
+        let cg = layout.create(&host, "7", &limits, None).unwrap();
         assert_eq!(
             read(&format!("{run}/memory.max")),
             (64u64 << 20).to_string()

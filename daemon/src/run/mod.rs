@@ -7,15 +7,17 @@
 //! the cgroup's accounting → remove the cgroup. Results are ready as soon as the last
 //! process is gone: nothing sleeps for a fixed time.
 //!
-//! Limitations (work of later sessions): exclusive cores and shielding, namespaces
-//! (`--isolate`), realtime scheduling, baselines and the run history in SQLite.
+//! Exclusive runs take whole cores ([`cpus`]) and, while any holds cores, the [`shield`]
+//! keeps every other task off the isolation pool.
 
 pub mod cgroup;
 pub mod compare;
+pub mod cpus;
 pub mod shield;
 pub mod spawn;
 pub mod stats;
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,12 +59,36 @@ pub struct Runner {
     /// Output beyond this many bytes per run is dropped (and said so).
     pub max_output: u64,
     store: crate::store::Store,
-    /// CPUs exclusive runs may take.
-    pool: std::collections::BTreeSet<u32>,
-    /// CPUs held by exclusive runs now.
-    taken: std::sync::Mutex<std::collections::BTreeSet<u32>>,
-    /// Pids the shield leaves alone.
-    exempt: Vec<i32>,
+    /// CPUs exclusive runs may take (from the config; a profile's `[isolation] cpus`
+    /// replaces it while that profile is active).
+    pool: BTreeSet<u32>,
+    /// CPUs held by exclusive runs now, and the CPUs the shield covers (the pool in force
+    /// when it went up; it stays the pool until the shield comes down).
+    cores: std::sync::Mutex<Held>,
+    /// Woken whenever exclusive cores are released.
+    released: tokio::sync::Notify,
+    /// What the shield leaves alone.
+    exempt: shield::Exempt,
+    /// How the shield works here.
+    method: shield::Method,
+}
+
+/// Exclusive cores now.
+#[derive(Debug, Default)]
+struct Held {
+    taken: BTreeSet<u32>,
+    shielded: BTreeSet<u32>,
+    /// The cpuset partition exclusive runs go into (v2), while the shield is up.
+    partition: Option<String>,
+}
+
+/// Which exclusive CPUs a run wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// This many, as whole cores.
+    Count(usize),
+    /// Exactly these (whole cores).
+    List(BTreeSet<u32>),
 }
 
 /// Cores held by an exclusive run; released (and the shield lowered after the last one)
@@ -72,23 +98,40 @@ pub struct Exclusive {
     runner: Arc<Runner>,
     /// The CPUs, as a CPU list.
     pub cpus: String,
-    set: std::collections::BTreeSet<u32>,
+    set: BTreeSet<u32>,
+    /// How the shield works (`partition`, `cpuset`, `affinity`).
+    pub method: &'static str,
 }
 
 impl Drop for Exclusive {
     fn drop(&mut self) {
-        let mut taken = self.runner.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.runner.cores.lock().unwrap_or_else(|p| p.into_inner());
         for c in &self.set {
-            taken.remove(c);
+            held.taken.remove(c);
         }
-        if taken.is_empty() {
+        if held.taken.is_empty() && !held.shielded.is_empty() {
             let mut conn = self.runner.store.lock_blocking();
             match shield::lower(&self.runner.host, &mut conn) {
                 Ok(n) => tracing::info!(restored = n, "shield lowered"),
                 Err(e) => tracing::error!(error = %e, "cannot lower the shield"),
             }
+            held.shielded.clear();
+            held.partition = None;
         }
+        drop(held);
+        self.runner.released.notify_waiters();
     }
+}
+
+/// Shield settings from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ShieldConfig {
+    /// The isolation pool (a CPU list); default every online CPU but CPU 0.
+    pub pool: Option<String>,
+    /// What the shield leaves alone.
+    pub exempt: shield::Exempt,
+    /// On cgroup v2, shield with a cpuset partition (default); otherwise by affinity.
+    pub partition: bool,
 }
 
 impl Runner {
@@ -100,22 +143,11 @@ impl Runner {
         max_output: u64,
         instance: &str,
         store: crate::store::Store,
-        pool: Option<&str>,
-        exempt: Vec<i32>,
+        shield_config: ShieldConfig,
     ) -> Self {
-        let layout = Layout::detect(&host, mode, instance);
-        match &layout {
-            Ok(l) => {
-                let n = l.cleanup_stale(&host);
-                tracing::info!(layout = ?l, stale_removed = n, "run cgroups ready");
-            }
-            Err(e) => tracing::warn!(error = %e, "runs are unavailable: no usable cgroups"),
-        }
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        // A shield left by a daemon that died is lowered before anything else.
+        // A shield left by a daemon that died is lowered before anything else: on v1 it
+        // moved this process (started from a shielded one) into its cpuset, and where the
+        // daemon is decides where its runs go.
         {
             let mut conn = store.lock_blocking();
             if shield::is_raised(&conn).unwrap_or(false) {
@@ -129,14 +161,34 @@ impl Runner {
                 }
             }
         }
+        let layout = Layout::detect(&host, mode, instance);
+        match &layout {
+            Ok(l) => {
+                let n = l.cleanup_stale(&host);
+                tracing::info!(layout = ?l, stale_removed = n, "run cgroups ready");
+            }
+            Err(e) => tracing::warn!(error = %e, "runs are unavailable: no usable cgroups"),
+        }
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let online = host
             .read("/sys/devices/system/cpu/online")
             .ok()
             .and_then(|t| crate::host::format::parse_cpu_list(&t).ok())
             .unwrap_or_default();
-        let pool = match pool.map(crate::host::format::parse_cpu_list) {
+        let pool = match shield_config
+            .pool
+            .as_deref()
+            .map(crate::host::format::parse_cpu_list)
+        {
             Some(Ok(p)) => p.intersection(&online).copied().collect(),
             _ => online.iter().copied().filter(|c| *c != 0).collect(),
+        };
+        let method = match &layout {
+            Ok(l) => l.shield_method(&host, instance, shield_config.partition),
+            Err(_) => shield::Method::Affinity,
         };
         Self {
             host,
@@ -145,44 +197,77 @@ impl Runner {
             max_output,
             store,
             pool,
-            taken: std::sync::Mutex::new(Default::default()),
-            exempt,
+            cores: std::sync::Mutex::new(Held::default()),
+            released: tokio::sync::Notify::new(),
+            exempt: shield_config.exempt,
+            method,
         }
     }
 
-    /// Takes `count` CPUs as whole cores from the pool and, for the first exclusive run,
-    /// raises the shield. Blocking (sysfs, /proc, SQLite).
-    pub fn take_exclusive(self: &Arc<Self>, count: usize) -> Result<Exclusive, String> {
-        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        let cores = shield::cores(&self.host, &self.pool);
-        let Some(set) = shield::pick(&cores, &self.pool, &taken, count.max(1)) else {
-            return Err(format!(
-                "{count} exclusive CPUs are not free: the isolation pool is {} and {} are taken",
-                crate::host::format::format_cpu_list(&self.pool),
-                crate::host::format::format_cpu_list(&taken)
-            ));
+    /// Takes exclusive CPUs as whole cores from the pool (`pool`, from the active profile,
+    /// or the configured one) and, for the first exclusive run, raises the shield over the
+    /// pool. Blocking (sysfs, /proc, SQLite).
+    pub fn take_exclusive(
+        self: &Arc<Self>,
+        want: &Want,
+        pool: Option<&BTreeSet<u32>>,
+    ) -> Result<Exclusive, cpus::PickError> {
+        let mut held = self.cores.lock().unwrap_or_else(|p| p.into_inner());
+        // While the shield is up, its CPUs are the pool.
+        let pool = if held.shielded.is_empty() {
+            pool.unwrap_or(&self.pool).clone()
+        } else {
+            held.shielded.clone()
         };
-        if taken.is_empty() {
+        let topology = cpus::topology(&self.host, &pool);
+        let set = match want {
+            Want::Count(n) => cpus::pick(&topology, &pool, &held.taken, (*n).max(1))?,
+            Want::List(list) => cpus::pick_list(&topology, &pool, &held.taken, list)?,
+        };
+        if held.shielded.is_empty() {
             let mut conn = self.store.lock_blocking();
-            let shielded = self.pool.clone();
-            match shield::raise(&self.host, &mut conn, &shielded, &self.exempt) {
-                Ok(r) => tracing::info!(
-                    cpus = %crate::host::format::format_cpu_list(&shielded),
-                    moved = r.moved,
-                    unmovable = r.unmovable,
-                    irqs_moved = r.irqs_moved,
-                    irqs_unmovable = r.irqs_unmovable,
-                    "shield raised"
-                ),
-                Err(e) => return Err(format!("cannot raise the shield: {e}")),
+            match shield::raise(&self.host, &mut conn, &pool, &self.exempt, &self.method) {
+                Ok(r) => {
+                    tracing::info!(
+                        cpus = %crate::host::format::format_cpu_list(&pool),
+                        method = r.method,
+                        fallback = r.fallback.as_deref().unwrap_or(""),
+                        processes_moved = r.processes_moved,
+                        cpusets_narrowed = r.cpusets_narrowed,
+                        moved = r.moved,
+                        unmovable = r.unmovable,
+                        irqs_moved = r.irqs_moved,
+                        irqs_unmovable = r.irqs_unmovable,
+                        "shield raised"
+                    );
+                    held.shielded = pool.clone();
+                    held.partition = r.partition;
+                }
+                Err(e) => {
+                    return Err(cpus::PickError::Never(format!(
+                        "cannot raise the shield: {e}"
+                    )));
+                }
             }
         }
-        taken.extend(set.iter().copied());
+        held.taken.extend(set.iter().copied());
+        let method = match (&self.method, &held.partition) {
+            (shield::Method::Partition { .. }, Some(_)) => "partition",
+            (shield::Method::Cpuset { .. }, _) => "cpuset",
+            _ => "affinity",
+        };
         Ok(Exclusive {
             runner: Arc::clone(self),
             cpus: crate::host::format::format_cpu_list(&set),
             set,
+            method,
         })
+    }
+
+    /// Resolves once exclusive cores are released after this call (to wait for cores:
+    /// take the future, try, then await it).
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
     }
 
     /// Removes the directories of run cgroups at a clean stop (a crash leaves them for the
@@ -262,7 +347,19 @@ impl Runner {
         let cg = {
             let (host, layout, id2, limits) =
                 (host.clone(), layout, id2.clone(), job2.limits.clone());
-            match tokio::task::spawn_blocking(move || layout.create(&host, &id2, &limits)).await {
+            // An exclusive run on cgroup v2 lives in the shield's partition.
+            let partition = limits.cpus.as_ref().and_then(|_| {
+                self.cores
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .partition
+                    .clone()
+            });
+            match tokio::task::spawn_blocking(move || {
+                layout.create(&host, &id2, &limits, partition.as_deref())
+            })
+            .await
+            {
                 Ok(Ok(cg)) => cg,
                 Ok(Err(e)) => {
                     record.error = Some(e.to_string());

@@ -8,18 +8,21 @@ use std::time::Duration;
 
 use cleanroom_proto::{
     BaselineDeleteResult, BaselineInfo, BaselineListResult, BaselineParams, BatchInfo, BatchParams,
-    Comparison, EndReason, JSONRPC_VERSION, Notification, RunCancelResult, RunOutput, RunParams,
-    RunProgress, RunRecord, RunResult, RunStarted, RunsCompareParams, RunsListParams,
+    Comparison, CpuRequest, EndReason, JSONRPC_VERSION, Notification, RunCancelResult, RunOutput,
+    RunParams, RunProgress, RunRecord, RunResult, RunStarted, RunsCompareParams, RunsListParams,
     RunsListResult,
 };
 use tokio::sync::mpsc;
 
 use super::peer::Peer;
 use super::{Call, Error};
+use crate::host::format::parse_cpu_list;
 use crate::run::cgroup::Limits;
-use crate::run::{Chunk, Job, compare, spawn, stats};
+use crate::run::cpus::PickError;
+use crate::run::{Chunk, Job, Want, compare, spawn, stats};
 use crate::state::State;
 use crate::store::history;
+use crate::tune::profile::Setting;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -77,14 +80,20 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
     if p.memory.is_some_and(|m| m < 1 << 20) {
         return bad("memory must be at least 1 MiB".into());
     }
-    if p.cpus.is_some() && !p.exclusive {
-        return bad("cpus needs exclusive".into());
+    if (p.cpus.is_some() || p.wait) && !p.exclusive {
+        return bad("cpus and wait need exclusive".into());
     }
     if p.realtime && !p.exclusive {
         return bad("realtime needs exclusive: a SCHED_FIFO run must have cores of its own".into());
     }
-    if p.cpus == Some(0) {
-        return bad("cpus must be at least 1".into());
+    match &p.cpus {
+        Some(CpuRequest::Count(0)) => return bad("cpus must be at least 1".into()),
+        Some(CpuRequest::List(l)) if parse_cpu_list(l).is_err() => {
+            return bad(format!(
+                "cpus: {l:?} is neither a count nor a CPU list (like 2,3 or 4-7)"
+            ));
+        }
+        _ => {}
     }
     if p.cpu_percent.is_some_and(|c| c > 100 * 4096) {
         return bad("cpu_percent is at most 409600 (4096 CPUs)".into());
@@ -191,16 +200,33 @@ pub async fn start(
     };
     let total = p.warmup + p.repeat;
     let mut job = job;
-    // Exclusive cores for the whole batch; the shield goes up with the first holder.
-    let exclusive = if p.exclusive {
-        let runner = Arc::clone(&state.runner);
-        let count = p.cpus.unwrap_or(1) as usize;
-        let guard = tokio::task::spawn_blocking(move || runner.take_exclusive(count))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(Error::Run)?;
-        job.limits.cpus = Some(guard.cpus.clone());
-        Some(guard)
+    let want = match &p.cpus {
+        _ if !p.exclusive => None,
+        None => Some(Want::Count(1)),
+        Some(CpuRequest::Count(n)) => Some(Want::Count(*n as usize)),
+        Some(CpuRequest::List(l)) => Some(Want::List(parse_cpu_list(l).map_err(|e| {
+            Error::InvalidParams {
+                method: "run.start",
+                detail: format!("cpus: {l:?} is not a CPU list: {e}"),
+            }
+        })?)),
+    };
+    // The pool: the active profile's `[isolation] cpus`, else the configured one.
+    let pool = if want.is_some() {
+        let profiles = Arc::clone(&live.profiles);
+        state
+            .store
+            .call(move |c| crate::store::journal::state(c))
+            .await?
+            .filter(|t| t.phase == "active")
+            .and_then(|t| t.profile)
+            .and_then(|name| {
+                let p = profiles.get(&name).ok()?;
+                match &p.settings.get("isolation.cpus")?.setting {
+                    Setting::IsolationCpus(set) => Some(set.clone()),
+                    _ => None,
+                }
+            })
     } else {
         None
     };
@@ -223,12 +249,61 @@ pub async fn start(
             batch: batch.clone(),
         },
     );
+    let wait = p.wait;
     // The run lives in its own task: if the client goes away its request future is
     // dropped, but the run still ends through the cancel token and cleans up.
     let task = state.runs.spawn(async move {
-        // First thing in the task: from here on the exclusive cores are released by the
-        // task, on a blocking thread, whatever happens to the request.
         let _ = notify.send(started).await;
+        let forget = || {
+            active
+                .active_runs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&done_batch);
+        };
+        // Exclusive cores for the whole batch; the shield goes up with the first holder.
+        // From here on the cores are released by this task, on a blocking thread,
+        // whatever happens to the request.
+        let exclusive = match want {
+            None => None,
+            Some(want) => loop {
+                let released = runner.released();
+                let (r, w, pool) = (Arc::clone(&runner), want.clone(), pool.clone());
+                let taken =
+                    tokio::task::spawn_blocking(move || r.take_exclusive(&w, pool.as_ref()))
+                        .await
+                        .map_err(|e| Error::Internal(e.to_string()));
+                match taken {
+                    Ok(Ok(guard)) => break Some(guard),
+                    Ok(Err(PickError::Busy(why))) if wait => {
+                        tracing::debug!(reason = %why, "waiting for exclusive cores");
+                        tokio::select! {
+                            () = released => continue,
+                            () = cancel.cancelled() => {
+                                forget();
+                                return Err(Error::Run(format!("cancelled while waiting: {why}")));
+                            }
+                        }
+                    }
+                    Ok(Err(PickError::Busy(why))) => {
+                        forget();
+                        return Err(Error::Run(format!("{why} (--wait waits for them)")));
+                    }
+                    Ok(Err(PickError::Never(why))) => {
+                        forget();
+                        return Err(Error::Run(why));
+                    }
+                    Err(e) => {
+                        forget();
+                        return Err(e);
+                    }
+                }
+            },
+        };
+        let shield = exclusive.as_ref().map(|g| g.method.to_owned());
+        if let Some(guard) = &exclusive {
+            job.limits.cpus = Some(guard.cpus.clone());
+        }
         let mut measured: Vec<RunRecord> = Vec::new();
         for i in 0..total {
             let (tx, mut rx) = mpsc::channel::<Chunk>(64);
@@ -275,20 +350,16 @@ pub async fn start(
                 break;
             }
         }
-        active
-            .active_runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&done_batch);
+        forget();
         // Releasing the cores (and lowering the shield) scans /proc: off the async threads.
         if let Some(guard) = exclusive {
             let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
         }
-        measured
+        Ok((measured, shield))
     });
-    let measured = task
+    let (measured, shield) = task
         .await
-        .map_err(|e| Error::Internal(format!("run task failed: {e}")))?;
+        .map_err(|e| Error::Internal(format!("run task failed: {e}")))??;
     let last = measured
         .last()
         .cloned()
@@ -299,6 +370,7 @@ pub async fn start(
         runs: Vec::new(),
         stats: BTreeMap::new(),
         comparison: None,
+        shield,
     };
     if p.repeat > 1 {
         let metric = |f: fn(&RunRecord) -> f64| measured.iter().map(f).collect::<Vec<f64>>();

@@ -82,6 +82,21 @@ const MIGRATIONS: &[&str] = &[
         shielded   TEXT    NOT NULL,
         online     TEXT    NOT NULL
     );",
+    // 4: the cgroup shields. v1: the cpuset the other tasks were moved into (and the
+    // mount they came from), the cpusets that gave up the shielded CPUs, and which thread
+    // masks belong to moved tasks; v2: the cpuset partition of exclusive runs and the
+    // controllers the shield enabled in the root cgroup.
+    "ALTER TABLE shield ADD COLUMN moved INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE shield_meta ADD COLUMN cpuset_dir TEXT;
+    ALTER TABLE shield_meta ADD COLUMN cpuset_mount TEXT;
+    ALTER TABLE shield_meta ADD COLUMN partition TEXT;
+    ALTER TABLE shield_meta ADD COLUMN root_enabled TEXT;
+    CREATE TABLE shield_cpuset (
+        path       TEXT PRIMARY KEY,
+        depth      INTEGER NOT NULL,
+        original   TEXT    NOT NULL,
+        written    TEXT    NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.
