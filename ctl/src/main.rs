@@ -96,7 +96,7 @@ enum Command {
     /// Stored runs: list, show, compare.
     #[command(subcommand)]
     Runs(RunsCommand),
-    /// Baselines: list, delete (save one with `run --save-baseline NAME`).
+    /// Baselines: list, save, delete (or save one with `run --save-baseline NAME`).
     #[command(subcommand)]
     Baseline(BaselineCommand),
     /// Tuning profiles: list, show, apply, revert, verify, recommend.
@@ -160,6 +160,11 @@ struct RunArgs {
     /// A label stored with the run.
     #[arg(long)]
     label: Option<String>,
+    /// Start the run and return at once with its batch id; it goes on without this
+    /// client (ended only by `runs cancel` or the daemon stopping) and its result is
+    /// stored: `cleanroomctl runs show BATCH` once it has ended. Output is not kept.
+    #[arg(long)]
+    detach: bool,
     /// Run as this user (name or uid) instead of yourself; role admin only.
     #[arg(long, value_name = "USER")]
     user: Option<String>,
@@ -304,6 +309,15 @@ enum BaselineCommand {
     /// Every baseline.
     #[command(after_help = "Examples:\n  cleanroomctl baseline list")]
     List,
+    /// Name a stored batch (see `runs list`) as a baseline; `run --baseline NAME` then
+    /// compares against it.
+    #[command(after_help = "Examples:\n  cleanroomctl baseline save main 1795444724295")]
+    Save {
+        /// The baseline's name (letters, digits, . _ -).
+        name: String,
+        /// The stored batch.
+        batch: String,
+    },
     /// Forget a baseline (yours, or any as admin).
     #[command(after_help = "Examples:\n  cleanroomctl baseline delete main")]
     Delete {
@@ -437,6 +451,20 @@ fn run(cli: &Cli) -> Result<(), CallError> {
             let r = client.call::<BaselineList>(&NoParams {})?;
             emit(cli, &r, || output::baselines(&r))
         }
+        Command::Baseline(BaselineCommand::Save {
+            ref name,
+            ref batch,
+        }) => {
+            let r = client.call::<cleanroom_proto::BaselineSave>(
+                &cleanroom_proto::BaselineSaveParams {
+                    name: name.clone(),
+                    batch: batch.clone(),
+                },
+            )?;
+            emit(cli, &r, || {
+                format!("baseline {} is batch {}\n", r.name, r.batch)
+            })
+        }
         Command::Baseline(BaselineCommand::Delete { ref name }) => {
             let r = client.call::<BaselineDelete>(&BaselineParams { name: name.clone() })?;
             emit(cli, &r, || {
@@ -533,6 +561,7 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         exclusive: a.exclusive,
         cpus: a.cpus.clone(),
         wait: a.wait,
+        detach: a.detach,
         realtime: a.realtime,
         baseline: a.baseline.clone(),
         repeat: a.repeat,
@@ -576,6 +605,15 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         _ => {}
     };
     let r = client.call_streaming::<RunStart>(&params, &mut on_note)?;
+    if r.detached {
+        return emit(cli, &r, || {
+            format!(
+                "batch {b} runs detached: `cleanroomctl runs show {b}` once it has ended, \
+                 `cleanroomctl runs cancel {b}` to end it now\n",
+                b = r.batch
+            )
+        });
+    }
     if json {
         emit(cli, &r, String::new)?;
     } else {

@@ -258,6 +258,7 @@ pub fn run_exit_code(r: &cleanroom_proto::RunRecord) -> u8 {
             r.signal.map_or(1, |s| (128 + s).min(255) as u8)
         }
         EndReason::FailedToStart => r.exit_code.map_or(1, |c| (c & 0xff) as u8),
+        EndReason::Running => 0,
     }
 }
 

@@ -74,6 +74,7 @@
 //! | `runs.show` | reader | [`BatchParams`] | [`RunResult`] |
 //! | `runs.compare` | reader | [`RunsCompareParams`] | [`Comparison`] |
 //! | `baseline.list` | reader | none | [`BaselineListResult`] |
+//! | `baseline.save` | runner | [`BaselineSaveParams`] | [`BaselineInfo`] |
 //! | `baseline.delete` | runner | [`BaselineParams`] | [`BaselineDeleteResult`] |
 //!
 //! Each method is also a type implementing [`Method`], which ties its name, role and
@@ -776,6 +777,11 @@ pub struct RunParams {
     /// A label stored with the run.
     #[serde(default)]
     pub label: Option<String>,
+    /// Answer at once (with the batch id and `end_reason` `running`) and let the batch run
+    /// on without the client: it is not cancelled when the connection closes, only by
+    /// `run.cancel` or the daemon stopping; its result is stored (`runs.show`).
+    #[serde(default)]
+    pub detach: bool,
     /// Measured repetitions (default 1).
     #[serde(default = "default_one")]
     pub repeat: u32,
@@ -824,6 +830,8 @@ pub enum EndReason {
     Cancelled,
     /// It could not start (command not found: 127; not executable: 126).
     FailedToStart,
+    /// Still running: the answer to a detached start (`detach`).
+    Running,
 }
 
 /// One execution.
@@ -863,6 +871,30 @@ pub struct RunRecord {
     /// Why it could not start, if it could not.
     #[serde(default)]
     pub error: Option<String>,
+}
+
+impl RunRecord {
+    /// A record of run `id` on `cpus` that has nothing measured yet.
+    pub fn new(id: String, end_reason: EndReason, cpus: String) -> Self {
+        Self {
+            id,
+            exit_code: None,
+            signal: None,
+            end_reason,
+            wall_ms: 0.0,
+            user_ms: 0.0,
+            sys_ms: 0.0,
+            max_rss_kb: 0,
+            voluntary_ctxt_switches: 0,
+            involuntary_ctxt_switches: 0,
+            oom_kills: 0,
+            killed: 0,
+            cpus,
+            noise: Noise::default(),
+            output_truncated: false,
+            error: None,
+        }
+    }
 }
 
 /// Interference seen during a run.
@@ -955,6 +987,9 @@ pub struct RunResult {
     /// exclusive run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shield: Option<String>,
+    /// The answer to a detached start: the batch is still running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
 }
 
 method!(
@@ -974,6 +1009,22 @@ method!(
     /// `baseline.list`: every baseline.
     BaselineList, "baseline.list", Role::Reader, false, NoParams, BaselineListResult
 );
+method!(
+    /// `baseline.save`: name a stored batch as a baseline (a batch the caller may see; an
+    /// existing baseline of that name is replaced only by its owner or an admin).
+    BaselineSave, "baseline.save", Role::Runner, true, BaselineSaveParams, BaselineInfo
+);
+
+/// Params of `baseline.save`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineSaveParams {
+    /// Baseline name (letters, digits, `.`, `_`, `-`; at most 64).
+    pub name: String,
+    /// The stored batch it names (`runs.list`).
+    pub batch: String,
+}
+
 method!(
     /// `baseline.delete`: forget a baseline (its owner or an admin).
     BaselineDelete, "baseline.delete", Role::Runner, true, BaselineParams, BaselineDeleteResult

@@ -315,24 +315,11 @@ impl Runner {
         cancel: CancellationToken,
     ) -> RunRecord {
         let id = self.next.fetch_add(1, Ordering::Relaxed).to_string();
-        let mut record = RunRecord {
-            id: id.clone(),
-            exit_code: None,
-            signal: None,
-            end_reason: EndReason::FailedToStart,
-            wall_ms: 0.0,
-            user_ms: 0.0,
-            sys_ms: 0.0,
-            max_rss_kb: 0,
-            voluntary_ctxt_switches: 0,
-            involuntary_ctxt_switches: 0,
-            oom_kills: 0,
-            killed: 0,
-            cpus: job.limits.cpus.clone().unwrap_or_else(|| self.cpus()),
-            noise: Noise::default(),
-            output_truncated: false,
-            error: None,
-        };
+        let mut record = RunRecord::new(
+            id.clone(),
+            EndReason::FailedToStart,
+            job.limits.cpus.clone().unwrap_or_else(|| self.cpus()),
+        );
         let layout = match &self.layout {
             Ok(l) => l.clone(),
             Err(e) => {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use cleanroom_proto::{
-    BaselineDelete, BaselineList, Caller, Method, Metrics, MetricsResult, NoParams, Ping,
-    PingResult, ProfileActive, ProfileApply, ProfileInfo, ProfileList, ProfileListResult,
+    BaselineDelete, BaselineList, BaselineSave, Caller, Method, Metrics, MetricsResult, NoParams,
+    Ping, PingResult, ProfileActive, ProfileApply, ProfileInfo, ProfileList, ProfileListResult,
     ProfileRecommend, ProfileRevert, ProfileShow, ProfileShowParams, ProfileShowResult,
     ProfileVerify, Reload, Role, RunCancel, RunStart, RunsCompare, RunsList, RunsShow, SettingInfo,
     Status, StatusResult, TuneResult,
@@ -38,6 +38,7 @@ pub const KNOWN_METHODS: &[&str] = &[
     RunsShow::NAME,
     RunsCompare::NAME,
     BaselineList::NAME,
+    BaselineSave::NAME,
     BaselineDelete::NAME,
 ];
 
@@ -58,6 +59,9 @@ pub async fn dispatch(
         }
         BaselineList::NAME => {
             invoke::<BaselineList, _, _>(params, peer, state, runs::baselines).await
+        }
+        BaselineSave::NAME => {
+            invoke::<BaselineSave, _, _>(params, peer, state, runs::save_baseline).await
         }
         BaselineDelete::NAME => {
             invoke::<BaselineDelete, _, _>(params, peer, state, runs::delete_baseline).await
@@ -369,6 +373,7 @@ pub fn role_for(method: &str) -> Option<Role> {
         RunsShow::NAME => Some(RunsShow::ROLE),
         RunsCompare::NAME => Some(RunsCompare::ROLE),
         BaselineList::NAME => Some(BaselineList::ROLE),
+        BaselineSave::NAME => Some(BaselineSave::ROLE),
         BaselineDelete::NAME => Some(BaselineDelete::ROLE),
         _ => None,
     }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cleanroom_proto::{
-    BaselineDeleteResult, BaselineInfo, BaselineListResult, BaselineParams, BatchInfo, BatchParams,
-    Comparison, CpuRequest, EndReason, JSONRPC_VERSION, Notification, RunCancelResult, RunOutput,
-    RunParams, RunProgress, RunRecord, RunResult, RunStarted, RunsCompareParams, RunsListParams,
-    RunsListResult,
+    BaselineDeleteResult, BaselineInfo, BaselineListResult, BaselineParams, BaselineSaveParams,
+    BatchInfo, BatchParams, Comparison, CpuRequest, EndReason, JSONRPC_VERSION, Notification,
+    RunCancelResult, RunOutput, RunParams, RunProgress, RunRecord, RunResult, RunStarted,
+    RunsCompareParams, RunsListParams, RunsListResult,
 };
 use tokio::sync::mpsc;
 
@@ -128,6 +128,9 @@ pub async fn start(
             });
         }
     }
+    if let Some(name) = &p.save_baseline {
+        may_replace_baseline(&state, &peer, name, "run.start").await?;
+    }
     // The baseline must exist before anything runs.
     let baseline = match &p.baseline {
         Some(name) => match load(&state, &format!("baseline:{name}")).await {
@@ -233,8 +236,17 @@ pub async fn start(
     let runner = Arc::clone(&state.runner);
     let request = call.id.clone();
     let notify = call.notify.clone();
-    let cancel = call.cancel.child_token();
+    // A detached batch is not ended by its client going away, only by run.cancel and the
+    // daemon stopping.
+    let detach = p.detach;
+    let cancel = if detach {
+        state.shutdown.child_token()
+    } else {
+        call.cancel.child_token()
+    };
     let batch = runner.new_id();
+    let answer_batch = batch.clone();
+    let uid = peer.uid;
     state
         .active_runs
         .lock()
@@ -350,27 +362,54 @@ pub async fn start(
                 break;
             }
         }
-        forget();
         // Releasing the cores (and lowering the shield) scans /proc: off the async threads.
         if let Some(guard) = exclusive {
             let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
         }
-        Ok((measured, shield))
+        let finished = finish(&p, batch.clone(), measured, shield, baseline, &active, uid).await;
+        forget();
+        finished
     });
-    let (measured, shield) = task
-        .await
-        .map_err(|e| Error::Internal(format!("run task failed: {e}")))??;
+    if detach {
+        // The batch goes on without this connection; its result lands in the history.
+        return Ok(RunResult {
+            batch: answer_batch,
+            last: RunRecord::new(String::new(), EndReason::Running, String::new()),
+            runs: Vec::new(),
+            stats: BTreeMap::new(),
+            comparison: None,
+            shield: None,
+            detached: true,
+        });
+    }
+    task.await
+        .map_err(|e| Error::Internal(format!("run task failed: {e}")))?
+}
+
+/// Statistics, the comparison with the baseline, and the history (and the baseline to
+/// save) once a batch has run.
+async fn finish(
+    p: &RunParams,
+    batch: String,
+    measured: Vec<RunRecord>,
+    shield: Option<String>,
+    baseline: Option<(String, RunResult)>,
+    state: &Arc<State>,
+    uid: u32,
+) -> Result<RunResult, Error> {
+    let live = state.live();
     let last = measured
         .last()
         .cloned()
         .ok_or_else(|| Error::Internal("no run was carried out".into()))?;
     let mut result = RunResult {
-        batch: batch.clone(),
+        batch,
         last,
         runs: Vec::new(),
         stats: BTreeMap::new(),
         comparison: None,
         shield,
+        detached: false,
     };
     if p.repeat > 1 {
         let metric = |f: fn(&RunRecord) -> f64| measured.iter().map(f).collect::<Vec<f64>>();
@@ -401,14 +440,13 @@ pub async fn start(
     let row = history::BatchRow {
         batch: result.batch.clone(),
         ts: 0.0,
-        uid: peer.uid,
+        uid,
         label: p.label.clone(),
         argv: serde_json::to_string(&p.argv).unwrap_or_default(),
         result: serde_json::to_string(&result).unwrap_or_default(),
     };
     let keep = live.config.runs.history_limit;
     let save = p.save_baseline.clone();
-    let uid = peer.uid;
     state
         .store
         .call(move |c| {
@@ -556,6 +594,19 @@ pub async fn list(
 
 /// `runs.show`.
 pub async fn show(p: BatchParams, peer: Peer, state: Arc<State>) -> Result<RunResult, Error> {
+    let running = state
+        .active_runs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&p.batch)
+        .map(|(owner, _)| *owner);
+    if let Some(owner) = running.filter(|o| may_see(&peer, *o, &state)) {
+        return Err(Error::Run(format!(
+            "batch {} is still running (its result is stored when it ends; \
+             `cleanroomctl runs cancel {}` ends it now; owner uid {owner})",
+            p.batch, p.batch
+        )));
+    }
     let (_, owner, result) = load(&state, &p.batch).await?;
     if !may_see(&peer, owner, &state) {
         return Err(Error::Run(format!("batch {} is not yours", p.batch)));
@@ -606,6 +657,64 @@ pub async fn baselines(
 }
 
 /// `baseline.delete`: its owner or an admin.
+/// Refuses to replace a baseline of someone else's (only its owner or an admin may).
+async fn may_replace_baseline(
+    state: &Arc<State>,
+    peer: &Peer,
+    name: &str,
+    method: &'static str,
+) -> Result<(), Error> {
+    let n = name.to_owned();
+    let existing = state.store.call(move |c| history::baseline(c, &n)).await?;
+    match existing {
+        Some((_, uid)) if !may_see(peer, uid, state) => Err(Error::Run(format!(
+            "{method}: baseline {name} belongs to uid {uid}; pick another name"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `baseline.save`: names a stored batch.
+pub async fn save_baseline(
+    p: BaselineSaveParams,
+    peer: Peer,
+    state: Arc<State>,
+) -> Result<BaselineInfo, Error> {
+    if !valid_baseline_name(&p.name) {
+        return Err(Error::InvalidParams {
+            method: "baseline.save",
+            detail: format!(
+                "name: {:?} is not a name (letters, digits, . _ -; at most 64)",
+                p.name
+            ),
+        });
+    }
+    let (batch, owner, _) = load(&state, &p.batch)
+        .await
+        .map_err(|_| Error::Run(format!("baseline.save: no stored batch {}", p.batch)))?;
+    if !may_see(&peer, owner, &state) {
+        return Err(Error::Run(format!("batch {} is not yours", p.batch)));
+    }
+    may_replace_baseline(&state, &peer, &p.name, "baseline.save").await?;
+    let (name, b, uid) = (p.name.clone(), batch.clone(), peer.uid);
+    state
+        .store
+        .call(move |c| history::save_baseline(c, &name, &b, uid))
+        .await?;
+    let n = p.name.clone();
+    let ts = state
+        .store
+        .call(move |c| Ok(history::baselines(c)?.into_iter().find(|r| r.0 == n)))
+        .await?
+        .map_or(0.0, |r| r.2);
+    Ok(BaselineInfo {
+        name: p.name,
+        batch,
+        ts,
+        uid: peer.uid,
+    })
+}
+
 pub async fn delete_baseline(
     p: BaselineParams,
     peer: Peer,

@@ -1,0 +1,122 @@
+//! End-to-end tests of batches beyond one connection: detached runs and baselines saved
+//! from the history (real daemon, real processes; nothing outlives a test).
+
+use std::time::Duration;
+
+use cleanroom::runs::{alive, eventually, json_of};
+use cleanroom::{Daemon, is_root_or_skip};
+
+#[test]
+fn a_detached_run_goes_on_without_its_client_and_is_stored() {
+    if !is_root_or_skip("a_detached_run_goes_on_without_its_client_and_is_stored") {
+        return;
+    }
+    let d = Daemon::builder().start();
+    let go = d.dir().join("go");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.01; done; exit 3",
+        go.display()
+    );
+    let out = d.ctl(&["--json", "run", "--detach", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{out:?}");
+    let started = json_of(&out);
+    assert_eq!(started["detached"], true, "{started}");
+    assert_eq!(started["end_reason"], "running", "{started}");
+    let batch = started["batch"].as_str().unwrap().to_owned();
+    // The client is gone; the batch is not, and says so.
+    let out = d.ctl(&["runs", "show", &batch]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still running"),
+        "{out:?}"
+    );
+    std::fs::write(&go, "").unwrap();
+    assert!(eventually(Duration::from_secs(10), || d
+        .ctl(&["runs", "show", &batch])
+        .status
+        .success()));
+    let done = json_of(&d.ctl(&["--json", "runs", "show", &batch]));
+    assert_eq!(done["exit_code"], 3, "{done}");
+    assert_eq!(done["end_reason"], "exited", "{done}");
+
+    // Cancelled by id; and the daemon stopping ends one too.
+    let out = d.ctl(&["--json", "run", "--detach", "--", "sleep", "1203.1"]);
+    let batch = json_of(&out)["batch"].as_str().unwrap().to_owned();
+    assert!(eventually(Duration::from_secs(5), || !alive("1203.1").is_empty()));
+    let out = d.ctl(&["--json", "runs", "cancel", &batch]);
+    assert_eq!(json_of(&out)["cancelled"], true, "{out:?}");
+    assert!(eventually(Duration::from_secs(10), || d
+        .ctl(&["runs", "show", &batch])
+        .status
+        .success()));
+    let done = json_of(&d.ctl(&["--json", "runs", "show", &batch]));
+    assert_eq!(done["end_reason"], "cancelled", "{done}");
+    assert!(alive("1203.1").is_empty());
+    d.ctl(&["run", "--detach", "--", "sleep", "1203.2"]);
+    assert!(eventually(Duration::from_secs(5), || !alive("1203.2").is_empty()));
+    drop(d);
+    assert!(alive("1203.2").is_empty(), "{:?}", alive("1203.2"));
+}
+
+#[test]
+fn a_stored_batch_becomes_a_baseline_only_its_owner_may_replace() {
+    if !is_root_or_skip("a_stored_batch_becomes_a_baseline_only_its_owner_may_replace") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n")
+        .world_traversable()
+        .start();
+    let out = d.ctl(&["--json", "run", "--repeat", "3", "--", "true"]);
+    let batch = json_of(&out)["batch"].as_str().unwrap().to_owned();
+    let out = d.ctl(&["--json", "baseline", "save", "main", &batch]);
+    let saved = json_of(&out);
+    assert_eq!(saved["batch"], batch.as_str(), "{saved}");
+    assert_eq!(saved["uid"], 0, "{saved}");
+    let list = json_of(&d.ctl(&["--json", "baseline", "list"]));
+    assert_eq!(list["baselines"][0]["name"], "main", "{list}");
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--repeat",
+        "3",
+        "--baseline",
+        "main",
+        "--",
+        "true",
+    ]);
+    assert!(
+        json_of(&out)["comparison"].is_object(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Bad names and unknown batches are refused by name.
+    let out = d.ctl(&["baseline", "save", "no/slash", &batch]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"no/slash\" is not a name"));
+    let out = d.ctl(&["baseline", "save", "other", "4242"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no stored batch 4242"));
+
+    // Another user may neither replace root's baseline nor name root's batch.
+    let nobody = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
+    let out = d.ctl_as(&nobody, &["--json", "run", "--cwd", "/", "--", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    let mine = json_of(&out)["batch"].as_str().unwrap().to_owned();
+    let out = d.ctl_as(&nobody, &["baseline", "save", "main", &mine]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("belongs to uid 0"),
+        "{out:?}"
+    );
+    let out = d.ctl_as(
+        &nobody,
+        &["run", "--cwd", "/", "--save-baseline", "main", "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = d.ctl_as(&nobody, &["baseline", "save", "theirs", &batch]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = d.ctl_as(&nobody, &["baseline", "save", "mine", &mine]);
+    assert!(out.status.success(), "{out:?}");
+}
