@@ -687,6 +687,20 @@ fn a_realtime_run_is_sched_fifo_and_needs_exclusive_cores() {
         "1 1\n",
         "SCHED_FIFO priority 1"
     );
+    // With a CPU quota too: on v1 with RT group scheduling its cpu cgroup needs RT time.
+    let out = d.ctl(&[
+        "run",
+        "--exclusive",
+        "--realtime",
+        "--cpu-percent",
+        "50",
+        "--",
+        "python3",
+        "-c",
+        py,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1 1\n");
     let out = d.ctl(&["run", "--", "python3", "-c", py]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

@@ -31,6 +31,8 @@ pub struct Limits {
     pub cpu_percent: Option<u64>,
     /// CPUs the run may use (a CPU list); `None` keeps the parent's.
     pub cpus: Option<String>,
+    /// The run is SCHED_FIFO: with v1 RT group scheduling its cpu cgroup needs RT time.
+    pub realtime: bool,
 }
 
 /// Resource use read from a run's cgroup.
@@ -276,6 +278,33 @@ impl Layout {
     }
 }
 
+/// With RT group scheduling (v1 `cpu.rt_runtime_us`), a SCHED_FIFO task may only join a
+/// cpu cgroup that has RT time, and a cgroup only gets what its parent has: the runs'
+/// base takes its parent's (once; it keeps it until the daemon stops and removes it), the
+/// run takes the base's. Without the file there is nothing to do.
+fn grant_rt_time(host: &Host, run: &str) -> Result<(), HostError> {
+    let file = |d: &str| join(d, "cpu.rt_runtime_us");
+    if !host.exists(&file(run)) {
+        return Ok(());
+    }
+    let base = run.rsplit_once('/').map_or("/", |(p, _)| p);
+    let parent = base.rsplit_once('/').map_or("/", |(p, _)| p);
+    let num = |d: &str| -> u64 {
+        host.read(&file(d))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    if num(base) == 0 {
+        // The parent's siblings may hold some: ask for less until the kernel agrees.
+        let mut want = num(parent);
+        while want >= 1000 && host.write(&file(base), &want.to_string()).is_err() {
+            want /= 2;
+        }
+    }
+    host.write(&file(run), &num(base).to_string())
+}
+
 fn inherit_cpuset(host: &Host, dir: &str) -> Result<(), HostError> {
     let parent = dir.rsplit_once('/').map_or("/", |(p, _)| p);
     for f in ["cpuset.cpus", "cpuset.mems"] {
@@ -369,6 +398,11 @@ impl RunCgroup {
                     }
                     host.write(&join(d, "memory.swappiness"), "0").ok();
                 }
+            }
+        }
+        if l.realtime && !self.v2 {
+            if let Some(d) = self.dir_with("cpu") {
+                grant_rt_time(host, d)?;
             }
         }
         if let Some(pct) = l.cpu_percent {
@@ -654,6 +688,7 @@ mod tests {
             pids: Some(100),
             cpu_percent: Some(150),
             cpus: Some("1".into()),
+            realtime: false,
         };
         let run = format!("{base}/runs-t/run-7");
         let cg = layout.create(&host, "7", &limits, None).unwrap();

@@ -505,8 +505,21 @@ impl Runner {
         // Nothing outlives the run: whatever the program left behind goes now.
         let (h, c) = (host.clone(), cg.clone());
         let (left, usage) = tokio::task::spawn_blocking(move || {
-            let n = c.kill_all(&h) as u64;
-            c.wait_empty(&h, Duration::from_secs(5));
+            // Kill rounds until the cgroup is empty: a process stuck in the kernel
+            // (uninterruptible I/O) dies only when it gets out; each round takes what
+            // forked or arrived since.
+            let mut n = 0;
+            for round in 1..=30 {
+                n += c.kill_all(&h) as u64;
+                if c.wait_empty(&h, Duration::from_secs(1)) {
+                    break;
+                }
+                tracing::warn!(
+                    round,
+                    left = c.pids(&h).len(),
+                    "run processes outlive SIGKILL; killing again"
+                );
+            }
             (n, c.usage(&h))
         })
         .await

@@ -198,6 +198,7 @@ pub async fn start(
             pids: p.pids,
             cpu_percent: p.cpu_percent,
             cpus: None,
+            realtime: p.realtime,
         },
         timeout: p.timeout_ms.map(Duration::from_millis),
     };
