@@ -28,9 +28,11 @@
 //! and affinity shields; a v2 partition cannot leave anyone on its CPUs, so a host that
 //! needs exemptions on v2 turns it off (`runs.shield_partition = false`).
 //!
-//! Limitations: IRQs created while the shield is up are not moved (nor restored); threads
-//! born under the affinity shield get every online CPU back only when their mask is exactly
-//! the shield's.
+//! IRQs that appear while the shield is up take its default affinity and get the original
+//! default back when it comes down (every IRQ is journaled, so they are told apart).
+//!
+//! Limitation: threads born under the affinity shield get every online CPU back only when
+//! their mask is exactly the shield's (the cpuset and partition shields have no such gap).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -570,12 +572,17 @@ fn irqs_off(
     cpus: &BTreeSet<u32>,
     raised: &mut Raised,
 ) -> rusqlite::Result<()> {
+    // Every IRQ is journaled, those left alone with their affinity unchanged: lowering
+    // then knows which IRQs appeared while the shield was up.
     let irqs: Vec<(String, bool, BTreeSet<u32>, BTreeSet<u32>)> = irq_files(host)
         .into_iter()
-        .filter(|(_, _, set)| !set.is_disjoint(cpus))
-        .filter_map(|(path, mask, set)| {
+        .map(|(path, mask, set)| {
             let reduced: BTreeSet<u32> = set.difference(cpus).copied().collect();
-            (!reduced.is_empty()).then_some((path, mask, set, reduced))
+            if set.is_disjoint(cpus) || reduced.is_empty() {
+                (path, mask, set.clone(), set)
+            } else {
+                (path, mask, set, reduced)
+            }
         })
         .collect();
     let tx = conn.transaction()?;
@@ -592,7 +599,7 @@ fn irqs_off(
         }
     }
     tx.commit()?;
-    for (path, mask, _, reduced) in &irqs {
+    for (path, mask, _, reduced) in irqs.iter().filter(|(_, _, o, r)| o != r) {
         if write_irq(host, path, *mask, reduced) {
             raised.irqs_moved += 1;
         } else {
@@ -677,6 +684,48 @@ fn uptime_ticks(host: &Host) -> u64 {
         .ok()
         .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0, |s| (s * hz) as u64)
+}
+
+/// IRQs that appeared while the shield was up took the shield's default affinity; those
+/// that still have exactly it get the default's original back (every online CPU if the
+/// default was not narrowed).
+fn widen_new_irqs(
+    host: &Host,
+    conn: &Connection,
+    journaled: &[(String, String, String)],
+) -> rusqlite::Result<usize> {
+    let meta: Option<(String, String, String)> = conn
+        .query_row(
+            "SELECT boot_id, shielded, online FROM shield_meta WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((boot_id, shielded, online)) = meta else {
+        return Ok(0);
+    };
+    if host.boot_id().ok().as_deref() != Some(boot_id.as_str()) {
+        return Ok(0);
+    }
+    let (Ok(shielded), Ok(online)) = (parse_cpu_list(&shielded), parse_cpu_list(&online)) else {
+        return Ok(0);
+    };
+    let reduced: BTreeSet<u32> = online.difference(&shielded).copied().collect();
+    let default = journaled
+        .iter()
+        .find(|(p, _, _)| p.ends_with("default_smp_affinity"))
+        .and_then(|(_, original, _)| parse_cpu_list(original).ok())
+        .unwrap_or(online);
+    let mut widened = 0;
+    for (path, mask, current) in irq_files(host) {
+        if mask || current != reduced || journaled.iter().any(|(p, _, _)| *p == path) {
+            continue;
+        }
+        if write_irq(host, &path, false, &default) {
+            widened += 1;
+        }
+    }
+    Ok(widened)
 }
 
 /// Threads born while the shield was up inherited a mask without the shielded CPUs; those
@@ -919,10 +968,14 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
             continue;
         };
         // Compare-and-swap: only an affinity still as the shield left it goes back.
-        if current.as_ref() == Some(&written) && write_irq(host, path, mask, &original) {
+        if original != written
+            && current.as_ref() == Some(&written)
+            && write_irq(host, path, mask, &original)
+        {
             restored += 1;
         }
     }
+    restored += widen_new_irqs(host, conn, &irqs)?;
     conn.execute("DELETE FROM shield_irq", [])?;
     restored += widen_newborn(host, conn)?;
     conn.execute("DELETE FROM shield_meta", [])?;
@@ -1040,6 +1093,39 @@ mod tests {
         );
         assert!(e.unwrap_err().contains("covers every online CPU"));
         lower(&host, &mut conn).unwrap();
+    }
+
+    #[test]
+    fn irqs_that_appear_under_the_shield_get_the_default_back() {
+        let (tmp, host) = crate::host::fake_root(&[
+            ("/sys/devices/system/cpu/online", "0-3\n"),
+            ("/proc/sys/kernel/random/boot_id", "b\n"),
+            ("/proc/irq/default_smp_affinity", "f\n"),
+            ("/proc/irq/1/smp_affinity_list", "0-3\n"),
+            // Pinned by an admin to exactly what the shield leaves: not the shield's doing.
+            ("/proc/irq/3/smp_affinity_list", "0-1\n"),
+        ]);
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(store_dir.path()).unwrap();
+        let mut conn = store.lock_blocking();
+        let r = raise(
+            &host,
+            &mut conn,
+            &[2, 3].into(),
+            &Exempt::default(),
+            &Method::Affinity,
+        )
+        .unwrap();
+        assert_eq!(r.irqs_moved, 2, "the default and IRQ 1");
+        assert_eq!(host.read("/proc/irq/1/smp_affinity_list").unwrap(), "0-1");
+        // IRQ 2 appears meanwhile, with the shield's default.
+        std::fs::create_dir_all(tmp.path().join("proc/irq/2")).unwrap();
+        std::fs::write(tmp.path().join("proc/irq/2/smp_affinity_list"), "0-1\n").unwrap();
+        lower(&host, &mut conn).unwrap();
+        assert_eq!(host.read("/proc/irq/1/smp_affinity_list").unwrap(), "0-3");
+        assert_eq!(host.read("/proc/irq/2/smp_affinity_list").unwrap(), "0-3");
+        assert_eq!(host.read("/proc/irq/3/smp_affinity_list").unwrap(), "0-1\n");
+        assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "f");
     }
 
     #[test]
