@@ -34,7 +34,20 @@ printf '[runs]\nshield_exempt_pids = [1]\n' > "$work/c.toml"
 pid=$!
 for _ in $(seq 1 200); do "$bin/cleanroomctl" --socket "$work/d.sock" ping >/dev/null 2>&1 && break; sleep 0.01; done
 ctl() { "$bin/cleanroomctl" --socket "$work/d.sock" "$@"; }
-cv() { python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]["wall_ms"]; print("mean %.1f ms, CV %.2f%%, min %.1f, max %.1f" % (s["mean"], s["cv_percent"], s["min"], s["max"]))'; }
+# The CV of wall time, and what the noise report saw over the 30 runs: foreign CPU time on
+# the run's CPUs in all and in the worst run, of which irq and steal.
+cv() { python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+s = r["stats"]["wall_ms"]
+line = "mean %.1f ms, CV %.2f%%, min %.1f, max %.1f" % (s["mean"], s["cv_percent"], s["min"], s["max"])
+noise = [x["noise"] for x in r["runs"]]
+f = [n["foreign_cpu_ms"] for n in noise if n.get("foreign_cpu_ms") is not None]
+if f:
+    total = lambda k: sum(n.get(k) or 0 for n in noise)
+    line += "; noise: foreign %.1f ms in all, max %.1f ms in a run (irq %.1f, steal %.1f) on CPUs %s" % (
+        sum(f), max(f), total("irq_ms"), total("steal_ms"), r["cpus"])
+print(line)'; }
 echo "idle machine, plain:      $(ctl --json run --repeat 30 --warmup 3 -- "$work/bench" 2>/dev/null | cv)"
 stress-ng --cpu 2 --quiet &
 load=$!

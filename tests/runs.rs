@@ -8,7 +8,7 @@ use std::time::Duration;
 use cleanroom::runs::{alive, eventually, json_of, my_cpus, next_output, online_cpus, start_run};
 use cleanroom::{Daemon, RawClient, is_root_or_skip};
 use nix::sys::signal::Signal;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The run cgroups the daemon has now (directories `run-*` below the bases it reports).
 fn run_cgroups(d: &Daemon) -> Vec<String> {
@@ -715,6 +715,112 @@ fn a_realtime_run_is_sched_fifo_and_needs_exclusive_cores() {
             .as_str()
             .unwrap()
             .contains("realtime needs exclusive")
+    );
+}
+
+/// A thread spinning on one CPU until dropped, so it stops even when an assertion fails.
+struct Spinner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Spinner {
+    fn on(cpu: usize) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut set = nix::sched::CpuSet::new();
+            let pinned = set.set(cpu).is_ok()
+                && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_ok();
+            let _ = tx.send(pinned);
+            // Pinned or not, the thread (and its mask) ends with the spinner.
+            while pinned && !flag.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let spinner = Self {
+            stop,
+            thread: Some(thread),
+        };
+        assert_eq!(
+            rx.recv().ok(),
+            Some(true),
+            "cannot pin a thread to CPU {cpu}"
+        );
+        spinner
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn the_noise_report_sees_a_busy_loop_on_the_runs_cpus() {
+    if !is_root_or_skip("the_noise_report_sees_a_busy_loop_on_the_runs_cpus") {
+        return;
+    }
+    if online_cpus() == "0" {
+        eprintln!("skipping: one CPU, no exclusive control run");
+        return;
+    }
+    // No shield from another test may move the spinner while it runs.
+    let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let d = Daemon::builder()
+        .config("[runs]\nshield_exempt_pids = [1]\n")
+        .start();
+    let foreign = |r: &Value| {
+        let noise = &r["noise"];
+        for key in [
+            "foreign_cpu_ms",
+            "irq_ms",
+            "steal_ms",
+            "freq_min_khz",
+            "freq_max_khz",
+            "throttle_events",
+            "cpu_pressure_us",
+        ] {
+            assert!(noise.get(key).is_some(), "{key} missing from {r}");
+        }
+        noise["foreign_cpu_ms"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no foreign CPU time on this host: {r}"))
+    };
+    // CPU 0 stays busy the whole time: a plain run (every CPU of the daemon, CPU 0
+    // among them) sees about its wall time of foreign work; an exclusive run on CPU 1
+    // does not.
+    let spinner = Spinner::on(0);
+    let plain = json_of(&d.ctl(&["--json", "run", "--", "sleep", "0.5"]));
+    let exclusive = json_of(&d.ctl(&["--json", "run", "--exclusive", "--", "sleep", "0.5"]));
+    drop(spinner);
+    assert!(
+        plain["cpus"].as_str().unwrap().contains('0'),
+        "the plain run may use CPU 0: {plain}"
+    );
+    assert_eq!(exclusive["cpus"], "1", "{exclusive}");
+    let (busy, quiet) = (foreign(&plain), foreign(&exclusive));
+    let wall = plain["wall_ms"].as_f64().unwrap();
+    assert!(
+        busy >= 0.5 * wall,
+        "a CPU kept busy for the whole run is foreign work: {busy} ms of {wall} ms\n{plain}"
+    );
+    assert!(
+        quiet < busy / 4.0,
+        "the exclusive run's CPU had no spinner: {quiet} ms vs {busy} ms\n{exclusive}"
+    );
+    // The human summary says it too.
+    let out = d.ctl(&["run", "--", "true"]);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("noise") && summary.contains("foreign ") && summary.contains(" on CPU"),
+        "{summary}"
     );
 }
 

@@ -122,6 +122,13 @@ fn the_v1_shield_moves_tasks_into_a_cpuset_and_narrows_other_cpusets() {
     foreign.add(&in_foreign.pid());
     // A process in the root cpuset, and one the config exempts by name.
     let plain = Proc::start("sleep", &["1201.2"]);
+    // One pinned to the CPU the run will get.
+    let pinned = Proc::start("taskset", &["-c", "1", "sleep", "1201.4"]);
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{}/comm", pinned.pid()))
+            .is_ok_and(|c| c.trim() == "sleep")
+    }));
+    assert_eq!(cpus_of(&pinned.pid()), "1");
     let dir = tempfile::tempdir().unwrap();
     let exempt_bin = dir.path().join("cr-exempt-nap");
     std::fs::copy("/bin/sleep", &exempt_bin).unwrap();
@@ -160,6 +167,11 @@ fn the_v1_shield_moves_tasks_into_a_cpuset_and_narrows_other_cpusets() {
     let pid = nix::unistd::Pid::from_raw(plain.0.id() as i32);
     nix::sched::sched_setaffinity(pid, &all).unwrap();
     assert_eq!(cpus_of(&plain.pid()), "0", "a cpuset, not only a mask");
+    assert_eq!(
+        cpus_of(&pinned.pid()),
+        "0",
+        "pinned to the run's CPU: moved off too"
+    );
     // The other cpuset gave up CPU 1, and so did its process.
     assert_eq!(foreign.cpus(), "0");
     assert_eq!(cpus_of(&in_foreign.pid()), "0");
@@ -177,6 +189,7 @@ fn the_v1_shield_moves_tasks_into_a_cpuset_and_narrows_other_cpusets() {
     assert_eq!(cpuset_of(&plain.pid()), "/");
     assert_eq!(cpus_of(&plain.pid()), online);
     assert_eq!(cpus_of(&in_foreign.pid()), online);
+    assert_eq!(cpus_of(&pinned.pid()), "1", "and back where it was pinned");
     assert_eq!(my_cpus(), before);
     assert!(shield_cpusets().is_empty(), "{:?}", shield_cpusets());
 }

@@ -317,17 +317,7 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
     if l.output_truncated {
         rows.push(("output", "truncated at the daemon's limit".to_owned()));
     }
-    let noise = &l.noise;
-    if let Some(cpu) = noise.cpu_pressure_us {
-        rows.push((
-            "noise",
-            format!(
-                "CPU pressure {cpu} µs, memory {} µs, I/O {} µs (host-wide stalls during the run)",
-                noise.memory_pressure_us.unwrap_or(0),
-                noise.io_pressure_us.unwrap_or(0)
-            ),
-        ));
-    }
+    rows.extend(noise_rows(&l.noise, &l.cpus));
     out.push_str(&table(&rows));
     if let Some(c) = &r.comparison {
         out.push('\n');
@@ -359,8 +349,81 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
             "{} measured runs; outliers by Tukey's rule (1.5 IQR)\n",
             r.runs.len()
         ));
+        out.push_str(&noise_over_runs(&r.runs));
     }
     out
+}
+
+/// Milliseconds to one decimal.
+fn ms1(v: f64) -> String {
+    format!("{v:.1} ms")
+}
+
+/// The noise report of one run as summary rows: foreign CPU time on its CPUs, the host's
+/// pressure stalls, and frequency and throttling where the host has them.
+fn noise_rows(n: &cleanroom_proto::Noise, cpus: &str) -> Vec<(&'static str, String)> {
+    let on = if cpus.contains([',', '-']) {
+        format!("CPUs {cpus}")
+    } else {
+        format!("CPU {cpus}")
+    };
+    let part = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), ms1);
+    let mut line = match n.foreign_cpu_ms {
+        Some(f) => format!(
+            "foreign {} on {on} (irq {}, steal {})",
+            ms1(f),
+            part(n.irq_ms),
+            part(n.steal_ms)
+        ),
+        None => format!("foreign CPU time on {on} not readable here"),
+    };
+    if let Some(cpu) = n.cpu_pressure_us {
+        let us = |v: Option<u64>| ms1(v.unwrap_or(0) as f64 / 1e3);
+        line.push_str(&format!(
+            "; pressure (host-wide): CPU {}, memory {}, I/O {}",
+            us(Some(cpu)),
+            us(n.memory_pressure_us),
+            us(n.io_pressure_us)
+        ));
+    }
+    let mut rows = vec![("noise", line)];
+    if let (Some(lo), Some(hi)) = (n.freq_min_khz, n.freq_max_khz) {
+        rows.push((
+            "frequency",
+            format!("{}–{} MHz at start and end", lo / 1000, hi / 1000),
+        ));
+    }
+    if let Some(t) = n.throttle_events {
+        rows.push(("throttling", format!("{t} thermal throttling events")));
+    }
+    rows
+}
+
+/// One line on the noise over repeated runs: foreign CPU time in all and in the worst run.
+fn noise_over_runs(runs: &[cleanroom_proto::RunRecord]) -> String {
+    let foreign: Vec<f64> = runs.iter().filter_map(|r| r.noise.foreign_cpu_ms).collect();
+    if foreign.is_empty() {
+        return String::new();
+    }
+    let sum = |f: fn(&cleanroom_proto::Noise) -> Option<f64>| {
+        runs.iter().filter_map(|r| f(&r.noise)).sum::<f64>()
+    };
+    let worst = foreign.iter().copied().fold(0.0, f64::max);
+    let throttled: u64 = runs.iter().filter_map(|r| r.noise.throttle_events).sum();
+    format!(
+        "noise: {} foreign CPU time on the run's CPUs over {} runs (irq {}, steal {}), \
+         at most {} in one run{}\n",
+        ms1(foreign.iter().sum()),
+        foreign.len(),
+        ms1(sum(|n| n.irq_ms)),
+        ms1(sum(|n| n.steal_ms)),
+        ms1(worst),
+        if throttled > 0 {
+            format!("; {throttled} thermal throttling events")
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// A comparison, one paragraph.
@@ -478,6 +541,67 @@ mod tests {
     fn table_aligns_values() {
         let t = table(&[("a", "1".into()), ("long label", "2".into())]);
         assert_eq!(t, "  a           1\n  long label  2\n");
+    }
+
+    #[test]
+    fn noise_report_rows() {
+        let n = cleanroom_proto::Noise {
+            cpu_pressure_us: Some(4100),
+            memory_pressure_us: Some(0),
+            io_pressure_us: None,
+            foreign_cpu_ms: Some(1.24),
+            irq_ms: Some(0.0),
+            steal_ms: Some(10.0),
+            freq_min_khz: Some(1_200_000),
+            freq_max_khz: Some(2_400_000),
+            throttle_events: Some(3),
+        };
+        let rows = noise_rows(&n, "1");
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    "noise",
+                    "foreign 1.2 ms on CPU 1 (irq 0.0 ms, steal 10.0 ms); pressure (host-wide): \
+                     CPU 4.1 ms, memory 0.0 ms, I/O 0.0 ms"
+                        .to_owned()
+                ),
+                ("frequency", "1200–2400 MHz at start and end".to_owned()),
+                ("throttling", "3 thermal throttling events".to_owned()),
+            ]
+        );
+        let old = noise_rows(&cleanroom_proto::Noise::default(), "0-1");
+        assert_eq!(
+            old,
+            vec![(
+                "noise",
+                "foreign CPU time on CPUs 0-1 not readable here".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn noise_over_repeats() {
+        let run = |foreign: Option<f64>| {
+            let mut r: cleanroom_proto::RunRecord = serde_json::from_value(serde_json::json!({
+                "id": "1", "exit_code": 0, "signal": null, "end_reason": "exited",
+                "wall_ms": 1.0, "user_ms": 0.5, "sys_ms": 0.2, "max_rss_kb": 900,
+                "voluntary_ctxt_switches": 1, "involuntary_ctxt_switches": 0,
+                "oom_kills": 0, "killed": 0, "cpus": "1", "output_truncated": false,
+                "noise": {}
+            }))
+            .unwrap();
+            r.noise.foreign_cpu_ms = foreign;
+            r.noise.irq_ms = foreign.map(|_| 10.0);
+            r.noise.steal_ms = foreign.map(|_| 0.0);
+            r
+        };
+        assert_eq!(
+            noise_over_runs(&[run(Some(2.0)), run(None), run(Some(30.5))]),
+            "noise: 32.5 ms foreign CPU time on the run's CPUs over 2 runs (irq 20.0 ms, \
+             steal 0.0 ms), at most 30.5 ms in one run\n"
+        );
+        assert_eq!(noise_over_runs(&[run(None)]), "");
     }
 
     #[test]

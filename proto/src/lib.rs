@@ -897,16 +897,53 @@ impl RunRecord {
     }
 }
 
-/// Interference seen during a run.
+/// Interference seen during a run: the noise report.
+///
+/// The CPU figures cover the run's CPUs (`cpus` of the [`RunRecord`]) from just before
+/// the program is started until its last process is gone. Every field is optional (`null`
+/// where this host cannot tell), and a record stored before a field existed reads it as
+/// `null`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Noise {
     /// CPU pressure stall during the run (PSI `some` total delta), microseconds; `None`
-    /// where PSI is not available.
+    /// where PSI is not available. Host-wide, not limited to the run's CPUs.
+    #[serde(default)]
     pub cpu_pressure_us: Option<u64>,
-    /// Memory pressure stall delta, microseconds.
+    /// Memory pressure stall delta, microseconds (host-wide).
+    #[serde(default)]
     pub memory_pressure_us: Option<u64>,
-    /// I/O pressure stall delta, microseconds.
+    /// I/O pressure stall delta, microseconds (host-wide).
+    #[serde(default)]
     pub io_pressure_us: Option<u64>,
+    /// CPU time on the run's CPUs that was not the run's, milliseconds: other tasks
+    /// (the daemon's own work included), the kernel's interrupt handling, and time the
+    /// hypervisor took (steal). `irq_ms` and `steal_ms` are parts of it. Never negative.
+    /// Other tasks' time comes from the root cpuacct cgroup where cgroup v1 has one
+    /// (nanoseconds, per CPU), else from `/proc/stat` (sampled at the scheduler tick and
+    /// shown in 10 ms units, so a short run can be off by about 10 ms per CPU).
+    #[serde(default)]
+    pub foreign_cpu_ms: Option<f64>,
+    /// Interrupt handling (hard and soft IRQs) on the run's CPUs, milliseconds
+    /// (`/proc/stat` `irq` + `softirq`, 10 ms units). Without the kernel's
+    /// `CONFIG_IRQ_TIME_ACCOUNTING` this is sampled at the tick.
+    #[serde(default)]
+    pub irq_ms: Option<f64>,
+    /// Time the hypervisor ran something else on the run's virtual CPUs (`/proc/stat`
+    /// `steal`), milliseconds, 10 ms units; 0 on bare metal.
+    #[serde(default)]
+    pub steal_ms: Option<f64>,
+    /// Lowest current frequency of the run's CPUs seen at its start or end
+    /// (`cpufreq/scaling_cur_freq`), kHz; `None` without cpufreq.
+    #[serde(default)]
+    pub freq_min_khz: Option<u64>,
+    /// Highest current frequency seen at the start or end, kHz.
+    #[serde(default)]
+    pub freq_max_khz: Option<u64>,
+    /// Thermal throttling events during the run on the run's CPUs: the increase of
+    /// `thermal_throttle/core_throttle_count` per CPU plus `package_throttle_count` once
+    /// per package; `None` where the kernel does not count them.
+    #[serde(default)]
+    pub throttle_events: Option<u64>,
 }
 
 /// Statistics of one metric over the measured repetitions.
@@ -1220,6 +1257,39 @@ mod tests {
     fn results_ignore_unknown_fields() {
         let r: PingResult = serde_json::from_value(json!({"pong": true, "later": 1})).unwrap();
         assert!(r.pong);
+    }
+
+    #[test]
+    fn a_run_stored_before_the_noise_report_grew_still_reads() {
+        let old = json!({
+            "id": "1", "exit_code": 0, "signal": null, "end_reason": "exited",
+            "wall_ms": 1.0, "user_ms": 0.5, "sys_ms": 0.2, "max_rss_kb": 900,
+            "voluntary_ctxt_switches": 1, "involuntary_ctxt_switches": 0, "oom_kills": 0,
+            "killed": 0, "cpus": "0-1", "output_truncated": false,
+            "noise": {"cpu_pressure_us": 7, "memory_pressure_us": 0, "io_pressure_us": null}
+        });
+        let r: RunRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            r.noise,
+            Noise {
+                cpu_pressure_us: Some(7),
+                memory_pressure_us: Some(0),
+                ..Noise::default()
+            }
+        );
+        let now = serde_json::to_value(&r).unwrap();
+        for key in [
+            "foreign_cpu_ms",
+            "irq_ms",
+            "steal_ms",
+            "freq_min_khz",
+            "throttle_events",
+        ] {
+            assert!(
+                now["noise"].get(key).is_some(),
+                "{key} is always written: {now}"
+            );
+        }
     }
 
     #[test]

@@ -585,6 +585,25 @@ impl RunCgroup {
         u
     }
 
+    /// The run's own CPU time, for the noise report: per CPU where cgroup v1's cpuacct
+    /// keeps it (`cpuacct.usage_percpu`), else in total (v2 `cpu.stat` `usage_usec`).
+    pub fn own_cpu(&self, host: &Host) -> super::noise::Own {
+        use super::noise::{Own, parse_usage_percpu};
+        if self.v2 {
+            let Some((_, d)) = self.dirs.first() else {
+                return Own::Unknown;
+            };
+            return match host.read(&join(d, "cpu.stat")) {
+                Ok(stat) => Own::Total(keyed(&stat, "usage_usec").saturating_mul(1000)),
+                Err(_) => Own::Unknown,
+            };
+        }
+        self.dir_with("cpuacct")
+            .and_then(|d| host.read(&join(d, "cpuacct.usage_percpu")).ok())
+            .and_then(|t| parse_usage_percpu(&t).ok())
+            .map_or(Own::Unknown, Own::PerCpu)
+    }
+
     /// Removes the run's directories (they must be empty of processes).
     pub fn remove(&self, host: &Host) {
         for (_, d) in &self.dirs {
@@ -729,5 +748,6 @@ mod tests {
                 oom_kills: 1
             }
         );
+        assert_eq!(cg.own_cpu(&host), crate::run::noise::Own::Total(30_000));
     }
 }

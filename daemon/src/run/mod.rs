@@ -13,6 +13,7 @@
 pub mod cgroup;
 pub mod compare;
 pub mod cpus;
+pub mod noise;
 pub mod shield;
 pub mod spawn;
 pub mod stats;
@@ -329,6 +330,8 @@ impl Runner {
         };
         let host = self.host.clone();
         let pressure_before = pressure(&host);
+        let probe = noise::Probe::new(&host, &record.cpus);
+        let probe2 = probe.clone();
         let job2 = job.clone();
         let id2 = id.clone();
         let cg = {
@@ -367,6 +370,8 @@ impl Runner {
                     .iter()
                     .filter_map(|p| host.path(p).ok())
                     .collect();
+                // The noise window opens as close to the exec as the daemon can get.
+                let noise_start = probe2.sample();
                 let before = Instant::now();
                 match spawn::spawn(&spec) {
                     Ok(child) => {
@@ -378,7 +383,7 @@ impl Runner {
                         let t0 = Instant::now();
                         let setup = t0.duration_since(before).as_secs_f64() * 1e3;
                         tracing::debug!(setup_ms = setup, "run started");
-                        Ok((child, t0))
+                        Ok((child, t0, noise_start))
                     }
                     Err(e) => {
                         cg.remove(&host);
@@ -397,11 +402,11 @@ impl Runner {
             () = tokio::time::sleep(limit) => { early = Some(EndReason::Timeout); spawning_killed(&host, &cg, &mut spawning).await }
             () = cancel.cancelled() => { early = Some(EndReason::Cancelled); spawning_killed(&host, &cg, &mut spawning).await }
         };
-        let started = started.map(|r| r.map(|(child, t0)| (cg, child, t0)));
+        let started = started.map(|r| r.map(|(child, t0, n)| (cg, child, t0, n)));
         if let (Some(reason), Ok(Err(_))) = (early, &started) {
             record.end_reason = reason;
         }
-        let (cg, mut child, t0) = match started {
+        let (cg, mut child, t0, noise_start) = match started {
             Ok(Ok(x)) => x,
             Ok(Err((code, msg))) => {
                 record.exit_code = code;
@@ -504,7 +509,7 @@ impl Runner {
         record.wall_ms = ended.duration_since(t0).as_secs_f64() * 1e3;
         // Nothing outlives the run: whatever the program left behind goes now.
         let (h, c) = (host.clone(), cg.clone());
-        let (left, usage) = tokio::task::spawn_blocking(move || {
+        let (left, usage, noise_end) = tokio::task::spawn_blocking(move || {
             // Kill rounds until the cgroup is empty: a process stuck in the kernel
             // (uninterruptible I/O) dies only when it gets out; each round takes what
             // forked or arrived since.
@@ -520,7 +525,8 @@ impl Runner {
                     "run processes outlive SIGKILL; killing again"
                 );
             }
-            (n, c.usage(&h))
+            let noise_end = (probe.sample(), c.own_cpu(&h));
+            (n, c.usage(&h), Some(noise_end))
         })
         .await
         .unwrap_or_default();
@@ -539,10 +545,14 @@ impl Runner {
         let h = host.clone();
         let _ = tokio::task::spawn_blocking(move || cg.remove(&h)).await;
         let pressure_after = pressure(&host);
+        let cpu_noise = noise_end.map_or_else(Noise::default, |(end, own)| {
+            noise::report(&noise_start, &end, &own, noise::user_hz())
+        });
         record.noise = Noise {
             cpu_pressure_us: delta(pressure_before[0], pressure_after[0]),
             memory_pressure_us: delta(pressure_before[1], pressure_after[1]),
             io_pressure_us: delta(pressure_before[2], pressure_after[2]),
+            ..cpu_noise
         };
         record.killed = killed;
         record.user_ms = usage.user_us as f64 / 1e3;

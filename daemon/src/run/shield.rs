@@ -620,6 +620,7 @@ fn affinity_off(
 ) -> rusqlite::Result<()> {
     let mut plan: Vec<(i32, u64, BTreeSet<u32>, BTreeSet<u32>)> = Vec::new();
     let me = std::process::id() as i32;
+    let rest: BTreeSet<u32> = online(host).difference(cpus).copied().collect();
     let mut exempt_pid: HashMap<i32, bool> = HashMap::new();
     for Thread {
         pid,
@@ -642,8 +643,12 @@ fn affinity_off(
         if original.is_disjoint(cpus) {
             continue;
         }
-        let reduced: BTreeSet<u32> = original.difference(cpus).copied().collect();
-        if kernel || reduced.is_empty() {
+        // A thread pinned to shielded CPUs only goes to the rest of the machine too.
+        let mut reduced: BTreeSet<u32> = original.difference(cpus).copied().collect();
+        if reduced.is_empty() {
+            reduced = rest.clone();
+        }
+        if kernel {
             raised.unmovable += 1;
             continue;
         }
