@@ -52,6 +52,31 @@ fn a_detached_run_goes_on_without_its_client_and_is_stored() {
     let done = json_of(&d.ctl(&["--json", "runs", "show", &batch]));
     assert_eq!(done["end_reason"], "cancelled", "{done}");
     assert!(alive("1203.1").is_empty());
+    // A detached batch that cannot start is stored as such (nobody waits for its answer).
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--detach",
+        "--exclusive",
+        "--cpus",
+        "0-0",
+        "--",
+        "true",
+    ]);
+    let batch = json_of(&out)["batch"].as_str().unwrap().to_owned();
+    assert!(eventually(Duration::from_secs(10), || d
+        .ctl(&["runs", "show", &batch])
+        .status
+        .success()));
+    let failed = json_of(&d.ctl(&["--json", "runs", "show", &batch]));
+    assert_eq!(failed["end_reason"], "failed_to_start", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in the isolation pool"),
+        "{failed}"
+    );
     d.ctl(&["run", "--detach", "--", "sleep", "1203.2"]);
     assert!(eventually(Duration::from_secs(5), || !alive("1203.2").is_empty()));
     drop(d);

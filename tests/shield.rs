@@ -133,10 +133,30 @@ fn the_v1_shield_moves_tasks_into_a_cpuset_and_narrows_other_cpusets() {
     let exempt_bin = dir.path().join("cr-exempt-nap");
     std::fs::copy("/bin/sleep", &exempt_bin).unwrap();
     let exempt = Proc::start(exempt_bin.to_str().unwrap(), &["1201.3"]);
-    assert!(eventually(Duration::from_secs(5), || {
-        std::fs::read_to_string(format!("/proc/{}/comm", exempt.pid()))
-            .is_ok_and(|c| c.trim() == "cr-exempt-nap")
-    }));
+    // The same name as another user: a name exempts only root's processes.
+    let poser = Proc::start(
+        "setpriv",
+        &[
+            "--reuid",
+            "nobody",
+            "--regid",
+            "nogroup",
+            "--clear-groups",
+            exempt_bin.to_str().unwrap(),
+            "1201.5",
+        ],
+    );
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    for p in [&exempt, &poser] {
+        assert!(eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{}/comm", p.pid()))
+                .is_ok_and(|c| c.trim() == "cr-exempt-nap")
+        }));
+    }
 
     let d = Daemon::builder()
         .config("[runs]\nshield_exempt_pids = [1]\nshield_exempt_names = [\"cr-exempt-*\"]\n")
@@ -178,6 +198,11 @@ fn the_v1_shield_moves_tasks_into_a_cpuset_and_narrows_other_cpusets() {
     // The exempt one was left alone.
     assert_eq!(cpus_of(&exempt.pid()), online);
     assert_eq!(cpuset_of(&exempt.pid()), "/");
+    assert_eq!(
+        cpus_of(&poser.pid()),
+        "0",
+        "nobody's process of that name is shielded"
+    );
 
     std::fs::write(&go, "").unwrap();
     let result = answer(&mut c);
@@ -304,4 +329,28 @@ fn exclusive_cpus_by_list_waiting_for_them_and_the_profile_pool() {
     assert_eq!(json_of(&out)["cpus"], "1", "{out:?}");
     assert_eq!(my_cpus(), before);
     assert!(shield_cpusets().is_empty());
+}
+
+#[test]
+fn stopping_the_daemon_mid_run_lowers_the_shield() {
+    if !can_shield("stopping_the_daemon_mid_run_lowers_the_shield") {
+        return;
+    }
+    let _one = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let before = my_cpus();
+    let mut d = Daemon::builder()
+        .config("[runs]\nshield_exempt_pids = [1]\n")
+        .start();
+    let mut c = RawClient::connect(&d.socket);
+    start_run(
+        &mut c,
+        json!({"argv": ["sh", "-c", "echo up; exec sleep 1204.1"], "exclusive": true, "detach": true}),
+    );
+    assert!(eventually(Duration::from_secs(5), || !alive("1204.1").is_empty()));
+    assert_eq!(my_cpus(), "0");
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(my_cpus(), before, "lowered at the stop\n{}", d.log());
+    assert!(alive("1204.1").is_empty());
+    assert!(shield_cpusets().is_empty(), "{:?}", shield_cpusets());
 }

@@ -260,10 +260,12 @@ async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("runs still cleaning up at exit; the next start removes their cgroups");
-    } else {
-        state.runner.shutdown();
+        tracing::warn!("runs still cleaning up at exit; ending them here");
     }
+    // Whatever is left of runs and the shield goes now: a stopped daemon may not start
+    // again for a long time (socket activation), so nothing waits for the next start.
+    let runner = Arc::clone(&state.runner);
+    let _ = tokio::task::spawn_blocking(move || runner.shutdown()).await;
     if state.live().config.tuning.revert_on_stop {
         let _guard = state.tune_lock.lock().await;
         let st = Arc::clone(&state);

@@ -19,6 +19,9 @@ pub fn parse_selector(text: &str) -> (Vec<String>, Option<String>) {
     (options, selected)
 }
 
+/// CPU numbers at or above this are refused (Linux's largest `NR_CPUS` is 8192).
+pub const MAX_CPUS: u32 = 8192;
+
 /// `0-3,8,10-11` → {0,1,2,3,8,10,11}. Empty text is the empty set.
 pub fn parse_cpu_list(text: &str) -> Result<BTreeSet<u32>, String> {
     let mut set = BTreeSet::new();
@@ -33,13 +36,17 @@ pub fn parse_cpu_list(text: &str) -> Result<BTreeSet<u32>, String> {
             Some((a, b)) => {
                 let a: u32 = a.trim().parse().map_err(|_| bad())?;
                 let b: u32 = b.trim().parse().map_err(|_| bad())?;
-                if a > b || b - a > 65_535 {
+                if a > b || b >= MAX_CPUS {
                     return Err(bad());
                 }
                 set.extend(a..=b);
             }
             None => {
-                set.insert(part.parse().map_err(|_| bad())?);
+                let n: u32 = part.parse().map_err(|_| bad())?;
+                if n >= MAX_CPUS {
+                    return Err(bad());
+                }
+                set.insert(n);
             }
         }
     }
@@ -153,7 +160,16 @@ mod tests {
             assert_eq!(s, set(cpus), "{text:?}");
             assert_eq!(format_cpu_list(&s), *canonical);
         }
-        for bad in ["a", "3-1", "1-", "-1", "1,,2", "0-99999999"] {
+        for bad in [
+            "a",
+            "3-1",
+            "1-",
+            "-1",
+            "1,,2",
+            "0-99999999",
+            "8192",
+            "0-8192",
+        ] {
             assert!(parse_cpu_list(bad).is_err(), "{bad:?}");
         }
     }

@@ -163,7 +163,16 @@ impl Layout {
                 Some(m) => {
                     let mount = m.mount_point.display().to_string();
                     let dir = join(&mount, &format!("cleanroom-exclusive-{instance}"));
-                    Method::Partition { mount, dir }
+                    Method::Partition {
+                        mount,
+                        dir,
+                        limits_from: match self {
+                            Layout::V2(runs) => {
+                                runs.rsplit_once('/').map_or("/", |(p, _)| p).to_owned()
+                            }
+                            Layout::V1(_) => String::new(),
+                        },
+                    }
                 }
                 None => Method::Affinity,
             },
@@ -250,6 +259,15 @@ impl Layout {
 
     /// Ends and removes run cgroups left by a daemon that died; returns how many.
     pub fn cleanup_stale(&self, host: &Host) -> usize {
+        self.end_all(
+            host,
+            "removed the cgroup of a run left by a previous daemon",
+        )
+    }
+
+    /// Ends and removes every run cgroup there is, logging `why` for each; returns how
+    /// many.
+    pub fn end_all(&self, host: &Host, why: &str) -> usize {
         let mut ids: Vec<String> = Vec::new();
         for (_, base) in self.runs_dirs() {
             for name in host.list(&base) {
@@ -272,7 +290,7 @@ impl Layout {
             let killed = cg.kill_all(host);
             cg.wait_empty(host, Duration::from_secs(2));
             cg.remove(host);
-            tracing::warn!(run = %id, killed, "removed the cgroup of a run left by a previous daemon");
+            tracing::warn!(run = %id, killed, "{why}");
         }
         ids.len()
     }

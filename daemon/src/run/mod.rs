@@ -72,6 +72,17 @@ pub struct Runner {
     exempt: shield::Exempt,
     /// How the shield works here.
     method: shield::Method,
+    /// While the shield is up: the CPUs left to everything else, and the partition
+    /// exclusive runs go into (v2). Its lock is only ever held for a copy (never across
+    /// raising or lowering), so runs can read it from async code.
+    up: std::sync::Mutex<Option<Up>>,
+}
+
+/// The shield in force.
+#[derive(Debug, Clone)]
+struct Up {
+    rest: String,
+    partition: Option<String>,
 }
 
 /// Exclusive cores now.
@@ -79,8 +90,6 @@ pub struct Runner {
 struct Held {
     taken: BTreeSet<u32>,
     shielded: BTreeSet<u32>,
-    /// The cpuset partition exclusive runs go into (v2), while the shield is up.
-    partition: Option<String>,
 }
 
 /// Which exclusive CPUs a run wants.
@@ -117,7 +126,7 @@ impl Drop for Exclusive {
                 Err(e) => tracing::error!(error = %e, "cannot lower the shield"),
             }
             held.shielded.clear();
-            held.partition = None;
+            *self.runner.up.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         drop(held);
         self.runner.released.notify_waiters();
@@ -202,6 +211,7 @@ impl Runner {
             released: tokio::sync::Notify::new(),
             exempt: shield_config.exempt,
             method,
+            up: std::sync::Mutex::new(None),
         }
     }
 
@@ -242,7 +252,18 @@ impl Runner {
                         "shield raised"
                     );
                     held.shielded = pool.clone();
-                    held.partition = r.partition;
+                    let online = self
+                        .host
+                        .read("/sys/devices/system/cpu/online")
+                        .ok()
+                        .and_then(|t| crate::host::format::parse_cpu_list(&t).ok())
+                        .unwrap_or_default();
+                    *self.up.lock().unwrap_or_else(|p| p.into_inner()) = Some(Up {
+                        rest: crate::host::format::format_cpu_list(
+                            &online.difference(&pool).copied().collect(),
+                        ),
+                        partition: r.partition,
+                    });
                 }
                 Err(e) => {
                     return Err(cpus::PickError::Never(format!(
@@ -252,7 +273,13 @@ impl Runner {
             }
         }
         held.taken.extend(set.iter().copied());
-        let method = match (&self.method, &held.partition) {
+        let partition = self
+            .up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|u| u.partition.clone());
+        let method = match (&self.method, &partition) {
             (shield::Method::Partition { .. }, Some(_)) => "partition",
             (shield::Method::Cpuset { .. }, _) => "cpuset",
             _ => "affinity",
@@ -271,9 +298,20 @@ impl Runner {
         self.released.notified()
     }
 
-    /// Removes the directories of run cgroups at a clean stop (a crash leaves them for the
-    /// next start, which cleans them).
+    /// At a clean stop: ends runs still going, lowers the shield, removes the directories
+    /// of run cgroups (a crash leaves all that to the next start).
     pub fn shutdown(&self) {
+        if let Ok(l) = &self.layout {
+            l.end_all(&self.host, "ended a run still going at the stop");
+        }
+        let mut conn = self.store.lock_blocking();
+        if shield::is_raised(&conn).unwrap_or(true) {
+            match shield::lower(&self.host, &mut conn) {
+                Ok(n) => tracing::info!(restored = n, "shield lowered at the stop"),
+                Err(e) => tracing::error!(error = %e, "cannot lower the shield at the stop"),
+            }
+        }
+        drop(conn);
         if let Ok(l) = &self.layout {
             l.remove_base(&self.host);
         }
@@ -337,14 +375,18 @@ impl Runner {
         let cg = {
             let (host, layout, id2, limits) =
                 (host.clone(), layout, id2.clone(), job2.limits.clone());
-            // An exclusive run on cgroup v2 lives in the shield's partition.
-            let partition = limits.cpus.as_ref().and_then(|_| {
-                self.cores
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .partition
-                    .clone()
-            });
+            // An exclusive run on cgroup v2 lives in the shield's partition; any other run
+            // stays off the shielded CPUs even where a cgroup move would widen its mask.
+            let up = self.up.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut limits = limits;
+            let partition = match (&limits.cpus, up) {
+                (Some(_), Some(up)) => up.partition,
+                (None, Some(up)) => {
+                    limits.cpus = Some(up.rest);
+                    None
+                }
+                _ => None,
+            };
             match tokio::task::spawn_blocking(move || {
                 layout.create(&host, &id2, &limits, partition.as_deref())
             })

@@ -52,6 +52,8 @@ pub enum Method {
         mount: String,
         /// The partition's directory.
         dir: String,
+        /// The daemon's own cgroup, whose memory and task limits the partition copies.
+        limits_from: String,
     },
     /// cgroup v1: the root cpuset's processes move to `dir`; other cpusets give up the CPUs
     /// except `keep` (the runs' base directory) and its ancestors.
@@ -72,7 +74,8 @@ pub enum Method {
 pub struct Exempt {
     /// Process ids.
     pub pids: Vec<i32>,
-    /// Command names (`/proc/<pid>/comm`), as globs.
+    /// Command names (`/proc/<pid>/comm`), as globs; only root's processes (anyone can
+    /// name a process anything).
     pub names: Vec<glob::Pattern>,
     /// cgroup paths (as in `/proc/<pid>/cgroup`, any hierarchy); their descendants too.
     pub cgroups: Vec<String>,
@@ -83,7 +86,8 @@ impl Exempt {
         if self.pids.contains(&pid) {
             return true;
         }
-        if !self.names.is_empty() {
+        // Any process may name itself anything: a name only exempts root's processes.
+        if !self.names.is_empty() && owned_by_root(host, pid) {
             if let Ok(comm) = host.read(&format!("/proc/{pid}/comm")) {
                 let comm = comm.trim_end_matches('\n');
                 if self.names.iter().any(|p| p.matches(comm)) {
@@ -101,6 +105,15 @@ impl Exempt {
         }
         false
     }
+}
+
+/// Whether every uid of process `pid` (real, effective, saved, fs) is root.
+fn owned_by_root(host: &Host, pid: i32) -> bool {
+    host.read(&format!("/proc/{pid}/status")).is_ok_and(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .is_some_and(|ids| ids.split_whitespace().all(|id| id == "0"))
+    })
 }
 
 /// Whether cgroup `path` is `prefix` or below it.
@@ -257,6 +270,22 @@ pub fn raise(
         ));
     }
     let db = |e: rusqlite::Error| format!("cannot journal the shield: {e}");
+    // A shield still journaled (a lowering that failed) is lowered first: its originals
+    // must not be replaced by what it left.
+    if is_raised(conn).map_err(db)? {
+        lower(host, conn).map_err(|e| format!("cannot lower the previous shield: {e}"))?;
+        if conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM shield) OR EXISTS (SELECT 1 FROM shield_irq)
+                     OR EXISTS (SELECT 1 FROM shield_cpuset)",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(db)?
+        {
+            return Err("a previous shield could not be lowered completely".into());
+        }
+    }
     // The journal first: when the shield went up (threads born under it get their CPUs
     // back), and the cgroups it is about to create.
     let (partition, cpuset) = match method {
@@ -285,7 +314,11 @@ pub fn raise(
     };
     let result = (|| {
         match method {
-            Method::Partition { mount, dir } => match partition_up(host, conn, mount, dir, cpus) {
+            Method::Partition {
+                mount,
+                dir,
+                limits_from,
+            } => match partition_up(host, conn, (mount, dir, limits_from), cpus) {
                 Ok(()) => {
                     raised.method = "partition";
                     raised.partition = Some(dir.clone());
@@ -328,11 +361,13 @@ pub fn raise(
 }
 
 /// v2: the partition exclusive runs go into; the kernel takes its CPUs from everyone else.
+/// It gets the memory and task limits of the daemon's own cgroup (`limits_from`), so
+/// exclusive runs stay inside what the host gives the daemon. On failure nothing is left
+/// (controllers it enabled in the root cgroup are disabled again).
 fn partition_up(
     host: &Host,
     conn: &Connection,
-    mount: &str,
-    dir: &str,
+    (mount, dir, limits_from): (&str, &str, &str),
     cpus: &BTreeSet<u32>,
 ) -> Result<(), String> {
     let available = host
@@ -351,6 +386,12 @@ fn partition_up(
         .filter(|c| available.split_whitespace().any(|a| a == *c))
         .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
         .collect();
+    let undo_root = || {
+        for c in &missing {
+            let _ = host.write(&format!("{mount}/cgroup.subtree_control"), &format!("-{c}"));
+        }
+        let _ = conn.execute("UPDATE shield_meta SET root_enabled = NULL", []);
+    };
     if !missing.is_empty() {
         // Journaled first: lowering the shield disables them again (if nobody uses them).
         conn.execute(
@@ -359,16 +400,26 @@ fn partition_up(
         )
         .map_err(|e| e.to_string())?;
         let plus: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
-        host.write(&format!("{mount}/cgroup.subtree_control"), &plus.join(" "))
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = host.write(&format!("{mount}/cgroup.subtree_control"), &plus.join(" ")) {
+            undo_root();
+            return Err(e.to_string());
+        }
     }
     let fail = |e: String| {
         let _ = host.remove_dir(dir);
+        undo_root();
         e
     };
-    host.make_dir(dir).map_err(|e| e.to_string())?;
+    host.make_dir(dir).map_err(|e| fail(e.to_string()))?;
     host.write(&format!("{dir}/cpuset.cpus"), &format_cpu_list(cpus))
         .map_err(|e| fail(e.to_string()))?;
+    for f in ["memory.max", "memory.swap.max", "pids.max"] {
+        let from = format!("{limits_from}/{f}");
+        if let (Ok(v), true) = (host.read(&from), host.exists(&format!("{dir}/{f}"))) {
+            host.write(&format!("{dir}/{f}"), v.trim())
+                .map_err(|e| fail(e.to_string()))?;
+        }
+    }
     let inside = host
         .read(&format!("{dir}/cgroup.controllers"))
         .unwrap_or_default();
@@ -519,7 +570,7 @@ fn cpuset_up(
             let tx = conn.transaction().map_err(db)?;
             let mut ins = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO shield (tid, start_time, original, written, moved)
+                    "INSERT OR IGNORE INTO shield (tid, start_time, original, written, moved)
                      VALUES (?1, ?2, ?3, ?4, 1)",
                 )
                 .map_err(db)?;
@@ -597,6 +648,8 @@ fn irqs_off(
                 format_cpu_list(reduced)
             ])?;
         }
+        // Says the list above is complete: only then can lowering tell new IRQs apart.
+        irq.execute(params![IRQS_COMPLETE, "", ""])?;
     }
     tx.commit()?;
     for (path, mask, _, reduced) in irqs.iter().filter(|(_, _, o, r)| o != r) {
@@ -691,6 +744,9 @@ fn uptime_ticks(host: &Host) -> u64 {
         .map_or(0, |s| (s * hz) as u64)
 }
 
+/// The `shield_irq` row saying every IRQ present at raise time is journaled.
+const IRQS_COMPLETE: &str = "(every irq)";
+
 /// IRQs that appeared while the shield was up took the shield's default affinity; those
 /// that still have exactly it get the default's original back (every online CPU if the
 /// default was not narrowed).
@@ -709,7 +765,8 @@ fn widen_new_irqs(
     let Some((boot_id, shielded, online)) = meta else {
         return Ok(0);
     };
-    if host.boot_id().ok().as_deref() != Some(boot_id.as_str()) {
+    let complete = journaled.iter().any(|(p, _, _)| p == IRQS_COMPLETE);
+    if !complete || host.boot_id().ok().as_deref() != Some(boot_id.as_str()) {
         return Ok(0);
     }
     let (Ok(shielded), Ok(online)) = (parse_cpu_list(&shielded), parse_cpu_list(&online)) else {
@@ -878,9 +935,16 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
         .optional()?;
     let (cpuset_dir, cpuset_mount, partition, root_enabled) = meta.unwrap_or_default();
     let mut restored = 0;
+    let mut partition_left = false;
     if let Some(dir) = &partition {
         if partition_down(host, dir) {
             restored += 1;
+        } else {
+            // A run process the kernel cannot kill yet (stuck in uninterruptible sleep)
+            // holds it: it gives its CPUs back now and stays journaled, so the next
+            // lowering removes it.
+            let _ = host.write(&format!("{dir}/cpuset.cpus.partition"), "member");
+            partition_left = true;
         }
         if let (Some(list), Some((root, _))) = (&root_enabled, dir.rsplit_once('/')) {
             for c in list.split_whitespace() {
@@ -959,7 +1023,7 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect::<Result<_, _>>()?
     };
-    for (path, original, written) in &irqs {
+    for (path, original, written) in irqs.iter().filter(|(p, _, _)| p != IRQS_COMPLETE) {
         let mask = path.ends_with("default_smp_affinity");
         let current = host.read(path).ok().and_then(|t| {
             if mask {
@@ -981,9 +1045,22 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
         }
     }
     restored += widen_new_irqs(host, conn, &irqs)?;
-    conn.execute("DELETE FROM shield_irq", [])?;
-    restored += widen_newborn(host, conn)?;
-    conn.execute("DELETE FROM shield_meta", [])?;
+    // Threads born under a cpuset or partition shield got their CPUs back from the kernel;
+    // only the affinity shield leaves newborn masks to widen.
+    if cpuset_dir.is_none() && partition.is_none() {
+        restored += widen_newborn(host, conn)?;
+    }
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM shield_irq", [])?;
+    if partition_left {
+        tx.execute(
+            "UPDATE shield_meta SET cpuset_dir = NULL, cpuset_mount = NULL, root_enabled = NULL",
+            [],
+        )?;
+    } else {
+        tx.execute("DELETE FROM shield_meta", [])?;
+    }
+    tx.commit()?;
     Ok(restored)
 }
 
@@ -1042,6 +1119,7 @@ mod tests {
         let method = Method::Partition {
             mount: mount.into(),
             dir: dir.into(),
+            limits_from: "/sys/fs/cgroup/system.slice/cleanroomd.service".into(),
         };
         let cpus: BTreeSet<u32> = [2, 3].into();
         let r = raise(&host, &mut conn, &cpus, &Exempt::default(), &method).unwrap();
@@ -1080,6 +1158,7 @@ mod tests {
         let method = Method::Partition {
             mount: "/sys/fs/cgroup".into(),
             dir: "/sys/fs/cgroup/cleanroom-exclusive-ab".into(),
+            limits_from: "/sys/fs/cgroup".into(),
         };
         let r = raise(&host, &mut conn, &[1].into(), &Exempt::default(), &method).unwrap();
         assert_eq!(r.method, "affinity");

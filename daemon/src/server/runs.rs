@@ -19,7 +19,7 @@ use super::{Call, Error};
 use crate::host::format::parse_cpu_list;
 use crate::run::cgroup::Limits;
 use crate::run::cpus::PickError;
-use crate::run::{Chunk, Job, Want, compare, spawn, stats};
+use crate::run::{Chunk, Exclusive, Job, Want, compare, spawn, stats};
 use crate::state::State;
 use crate::store::history;
 use crate::tune::profile::Setting;
@@ -88,6 +88,9 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
     }
     match &p.cpus {
         Some(CpuRequest::Count(0)) => return bad("cpus must be at least 1".into()),
+        Some(CpuRequest::List(l)) if l.len() > 256 => {
+            return bad("cpus: the CPU list is longer than 256 characters".into());
+        }
         Some(CpuRequest::List(l)) if parse_cpu_list(l).is_err() => {
             return bad(format!(
                 "cpus: {l:?} is neither a count nor a CPU list (like 2,3 or 4-7)"
@@ -248,6 +251,7 @@ pub async fn start(
     let batch = runner.new_id();
     let answer_batch = batch.clone();
     let uid = peer.uid;
+    let admin = peer.role(&live.auth) == cleanroom_proto::Role::Admin;
     state
         .active_runs
         .lock()
@@ -277,8 +281,8 @@ pub async fn start(
         // Exclusive cores for the whole batch; the shield goes up with the first holder.
         // From here on the cores are released by this task, on a blocking thread,
         // whatever happens to the request.
-        let exclusive = match want {
-            None => None,
+        let acquired: Result<Option<Exclusive>, Error> = match want {
+            None => Ok(None),
             Some(want) => loop {
                 let released = runner.released();
                 let (r, w, pool) = (Arc::clone(&runner), want.clone(), pool.clone());
@@ -287,31 +291,49 @@ pub async fn start(
                         .await
                         .map_err(|e| Error::Internal(e.to_string()));
                 match taken {
-                    Ok(Ok(guard)) => break Some(guard),
+                    Ok(Ok(guard)) => break Ok(Some(guard)),
                     Ok(Err(PickError::Busy(why))) if wait => {
                         tracing::debug!(reason = %why, "waiting for exclusive cores");
                         tokio::select! {
                             () = released => continue,
                             () = cancel.cancelled() => {
-                                forget();
-                                return Err(Error::Run(format!("cancelled while waiting: {why}")));
+                                break Err(Error::Run(format!("cancelled while waiting: {why}")));
                             }
                         }
                     }
                     Ok(Err(PickError::Busy(why))) => {
-                        forget();
-                        return Err(Error::Run(format!("{why} (--wait waits for them)")));
+                        break Err(Error::Run(format!("{why} (--wait waits for them)")));
                     }
-                    Ok(Err(PickError::Never(why))) => {
-                        forget();
-                        return Err(Error::Run(why));
-                    }
-                    Err(e) => {
-                        forget();
-                        return Err(e);
-                    }
+                    Ok(Err(PickError::Never(why))) => break Err(Error::Run(why)),
+                    Err(e) => break Err(e),
                 }
             },
+        };
+        let exclusive = match acquired {
+            Ok(x) => x,
+            Err(e) => {
+                // Nobody waits for a detached batch's answer: its failure is stored.
+                if detach {
+                    let mut failed =
+                        RunRecord::new(batch.clone(), EndReason::FailedToStart, String::new());
+                    failed.error = Some(e.to_string());
+                    let stored = finish(
+                        &p,
+                        batch.clone(),
+                        vec![failed],
+                        None,
+                        None,
+                        &active,
+                        (uid, admin),
+                    )
+                    .await;
+                    if let Err(e) = stored {
+                        tracing::warn!(error = %e, "cannot store a detached batch that failed");
+                    }
+                }
+                forget();
+                return Err(e);
+            }
         };
         let shield = exclusive.as_ref().map(|g| g.method.to_owned());
         if let Some(guard) = &exclusive {
@@ -367,7 +389,16 @@ pub async fn start(
         if let Some(guard) = exclusive {
             let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
         }
-        let finished = finish(&p, batch.clone(), measured, shield, baseline, &active, uid).await;
+        let finished = finish(
+            &p,
+            batch.clone(),
+            measured,
+            shield,
+            baseline,
+            &active,
+            (uid, admin),
+        )
+        .await;
         forget();
         finished
     });
@@ -396,7 +427,7 @@ async fn finish(
     shield: Option<String>,
     baseline: Option<(String, RunResult)>,
     state: &Arc<State>,
-    uid: u32,
+    (uid, admin): (u32, bool),
 ) -> Result<RunResult, Error> {
     let live = state.live();
     let last = measured
@@ -448,16 +479,25 @@ async fn finish(
     };
     let keep = live.config.runs.history_limit;
     let save = p.save_baseline.clone();
-    state
+    let refused = state
         .store
         .call(move |c| {
             history::insert(c, &row, keep)?;
-            if let Some(name) = save {
-                history::save_baseline(c, &name, &row.batch, uid)?;
-            }
-            Ok(())
+            Ok(match save {
+                Some(name) if !history::save_baseline(c, &name, &row.batch, uid, admin)? => {
+                    Some(name)
+                }
+                _ => None,
+            })
         })
         .await?;
+    if let Some(name) = refused {
+        return Err(Error::Run(format!(
+            "the runs are stored as batch {}, but baseline {name} was saved by someone else \
+             meanwhile and is not replaced",
+            result.batch
+        )));
+    }
     Ok(result)
 }
 
@@ -698,10 +738,17 @@ pub async fn save_baseline(
     }
     may_replace_baseline(&state, &peer, &p.name, "baseline.save").await?;
     let (name, b, uid) = (p.name.clone(), batch.clone(), peer.uid);
-    state
+    let admin = peer.role(&state.live().auth) == cleanroom_proto::Role::Admin;
+    if !state
         .store
-        .call(move |c| history::save_baseline(c, &name, &b, uid))
-        .await?;
+        .call(move |c| history::save_baseline(c, &name, &b, uid, admin))
+        .await?
+    {
+        return Err(Error::Run(format!(
+            "baseline.save: baseline {} belongs to someone else; pick another name",
+            p.name
+        )));
+    }
     let n = p.name.clone();
     let ts = state
         .store

@@ -85,12 +85,23 @@ pub fn get(conn: &Connection, batch: &str) -> rusqlite::Result<Option<BatchRow>>
 }
 
 /// Names `batch` as baseline `name` (replacing an older one of that name).
-pub fn save_baseline(conn: &Connection, name: &str, batch: &str, uid: u32) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT OR REPLACE INTO baselines (name, batch, ts, uid) VALUES (?1, ?2, ?3, ?4)",
-        params![name, batch, now(), uid],
+pub fn save_baseline(
+    conn: &Connection,
+    name: &str,
+    batch: &str,
+    uid: u32,
+    admin: bool,
+) -> rusqlite::Result<bool> {
+    // One statement: a baseline of someone else's is never replaced, even by a save that
+    // was checked before a long run and races another user's save.
+    let changed = conn.execute(
+        "INSERT INTO baselines (name, batch, ts, uid) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(name) DO UPDATE SET batch = excluded.batch, ts = excluded.ts,
+             uid = excluded.uid
+         WHERE baselines.uid = excluded.uid OR ?5",
+        params![name, batch, now(), uid, admin],
     )?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 /// The batch of baseline `name`.
@@ -134,7 +145,16 @@ mod tests {
             result: "{}".into(),
         };
         insert(&mut c, &row("a"), 2).unwrap();
-        save_baseline(&c, "base", "a", 0).unwrap();
+        assert!(save_baseline(&c, "base", "a", 0, false).unwrap());
+        assert!(
+            !save_baseline(&c, "base", "b", 1000, false).unwrap(),
+            "not uid 1000's"
+        );
+        assert!(
+            save_baseline(&c, "base", "a", 1000, true).unwrap(),
+            "an admin may"
+        );
+        assert!(save_baseline(&c, "base", "a", 0, true).unwrap());
         for b in ["b", "c", "d"] {
             std::thread::sleep(std::time::Duration::from_millis(2));
             insert(&mut c, &row(b), 2).unwrap();
