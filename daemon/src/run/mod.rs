@@ -278,11 +278,18 @@ impl Runner {
             let (host, cg) = (host.clone(), cg.clone());
             tokio::task::spawn_blocking(move || {
                 let mut spec = job2.spec.clone();
-                spec.cgroup_procs = cg
-                    .procs_files()
-                    .iter()
-                    .filter_map(|p| host.path(p).ok())
-                    .collect();
+                // v2: the child is cloned into its cgroup; v1: it writes itself into each
+                // hierarchy's cgroup.procs.
+                match cg.v2_dir() {
+                    Some(d) => spec.cgroup_v2 = host.path(d).ok(),
+                    None => {
+                        spec.cgroup_procs = cg
+                            .procs_files()
+                            .iter()
+                            .filter_map(|p| host.path(p).ok())
+                            .collect()
+                    }
+                }
                 let before = Instant::now();
                 match spawn::spawn(&spec) {
                     Ok(child) => {
