@@ -300,7 +300,11 @@ impl Runner {
                         // charged.
                         let t0 = Instant::now();
                         let setup = t0.duration_since(before).as_secs_f64() * 1e3;
-                        tracing::debug!(setup_ms = setup, "run started");
+                        tracing::debug!(
+                            setup_ms = setup,
+                            born_in_cgroup = child.born_in_cgroup,
+                            "run started"
+                        );
                         Ok((child, t0))
                     }
                     Err(e) => {

@@ -161,6 +161,8 @@ pub struct Child {
     pub stdout: Option<File>,
     /// The read end of its stderr.
     pub stderr: Option<File>,
+    /// Born in its cgroup v2 directory (`CLONE_INTO_CGROUP`) rather than moved there.
+    pub born_in_cgroup: bool,
 }
 
 impl Child {
@@ -517,8 +519,12 @@ fn spawn_with(spec: &Spec, mode: CloneMode) -> Result<Child, Error> {
     restore_signals(&saved);
     // The child's copies are the only writers left.
     drop((status_w, out_w, err_w, devnull, cgroup_dir));
-    let (pid, pidfd) = match cloned {
-        Ok(Cloned::Parent { pid, pidfd }) => (pid, pidfd),
+    let (pid, pidfd, born_in_cgroup) = match cloned {
+        Ok(Cloned::Parent {
+            pid,
+            pidfd,
+            into_cgroup,
+        }) => (pid, pidfd, into_cgroup),
         Ok(Cloned::Child { .. }) => unreachable!("the child execs or exits"),
         Err(e) => {
             let used_cgroup = spec.cgroup_v2.is_some() && mode == CloneMode::Clone3;
@@ -531,6 +537,7 @@ fn spawn_with(spec: &Spec, mode: CloneMode) -> Result<Child, Error> {
             pidfd,
             stdout: Some(File::from(out_r)),
             stderr: Some(File::from(err_r)),
+            born_in_cgroup,
         }),
         Ok(Some(msg)) => {
             // The child exits right after writing.
@@ -570,8 +577,12 @@ fn restore_signals(saved: &libc::sigset_t) {
 enum Cloned {
     /// This is the new process; `into_cgroup` says whether it was born in the v2 cgroup.
     Child { into_cgroup: bool },
-    /// This is the parent.
-    Parent { pid: u32, pidfd: Option<OwnedFd> },
+    /// This is the parent; `into_cgroup` as for the child.
+    Parent {
+        pid: u32,
+        pidfd: Option<OwnedFd>,
+        into_cgroup: bool,
+    },
 }
 
 fn errno() -> i32 {
@@ -639,15 +650,15 @@ unsafe fn clone_process(
             )
         };
     }
+    let into_cgroup = args.flags & CLONE_INTO_CGROUP != 0;
     match r {
-        0 => Ok(Cloned::Child {
-            into_cgroup: args.flags & CLONE_INTO_CGROUP != 0,
-        }),
+        0 => Ok(Cloned::Child { into_cgroup }),
         r if r < 0 => Err(io::Error::last_os_error()),
         pid => Ok(Cloned::Parent {
             pid: pid as u32,
             // SAFETY: the kernel returned this new descriptor for us alone.
             pidfd: (!legacy && pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) }),
+            into_cgroup,
         }),
     }
 }
@@ -1119,7 +1130,7 @@ mod tests {
     }
 
     /// Runs `spec` to the end: its stdout and how it exited.
-    fn run(spec: &Spec, mode: CloneMode) -> Result<(String, Exit, bool), Error> {
+    fn run(spec: &Spec, mode: CloneMode) -> Result<(String, Exit, Child), Error> {
         let mut child = spawn_with(spec, mode)?;
         let mut out = String::new();
         child
@@ -1129,7 +1140,7 @@ mod tests {
             .read_to_string(&mut out)
             .unwrap();
         let exit = wait(child.id()).unwrap();
-        Ok((out, exit, child.pidfd.is_some()))
+        Ok((out, exit, child))
     }
 
     #[test]
@@ -1146,9 +1157,9 @@ mod tests {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
         for mode in [CloneMode::Clone3, CloneMode::Legacy] {
-            let (out, exit, pidfd) = run(&spec(&["echo", "hi"]), mode).unwrap();
+            let (out, exit, child) = run(&spec(&["echo", "hi"]), mode).unwrap();
             assert_eq!((out.as_str(), exit.code), ("hi\n", Some(0)), "{mode:?}");
-            assert_eq!(pidfd, mode == CloneMode::Clone3);
+            assert_eq!(child.pidfd.is_some(), mode == CloneMode::Clone3);
             let (out, _, _) = run(&spec(&[script.to_str().unwrap()]), mode).unwrap();
             assert_eq!(
                 out, "from a script\n",
@@ -1202,8 +1213,9 @@ mod tests {
         s.cgroup_v2 = Some(dir.join("missing"));
         let missing = run(&s, CloneMode::Clone3);
         std::fs::remove_dir(&dir).unwrap();
-        let (out, exit, _) = result.unwrap();
+        let (out, exit, child) = result.unwrap();
         assert_eq!(exit.code, Some(0));
+        assert!(child.born_in_cgroup, "CLONE_INTO_CGROUP, no migration");
         assert!(out.lines().any(|l| l == format!("0::{rel}")), "{out}");
         let e = missing.unwrap_err();
         assert!(
