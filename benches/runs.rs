@@ -6,6 +6,11 @@
 //!   accounting, cgroup removal, answer.
 //! - timeout precision: 40 runs of `sleep 10` with a 100 ms timeout; prints how far past
 //!   the limit each run ended (median and worst).
+//! - interleaved whole-process overhead: plain `/bin/true`, `cleanroomctl run -- /bin/true`,
+//!   and the same with `--isolate net,mount,uts,ipc` and with `--isolate
+//!   net,pid,mount,uts,ipc`, one after the other in each of 200 rounds (so drift of the
+//!   machine hits every variant alike); prints the median and p90 of each. A variant the
+//!   daemon refuses (an older build without `pid`) is said so and left out.
 //!
 //! Build first: `cargo build --release --workspace --bins`.
 
@@ -60,6 +65,70 @@ fn spawn(c: &mut Criterion) {
         overshoot[overshoot.len() / 2],
         overshoot[overshoot.len() - 1]
     );
+    interleaved(&d, &ctl);
+}
+
+/// Wall time of one whole process, milliseconds; `None` if it failed.
+fn timed(cmd: &mut Command) -> Option<f64> {
+    let t = std::time::Instant::now();
+    let ok = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    ok.then(|| t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn interleaved(d: &Daemon, ctl: &std::path::Path) {
+    // (name, the isolation asked for): `None` is plain /bin/true, no cleanroom at all.
+    let variants: [(&str, Option<&str>); 4] = [
+        ("plain /bin/true", None),
+        ("cleanroomctl run -- /bin/true", Some("")),
+        ("  --isolate net,mount,uts,ipc", Some("net,mount,uts,ipc")),
+        (
+            "  --isolate net,pid,mount,uts,ipc",
+            Some("net,pid,mount,uts,ipc"),
+        ),
+    ];
+    let command = |isolate: Option<&str>| {
+        let Some(isolate) = isolate else {
+            return Command::new("/bin/true");
+        };
+        let mut c = Command::new(ctl);
+        c.arg("--socket").arg(&d.socket).arg("run");
+        if !isolate.is_empty() {
+            c.args(["--isolate", isolate]);
+        }
+        c.args(["--", "/bin/true"]);
+        c
+    };
+    let usable: Vec<_> = variants
+        .into_iter()
+        .filter(|(name, isolate)| {
+            let ok = timed(&mut command(*isolate)).is_some();
+            if !ok {
+                eprintln!("interleaved: {name:?} fails here; left out");
+            }
+            ok
+        })
+        .collect();
+    let mut times = vec![Vec::new(); usable.len()];
+    for _ in 0..200 {
+        for (i, (name, isolate)) in usable.iter().enumerate() {
+            let ms = timed(&mut command(*isolate)).unwrap_or_else(|| panic!("{name} failed"));
+            times[i].push(ms);
+        }
+    }
+    eprintln!("interleaved whole-process wall time, 200 rounds:");
+    for ((name, _), t) in usable.iter().zip(&mut times) {
+        t.sort_by(f64::total_cmp);
+        eprintln!(
+            "  {name:36} median {:6.2} ms   p90 {:6.2} ms",
+            t[t.len() / 2],
+            t[t.len() * 9 / 10]
+        );
+    }
 }
 
 criterion_group! {

@@ -26,6 +26,27 @@ fn run_cgroups(d: &Daemon) -> Vec<String> {
     found
 }
 
+/// With the run options `extra`: a command that does not exist exits 127, a file without
+/// execute permission 126.
+fn assert_start_failures(d: &Daemon, extra: &[&str]) {
+    let run = |program: &str| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend(["--", program]);
+        d.ctl(&args)
+    };
+    let out = run("no-such-command-here");
+    assert_eq!(out.status.code(), Some(127), "{extra:?}: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("command not found: no-such-command-here")
+    );
+    let not_exec = d.dir().join("not-executable");
+    std::fs::write(&not_exec, "echo should not run\n").unwrap();
+    std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(not_exec.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(126), "{extra:?}: {out:?}");
+}
+
 #[test]
 fn exit_codes_signals_and_start_failures_pass_through() {
     if !is_root_or_skip("exit_codes_signals_and_start_failures_pass_through") {
@@ -38,16 +59,7 @@ fn exit_codes_signals_and_start_failures_pass_through() {
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("err\n"));
     let out = d.ctl(&["run", "--", "sh", "-c", "kill -TERM $$"]);
     assert_eq!(out.status.code(), Some(128 + 15));
-    let out = d.ctl(&["run", "--", "no-such-command-here"]);
-    assert_eq!(out.status.code(), Some(127));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("command not found: no-such-command-here")
-    );
-    let not_exec = d.dir().join("not-executable");
-    std::fs::write(&not_exec, "echo should not run\n").unwrap();
-    std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = d.ctl(&["run", "--", not_exec.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert_start_failures(&d, &[]);
     let r = json_of(&d.ctl(&["--json", "run", "--", "sh", "-c", "exit 3"]));
     for key in [
         "id",
@@ -391,6 +403,20 @@ fn a_root_callers_run_has_no_capabilities_and_deterministic_runs_repeat_addresse
             .unwrap_or_else(|| panic!("{text}"));
         assert!(line.ends_with("0000000000000000"), "{line}");
     }
+    // Nor the daemon's signal mask or ignored signals (SIGPIPE back to its default).
+    let out = d.ctl(&[
+        "run",
+        "--",
+        "grep",
+        "-E",
+        "^Sig(Blk|Ign)",
+        "/proc/self/status",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    for line in text.lines() {
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
     let stack = |extra: &[&str]| {
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
@@ -444,6 +470,152 @@ fn isolated_runs_see_only_loopback_a_private_tmp_and_their_own_hostname() {
         "loopback ok\n",
         "{out:?}"
     );
+}
+
+/// How many proc file systems this process's mount table has (a run's must not leak here).
+fn proc_mounts() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - proc "))
+        .count()
+}
+
+#[test]
+fn a_pid_namespace_makes_the_command_pid_1_alone_and_leaves_nothing_behind() {
+    if !is_root_or_skip("a_pid_namespace_makes_the_command_pid_1_alone_and_leaves_nothing_behind") {
+        return;
+    }
+    let d = Daemon::start();
+    let mounts = proc_mounts();
+    // Builtins only: the shell is the one process of its namespace. /tmp stays the host's.
+    let host_file = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+    let script = format!(
+        "echo $$ /proc/[0-9]*; test -e {} && echo host-tmp",
+        host_file.path().display()
+    );
+    let out = d.ctl(&["run", "--isolate", "pid", "--", "sh", "-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1 /proc/1\nhost-tmp\n",
+        "{out:?}"
+    );
+    // ps sees the run's processes only.
+    let out = d.ctl(&[
+        "run",
+        "--isolate",
+        "pid",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1 & ps -e -o pid=",
+    ]);
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        pids.len() <= 3 && pids.iter().all(|p| p.parse::<u32>().unwrap() <= 3),
+        "{pids:?}"
+    );
+    // Double-forked and setsid'd processes do not survive PID 1.
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--isolate",
+        "pid",
+        "--",
+        "sh",
+        "-c",
+        "setsid sleep 1012.5 & (sleep 1012.5 &); echo started",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(alive("1012.5").is_empty(), "{:?}", alive("1012.5"));
+    // Start failures keep their meaning inside a pid namespace.
+    assert_start_failures(&d, &["--isolate", "pid"]);
+    let missing = d.dir().join("missing");
+    let out = d.ctl(&[
+        "run",
+        "--isolate",
+        "pid",
+        "--cwd",
+        missing.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        err.contains(missing.to_str().unwrap()) && err.contains("uid 0"),
+        "{err}"
+    );
+    assert_eq!(proc_mounts(), mounts, "a run's /proc leaked to the host");
+    assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
+}
+
+#[test]
+fn all_five_namespaces_together_and_a_private_tmp_refuses_a_cwd_it_hides() {
+    if !is_root_or_skip("all_five_namespaces_together_and_a_private_tmp_refuses_a_cwd_it_hides") {
+        return;
+    }
+    let d = Daemon::start();
+    let marker = format!("cleanroom-five-{}", std::process::id());
+    let script = format!(
+        "echo $$; hostname; cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' '; \
+         touch /tmp/{marker}; ls /tmp; pwd"
+    );
+    let out = d.ctl(&[
+        "run",
+        "--isolate",
+        "net,pid,mount,uts,ipc",
+        "--cwd",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("1\ncleanroom\nlo\n{marker}\n/tmp\n"),
+        "{out:?}"
+    );
+    assert!(!Path::new(&format!("/tmp/{marker}")).exists());
+    // A directory below /tmp is hidden by the private /tmp: refused, saying why.
+    let work = tempfile::tempdir_in("/tmp").unwrap();
+    let out = d.ctl(&[
+        "run",
+        "--isolate",
+        "mount",
+        "--cwd",
+        work.path().to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(work.path().to_str().unwrap()) && err.contains("private /tmp"),
+        "{err}"
+    );
+    // Without a private /tmp the same directory is fine, pid namespace or not.
+    let out = d.ctl(&[
+        "run",
+        "--isolate",
+        "pid,net",
+        "--cwd",
+        work.path().to_str().unwrap(),
+        "--",
+        "pwd",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        work.path().to_str().unwrap(),
+        "{out:?}"
+    );
+    assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
 }
 
 #[test]

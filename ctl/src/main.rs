@@ -146,8 +146,8 @@ struct RunArgs {
     /// ASLR off for the command, fixed environment, CLEANROOM_SEED=0.
     #[arg(long)]
     deterministic: bool,
-    /// Namespaces of its own, comma-separated: net (only lo), mount (private /tmp), uts
-    /// (hostname cleanroom), ipc.
+    /// Namespaces of its own, comma-separated: net (only lo), pid (it is PID 1 and /proc
+    /// shows only its processes), mount (private /tmp), uts (hostname cleanroom), ipc.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_isolation)]
     isolate: Vec<cleanroom_proto::Isolation>,
     /// Environment variable for the command (repeatable); the rest of your environment
@@ -257,9 +257,9 @@ fn parse_isolation(s: &str) -> Result<cleanroom_proto::Isolation, String> {
         "mount" => Ok(Isolation::Mount),
         "uts" => Ok(Isolation::Uts),
         "ipc" => Ok(Isolation::Ipc),
-        "pid" => Err("pid namespaces are not supported yet; use net, mount, uts, ipc".into()),
+        "pid" => Ok(Isolation::Pid),
         other => Err(format!(
-            "{other:?} is not a namespace: use net, mount, uts, ipc"
+            "{other:?} is not a namespace: use net, pid, mount, uts, ipc"
         )),
     }
 }

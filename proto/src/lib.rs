@@ -771,7 +771,8 @@ pub struct RunParams {
     #[serde(default)]
     pub baseline: Option<String>,
     /// Namespaces of its own: `net` (only a loopback interface, up), `mount` (a private
-    /// `/tmp`), `uts` (hostname `cleanroom`), `ipc`.
+    /// `/tmp`), `uts` (hostname `cleanroom`), `ipc`, `pid` (the command is PID 1 and
+    /// `/proc` shows only the run's processes).
     #[serde(default)]
     pub isolate: Vec<Isolation>,
     /// A label stored with the run.
@@ -812,6 +813,9 @@ pub enum Isolation {
     Uts,
     /// Its own System V IPC and POSIX message queues.
     Ipc,
+    /// Its own process ids: the command is PID 1 and sees only its own processes; implies
+    /// a private mount namespace with `/proc` of its own.
+    Pid,
 }
 
 /// Why a run ended.

@@ -30,7 +30,7 @@ chmod 755 "$work"
 sock=$work/d.sock
 : > "$work/c.toml"
 ( echo "$BASHPID" > "$svc/cleanroomd/cgroup.procs"
-  exec "$bin/cleanroomd" --config "$work/c.toml" --socket "$sock" --state-dir "$work/state" 2> "$work/log" ) &
+  RUST_LOG=info,cleanroomd::run=debug exec "$bin/cleanroomd" --config "$work/c.toml" --socket "$sock" --state-dir "$work/state" 2> "$work/log" ) &
 daemon=$!
 for _ in $(seq 1 300); do "$bin/cleanroomctl" --socket "$sock" ping >/dev/null 2>&1 && break; sleep 0.05; done
 ctl() { "$bin/cleanroomctl" --socket "$sock" "$@"; }
@@ -60,12 +60,23 @@ check "nothing survives the run" test -z "$(pgrep -f 'sleep 1009.5')"
 quota=$(ctl run --cpu-percent 50 -- sh -c 'cat "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpu.max"' 2>/dev/null)
 check "cpu quota written to cpu.max" test "$quota" = "50000 100000"
 
+# clone3(CLONE_INTO_CGROUP): the command is in its run's cgroup from birth, no migration.
+own=$(ctl run -- cat /proc/self/cgroup 2>/dev/null)
+case "/sys/fs/cgroup${own#0::}" in "$runs_base"/run-*) in_run=yes ;; *) in_run="no: $own" ;; esac
+check "the command runs in its run cgroup" test "$in_run" = yes
+check "the run was born in its cgroup (CLONE_INTO_CGROUP)" grep -q "born_in_cgroup=true" "$work/log"
+check "no run had to be moved into its cgroup" sh -c "! grep -q born_in_cgroup=false '$work/log'"
+
+out=$(ctl run --isolate pid,mount,net -- sh -c 'echo $$ /proc/[0-9]*; setsid sleep 1010.5 & (sleep 1010.5 &)' 2>/dev/null)
+check "--isolate pid: the command is PID 1, alone in its /proc" test "$out" = "1 /proc/1"
+check "--isolate pid: nothing survives PID 1" test -z "$(pgrep -f 'sleep 1010.5')"
+
 # Exclusive: the shield is a cpuset partition here; the kernel takes the CPU from every
 # other cgroup, PID 1 included (systemd is ours to move in this VM).
 start_daemon() {
     # Into the leaf the first daemon made (its parent now has controllers for children).
     ( echo "$BASHPID" > "$svc/cleanroomd/daemon/cgroup.procs"
-      exec "$bin/cleanroomd" --config "$work/c.toml" --socket "$sock" --state-dir "$work/state" 2>> "$work/log" ) &
+      RUST_LOG=info,cleanroomd::run=debug exec "$bin/cleanroomd" --config "$work/c.toml" --socket "$sock" --state-dir "$work/state" 2>> "$work/log" ) &
     daemon=$!
     for _ in $(seq 1 300); do ctl ping >/dev/null 2>&1 && break; sleep 0.05; done
 }

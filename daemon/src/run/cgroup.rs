@@ -376,6 +376,15 @@ impl RunCgroup {
         self.dirs.iter().map(|(_, d)| d.clone()).collect()
     }
 
+    /// The run's directory in the unified hierarchy, on cgroup v2 (a process can be cloned
+    /// straight into it).
+    pub fn v2_dir(&self) -> Option<&str> {
+        self.dirs
+            .first()
+            .filter(|_| self.v2)
+            .map(|(_, d)| d.as_str())
+    }
+
     /// The `cgroup.procs` files a pid must be written to, to enter the run.
     pub fn procs_files(&self) -> Vec<String> {
         self.dirs

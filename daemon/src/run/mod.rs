@@ -407,11 +407,18 @@ impl Runner {
             let (host, cg) = (host.clone(), cg.clone());
             tokio::task::spawn_blocking(move || {
                 let mut spec = job2.spec.clone();
-                spec.cgroup_procs = cg
-                    .procs_files()
-                    .iter()
-                    .filter_map(|p| host.path(p).ok())
-                    .collect();
+                // v2: the child is cloned into its cgroup; v1: it writes itself into each
+                // hierarchy's cgroup.procs.
+                match cg.v2_dir() {
+                    Some(d) => spec.cgroup_v2 = host.path(d).ok(),
+                    None => {
+                        spec.cgroup_procs = cg
+                            .procs_files()
+                            .iter()
+                            .filter_map(|p| host.path(p).ok())
+                            .collect()
+                    }
+                }
                 // The noise window opens as close to the exec as the daemon can get.
                 let noise_start = probe2.sample();
                 let before = Instant::now();
@@ -424,7 +431,11 @@ impl Runner {
                         // charged.
                         let t0 = Instant::now();
                         let setup = t0.duration_since(before).as_secs_f64() * 1e3;
-                        tracing::debug!(setup_ms = setup, "run started");
+                        tracing::debug!(
+                            setup_ms = setup,
+                            born_in_cgroup = child.born_in_cgroup,
+                            "run started"
+                        );
                         Ok((child, t0, noise_start))
                     }
                     Err(e) => {

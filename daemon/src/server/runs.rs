@@ -194,6 +194,7 @@ pub async fn start(
             deterministic: p.deterministic,
             isolate: p.isolate.clone(),
             realtime: p.realtime,
+            cgroup_v2: None,
             cgroup_procs: Vec::new(),
         },
         limits: Limits {
