@@ -1053,3 +1053,44 @@ fn run_cancel_ends_a_batch_by_its_id() {
     let out = d.ctl(&["--json", "runs", "cancel", &batch]);
     assert_eq!(json_of(&out)["cancelled"], false, "no longer running");
 }
+
+#[test]
+fn rlimits_are_the_daemons_original_or_those_asked_for() {
+    if !is_root_or_skip("rlimits_are_the_daemons_original_or_those_asked_for") {
+        return;
+    }
+    let d = Daemon::builder().start();
+    // The daemon raised its own open-files limit; a run gets the one it started with (this
+    // test's, which the daemon inherited).
+    let (soft, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let out = d.ctl(&["run", "--", "sh", "-c", "ulimit -n"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        soft.to_string()
+    );
+    let out = d.ctl(&[
+        "run",
+        "--rlimit",
+        "nofile=77",
+        "--rlimit",
+        "core=unlimited",
+        "--rlimit",
+        "fsize=1M",
+        "--",
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -Hn; ulimit -c; ulimit -f",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "77\n77\nunlimited\n2048\n",
+        "ulimit -f counts 512-byte blocks"
+    );
+    let out = d.ctl(&["run", "--rlimit", "files=3", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown limit \"files\""));
+    let out = d.ctl(&["run", "--rlimit", "nofile", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -157,6 +157,12 @@ struct RunArgs {
     /// Working directory [default: the current one].
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
+    /// A resource limit for the command, soft and hard (repeatable): nofile, nproc, core,
+    /// stack, as, data, fsize, memlock or cpu, e.g. --rlimit nofile=4096 --rlimit
+    /// core=unlimited. Without nofile the command gets the daemon's original open-files
+    /// limit.
+    #[arg(long = "rlimit", value_name = "NAME=VALUE", value_parser = parse_rlimit)]
+    rlimits: Vec<(String, u64)>,
     /// A label stored with the run.
     #[arg(long)]
     label: Option<String>,
@@ -200,6 +206,17 @@ fn parse_cpus(s: &str) -> Result<cleanroom_proto::CpuRequest, String> {
             "{s:?} is neither a count nor a CPU list (2 = two CPUs; 2,3 or 2-3 = those CPUs)"
         )),
     }
+}
+
+fn parse_rlimit(s: &str) -> Result<(String, u64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE (like nofile=4096)"))?;
+    let value = match value {
+        "unlimited" | "infinity" => u64::MAX,
+        v => parse_size(v).map_err(|e| format!("{name}: {e}"))?,
+    };
+    Ok((name.to_owned(), value))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -562,6 +579,7 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         cpus: a.cpus.clone(),
         wait: a.wait,
         detach: a.detach,
+        rlimits: a.rlimits.iter().cloned().collect(),
         realtime: a.realtime,
         baseline: a.baseline.clone(),
         repeat: a.repeat,

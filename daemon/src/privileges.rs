@@ -109,7 +109,16 @@ pub fn drop_capabilities() -> Result<(), Error> {
 /// Raises the soft limit of open files to the hard limit: every connection is a file.
 pub fn raise_nofile_limit() -> std::io::Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
+    let _ = ORIGINAL_NOFILE.set((soft, hard));
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
     Ok(hard)
+}
+
+static ORIGINAL_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// `RLIMIT_NOFILE` (soft, hard) as the daemon was started with, before it raised its own:
+/// what runs get unless they ask for another.
+pub fn original_nofile() -> Option<(u64, u64)> {
+    ORIGINAL_NOFILE.get().copied()
 }

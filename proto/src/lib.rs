@@ -770,6 +770,12 @@ pub struct RunParams {
     /// Compare the measured runs with this baseline (`comparison` in the result).
     #[serde(default)]
     pub baseline: Option<String>,
+    /// Resource limits by name (`nofile`, `nproc`, `core`, `stack`, `as`, `data`, `fsize`,
+    /// `memlock`, `cpu`), each setting the soft and the hard limit (`u64::MAX`: unlimited).
+    /// Without `nofile` a run gets the open-files limit the daemon was started with, not
+    /// the daemon's raised one.
+    #[serde(default)]
+    pub rlimits: std::collections::BTreeMap<String, u64>,
     /// Namespaces of its own: `net` (only a loopback interface, up), `mount` (a private
     /// `/tmp`), `uts` (hostname `cleanroom`), `ipc`, `pid` (the command is PID 1 and
     /// `/proc` shows only the run's processes).

@@ -92,6 +92,8 @@ pub struct Spec {
     pub cgroup_v2: Option<PathBuf>,
     /// `cgroup.procs` files (real paths) of v1 hierarchies, entered by the child before exec.
     pub cgroup_procs: Vec<PathBuf>,
+    /// Resource limits: (`RLIMIT_*` resource, soft, hard), set while still privileged.
+    pub rlimits: Vec<(i32, u64, u64)>,
 }
 
 /// Why a run could not start.
@@ -200,6 +202,7 @@ enum Stage {
     Session,
     Personality,
     Namespace,
+    Rlimit,
     Realtime,
     NoNewPrivs,
     Ids,
@@ -210,11 +213,12 @@ enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 11] = [
+    const ALL: [Stage; 12] = [
         Stage::Cgroup,
         Stage::Session,
         Stage::Personality,
         Stage::Namespace,
+        Stage::Rlimit,
         Stage::Realtime,
         Stage::NoNewPrivs,
         Stage::Ids,
@@ -234,6 +238,7 @@ impl Stage {
             Stage::Session => "setsid",
             Stage::Personality => "turning ASLR off",
             Stage::Namespace => "namespaces",
+            Stage::Rlimit => "setting a resource limit",
             Stage::Realtime => "SCHED_FIFO",
             Stage::NoNewPrivs => "no_new_privs",
             Stage::Ids => "taking the caller's groups, gid and uid",
@@ -338,6 +343,7 @@ struct Plan<'a> {
     proc_mount: bool,
     hostname: bool,
     loopback: bool,
+    rlimits: &'a [(i32, libc::rlimit64)],
     status: RawFd,
     stdin: RawFd,
     stdout: RawFd,
@@ -480,6 +486,19 @@ fn spawn_with(spec: &Spec, mode: CloneMode) -> Result<Child, Error> {
     let (out_r, out_w) = pipe().map_err(spawn_err)?;
     let (err_r, err_w) = pipe().map_err(spawn_err)?;
     let ns_flags = namespace_flags(&spec.isolate);
+    let rlimits: Vec<(i32, libc::rlimit64)> = spec
+        .rlimits
+        .iter()
+        .map(|&(r, soft, hard)| {
+            (
+                r,
+                libc::rlimit64 {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                },
+            )
+        })
+        .collect();
     let mut plan = Plan {
         argv: &argv_ptrs,
         envp: &envp_ptrs,
@@ -498,6 +517,7 @@ fn spawn_with(spec: &Spec, mode: CloneMode) -> Result<Child, Error> {
         proc_mount: isolated(Isolation::Pid),
         hostname: isolated(Isolation::Uts),
         loopback: isolated(Isolation::Net),
+        rlimits: &rlimits,
         status: status_w.as_raw_fd(),
         stdin: devnull.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
@@ -747,6 +767,14 @@ unsafe fn exec_child(p: &mut Plan<'_>) -> ! {
         }
         if p.loopback && !loopback_up() {
             fail_now(Stage::Namespace, 4);
+        }
+        // Resource limits while privileged (raising a hard limit needs
+        // CAP_SYS_RESOURCE); they survive setuid and exec.
+        for (i, (resource, limit)) in p.rlimits.iter().enumerate() {
+            let none: *mut libc::rlimit64 = std::ptr::null_mut();
+            if libc::syscall(libc::SYS_prlimit64, 0, *resource, limit as *const _, none) < 0 {
+                fail_now(Stage::Rlimit, i as u8);
+            }
         }
         // 4. Realtime while privileged (CAP_SYS_NICE; the policy survives setuid and
         // exec), then the bounding set.
@@ -1126,6 +1154,7 @@ mod tests {
             realtime: false,
             cgroup_v2: None,
             cgroup_procs: Vec::new(),
+            rlimits: Vec::new(),
         }
     }
 

@@ -104,6 +104,14 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
     if p.pids == Some(0) || p.cpu_percent == Some(0) || p.timeout_ms == Some(0) {
         return bad("pids, cpu_percent and timeout_ms must be positive".into());
     }
+    for name in p.rlimits.keys() {
+        if rlimit_resource(name).is_none() {
+            return bad(format!(
+                "rlimits: unknown limit {name:?} (nofile, nproc, core, stack, as, data, \
+                 fsize, memlock, cpu)"
+            ));
+        }
+    }
     if let Some(cwd) = &p.cwd {
         if !cwd.starts_with('/') {
             return bad(format!("cwd {cwd:?} must be an absolute path"));
@@ -196,6 +204,7 @@ pub async fn start(
             realtime: p.realtime,
             cgroup_v2: None,
             cgroup_procs: Vec::new(),
+            rlimits: rlimits(&p),
         },
         limits: Limits {
             memory: p.memory,
@@ -500,6 +509,39 @@ async fn finish(
         )));
     }
     Ok(result)
+}
+
+/// The `RLIMIT_*` resource of a limit's name.
+fn rlimit_resource(name: &str) -> Option<i32> {
+    Some(match name {
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "core" => libc::RLIMIT_CORE,
+        "stack" => libc::RLIMIT_STACK,
+        "as" => libc::RLIMIT_AS,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "cpu" => libc::RLIMIT_CPU,
+        _ => return None,
+    } as i32)
+}
+
+/// The limits a run gets: the daemon's original open-files limit, then those asked for.
+fn rlimits(p: &RunParams) -> Vec<(i32, u64, u64)> {
+    let mut out: Vec<(i32, u64, u64)> = Vec::new();
+    if let (Some((soft, hard)), false) = (
+        crate::privileges::original_nofile(),
+        p.rlimits.contains_key("nofile"),
+    ) {
+        out.push((libc::RLIMIT_NOFILE as i32, soft, hard));
+    }
+    for (name, v) in &p.rlimits {
+        if let Some(r) = rlimit_resource(name) {
+            out.push((r, *v, *v));
+        }
+    }
+    out
 }
 
 /// A user by name or uid: its uid, primary gid and groups from the user database.
