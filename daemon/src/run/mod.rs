@@ -76,6 +76,8 @@ pub struct Runner {
     /// exclusive runs go into (v2). Its lock is only ever held for a copy (never across
     /// raising or lowering), so runs can read it from async code.
     up: std::sync::Mutex<Option<Up>>,
+    /// Noise probes by CPU list.
+    probes: std::sync::Mutex<std::collections::HashMap<String, noise::Probe>>,
 }
 
 /// The shield in force.
@@ -212,6 +214,7 @@ impl Runner {
             exempt: shield_config.exempt,
             method,
             up: std::sync::Mutex::new(None),
+            probes: std::sync::Mutex::new(Default::default()),
         }
     }
 
@@ -368,7 +371,17 @@ impl Runner {
         };
         let host = self.host.clone();
         let pressure_before = pressure(&host);
-        let probe = noise::Probe::new(&host, &record.cpus);
+        // What the host can tell about a set of CPUs does not change: found once per set.
+        let probe = {
+            let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+            if probes.len() > 256 {
+                probes.clear(); // CPU lists are the caller's choice: keep the cache small
+            }
+            probes
+                .entry(record.cpus.clone())
+                .or_insert_with(|| noise::Probe::new(&host, &record.cpus))
+                .clone()
+        };
         let probe2 = probe.clone();
         let job2 = job.clone();
         let id2 = id.clone();
