@@ -1,0 +1,130 @@
+//! IRQ affinity: moved off the shielded CPUs (every IRQ journaled, so those that appear
+//! meanwhile are told apart) and put back.
+
+use super::*;
+
+/// IRQ affinity files and their current CPU sets: the default (a mask) and every IRQ's
+/// list.
+pub(super) fn irq_files(host: &Host) -> Vec<(String, bool, BTreeSet<u32>)> {
+    let mut out = Vec::new();
+    let default = "/proc/irq/default_smp_affinity".to_owned();
+    let mask = host
+        .read(&default)
+        .ok()
+        .and_then(|t| crate::host::format::parse_cpu_mask(&t).ok());
+    if let Some(set) = mask {
+        out.push((default, true, set));
+    }
+    for irq in host
+        .list("/proc/irq")
+        .iter()
+        .filter(|n| n.parse::<u32>().is_ok())
+    {
+        let path = format!("/proc/irq/{irq}/smp_affinity_list");
+        if let Some(set) = host.read(&path).ok().and_then(|t| parse_cpu_list(&t).ok()) {
+            out.push((path, false, set));
+        }
+    }
+    out
+}
+
+pub(super) fn write_irq(host: &Host, path: &str, mask: bool, set: &BTreeSet<u32>) -> bool {
+    let value = if mask {
+        crate::host::format::format_cpu_mask(set)
+    } else {
+        format_cpu_list(set)
+    };
+    host.write(path, &value).is_ok()
+}
+
+/// IRQs off `cpus`, originals journaled first.
+pub(super) fn irqs_off(
+    host: &Host,
+    conn: &mut Connection,
+    cpus: &BTreeSet<u32>,
+    raised: &mut Raised,
+) -> rusqlite::Result<()> {
+    // Every IRQ is journaled, those left alone with their affinity unchanged: lowering
+    // then knows which IRQs appeared while the shield was up.
+    let irqs: Vec<(String, bool, BTreeSet<u32>, BTreeSet<u32>)> = irq_files(host)
+        .into_iter()
+        .map(|(path, mask, set)| {
+            let reduced: BTreeSet<u32> = set.difference(cpus).copied().collect();
+            if set.is_disjoint(cpus) || reduced.is_empty() {
+                (path, mask, set.clone(), set)
+            } else {
+                (path, mask, set, reduced)
+            }
+        })
+        .collect();
+    let tx = conn.transaction()?;
+    {
+        let mut irq = tx.prepare_cached(
+            "INSERT OR IGNORE INTO shield_irq (path, original, written) VALUES (?1, ?2, ?3)",
+        )?;
+        for (path, _, original, reduced) in &irqs {
+            irq.execute(params![
+                path,
+                format_cpu_list(original),
+                format_cpu_list(reduced)
+            ])?;
+        }
+        // Says the list above is complete: only then can lowering tell new IRQs apart.
+        irq.execute(params![IRQS_COMPLETE, "", ""])?;
+    }
+    tx.commit()?;
+    for (path, mask, _, reduced) in irqs.iter().filter(|(_, _, o, r)| o != r) {
+        if write_irq(host, path, *mask, reduced) {
+            raised.irqs_moved += 1;
+        } else {
+            raised.irqs_unmovable += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The `shield_irq` row saying every IRQ present at raise time is journaled.
+pub(super) const IRQS_COMPLETE: &str = "(every irq)";
+
+/// IRQs that appeared while the shield was up took the shield's default affinity; those
+/// that still have exactly it get the default's original back (every online CPU if the
+/// default was not narrowed).
+pub(super) fn widen_new_irqs(
+    host: &Host,
+    conn: &Connection,
+    journaled: &[(String, String, String)],
+) -> rusqlite::Result<usize> {
+    let meta: Option<(String, String, String)> = conn
+        .query_row(
+            "SELECT boot_id, shielded, online FROM shield_meta WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((boot_id, shielded, online)) = meta else {
+        return Ok(0);
+    };
+    let complete = journaled.iter().any(|(p, _, _)| p == IRQS_COMPLETE);
+    if !complete || host.boot_id().ok().as_deref() != Some(boot_id.as_str()) {
+        return Ok(0);
+    }
+    let (Ok(shielded), Ok(online)) = (parse_cpu_list(&shielded), parse_cpu_list(&online)) else {
+        return Ok(0);
+    };
+    let reduced: BTreeSet<u32> = online.difference(&shielded).copied().collect();
+    let default = journaled
+        .iter()
+        .find(|(p, _, _)| p.ends_with("default_smp_affinity"))
+        .and_then(|(_, original, _)| parse_cpu_list(original).ok())
+        .unwrap_or(online);
+    let mut widened = 0;
+    for (path, mask, current) in irq_files(host) {
+        if mask || current != reduced || journaled.iter().any(|(p, _, _)| *p == path) {
+            continue;
+        }
+        if write_irq(host, &path, false, &default) {
+            widened += 1;
+        }
+    }
+    Ok(widened)
+}
