@@ -833,3 +833,66 @@ fn a_write_the_kernel_half_takes_is_rolled_back_too() {
     );
     assert_eq!(r["journal_entries"], 0);
 }
+
+#[test]
+fn the_service_status_follows_the_profile_and_the_runs() {
+    if !is_root_or_skip("the_service_status_follows_the_profile_and_the_runs") {
+        return;
+    }
+    let _serial = serial();
+    let snap = KernelSnapshot::take(&[SWAPPINESS]);
+    let profiles = tempfile::tempdir().unwrap();
+    let value = other(&read(SWAPPINESS), 21, 22);
+    write_profile(
+        profiles.path(),
+        "status-test",
+        &format!("[sysctl]\n\"vm.swappiness\" = {value}\n"),
+    );
+    let mut d = daemon_with_profiles(profiles.path(), "");
+    assert!(
+        d.notifications
+            .iter()
+            .any(|n| n.contains("READY=1") && n.contains("STATUS=no profile active, 0 runs")),
+        "{:?}",
+        d.notifications
+    );
+
+    d.notifications.clear();
+    assert!(d.ctl(&["profile", "apply", "status-test"]).status.success());
+    d.wait_notification(
+        "STATUS=profile status-test active, 0 runs",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    d.notifications.clear();
+    let out = d.ctl(&["--json", "run", "--detach", "--", "sleep", "1207.3"]);
+    assert!(out.status.success(), "{out:?}");
+    let batch = json(&out)["batch"].as_str().unwrap().to_owned();
+    d.wait_notification(
+        "STATUS=profile status-test active, 1 run\n",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    d.notifications.clear();
+    assert!(d.ctl(&["runs", "cancel", &batch]).status.success());
+    d.wait_notification(
+        "STATUS=profile status-test active, 0 runs",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    d.notifications.clear();
+    assert!(d.ctl(&["profile", "revert"]).status.success());
+    d.wait_notification("STATUS=no profile active, 0 runs", Duration::from_secs(5))
+        .unwrap();
+    // A reload reports the same line with READY=1.
+    d.notifications.clear();
+    d.signal(Signal::SIGHUP);
+    d.wait_notification("RELOADING=1", Duration::from_secs(5))
+        .unwrap();
+    d.wait_notification(
+        "READY=1\nSTATUS=no profile active, 0 runs",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(read(SWAPPINESS), snap.taken()[0].1.trim());
+}

@@ -190,8 +190,11 @@ async fn serve(
 
     // 8. READY only now: the socket accepts (the kernel queues connections since bind),
     //    recovery is done, signals are handled.
-    let status_line = format!("serving {}", state.socket.path.display());
-    systemd::ready(&status_line);
+    if let Ok(a) = cleanroomd::tune::active(&state.store) {
+        state.set_active_profile(a.profile.as_deref());
+        state.metrics.journal_entries.set(a.journal_entries as i64);
+    }
+    systemd::ready(&state.status_line());
     tracing::info!(
         socket = %state.socket.path.display(),
         activated = state.socket.activated,
@@ -228,7 +231,7 @@ async fn serve(
                             Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: new configuration refused; the old one stays in force"),
                             Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
                         }
-                        systemd::reloaded(&status_line);
+                        systemd::reloaded(&state.status_line());
                     }
                 }
             }
@@ -238,11 +241,8 @@ async fn serve(
     };
     tokio::spawn(signals);
 
-    if let Ok(a) = cleanroomd::tune::active(&state.store) {
-        state.metrics.set_active_profile(a.profile.as_deref());
-        state.metrics.journal_entries.set(a.journal_entries as i64);
-    }
     tokio::spawn(drift_checks(Arc::clone(&state)));
+    tokio::spawn(status_updates(Arc::clone(&state)));
 
     let tracker = server::run(listener, Arc::clone(&state)).await;
     // 9. Stop: no new connections (the accept loop has ended), requests in flight get up
@@ -291,6 +291,34 @@ async fn serve(
     }
     tracing::info!("cleanroomd stopped");
     Ok(())
+}
+
+/// Keeps the service manager's status line (`systemctl status`, `StatusText`) in step
+/// with the active profile and the runs in progress. A line the manager had no room for is
+/// sent again a second later, or replaced by a newer one.
+async fn status_updates(state: Arc<State>) {
+    let mut shown = state.status_line();
+    let mut pending = false;
+    loop {
+        let retry = async {
+            if pending {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = state.shutdown.cancelled() => break,
+            () = state.status_changed.notified() => {}
+            () = retry => {}
+        }
+        let line = state.status_line();
+        if line == shown && !pending {
+            continue;
+        }
+        pending = systemd::status(&line) == systemd::Sent::Full;
+        shown = line;
+    }
 }
 
 /// Verifies the active profile every `tuning.drift_check_interval_s` seconds (0: never

@@ -92,6 +92,9 @@ pub struct State {
     pub active_runs: std::sync::Mutex<
         std::collections::HashMap<String, (u32, tokio_util::sync::CancellationToken)>,
     >,
+    /// Woken whenever what [`State::status_line`] says may have changed.
+    pub status_changed: tokio::sync::Notify,
+    active_profile: std::sync::Mutex<Option<String>>,
     connections: AtomicUsize,
 }
 
@@ -137,6 +140,8 @@ impl State {
             runner: parts.runner,
             runs: tokio_util::task::TaskTracker::new(),
             active_runs: std::sync::Mutex::new(Default::default()),
+            status_changed: tokio::sync::Notify::new(),
+            active_profile: std::sync::Mutex::new(None),
             connections: AtomicUsize::new(0),
         })
     }
@@ -197,9 +202,62 @@ impl State {
         }
     }
 
+    /// Records the active profile (after start-up, an apply or a revert): the metric and
+    /// the service status follow it.
+    pub fn set_active_profile(&self, profile: Option<&str>) {
+        self.metrics.set_active_profile(profile);
+        *self
+            .active_profile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = profile.map(str::to_owned);
+        self.status_changed.notify_one();
+    }
+
+    /// Records a batch in progress, with its owner and the token that cancels it.
+    pub fn batch_started(&self, batch: &str, uid: u32, cancel: CancellationToken) {
+        self.active_runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(batch.to_owned(), (uid, cancel));
+        self.status_changed.notify_one();
+    }
+
+    /// Forgets a batch that has ended.
+    pub fn batch_ended(&self, batch: &str) {
+        self.active_runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(batch);
+        self.status_changed.notify_one();
+    }
+
+    /// The one-line summary the service manager shows (`systemctl status`), e.g.
+    /// "profile throughput-performance active, 2 runs" or "no profile active, 0 runs".
+    pub fn status_line(&self) -> String {
+        let runs = self
+            .active_runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        let profile = self
+            .active_profile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        status_line(profile.as_deref(), runs)
+    }
+
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+}
+
+fn status_line(profile: Option<&str>, runs: usize) -> String {
+    let plural = if runs == 1 { "run" } else { "runs" };
+    match profile {
+        Some(p) => format!("profile {p} active, {runs} {plural}"),
+        None => format!("no profile active, {runs} {plural}"),
     }
 }
 

@@ -275,7 +275,7 @@ where
     .map_err(|e| Error::Internal(format!("tuning task failed: {e}")))?;
     let result = result?;
     state.metrics.observe_tuning(&result);
-    state.metrics.set_active_profile(active.as_deref());
+    state.set_active_profile(active.as_deref());
     Ok(result)
 }
 

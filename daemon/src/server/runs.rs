@@ -262,11 +262,7 @@ pub async fn start(
     let answer_batch = batch.clone();
     let uid = peer.uid;
     let admin = peer.role(&live.auth) == cleanroom_proto::Role::Admin;
-    state
-        .active_runs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(batch.clone(), (peer.uid, cancel.clone()));
+    state.batch_started(&batch, peer.uid, cancel.clone());
     let active = Arc::clone(&state);
     let done_batch = batch.clone();
     let started = notification(
@@ -281,13 +277,7 @@ pub async fn start(
     // dropped, but the run still ends through the cancel token and cleans up.
     let task = state.runs.spawn(async move {
         let _ = notify.send(started).await;
-        let forget = || {
-            active
-                .active_runs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&done_batch);
-        };
+        let forget = || active.batch_ended(&done_batch);
         // Exclusive cores for the whole batch; the shield goes up with the first holder.
         // From here on the cores are released by this task, on a blocking thread,
         // whatever happens to the request.
