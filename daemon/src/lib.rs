@@ -5,6 +5,7 @@
 //! [`server::dispatch::dispatch`] (no socket types below this point) → tune/run →
 //! [`host`] and [`store`]. Only [`host`] opens kernel files.
 
+pub mod args;
 pub mod config;
 pub mod host;
 pub mod metrics;

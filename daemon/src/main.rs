@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use cleanroomd::args::Args;
 use cleanroomd::config::{self, Overrides, Source};
 use cleanroomd::host::Host;
 use cleanroomd::server::{self, listener};
@@ -14,38 +15,6 @@ use cleanroomd::state::{Live, Parts, SocketInfo, State};
 use cleanroomd::store::Store;
 use cleanroomd::{privileges, systemd};
 use tokio::signal::unix::{SignalKind, signal};
-
-/// The cleanroom daemon: tunes the host with a crash-safe journal and runs tests and
-/// benchmarks in isolation. Controlled with cleanroomctl over a Unix socket.
-#[derive(Debug, Parser)]
-#[command(
-    version,
-    after_help = "Examples:\n  \
-        cleanroomd                                   # as systemd starts it\n  \
-        cleanroomd --check-config                    # validate and print the effective config\n  \
-        cleanroomd --socket /tmp/cr.sock --state-dir /tmp/cr-state   # a private instance\n\n\
-        Signals: SIGTERM/SIGINT stop (requests in flight finish first), SIGHUP reloads the\n\
-        configuration (an invalid file is logged and the old one kept).\n\
-        Logs go to stderr; RUST_LOG=debug shows more."
-)]
-struct Args {
-    /// Configuration file. A missing default file means built-in defaults; a missing
-    /// file given here is an error.
-    #[arg(long, value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// Socket to serve, instead of the configured one.
-    #[arg(long, value_name = "PATH", env = cleanroom_proto::SOCKET_ENV)]
-    socket: Option<PathBuf>,
-    /// Directory of the state database [default: /var/lib/cleanroom].
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Root under which /proc and /sys are read and written [default: /]. For tests.
-    #[arg(long, value_name = "DIR")]
-    host_root: Option<PathBuf>,
-    /// Validate the configuration, print the effective configuration, and exit.
-    #[arg(long)]
-    check_config: bool,
-}
 
 fn main() -> ExitCode {
     let started = Instant::now();

@@ -1,0 +1,405 @@
+//! cleanroomctl's command line, as a library so that man pages and shell completions are
+//! generated from the same definition the binary parses (`cleanroom-docgen`).
+//!
+//! Exit codes: 0 ok; 1 the operation failed; 2 usage; 69 daemon unreachable; 77 permission
+//! denied.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The exit codes, for `--help` and the man page.
+pub const EXIT_HELP: &str = "Exit codes:\n  \
+    0   success\n  \
+    1   the operation failed (the message says why)\n  \
+    2   usage error\n  \
+    69  the daemon is unreachable (not running, or wrong --socket)\n  \
+    77  permission denied (the message names the group to join)";
+
+/// Control cleanroomd, the cleanroom system tuner and clean-room test runner.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = format!("Examples:\n  \
+        cleanroomctl status                 # what the daemon is, and who you are to it\n  \
+        cleanroomctl --json status | jq .   # the same, for scripts\n  \
+        cleanroomctl ping                   # round-trip time to the daemon\n  \
+        cleanroomctl metrics                # Prometheus metrics\n  \
+        sudo cleanroomctl reload            # re-read /etc/cleanroom/cleanroomd.toml\n\n{EXIT_HELP}")
+)]
+pub struct Cli {
+    /// Socket of the daemon.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = cleanroom_proto::SOCKET_ENV,
+        default_value = cleanroom_proto::DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+    /// Print the result object as JSON on stdout and nothing else.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long to wait for the daemon's answer (e.g. 10, 2.5s, 500ms) [default: 10s].
+    /// With `run`: the run's wall-clock limit, after which every process of the run is
+    /// killed (no limit by default).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<u64>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the daemon's version, socket, state, cgroup mode, and your identity and role.
+    #[command(after_help = "Examples:\n  cleanroomctl status\n  cleanroomctl status --json")]
+    Status,
+    /// Check that the daemon answers, and how fast.
+    #[command(
+        after_help = "Examples:\n  cleanroomctl ping\n  cleanroomctl --socket /tmp/cr.sock ping"
+    )]
+    Ping,
+    /// Print the daemon's metrics in Prometheus text format.
+    #[command(after_help = "Examples:\n  cleanroomctl metrics | grep cleanroomd_requests_total")]
+    Metrics,
+    /// Run a command in a clean room: its own cgroup, as you, measured; every process it
+    /// starts ends with it. Exits with the command's exit code.
+    #[command(
+        after_help = "Exit code: the command's own; 124 when the timeout ended it; 128+N when signal N\n\
+        ended it; 127 command not found; 126 not executable; 1 when the run could not be done.\n\
+        The command's output streams to your stdout and stderr (to stderr only with --json, whose\n\
+        stdout is the result object); a summary goes to stderr.\n\n\
+        Examples:\n  \
+        cleanroomctl run -- make test\n  \
+        cleanroomctl run --timeout 30s --memory 512M --pids 256 -- ./integration-test\n  \
+        cleanroomctl run --repeat 20 --warmup 3 -- ./bench --quick\n  \
+        cleanroomctl --json run --repeat 10 -- ./bench > result.json"
+    )]
+    Run(Box<RunArgs>),
+    /// Stored runs: list, show, compare.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Baselines: list, save, delete (or save one with `run --save-baseline NAME`).
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
+    /// Tuning profiles: list, show, apply, revert, verify, recommend.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Make the daemon re-read its configuration (like SIGHUP); needs role admin.
+    #[command(
+        after_help = "An invalid file is refused with an error naming the key and line, and the\n\
+        configuration in force stays unchanged.\n\nExamples:\n  sudo cleanroomctl reload"
+    )]
+    Reload,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Memory limit (bytes, or with K, M, G suffix); swap is off for the run.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Most processes and threads the run may have (a fork bomb stops there).
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// CPU quota in percent of one CPU (150 = one and a half CPUs).
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu_percent: Option<u64>,
+    /// Measured repetitions; statistics are printed when more than one.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub repeat: u32,
+    /// Unmeasured repetitions before the measured ones.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub warmup: u32,
+    /// Whole cores of its own from the isolation pool; every other task is kept off them
+    /// while it runs.
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Which exclusive CPUs (with --exclusive): a count N (default 1; whole cores, one NUMA
+    /// node when one has enough) or a CPU list such as 2,3 or 4-7 (exactly those; one CPU
+    /// alone is written 3-3).
+    #[arg(long, value_name = "N|LIST", requires = "exclusive", value_parser = parse_cpus)]
+    pub cpus: Option<cleanroom_proto::CpuRequest>,
+    /// When other runs hold the exclusive CPUs, wait for them instead of failing (Ctrl-C
+    /// or `runs cancel` stops waiting; --timeout counts from the start of the run).
+    #[arg(long, requires = "exclusive")]
+    pub wait: bool,
+    /// SCHED_FIFO for the run on its exclusive cores (the kernel's RT throttling stays on).
+    #[arg(long, requires = "exclusive")]
+    pub realtime: bool,
+    /// ASLR off for the command, fixed environment, CLEANROOM_SEED=0.
+    #[arg(long)]
+    pub deterministic: bool,
+    /// Namespaces of its own, comma-separated: net (only lo), pid (it is PID 1 and /proc
+    /// shows only its processes), mount (private /tmp), uts (hostname cleanroom), ipc.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_isolation)]
+    pub isolate: Vec<cleanroom_proto::Isolation>,
+    /// Environment variable for the command (repeatable); the rest of your environment
+    /// is not passed.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory [default: the current one].
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// A resource limit for the command, soft and hard (repeatable): nofile, nproc, core,
+    /// stack, as, data, fsize, memlock or cpu, e.g. --rlimit nofile=4096 --rlimit
+    /// core=unlimited. Without nofile the command gets the daemon's original open-files
+    /// limit.
+    #[arg(long = "rlimit", value_name = "NAME=VALUE", value_parser = parse_rlimit)]
+    pub rlimits: Vec<(String, u64)>,
+    /// A label stored with the run.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Start the run and return at once with its batch id; it goes on without this
+    /// client (ended only by `runs cancel` or the daemon stopping) and its result is
+    /// stored: `cleanroomctl runs show BATCH` once it has ended. Output is not kept.
+    #[arg(long)]
+    pub detach: bool,
+    /// Run as this user (name or uid) instead of yourself; role admin only.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Save the measured runs as the baseline of this name.
+    #[arg(long, value_name = "NAME")]
+    pub save_baseline: Option<String>,
+    /// Compare with this baseline (Welch's t-test and a relative threshold); exit code 1
+    /// on a regression when the command itself succeeded.
+    #[arg(long, value_name = "NAME")]
+    pub baseline: Option<String>,
+    /// The command and its arguments (after --).
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn parse_cpus(s: &str) -> Result<cleanroom_proto::CpuRequest, String> {
+    let t = s.trim();
+    if t.contains([',', '-']) {
+        let ok = !t.is_empty()
+            && t.split(',').all(|part| {
+                let mut ends = part.splitn(2, '-');
+                ends.all(|n| n.trim().parse::<u32>().is_ok())
+            });
+        if ok {
+            return Ok(cleanroom_proto::CpuRequest::List(t.to_owned()));
+        }
+        return Err(format!("{s:?} is not a CPU list such as 2,3 or 4-7"));
+    }
+    match t.parse::<u32>() {
+        Ok(0) => Err("the count must be at least 1".into()),
+        Ok(n) => Ok(cleanroom_proto::CpuRequest::Count(n)),
+        Err(_) => Err(format!(
+            "{s:?} is neither a count nor a CPU list (2 = two CPUs; 2,3 or 2-3 = those CPUs)"
+        )),
+    }
+}
+
+fn parse_rlimit(s: &str) -> Result<(String, u64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE (like nofile=4096)"))?;
+    let value = match value {
+        "unlimited" | "infinity" => u64::MAX,
+        v => parse_size(v).map_err(|e| format!("{name}: {e}"))?,
+    };
+    Ok((name.to_owned(), value))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let mult = match t[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1u64 << 40,
+                _ => return Err(format!("{s:?}: unknown size suffix (use K, M, G or T)")),
+            };
+            (&t[..i], mult)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 512M"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s or 500ms"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1e3,
+        "m" | "min" => n * 60e3,
+        "h" => n * 3600e3,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !(ms.is_finite() && ms >= 1.0) {
+        return Err(format!("{s:?} must be at least 1ms"));
+    }
+    Ok(ms as u64)
+}
+
+fn parse_isolation(s: &str) -> Result<cleanroom_proto::Isolation, String> {
+    use cleanroom_proto::Isolation;
+    match s.trim() {
+        "net" => Ok(Isolation::Net),
+        "mount" => Ok(Isolation::Mount),
+        "uts" => Ok(Isolation::Uts),
+        "ipc" => Ok(Isolation::Ipc),
+        "pid" => Ok(Isolation::Pid),
+        other => Err(format!(
+            "{other:?} is not a namespace: use net, pid, mount, uts, ipc"
+        )),
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// The newest stored runs (yours; an admin sees every one).
+    #[command(
+        after_help = "Examples:\n  cleanroomctl runs list\n  cleanroomctl runs list --limit 100"
+    )]
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One stored batch of runs, whole (as `run --json` printed it).
+    #[command(after_help = "Examples:\n  cleanroomctl runs show 1795438620536")]
+    Show {
+        /// Batch id (from `runs list`), or baseline:NAME.
+        batch: String,
+    },
+    /// End a batch that is running (yours, or any as admin); its `run` exits as cancelled.
+    #[command(after_help = "Examples:\n  cleanroomctl runs cancel 1795438620536")]
+    Cancel {
+        /// Batch id (from the run's start, or `runs list`).
+        batch: String,
+    },
+    /// Compare batch B against batch A (ids or baseline:NAME); exit code 1 when B is slower.
+    #[command(after_help = "Examples:\n  cleanroomctl runs compare baseline:main 1795438620536")]
+    Compare {
+        /// The reference.
+        a: String,
+        /// The batch compared with it.
+        b: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// Every baseline.
+    #[command(after_help = "Examples:\n  cleanroomctl baseline list")]
+    List,
+    /// Name a stored batch (see `runs list`) as a baseline; `run --baseline NAME` then
+    /// compares against it.
+    #[command(after_help = "Examples:\n  cleanroomctl baseline save main 1795444724295")]
+    Save {
+        /// The baseline's name (letters, digits, . _ -).
+        name: String,
+        /// The stored batch.
+        batch: String,
+    },
+    /// Forget a baseline (yours, or any as admin).
+    #[command(after_help = "Examples:\n  cleanroomctl baseline delete main")]
+    Delete {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// List the profiles the daemon found (broken ones with their error).
+    #[command(after_help = "Examples:\n  cleanroomctl profile list")]
+    List,
+    /// Show a profile with includes resolved and the file each value came from.
+    #[command(after_help = "Examples:\n  cleanroomctl profile show benchmark")]
+    Show {
+        /// Profile name.
+        name: String,
+    },
+    /// Apply a profile: originals are journaled durably before any write; a failure
+    /// undoes what this apply wrote (unless --best-effort). Needs role admin.
+    #[command(after_help = "Exit code 1 when a knob failed.\n\nExamples:\n  \
+        cleanroomctl profile apply throughput-performance --dry-run\n  \
+        sudo cleanroomctl profile apply throughput-performance")]
+    Apply {
+        /// Profile name.
+        name: String,
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply what can be applied; do not undo on a failure.
+        #[arg(long)]
+        best_effort: bool,
+    },
+    /// Put back every original value cleanroom changed. A knob someone else changed since
+    /// is left alone and reported as a conflict (unless --force). Needs role admin.
+    #[command(
+        after_help = "Exit code 1 when conflicts or failures remain.\n\nExamples:\n  \
+        sudo cleanroomctl profile revert\n  sudo cleanroomctl profile revert --force"
+    )]
+    Revert {
+        /// Restore knobs someone else changed too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Compare the active profile with the host, knob by knob.
+    #[command(
+        after_help = "Exit code 1 when a knob drifted.\n\nExamples:\n  cleanroomctl profile verify"
+    )]
+    Verify,
+    /// Recommend a profile for this host, with the reasons.
+    #[command(after_help = "Examples:\n  cleanroomctl profile recommend")]
+    Recommend,
+    /// Show the active profile and the journal's size.
+    #[command(after_help = "Examples:\n  cleanroomctl profile active")]
+    Active,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_sizes_and_env() {
+        assert_eq!(parse_duration("0.5"), Ok(500));
+        assert_eq!(parse_duration("30s"), Ok(30_000));
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        assert_eq!(parse_duration("2m"), Ok(120_000));
+        for bad in ["0", "-1", "abc", "5 parsecs", "0.1ms"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").is_err());
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(parse_env("=x").is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! The daemon's command line, as a library module so that man pages and shell completions
+//! are generated from the same definition the binary parses (`cleanroom-docgen`).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The cleanroom daemon: tunes the host with a crash-safe journal and runs tests and
+/// benchmarks in isolation. Controlled with cleanroomctl over a Unix socket.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  \
+        cleanroomd                                   # as systemd starts it\n  \
+        cleanroomd --check-config                    # validate and print the effective config\n  \
+        cleanroomd --socket /tmp/cr.sock --state-dir /tmp/cr-state   # a private instance\n\n\
+        Signals: SIGTERM/SIGINT stop (requests in flight finish first), SIGHUP reloads the\n\
+        configuration (an invalid file is logged and the old one kept).\n\
+        Logs go to stderr; RUST_LOG=debug shows more."
+)]
+pub struct Args {
+    /// Configuration file. A missing default file means built-in defaults; a missing
+    /// file given here is an error.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Socket to serve, instead of the configured one.
+    #[arg(long, value_name = "PATH", env = cleanroom_proto::SOCKET_ENV)]
+    pub socket: Option<PathBuf>,
+    /// Directory of the state database [default: /var/lib/cleanroom].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Root under which /proc and /sys are read and written [default: /]. For tests.
+    #[arg(long, value_name = "DIR")]
+    pub host_root: Option<PathBuf>,
+    /// Validate the configuration, print the effective configuration, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}

@@ -1,0 +1,341 @@
+//! Checks of the packaging files against the code they describe: the units (systemd's own
+//! verifier, the capability set of privileges.rs), the sysctl.d file (keys the kernel
+//! has), the shipped config (the daemon's parser and defaults), the asset list (both
+//! packages, every source present) and the maintainer scripts (they parse).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cleanroom_docgen::assets::{self, Asset};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Whether a tool is on PATH; in CI (CI=true, which installs it) its absence fails.
+fn have(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} is missing, and CI must have it"
+        );
+        eprintln!("skipped: {tool} is not installed (CI installs it)");
+    }
+    found
+}
+
+/// The files a source (maybe a glob) names, canonical.
+fn matches(pattern: &Path) -> BTreeSet<PathBuf> {
+    glob::glob(&pattern.to_string_lossy())
+        .unwrap()
+        .map(|p| p.unwrap().canonicalize().unwrap())
+        .collect()
+}
+
+fn deb_assets() -> Vec<Asset> {
+    assets::deb_assets("daemon/Cargo.toml", &read("daemon/Cargo.toml")).unwrap()
+}
+
+fn executable(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, "#!/bin/sh\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A root holding the host's unit files (for sysinit.target and friends), ours, and
+/// stand-ins for the programs the service runs, for `systemd-analyze --root`.
+fn unit_root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("usr/lib/systemd/system");
+    std::fs::create_dir_all(&units).unwrap();
+    // Copies, not symlinks: systemd resolves absolute links inside --root.
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg("/usr/lib/systemd/system/.")
+        .arg(&units)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for unit in ["cleanroomd.service", "cleanroomd.socket"] {
+        std::fs::copy(root().join("systemd").join(unit), units.join(unit)).unwrap();
+    }
+    executable(&dir.path().join("usr/sbin/cleanroomd"));
+    executable(&dir.path().join("bin/kill"));
+    dir
+}
+
+/// `systemd-analyze verify` exits 0 on warnings, so its output must be empty.
+#[test]
+fn units_pass_systemd_analyze_verify_silently() {
+    if !have("systemd-analyze") {
+        return;
+    }
+    let dir = unit_root();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", dir.path().display()))
+        .args(["cleanroomd.socket", "cleanroomd.service"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.is_empty(), "{text}");
+
+    // The check can fail: a bogus key is reported.
+    let service = dir.path().join("usr/lib/systemd/system/cleanroomd.service");
+    let text = std::fs::read_to_string(&service).unwrap();
+    std::fs::write(
+        &service,
+        text.replace("[Service]\n", "[Service]\nBogusKey=1\n"),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", dir.path().display()))
+        .arg("cleanroomd.service")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BogusKey"));
+}
+
+/// The value of the one `Key=` line of a unit.
+fn unit_value(unit: &str, key: &str) -> String {
+    let prefix = format!("{key}=");
+    let values: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .collect();
+    assert_eq!(values.len(), 1, "{key}: {values:?}");
+    values[0].to_owned()
+}
+
+#[test]
+fn bounding_set_is_what_the_daemon_keeps() {
+    let service = read("systemd/cleanroomd.service");
+    let unit: BTreeSet<String> = unit_value(&service, "CapabilityBoundingSet")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let kept: BTreeSet<String> = cleanroomd::privileges::KEPT
+        .iter()
+        .map(|(c, _)| c.to_string())
+        .collect();
+    assert_eq!(unit, kept);
+}
+
+/// The interface the install tests and the daemon rely on.
+#[test]
+fn units_say_what_the_daemon_expects() {
+    let service = read("systemd/cleanroomd.service");
+    for (key, want) in [
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
+        ("ExecStart", "/usr/sbin/cleanroomd"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("Delegate", "yes"),
+        ("KillMode", "mixed"),
+        ("StateDirectory", "cleanroom"),
+        ("Requires", "cleanroomd.socket"),
+        ("Also", "cleanroomd.socket"),
+    ] {
+        assert_eq!(unit_value(&service, key), want, "{key}");
+    }
+    assert!(!service.contains("\nRuntimeDirectory="));
+    let socket = read("systemd/cleanroomd.socket");
+    let config = cleanroomd::config::Config::default();
+    assert_eq!(
+        Path::new(&unit_value(&socket, "ListenStream")),
+        config.socket.path
+    );
+    assert_eq!(unit_value(&socket, "SocketGroup"), config.socket.group);
+    assert_eq!(
+        u32::from_str_radix(&unit_value(&socket, "SocketMode"), 8).unwrap(),
+        config.socket.mode.0
+    );
+}
+
+#[test]
+fn sysctl_file_sets_known_keys_to_numbers() {
+    let text = read("sysctl.d/60-cleanroom.conf");
+    let mut keys = 0;
+    let mut commented = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') {
+            commented = true;
+            continue;
+        }
+        if line.is_empty() {
+            commented = false;
+            continue;
+        }
+        let (key, value) = line.split_once('=').expect(line);
+        let key = cleanroomd::host::sysctl::SysctlKey::parse(key.trim()).expect(line);
+        assert!(commented, "{line}: say why above it");
+        assert!(value.trim().parse::<u64>().is_ok(), "{line}");
+        assert!(Path::new(&key.path()).exists(), "{}", key.path());
+        keys += 1;
+    }
+    assert!(keys >= 4);
+}
+
+/// The shipped file is accepted, is all defaults, and shows every key with its real
+/// default: uncommenting every `#key` line changes nothing.
+#[test]
+fn shipped_config_shows_the_real_defaults() {
+    use cleanroomd::config::{Config, parse};
+    let text = read("packaging/cleanroomd.toml");
+    let path = Path::new("packaging/cleanroomd.toml");
+    assert_eq!(parse(path, &text).unwrap(), Config::default());
+    let uncommented: String = text
+        .lines()
+        .filter(|l| !l.starts_with("##"))
+        .map(|l| l.strip_prefix('#').unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(parse(path, &uncommented).unwrap(), Config::default());
+    let defaults: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+    for (section, table) in &defaults {
+        assert!(text.contains(&format!("[{section}]")), "[{section}]");
+        for key in table.as_table().unwrap().keys() {
+            assert!(
+                text.contains(&format!("\n#{key} = ")),
+                "{section}.{key} is not shown"
+            );
+        }
+    }
+}
+
+/// The destinations the install tests and the README name.
+#[test]
+fn packages_hold_the_promised_files() {
+    let dests: BTreeSet<String> = deb_assets().iter().map(Asset::absolute_dest).collect();
+    for want in [
+        "/usr/sbin/",
+        "/usr/bin/",
+        "/usr/lib/systemd/system/",
+        "/usr/lib/sysctl.d/",
+        "/usr/lib/cleanroom/profiles/",
+        "/etc/cleanroom/cleanroomd.toml",
+        "/usr/share/man/man8/",
+        "/usr/share/man/man1/",
+        "/usr/share/bash-completion/completions/cleanroomctl",
+        "/usr/share/zsh/vendor-completions/",
+        "/usr/share/fish/vendor_completions.d/",
+        "/usr/share/doc/cleanroom/",
+    ] {
+        assert!(dests.contains(want), "no asset goes to {want}");
+    }
+}
+
+/// Every deb asset is in the rpm list with the same destination and mode, and the rpm
+/// metadata in Cargo.toml holds no list of its own.
+#[test]
+fn rpm_list_is_the_deb_list() {
+    let manifest: toml::Table = toml::from_str(&read("daemon/Cargo.toml")).unwrap();
+    let rpm_meta = &manifest["package"]["metadata"]["generate-rpm"];
+    assert_eq!(rpm_meta["assets"].as_array().map(Vec::len), Some(0));
+    let deb = deb_assets();
+    let rpm = assets::rpm_assets(&deb, Path::new("daemon"));
+    assert_eq!(deb.len(), rpm.len());
+    for (d, r) in deb.iter().zip(&rpm) {
+        assert_eq!(r.dest, d.absolute_dest());
+        assert_eq!(r.mode, d.mode);
+        assert_eq!(
+            r.config.is_some(),
+            r.dest.starts_with("/etc/"),
+            "{}",
+            r.dest
+        );
+        if d.is_build_output() {
+            assert_eq!(r.source, d.source);
+        } else {
+            // cargo-generate-rpm reads sources from the workspace root, cargo-deb from
+            // the package: the same files either way.
+            assert_eq!(
+                matches(&root().join(&r.source)),
+                matches(&root().join("daemon").join(&d.source)),
+                "{}",
+                d.source
+            );
+            assert!(!matches(&root().join(&r.source)).is_empty(), "{}", r.source);
+        }
+    }
+}
+
+/// Every source exists: checked-in files in the tree, generated ones after docgen, and
+/// build outputs are binaries of the workspace.
+#[test]
+fn every_asset_source_exists() {
+    let generated = tempfile::tempdir().unwrap();
+    cleanroom_docgen::docs::write_all(generated.path()).unwrap();
+    let bins: BTreeSet<String> = ["daemon/Cargo.toml", "ctl/Cargo.toml"]
+        .iter()
+        .flat_map(|m| {
+            let t: toml::Table = toml::from_str(&read(m)).unwrap();
+            t["bin"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for a in deb_assets() {
+        let pattern = if let Some(rest) = a.source.strip_prefix("target/release/docgen/") {
+            generated.path().join(rest)
+        } else if let Some(bin) = a.source.strip_prefix("target/release/") {
+            assert!(bins.contains(bin), "{bin} is not a binary of the workspace");
+            continue;
+        } else {
+            root().join("daemon").join(&a.source)
+        };
+        assert!(
+            !matches(&pattern).is_empty(),
+            "{} matches nothing",
+            a.source
+        );
+        if a.source.contains('*') {
+            assert!(
+                a.dest.ends_with('/'),
+                "{}: a glob needs a directory",
+                a.source
+            );
+        }
+    }
+}
+
+#[test]
+fn maintainer_scripts_parse() {
+    for script in [
+        "packaging/debian/postinst",
+        "packaging/debian/prerm",
+        "packaging/debian/postrm",
+        "packaging/rpm/post",
+        "packaging/rpm/preun",
+        "packaging/rpm/postun",
+    ] {
+        let status = Command::new("sh")
+            .arg("-n")
+            .arg(root().join(script))
+            .status()
+            .unwrap();
+        assert!(status.success(), "{script} does not parse");
+        // Starting and stopping units needs a running systemd; without one (a chroot)
+        // only enabling, which works on files, may happen.
+        let text = read(script);
+        if text.contains(" start ") || text.contains(" stop ") {
+            assert!(text.contains("[ -d /run/systemd/system ]"), "{script}");
+        }
+    }
+}
