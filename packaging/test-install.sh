@@ -275,8 +275,9 @@ EOF
     rm -f "$root/etc/cleanroom/profiles/$PROFILE.toml"
     rmdir "$root/etc/cleanroom/profiles" 2>/dev/null
     check "$k: remove (${remove[*]})" in_ct "${remove[@]}"
-    expect "$k: nothing named cleanroom is left (units, socket, state, config, sysctl.d)" "" \
+    expect "$k: nothing else named cleanroom is left (units, socket, state, config, sysctl.d)" "" \
         "$(in_ct bash -c "$(declare -f leftovers new_leftovers); new_leftovers \"\$1\"" - "$before")"
+    expect "$k: the socket's directory /run/cleanroom is gone" "" "$(in_ct ls -d /run/cleanroom 2>/dev/null)"
     expect "$k: systemd knows no cleanroomd unit any more" "" \
         "$(in_ct systemctl list-unit-files --no-legend 'cleanroomd*' 2>&1; in_ct systemctl list-units --all --no-legend 'cleanroomd*' 2>&1)"
     expect "$k: the removal left the sysctls at their originals" "$originals" "$(read_sysctls)"

@@ -59,7 +59,8 @@ leftovers() {
         -o -iname '*cleanroom*' -print 2>/dev/null | LC_ALL=C sort
 }
 # new_leftovers BEFORE: what leftovers finds now that was not in BEFORE (its output before
-# the package came), on one line; empty once a removed package left nothing.
+# the package came), on one line, less the socket's directory (/run/cleanroom, checked on
+# its own); empty once a removed package left nothing.
 new_leftovers() {
-    leftovers | LC_ALL=C comm -13 <(printf '%s\n' "$1") - | tr '\n' ' '
+    leftovers | LC_ALL=C comm -13 <(printf '%s\n' "$1") - | grep -vx /run/cleanroom | tr '\n' ' '
 }

@@ -58,8 +58,9 @@ guest() {
     expect "vm: an outsider is kept out by the socket's permissions (exit 77)" 77 "$?"
 
     check "vm: dpkg --purge cleanroom" dpkg --purge cleanroom
-    expect "vm: nothing named cleanroom is left (units, socket, state, config, sysctl.d)" "" \
+    expect "vm: nothing else named cleanroom is left (units, socket, state, config, sysctl.d)" "" \
         "$(new_leftovers "$before")"
+    expect "vm: the socket's directory /run/cleanroom is gone" "" "$(ls -d /run/cleanroom 2>/dev/null)"
     expect "vm: systemd knows no cleanroomd unit any more" "" \
         "$(systemctl list-unit-files --no-legend 'cleanroomd*'; systemctl list-units --all --no-legend 'cleanroomd*')"
     rm -rf "$dir"
