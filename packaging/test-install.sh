@@ -18,7 +18,7 @@
 # Prints PASS/FAIL per check with the reason and "N passed, M failed"; exits 1 on a failure.
 set -uo pipefail
 self=$(realpath "$0")
-cd "$(dirname "$self")/.."
+cd "$(dirname "$self")/.." || exit 2
 # shellcheck source=packaging/test/common.sh
 . packaging/test/common.sh
 [ "$(id -u)" = 0 ] || { echo "test-install.sh: needs root (systemd-nspawn)" >&2; exit 2; }
@@ -29,7 +29,8 @@ done
 if [ $# -eq 0 ]; then
     buildlog=$(mktemp)
     packaging/build | tee "$buildlog" || { echo "test-install.sh: packaging/build failed" >&2; exit 1; }
-    set -- $(tail -n 2 "$buildlog")
+    mapfile -t built < <(tail -n 2 "$buildlog")
+    set -- "${built[@]}"
     rm -f "$buildlog"
 fi
 [ $# -eq 2 ] || { echo "usage: packaging/test-install.sh [DEB RPM]" >&2; exit 2; }
@@ -94,7 +95,7 @@ as_user() { local u=$1; shift; in_ct setpriv --reuid="$u" --regid="$u" --init-gr
 find_leader() {
     local c
     for c in $(cat "/proc/$nspawn_pid"/task/*/children 2>/dev/null); do
-        if grep -qE "^NSpid:[[:space:]]+$c[[:space:]]+1$" "/proc/$c/status" 2>/dev/null; then
+        if grep -qE "^NSpid:[[:space:]]+${c}[[:space:]]+1$" "/proc/$c/status" 2>/dev/null; then
             leader=$c
             return 0
         fi
@@ -159,7 +160,7 @@ profile_values="1234 3 20000 40000"
 read_sysctls() { # one line: the values of sysctl_keys, whitespace-normalized
     local k out=()
     for k in "${sysctl_keys[@]}"; do out+=("$(in_ct cat "/proc/sys/${k//.//}")"); done
-    echo ${out[*]}
+    oneline "${out[*]}"
 }
 status_text() { in_ct systemctl show -p StatusText --value cleanroomd.service; }
 main_pid() { in_ct systemctl show -p MainPID --value cleanroomd.service; }
@@ -230,7 +231,7 @@ EOF
     rc=$?
     expect "$k: an outsider is kept out by the socket's permissions (exit 77)" 77 "$rc"
     expect_match "$k: ... with a message naming the socket and the group" \
-        'permission denied connecting to /run/cleanroom/cleanroomd.sock.*cleanroom' "$(echo $out)"
+        'permission denied connecting to /run/cleanroom/cleanroomd.sock.*cleanroom' "$(oneline "$out")"
 
     check "$k: profile apply $PROFILE" in_ct cleanroomctl profile apply "$PROFILE"
     expect "$k: /proc/sys holds the profile's values" "$profile_values" "$(read_sysctls)"
@@ -269,7 +270,7 @@ EOF
 
     out=$(in_ct journalctl -u cleanroomd.service --no-pager -o cat 2>&1)
     expect_match "$k: journalctl -u cleanroomd has the daemon's lines (3 starts)" \
-        "cleanroomd ready.*cleanroomd ready.*cleanroomd ready" "$(echo $out)"
+        "cleanroomd ready.*cleanroomd ready.*cleanroomd ready" "$(oneline "$out")"
 
     # The test profile is the admin's file, not the package's: it goes before the removal.
     rm -f "$root/etc/cleanroom/profiles/$PROFILE.toml"

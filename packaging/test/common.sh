@@ -17,6 +17,8 @@ check() {
 expect() { if [ "$3" = "$2" ]; then pass "$1"; else fail "$1" "expected '$2', got '${3:0:500}'"; fi; }
 # expect_match NAME EXTENDED-REGEX GOT
 expect_match() { if [[ $3 =~ $2 ]]; then pass "$1"; else fail "$1" "expected /$2/, got '${3:0:500}'"; fi; }
+# oneline TEXT: TEXT with every run of blanks and newlines made one space, no trailing one.
+oneline() { tr -s ' \t\n' '   ' <<<"$1" | sed 's/ $//'; }
 summary() { echo "$passed passed, $failed failed"; }
 
 # wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s until it succeeds or time is up.

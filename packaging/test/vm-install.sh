@@ -9,7 +9,7 @@
 # Inside the VM it runs itself as `vm-install.sh --guest DEB`.
 set -uo pipefail
 here=$(dirname "$(realpath "$0")")
-# shellcheck source=packaging/test/common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
 . "$here/common.sh"
 
 guest() {
