@@ -135,7 +135,7 @@ build_root() {
     local t0=$SECONDS m
     m=$(mirror)
     echo "debootstrap bookworm from $m"
-    if ! debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,rpm bookworm "$work/bootstrap" "$m" \
+    if ! timeout 1200 debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,rpm bookworm "$work/bootstrap" "$m" \
         >"$work/debootstrap.log" 2>&1; then
         tail -n 20 "$work/debootstrap.log"
         return 1

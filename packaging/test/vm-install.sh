@@ -30,10 +30,10 @@ guest() {
 
     local before
     before=$(leftovers) # the vm tool's own files mention cleanroom too
-    check "vm: dpkg -i $(basename "$deb")" dpkg -i "$deb"
+    check "vm: dpkg -i $(basename "$deb")" timeout 120 dpkg -i "$deb"
     expect "vm: cleanroomd.socket enabled and active" "enabled active" \
         "$(systemctl is-enabled cleanroomd.socket) $(systemctl is-active cleanroomd.socket)"
-    out=$(cleanroomctl --json status 2>&1)
+    out=$(timeout 60 cleanroomctl --json status 2>&1)
     expect_match "vm: the first client call starts the daemon, which sees cgroup v2" '"cgroup":"v2"' "$out"
     local svc pid
     svc=$(systemctl show -p ControlGroup --value cleanroomd.service)
@@ -57,7 +57,7 @@ guest() {
     out=$(timeout 60 setpriv --reuid=nobody --regid=nogroup --clear-groups -- cleanroomctl status 2>&1)
     expect "vm: an outsider is kept out by the socket's permissions (exit 77)" 77 "$?"
 
-    check "vm: dpkg --purge cleanroom" dpkg --purge cleanroom
+    check "vm: dpkg --purge cleanroom" timeout 120 dpkg --purge cleanroom
     expect "vm: nothing else named cleanroom is left (units, socket, state, config, sysctl.d)" "" \
         "$(new_leftovers "$before")"
     expect "vm: the socket's directory /run/cleanroom is gone" "" "$(ls -d /run/cleanroom 2>/dev/null)"
