@@ -68,7 +68,7 @@ fn unit_root() -> tempfile::TempDir {
         std::fs::copy(root().join("systemd").join(unit), units.join(unit)).unwrap();
     }
     executable(&dir.path().join("usr/sbin/cleanroomd"));
-    executable(&dir.path().join("bin/kill"));
+    executable(&dir.path().join("bin/sh"));
     dir
 }
 
@@ -142,7 +142,7 @@ fn units_say_what_the_daemon_expects() {
         ("Type", "notify"),
         ("NotifyAccess", "main"),
         ("ExecStart", "/usr/sbin/cleanroomd"),
-        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("ExecReload", r#"/bin/sh -c 'kill -HUP "$MAINPID"'"#),
         ("Delegate", "yes"),
         ("KillMode", "mixed"),
         ("StateDirectory", "cleanroom"),
