@@ -3,11 +3,12 @@
 //! Every call is a no-op when `NOTIFY_SOCKET` is unset (the daemon was not started by
 //! systemd), so the same code path runs everywhere.
 //!
-//! Sends never block. `sd_notify::notify` sends on a blocking datagram socket, so a
+//! No send blocks on the socket. `sd_notify::notify` sends on a blocking datagram socket, so a
 //! manager that is slow to read (or a test harness that reads only when it waits for
 //! something) would stall the calling thread once its queue is full. Here state changes
-//! (READY, RELOADING, STOPPING, WATCHDOG) are retried for a short while and then given up
-//! with a warning; status lines are only ever a summary of state kept elsewhere, so a
+//! (READY, RELOADING, STOPPING) are retried for a short while and then given up with a
+//! warning; watchdog pings are sent once (the next one follows at half the interval);
+//! status lines are only ever a summary of state kept elsewhere, so a
 //! full queue just reports [`Sent::Full`] and the caller sends the newest line later.
 
 use std::ffi::OsStr;
@@ -68,9 +69,14 @@ pub fn watchdog_interval() -> Option<Duration> {
         .map(|d| d / 2)
 }
 
-/// Pets the watchdog.
+/// Pets the watchdog. Called from async code every half interval, so it never waits: a
+/// ping the manager had no room for is followed by the next one.
 pub fn watchdog() {
-    send_state(&[NotifyState::Watchdog]);
+    if send(&[NotifyState::Watchdog]) == Sent::Full {
+        tracing::warn!(
+            "the service manager's notification queue is full; a watchdog ping was dropped"
+        );
+    }
 }
 
 /// A state change: retried briefly while the queue is full, then given up with a warning.
