@@ -28,7 +28,7 @@ done
 
 if [ $# -eq 0 ]; then
     buildlog=$(mktemp)
-    packaging/build | tee "$buildlog" || { echo "test-install.sh: packaging/build failed" >&2; exit 1; }
+    packaging/build | tee "$buildlog" || { rm -f "$buildlog"; echo "test-install.sh: packaging/build failed" >&2; exit 1; }
     mapfile -t built < <(tail -n 2 "$buildlog")
     set -- "${built[@]}"
     rm -f "$buildlog"
