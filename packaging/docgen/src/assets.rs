@@ -9,7 +9,9 @@
 //! sources made relative to the workspace root (where cargo-generate-rpm looks first), a
 //! leading slash on every `dest`, `config = "noreplace"` for files under `/etc` (what
 //! cargo-deb does by itself for a .deb: conffiles), `doc = true` under `/usr/share/doc` and
-//! `/usr/share/man`.
+//! `/usr/share/man`, and zsh completions moved from Debian's
+//! `/usr/share/zsh/vendor-completions` to `/usr/share/zsh/site-functions`, the directory
+//! on the `fpath` of Fedora's, RHEL's and openSUSE's zsh.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -131,11 +133,19 @@ pub struct RpmAsset {
     pub doc: bool,
 }
 
+/// Where Debian's zsh looks for packaged completions, and where rpm distributions' does.
+const DEB_ZSH: &str = "/usr/share/zsh/vendor-completions/";
+const RPM_ZSH: &str = "/usr/share/zsh/site-functions/";
+
 /// The rpm form of the deb list.
 pub fn rpm_assets(deb: &[Asset], package_dir: &Path) -> Vec<RpmAsset> {
     deb.iter()
         .map(|a| {
             let dest = a.absolute_dest();
+            let dest = match dest.strip_prefix(DEB_ZSH) {
+                Some(rest) => format!("{RPM_ZSH}{rest}"),
+                None => dest,
+            };
             RpmAsset {
                 source: a.workspace_source(package_dir),
                 config: dest.starts_with("/etc/").then(|| "noreplace".to_owned()),
@@ -190,13 +200,14 @@ assets = [
     ["../packaging/cleanroomd.toml", "etc/cleanroom/cleanroomd.toml", "644"],
     { source = "profiles/*.toml", dest = "usr/lib/cleanroom/profiles/", mode = "644" },
     ["../README.md", "usr/share/doc/cleanroom/README.md", "644"],
+    ["target/release/docgen/completions/_cleanroomctl", "usr/share/zsh/vendor-completions/", "644"],
 ]
 "#;
 
     #[test]
     fn both_forms_parse_and_map() {
         let deb = deb_assets("m", MANIFEST).unwrap();
-        assert_eq!(deb.len(), 4);
+        assert_eq!(deb.len(), 5);
         let rpm = rpm_assets(&deb, Path::new("daemon"));
         fn row(r: &RpmAsset) -> (&str, &str, &str, Option<&str>, bool) {
             (
@@ -239,11 +250,18 @@ assets = [
                     None,
                     true
                 ),
+                (
+                    "target/release/docgen/completions/_cleanroomctl",
+                    "/usr/share/zsh/site-functions/",
+                    "644",
+                    None,
+                    false
+                ),
             ]
         );
         let text = rpm_metadata(&deb, Path::new("daemon"));
         let back: toml::Table = toml::from_str(&text).unwrap();
-        assert_eq!(back["assets"].as_array().unwrap().len(), 4);
+        assert_eq!(back["assets"].as_array().unwrap().len(), 5);
     }
 
     #[test]

@@ -238,8 +238,9 @@ fn packages_hold_the_promised_files() {
     }
 }
 
-/// Every deb asset is in the rpm list with the same destination and mode, and the rpm
-/// metadata in Cargo.toml holds no list of its own.
+/// Every deb asset is in the rpm list with the same destination (but zsh completions, which
+/// go where rpm distributions' zsh looks) and mode, and the rpm metadata in Cargo.toml
+/// holds no list of its own.
 #[test]
 fn rpm_list_is_the_deb_list() {
     let manifest: toml::Table = toml::from_str(&read("daemon/Cargo.toml")).unwrap();
@@ -249,7 +250,13 @@ fn rpm_list_is_the_deb_list() {
     let rpm = assets::rpm_assets(&deb, Path::new("daemon"));
     assert_eq!(deb.len(), rpm.len());
     for (d, r) in deb.iter().zip(&rpm) {
-        assert_eq!(r.dest, d.absolute_dest());
+        assert_eq!(
+            r.dest,
+            d.absolute_dest().replace(
+                "/usr/share/zsh/vendor-completions/",
+                "/usr/share/zsh/site-functions/"
+            )
+        );
         assert_eq!(r.mode, d.mode);
         assert_eq!(
             r.config.is_some(),
