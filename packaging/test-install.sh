@@ -277,6 +277,17 @@ EOF
         wait_until 10 journal_has "$before" "SIGHUP: configuration reloaded"
     expect "$k: same main process after the reload, still active" "$pid active" \
         "$(main_pid) $(in_ct systemctl is-active cleanroomd.service)"
+    # A bad file fails the reload itself, names the key, and changes nothing.
+    in_ct cp /etc/cleanroom/cleanroomd.toml /etc/cleanroom/cleanroomd.toml.good
+    in_ct sh -c 'printf "[limits]\nmax_connections = \"lots\"\n" >/etc/cleanroom/cleanroomd.toml'
+    before=$(journal_count "limits.max_connections")
+    out=$(in_ct systemctl reload cleanroomd.service 2>&1)
+    expect "$k: systemctl reload of a bad cleanroomd.toml fails" 1 "$?"
+    check "$k: ... the unit's log names the bad key" \
+        wait_until 10 journal_has "$before" "limits.max_connections"
+    expect "$k: ... and the daemon serves on, same process" "$pid active" \
+        "$(main_pid) $(in_ct systemctl is-active cleanroomd.service)"
+    in_ct mv /etc/cleanroom/cleanroomd.toml.good /etc/cleanroom/cleanroomd.toml
 
     check "$k: profile apply before the kill" in_ct cleanroomctl profile apply "$PROFILE"
     pid=$(main_pid)

@@ -401,13 +401,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Error> {
     Ok(config)
 }
 
-/// One line: what is wrong, and where.
+/// One line: what is wrong, and where, with the line itself (toml's messages alone, such
+/// as "duplicate key", do not say which).
 fn describe(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim_end();
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("{message} (line {line})")
+            let start = span.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            let shown = text.lines().nth(line - 1).unwrap_or("").trim();
+            let shown: String = shown.chars().take(80).collect();
+            if shown.is_empty() {
+                format!("{message} (line {line})")
+            } else {
+                format!("{message} (line {line}: `{shown}`)")
+            }
         }
         None => message.to_owned(),
     }
@@ -582,6 +590,10 @@ mod tests {
             ),
             ("[sockets]\n", &["sockets", "line 1"]),
             ("[limits\n", &["/etc/x.toml", "line 1"]),
+            (
+                "[limits]\nmax_in_flight = 4\n\n[limits]\n",
+                &["duplicate", "line 4: `[limits]`"],
+            ),
             ("[limits]\nmax_in_flight = 0\n", &["limits.max_in_flight"]),
             ("[socket]\nmode = 0o1777\n", &["socket.mode"]),
             ("[socket]\npath = \"rel.sock\"\n", &["socket.path"]),

@@ -142,7 +142,10 @@ fn units_say_what_the_daemon_expects() {
         ("Type", "notify"),
         ("NotifyAccess", "main"),
         ("ExecStart", "/usr/sbin/cleanroomd"),
-        ("ExecReload", r#"/bin/sh -c 'kill -HUP "$MAINPID"'"#),
+        (
+            "ExecReload",
+            r#"/bin/sh -c '/usr/sbin/cleanroomd --check-config >/dev/null && kill -HUP "$MAINPID"'"#,
+        ),
         ("Delegate", "yes"),
         ("KillMode", "mixed"),
         ("StateDirectory", "cleanroom"),
