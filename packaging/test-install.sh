@@ -314,6 +314,13 @@ EOF
     # The removal reverts what is applied: the journal dies with the package.
     check "$k: profile apply before the removal" in_ct cleanroomctl profile apply "$PROFILE"
     local conflict=
+    if [ "$k" = deb ]; then
+        # The daemon stopped (the tuning stays) and its configuration broken: the removal
+        # must revert without it (cleanroomd --revert).
+        in_ct systemctl stop cleanroomd.service
+        in_ct sh -c 'printf "[limits]\nmax_connections = \"lots\"\n" >/etc/cleanroom/cleanroomd.toml'
+        expect "$k: ... a stopped daemon keeps the tuning" "$profile_values" "$(read_sysctls)"
+    fi
     if [ "$k" = rpm ]; then
         # Someone else changes a knob after the apply: the revert before removal leaves it
         # (a conflict), so the journal of original values must survive the removal.
@@ -327,6 +334,10 @@ EOF
     rc=$?
     expect "$k: remove (${remove[*]})" 0 "$rc"
     [ "$rc" = 0 ] || echo "$out" | sed 's/^/    /'
+    if [ "$k" = deb ]; then
+        expect_match "$k: the removal reverted without the daemon (cleanroomd --revert)" \
+            'reverting with cleanroomd --revert.*revert complete' "$(oneline "$out")"
+    fi
     if [ -n "$conflict" ]; then
         expect_match "$k: the removal says the tuning could not be put back" \
             'could not be put back.*/var/lib/cleanroom is kept' "$(oneline "$out")"

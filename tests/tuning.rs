@@ -896,3 +896,84 @@ fn the_service_status_follows_the_profile_and_the_runs() {
     .unwrap();
     assert_eq!(read(SWAPPINESS), snap.taken()[0].1.trim());
 }
+
+#[test]
+fn offline_revert_puts_the_host_back_when_the_daemon_cannot_start() {
+    if !is_root_or_skip("offline_revert_puts_the_host_back_when_the_daemon_cannot_start") {
+        return;
+    }
+    let _serial = serial();
+    let snap = KernelSnapshot::take(&[SWAPPINESS, DIRTY_RATIO]);
+    let original = (read(SWAPPINESS), read(DIRTY_RATIO));
+    let swappiness = other(&original.0, 23, 24);
+    let dirty = other(&original.1, 27, 28);
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(
+        profiles.path(),
+        "offline",
+        &format!("[sysctl]\n\"vm.swappiness\" = {swappiness}\n\"vm.dirty_ratio\" = {dirty}\n"),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut d = Daemon::builder()
+        .config(&format!(
+            "[tuning]\nprofile_dirs = [{:?}]\n",
+            profiles.path().display().to_string()
+        ))
+        .state_dir(state.path())
+        .start();
+    assert!(d.ctl(&["profile", "apply", "offline"]).status.success());
+    assert_eq!(read(SWAPPINESS), swappiness);
+    let offline = |extra: &[&str]| {
+        std::process::Command::new(cleanroom::bin("cleanroomd"))
+            .arg("--revert")
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+
+    // Not beside a live daemon: the state directory is taken, and the error says what to use.
+    let out = offline(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cleanroomctl profile revert"), "{err}");
+    assert_eq!(read(SWAPPINESS), swappiness, "nothing touched");
+
+    // The daemon gone (the default is to keep the tuning on stop) and its configuration
+    // broken: the journal still puts the host back.
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(5)).unwrap().code(), Some(0));
+    assert_eq!(read(SWAPPINESS), swappiness);
+    let bad = state.path().join("broken.toml");
+    std::fs::write(&bad, "[limits]\nmax_connections = \"lots\"\n").unwrap();
+    // Someone else changes one knob meanwhile: a conflict, left alone without --force.
+    std::fs::write(DIRTY_RATIO, "33").unwrap();
+    let out = offline(&["--config", bad.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("limits.max_connections"), "{stderr}");
+    assert!(
+        stdout.contains("restored") && stdout.contains("vm.swappiness"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("conflict") && stdout.contains("vm.dirty_ratio"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 knob(s) left"), "{stdout}");
+    assert_eq!(read(SWAPPINESS), original.0);
+    assert_eq!(read(DIRTY_RATIO), "33");
+
+    let out = offline(&["--config", bad.to_str().unwrap(), "--force"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("forced") && stdout.contains("0 knob(s) left"),
+        "{stdout}"
+    );
+    assert_eq!(read(DIRTY_RATIO), original.1);
+    drop(snap);
+}

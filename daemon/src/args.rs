@@ -13,6 +13,7 @@ use clap::Parser;
     after_help = "Examples:\n  \
         cleanroomd                                   # as systemd starts it\n  \
         cleanroomd --check-config                    # validate and print the effective config\n  \
+        cleanroomd --revert                          # put the host back with no daemon running\n  \
         cleanroomd --socket /tmp/cr.sock --state-dir /tmp/cr-state   # a private instance\n\n\
         Signals: SIGTERM/SIGINT stop (requests in flight finish first), SIGHUP reloads the\n\
         configuration (an invalid file is logged and the old one kept).\n\
@@ -33,6 +34,16 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub host_root: Option<PathBuf>,
     /// Validate the configuration, print the effective configuration, and exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "revert")]
     pub check_config: bool,
+    /// Put back the original values journaled in the state directory, without serving:
+    /// for when the daemon cannot start (`cleanroomctl profile revert` is the way while
+    /// it runs; this refuses while a daemon holds the state directory). A configuration
+    /// file that does not load is reported and the default state directory used (or
+    /// --state-dir). Exit 1 when conflicts or failures remain.
+    #[arg(long)]
+    pub revert: bool,
+    /// With --revert: also restore knobs someone else changed since (conflicts).
+    #[arg(long, requires = "revert")]
+    pub force: bool,
 }

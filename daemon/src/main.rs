@@ -42,6 +42,9 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         state_dir: args.state_dir,
         host_root: args.host_root,
     };
+    if args.revert {
+        return offline_revert(&source, &overrides, args.force);
+    }
     let loaded = config::load(&source, &overrides)?;
     if args.check_config {
         let from = loaded.file.as_ref().map_or_else(
@@ -260,6 +263,67 @@ async fn serve(
     }
     tracing::info!("cleanroomd stopped");
     Ok(())
+}
+
+/// `--revert`: the journal replayed with no server, for a daemon that cannot start (a
+/// broken configuration, a package being removed). The state directory's lock keeps it
+/// from running beside a live daemon.
+fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow::Result<()> {
+    let daemon = match config::load(source, overrides) {
+        Ok(l) => l.config.daemon,
+        Err(e) => {
+            let mut d = config::DaemonSection::default();
+            if let Some(dir) = &overrides.state_dir {
+                d.state_dir.clone_from(dir);
+            }
+            if let Some(root) = &overrides.host_root {
+                d.host_root.clone_from(root);
+            }
+            tracing::warn!(
+                "{e:#}; reverting with state directory {} and host root {}",
+                d.state_dir.display(),
+                d.host_root.display()
+            );
+            d
+        }
+    };
+    let store = Store::open(&daemon.state_dir).context(
+        "cannot take the state directory (while cleanroomd runs, use `cleanroomctl profile revert`)",
+    )?;
+    let host = Host::new(&daemon.host_root);
+    let result = cleanroomd::tune::revert(
+        cleanroomd::tune::Ctx {
+            host: &host,
+            store: &store,
+            profiles: &cleanroomd::tune::profile::ProfileSet::default(),
+            allow: &[],
+        },
+        force,
+    )?;
+    let mut out = String::new();
+    for i in &result.items {
+        let reason = i
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        let status = serde_json::to_value(i.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        out.push_str(&format!("{status:<10} {} {}{reason}\n", i.knob, i.path));
+    }
+    out.push_str(&format!(
+        "revert {}: {} knob(s) left in the journal\n",
+        if result.ok { "complete" } else { "incomplete" },
+        result.journal_entries
+    ));
+    std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
+    if result.ok {
+        Ok(())
+    } else {
+        anyhow::bail!("conflicts or failures remain (--force restores conflicting knobs too)")
+    }
 }
 
 /// Keeps the service manager's status line (`systemctl status`, `StatusText`) in step
