@@ -6,7 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cleanroom_proto::{ErrorCode, ErrorObject, MAX_LINE_BYTES, Method, Outcome, Request, Response};
+use cleanroom_proto::{
+    Envelope, ErrorCode, ErrorObject, MAX_LINE_BYTES, Method, Outcome, Response,
+};
 use serde_json::Value;
 
 /// Why a call failed; each maps to an exit code.
@@ -130,7 +132,7 @@ impl Client {
     ) -> Result<Value, CallError> {
         let id = self.next_id;
         self.next_id += 1;
-        let mut line = serde_json::to_string(&Request::new(id, method, params))
+        let mut line = serde_json::to_string(&Envelope::new(id, method, params))
             .map_err(|e| CallError::Protocol(format!("cannot encode request: {e}")))?;
         line.push('\n');
         self.writer

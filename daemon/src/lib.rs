@@ -6,6 +6,7 @@
 //! [`host`] and [`store`]. Only [`host`] opens kernel files.
 
 pub mod args;
+pub mod auth;
 pub mod config;
 pub mod host;
 pub mod metrics;

@@ -9,8 +9,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::server::dispatch::KNOWN_METHODS;
-
 /// Latency buckets in seconds: fine below a millisecond, where the control plane lives.
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -142,7 +140,7 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         // Pre-create the series of every known method so they show as zero from the start.
-        for m in KNOWN_METHODS {
+        for m in cleanroom_proto::method_names() {
             latency.with_label_values(&[m]);
         }
         Self {
@@ -217,12 +215,9 @@ impl Default for Metrics {
     }
 }
 
-fn label_for(method: &str) -> &str {
-    KNOWN_METHODS
-        .iter()
-        .copied()
-        .find(|m| *m == method)
-        .unwrap_or("unknown")
+/// The method's name as a label: one of the protocol's (a fixed set), else `unknown`.
+fn label_for(method: &str) -> &'static str {
+    cleanroom_proto::method(method).map_or("unknown", |m| m.name)
 }
 
 #[cfg(test)]

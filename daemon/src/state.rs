@@ -9,10 +9,10 @@ use std::time::Instant;
 use cleanroom_proto::{CgroupMode, ReloadResult};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::AuthPolicy;
 use crate::config::{self, Config, Overrides, Source};
 use crate::host::Host;
 use crate::metrics::Metrics;
-use crate::server::peer::AuthPolicy;
 use crate::store::Store;
 use crate::tune::profile::ProfileSet;
 

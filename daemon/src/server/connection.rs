@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cleanroom_proto::{JSONRPC_VERSION, MAX_LINE_BYTES, Response};
+use cleanroom_proto::{Event, JSONRPC_VERSION, MAX_LINE_BYTES, Notification, Response};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value};
@@ -26,7 +26,7 @@ type InFlight = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 /// Serves one connection until the peer leaves, it idles out, or the daemon shuts down.
 pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) {
     let _slot = slot;
-    let peer = match Peer::of(&stream) {
+    let peer = match super::peer::of(&stream) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read peer credentials; closing connection");
@@ -40,7 +40,7 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
     let mut framed = Framed::new(stream, codec);
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     // Notifications (run output) of requests in flight; written before their responses.
-    let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<String>(1024);
+    let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<Event>(1024);
     // Cancelled when this connection ends (or the daemon stops): its runs end with it.
     let cancel = state.shutdown.child_token();
     let _cancel_on_drop = cancel.clone().drop_guard();
@@ -54,7 +54,8 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
         }
         tokio::select! {
             biased;
-            Some(line) = notify_rx.recv() => {
+            Some(event) = notify_rx.recv() => {
+                let line = encode_notification(event);
                 match tokio::time::timeout(idle_timeout, framed.send(line)).await {
                     Ok(Ok(())) => {}
                     _ => break,
@@ -190,6 +191,11 @@ fn handle_line(
             }
         })
     }))
+}
+
+/// A notification as one line.
+fn encode_notification(event: Event) -> String {
+    serde_json::to_string(&Notification::from(event)).unwrap_or_default()
 }
 
 fn ready(line: String) -> InFlight {

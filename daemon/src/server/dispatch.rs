@@ -4,12 +4,11 @@
 use std::sync::Arc;
 
 use cleanroom_proto::{
-    BaselineDelete, BaselineList, BaselineSave, Caller, Method, Metrics, MetricsResult, NoParams,
-    Ping, PingResult, ProfileActive, ProfileApply, ProfileInfo, ProfileList, ProfileListResult,
-    ProfileRecommend, ProfileRevert, ProfileShow, ProfileShowParams, ProfileShowResult,
-    ProfileVerify, Reload, Role, RunCancel, RunStart, RunsCompare, RunsList, RunsShow, SettingInfo,
-    Status, StatusResult, TuneResult,
+    Caller, MethodInfo, MetricsResult, PingResult, ProfileInfo, ProfileListResult,
+    ProfileShowParams, ProfileShowResult, Request, RequestError, SettingInfo, StatusResult,
+    TuneResult,
 };
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -19,30 +18,9 @@ use crate::state::State;
 use crate::store::AuditEvent;
 use crate::tune;
 
-/// Every method the daemon serves, for metric labels and error messages.
-pub const KNOWN_METHODS: &[&str] = &[
-    Ping::NAME,
-    Status::NAME,
-    Metrics::NAME,
-    Reload::NAME,
-    ProfileList::NAME,
-    ProfileShow::NAME,
-    ProfileApply::NAME,
-    ProfileRevert::NAME,
-    ProfileVerify::NAME,
-    ProfileRecommend::NAME,
-    ProfileActive::NAME,
-    RunStart::NAME,
-    RunCancel::NAME,
-    RunsList::NAME,
-    RunsShow::NAME,
-    RunsCompare::NAME,
-    BaselineList::NAME,
-    BaselineSave::NAME,
-    BaselineDelete::NAME,
-];
-
-/// Runs `method` with `params` for `peer`.
+/// Runs `method` with `params` for `peer`: the role check, the params parsed into a
+/// [`Request`], the method, and the audit record of a state-changing call (allowed,
+/// denied or malformed alike).
 pub async fn dispatch(
     method: &str,
     params: Option<Value>,
@@ -50,171 +28,117 @@ pub async fn dispatch(
     call: &Call,
     state: &Arc<State>,
 ) -> Result<Value, Error> {
-    match method {
-        RunCancel::NAME => invoke::<RunCancel, _, _>(params, peer, state, runs::cancel).await,
-        RunsList::NAME => invoke::<RunsList, _, _>(params, peer, state, runs::list).await,
-        RunsShow::NAME => invoke::<RunsShow, _, _>(params, peer, state, runs::show).await,
-        RunsCompare::NAME => {
-            invoke::<RunsCompare, _, _>(params, peer, state, runs::compare_batches).await
-        }
-        BaselineList::NAME => {
-            invoke::<BaselineList, _, _>(params, peer, state, runs::baselines).await
-        }
-        BaselineSave::NAME => {
-            invoke::<BaselineSave, _, _>(params, peer, state, runs::save_baseline).await
-        }
-        BaselineDelete::NAME => {
-            invoke::<BaselineDelete, _, _>(params, peer, state, runs::delete_baseline).await
-        }
-        RunStart::NAME => {
-            let call = call.clone();
-            invoke::<RunStart, _, _>(params, peer, state, move |p, peer, st| {
-                runs::start(p, peer, call, st)
-            })
-            .await
-        }
-        Ping::NAME => {
-            invoke::<Ping, _, _>(params, peer, state, |_, _, _| async {
-                Ok(PingResult { pong: true })
-            })
-            .await
-        }
-        Status::NAME => invoke::<Status, _, _>(params, peer, state, status).await,
-        Metrics::NAME => {
-            invoke::<Metrics, _, _>(params, peer, state, |_, _, state| async move {
-                Ok(MetricsResult {
-                    text: state.metrics.render(),
-                })
-            })
-            .await
-        }
-        Reload::NAME => invoke::<Reload, _, _>(params, peer, state, reload).await,
-        ProfileList::NAME => invoke::<ProfileList, _, _>(params, peer, state, profile_list).await,
-        ProfileShow::NAME => invoke::<ProfileShow, _, _>(params, peer, state, profile_show).await,
-        ProfileApply::NAME => {
-            invoke::<ProfileApply, _, _>(params, peer, state, |p, _, st| {
-                tune_op(st, true, move |ctx| {
-                    tune::apply(ctx, &p.name, p.dry_run, p.best_effort)
-                })
-            })
-            .await
-        }
-        ProfileRevert::NAME => {
-            invoke::<ProfileRevert, _, _>(params, peer, state, |p, _, st| {
-                tune_op(st, true, move |ctx| tune::revert(ctx, p.force))
-            })
-            .await
-        }
-        ProfileVerify::NAME => {
-            invoke::<ProfileVerify, _, _>(params, peer, state, |_, _, st| {
-                tune_op(st, false, tune::verify)
-            })
-            .await
-        }
-        ProfileRecommend::NAME => {
-            invoke::<ProfileRecommend, _, _>(params, peer, state, |_, _, st| async move {
-                let host = st.host.clone();
-                tokio::task::spawn_blocking(move || tune::recommend::recommend(&host))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))
-            })
-            .await
-        }
-        ProfileActive::NAME => {
-            invoke::<ProfileActive, _, _>(params, peer, state, |_, _, st| async move {
-                tokio::task::spawn_blocking(move || tune::active(&st.store))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))?
-                    .map_err(Error::from)
-            })
-            .await
-        }
-        other => Err(Error::MethodNotFound(other.to_owned())),
-    }
-}
-
-/// The frame around every method: role check, typed params, typed result, audit.
-async fn invoke<M, F, Fut>(
-    params: Option<Value>,
-    peer: &Peer,
-    state: &Arc<State>,
-    handler: F,
-) -> Result<Value, Error>
-where
-    M: Method,
-    F: FnOnce(M::Params, Peer, Arc<State>) -> Fut,
-    Fut: Future<Output = Result<M::Result, Error>>,
-{
-    let live = state.live();
-    let role = peer.role(&live.auth);
-    // Digest the params as received, before anything can fail: denied and malformed
-    // attempts at a state change are audited too.
-    let digest = M::MUTATES.then(|| params_digest(params.as_ref()));
-    let outcome = if role < M::ROLE {
-        Err(Error::Forbidden {
-            method: M::NAME,
-            needed: M::ROLE,
-            uid: peer.uid,
-            role,
-            group: live.auth.group_for(M::ROLE).to_owned(),
-        })
-    } else {
-        match parse_params::<M>(params) {
-            Ok(typed) => match handler(typed, peer.clone(), Arc::clone(state)).await {
-                Ok(r) => serde_json::to_value(r).map_err(|e| Error::Internal(e.to_string())),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        }
+    let info = cleanroom_proto::method(method)
+        .ok_or_else(|| RequestError::UnknownMethod(method.to_owned()))?;
+    // Digest the params as received, before anything can fail.
+    let digest = info.mutates.then(|| params_digest(params.as_ref()));
+    let outcome = match authorize(info, peer, state) {
+        Ok(()) => match Request::parse(method, params) {
+            Ok(request) => route(request, peer, call, state).await,
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e),
     };
     if let Some(params_digest) = digest {
-        let event = AuditEvent {
-            uid: peer.uid,
-            gid: peer.gid,
-            pid: peer.pid,
-            method: M::NAME.to_owned(),
-            params_digest,
-            outcome: match &outcome {
-                Ok(_) => "ok".to_owned(),
-                Err(e) => format!("error {}: {e}", e.code().code()),
-            },
-        };
-        if let Err(e) = state.store.record_audit(event).await {
-            tracing::error!(method = M::NAME, error = %e, "cannot write audit event");
-        }
+        audit(state, peer, info.name, params_digest, &outcome).await;
     }
     outcome
 }
 
-/// Params must be an object, `null` or absent; unknown fields are refused by the types.
-fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, Error> {
-    let value = match params {
-        None | Some(Value::Null) => Value::Object(Default::default()),
-        Some(v @ Value::Object(_)) => v,
-        Some(other) => {
-            return Err(Error::InvalidParams {
-                method: M::NAME,
-                detail: format!(
-                    "params must be an object of named parameters, not {}",
-                    json_kind(&other)
-                ),
-            });
-        }
-    };
-    serde_json::from_value(value).map_err(|e| Error::InvalidParams {
-        method: M::NAME,
-        detail: e.to_string(),
-    })
+/// The caller's role must reach the method's.
+fn authorize(info: MethodInfo, peer: &Peer, state: &State) -> Result<(), Error> {
+    let live = state.live();
+    let role = peer.role(&live.auth);
+    if role < info.role {
+        return Err(Error::Forbidden {
+            method: info.name,
+            needed: info.role,
+            uid: peer.uid,
+            role,
+            group: live.auth.group_for(info.role).to_owned(),
+        });
+    }
+    Ok(())
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// One arm per method: a typed call, its typed result as JSON.
+async fn route(
+    request: Request,
+    peer: &Peer,
+    call: &Call,
+    state: &Arc<State>,
+) -> Result<Value, Error> {
+    let (peer, st) = (peer.clone(), Arc::clone(state));
+    match request {
+        Request::Ping(_) => reply(PingResult { pong: true }),
+        Request::Status(_) => reply(status(peer, st).await?),
+        Request::Metrics(_) => reply(MetricsResult {
+            text: state.metrics.render(),
+        }),
+        Request::Reload(_) => reply(reload(st).await?),
+        Request::ProfileList(_) => reply(profile_list(st).await?),
+        Request::ProfileShow(p) => reply(profile_show(*p, &st)?),
+        Request::ProfileApply(p) => reply(
+            tune_op(st, true, move |ctx| {
+                tune::apply(ctx, &p.name, p.dry_run, p.best_effort)
+            })
+            .await?,
+        ),
+        Request::ProfileRevert(p) => {
+            reply(tune_op(st, true, move |ctx| tune::revert(ctx, p.force)).await?)
+        }
+        Request::ProfileVerify(_) => reply(tune_op(st, false, tune::verify).await?),
+        Request::ProfileRecommend(_) => {
+            let host = st.host.clone();
+            reply(
+                tokio::task::spawn_blocking(move || tune::recommend::recommend(&host))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?,
+            )
+        }
+        Request::ProfileActive(_) => reply(
+            tokio::task::spawn_blocking(move || tune::active(&st.store))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??,
+        ),
+        Request::RunStart(p) => reply(runs::start(*p, peer, call.clone(), st).await?),
+        Request::RunCancel(p) => reply(runs::cancel(*p, peer, st).await?),
+        Request::RunsList(p) => reply(runs::list(*p, peer, st).await?),
+        Request::RunsShow(p) => reply(runs::show(*p, peer, st).await?),
+        Request::RunsCompare(p) => reply(runs::compare_batches(*p, peer, st).await?),
+        Request::BaselineList(_) => reply(runs::baselines(st).await?),
+        Request::BaselineSave(p) => reply(runs::save_baseline(*p, peer, st).await?),
+        Request::BaselineDelete(p) => reply(runs::delete_baseline(*p, peer, st).await?),
+    }
+}
+
+/// A typed result as the JSON the response carries.
+fn reply<T: Serialize>(result: T) -> Result<Value, Error> {
+    serde_json::to_value(result).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Writes the audit record of a state-changing call; a failure is logged, not returned
+/// (the call itself is done).
+async fn audit(
+    state: &State,
+    peer: &Peer,
+    method: &'static str,
+    params_digest: String,
+    outcome: &Result<Value, Error>,
+) {
+    let event = AuditEvent {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid,
+        method: method.to_owned(),
+        params_digest,
+        outcome: match outcome {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!("error {}: {e}", e.code().code()),
+        },
+    };
+    if let Err(e) = state.store.record_audit(event).await {
+        tracing::error!(method, error = %e, "cannot write audit event");
     }
 }
 
@@ -224,7 +148,7 @@ fn params_digest(params: Option<&Value>) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn status(_: NoParams, peer: Peer, state: Arc<State>) -> Result<StatusResult, Error> {
+async fn status(peer: Peer, state: Arc<State>) -> Result<StatusResult, Error> {
     let live = state.live();
     let st = Arc::clone(&state);
     let active = tokio::task::spawn_blocking(move || tune::active(&st.store))
@@ -279,7 +203,7 @@ where
     Ok(result)
 }
 
-async fn profile_list(_: NoParams, _: Peer, state: Arc<State>) -> Result<ProfileListResult, Error> {
+async fn profile_list(state: Arc<State>) -> Result<ProfileListResult, Error> {
     let live = state.live();
     let st = Arc::clone(&state);
     let active = tokio::task::spawn_blocking(move || tune::active(&st.store))
@@ -305,11 +229,7 @@ async fn profile_list(_: NoParams, _: Peer, state: Arc<State>) -> Result<Profile
     Ok(ProfileListResult { profiles })
 }
 
-async fn profile_show(
-    p: ProfileShowParams,
-    _: Peer,
-    state: Arc<State>,
-) -> Result<ProfileShowResult, Error> {
+fn profile_show(p: ProfileShowParams, state: &State) -> Result<ProfileShowResult, Error> {
     let live = state.live();
     let r = live
         .profiles
@@ -332,11 +252,7 @@ async fn profile_show(
     })
 }
 
-async fn reload(
-    _: NoParams,
-    _: Peer,
-    state: Arc<State>,
-) -> Result<cleanroom_proto::ReloadResult, Error> {
+async fn reload(state: Arc<State>) -> Result<cleanroom_proto::ReloadResult, Error> {
     let st = Arc::clone(&state);
     let result = tokio::task::spawn_blocking(move || st.reload())
         .await
@@ -353,55 +269,21 @@ async fn reload(
     }
 }
 
-/// Whether a role suffices for a method, for clients that want to check before calling.
-pub fn role_for(method: &str) -> Option<Role> {
-    match method {
-        Ping::NAME => Some(Ping::ROLE),
-        Status::NAME => Some(Status::ROLE),
-        Metrics::NAME => Some(Metrics::ROLE),
-        Reload::NAME => Some(Reload::ROLE),
-        ProfileList::NAME => Some(ProfileList::ROLE),
-        ProfileShow::NAME => Some(ProfileShow::ROLE),
-        ProfileApply::NAME => Some(ProfileApply::ROLE),
-        ProfileRevert::NAME => Some(ProfileRevert::ROLE),
-        ProfileVerify::NAME => Some(ProfileVerify::ROLE),
-        ProfileRecommend::NAME => Some(ProfileRecommend::ROLE),
-        ProfileActive::NAME => Some(ProfileActive::ROLE),
-        RunStart::NAME => Some(RunStart::ROLE),
-        RunCancel::NAME => Some(RunCancel::ROLE),
-        RunsList::NAME => Some(RunsList::ROLE),
-        RunsShow::NAME => Some(RunsShow::ROLE),
-        RunsCompare::NAME => Some(RunsCompare::ROLE),
-        BaselineList::NAME => Some(BaselineList::ROLE),
-        BaselineSave::NAME => Some(BaselineSave::ROLE),
-        BaselineDelete::NAME => Some(BaselineDelete::ROLE),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use cleanroom_proto::ErrorCode;
 
     #[test]
-    fn every_known_method_has_a_role() {
-        for m in KNOWN_METHODS {
-            assert!(role_for(m).is_some(), "{m}");
-        }
-        assert_eq!(role_for("daemon.reload"), Some(Role::Admin));
-        assert_eq!(role_for("nope"), None);
-    }
-
-    #[test]
-    fn params_must_be_objects_and_known() {
-        assert!(parse_params::<Ping>(None).is_ok());
-        assert!(parse_params::<Ping>(Some(Value::Null)).is_ok());
-        let e = parse_params::<Ping>(Some(serde_json::json!([1]))).unwrap_err();
-        assert!(e.to_string().contains("an array"), "{e}");
-        let e = parse_params::<Ping>(Some(serde_json::json!({"loud": true}))).unwrap_err();
-        assert!(e.to_string().contains("loud"), "{e}");
+    fn request_errors_map_to_their_codes() {
+        let e = Error::from(
+            cleanroom_proto::Request::parse("daemon.ping", Some(serde_json::json!({"loud": true})))
+                .unwrap_err(),
+        );
         assert_eq!(e.code(), ErrorCode::InvalidParams);
+        assert!(e.to_string().contains("loud"), "{e}");
+        let e = Error::from(RequestError::UnknownMethod("x".into()));
+        assert_eq!(e.code(), ErrorCode::MethodNotFound);
     }
 
     #[test]

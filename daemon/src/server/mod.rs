@@ -13,7 +13,7 @@ pub mod runs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cleanroom_proto::{ErrorCode, ErrorObject, Response, Role};
+use cleanroom_proto::{ErrorCode, ErrorObject, Event, RequestError, Response, Role};
 use serde_json::Value;
 use tokio::net::UnixListener;
 use tokio_util::task::TaskTracker;
@@ -27,8 +27,8 @@ use crate::{config, store};
 pub struct Call {
     /// The request id (null for notifications and before it is known).
     pub id: Value,
-    /// Lines sent to the client before the response.
-    pub notify: tokio::sync::mpsc::Sender<String>,
+    /// Notifications sent to the client before the response.
+    pub notify: tokio::sync::mpsc::Sender<Event>,
     /// Cancelled when the client goes away or the daemon stops.
     pub cancel: tokio_util::sync::CancellationToken,
 }
@@ -54,10 +54,10 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// No such method.
-    #[error("unknown method {0:?}; known methods: {known}", known = dispatch::KNOWN_METHODS.join(", "))]
-    MethodNotFound(String),
-    /// Params did not fit the method.
+    /// No such method, or params that do not fit it.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// Params that fit the types but not the method's rules.
     #[error("invalid params for {method}: {detail}")]
     InvalidParams {
         /// The method.
@@ -109,8 +109,10 @@ impl Error {
             Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Error::LineTooLong { .. } => ErrorCode::LineTooLong,
             Error::TooManyConnections { .. } => ErrorCode::TooManyConnections,
-            Error::MethodNotFound(_) => ErrorCode::MethodNotFound,
-            Error::InvalidParams { .. } => ErrorCode::InvalidParams,
+            Error::Request(RequestError::UnknownMethod(_)) => ErrorCode::MethodNotFound,
+            Error::Request(RequestError::InvalidParams { .. }) | Error::InvalidParams { .. } => {
+                ErrorCode::InvalidParams
+            }
             Error::Forbidden { .. } => ErrorCode::Forbidden,
             Error::Config(_) => ErrorCode::ConfigInvalid,
             Error::Store(_) => ErrorCode::Store,

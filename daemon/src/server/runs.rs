@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use cleanroom_proto::{
     BaselineDeleteResult, BaselineInfo, BaselineListResult, BaselineParams, BaselineSaveParams,
-    BatchInfo, BatchParams, Comparison, CpuRequest, EndReason, JSONRPC_VERSION, Notification,
-    RunCancelResult, RunOutput, RunParams, RunProgress, RunRecord, RunResult, RunStarted,
-    RunsCompareParams, RunsListParams, RunsListResult,
+    BatchInfo, BatchParams, Comparison, CpuRequest, EndReason, Event, RunCancelResult, RunOutput,
+    RunParams, RunProgress, RunRecord, RunResult, RunStarted, RunsCompareParams, RunsListParams,
+    RunsListResult,
 };
 use tokio::sync::mpsc;
 
@@ -25,15 +25,6 @@ use crate::store::history;
 use crate::tune::profile::Setting;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn notification<T: serde::Serialize>(method: &str, params: &T) -> String {
-    serde_json::to_string(&Notification {
-        jsonrpc: JSONRPC_VERSION.to_owned(),
-        method: method.to_owned(),
-        params: serde_json::to_value(params).unwrap_or_default(),
-    })
-    .unwrap_or_default()
-}
 
 /// The environment of a run: defaults, then the caller's `env`.
 fn environment(p: &RunParams, home: &str) -> Vec<(String, String)> {
@@ -265,13 +256,10 @@ pub async fn start(
     state.batch_started(&batch, peer.uid, cancel.clone());
     let active = Arc::clone(&state);
     let done_batch = batch.clone();
-    let started = notification(
-        "run.started",
-        &RunStarted {
-            request: request.clone(),
-            batch: batch.clone(),
-        },
-    );
+    let started = Event::RunStarted(RunStarted {
+        request: request.clone(),
+        batch: batch.clone(),
+    });
     let wait = p.wait;
     // The run lives in its own task: if the client goes away its request future is
     // dropped, but the run still ends through the cancel token and cleans up.
@@ -352,11 +340,7 @@ pub async fn start(
                             stream: chunk.stream.to_owned(),
                             data: String::from_utf8_lossy(&chunk.data).into_owned(),
                         };
-                        if notify
-                            .send(notification("run.output", &params))
-                            .await
-                            .is_err()
-                        {
+                        if notify.send(Event::RunOutput(params)).await.is_err() {
                             // The client is gone; keep draining so the run is not blocked.
                         }
                     }
@@ -366,16 +350,13 @@ pub async fn start(
             let _ = fwd.await;
             let warmup = i < p.warmup;
             let _ = notify
-                .send(notification(
-                    "run.progress",
-                    &RunProgress {
-                        request: request.clone(),
-                        done: i + 1,
-                        total,
-                        warmup,
-                        wall_ms: record.wall_ms,
-                    },
-                ))
+                .send(Event::RunProgress(RunProgress {
+                    request: request.clone(),
+                    done: i + 1,
+                    total,
+                    warmup,
+                    wall_ms: record.wall_ms,
+                }))
                 .await;
             let stop = record.end_reason != EndReason::Exited || cancel.is_cancelled();
             if !warmup || stop {
@@ -711,11 +692,7 @@ pub async fn compare_batches(
 }
 
 /// `baseline.list`.
-pub async fn baselines(
-    _: cleanroom_proto::NoParams,
-    _: Peer,
-    state: Arc<State>,
-) -> Result<BaselineListResult, Error> {
+pub async fn baselines(state: Arc<State>) -> Result<BaselineListResult, Error> {
     let rows = state.store.call(|c| history::baselines(c)).await?;
     Ok(BaselineListResult {
         baselines: rows

@@ -1,0 +1,168 @@
+//! `profile.*`: tuning profiles: list, show, apply, revert, verify, recommend, active.
+
+use serde::{Deserialize, Serialize};
+
+/// One profile in `profile.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileInfo {
+    /// Its name (file stem).
+    pub name: String,
+    /// Its summary.
+    pub summary: String,
+    /// The file it was read from.
+    pub path: String,
+    /// Whether it is the active profile.
+    pub active: bool,
+    /// Why it cannot be used, if it is broken.
+    pub error: Option<String>,
+}
+
+/// Result of `profile.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileListResult {
+    /// Sorted by name.
+    pub profiles: Vec<ProfileInfo>,
+}
+
+/// Params of `profile.show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileShowParams {
+    /// Profile name.
+    pub name: String,
+}
+
+/// One resolved setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingInfo {
+    /// Dotted id, e.g. `sysctl.vm.swappiness`, `cpu.governor`, `block."sd*".scheduler`.
+    pub setting: String,
+    /// The value as text.
+    pub value: String,
+    /// The file that set it (after includes).
+    pub source: String,
+}
+
+/// Result of `profile.show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileShowResult {
+    /// Name.
+    pub name: String,
+    /// File.
+    pub path: String,
+    /// Summary.
+    pub summary: String,
+    /// Included profiles, as written.
+    pub include: Vec<String>,
+    /// Every resolved setting.
+    pub settings: Vec<SettingInfo>,
+}
+
+/// Params of `profile.apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileApplyParams {
+    /// Profile name.
+    pub name: String,
+    /// Only plan: read every knob and say what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Apply what can be applied; a failed knob does not undo the others.
+    #[serde(default)]
+    pub best_effort: bool,
+}
+
+/// Params of `profile.revert`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRevertParams {
+    /// Restore knobs someone else changed too.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What happened to one knob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KnobStatus {
+    /// apply: written.
+    Applied,
+    /// apply, revert: already held the value.
+    Unchanged,
+    /// The knob is absent here or cannot take the value (reason says why).
+    Unsupported,
+    /// Policy forbids it (reason says why).
+    Refused,
+    /// The write failed (reason says why).
+    Failed,
+    /// dry run: would be written.
+    Planned,
+    /// apply: written, then undone because another knob failed.
+    RolledBack,
+    /// revert (and apply, for knobs the new profile no longer sets): original put back.
+    Restored,
+    /// revert: someone else changed it; left alone.
+    Conflict,
+    /// revert with force: someone else changed it; original put back anyway.
+    Forced,
+    /// verify: holds the profile's value.
+    Ok,
+    /// verify: holds another value.
+    Drifted,
+}
+
+/// One row of an apply, revert or verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnobResult {
+    /// Display name, e.g. `sysctl vm.swappiness`, `block loop0 scheduler`.
+    pub knob: String,
+    /// Kernel file.
+    pub path: String,
+    /// Value before (apply, revert) or expected (verify, conflict).
+    pub before: Option<String>,
+    /// Value after (apply, revert) or actual (verify, conflict).
+    pub after: Option<String>,
+    /// What happened.
+    pub status: KnobStatus,
+    /// Why, for unsupported, refused, failed, conflict, drifted.
+    pub reason: Option<String>,
+}
+
+/// Result of `profile.apply`, `profile.revert` and `profile.verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TuneResult {
+    /// The profile concerned (none for a revert or verify with no active profile).
+    pub profile: Option<String>,
+    /// Whether the operation fully succeeded: apply without failure, revert without
+    /// conflicts or failures, verify without drift.
+    pub ok: bool,
+    /// Whether this was a dry run.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Knob by knob.
+    pub items: Vec<KnobResult>,
+    /// Knobs in the journal afterwards.
+    pub journal_entries: u64,
+}
+
+/// Result of `profile.recommend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecommendResult {
+    /// The profile to use.
+    pub profile: String,
+    /// What the host is, as observed.
+    pub reasons: Vec<String>,
+}
+
+/// Result of `profile.active`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveResult {
+    /// The profile in force, if any.
+    pub profile: Option<String>,
+    /// `idle`, `applying`, `active` or `reverting`.
+    pub phase: String,
+    /// Since when (seconds since the Unix epoch).
+    pub since: Option<f64>,
+    /// Knobs in the journal.
+    pub journal_entries: u64,
+}
