@@ -226,7 +226,7 @@ pub async fn start(
             .store
             .call(move |c| crate::store::journal::state(c))
             .await?
-            .filter(|t| t.phase == "active")
+            .filter(|t| t.phase == crate::store::journal::Phase::Active)
             .and_then(|t| t.profile)
             .and_then(|name| {
                 let p = profiles.get(&name).ok()?;

@@ -4,7 +4,64 @@
 //! writes, and every function that changes rows commits before it returns (with
 //! `synchronous=FULL`, the rows are on disk when it does).
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
+
+/// Where tuning stands. Stored as its name (`idle`, `applying`, `active`, `reverting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No profile in force (the journal may still hold conflicts a revert left).
+    Idle,
+    /// An apply is writing: the journal's pending values say what each file may hold.
+    Applying,
+    /// A profile is in force.
+    Active,
+    /// A revert is putting originals back; a restart finishes it.
+    Reverting,
+}
+
+impl Phase {
+    /// The stored and displayed name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Applying => "applying",
+            Phase::Active => "active",
+            Phase::Reverting => "reverting",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [
+            Phase::Idle,
+            Phase::Applying,
+            Phase::Active,
+            Phase::Reverting,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ToSql for Phase {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl FromSql for Phase {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = value.as_str()?;
+        Phase::parse(s)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown tuning phase {s:?}").into()))
+    }
+}
 
 /// One journal row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +85,8 @@ pub struct Row {
 pub struct TuningState {
     /// Active profile.
     pub profile: Option<String>,
-    /// `idle`, `applying`, `active`, `reverting`.
-    pub phase: String,
+    /// Where tuning stands.
+    pub phase: Phase,
     /// Boot id when it was set.
     pub boot_id: String,
     /// When (seconds since the epoch).
@@ -102,7 +159,7 @@ pub fn state(conn: &Connection) -> rusqlite::Result<Option<TuningState>> {
 fn put_state(
     conn: &Connection,
     profile: Option<&str>,
-    phase: &str,
+    phase: Phase,
     boot_id: &str,
 ) -> rusqlite::Result<()> {
     conn.execute(
@@ -117,7 +174,7 @@ fn put_state(
 pub fn set_state(
     conn: &mut Connection,
     profile: Option<&str>,
-    phase: &str,
+    phase: Phase,
     boot_id: &str,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
@@ -148,7 +205,7 @@ pub fn begin_apply(
             pend.execute(params![c.path, c.current, c.desired, t])?;
         }
     }
-    put_state(&tx, Some(profile), "applying", boot_id)?;
+    put_state(&tx, Some(profile), Phase::Applying, boot_id)?;
     tx.commit()
 }
 
@@ -158,7 +215,7 @@ pub fn settle(
     conn: &mut Connection,
     finals: &[(&str, &str)],
     profile: Option<&str>,
-    phase: &str,
+    phase: Phase,
     boot_id: &str,
     refused: Option<&[(String, String)]>,
 ) -> rusqlite::Result<()> {
@@ -215,9 +272,99 @@ pub fn clear(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Forgets the knobs the kernel refused (a revert: no profile is in force any more).
+pub fn clear_refused(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM tuning_refused", [])?;
+    Ok(())
+}
+
 /// The knobs the kernel refused at the last apply, with the reason.
 pub fn refused(conn: &Connection) -> rusqlite::Result<std::collections::HashMap<String, String>> {
     let mut stmt = conn.prepare_cached("SELECT path, reason FROM tuning_refused")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change<'a>(path: &'a str, current: &'a str, desired: &'a str) -> Change<'a> {
+        Change {
+            path,
+            knob: path,
+            kind: "text",
+            current,
+            desired,
+        }
+    }
+
+    #[test]
+    fn the_first_original_stays_and_pending_values_cover_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut c = store.lock_blocking();
+        begin_apply(&mut c, "a", "b1", &[change("/k", "0", "1")]).unwrap();
+        let row = &rows(&c).unwrap()[0];
+        assert_eq!(
+            (
+                row.original.as_str(),
+                row.written.as_str(),
+                row.pending_prev.as_deref()
+            ),
+            ("0", "1", Some("0")),
+            "mid-apply, the file holds 0 or 1: both are known"
+        );
+        assert_eq!(state(&c).unwrap().unwrap().phase, Phase::Applying);
+        settle(
+            &mut c,
+            &[("/k", "1")],
+            Some("a"),
+            Phase::Active,
+            "b1",
+            Some(&[]),
+        )
+        .unwrap();
+        // A second profile: the original is still the first one.
+        begin_apply(&mut c, "b", "b1", &[change("/k", "1", "2")]).unwrap();
+        let row = &rows(&c).unwrap()[0];
+        assert_eq!(
+            (
+                row.original.as_str(),
+                row.written.as_str(),
+                row.pending_prev.as_deref()
+            ),
+            ("0", "2", Some("1"))
+        );
+        // Settled back at the original: the row goes.
+        settle(&mut c, &[("/k", "0")], Some("b"), Phase::Active, "b1", None).unwrap();
+        assert_eq!(count(&c).unwrap(), 0);
+        let st = state(&c).unwrap().unwrap();
+        assert_eq!(
+            (st.profile.as_deref(), st.phase),
+            (Some("b"), Phase::Active)
+        );
+    }
+
+    #[test]
+    fn refused_knobs_are_replaced_by_each_apply_and_cleared_by_a_revert() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut c = store.lock_blocking();
+        let refused_once = [("/irq/1".to_owned(), "managed".to_owned())];
+        settle(
+            &mut c,
+            &[],
+            Some("a"),
+            Phase::Active,
+            "b",
+            Some(&refused_once),
+        )
+        .unwrap();
+        assert_eq!(refused(&c).unwrap()["/irq/1"], "managed");
+        settle(&mut c, &[], Some("a"), Phase::Active, "b", None).unwrap();
+        assert_eq!(refused(&c).unwrap().len(), 1, "a rollback keeps the list");
+        clear_refused(&c).unwrap();
+        assert!(refused(&c).unwrap().is_empty());
+    }
 }

@@ -8,23 +8,27 @@
 //! original back without ever overwriting a value someone else wrote.
 //!
 //! Everything here blocks (kernel files, SQLite): callers run it on a blocking thread and
-//! serialise applies and reverts with one lock.
+//! serialise applies and reverts with one lock. [`apply`] and [`revert`] live in their own
+//! modules, each a sequence of small steps over one struct per knob.
 //!
 //! Limitations: a knob's identity is its kernel file; two settings that map to the same
 //! file are merged (the later one wins).
 
+mod apply;
 pub mod plugins;
 pub mod profile;
 pub mod recommend;
+mod revert;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use cleanroom_proto::{ActiveResult, KnobResult, KnobStatus, TuneResult};
-use rusqlite::Connection;
+
+pub use apply::apply;
 
 use crate::host::Host;
 use crate::store::Store;
-use crate::store::journal::{self, Change};
+use crate::store::journal::{self, Phase};
 use plugins::{Kind, Planned, Want};
 use profile::ProfileSet;
 
@@ -41,7 +45,8 @@ pub enum OnStart {
 /// Errors of tuning operations.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The profile is missing or broken.
+    /// The profile is missing or broken (the message names it, and for a broken one the
+    /// file, line and key).
     #[error("{0}")]
     Profile(String),
     /// The journal failed: nothing was written after the failure.
@@ -50,6 +55,24 @@ pub enum Error {
     /// The host could not be read where it must be (boot id).
     #[error(transparent)]
     Host(#[from] crate::host::Error),
+}
+
+/// Why one knob could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum KnobError {
+    /// The kernel file could not be read or written (the error names the path and value).
+    #[error(transparent)]
+    Host(#[from] crate::host::Error),
+    /// The file does not hold what its kind promises.
+    #[error("{path} holds {raw:?}: {detail}")]
+    Format {
+        /// The kernel file.
+        path: String,
+        /// Its content.
+        raw: String,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 /// What a tuning operation needs.
@@ -82,7 +105,8 @@ fn item(
     }
 }
 
-/// The plan of a profile on this host: every knob it means, with current values.
+/// The plan of a profile on this host: every knob it means, with current values, in the
+/// order writes must happen in.
 fn plan(ctx: Ctx<'_>, name: &str) -> Result<Vec<Planned>, Error> {
     let profile = ctx.profiles.get(name).map_err(Error::Profile)?;
     let mut by_path: BTreeMap<String, Planned> = BTreeMap::new();
@@ -128,439 +152,26 @@ fn revert_rank(path: &str) -> u8 {
     }
 }
 
-fn read_canonical(host: &Host, path: &str, kind: Kind) -> Result<String, String> {
-    host.read(path)
-        .map_err(|e| e.to_string())
-        .and_then(|raw| kind.read(&raw))
-}
-
-/// Writes `value` and reads back what the kernel kept.
-fn write_knob(host: &Host, path: &str, kind: Kind, value: &str) -> Result<String, String> {
-    host.write(path, &kind.to_write(value))
-        .map_err(|e| e.to_string())?;
-    read_canonical(host, path, kind)
-}
-
-/// `profile.apply`.
-pub fn apply(
-    ctx: Ctx<'_>,
-    name: &str,
-    dry_run: bool,
-    best_effort: bool,
-) -> Result<TuneResult, Error> {
-    let mut planned = plan(ctx, name)?;
-    let mut conn = ctx.store.lock_blocking();
-    let rows = journal::rows(&conn)?;
-    // Only knobs this profile will actually set count as "in the plan": one it cannot set
-    // here (unsupported, refused) goes back to its original like any other it drops.
-    let in_plan: HashSet<String> = planned
-        .iter()
-        .filter(|p| matches!(p.want, Want::Value(_)))
-        .map(|p| p.path.clone())
-        .collect();
-    // Knobs the previous profile changed and this one does not set go back to their
-    // originals, unless someone else changed them since (then they stay, as conflicts).
-    let mut restore_paths = HashSet::new();
-    let mut items = Vec::new();
-    for row in rows.iter().filter(|r| !in_plan.contains(&r.path)) {
-        let kind = Kind::parse_name(&row.kind).unwrap_or(Kind::Text);
-        let current = read_canonical(ctx.host, &row.path, kind).ok();
-        let ours = current
-            .as_ref()
-            .is_some_and(|c| *c == row.written || row.pending_prev.as_ref() == Some(c));
-        let p = Planned {
-            knob: row.knob.clone(),
-            path: row.path.clone(),
-            kind,
-            current: current.clone(),
-            want: Want::Value(row.original.clone()),
-            soft: false,
-        };
-        if ours || current.as_ref() == Some(&row.original) {
-            restore_paths.insert(row.path.clone());
-            planned.push(p);
-        } else {
-            items.push(item(
-                &p,
-                Some(row.written.clone()),
-                current,
-                KnobStatus::Conflict,
-                Some("the previous profile's value was changed by someone else; left alone".into()),
-            ));
-        }
-    }
-
-    let mut changes: Vec<&Planned> = Vec::new();
-    let mut finals: Vec<(String, String)> = Vec::new();
-    let journaled: HashSet<&str> = rows.iter().map(|r| r.path.as_str()).collect();
-    for p in &planned {
-        match &p.want {
-            Want::Unsupported(why) => items.push(item(
-                p,
-                p.current.clone(),
-                None,
-                KnobStatus::Unsupported,
-                Some(why.clone()),
-            )),
-            Want::Refused(why) => items.push(item(
-                p,
-                p.current.clone(),
-                None,
-                KnobStatus::Refused,
-                Some(why.clone()),
-            )),
-            Want::Value(d) if p.current.as_ref() == Some(d) => {
-                if journaled.contains(p.path.as_str()) {
-                    finals.push((p.path.clone(), d.clone()));
-                }
-                items.push(item(
-                    p,
-                    p.current.clone(),
-                    Some(d.clone()),
-                    KnobStatus::Unchanged,
-                    None,
-                ));
-            }
-            Want::Value(d) => {
-                if dry_run {
-                    items.push(item(
-                        p,
-                        p.current.clone(),
-                        Some(d.clone()),
-                        KnobStatus::Planned,
-                        None,
-                    ));
-                } else {
-                    changes.push(p);
-                }
-            }
-        }
-    }
-    if dry_run {
-        let journal_entries = journal::count(&conn)?;
-        return Ok(TuneResult {
-            profile: Some(name.to_owned()),
-            ok: true,
-            dry_run: true,
-            items,
-            journal_entries,
-        });
-    }
-
-    let boot = ctx.host.boot_id()?;
-    let previous = journal::state(&conn)?;
-    let desired = |p: &Planned| match &p.want {
-        Want::Value(d) => d.clone(),
-        _ => unreachable!("only knobs with a value are changes"),
-    };
-    let desired_values: Vec<String> = changes.iter().map(|p| desired(p)).collect();
-    let currents: Vec<String> = changes
-        .iter()
-        .map(|p| p.current.clone().unwrap_or_default())
-        .collect();
-    let kinds: Vec<&str> = changes.iter().map(|p| p.kind.as_str()).collect();
-    let journal_changes: Vec<Change<'_>> = changes
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Change {
-            path: &p.path,
-            knob: &p.knob,
-            kind: kinds[i],
-            current: &currents[i],
-            desired: &desired_values[i],
-        })
-        .collect();
-    // The originals (and the values about to be replaced) are on disk before any write.
-    journal::begin_apply(&mut conn, name, &boot, &journal_changes)?;
-
-    let mut written: Vec<usize> = Vec::new();
-    let mut refused_by_kernel: Vec<(String, String)> = Vec::new();
-    let mut failed = false;
-    let mut change_items: Vec<KnobResult> = Vec::new();
-    for (i, p) in changes.iter().enumerate() {
-        let want = &desired_values[i];
-        let restore = restore_paths.contains(&p.path);
-        match write_knob(ctx.host, &p.path, p.kind, want) {
-            Ok(actual) if actual != *want && !restore => {
-                // The write was accepted but the kernel kept another value (a managed IRQ,
-                // a value it rounds): not this profile's value, and not drift either.
-                let reason = format!("the kernel accepted {want:?} but kept {actual:?}");
-                refused_by_kernel.push((p.path.clone(), reason.clone()));
-                change_items.push(item(
-                    p,
-                    p.current.clone(),
-                    Some(actual.clone()),
-                    KnobStatus::Unsupported,
-                    Some(reason),
-                ));
-                finals.push((p.path.clone(), actual));
-                written.push(i);
-            }
-            Ok(actual) => {
-                let status = if restore {
-                    KnobStatus::Restored
-                } else {
-                    KnobStatus::Applied
-                };
-                change_items.push(item(
-                    p,
-                    p.current.clone(),
-                    Some(actual.clone()),
-                    status,
-                    None,
-                ));
-                finals.push((p.path.clone(), actual));
-                written.push(i);
-            }
-            Err(e) => {
-                // A failed write may still have changed the file (a vector sysctl is
-                // stored element by element): what the file holds now decides.
-                match read_canonical(ctx.host, &p.path, p.kind) {
-                    Ok(now) if now == currents[i] => {
-                        finals.push((p.path.clone(), now));
-                    }
-                    Ok(now) => {
-                        finals.push((p.path.clone(), now));
-                        written.push(i);
-                    }
-                    Err(_) => {
-                        // Unknown: keep the journal row (its original) for revert.
-                        finals.push((p.path.clone(), desired_values[i].clone()));
-                        written.push(i);
-                    }
-                }
-                let after = finals.last().map(|f| f.1.clone());
-                if p.soft {
-                    let reason = format!("the kernel refused: {e}");
-                    refused_by_kernel.push((p.path.clone(), reason.clone()));
-                    change_items.push(item(
-                        p,
-                        p.current.clone(),
-                        after,
-                        KnobStatus::Unsupported,
-                        Some(reason),
-                    ));
-                } else {
-                    change_items.push(item(
-                        p,
-                        p.current.clone(),
-                        after,
-                        KnobStatus::Failed,
-                        Some(e),
-                    ));
-                    failed = true;
-                    if !best_effort {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    if failed && !best_effort {
-        // Atomic: undo what this apply wrote, newest first.
-        for &i in written.iter().rev() {
-            let p = changes[i];
-            let pos = change_items
-                .iter()
-                .position(|it| it.path == p.path)
-                .expect("written knob has an item");
-            match write_knob(ctx.host, &p.path, p.kind, &currents[i]) {
-                Ok(actual) => {
-                    if actual == currents[i] {
-                        if change_items[pos].status != KnobStatus::Failed {
-                            change_items[pos].status = KnobStatus::RolledBack;
-                        }
-                    } else {
-                        change_items[pos].status = KnobStatus::Failed;
-                        change_items[pos].reason = Some(format!(
-                            "rolled back, but the kernel kept {actual:?} instead of {:?}",
-                            currents[i]
-                        ));
-                    }
-                    change_items[pos].after = Some(actual.clone());
-                    set_final(&mut finals, &p.path, actual);
-                }
-                Err(e) => {
-                    change_items[pos].status = KnobStatus::Failed;
-                    change_items[pos].reason = Some(format!("written, then rollback failed: {e}"));
-                }
-            }
-        }
-        // Knobs after the failure were never written.
-        for p in changes.iter().skip(change_items.len()) {
-            finals.push((p.path.clone(), p.current.clone().unwrap_or_default()));
-        }
-        let finals_ref: Vec<(&str, &str)> = finals
-            .iter()
-            .map(|(a, b)| (a.as_str(), b.as_str()))
-            .collect();
-        let (prof, phase) = match &previous {
-            Some(st) => (st.profile.as_deref(), st.phase.as_str()),
-            None => (None, "idle"),
-        };
-        let phase = if phase == "applying" { "active" } else { phase };
-        journal::settle(&mut conn, &finals_ref, prof, phase, &boot, None)?;
-        items.extend(change_items);
-        let journal_entries = journal::count(&conn)?;
-        return Ok(TuneResult {
-            profile: Some(name.to_owned()),
-            ok: false,
-            dry_run: false,
-            items,
-            journal_entries,
-        });
-    }
-    // One write can change another knob (a new I/O scheduler resets nr_requests): what
-    // the files hold now is what the journal records.
-    for &k in &written {
-        let p = changes[k];
-        if let Ok(now) = read_canonical(ctx.host, &p.path, p.kind) {
-            set_final(&mut finals, &p.path, now);
-        }
-    }
-    let finals_ref: Vec<(&str, &str)> = finals
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    journal::settle(
-        &mut conn,
-        &finals_ref,
-        Some(name),
-        "active",
-        &boot,
-        Some(&refused_by_kernel),
-    )?;
-    items.extend(change_items);
-    items.sort_by(|a, b| a.knob.cmp(&b.knob));
-    let journal_entries = journal::count(&conn)?;
-    Ok(TuneResult {
-        profile: Some(name.to_owned()),
-        ok: !failed,
-        dry_run: false,
-        items,
-        journal_entries,
+/// A knob's canonical value: its file read and normalized by its kind.
+fn read_canonical(host: &Host, path: &str, kind: Kind) -> Result<String, KnobError> {
+    let raw = host.read(path)?;
+    kind.read(&raw).map_err(|detail| KnobError::Format {
+        path: path.to_owned(),
+        raw,
+        detail,
     })
 }
 
-fn set_final(finals: &mut [(String, String)], path: &str, value: String) {
-    if let Some(f) = finals.iter_mut().find(|(p, _)| p == path) {
-        f.1 = value;
-    }
+/// Writes `value` and reads back what the kernel kept.
+fn write_knob(host: &Host, path: &str, kind: Kind, value: &str) -> Result<String, KnobError> {
+    host.write(path, &kind.to_write(value))?;
+    read_canonical(host, path, kind)
 }
 
 /// `profile.revert`: needs no profile file, only the journal.
 pub fn revert(ctx: Ctx<'_>, force: bool) -> Result<TuneResult, Error> {
     let mut conn = ctx.store.lock_blocking();
-    revert_locked(ctx.host, &mut conn, force)
-}
-
-fn revert_locked(host: &Host, conn: &mut Connection, force: bool) -> Result<TuneResult, Error> {
-    let boot = host.boot_id()?;
-    let mut rows = journal::rows(conn)?;
-    rows.sort_by_key(|r| revert_rank(&r.path));
-    let previous = journal::state(conn)?.and_then(|s| s.profile);
-    // No profile is in force from here on, even if the revert is cut short: a restart then
-    // finishes the revert instead of re-applying.
-    journal::set_state(conn, None, "reverting", &boot)?;
-    let mut items = Vec::new();
-    let mut done = Vec::new();
-    // Rows that stay, with what their file holds now when it was read.
-    let mut kept: Vec<(String, Option<String>)> = Vec::new();
-    let mut ok = true;
-    for row in &rows {
-        let kind = Kind::parse_name(&row.kind).unwrap_or(Kind::Text);
-        let p = Planned {
-            knob: row.knob.clone(),
-            path: row.path.clone(),
-            kind,
-            current: None,
-            want: Want::Value(row.original.clone()),
-            soft: false,
-        };
-        let current = match read_canonical(host, &row.path, kind) {
-            Ok(c) => c,
-            Err(e) => {
-                ok = false;
-                kept.push((row.path.clone(), None));
-                let reason = Some(format!("cannot read: {e}"));
-                items.push(item(&p, None, None, KnobStatus::Failed, reason));
-                continue;
-            }
-        };
-        if current == row.original {
-            let (b, a) = (Some(current.clone()), Some(current));
-            items.push(item(&p, b, a, KnobStatus::Unchanged, None));
-            done.push(row.path.clone());
-            continue;
-        }
-        let ours = current == row.written || row.pending_prev.as_ref() == Some(&current);
-        if !ours && !force {
-            ok = false;
-            let reason = format!(
-                "changed by someone else since cleanroom wrote it; left alone (original {:?}; --force restores it)",
-                row.original
-            );
-            items.push(item(
-                &p,
-                Some(row.written.clone()),
-                Some(current),
-                KnobStatus::Conflict,
-                Some(reason),
-            ));
-            kept.push((row.path.clone(), None));
-            continue;
-        }
-        match write_knob(host, &row.path, kind, &row.original) {
-            Ok(actual) if actual == row.original => {
-                let status = if ours {
-                    KnobStatus::Restored
-                } else {
-                    KnobStatus::Forced
-                };
-                items.push(item(&p, Some(current), Some(actual), status, None));
-                done.push(row.path.clone());
-            }
-            Ok(actual) => {
-                // The original did not stick: the row stays, with what the file holds.
-                ok = false;
-                let reason = format!(
-                    "the kernel kept {actual:?} instead of the original {:?}",
-                    row.original
-                );
-                items.push(item(
-                    &p,
-                    Some(current),
-                    Some(actual.clone()),
-                    KnobStatus::Failed,
-                    Some(reason),
-                ));
-                kept.push((row.path.clone(), Some(actual)));
-            }
-            Err(e) => {
-                ok = false;
-                items.push(item(&p, Some(current), None, KnobStatus::Failed, Some(e)));
-                kept.push((row.path.clone(), None));
-            }
-        }
-    }
-    let tx = conn.transaction()?;
-    for path in &done {
-        journal::forget(&tx, path)?;
-    }
-    for (path, now) in &kept {
-        journal::keep_after_revert(&tx, path, now.as_deref())?;
-    }
-    tx.execute("DELETE FROM tuning_refused", [])?;
-    tx.commit()?;
-    journal::set_state(conn, None, "idle", &boot)?;
-    let journal_entries = journal::count(conn)?;
-    Ok(TuneResult {
-        profile: previous,
-        ok,
-        dry_run: false,
-        items,
-        journal_entries,
-    })
+    revert::revert_locked(ctx.host, &mut conn, force)
 }
 
 /// `profile.verify`: the active profile against the host.
@@ -642,7 +253,9 @@ pub fn active(store: &Store) -> Result<ActiveResult, Error> {
         profile: state.as_ref().and_then(|s| s.profile.clone()),
         phase: state
             .as_ref()
-            .map_or_else(|| "idle".to_owned(), |s| s.phase.clone()),
+            .map_or(Phase::Idle, |s| s.phase)
+            .as_str()
+            .to_owned(),
         since: state.map(|s| s.since),
         journal_entries: journal::count(&conn)?,
     })
@@ -657,18 +270,18 @@ pub fn recover(ctx: Ctx<'_>, on_start: OnStart) -> Result<String, Error> {
         let conn = ctx.store.lock_blocking();
         (journal::state(&conn)?, journal::count(&conn)?)
     };
-    let Some(state) = state.filter(|s| s.profile.is_some() || count > 0 || s.phase != "idle")
+    let Some(state) = state.filter(|s| s.profile.is_some() || count > 0 || s.phase != Phase::Idle)
     else {
         return Ok("nothing to recover".into());
     };
     let wanted = state.profile.clone().filter(|_| {
-        on_start == OnStart::Reapply && matches!(state.phase.as_str(), "applying" | "active")
+        on_start == OnStart::Reapply && matches!(state.phase, Phase::Applying | Phase::Active)
     });
     if state.boot_id != boot {
         {
             let mut conn = ctx.store.lock_blocking();
             journal::clear(&conn)?;
-            journal::set_state(&mut conn, None, "idle", &boot)?;
+            journal::set_state(&mut conn, None, Phase::Idle, &boot)?;
         }
         return match wanted {
             Some(name) => match apply(ctx, &name, false, false) {
@@ -719,4 +332,288 @@ pub fn recover(ctx: Ctx<'_>, on_start: OnStart) -> Result<String, Error> {
             .filter(|i| i.status == KnobStatus::Conflict)
             .count()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tuning steps on a fake host root and a temporary store: no root needed, and
+    //! crashes are simulated by leaving the journal as a dying daemon would.
+
+    use super::*;
+    use crate::host::sysctl::DEFAULT_ALLOW;
+
+    /// A fake host with three sysctls, a profile `p` that sets them to 1, 2 and 3, and a
+    /// store.
+    struct Fixture {
+        _root: tempfile::TempDir,
+        host: Host,
+        _state: tempfile::TempDir,
+        store: Store,
+        _profiles: tempfile::TempDir,
+        profiles: ProfileSet,
+        allow: Vec<String>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let (root, host) = crate::host::fake_root(&[
+                ("/proc/sys/kernel/random/boot_id", "boot-1\n"),
+                ("/proc/sys/vm/a", "0\n"),
+                ("/proc/sys/vm/b", "0\n"),
+                ("/proc/sys/vm/c", "0\n"),
+            ]);
+            let state = tempfile::tempdir().unwrap();
+            let store = Store::open(state.path()).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("p.toml"),
+                "[sysctl]\n\"vm.a\" = 1\n\"vm.b\" = 2\n\"vm.c\" = 3\n",
+            )
+            .unwrap();
+            let allow: Vec<String> = DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect();
+            let profiles = ProfileSet::load(&[dir.path().to_owned()], &allow);
+            Self {
+                _root: root,
+                host,
+                _state: state,
+                store,
+                _profiles: dir,
+                profiles,
+                allow,
+            }
+        }
+
+        fn ctx(&self) -> Ctx<'_> {
+            Ctx {
+                host: &self.host,
+                store: &self.store,
+                profiles: &self.profiles,
+                allow: &self.allow,
+            }
+        }
+
+        fn set(&self, knob: &str, value: &str) {
+            std::fs::write(
+                self.host.path(&format!("/proc/sys/vm/{knob}")).unwrap(),
+                value,
+            )
+            .unwrap();
+        }
+
+        fn get(&self, knob: &str) -> String {
+            self.host
+                .read(&format!("/proc/sys/vm/{knob}"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        }
+
+        fn values(&self) -> [String; 3] {
+            ["a", "b", "c"].map(|k| self.get(k))
+        }
+
+        /// A file whose reads work and whose writes the kernel refuses (even to root).
+        fn make_unwritable(&self, knob: &str) {
+            let path = self.host.path(&format!("/proc/sys/vm/{knob}")).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            std::os::unix::fs::symlink("/proc/sys/kernel/ostype", &path).unwrap();
+        }
+
+        fn state(&self) -> Option<journal::TuningState> {
+            journal::state(&self.store.lock_blocking()).unwrap()
+        }
+
+        fn rows(&self) -> Vec<journal::Row> {
+            journal::rows(&self.store.lock_blocking()).unwrap()
+        }
+
+        /// The journal as an apply of `p` leaves it just before its first write.
+        fn crash_after_journaling(&self) {
+            let mut conn = self.store.lock_blocking();
+            let change = |path, current, desired| journal::Change {
+                path,
+                knob: "k",
+                kind: "text",
+                current,
+                desired,
+            };
+            journal::begin_apply(
+                &mut conn,
+                "p",
+                "boot-1",
+                &[
+                    change("/proc/sys/vm/a", "0", "1"),
+                    change("/proc/sys/vm/b", "0", "2"),
+                    change("/proc/sys/vm/c", "0", "3"),
+                ],
+            )
+            .unwrap();
+        }
+    }
+
+    fn statuses(r: &TuneResult) -> Vec<(String, KnobStatus)> {
+        r.items
+            .iter()
+            .map(|i| (i.path.rsplit('/').next().unwrap().to_owned(), i.status))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_write_rolls_back_what_the_apply_wrote() {
+        let f = Fixture::new();
+        f.make_unwritable("b");
+        let r = apply(f.ctx(), "p", false, false).unwrap();
+        assert!(!r.ok);
+        assert_eq!(
+            statuses(&r),
+            [
+                ("a".to_owned(), KnobStatus::RolledBack),
+                ("b".to_owned(), KnobStatus::Failed)
+            ],
+            "c, after the failure, is never written"
+        );
+        assert_eq!(f.get("a"), "0");
+        assert_eq!(f.get("c"), "0");
+        assert!(f.rows().is_empty(), "nothing of the apply stays journaled");
+        let st = f.state().unwrap();
+        assert_eq!((st.profile, st.phase), (None, Phase::Idle));
+    }
+
+    #[test]
+    fn best_effort_keeps_what_it_could_write() {
+        let f = Fixture::new();
+        f.make_unwritable("b");
+        let r = apply(f.ctx(), "p", false, true).unwrap();
+        assert!(!r.ok);
+        assert_eq!((f.get("a"), f.get("c")), ("1".to_owned(), "3".to_owned()));
+        let journaled: Vec<String> = f.rows().into_iter().map(|r| r.original).collect();
+        assert_eq!(journaled, ["0", "0"], "a and c, with their originals");
+        assert_eq!(f.state().unwrap().phase, Phase::Active);
+        let back = revert(f.ctx(), false).unwrap();
+        assert!(back.ok, "{back:?}");
+        assert_eq!((f.get("a"), f.get("c")), ("0".to_owned(), "0".to_owned()));
+    }
+
+    #[test]
+    fn a_crash_before_the_first_write_is_finished_by_reapplying() {
+        let f = Fixture::new();
+        f.crash_after_journaling();
+        assert_eq!(f.state().unwrap().phase, Phase::Applying);
+        let said = recover(f.ctx(), OnStart::Reapply).unwrap();
+        assert!(said.contains("re-applied"), "{said}");
+        assert_eq!(f.values(), ["1", "2", "3"]);
+        assert_eq!(f.state().unwrap().phase, Phase::Active);
+        let back = revert(f.ctx(), false).unwrap();
+        assert!(back.ok);
+        assert_eq!(f.values(), ["0", "0", "0"], "the first originals");
+    }
+
+    #[test]
+    fn a_crash_mid_apply_is_reverted_when_so_configured() {
+        let f = Fixture::new();
+        f.crash_after_journaling();
+        f.set("a", "1"); // the one write that happened
+        let said = recover(f.ctx(), OnStart::Revert).unwrap();
+        assert!(said.contains("reverted"), "{said}");
+        assert_eq!(f.values(), ["0", "0", "0"]);
+        assert!(f.rows().is_empty());
+        assert_eq!(f.state().unwrap().phase, Phase::Idle);
+    }
+
+    #[test]
+    fn an_active_profile_is_reapplied_after_a_restart() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        f.set("c", "9"); // drifted while the daemon was down
+        recover(f.ctx(), OnStart::Reapply).unwrap();
+        assert_eq!(f.values(), ["1", "2", "3"]);
+        let originals: Vec<String> = f.rows().into_iter().map(|r| r.original).collect();
+        assert_eq!(originals, ["0", "0", "0"], "the originals stand");
+    }
+
+    #[test]
+    fn a_revert_cut_short_is_finished_not_reapplied() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        // The revert set its phase and restored a before the daemon died.
+        journal::set_state(
+            &mut f.store.lock_blocking(),
+            None,
+            Phase::Reverting,
+            "boot-1",
+        )
+        .unwrap();
+        f.set("a", "0");
+        recover(f.ctx(), OnStart::Reapply).unwrap();
+        assert_eq!(f.values(), ["0", "0", "0"]);
+        assert!(f.rows().is_empty());
+        let st = f.state().unwrap();
+        assert_eq!((st.profile, st.phase), (None, Phase::Idle));
+    }
+
+    #[test]
+    fn a_new_boot_recaptures_the_originals() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        // Rebooted: new boot id, and the kernel's defaults are not the old originals.
+        std::fs::write(
+            f.host.path("/proc/sys/kernel/random/boot_id").unwrap(),
+            "boot-2\n",
+        )
+        .unwrap();
+        for k in ["a", "b", "c"] {
+            f.set(k, "7");
+        }
+        let said = recover(f.ctx(), OnStart::Reapply).unwrap();
+        assert!(said.contains("new boot"), "{said}");
+        assert_eq!(f.values(), ["1", "2", "3"]);
+        let originals: Vec<String> = f.rows().into_iter().map(|r| r.original).collect();
+        assert_eq!(originals, ["7", "7", "7"], "captured again from this boot");
+        assert!(revert(f.ctx(), false).unwrap().ok);
+        assert_eq!(f.values(), ["7", "7", "7"]);
+    }
+
+    #[test]
+    fn revert_is_compare_and_swap() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        f.set("b", "42"); // an admin's change
+        let r = revert(f.ctx(), false).unwrap();
+        assert!(!r.ok);
+        assert_eq!(
+            statuses(&r),
+            [
+                ("a".to_owned(), KnobStatus::Restored),
+                ("b".to_owned(), KnobStatus::Conflict),
+                ("c".to_owned(), KnobStatus::Restored)
+            ]
+        );
+        assert_eq!(
+            f.values(),
+            ["0", "42", "0"],
+            "the admin's value is left alone"
+        );
+        assert_eq!(f.rows().len(), 1, "the conflict stays journaled");
+        let forced = revert(f.ctx(), true).unwrap();
+        assert!(forced.ok);
+        assert_eq!(statuses(&forced), [("b".to_owned(), KnobStatus::Forced)]);
+        assert_eq!(f.values(), ["0", "0", "0"]);
+        assert!(f.rows().is_empty());
+    }
+
+    #[test]
+    fn the_phase_is_stored_by_name_and_an_unknown_one_is_an_error() {
+        let f = Fixture::new();
+        let conn = f.store.lock_blocking();
+        conn.execute(
+            "INSERT INTO tuning_state (id, profile, phase, boot_id, since) VALUES (1, NULL, 'active', 'b', 0)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(journal::state(&conn).unwrap().unwrap().phase, Phase::Active);
+        conn.execute("UPDATE tuning_state SET phase = 'sideways'", [])
+            .unwrap();
+        let e = journal::state(&conn).unwrap_err();
+        assert!(e.to_string().contains("sideways"), "{e}");
+    }
 }

@@ -64,26 +64,18 @@ pub(super) fn cpuset_up(
         narrow.push((path, depth, current, reduced));
     }
     narrow.sort_by_key(|n| std::cmp::Reverse(n.1));
-    {
-        let tx = conn.transaction().map_err(db)?;
-        let mut ins = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO shield_cpuset (path, depth, original, written)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(db)?;
-        for (path, depth, current, reduced) in &narrow {
-            ins.execute(params![
-                path,
-                *depth as i64,
-                format_cpu_list(current),
-                format_cpu_list(reduced)
-            ])
-            .map_err(db)?;
-        }
-        drop(ins);
-        tx.commit().map_err(db)?;
-    }
+    let rows: Vec<journal::Saved<journal::Cpuset>> = narrow
+        .iter()
+        .map(|(path, depth, current, reduced)| journal::Saved {
+            key: journal::Cpuset {
+                path: path.clone(),
+                depth: *depth as i64,
+            },
+            original: format_cpu_list(current),
+            written: format_cpu_list(reduced),
+        })
+        .collect();
+    journal::add_cpusets(conn, &rows).map_err(db)?;
     for (path, _, _, reduced) in &narrow {
         match host.write(&format!("{path}/cpuset.cpus"), &format_cpu_list(reduced)) {
             Ok(()) => raised.cpusets_narrowed += 1,
@@ -125,27 +117,21 @@ pub(super) fn cpuset_up(
         if kernel || threads.is_empty() {
             continue;
         }
-        {
-            let tx = conn.transaction().map_err(db)?;
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO shield (tid, start_time, original, written, moved)
-                     VALUES (?1, ?2, ?3, ?4, 1)",
-                )
-                .map_err(db)?;
-            for (tid, start, original) in &threads {
+        let rows: Vec<journal::Saved<journal::Thread>> = threads
+            .iter()
+            .map(|(tid, start, original)| {
                 let expected: BTreeSet<u32> = original.intersection(rest).copied().collect();
-                ins.execute(params![
-                    tid,
-                    *start as i64,
-                    format_cpu_list(original),
-                    format_cpu_list(if expected.is_empty() { rest } else { &expected })
-                ])
-                .map_err(db)?;
-            }
-            drop(ins);
-            tx.commit().map_err(db)?;
-        }
+                journal::Saved {
+                    key: journal::Thread {
+                        tid: *tid,
+                        start: *start as i64,
+                    },
+                    original: format_cpu_list(original),
+                    written: format_cpu_list(if expected.is_empty() { rest } else { &expected }),
+                }
+            })
+            .collect();
+        journal::add_threads(conn, &rows, true).map_err(db)?;
         if host
             .write(&format!("{dir}/cgroup.procs"), &pid.to_string())
             .is_ok()
@@ -154,22 +140,14 @@ pub(super) fn cpuset_up(
             // What the kernel made of each mask, for the compare-and-swap on the way back.
             for (tid, _, _) in &threads {
                 if let Ok(now) = sched_getaffinity(Pid::from_raw(*tid)) {
-                    conn.execute(
-                        "UPDATE shield SET written = ?2 WHERE tid = ?1",
-                        params![tid, format_cpu_list(&set_of(&now))],
-                    )
-                    .map_err(db)?;
+                    journal::set_thread_written(conn, *tid, &format_cpu_list(&set_of(&now)))
+                        .map_err(db)?;
                 }
             }
         } else {
             // Gone, or refused: the affinity pass takes care of it.
-            for (tid, _, _) in &threads {
-                conn.execute(
-                    "DELETE FROM shield WHERE tid = ?1 AND moved = 1",
-                    params![tid],
-                )
-                .map_err(db)?;
-            }
+            let tids: Vec<i32> = threads.iter().map(|(tid, _, _)| *tid).collect();
+            journal::forget_moved_threads(conn, &tids).map_err(db)?;
         }
     }
     Ok(())

@@ -28,13 +28,21 @@ pub(super) fn irq_files(host: &Host) -> Vec<(String, bool, BTreeSet<u32>)> {
     out
 }
 
+/// Writes an IRQ's affinity (a mask for the default, a list for an IRQ); a refusal (a
+/// managed IRQ) is logged and reported as false.
 pub(super) fn write_irq(host: &Host, path: &str, mask: bool, set: &BTreeSet<u32>) -> bool {
     let value = if mask {
         crate::host::format::format_cpu_mask(set)
     } else {
         format_cpu_list(set)
     };
-    host.write(path, &value).is_ok()
+    match host.write(path, &value) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "IRQ affinity not changed");
+            false
+        }
+    }
 }
 
 /// IRQs off `cpus`, originals journaled first.
@@ -57,22 +65,15 @@ pub(super) fn irqs_off(
             }
         })
         .collect();
-    let tx = conn.transaction()?;
-    {
-        let mut irq = tx.prepare_cached(
-            "INSERT OR IGNORE INTO shield_irq (path, original, written) VALUES (?1, ?2, ?3)",
-        )?;
-        for (path, _, original, reduced) in &irqs {
-            irq.execute(params![
-                path,
-                format_cpu_list(original),
-                format_cpu_list(reduced)
-            ])?;
-        }
-        // Says the list above is complete: only then can lowering tell new IRQs apart.
-        irq.execute(params![IRQS_COMPLETE, "", ""])?;
-    }
-    tx.commit()?;
+    let rows: Vec<journal::Saved<String>> = irqs
+        .iter()
+        .map(|(path, _, original, reduced)| journal::Saved {
+            key: path.clone(),
+            original: format_cpu_list(original),
+            written: format_cpu_list(reduced),
+        })
+        .collect();
+    journal::add_irqs(conn, &rows)?;
     for (path, mask, _, reduced) in irqs.iter().filter(|(_, _, o, r)| o != r) {
         if write_irq(host, path, *mask, reduced) {
             raised.irqs_moved += 1;
@@ -83,48 +84,35 @@ pub(super) fn irqs_off(
     Ok(())
 }
 
-/// The `shield_irq` row saying every IRQ present at raise time is journaled.
-pub(super) const IRQS_COMPLETE: &str = "(every irq)";
-
 /// IRQs that appeared while the shield was up took the shield's default affinity; those
 /// that still have exactly it get the default's original back (every online CPU if the
-/// default was not narrowed).
+/// default was not narrowed). `journaled` must be the complete list of IRQs at raise time.
 pub(super) fn widen_new_irqs(
     host: &Host,
-    conn: &Connection,
-    journaled: &[(String, String, String)],
-) -> rusqlite::Result<usize> {
-    let meta: Option<(String, String, String)> = conn
-        .query_row(
-            "SELECT boot_id, shielded, online FROM shield_meta WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    let Some((boot_id, shielded, online)) = meta else {
-        return Ok(0);
-    };
-    let complete = journaled.iter().any(|(p, _, _)| p == IRQS_COMPLETE);
-    if !complete || host.boot_id().ok().as_deref() != Some(boot_id.as_str()) {
-        return Ok(0);
+    meta: &journal::Meta,
+    journaled: &[journal::Saved<String>],
+) -> usize {
+    if host.boot_id().ok().as_deref() != Some(meta.boot_id.as_str()) {
+        return 0;
     }
-    let (Ok(shielded), Ok(online)) = (parse_cpu_list(&shielded), parse_cpu_list(&online)) else {
-        return Ok(0);
+    let (Ok(shielded), Ok(online)) = (parse_cpu_list(&meta.shielded), parse_cpu_list(&meta.online))
+    else {
+        return 0;
     };
     let reduced: BTreeSet<u32> = online.difference(&shielded).copied().collect();
     let default = journaled
         .iter()
-        .find(|(p, _, _)| p.ends_with("default_smp_affinity"))
-        .and_then(|(_, original, _)| parse_cpu_list(original).ok())
+        .find(|r| r.key.ends_with("default_smp_affinity"))
+        .and_then(|r| parse_cpu_list(&r.original).ok())
         .unwrap_or(online);
     let mut widened = 0;
     for (path, mask, current) in irq_files(host) {
-        if mask || current != reduced || journaled.iter().any(|(p, _, _)| *p == path) {
+        if mask || current != reduced || journaled.iter().any(|r| r.key == path) {
             continue;
         }
         if write_irq(host, &path, false, &default) {
             widened += 1;
         }
     }
-    Ok(widened)
+    widened
 }

@@ -38,7 +38,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 
 mod cpuset;
 mod irq;
@@ -52,6 +52,7 @@ use threads::*;
 
 use crate::host::Host;
 use crate::host::format::{format_cpu_list, parse_cpu_list};
+use crate::store::shield as journal;
 
 /// How the shield keeps other work off the CPUs on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,40 +189,32 @@ pub fn raise(
     let db = |e: rusqlite::Error| format!("cannot journal the shield: {e}");
     // A shield still journaled (a lowering that failed) is lowered first: its originals
     // must not be replaced by what it left.
-    if is_raised(conn).map_err(db)? {
+    if journal::is_raised(conn).map_err(db)? {
         lower(host, conn).map_err(|e| format!("cannot lower the previous shield: {e}"))?;
-        if conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM shield) OR EXISTS (SELECT 1 FROM shield_irq)
-                     OR EXISTS (SELECT 1 FROM shield_cpuset)",
-                [],
-                |r| r.get::<_, bool>(0),
-            )
-            .map_err(db)?
-        {
+        if journal::has_leftovers(conn).map_err(db)? {
             return Err("a previous shield could not be lowered completely".into());
         }
     }
     // The journal first: when the shield went up (threads born under it get their CPUs
     // back), and the cgroups it is about to create.
     let (partition, cpuset) = match method {
-        Method::Partition { dir, .. } => (Some(dir.as_str()), None),
-        Method::Cpuset { mount, dir, .. } => (None, Some((dir.as_str(), mount.as_str()))),
+        Method::Partition { dir, .. } => (Some(dir.clone()), None),
+        Method::Cpuset { mount, dir, .. } => (None, Some((dir.clone(), mount.clone()))),
         Method::Affinity => (None, None),
     };
-    conn.execute(
-        "INSERT OR REPLACE INTO shield_meta
-             (id, raised_at, boot_id, shielded, online, cpuset_dir, cpuset_mount, partition)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            uptime_ticks(host) as i64,
-            host.boot_id().unwrap_or_default(),
-            format_cpu_list(cpus),
-            format_cpu_list(&online),
-            cpuset.map(|c| c.0),
-            cpuset.map(|c| c.1),
+    let (cpuset_dir, cpuset_mount) = cpuset.unzip();
+    journal::begin(
+        conn,
+        &journal::Meta {
+            raised_at: uptime_ticks(host) as i64,
+            boot_id: host.boot_id().unwrap_or_default(),
+            shielded: format_cpu_list(cpus),
+            online: format_cpu_list(&online),
+            cpuset_dir,
+            cpuset_mount,
             partition,
-        ],
+            root_enabled: None,
+        },
     )
     .map_err(db)?;
     let mut raised = Raised {
@@ -241,8 +234,7 @@ pub fn raise(
                 }
                 Err(why) => {
                     tracing::warn!(reason = %why, "no cpuset partition: shielding by affinity");
-                    conn.execute("UPDATE shield_meta SET partition = NULL", [])
-                        .map_err(db)?;
+                    journal::set_partition(conn, None).map_err(db)?;
                     raised.fallback = Some(why);
                 }
             },
@@ -280,56 +272,49 @@ pub fn raise(
 /// moved processes, thread masks, IRQs) where it still holds what the shield left;
 /// returns how many things were restored.
 pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
-    type Meta = (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let meta: Option<Meta> = conn
-        .query_row(
-            "SELECT cpuset_dir, cpuset_mount, partition, root_enabled FROM shield_meta
-             WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
-    let (cpuset_dir, cpuset_mount, partition, root_enabled) = meta.unwrap_or_default();
+    let meta = journal::meta(conn)?.unwrap_or_default();
     let mut restored = 0;
     let mut partition_left = false;
-    if let Some(dir) = &partition {
+    if let Some(dir) = &meta.partition {
         if partition_down(host, dir) {
             restored += 1;
         } else {
             // A run process the kernel cannot kill yet (stuck in uninterruptible sleep)
             // holds it: it gives its CPUs back now and stays journaled, so the next
             // lowering removes it.
-            let _ = host.write(&format!("{dir}/cpuset.cpus.partition"), "member");
+            let file = format!("{dir}/cpuset.cpus.partition");
+            if let Err(e) = host.write(&file, "member") {
+                tracing::error!(error = %e, "cannot demote the shield's partition");
+            }
             partition_left = true;
         }
-        if let (Some(list), Some((root, _))) = (&root_enabled, dir.rsplit_once('/')) {
+        if let (Some(list), Some((root, _))) = (&meta.root_enabled, dir.rsplit_once('/')) {
             for c in list.split_whitespace() {
                 // Refused while anyone else uses it: then it stays.
-                let _ = host.write(&format!("{root}/cgroup.subtree_control"), &format!("-{c}"));
+                let file = format!("{root}/cgroup.subtree_control");
+                if let Err(e) = host.write(&file, &format!("-{c}")) {
+                    tracing::info!(controller = c, error = %e, "a controller the shield enabled stays (in use)");
+                }
             }
         }
     }
     // Masks of moved threads: only those still as the move left them are given back.
     let mut give_back: Vec<(i32, BTreeSet<u32>)> = Vec::new();
-    for (tid, start, original, written) in shield_rows(conn, true)? {
+    for row in journal::threads(conn, true)? {
+        let tid = row.key.tid;
         let current = sched_getaffinity(Pid::from_raw(tid)).map(|m| set_of(&m));
         if let (true, Ok(current), Ok(original), Ok(written)) = (
-            same_thread(host, tid, start),
+            same_thread(host, tid, row.key.start),
             current,
-            parse_cpu_list(&original),
-            parse_cpu_list(&written),
+            parse_cpu_list(&row.original),
+            parse_cpu_list(&row.written),
         ) {
             if current == written {
                 give_back.push((tid, original));
             }
         }
     }
-    if let (Some(dir), Some(mount)) = (&cpuset_dir, &cpuset_mount) {
+    if let (Some(dir), Some(mount)) = (&meta.cpuset_dir, &meta.cpuset_mount) {
         cpuset_down(host, mount, dir);
     }
     for (tid, original) in give_back {
@@ -338,101 +323,94 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
         };
         // Kernels since 6.2 keep the mask asked for across cpuset moves; older ones widen
         // it to the cpuset's.
-        if set_of(&current) == original
-            || mask_of(&original).is_some_and(|m| sched_setaffinity(Pid::from_raw(tid), &m).is_ok())
-        {
+        if set_of(&current) == original || set_mask(tid, &original) {
             restored += 1;
         }
     }
     // Narrowed cpusets, parents first.
-    let cpusets: Vec<(String, String, String)> = {
-        let mut stmt = conn.prepare_cached(
-            "SELECT path, original, written FROM shield_cpuset ORDER BY depth ASC",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    for (path, original, written) in &cpusets {
-        let file = format!("{path}/cpuset.cpus");
+    for row in journal::cpusets(conn)? {
+        let file = format!("{}/cpuset.cpus", row.key.path);
         let current = host.read(&file).ok().and_then(|t| parse_cpu_list(&t).ok());
-        if current == parse_cpu_list(written).ok() && host.write(&file, original).is_ok() {
-            restored += 1;
+        if current != parse_cpu_list(&row.written).ok() {
+            continue; // changed by someone else since: left alone
+        }
+        match host.write(&file, &row.original) {
+            Ok(()) => restored += 1,
+            Err(e) => tracing::error!(error = %e, "cannot give a cpuset its CPUs back"),
         }
     }
-    conn.execute("DELETE FROM shield_cpuset", [])?;
-    for (tid, start, original, written) in shield_rows(conn, false)? {
-        if !same_thread(host, tid, start) {
+    journal::clear_cpusets(conn)?;
+    for row in journal::threads(conn, false)? {
+        let tid = row.key.tid;
+        if !same_thread(host, tid, row.key.start) {
             continue;
         }
         let Ok(current) = sched_getaffinity(Pid::from_raw(tid)) else {
             continue;
         };
-        let (Ok(original), Ok(written)) = (parse_cpu_list(&original), parse_cpu_list(&written))
+        let (Ok(original), Ok(written)) =
+            (parse_cpu_list(&row.original), parse_cpu_list(&row.written))
         else {
             continue;
         };
         if set_of(&current) != written {
             continue; // changed by someone else since: left alone
         }
-        if mask_of(&original).is_some_and(|m| sched_setaffinity(Pid::from_raw(tid), &m).is_ok()) {
+        if set_mask(tid, &original) {
             restored += 1;
         }
     }
-    conn.execute("DELETE FROM shield", [])?;
-    let irqs: Vec<(String, String, String)> = {
-        let mut stmt = conn.prepare_cached("SELECT path, original, written FROM shield_irq")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    for (path, original, written) in irqs.iter().filter(|(p, _, _)| p != IRQS_COMPLETE) {
-        let mask = path.ends_with("default_smp_affinity");
-        let current = host.read(path).ok().and_then(|t| {
+    journal::clear_threads(conn)?;
+    let (irqs, complete) = journal::irqs(conn)?;
+    for row in &irqs {
+        let mask = row.key.ends_with("default_smp_affinity");
+        let current = host.read(&row.key).ok().and_then(|t| {
             if mask {
                 crate::host::format::parse_cpu_mask(&t).ok()
             } else {
                 parse_cpu_list(&t).ok()
             }
         });
-        let (Ok(original), Ok(written)) = (parse_cpu_list(original), parse_cpu_list(written))
+        let (Ok(original), Ok(written)) =
+            (parse_cpu_list(&row.original), parse_cpu_list(&row.written))
         else {
             continue;
         };
         // Compare-and-swap: only an affinity still as the shield left it goes back.
         if original != written
             && current.as_ref() == Some(&written)
-            && write_irq(host, path, mask, &original)
+            && write_irq(host, &row.key, mask, &original)
         {
             restored += 1;
         }
     }
-    restored += widen_new_irqs(host, conn, &irqs)?;
+    if complete {
+        restored += widen_new_irqs(host, &meta, &irqs);
+    }
     // Threads born under a cpuset or partition shield got their CPUs back from the kernel;
     // only the affinity shield leaves newborn masks to widen.
-    if cpuset_dir.is_none() && partition.is_none() {
-        restored += widen_newborn(host, conn)?;
+    if meta.cpuset_dir.is_none() && meta.partition.is_none() {
+        restored += widen_newborn(host, &meta);
     }
-    let tx = conn.transaction()?;
-    tx.execute("DELETE FROM shield_irq", [])?;
-    if partition_left {
-        tx.execute(
-            "UPDATE shield_meta SET cpuset_dir = NULL, cpuset_mount = NULL, root_enabled = NULL",
-            [],
-        )?;
-    } else {
-        tx.execute("DELETE FROM shield_meta", [])?;
-    }
-    tx.commit()?;
+    journal::finish_lowering(conn, partition_left)?;
     Ok(restored)
+}
+
+/// Sets a thread's mask; a failure (the thread is gone, or pinned by a policy) is logged.
+fn set_mask(tid: i32, cpus: &BTreeSet<u32>) -> bool {
+    match mask_of(cpus).map(|m| sched_setaffinity(Pid::from_raw(tid), &m)) {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::debug!(tid, cpus = %format_cpu_list(cpus), error = %e, "cannot restore a thread's CPUs");
+            false
+        }
+        None => false,
+    }
 }
 
 /// Whether a shield is journaled (raised, or left by a crash).
 pub fn is_raised(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM shield) OR EXISTS (SELECT 1 FROM shield_irq)
-             OR EXISTS (SELECT 1 FROM shield_meta) OR EXISTS (SELECT 1 FROM shield_cpuset)",
-        [],
-        |r| r.get(0),
-    )
+    journal::is_raised(conn)
 }
 
 #[cfg(test)]

@@ -32,15 +32,13 @@ pub(super) fn partition_up(
         for c in &missing {
             let _ = host.write(&format!("{mount}/cgroup.subtree_control"), &format!("-{c}"));
         }
-        let _ = conn.execute("UPDATE shield_meta SET root_enabled = NULL", []);
+        if let Err(e) = journal::set_root_enabled(conn, None) {
+            tracing::error!(error = %e, "cannot journal the root cgroup's controllers");
+        }
     };
     if !missing.is_empty() {
         // Journaled first: lowering the shield disables them again (if nobody uses them).
-        conn.execute(
-            "UPDATE shield_meta SET root_enabled = ?1",
-            params![missing.join(" ")],
-        )
-        .map_err(|e| e.to_string())?;
+        journal::set_root_enabled(conn, Some(&missing.join(" "))).map_err(|e| e.to_string())?;
         let plus: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
         if let Err(e) = host.write(&format!("{mount}/cgroup.subtree_control"), &plus.join(" ")) {
             undo_root();

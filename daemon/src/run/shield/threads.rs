@@ -109,21 +109,18 @@ pub(super) fn affinity_off(
         }
         plan.push((tid, start, original, reduced));
     }
-    let tx = conn.transaction()?;
-    {
-        let mut ins = tx.prepare_cached(
-            "INSERT OR IGNORE INTO shield (tid, start_time, original, written) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for (tid, start, original, reduced) in &plan {
-            ins.execute(params![
-                tid,
-                *start as i64,
-                format_cpu_list(original),
-                format_cpu_list(reduced)
-            ])?;
-        }
-    }
-    tx.commit()?;
+    let rows: Vec<journal::Saved<journal::Thread>> = plan
+        .iter()
+        .map(|(tid, start, original, reduced)| journal::Saved {
+            key: journal::Thread {
+                tid: *tid,
+                start: *start as i64,
+            },
+            original: format_cpu_list(original),
+            written: format_cpu_list(reduced),
+        })
+        .collect();
+    journal::add_threads(conn, &rows, false)?;
     for (tid, _, _, reduced) in &plan {
         let ok =
             mask_of(reduced).is_some_and(|m| sched_setaffinity(Pid::from_raw(*tid), &m).is_ok());
@@ -148,34 +145,25 @@ pub(super) fn uptime_ticks(host: &Host) -> u64 {
 
 /// Threads born while the shield was up inherited a mask without the shielded CPUs; those
 /// whose mask is still exactly that get every online CPU back.
-pub(super) fn widen_newborn(host: &Host, conn: &Connection) -> rusqlite::Result<usize> {
-    let meta: Option<(i64, String, String, String)> = conn
-        .query_row(
-            "SELECT raised_at, boot_id, shielded, online FROM shield_meta WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
-    let Some((raised_at, boot_id, shielded, online)) = meta else {
-        return Ok(0);
-    };
+pub(super) fn widen_newborn(host: &Host, meta: &journal::Meta) -> usize {
     // Start times count from boot: after a reboot nothing was born under this shield.
-    if host.boot_id().ok().as_deref() != Some(boot_id.as_str()) {
-        return Ok(0);
+    if host.boot_id().ok().as_deref() != Some(meta.boot_id.as_str()) {
+        return 0;
     }
-    let (Ok(shielded), Ok(online)) = (parse_cpu_list(&shielded), parse_cpu_list(&online)) else {
-        return Ok(0);
+    let (Ok(shielded), Ok(online)) = (parse_cpu_list(&meta.shielded), parse_cpu_list(&meta.online))
+    else {
+        return 0;
     };
     let reduced: BTreeSet<u32> = online.difference(&shielded).copied().collect();
     let Some(full) = mask_of(&online) else {
-        return Ok(0);
+        return 0;
     };
     let mut widened = 0;
     for Thread {
         tid, kernel, start, ..
     } in threads(host)
     {
-        if kernel || (start as i64) < raised_at {
+        if kernel || (start as i64) < meta.raised_at {
             continue;
         }
         let Ok(current) = sched_getaffinity(Pid::from_raw(tid)) else {
@@ -185,7 +173,7 @@ pub(super) fn widen_newborn(host: &Host, conn: &Connection) -> rusqlite::Result<
             widened += 1;
         }
     }
-    Ok(widened)
+    widened
 }
 
 /// Whether thread `tid` is still the one that started at `start`.
@@ -194,15 +182,4 @@ pub(super) fn same_thread(host: &Host, tid: i32, start: i64) -> bool {
         .ok()
         .and_then(|t| stat_fields(&t))
         .is_some_and(|(_, s)| s as i64 == start)
-}
-
-pub(super) type Row = (i32, i64, String, String);
-
-pub(super) fn shield_rows(conn: &Connection, moved: bool) -> rusqlite::Result<Vec<Row>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT tid, start_time, original, written FROM shield WHERE moved = ?1")?;
-    let rows = stmt.query_map(params![moved], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })?;
-    rows.collect()
 }

@@ -1,0 +1,406 @@
+//! `profile.apply` in its steps: plan → journal → write → roll back (on failure, unless
+//! best effort) → settle. Each knob the apply writes is one [`Change`], which carries its
+//! values and its fate from step to step.
+//!
+//! Why the order: the originals (and the value each write replaces) are committed before
+//! the first write, so a crash at any point leaves every file at a value the journal knows;
+//! settling records what the files hold after the writes (one write can change another
+//! knob: a new I/O scheduler resets `nr_requests`), so revert compares against the truth.
+
+use std::collections::HashSet;
+
+use cleanroom_proto::{KnobResult, KnobStatus, TuneResult};
+use rusqlite::Connection;
+
+use super::plugins::{Kind, Planned, Want};
+use super::{Ctx, Error, apply_rank, item, read_canonical, write_knob};
+use crate::host::Host;
+use crate::store::journal::{self, Phase};
+
+/// One knob this apply writes, and what became of it.
+#[derive(Debug)]
+struct Change {
+    planned: Planned,
+    /// Canonical value before this apply.
+    before: String,
+    /// Canonical value to write.
+    desired: String,
+    /// The previous profile set it and this one does not: its original goes back.
+    restore: bool,
+    /// What happened; `None` while not attempted.
+    status: Option<KnobStatus>,
+    /// What the file holds after the step that last touched it.
+    after: Option<String>,
+    /// Why, for anything but applied and restored.
+    reason: Option<String>,
+    /// Whether the file may hold something other than `before` because of this apply.
+    touched: bool,
+    /// The kernel would not take the value (reported, not fatal): kept out of verify.
+    kernel_refused: Option<String>,
+}
+
+impl Change {
+    /// The value the journal records as cleanroom's for this knob: what the file holds,
+    /// or, when that is unknown, the value written (the row and its original stay).
+    fn final_value(&self) -> String {
+        if !self.touched {
+            return self.before.clone();
+        }
+        self.after.clone().unwrap_or_else(|| self.desired.clone())
+    }
+
+    fn result(&self) -> KnobResult {
+        item(
+            &self.planned,
+            Some(self.before.clone()),
+            self.after.clone(),
+            self.status.unwrap_or(KnobStatus::Planned),
+            self.reason.clone(),
+        )
+    }
+}
+
+/// The plan of an apply: the knobs it writes, and the rows of those it leaves alone
+/// (unchanged, unsupported, refused, conflicts).
+#[derive(Debug, Default)]
+struct Plan {
+    changes: Vec<Change>,
+    items: Vec<KnobResult>,
+    /// Journaled knobs already holding the desired value: settled as they are.
+    unchanged: Vec<(String, String)>,
+}
+
+/// `profile.apply`.
+pub fn apply(
+    ctx: Ctx<'_>,
+    name: &str,
+    dry_run: bool,
+    best_effort: bool,
+) -> Result<TuneResult, Error> {
+    let planned = super::plan(ctx, name)?;
+    let mut conn = ctx.store.lock_blocking();
+    let rows = journal::rows(&conn)?;
+    let mut plan = plan_changes(ctx.host, planned, &rows);
+    if dry_run {
+        for c in &plan.changes {
+            plan.items.push(item(
+                &c.planned,
+                Some(c.before.clone()),
+                Some(c.desired.clone()),
+                KnobStatus::Planned,
+                None,
+            ));
+        }
+        plan.items.sort_by(|a, b| a.knob.cmp(&b.knob));
+        return Ok(TuneResult {
+            profile: Some(name.to_owned()),
+            ok: true,
+            dry_run: true,
+            items: plan.items,
+            journal_entries: journal::count(&conn)?,
+        });
+    }
+    let boot = ctx.host.boot_id()?;
+    let previous = journal::state(&conn)?;
+    record_originals(&mut conn, name, &boot, &plan.changes)?;
+    let failed = write_all(ctx.host, &mut plan.changes, best_effort);
+    let ok = !failed;
+    if failed && !best_effort {
+        roll_back(ctx.host, &mut plan.changes);
+        // The previous state stands: its profile, and active if it was being applied.
+        let (profile, phase) = match &previous {
+            Some(st) if st.phase == Phase::Applying => (st.profile.as_deref(), Phase::Active),
+            Some(st) => (st.profile.as_deref(), st.phase),
+            None => (None, Phase::Idle),
+        };
+        settle(&mut conn, &plan, profile, phase, &boot, None)?;
+    } else {
+        reread(ctx.host, &mut plan.changes);
+        let refused: Vec<(String, String)> = plan
+            .changes
+            .iter()
+            .filter_map(|c| Some((c.planned.path.clone(), c.kernel_refused.clone()?)))
+            .collect();
+        settle(
+            &mut conn,
+            &plan,
+            Some(name),
+            Phase::Active,
+            &boot,
+            Some(&refused),
+        )?;
+    }
+    // Knobs after a failure that stopped the writes were never attempted: not listed.
+    let mut items = plan.items;
+    items.extend(
+        plan.changes
+            .iter()
+            .filter(|c| c.status.is_some())
+            .map(Change::result),
+    );
+    if ok {
+        items.sort_by(|a, b| a.knob.cmp(&b.knob));
+    }
+    Ok(TuneResult {
+        profile: Some(name.to_owned()),
+        ok,
+        dry_run: false,
+        items,
+        journal_entries: journal::count(&conn)?,
+    })
+}
+
+/// Step 1: what to write. Knobs of the profile that hold another value are changes; knobs
+/// the previous profile changed and this one does not set go back to their originals
+/// (unless someone else changed them since: then they stay, as conflicts).
+fn plan_changes(host: &Host, planned: Vec<Planned>, rows: &[journal::Row]) -> Plan {
+    let mut plan = Plan::default();
+    let journaled: HashSet<&str> = rows.iter().map(|r| r.path.as_str()).collect();
+    // Only knobs this profile will actually set count as its own: one it cannot set here
+    // (unsupported, refused) goes back to its original like any other it drops.
+    let in_plan: HashSet<String> = planned
+        .iter()
+        .filter(|p| matches!(p.want, Want::Value(_)))
+        .map(|p| p.path.clone())
+        .collect();
+    let mut wanted: Vec<(Planned, bool)> = planned.into_iter().map(|p| (p, false)).collect();
+    for row in rows.iter().filter(|r| !in_plan.contains(&r.path)) {
+        match restoration(host, row) {
+            Restoration::Write(p) => wanted.push((p, true)),
+            Restoration::Conflict(conflict) => plan.items.push(conflict),
+        }
+    }
+    // Restorations join the profile's knobs in the order that writes must happen in.
+    wanted.sort_by_key(|(p, _)| apply_rank(&p.path));
+    for (p, restore) in wanted {
+        match p.want.clone() {
+            Want::Unsupported(why) => plan.items.push(item(
+                &p,
+                p.current.clone(),
+                None,
+                KnobStatus::Unsupported,
+                Some(why),
+            )),
+            Want::Refused(why) => plan.items.push(item(
+                &p,
+                p.current.clone(),
+                None,
+                KnobStatus::Refused,
+                Some(why),
+            )),
+            Want::Value(d) if p.current.as_ref() == Some(&d) => {
+                if journaled.contains(p.path.as_str()) {
+                    plan.unchanged.push((p.path.clone(), d.clone()));
+                }
+                plan.items.push(item(
+                    &p,
+                    p.current.clone(),
+                    Some(d),
+                    KnobStatus::Unchanged,
+                    None,
+                ));
+            }
+            Want::Value(desired) => plan.changes.push(Change {
+                before: p.current.clone().unwrap_or_default(),
+                desired,
+                restore,
+                planned: p,
+                status: None,
+                after: None,
+                reason: None,
+                touched: false,
+                kernel_refused: None,
+            }),
+        }
+    }
+    plan
+}
+
+/// What becomes of a journaled knob the new profile drops.
+#[derive(Debug)]
+enum Restoration {
+    /// Its original goes back.
+    Write(Planned),
+    /// Someone else changed it since: left alone.
+    Conflict(KnobResult),
+}
+
+/// A journaled knob the new profile drops: its original goes back if the file still holds
+/// cleanroom's value (or already the original); otherwise it is a conflict row.
+fn restoration(host: &Host, row: &journal::Row) -> Restoration {
+    let kind = Kind::parse_name(&row.kind).unwrap_or(Kind::Text);
+    let current = read_canonical(host, &row.path, kind).ok();
+    let ours = current
+        .as_ref()
+        .is_some_and(|c| *c == row.written || row.pending_prev.as_ref() == Some(c));
+    let p = Planned {
+        knob: row.knob.clone(),
+        path: row.path.clone(),
+        kind,
+        current: current.clone(),
+        want: Want::Value(row.original.clone()),
+        soft: false,
+    };
+    if ours || current.as_ref() == Some(&row.original) {
+        Restoration::Write(p)
+    } else {
+        Restoration::Conflict(item(
+            &p,
+            Some(row.written.clone()),
+            current,
+            KnobStatus::Conflict,
+            Some("the previous profile's value was changed by someone else; left alone".into()),
+        ))
+    }
+}
+
+/// Step 2: the originals (and the values about to be replaced) on disk before any write.
+fn record_originals(
+    conn: &mut Connection,
+    profile: &str,
+    boot: &str,
+    changes: &[Change],
+) -> Result<(), Error> {
+    let rows: Vec<journal::Change<'_>> = changes
+        .iter()
+        .map(|c| journal::Change {
+            path: &c.planned.path,
+            knob: &c.planned.knob,
+            kind: c.planned.kind.as_str(),
+            current: &c.before,
+            desired: &c.desired,
+        })
+        .collect();
+    journal::begin_apply(conn, profile, boot, &rows)?;
+    Ok(())
+}
+
+/// Step 3: every write, in order. Returns whether a knob failed for real (a soft knob the
+/// kernel refuses is reported as unsupported instead); without `best_effort` the first
+/// failure stops the writes.
+fn write_all(host: &Host, changes: &mut [Change], best_effort: bool) -> bool {
+    let mut failed = false;
+    for c in changes.iter_mut() {
+        if !write_one(host, c) {
+            failed = true;
+            if !best_effort {
+                break;
+            }
+        }
+    }
+    failed
+}
+
+/// Writes one knob; false when it failed for real.
+fn write_one(host: &Host, c: &mut Change) -> bool {
+    let p = &c.planned;
+    match write_knob(host, &p.path, p.kind, &c.desired) {
+        Ok(actual) if actual != c.desired && !c.restore => {
+            // Accepted, but the kernel kept another value (a managed IRQ, a value it
+            // rounds): not this profile's value, and not drift either.
+            let reason = format!("the kernel accepted {:?} but kept {actual:?}", c.desired);
+            c.status = Some(KnobStatus::Unsupported);
+            c.kernel_refused = Some(reason.clone());
+            c.reason = Some(reason);
+            c.after = Some(actual);
+            c.touched = true;
+            true
+        }
+        Ok(actual) => {
+            c.status = Some(if c.restore {
+                KnobStatus::Restored
+            } else {
+                KnobStatus::Applied
+            });
+            c.after = Some(actual);
+            c.touched = true;
+            true
+        }
+        Err(e) => {
+            // A failed write may still have changed the file (a vector sysctl is stored
+            // element by element): what the file holds now decides.
+            c.after = read_canonical(host, &p.path, p.kind).ok();
+            c.touched = c.after.as_ref() != Some(&c.before);
+            if p.soft {
+                let reason = format!("the kernel refused: {e}");
+                c.status = Some(KnobStatus::Unsupported);
+                c.kernel_refused = Some(reason.clone());
+                c.reason = Some(reason);
+                true
+            } else {
+                c.status = Some(KnobStatus::Failed);
+                c.reason = Some(e.to_string());
+                false
+            }
+        }
+    }
+}
+
+/// Step 4 (on failure, unless best effort): what this apply wrote goes back to the value
+/// it had before, newest first. A knob whose undo fails stays journaled with its original.
+fn roll_back(host: &Host, changes: &mut [Change]) {
+    for c in changes.iter_mut().rev().filter(|c| c.touched) {
+        let p = &c.planned;
+        match write_knob(host, &p.path, p.kind, &c.before) {
+            Ok(actual) if actual == c.before => {
+                if c.status != Some(KnobStatus::Failed) {
+                    c.status = Some(KnobStatus::RolledBack);
+                }
+                c.after = Some(actual);
+                c.touched = false;
+            }
+            Ok(actual) => {
+                tracing::error!(path = %p.path, value = %c.before, kept = %actual, "rollback: the kernel kept another value");
+                c.status = Some(KnobStatus::Failed);
+                c.reason = Some(format!(
+                    "rolled back, but the kernel kept {actual:?} instead of {:?}",
+                    c.before
+                ));
+                c.after = Some(actual);
+            }
+            Err(e) => {
+                tracing::error!(path = %p.path, value = %c.before, error = %e, "rollback failed");
+                c.status = Some(KnobStatus::Failed);
+                c.reason = Some(format!("written, then rollback failed: {e}"));
+            }
+        }
+    }
+}
+
+/// After the writes: what each written file holds now is what the journal records (one
+/// write can change another knob).
+fn reread(host: &Host, changes: &mut [Change]) {
+    for c in changes.iter_mut().filter(|c| c.touched) {
+        if let Ok(now) = read_canonical(host, &c.planned.path, c.planned.kind) {
+            c.after = Some(now);
+        }
+    }
+}
+
+/// Step 5: each knob's final value becomes cleanroom's `written` value, rows back at their
+/// original go, and the state is set; one commit.
+fn settle(
+    conn: &mut Connection,
+    plan: &Plan,
+    profile: Option<&str>,
+    phase: Phase,
+    boot: &str,
+    refused: Option<&[(String, String)]>,
+) -> Result<(), Error> {
+    let finals: Vec<(String, String)> = plan
+        .unchanged
+        .iter()
+        .cloned()
+        .chain(
+            plan.changes
+                .iter()
+                .map(|c| (c.planned.path.clone(), c.final_value())),
+        )
+        .collect();
+    let finals: Vec<(&str, &str)> = finals
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    journal::settle(conn, &finals, profile, phase, boot, refused)?;
+    Ok(())
+}

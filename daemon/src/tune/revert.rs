@@ -1,0 +1,156 @@
+//! `profile.revert`: every original in the journal goes back, compare-and-swap. It needs
+//! only the journal, not the profile file.
+//!
+//! A knob is restored only if its file still holds cleanroom's value (the one it wrote, or
+//! the one an interrupted apply was replacing); a knob someone else changed since is a
+//! conflict, left alone and kept in the journal, unless `force`.
+
+use cleanroom_proto::{KnobResult, KnobStatus, TuneResult};
+use rusqlite::Connection;
+
+use super::plugins::{Kind, Planned, Want};
+use super::{Error, item, read_canonical, revert_rank, write_knob};
+use crate::host::Host;
+use crate::store::journal::{self, Phase};
+
+/// What becomes of a journal row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fate {
+    /// The original is back: the row goes.
+    Done,
+    /// The row stays; with what its file holds now, when that is known and changed.
+    Kept(Option<String>),
+}
+
+/// Puts every original back that cleanroom still owns (all of them with `force`). No
+/// profile is in force from the first step on, so a restart finishes a revert that was
+/// cut short instead of re-applying.
+pub(super) fn revert_locked(
+    host: &Host,
+    conn: &mut Connection,
+    force: bool,
+) -> Result<TuneResult, Error> {
+    let boot = host.boot_id()?;
+    let mut rows = journal::rows(conn)?;
+    rows.sort_by_key(|r| revert_rank(&r.path));
+    let previous = journal::state(conn)?.and_then(|s| s.profile);
+    journal::set_state(conn, None, Phase::Reverting, &boot)?;
+    let outcomes: Vec<(KnobResult, Fate)> =
+        rows.iter().map(|row| restore(host, row, force)).collect();
+    record(conn, &rows, &outcomes)?;
+    journal::set_state(conn, None, Phase::Idle, &boot)?;
+    let ok = outcomes.iter().all(|(_, fate)| *fate == Fate::Done);
+    Ok(TuneResult {
+        profile: previous,
+        ok,
+        dry_run: false,
+        items: outcomes.into_iter().map(|(item, _)| item).collect(),
+        journal_entries: journal::count(conn)?,
+    })
+}
+
+/// One row: restored, already at its original, a conflict, or a failure.
+fn restore(host: &Host, row: &journal::Row, force: bool) -> (KnobResult, Fate) {
+    let kind = Kind::parse_name(&row.kind).unwrap_or(Kind::Text);
+    let p = Planned {
+        knob: row.knob.clone(),
+        path: row.path.clone(),
+        kind,
+        current: None,
+        want: Want::Value(row.original.clone()),
+        soft: false,
+    };
+    let current = match read_canonical(host, &row.path, kind) {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = Some(format!("cannot read: {e}"));
+            return (
+                item(&p, None, None, KnobStatus::Failed, reason),
+                Fate::Kept(None),
+            );
+        }
+    };
+    if current == row.original {
+        let (b, a) = (Some(current.clone()), Some(current));
+        return (item(&p, b, a, KnobStatus::Unchanged, None), Fate::Done);
+    }
+    let ours = current == row.written || row.pending_prev.as_ref() == Some(&current);
+    if !ours && !force {
+        let reason = format!(
+            "changed by someone else since cleanroom wrote it; left alone (original {:?}; --force restores it)",
+            row.original
+        );
+        return (
+            item(
+                &p,
+                Some(row.written.clone()),
+                Some(current),
+                KnobStatus::Conflict,
+                Some(reason),
+            ),
+            Fate::Kept(None),
+        );
+    }
+    match write_knob(host, &row.path, kind, &row.original) {
+        Ok(actual) if actual == row.original => {
+            let status = if ours {
+                KnobStatus::Restored
+            } else {
+                KnobStatus::Forced
+            };
+            (
+                item(&p, Some(current), Some(actual), status, None),
+                Fate::Done,
+            )
+        }
+        Ok(actual) => {
+            tracing::error!(path = %row.path, value = %row.original, kept = %actual, "revert: the kernel kept another value");
+            let reason = format!(
+                "the kernel kept {actual:?} instead of the original {:?}",
+                row.original
+            );
+            (
+                item(
+                    &p,
+                    Some(current),
+                    Some(actual.clone()),
+                    KnobStatus::Failed,
+                    Some(reason),
+                ),
+                Fate::Kept(Some(actual)),
+            )
+        }
+        Err(e) => {
+            tracing::error!(path = %row.path, value = %row.original, error = %e, "revert: cannot write the original");
+            (
+                item(
+                    &p,
+                    Some(current),
+                    None,
+                    KnobStatus::Failed,
+                    Some(e.to_string()),
+                ),
+                Fate::Kept(None),
+            )
+        }
+    }
+}
+
+/// Rows whose original is back go; the others stay, recording what their file holds now,
+/// and no value of an apply long over counts as cleanroom's any more. One commit.
+fn record(
+    conn: &mut Connection,
+    rows: &[journal::Row],
+    outcomes: &[(KnobResult, Fate)],
+) -> Result<(), Error> {
+    let tx = conn.transaction()?;
+    for (row, (_, fate)) in rows.iter().zip(outcomes) {
+        match fate {
+            Fate::Done => journal::forget(&tx, &row.path)?,
+            Fate::Kept(now) => journal::keep_after_revert(&tx, &row.path, now.as_deref())?,
+        }
+    }
+    journal::clear_refused(&tx)?;
+    tx.commit()?;
+    Ok(())
+}
