@@ -565,6 +565,153 @@ fn refused_keys_and_broken_profiles_give_their_errors() {
     assert!(human.contains("BROKEN"), "{human}");
 }
 
+/// The shipped profiles, built into cleanroomd, as `profile list` names them.
+const BUILT_IN: [&str; 7] = [
+    "balanced",
+    "benchmark",
+    "latency-performance",
+    "network-latency",
+    "network-throughput",
+    "throughput-performance",
+    "virtual-guest",
+];
+
+/// `(name, origin, path, error)` of every listed profile.
+fn listed(d: &Daemon) -> Vec<(String, String, String, Value)> {
+    let list = json(&d.ctl(&["--json", "profile", "list"]));
+    list["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let text = |k: &str| p[k].as_str().unwrap().to_owned();
+            (
+                text("name"),
+                text("origin"),
+                text("path"),
+                p["error"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// The words of each line of the human `profile list`.
+fn human_rows(d: &Daemon) -> Vec<Vec<String>> {
+    let out = d.ctl(&["profile", "list"]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// A daemon with no profile directory (as from the build tree, or installed without the
+/// package) has the shipped profiles, built in; a file in a directory replaces one. Only
+/// reads and a dry run: nothing is written to the kernel.
+#[test]
+fn shipped_profiles_are_built_in_and_files_override_them() {
+    let d = Daemon::builder()
+        .config("[tuning]\nprofile_dirs = []\n")
+        .start();
+    let want: Vec<_> = BUILT_IN
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                "built-in".to_owned(),
+                "(built-in)".to_owned(),
+                Value::Null,
+            )
+        })
+        .collect();
+    assert_eq!(listed(&d), want);
+    let rows = human_rows(&d);
+    assert_eq!(rows[0][..3], ["NAME", "SOURCE", "SUMMARY"], "{rows:?}");
+    assert_eq!(rows[2][..2], ["benchmark", "built-in"], "{rows:?}");
+
+    let show = json(&d.ctl(&["--json", "profile", "show", "benchmark"]));
+    assert_eq!(
+        (&show["name"], &show["origin"], &show["path"]),
+        (
+            &Value::from("benchmark"),
+            &Value::from("built-in"),
+            &Value::from("(built-in)")
+        )
+    );
+    let settings = show["settings"].as_array().unwrap();
+    assert!(!settings.is_empty(), "{show}");
+    for s in settings {
+        assert_eq!(s["source"], "benchmark (built-in)", "{s}");
+    }
+    let out = d.ctl(&["profile", "show", "network-throughput"]);
+    let human = String::from_utf8(out.stdout).unwrap();
+    assert!(human.contains("\n  source   built-in\n"), "{human}");
+    assert!(
+        human.contains("throughput-performance (built-in)"),
+        "{human}"
+    );
+    if nix::unistd::geteuid().is_root() {
+        let plan = json(&d.ctl(&["--json", "profile", "apply", "benchmark", "--dry-run"]));
+        assert_eq!(plan["dry_run"], true, "{plan}");
+        assert_eq!(plan["profile"], "benchmark", "{plan}");
+        let active = json(&d.ctl(&["--json", "profile", "active"]));
+        assert_eq!(active["profile"], Value::Null, "a dry run applies nothing");
+    }
+    drop(d);
+
+    // An empty directory changes nothing; a file replaces the built-in of its name, for
+    // the profiles that include it too.
+    let profiles = tempfile::tempdir().unwrap();
+    let d = daemon_with_profiles(profiles.path(), "");
+    assert_eq!(listed(&d), want);
+    drop(d);
+    write_profile(
+        profiles.path(),
+        "throughput-performance",
+        "[profile]\nsummary = \"mine\"\n[sysctl]\n\"vm.swappiness\" = 7\n",
+    );
+    let file = profiles.path().join("throughput-performance.toml");
+    let d = daemon_with_profiles(profiles.path(), "");
+    let tp = listed(&d)
+        .into_iter()
+        .find(|p| p.0 == "throughput-performance")
+        .unwrap();
+    assert_eq!(
+        (tp.1.as_str(), tp.2.as_str()),
+        ("file", file.to_str().unwrap())
+    );
+    let rows = human_rows(&d);
+    assert!(
+        rows.contains(&vec![
+            "throughput-performance".to_owned(),
+            file.display().to_string(),
+            "mine".to_owned()
+        ]),
+        "{rows:?}"
+    );
+    let show = json(&d.ctl(&["--json", "profile", "show", "network-throughput"]));
+    assert_eq!(show["origin"], "built-in");
+    let from = |id: &str| {
+        show["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["setting"] == id)
+            .map(|s| s["source"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        from("sysctl.vm.swappiness").as_deref(),
+        file.to_str(),
+        "{show}"
+    );
+    assert_eq!(
+        from("cpu.governor"),
+        None,
+        "the built-in is replaced: {show}"
+    );
+}
+
 #[test]
 fn a_reader_cannot_apply_or_revert() {
     if !is_root_or_skip("a_reader_cannot_apply_or_revert") {

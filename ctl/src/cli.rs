@@ -328,10 +328,10 @@ pub enum BaselineCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ProfileCommand {
-    /// List the profiles the daemon found (broken ones with their error).
+    /// List the profiles, built in or from a file (broken ones with their error).
     #[command(after_help = "Examples:\n  cleanroomctl profile list")]
     List,
-    /// Show a profile with includes resolved and the file each value came from.
+    /// Show a profile with includes resolved and where each value came from.
     #[command(after_help = "Examples:\n  cleanroomctl profile show benchmark")]
     Show {
         /// Profile name.

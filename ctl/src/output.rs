@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use cleanroom_proto::{
-    ActiveResult, ProfileListResult, ProfileShowResult, RecommendResult, ReloadResult,
-    StatusResult, TuneResult,
+    ActiveResult, ProfileListResult, ProfileOrigin, ProfileShowResult, RecommendResult,
+    ReloadResult, StatusResult, TuneResult,
 };
 
 /// Rows of `label  value`, labels padded to one column.
@@ -210,7 +210,15 @@ pub fn tune(r: &TuneResult) -> String {
     out
 }
 
-/// `profile list`.
+/// Where a profile comes from, in a word or a path: `built-in`, or its file.
+fn profile_source(origin: ProfileOrigin, path: &str) -> &str {
+    match origin {
+        ProfileOrigin::BuiltIn => "built-in",
+        ProfileOrigin::File => path,
+    }
+}
+
+/// `profile list`: SOURCE before SUMMARY, so a long BROKEN error does not push it off.
 pub fn profile_list(r: &ProfileListResult) -> String {
     let rows: Vec<Vec<String>> = r
         .profiles
@@ -218,6 +226,7 @@ pub fn profile_list(r: &ProfileListResult) -> String {
         .map(|p| {
             vec![
                 format!("{}{}", if p.active { "* " } else { "  " }, p.name),
+                profile_source(p.origin, &p.path).to_owned(),
                 match &p.error {
                     Some(e) => format!("BROKEN: {e}"),
                     None => p.summary.clone(),
@@ -225,12 +234,17 @@ pub fn profile_list(r: &ProfileListResult) -> String {
             ]
         })
         .collect();
-    columns(&["  NAME", "SUMMARY"], &rows)
+    columns(&["  NAME", "SOURCE", "SUMMARY"], &rows)
 }
 
 /// `profile show`.
 pub fn profile_show(r: &ProfileShowResult) -> String {
-    let mut out = format!("{}: {}\n  file     {}\n", r.name, r.summary, r.path);
+    let mut out = format!(
+        "{}: {}\n  source   {}\n",
+        r.name,
+        r.summary,
+        profile_source(r.origin, &r.path)
+    );
     if !r.include.is_empty() {
         out.push_str(&format!("  include  {}\n", r.include.join(", ")));
     }
@@ -535,6 +549,68 @@ mod tests {
         ] {
             assert_eq!(duration(secs), want);
         }
+    }
+
+    #[test]
+    fn profiles_say_where_they_come_from() {
+        use cleanroom_proto::{ProfileInfo, SettingInfo};
+        let info = |name: &str, origin, path: &str, error: Option<&str>| ProfileInfo {
+            name: name.into(),
+            summary: format!("{name} summary"),
+            origin,
+            path: path.into(),
+            active: name == "benchmark",
+            error: error.map(str::to_owned),
+        };
+        let list = ProfileListResult {
+            profiles: vec![
+                info("balanced", ProfileOrigin::BuiltIn, "(built-in)", None),
+                info(
+                    "benchmark",
+                    ProfileOrigin::File,
+                    "/etc/cleanroom/profiles/benchmark.toml",
+                    None,
+                ),
+                info(
+                    "x",
+                    ProfileOrigin::File,
+                    "/etc/p/x.toml",
+                    Some("/etc/p/x.toml: line 1: bad"),
+                ),
+            ],
+        };
+        assert_eq!(
+            profile_list(&list),
+            "  NAME       SOURCE                                  SUMMARY\n\
+             \x20 balanced   built-in                                balanced summary\n\
+             * benchmark  /etc/cleanroom/profiles/benchmark.toml  benchmark summary\n\
+             \x20 x          /etc/p/x.toml                           BROKEN: /etc/p/x.toml: line 1: bad\n"
+        );
+        let show = ProfileShowResult {
+            name: "network-throughput".into(),
+            origin: ProfileOrigin::BuiltIn,
+            path: "(built-in)".into(),
+            summary: "s".into(),
+            include: vec!["throughput-performance".into()],
+            settings: vec![SettingInfo {
+                setting: "cpu.governor".into(),
+                value: "performance".into(),
+                source: "/etc/cleanroom/profiles/throughput-performance.toml".into(),
+            }],
+        };
+        let text = profile_show(&show);
+        assert!(
+            text.starts_with(
+                "network-throughput: s\n  source   built-in\n  include  throughput-performance\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "cpu.governor  performance  /etc/cleanroom/profiles/throughput-performance.toml"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! admin_group = "cleanroom-admin"      # members may tune the host
 //!
 //! [tuning]
-//! profile_dirs = ["/usr/lib/cleanroom/profiles", "/etc/cleanroom/profiles"]
+//! profile_dirs = ["/usr/lib/cleanroom/profiles", "/etc/cleanroom/profiles"] # over the built-ins
 //! sysctl_allow = ["vm.", "net.core.", ...]   # prefixes profiles may set
 //! on_start = "reapply"                 # or "revert": what a restart does with the journal
 //! drift_check_interval_s = 0           # periodic verify of the active profile (0: off)
@@ -287,8 +287,9 @@ impl Default for Auth {
 #[serde(deny_unknown_fields, default)]
 pub struct Tuning {
     /// Profile directories, searched in order; a later directory's profile replaces an
-    /// earlier one of the same name (default: `/usr/lib/cleanroom/profiles`, then
-    /// `/etc/cleanroom/profiles`).
+    /// earlier one of the same name, and any of them the built-in profile of its name
+    /// (default: `/usr/lib/cleanroom/profiles`, then `/etc/cleanroom/profiles`; empty: the
+    /// built-in profiles only).
     pub profile_dirs: Vec<PathBuf>,
     /// Sysctl key prefixes profiles may set (default: vm., net.core., net.ipv4., ...).
     /// Keys that make the kernel run a program are refused whatever this says.

@@ -25,7 +25,7 @@ pub struct Live {
     pub file: Option<PathBuf>,
     /// Group ids that grant roles, resolved from `config.auth`.
     pub auth: AuthPolicy,
-    /// The tuning profiles, loaded from `config.tuning.profile_dirs`.
+    /// The tuning profiles: the built-in ones under those in `config.tuning.profile_dirs`.
     pub profiles: Arc<ProfileSet>,
 }
 

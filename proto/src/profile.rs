@@ -2,6 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where a profile comes from: `"built-in"` or `"file"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProfileOrigin {
+    /// Compiled into cleanroomd (the shipped profiles); its `path` is `(built-in)`.
+    #[serde(rename = "built-in")]
+    BuiltIn,
+    /// A file in one of `tuning.profile_dirs`; its `path` is that file. The default: a
+    /// daemon from before built-in profiles sends no `origin`, and read only files.
+    #[default]
+    #[serde(rename = "file")]
+    File,
+}
+
 /// One profile in `profile.list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileInfo {
@@ -9,7 +22,10 @@ pub struct ProfileInfo {
     pub name: String,
     /// Its summary.
     pub summary: String,
-    /// The file it was read from.
+    /// Built in, or a file (which replaces a built-in of the same name).
+    #[serde(default)]
+    pub origin: ProfileOrigin,
+    /// The file it was read from, or `(built-in)`.
     pub path: String,
     /// Whether it is the active profile.
     pub active: bool,
@@ -39,7 +55,8 @@ pub struct SettingInfo {
     pub setting: String,
     /// The value as text.
     pub value: String,
-    /// The file that set it (after includes).
+    /// Where the profile that set it (after includes) came from: its file, or
+    /// `NAME (built-in)`.
     pub source: String,
 }
 
@@ -48,7 +65,10 @@ pub struct SettingInfo {
 pub struct ProfileShowResult {
     /// Name.
     pub name: String,
-    /// File.
+    /// Built in, or a file.
+    #[serde(default)]
+    pub origin: ProfileOrigin,
+    /// File, or `(built-in)`.
     pub path: String,
     /// Summary.
     pub summary: String,
@@ -165,4 +185,23 @@ pub struct ActiveResult {
     pub since: Option<f64>,
     /// Knobs in the journal.
     pub journal_entries: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn origin_on_the_wire() {
+        assert_eq!(json!(ProfileOrigin::BuiltIn), json!("built-in"));
+        assert_eq!(json!(ProfileOrigin::File), json!("file"));
+        // A daemon from before built-in profiles sends no origin: its profiles are files.
+        let info: ProfileInfo = serde_json::from_value(json!({
+            "name": "p", "summary": "", "path": "/etc/cleanroom/profiles/p.toml",
+            "active": false, "error": null
+        }))
+        .unwrap();
+        assert_eq!(info.origin, ProfileOrigin::File);
+    }
 }

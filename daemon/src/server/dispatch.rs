@@ -221,7 +221,8 @@ async fn profile_list(state: Arc<State>) -> Result<ProfileListResult, Error> {
                 .as_ref()
                 .map(|p| p.summary.clone())
                 .unwrap_or_default(),
-            path: entry.path.display().to_string(),
+            origin: (&entry.origin).into(),
+            path: entry.origin.path_text(),
             active: active.as_deref() == Some(name.as_str()),
             error: entry.profile.as_ref().err().cloned(),
         })
@@ -237,7 +238,8 @@ fn profile_show(p: ProfileShowParams, state: &State) -> Result<ProfileShowResult
         .map_err(|e| Error::Tune(tune::Error::Profile(e)))?;
     Ok(ProfileShowResult {
         name: r.name.clone(),
-        path: r.path.display().to_string(),
+        origin: (&r.origin).into(),
+        path: r.origin.path_text(),
         summary: r.summary.clone(),
         include: r.include.clone(),
         settings: r
@@ -246,7 +248,7 @@ fn profile_show(p: ProfileShowParams, state: &State) -> Result<ProfileShowResult
             .map(|(id, s)| SettingInfo {
                 setting: id.clone(),
                 value: s.setting.value_text(),
-                source: s.source.display().to_string(),
+                source: s.source_text(),
             })
             .collect(),
     })

@@ -1,4 +1,5 @@
-//! Tuning profiles: TOML files in the profile directories, with inheritance.
+//! Tuning profiles: the built-in ones and TOML files in the profile directories, with
+//! inheritance.
 //!
 //! ```toml
 //! [profile]
@@ -29,20 +30,95 @@
 //! cpus = "1-3"                           # the pool exclusive runs may take
 //! ```
 //!
-//! Every file is validated at load: an unknown section or key, a wrong type, a refused
+//! Profiles come in layers, by name. The lowest is [`BUILTIN`]: the shipped profiles
+//! (`daemon/profiles/*.toml`), compiled into the binary, so a daemon started from the build
+//! tree or installed without the package has them. Above it the profile directories, in
+//! order: a later directory's profile replaces an earlier one of the same name, and any
+//! file replaces the built-in of its name (the package installs copies of the built-ins
+//! to `/usr/lib/cleanroom/profiles`, for admins to read and copy; they replace the
+//! built-ins with themselves). Includes are resolved by name after layering, so a file
+//! profile may include a built-in, and a file named like a built-in replaces it for every
+//! profile that includes it.
+//!
+//! Every profile is validated at load: an unknown section or key, a wrong type, a refused
 //! sysctl key or a malformed value is an error naming the file, the line and the key. A
 //! broken profile is listed with its error and cannot be applied; the others stay usable.
-//! Directories are searched in order; a later directory's profile of the same name
-//! replaces an earlier one (`/etc/cleanroom/profiles` overrides the shipped ones).
+//! A broken file does not fall back to the built-in it replaces (see [`ProfileSet::load`]).
+//! Built-ins cannot be broken at run time: a unit test parses and resolves every one with
+//! the default sysctl allowlist (a narrower `tuning.sysctl_allow` can still refuse one of
+//! their keys, which then lists it as broken like a file).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::host::format::{format_cpu_list, parse_cpu_list};
 use crate::host::sysctl::{SysctlKey, refusal};
+
+/// `(name, text)` of each shipped profile, one line per file of `daemon/profiles/`.
+macro_rules! builtin {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../profiles/", $name, ".toml")))),*]
+    };
+}
+
+/// The shipped profiles, built in: `(name, TOML text)`, the lowest layer below the profile
+/// directories. The package installs the same files to `/usr/lib/cleanroom/profiles`; the
+/// packaging tests check that the installed set and this table are the same.
+pub const BUILTIN: &[(&str, &str)] = builtin![
+    "balanced",
+    "benchmark",
+    "latency-performance",
+    "network-latency",
+    "network-throughput",
+    "throughput-performance",
+    "virtual-guest",
+];
+
+/// The text of a built-in profile.
+fn builtin_text(name: &str) -> Option<&'static str> {
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// Where a profile comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled into the daemon ([`BUILTIN`]).
+    BuiltIn,
+    /// A file in one of the profile directories.
+    File(PathBuf),
+}
+
+impl Origin {
+    /// The file, or `(built-in)`: what the wire's `path` says (never a made-up path).
+    pub fn path_text(&self) -> String {
+        match self {
+            Origin::BuiltIn => "(built-in)".into(),
+            Origin::File(path) => path.display().to_string(),
+        }
+    }
+
+    /// The profile `name` from here, as errors and setting sources name it: the file, or
+    /// `NAME (built-in)`.
+    pub fn describe(&self, name: &str) -> String {
+        match self {
+            Origin::BuiltIn => format!("{name} (built-in)"),
+            Origin::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+impl From<&Origin> for cleanroom_proto::ProfileOrigin {
+    fn from(o: &Origin) -> Self {
+        match o {
+            Origin::BuiltIn => Self::BuiltIn,
+            Origin::File(_) => Self::File,
+        }
+    }
+}
 
 /// One desired setting, before it meets a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,13 +207,22 @@ impl Setting {
     }
 }
 
-/// A setting and the file it came from.
+/// A setting and the profile it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sourced {
     /// The setting.
     pub setting: Setting,
-    /// The profile file that set it.
-    pub source: PathBuf,
+    /// The profile that set it (itself or one it includes).
+    pub profile: String,
+    /// Where that profile came from.
+    pub origin: Origin,
+}
+
+impl Sourced {
+    /// Where it came from, for display: the file, or `NAME (built-in)`.
+    pub fn source_text(&self) -> String {
+        self.origin.describe(&self.profile)
+    }
 }
 
 /// A profile with its includes resolved.
@@ -145,8 +230,8 @@ pub struct Sourced {
 pub struct Resolved {
     /// Its name.
     pub name: String,
-    /// Its file.
-    pub path: PathBuf,
+    /// Where it came from.
+    pub origin: Origin,
     /// One line on what it is for.
     pub summary: String,
     /// Included profiles, as written.
@@ -155,16 +240,16 @@ pub struct Resolved {
     pub settings: BTreeMap<String, Sourced>,
 }
 
-/// One profile file as found, resolved or broken.
+/// One profile as found (the top layer of its name), resolved or broken.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// The file.
-    pub path: PathBuf,
+    /// Where it came from.
+    pub origin: Origin,
     /// The resolved profile, or why it cannot be used.
     pub profile: Result<Resolved, String>,
 }
 
-/// Every profile found in the profile directories.
+/// Every profile: the built-in ones, and those found in the profile directories.
 #[derive(Debug, Clone, Default)]
 pub struct ProfileSet {
     /// By name.
@@ -277,18 +362,14 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
-/// Parses one profile file's text. `allow` is the sysctl allowlist.
-fn parse(path: &Path, text: &str, allow: &[String]) -> Result<Parsed, String> {
-    let at = |line: usize, key: &str, msg: String| {
-        format!("{}: line {line}: key `{key}`: {msg}", path.display())
-    };
+/// Parses one profile's text. `what` names it in errors (its file, or `NAME (built-in)`);
+/// `allow` is the sysctl allowlist.
+fn parse(what: &str, text: &str, allow: &[String]) -> Result<Parsed, String> {
+    let at =
+        |line: usize, key: &str, msg: String| format!("{what}: line {line}: key `{key}`: {msg}");
     let de = toml::de::Deserializer::parse(text).map_err(|e| {
         let line = e.span().map_or(0, |s| line_of(text, s.start));
-        format!(
-            "{}: line {line}: {}",
-            path.display(),
-            e.message().trim_end()
-        )
+        format!("{what}: line {line}: {}", e.message().trim_end())
     })?;
     let doc: FileDoc = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
@@ -451,46 +532,71 @@ fn parse(path: &Path, text: &str, allow: &[String]) -> Result<Parsed, String> {
     })
 }
 
-impl ProfileSet {
-    /// Reads every `*.toml` in `dirs` (later directories override earlier ones of the
-    /// same name) and resolves includes. Never fails as a whole: broken profiles carry
-    /// their error.
-    pub fn load(dirs: &[PathBuf], allow: &[String]) -> Self {
-        let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for dir in dirs {
-            let Ok(rd) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            let mut found: Vec<PathBuf> = rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect();
-            found.sort();
-            for path in found {
-                if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
-                    if valid_name(name) {
-                        files.insert(name.to_owned(), path);
-                    }
+/// The profiles of every layer, by name: the top layer's origin wins.
+fn layered(dirs: &[PathBuf]) -> BTreeMap<String, Origin> {
+    let mut found: BTreeMap<String, Origin> = BUILTIN
+        .iter()
+        .map(|(name, _)| ((*name).to_owned(), Origin::BuiltIn))
+        .collect();
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        for path in files {
+            if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+                if valid_name(name) {
+                    found.insert(name.to_owned(), Origin::File(path));
                 }
             }
         }
-        let parsed: BTreeMap<String, (PathBuf, Result<Parsed, String>)> = files
+    }
+    found
+}
+
+/// Reads and parses the profile `name` from `origin`.
+fn read(name: &str, origin: &Origin, allow: &[String]) -> Result<Parsed, String> {
+    let what = origin.describe(name);
+    let text = match origin {
+        Origin::BuiltIn => Cow::Borrowed(
+            builtin_text(name).ok_or_else(|| format!("{what}: no such built-in profile"))?,
+        ),
+        Origin::File(path) => Cow::Owned(
+            std::fs::read_to_string(path).map_err(|e| format!("{what}: cannot read: {e}"))?,
+        ),
+    };
+    parse(&what, &text, allow)
+}
+
+impl ProfileSet {
+    /// Layers the built-in profiles and every `*.toml` in `dirs` (a later directory
+    /// overrides an earlier one of the same name, and any file a built-in), then resolves
+    /// includes across layers. Never fails as a whole: broken profiles carry their error.
+    ///
+    /// A broken file replaces the built-in of its name all the same: the admin wrote that
+    /// file to change the profile, so applying the built-in instead would tune the host in
+    /// a way nobody asked for, and silently; listed as broken, the profile says which line
+    /// to fix, and deleting the file brings the built-in back.
+    pub fn load(dirs: &[PathBuf], allow: &[String]) -> Self {
+        let parsed: BTreeMap<String, (Origin, Result<Parsed, String>)> = layered(dirs)
             .into_iter()
-            .map(|(name, path)| {
-                let result = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("{}: cannot read: {e}", path.display()))
-                    .and_then(|text| parse(&path, &text, allow));
-                (name, (path, result))
+            .map(|(name, origin)| {
+                let result = read(&name, &origin, allow);
+                (name, (origin, result))
             })
             .collect();
         let entries = parsed
             .iter()
-            .map(|(name, (path, _))| {
+            .map(|(name, (origin, _))| {
                 let profile = resolve(name, &parsed, &mut Vec::new());
                 (
                     name.clone(),
                     Entry {
-                        path: path.clone(),
+                        origin: origin.clone(),
                         profile,
                     },
                 )
@@ -516,7 +622,7 @@ impl ProfileSet {
 
 fn resolve(
     name: &str,
-    parsed: &BTreeMap<String, (PathBuf, Result<Parsed, String>)>,
+    parsed: &BTreeMap<String, (Origin, Result<Parsed, String>)>,
     stack: &mut Vec<String>,
 ) -> Result<Resolved, String> {
     if let Some(pos) = stack.iter().position(|n| n == name) {
@@ -524,7 +630,7 @@ fn resolve(
         cycle.push(name);
         return Err(format!("include cycle: {}", cycle.join(" -> ")));
     }
-    let Some((path, result)) = parsed.get(name) else {
+    let Some((origin, result)) = parsed.get(name) else {
         return Err(format!(
             "included profile {name:?} does not exist (included by {})",
             stack.last().map_or("?", String::as_str)
@@ -553,13 +659,14 @@ fn resolve(
             s.id(),
             Sourced {
                 setting: s.clone(),
-                source: path.clone(),
+                profile: name.to_owned(),
+                origin: origin.clone(),
             },
         );
     }
     Ok(Resolved {
         name: name.to_owned(),
-        path: path.clone(),
+        origin: origin.clone(),
         summary: p.summary.clone(),
         include: p.include.clone(),
         settings,
@@ -599,9 +706,9 @@ mod tests {
         let top = s.get("top").unwrap();
         let sw = &top.settings["sysctl.vm.swappiness"];
         assert_eq!(sw.setting.value_text(), "5");
-        assert!(sw.source.ends_with("top.toml"));
+        assert!(sw.source_text().ends_with("top.toml"));
         let dr = &top.settings["sysctl.vm.dirty_ratio"];
-        assert!(dr.source.ends_with("base.toml"));
+        assert!(dr.source_text().ends_with("base.toml"));
         assert_eq!(
             top.settings["sysctl.net.ipv4.tcp_rmem"]
                 .setting
@@ -681,5 +788,130 @@ mod tests {
         assert!(s.get("a").unwrap_err().contains("\"nope\" does not exist"));
         assert!(s.get("b").unwrap_err().contains("\"broken\" is broken"));
         assert!(s.get("zzz").unwrap_err().contains("no profile named"));
+    }
+
+    fn value(r: &Resolved, id: &str) -> String {
+        r.settings[id].setting.value_text()
+    }
+
+    /// A built-in broken at run time would be a release nobody can use: each one parses,
+    /// and resolves, under the default allowlist, with every setting from the built-ins.
+    #[test]
+    fn every_builtin_parses_and_resolves_with_the_default_allowlist() {
+        let s = ProfileSet::load(&[], &allow());
+        assert_eq!(s.entries.len(), BUILTIN.len(), "names are unique");
+        for (name, _) in BUILTIN {
+            assert!(valid_name(name), "{name}");
+            let p = s.get(name).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(p.origin, Origin::BuiltIn, "{name}");
+            assert!(!p.summary.is_empty(), "{name} has no summary");
+            for (id, src) in &p.settings {
+                assert_eq!(src.origin, Origin::BuiltIn, "{name}: {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn builtins_need_no_directory() {
+        let missing = PathBuf::from("/nonexistent/cleanroom/profiles");
+        for dirs in [vec![], vec![missing]] {
+            let s = ProfileSet::load(&dirs, &allow());
+            let p = s.get("throughput-performance").unwrap();
+            assert_eq!(p.origin, Origin::BuiltIn);
+            assert_eq!(value(p, "cpu.governor"), "performance");
+            assert_eq!(
+                p.settings["cpu.governor"].source_text(),
+                "throughput-performance (built-in)"
+            );
+            assert_eq!(s.entries["benchmark"].origin.path_text(), "(built-in)");
+        }
+    }
+
+    /// A file named like a built-in replaces it, for itself and for every profile that
+    /// includes it (here the built-in network-throughput).
+    #[test]
+    fn a_file_overrides_the_builtin_of_its_name_everywhere() {
+        let (d, s) = set(&[(
+            "throughput-performance",
+            "[profile]\nsummary = \"mine\"\n[sysctl]\n\"vm.swappiness\" = 7\n",
+        )]);
+        let file = Origin::File(d.path().join("throughput-performance.toml"));
+        let tp = s.get("throughput-performance").unwrap();
+        assert_eq!((&tp.origin, tp.summary.as_str()), (&file, "mine"));
+        assert_eq!(value(tp, "sysctl.vm.swappiness"), "7");
+        assert!(
+            !tp.settings.contains_key("cpu.governor"),
+            "nothing of the built-in"
+        );
+
+        let nt = s.get("network-throughput").unwrap();
+        assert_eq!(nt.origin, Origin::BuiltIn);
+        assert_eq!(nt.settings["sysctl.vm.swappiness"].origin, file);
+        assert!(!nt.settings.contains_key("cpu.governor"));
+        assert_eq!(
+            nt.settings["sysctl.net.core.rmem_max"].source_text(),
+            "network-throughput (built-in)"
+        );
+    }
+
+    #[test]
+    fn a_file_profile_includes_a_builtin() {
+        let (d, s) = set(&[(
+            "mybench",
+            "[profile]\ninclude = [\"benchmark\"]\n[cpu]\nboost = true\n",
+        )]);
+        let p = s.get("mybench").unwrap();
+        assert_eq!(p.origin, Origin::File(d.path().join("mybench.toml")));
+        assert_eq!(value(p, "cpu.boost"), "true");
+        assert_eq!(p.settings["cpu.boost"].origin, p.origin);
+        let gov = &p.settings["cpu.governor"];
+        assert_eq!(
+            (gov.profile.as_str(), &gov.origin),
+            ("benchmark", &Origin::BuiltIn)
+        );
+        assert_eq!(gov.source_text(), "benchmark (built-in)");
+    }
+
+    /// A broken file replaces the built-in of its name all the same, and so breaks the
+    /// profiles that include it. Falling back to the built-in would apply settings the
+    /// admin meant to change, with nothing to say so but a log line; broken, the profile
+    /// names the file and line to fix, and cannot be applied by mistake.
+    #[test]
+    fn a_broken_file_does_not_fall_back_to_the_builtin() {
+        let (d, s) = set(&[(
+            "throughput-performance",
+            "[cpu]\ngovernour = \"performance\"\n",
+        )]);
+        let entry = &s.entries["throughput-performance"];
+        assert_eq!(
+            entry.origin,
+            Origin::File(d.path().join("throughput-performance.toml"))
+        );
+        let e = s.get("throughput-performance").unwrap_err();
+        assert!(
+            e.contains("is broken")
+                && e.contains("throughput-performance.toml: line 2")
+                && e.contains("governour"),
+            "{e}"
+        );
+        let e = s.get("network-throughput").unwrap_err();
+        assert!(
+            e.contains("included profile \"throughput-performance\" is broken"),
+            "{e}"
+        );
+        assert!(s.get("benchmark").is_ok(), "the others stay usable");
+    }
+
+    /// A narrower allowlist than the default can refuse a built-in's key: it is then
+    /// listed as broken like a file, its error naming it, the line and the key.
+    #[test]
+    fn a_narrow_allowlist_breaks_a_builtin_with_a_precise_error() {
+        let s = ProfileSet::load(&[], &["vm.".to_owned()]);
+        let e = s.get("benchmark").unwrap_err();
+        assert!(
+            e.contains("benchmark (built-in): line ") && e.contains("sysctl.kernel."),
+            "{e}"
+        );
+        assert!(s.get("balanced").is_ok());
     }
 }

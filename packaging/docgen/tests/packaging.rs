@@ -1,9 +1,10 @@
 //! Checks of the packaging files against the code they describe: the units (systemd's own
 //! verifier, the capability set of privileges.rs), the sysctl.d file (keys the kernel
 //! has), the shipped config (the daemon's parser and defaults), the asset list (both
-//! packages, every source present) and the maintainer scripts (they parse).
+//! packages, every source present, the installed profiles are the built-in ones) and the
+//! maintainer scripts (they parse).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -322,6 +323,44 @@ fn every_asset_source_exists() {
                 a.source
             );
         }
+    }
+}
+
+/// The daemon has the shipped profiles built in; the package installs them as files too,
+/// for admins to read and copy. The copies must be the built-ins, name for name and byte
+/// for byte: a missing, extra or different file would show an admin a profile that is not
+/// the one the daemon uses (and, installed, the file is what the daemon uses).
+#[test]
+fn installed_profiles_are_the_built_in_ones() {
+    let sources: Vec<String> = deb_assets()
+        .into_iter()
+        .filter(|a| a.absolute_dest() == "/usr/lib/cleanroom/profiles/")
+        .map(|a| a.source)
+        .collect();
+    assert!(!sources.is_empty(), "no asset installs the profiles");
+    let installed: BTreeMap<String, String> = sources
+        .iter()
+        .flat_map(|s| matches(&root().join("daemon").join(s)))
+        .map(|path| {
+            let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            assert_eq!(path.extension().unwrap(), "toml", "{}", path.display());
+            (name, std::fs::read_to_string(&path).unwrap())
+        })
+        .collect();
+    let built_in: BTreeMap<String, String> = cleanroomd::tune::profile::BUILTIN
+        .iter()
+        .map(|(name, text)| ((*name).to_owned(), (*text).to_owned()))
+        .collect();
+    assert_eq!(
+        installed.keys().collect::<Vec<_>>(),
+        built_in.keys().collect::<Vec<_>>(),
+        "installed profiles vs the BUILTIN table in daemon/src/tune/profile.rs"
+    );
+    for (name, text) in &installed {
+        assert!(
+            text == &built_in[name],
+            "{name}: the installed file is not the built-in"
+        );
     }
 }
 
