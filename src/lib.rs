@@ -357,16 +357,62 @@ impl RawClient {
         }
     }
 
-    /// Sends one request and returns its response object.
+    /// Sends one request and returns its response object: the answer to it, or the error
+    /// line (id null) of a connection the daemon refused.
+    ///
+    /// A refused connection gets its error line and is closed before the daemon reads
+    /// anything, so sending may fail with EPIPE while that line waits unread; it is still
+    /// the answer.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        self.send_raw(format!("{line}\n").as_bytes())
-            .expect("send request");
+        if let Err(e) = self.send_raw(format!("{line}\n").as_bytes()) {
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ),
+                "send request: {e}"
+            );
+            let said = self
+                .recv()
+                .unwrap_or_else(|| panic!("send request: {e}; the daemon closed without a word"));
+            assert!(
+                said["id"].is_null() && said.get("error").is_some(),
+                "{said}"
+            );
+            return said;
+        }
         let resp = self.recv().expect("response");
-        assert_eq!(resp["id"], json!(id), "{resp}");
+        let refused = resp["id"].is_null() && resp.get("error").is_some();
+        assert!(resp["id"] == json!(id) || refused, "{resp}");
         resp
+    }
+
+    /// Waits until the daemon has closed its end (POLLHUP), without reading anything;
+    /// panics after `timeout`.
+    pub fn wait_closed_by_daemon(&self, timeout: Duration) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [PollFd::new(self.writer.as_fd(), PollFlags::empty())];
+            let ms = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(_) if fds[0].any() == Some(true) => {
+                    let seen = fds[0].revents().unwrap_or(PollFlags::empty());
+                    if seen.contains(PollFlags::POLLHUP) {
+                        return;
+                    }
+                    panic!("unexpected poll events {seen:?}");
+                }
+                Ok(_) => panic!("the daemon kept the connection open for {timeout:?}"),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => panic!("poll: {e}"),
+            }
+        }
     }
 
     /// The underlying stream (for shutdown, timeouts).
