@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cleanroom::{Daemon, KernelSnapshot, bin};
+use cleanroom::{Daemon, KernelSnapshot, bin, is_root_or_skip};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn ctl(d: &Daemon, args: &[&str]) -> Duration {
@@ -26,8 +26,7 @@ fn ctl(d: &Daemon, args: &[&str]) -> Duration {
 }
 
 fn tuning(c: &mut Criterion) {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("tuning benchmarks need root; skipped");
+    if !is_root_or_skip("tuning benchmarks") {
         return;
     }
     let profiles = concat!(env!("CARGO_MANIFEST_DIR"), "/daemon/profiles");
