@@ -5,14 +5,21 @@
 //! The binaries are found next to the test executable (`target/<profile>/`), or in
 //! `CLEANROOM_BIN_DIR`. `cargo test` does not build another package's binaries, so the test
 //! command builds them first (`scripts/test`).
+//!
+//! Tests that change host-wide state (kernel knobs, IRQ affinities, the CPU shield) hold
+//! [`host_lock`] while they do, so they never overlap, whether they are in one test binary
+//! or in several running at once.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Value, json};
 
 /// Path of a workspace binary (`cleanroomd`, `cleanroomctl`).
@@ -45,6 +52,82 @@ pub fn is_root_or_skip(test: &str) -> bool {
         eprintln!("skipping {test}: needs root (CI runs as root)");
     }
     root
+}
+
+/// The file every test binary locks before it changes host-wide state: in /run/lock,
+/// else /tmp. Not `/tmp/cleanroom-test.lock`: the package tests hold that one for minutes.
+const HOST_LOCK_FILE: &str = "cleanroom-host-tests.lock";
+
+fn host_lock_path() -> PathBuf {
+    let run_lock = Path::new("/run/lock");
+    let dir = if run_lock.is_dir() {
+        run_lock
+    } else {
+        Path::new("/tmp")
+    };
+    dir.join(HOST_LOCK_FILE)
+}
+
+/// Held by a test while it changes host-wide state (kernel knobs, IRQ affinities, the CPU
+/// shield) or needs the host left alone: no other holder runs meanwhile, neither in this
+/// test binary nor in another one running at the same time (nextest, two `cargo test`
+/// runs). Released when dropped, also when the test panics.
+#[derive(Debug)]
+pub struct HostLock {
+    // Field order is drop order: the file lock goes before the in-process one.
+    _across_processes: Flock<std::fs::File>,
+    _in_process: MutexGuard<'static, ()>,
+}
+
+/// Takes the host lock: a mutex against the other tests of this binary, then an `flock` on
+/// one file against other test binaries. Says on stderr when it has to wait for another
+/// binary.
+pub fn host_lock() -> HostLock {
+    static IN_PROCESS: Mutex<()> = Mutex::new(());
+    lock_host(&IN_PROCESS, &host_lock_path())
+}
+
+fn lock_host(in_process: &'static Mutex<()>, path: &Path) -> HostLock {
+    // A test that panicked while holding it has put the host back on the way out (its
+    // snapshots and guards drop before the lock does); the lock is usable again.
+    let in_process = in_process.lock().unwrap_or_else(|p| p.into_inner());
+    // Opened without O_CREAT when it exists: in a sticky directory that would fail on a
+    // file someone else created (fs.protected_regular). flock needs no write access.
+    let file = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path),
+        other => other,
+    }
+    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => locked,
+        Err((file, Errno::EWOULDBLOCK)) => {
+            eprintln!(
+                "waiting for {}: another test binary is changing host-wide state",
+                path.display()
+            );
+            flock_waiting(file, path)
+        }
+        Err((_, e)) => panic!("flock {}: {e}", path.display()),
+    };
+    HostLock {
+        _across_processes: locked,
+        _in_process: in_process,
+    }
+}
+
+/// An exclusive flock on `file`, waiting as long as it takes.
+fn flock_waiting(mut file: std::fs::File, path: &Path) -> Flock<std::fs::File> {
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(locked) => return locked,
+            Err((f, Errno::EINTR)) => file = f,
+            Err((_, e)) => panic!("flock {}: {e}", path.display()),
+        }
+    }
 }
 
 /// How to start a daemon.
@@ -629,5 +712,40 @@ pub mod runs {
             .unwrap()
             .trim()
             .to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether another process could take the lock on `path` now (`flock -n`).
+    fn free_for_another_process(path: &Path) -> bool {
+        let status = Command::new("flock")
+            .arg("-n")
+            .arg(path)
+            .arg("true")
+            .status()
+            .expect("run flock (util-linux)");
+        match status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            _ => panic!("flock -n {}: {status}", path.display()),
+        }
+    }
+
+    #[test]
+    fn the_host_lock_keeps_other_processes_out_until_dropped() {
+        static IN_PROCESS: Mutex<()> = Mutex::new(());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HOST_LOCK_FILE);
+        let held = lock_host(&IN_PROCESS, &path);
+        assert!(IN_PROCESS.try_lock().is_err(), "other threads wait too");
+        assert!(!free_for_another_process(&path));
+        drop(held);
+        assert!(free_for_another_process(&path));
+        // Taken again on the file that exists now.
+        let _again = lock_host(&IN_PROCESS, &path);
+        assert!(!free_for_another_process(&path));
     }
 }
