@@ -343,6 +343,11 @@ impl Daemon {
 
     /// Runs `cleanroomctl` through `setpriv` with the given setpriv options (as another
     /// user). Needs root.
+    ///
+    /// It runs in `/`: the other user may not be able to enter this test's working
+    /// directory (a checkout under `/root`), and a run starts in the client's unless it
+    /// passes `--cwd`. (setpriv drops root's capabilities only when it executes the
+    /// binary, so the binary itself is found wherever the checkout is.)
     pub fn ctl_as(&self, setpriv: &[&str], args: &[&str]) -> Output {
         Command::new("setpriv")
             .args(setpriv)
@@ -351,6 +356,7 @@ impl Daemon {
             .arg(&self.socket)
             .args(args)
             .env_remove("CLEANROOM_SOCKET")
+            .current_dir("/")
             .output()
             .expect("run setpriv cleanroomctl")
     }

@@ -1003,7 +1003,9 @@ fn only_an_admin_may_run_as_another_user() {
         .config("[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n")
         .world_traversable()
         .start();
-    let out = d.ctl(&["run", "--user", "nobody", "--", "id", "-u"]);
+    // In a directory nobody may enter: by default a run starts in the client's, the
+    // checkout, which may be under /root.
+    let out = d.ctl(&["run", "--user", "nobody", "--cwd", "/", "--", "id", "-u"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "65534\n", "{out:?}");
     let nobody = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
     let out = d.ctl_as(&nobody, &["run", "--user", "root", "--", "id", "-u"]);
