@@ -17,12 +17,11 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cleanroom::{Daemon, bin};
+use cleanroom::{Daemon, bin, is_root_or_skip};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn spawn(c: &mut Criterion) {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("run benchmarks need root; skipped");
+    if !is_root_or_skip("run benchmarks") {
         return;
     }
     let d = Daemon::builder().env("RUST_LOG", "warn").start();

@@ -2,13 +2,14 @@
 //! `cleanroomctl profile apply throughput-performance` process (plan, journal with fsync,
 //! kernel writes), `profile revert`, and `profile verify`, with the shipped profiles.
 //!
-//! Changes real kernel values (root needed); a snapshot puts every one back at the end,
-//! also if the benchmark panics. Build first: `cargo build --release --workspace --bins`.
+//! Changes real kernel values (root needed) under the tests' host lock; a snapshot puts
+//! every one back at the end, also if the benchmark panics. Build first:
+//! `cargo build --release --workspace --bins`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cleanroom::{Daemon, KernelSnapshot, bin};
+use cleanroom::{Daemon, KernelSnapshot, bin, host_lock, is_root_or_skip};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn ctl(d: &Daemon, args: &[&str]) -> Duration {
@@ -26,10 +27,11 @@ fn ctl(d: &Daemon, args: &[&str]) -> Duration {
 }
 
 fn tuning(c: &mut Criterion) {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("tuning benchmarks need root; skipped");
+    if !is_root_or_skip("tuning benchmarks") {
         return;
     }
+    // No test changes the same knobs meanwhile (cargo test running at the same time).
+    let _host = host_lock();
     let profiles = concat!(env!("CARGO_MANIFEST_DIR"), "/daemon/profiles");
     let d = Daemon::builder()
         .env("RUST_LOG", "warn")

@@ -23,7 +23,7 @@ cd "$(dirname "$self")/.." || exit 2
 . packaging/test/common.sh
 [ "$(id -u)" = 0 ] || { echo "test-install.sh: needs root (systemd-nspawn)" >&2; exit 2; }
 for tool in systemd-nspawn debootstrap nsenter zstd flock; do
-    command -v "$tool" >/dev/null || { echo "test-install.sh: missing $tool (.ci/run installs it)" >&2; exit 2; }
+    command -v "$tool" >/dev/null || { echo "test-install.sh: missing $tool (scripts/setup installs it)" >&2; exit 2; }
 done
 
 if [ $# -eq 0 ]; then

@@ -5,14 +5,21 @@
 //! The binaries are found next to the test executable (`target/<profile>/`), or in
 //! `CLEANROOM_BIN_DIR`. `cargo test` does not build another package's binaries, so the test
 //! command builds them first (`scripts/test`).
+//!
+//! Tests that change host-wide state (kernel knobs, IRQ affinities, the CPU shield) hold
+//! [`host_lock`] while they do, so they never overlap, whether they are in one test binary
+//! or in several running at once.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Value, json};
 
 /// Path of a workspace binary (`cleanroomd`, `cleanroomctl`).
@@ -45,6 +52,82 @@ pub fn is_root_or_skip(test: &str) -> bool {
         eprintln!("skipping {test}: needs root (CI runs as root)");
     }
     root
+}
+
+/// The file every test binary locks before it changes host-wide state: in /run/lock,
+/// else /tmp. Not `/tmp/cleanroom-test.lock`: the package tests hold that one for minutes.
+const HOST_LOCK_FILE: &str = "cleanroom-host-tests.lock";
+
+fn host_lock_path() -> PathBuf {
+    let run_lock = Path::new("/run/lock");
+    let dir = if run_lock.is_dir() {
+        run_lock
+    } else {
+        Path::new("/tmp")
+    };
+    dir.join(HOST_LOCK_FILE)
+}
+
+/// Held by a test while it changes host-wide state (kernel knobs, IRQ affinities, the CPU
+/// shield) or needs the host left alone: no other holder runs meanwhile, neither in this
+/// test binary nor in another one running at the same time (nextest, two `cargo test`
+/// runs). Released when dropped, also when the test panics.
+#[derive(Debug)]
+pub struct HostLock {
+    // Field order is drop order: the file lock goes before the in-process one.
+    _across_processes: Flock<std::fs::File>,
+    _in_process: MutexGuard<'static, ()>,
+}
+
+/// Takes the host lock: a mutex against the other tests of this binary, then an `flock` on
+/// one file against other test binaries. Says on stderr when it has to wait for another
+/// binary.
+pub fn host_lock() -> HostLock {
+    static IN_PROCESS: Mutex<()> = Mutex::new(());
+    lock_host(&IN_PROCESS, &host_lock_path())
+}
+
+fn lock_host(in_process: &'static Mutex<()>, path: &Path) -> HostLock {
+    // A test that panicked while holding it has put the host back on the way out (its
+    // snapshots and guards drop before the lock does); the lock is usable again.
+    let in_process = in_process.lock().unwrap_or_else(|p| p.into_inner());
+    // Opened without O_CREAT when it exists: in a sticky directory that would fail on a
+    // file someone else created (fs.protected_regular). flock needs no write access.
+    let file = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path),
+        other => other,
+    }
+    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => locked,
+        Err((file, Errno::EWOULDBLOCK)) => {
+            eprintln!(
+                "waiting for {}: another test binary is changing host-wide state",
+                path.display()
+            );
+            flock_waiting(file, path)
+        }
+        Err((_, e)) => panic!("flock {}: {e}", path.display()),
+    };
+    HostLock {
+        _across_processes: locked,
+        _in_process: in_process,
+    }
+}
+
+/// An exclusive flock on `file`, waiting as long as it takes.
+fn flock_waiting(mut file: std::fs::File, path: &Path) -> Flock<std::fs::File> {
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(locked) => return locked,
+            Err((f, Errno::EINTR)) => file = f,
+            Err((_, e)) => panic!("flock {}: {e}", path.display()),
+        }
+    }
 }
 
 /// How to start a daemon.
@@ -260,6 +343,11 @@ impl Daemon {
 
     /// Runs `cleanroomctl` through `setpriv` with the given setpriv options (as another
     /// user). Needs root.
+    ///
+    /// It runs in `/`: the other user may not be able to enter this test's working
+    /// directory (a checkout under `/root`), and a run starts in the client's unless it
+    /// passes `--cwd`. (setpriv drops root's capabilities only when it executes the
+    /// binary, so the binary itself is found wherever the checkout is.)
     pub fn ctl_as(&self, setpriv: &[&str], args: &[&str]) -> Output {
         Command::new("setpriv")
             .args(setpriv)
@@ -268,6 +356,7 @@ impl Daemon {
             .arg(&self.socket)
             .args(args)
             .env_remove("CLEANROOM_SOCKET")
+            .current_dir("/")
             .output()
             .expect("run setpriv cleanroomctl")
     }
@@ -357,16 +446,62 @@ impl RawClient {
         }
     }
 
-    /// Sends one request and returns its response object.
+    /// Sends one request and returns its response object: the answer to it, or the error
+    /// line (id null) of a connection the daemon refused.
+    ///
+    /// A refused connection gets its error line and is closed before the daemon reads
+    /// anything, so sending may fail with EPIPE while that line waits unread; it is still
+    /// the answer.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        self.send_raw(format!("{line}\n").as_bytes())
-            .expect("send request");
+        if let Err(e) = self.send_raw(format!("{line}\n").as_bytes()) {
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ),
+                "send request: {e}"
+            );
+            let said = self
+                .recv()
+                .unwrap_or_else(|| panic!("send request: {e}; the daemon closed without a word"));
+            assert!(
+                said["id"].is_null() && said.get("error").is_some(),
+                "{said}"
+            );
+            return said;
+        }
         let resp = self.recv().expect("response");
-        assert_eq!(resp["id"], json!(id), "{resp}");
+        let refused = resp["id"].is_null() && resp.get("error").is_some();
+        assert!(resp["id"] == json!(id) || refused, "{resp}");
         resp
+    }
+
+    /// Waits until the daemon has closed its end (POLLHUP), without reading anything;
+    /// panics after `timeout`.
+    pub fn wait_closed_by_daemon(&self, timeout: Duration) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [PollFd::new(self.writer.as_fd(), PollFlags::empty())];
+            let ms = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(_) if fds[0].any() == Some(true) => {
+                    let seen = fds[0].revents().unwrap_or(PollFlags::empty());
+                    if seen.contains(PollFlags::POLLHUP) {
+                        return;
+                    }
+                    panic!("unexpected poll events {seen:?}");
+                }
+                Ok(_) => panic!("the daemon kept the connection open for {timeout:?}"),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => panic!("poll: {e}"),
+            }
+        }
     }
 
     /// The underlying stream (for shutdown, timeouts).
@@ -583,5 +718,40 @@ pub mod runs {
             .unwrap()
             .trim()
             .to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether another process could take the lock on `path` now (`flock -n`).
+    fn free_for_another_process(path: &Path) -> bool {
+        let status = Command::new("flock")
+            .arg("-n")
+            .arg(path)
+            .arg("true")
+            .status()
+            .expect("run flock (util-linux)");
+        match status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            _ => panic!("flock -n {}: {status}", path.display()),
+        }
+    }
+
+    #[test]
+    fn the_host_lock_keeps_other_processes_out_until_dropped() {
+        static IN_PROCESS: Mutex<()> = Mutex::new(());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HOST_LOCK_FILE);
+        let held = lock_host(&IN_PROCESS, &path);
+        assert!(IN_PROCESS.try_lock().is_err(), "other threads wait too");
+        assert!(!free_for_another_process(&path));
+        drop(held);
+        assert!(free_for_another_process(&path));
+        // Taken again on the file that exists now.
+        let _again = lock_host(&IN_PROCESS, &path);
+        assert!(!free_for_another_process(&path));
     }
 }

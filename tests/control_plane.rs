@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use cleanroom::runs::eventually;
 use cleanroom::{Daemon, RawClient, bin, is_root_or_skip};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -76,6 +77,10 @@ fn ping_status_metrics_through_cleanroomctl() {
     );
     assert!(!human.contains('{'), "{human}");
 
+    // The open-connections gauge counts exactly this one and cleanroomctl's once the
+    // daemon has seen the earlier cleanroomctl connections go.
+    let mut held = d.connect();
+    wait_for_open_connections(&mut held, 1);
     let metrics = d.ctl(&["metrics"]);
     let text = String::from_utf8(metrics.stdout).unwrap();
     assert!(
@@ -84,7 +89,8 @@ fn ping_status_metrics_through_cleanroomctl() {
     );
     assert!(text.contains(r#"cleanroomd_requests_total{code="ok",method="daemon.ping"} 1"#));
     assert!(text.contains("# TYPE cleanroomd_request_duration_seconds histogram"));
-    assert!(text.contains("cleanroomd_connections_open 1"));
+    assert!(text.contains("cleanroomd_connections_open 2"), "{text}");
+    drop(held);
 
     let m = stdout_json(&d.ctl(&["--json", "metrics"]));
     assert!(
@@ -298,6 +304,34 @@ fn five_hundred_concurrent_connections_are_all_answered() {
     assert_eq!(r["result"]["connections"], 500, "{r}");
 }
 
+/// Waits until the daemon counts `n` open connections, `c` among them: a client that left
+/// is counted until the daemon has seen it go. Asks `daemon.metrics`, whose own count no
+/// test checks.
+fn wait_for_open_connections(c: &mut RawClient, n: u64) {
+    let mut open = None;
+    let settled = eventually(Duration::from_secs(10), || {
+        let metrics = c.call("daemon.metrics", json!({}));
+        open = metrics["result"]["text"].as_str().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("cleanroomd_connections_open "))
+                .and_then(|v| v.parse::<u64>().ok())
+        });
+        open == Some(n)
+    });
+    assert!(settled, "the daemon counts {open:?} connections, not {n}");
+}
+
+/// Asserts that `out` is cleanroomctl refused at the connection limit `limit`: exit 1 and
+/// the daemon's own message.
+fn assert_refused_at_the_limit(out: &std::process::Output, limit: usize) {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("cleanroomctl: too many connections (limit {limit}); try again later\n"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn connections_over_the_limit_get_an_error_line() {
     let d = Daemon::builder()
@@ -312,29 +346,47 @@ fn connections_over_the_limit_get_an_error_line() {
     assert_eq!(e["error"]["code"], -32003);
     assert!(e["error"]["message"].as_str().unwrap().contains("limit 3"));
     assert!(fourth.recv().is_none(), "closed after the error");
+    assert_refused_at_the_limit(&d.ctl(&["metrics"]), 3);
     drop(held.pop());
     // The slot is free again once the daemon has seen the close.
-    let mut ok = None;
-    for _ in 0..200 {
-        let mut c = d.connect();
-        c.send_raw(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"daemon.ping\"}\n")
-            .unwrap();
-        let r = c.recv().unwrap();
-        if r.get("result").is_some() {
-            ok = Some(r);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(ok.is_some(), "a freed slot is reusable");
-    let metrics = d.ctl(&["metrics"]);
-    // cleanroomctl itself may be refused while the test's clients hold the slots; then
-    // the refusal is a clean exit 1 with the daemon's message.
-    if metrics.status.success() {
-        let text = String::from_utf8(metrics.stdout).unwrap();
-        assert!(text.contains("cleanroomd_connections_rejected_total"));
-    } else {
-        assert!(String::from_utf8_lossy(&metrics.stderr).contains("too many connections"));
+    wait_for_open_connections(&mut held[0], 2);
+    let mut c = d.connect();
+    assert_eq!(
+        c.call("daemon.ping", json!({}))["result"]["pong"],
+        true,
+        "a freed slot is reusable"
+    );
+    let metrics = c.call("daemon.metrics", json!({}));
+    let text = metrics["result"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("cleanroomd_connections_rejected_total 2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_refused_client_reads_the_daemons_error_even_when_its_request_cannot_be_sent() {
+    let d = Daemon::builder()
+        .config("[limits]\nmax_connections = 1\n")
+        .start();
+    let mut held = d.connect();
+    assert_eq!(held.call("daemon.ping", json!({}))["result"]["pong"], true);
+    // The race made certain: the request goes out only after the daemon has written its
+    // error line and closed the connection, so sending it fails (EPIPE) with the line
+    // still unread.
+    let mut refused = d.connect();
+    refused.wait_closed_by_daemon(Duration::from_secs(10));
+    let e = refused.call("daemon.status", json!({}));
+    assert_eq!(e["error"]["code"], -32003, "{e}");
+    assert_eq!(
+        e["error"]["message"],
+        "too many connections (limit 1); try again later"
+    );
+    // cleanroomctl sends its request before or after the daemon closed, whichever comes
+    // first; it reports the daemon's error both ways (ctl/src/client.rs tests the second
+    // one alone).
+    for _ in 0..10 {
+        assert_refused_at_the_limit(&d.ctl(&["status"]), 1);
     }
 }
 
@@ -651,39 +703,39 @@ fn capabilities_not_needed_are_dropped() {
 
 #[test]
 fn reload_applies_new_limits_and_refuses_a_bad_file() {
+    if !is_root_or_skip("reload_applies_new_limits_and_refuses_a_bad_file") {
+        return; // reload needs admin
+    }
     let mut d = Daemon::builder().config("").start();
     let config = d.dir().join("cleanroomd.toml");
-    std::fs::write(&config, "[limits]\nmax_connections = 2\n").unwrap();
-    let r = stdout_json(&d.ctl(&["--json", "reload"]));
-    if !nix::unistd::geteuid().is_root() {
-        return; // reload needs admin; the rest of this test needs it to work
-    }
-    assert_eq!(r["changed"], json!(["limits.max_connections"]));
-    assert_eq!(r["restart_required"], json!([]));
-    let _a = d.connect();
-    let _b = d.connect();
-    let mut third = d.connect();
-    assert_eq!(third.recv().unwrap()["error"]["code"], -32003);
-    drop((_a, _b, third));
+    // Held from the start, under the default limit: the daemon's connection count can be
+    // asked on it once the limit is 2.
+    let mut a = d.connect();
 
     // An invalid file via daemon.reload: a clear error naming the key; old config kept.
+    // (Before the limit of 2: cleanroomctl connections the daemon has not yet seen close
+    // still count, and would take the slots.)
     std::fs::write(&config, "[limits]\nmax_connections = \"lots\"\n").unwrap();
-    let mut out = d.ctl(&["reload"]);
-    for _ in 0..100 {
-        // The two connections dropped above may still be counted for a moment.
-        if !String::from_utf8_lossy(&out.stderr).contains("too many connections") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        out = d.ctl(&["reload"]);
-    }
+    let out = d.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("limits.max_connections"), "{err}");
     assert!(err.contains("line 2"), "{err}");
     assert!(err.contains("unchanged"), "{err}");
 
-    // The same through SIGHUP: logged, daemon keeps running with the old limit.
+    // A valid one: exactly its own change, nothing left of the refused file.
+    std::fs::write(&config, "[limits]\nmax_connections = 2\n").unwrap();
+    let r = stdout_json(&d.ctl(&["--json", "reload"]));
+    assert_eq!(r["changed"], json!(["limits.max_connections"]));
+    assert_eq!(r["restart_required"], json!([]));
+    wait_for_open_connections(&mut a, 1);
+    let _b = d.connect();
+    let mut third = d.connect();
+    assert_eq!(third.recv().unwrap()["error"]["code"], -32003);
+    assert_refused_at_the_limit(&d.ctl(&["status"]), 2);
+
+    // The invalid file through SIGHUP: logged, daemon keeps running with the old limit.
+    std::fs::write(&config, "[limits]\nmax_connections = \"lots\"\n").unwrap();
     d.signal(Signal::SIGHUP);
     d.wait_notification("RELOADING=1", Duration::from_secs(2))
         .unwrap();
@@ -696,14 +748,13 @@ fn reload_applies_new_limits_and_refuses_a_bad_file() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(log.contains("SIGHUP: new configuration refused"), "{log}");
-    let _a = d.connect();
-    let _b = d.connect();
-    let mut third = d.connect();
+    let mut fourth = d.connect();
     assert_eq!(
-        third.recv().unwrap()["error"]["code"],
+        fourth.recv().unwrap()["error"]["code"],
         -32003,
         "old limit still in force"
     );
+    assert_refused_at_the_limit(&d.ctl(&["status"]), 2);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cleanroom::runs::{alive, eventually, json_of, my_cpus, next_output, online_cpus, start_run};
-use cleanroom::{Daemon, RawClient, is_root_or_skip};
+use cleanroom::{Daemon, RawClient, host_lock, is_root_or_skip};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -694,8 +694,6 @@ fn baselines_catch_a_regression_and_history_keeps_the_runs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no baseline named \"quick\""));
 }
 
-static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// The default IRQ affinity and every IRQ's CPU list.
 fn irq_affinities() -> Vec<(String, String)> {
     let mut v = vec![(
@@ -721,7 +719,7 @@ fn an_exclusive_run_keeps_everything_else_off_its_cpu() {
         eprintln!("skipping: one CPU, nothing to isolate");
         return;
     }
-    let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let _host = host_lock();
     let before = my_cpus();
     let irqs_before = irq_affinities();
     // PID 1 is exempt: this machine's init is not ours to move (the VM test covers it).
@@ -798,7 +796,7 @@ fn a_crash_never_leaves_the_host_shielded() {
     if online_cpus() == "0" {
         return;
     }
-    let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let _host = host_lock();
     let before = my_cpus();
     let irqs_before = irq_affinities();
     let state = tempfile::tempdir().unwrap();
@@ -839,7 +837,7 @@ fn a_realtime_run_is_sched_fifo_and_needs_exclusive_cores() {
     if online_cpus() == "0" {
         return;
     }
-    let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let _host = host_lock();
     let d = Daemon::builder()
         .config("[runs]\nshield_exempt_pids = [1]\n")
         .start();
@@ -944,7 +942,7 @@ fn the_noise_report_sees_a_busy_loop_on_the_runs_cpus() {
         return;
     }
     // No shield from another test may move the spinner while it runs.
-    let _one_at_a_time = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let _host = host_lock();
     let d = Daemon::builder()
         .config("[runs]\nshield_exempt_pids = [1]\n")
         .start();
@@ -1005,7 +1003,9 @@ fn only_an_admin_may_run_as_another_user() {
         .config("[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n")
         .world_traversable()
         .start();
-    let out = d.ctl(&["run", "--user", "nobody", "--", "id", "-u"]);
+    // In a directory nobody may enter: by default a run starts in the client's, the
+    // checkout, which may be under /root.
+    let out = d.ctl(&["run", "--user", "nobody", "--cwd", "/", "--", "id", "-u"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "65534\n", "{out:?}");
     let nobody = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
     let out = d.ctl_as(&nobody, &["run", "--user", "root", "--", "id", "-u"]);

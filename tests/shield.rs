@@ -10,11 +10,8 @@ use cleanroom::runs::{
     alive, answer, cpus_of, eventually, json_of, my_cpus, next_output, online_cpus, start_run,
     start_run_as,
 };
-use cleanroom::{Daemon, RawClient, is_root_or_skip};
+use cleanroom::{Daemon, RawClient, host_lock, is_root_or_skip};
 use serde_json::json;
-
-/// One exclusive test at a time: each raises the host-wide shield.
-static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const CPUSET: &str = "/sys/fs/cgroup/cpuset";
 
@@ -113,7 +110,7 @@ fn the_v1_shield_moves_tasks_into_a_cpuset_and_narrows_other_cpusets() {
     if !can_shield("the_v1_shield_moves_tasks_into_a_cpuset_and_narrows_other_cpusets") {
         return;
     }
-    let _one = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let _host = host_lock(); // raises the host-wide shield
     let online = online_cpus();
     let before = my_cpus();
     // A cpuset of someone else's, with a process in it.
@@ -224,7 +221,7 @@ fn exclusive_cpus_by_list_waiting_for_them_and_the_profile_pool() {
     if !can_shield("exclusive_cpus_by_list_waiting_for_them_and_the_profile_pool") {
         return;
     }
-    let _one = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let _host = host_lock(); // raises the host-wide shield
     let before = my_cpus();
     let profiles = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -336,7 +333,7 @@ fn stopping_the_daemon_mid_run_lowers_the_shield() {
     if !can_shield("stopping_the_daemon_mid_run_lowers_the_shield") {
         return;
     }
-    let _one = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+    let _host = host_lock(); // raises the host-wide shield
     let before = my_cpus();
     let mut d = Daemon::builder()
         .config("[runs]\nshield_exempt_pids = [1]\n")

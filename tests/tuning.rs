@@ -1,22 +1,16 @@
 //! End-to-end tests of tuning against real kernel values on this machine (root), and a fake
 //! host root for what it cannot show (cpufreq, a new boot). Every test that touches real
-//! values holds a snapshot that puts them back when it ends, even by a panic; the tests of
-//! this file run one at a time because they share the kernel.
+//! values holds a snapshot that puts them back when it ends, even by a panic, and the host
+//! lock ([`cleanroom::host_lock`]): they share the kernel with each other and with the
+//! other test files.
 
 use std::path::Path;
 use std::process::Output;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use cleanroom::{Daemon, KernelSnapshot, LoopDevice, is_root_or_skip};
+use cleanroom::{Daemon, KernelSnapshot, LoopDevice, host_lock, is_root_or_skip};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-
-static KERNEL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    KERNEL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 const SWAPPINESS: &str = "/proc/sys/vm/swappiness";
 const DIRTY_RATIO: &str = "/proc/sys/vm/dirty_ratio";
@@ -85,7 +79,7 @@ fn apply_verify_drift_conflict_and_byte_exact_revert() {
     if !is_root_or_skip("apply_verify_drift_conflict_and_byte_exact_revert") {
         return;
     }
-    let _serial = serial();
+    let _host = host_lock();
     let dev = LoopDevice::attach();
     let sched = format!("/sys/block/{}/queue/scheduler", dev.name);
     let ra = format!("/sys/block/{}/queue/read_ahead_kb", dev.name);
@@ -195,7 +189,7 @@ fn switching_profiles_then_reverting_gives_the_pre_a_host_back() {
     if !is_root_or_skip("switching_profiles_then_reverting_gives_the_pre_a_host_back") {
         return;
     }
-    let _serial = serial();
+    let _host = host_lock();
     let snap = KernelSnapshot::take(&[SWAPPINESS, DIRTY_RATIO, SOMAXCONN, THP]);
     let profiles = tempfile::tempdir().unwrap();
     write_profile(
@@ -242,7 +236,7 @@ fn a_failed_write_rolls_the_apply_back_unless_best_effort() {
     if !is_root_or_skip("a_failed_write_rolls_the_apply_back_unless_best_effort") {
         return;
     }
-    let _serial = serial();
+    let _host = host_lock();
     let snap = KernelSnapshot::take(&[SWAPPINESS, DIRTY_RATIO]);
     let profiles = tempfile::tempdir().unwrap();
     // vm.dirty_ratio accepts 0..=100: 250 fails with EINVAL. Whatever was written before
@@ -326,7 +320,7 @@ fn kill_9_at_any_moment_loses_no_original() {
     if !is_root_or_skip("kill_9_at_any_moment_loses_no_original") {
         return;
     }
-    let _serial = serial();
+    let _host = host_lock();
     let paths: Vec<String> = MANY.iter().map(|(k, _, _)| sysctl_path(k)).collect();
     let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
     let snap = KernelSnapshot::take(&path_refs);
@@ -745,7 +739,7 @@ fn revert_works_when_the_profile_file_is_gone() {
     if !is_root_or_skip("revert_works_when_the_profile_file_is_gone") {
         return;
     }
-    let _serial = serial();
+    let _host = host_lock();
     let snap = KernelSnapshot::take(&[SWAPPINESS]);
     let profiles = tempfile::tempdir().unwrap();
     write_profile(
@@ -770,7 +764,7 @@ fn irqs_the_kernel_will_not_move_are_reported_not_fatal() {
     if !is_root_or_skip("irqs_the_kernel_will_not_move_are_reported_not_fatal") {
         return;
     }
-    let _serial = serial();
+    let _host = host_lock();
     let mut paths = vec!["/proc/irq/default_smp_affinity".to_owned()];
     for e in std::fs::read_dir("/proc/irq").unwrap() {
         let e = e.unwrap();
@@ -951,7 +945,7 @@ fn a_write_the_kernel_half_takes_is_rolled_back_too() {
     if !is_root_or_skip("a_write_the_kernel_half_takes_is_rolled_back_too") {
         return;
     }
-    let _serial = serial();
+    let _host = host_lock();
     let rmem = "/proc/sys/net/ipv4/tcp_rmem";
     let snap = KernelSnapshot::take(&[rmem, SWAPPINESS]);
     let profiles = tempfile::tempdir().unwrap();
@@ -986,7 +980,7 @@ fn the_service_status_follows_the_profile_and_the_runs() {
     if !is_root_or_skip("the_service_status_follows_the_profile_and_the_runs") {
         return;
     }
-    let _serial = serial();
+    let _host = host_lock();
     let snap = KernelSnapshot::take(&[SWAPPINESS]);
     let profiles = tempfile::tempdir().unwrap();
     let value = other(&read(SWAPPINESS), 21, 22);
@@ -1049,7 +1043,7 @@ fn offline_revert_puts_the_host_back_when_the_daemon_cannot_start() {
     if !is_root_or_skip("offline_revert_puts_the_host_back_when_the_daemon_cannot_start") {
         return;
     }
-    let _serial = serial();
+    let _host = host_lock();
     let snap = KernelSnapshot::take(&[SWAPPINESS, DIRTY_RATIO]);
     let original = (read(SWAPPINESS), read(DIRTY_RATIO));
     let swappiness = other(&original.0, 23, 24);

@@ -1,4 +1,9 @@
 //! A blocking client of the cleanroomd socket: one connection, one request at a time.
+//!
+//! A connection the daemon refuses (too many connections) gets one error line and is
+//! closed at once, before the daemon reads anything. Sending the request then fails
+//! (EPIPE) while that line waits unread: the client reads it and reports the daemon's
+//! error, not the broken pipe.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
@@ -59,6 +64,10 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// How long to wait for the daemon's last words once sending failed: they are already in
+/// the receive queue if there are any, so this only bounds a peer that is not cleanroomd.
+const CLOSING_LINE_WAIT: Duration = Duration::from_millis(500);
+
 /// A connection to the daemon.
 #[derive(Debug)]
 pub struct Client {
@@ -81,6 +90,11 @@ impl Client {
                 source,
             },
         })?;
+        Self::from_stream(stream, timeout)
+    }
+
+    /// A client on a connected stream; `timeout` bounds every later read and write.
+    fn from_stream(stream: UnixStream, timeout: Duration) -> Result<Self, CallError> {
         let protocol = |e: io::Error| CallError::Protocol(format!("socket setup failed: {e}"));
         stream.set_read_timeout(Some(timeout)).map_err(protocol)?;
         stream.set_write_timeout(Some(timeout)).map_err(protocol)?;
@@ -135,13 +149,14 @@ impl Client {
         let mut line = serde_json::to_string(&Envelope::new(id, method, params))
             .map_err(|e| CallError::Protocol(format!("cannot encode request: {e}")))?;
         line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .map_err(|e| self.io_error("send", e))?;
+        if let Err(e) = self.writer.write_all(line.as_bytes()) {
+            return Err(self
+                .closing_error(&e)
+                .unwrap_or_else(|| self.io_error("send", e)));
+        }
         loop {
             let mut buf = String::new();
-            let n = Read::by_ref(&mut self.reader)
-                .take(MAX_LINE_BYTES as u64 + 2)
+            let n = self
                 .read_line(&mut buf)
                 .map_err(|e| self.io_error("read", e))?;
             if n == 0 {
@@ -168,6 +183,32 @@ impl Client {
                 Outcome::Result(v) => Ok(v),
                 Outcome::Error(e) => Err(CallError::Rpc(e)),
             };
+        }
+    }
+
+    /// Reads one line of at most the protocol's length (plus its newline).
+    fn read_line(&mut self, buf: &mut String) -> io::Result<usize> {
+        Read::by_ref(&mut self.reader)
+            .take(MAX_LINE_BYTES as u64 + 2)
+            .read_line(buf)
+    }
+
+    /// The error the daemon sent before it closed the connection, when sending failed
+    /// because it had (`send` is the failure). `None` when the daemon closed without one.
+    fn closing_error(&mut self, send: &io::Error) -> Option<CallError> {
+        if !matches!(
+            send.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ) {
+            return None;
+        }
+        let wait = CLOSING_LINE_WAIT.min(self.timeout);
+        self.reader.get_ref().set_read_timeout(Some(wait)).ok()?;
+        let mut buf = String::new();
+        self.read_line(&mut buf).ok()?;
+        match serde_json::from_str::<Response>(&buf).ok()?.outcome {
+            Outcome::Error(e) => Some(CallError::Rpc(e)),
+            Outcome::Result(_) => None,
         }
     }
 
@@ -204,4 +245,43 @@ fn socket_group(socket: &Path) -> Option<String> {
         .ok()
         .flatten()
         .map(|g| g.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose daemon end has already written `said` and closed: sending the
+    /// request fails with EPIPE every time, as for a connection refused at the limit.
+    fn client_after_close(said: &str) -> Client {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (&theirs).write_all(said.as_bytes()).unwrap();
+        drop(theirs);
+        Client::from_stream(ours, Duration::from_secs(5)).unwrap()
+    }
+
+    #[test]
+    fn a_refusal_sent_before_the_close_is_the_error_not_the_broken_pipe() {
+        let line = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32003,"message":"too many connections (limit 1); try again later","data":{"limit":1}}}"#;
+        let mut c = client_after_close(&format!("{line}\n"));
+        let e = c.call_raw("daemon.status", Value::Null).unwrap_err();
+        assert!(matches!(&e, CallError::Rpc(o) if o.code == -32003), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "too many connections (limit 1); try again later"
+        );
+        assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_close_without_a_word_is_the_send_error() {
+        for said in ["", "not json\n"] {
+            let mut c = client_after_close(said);
+            let e = c.call_raw("daemon.status", Value::Null).unwrap_err();
+            assert!(
+                matches!(&e, CallError::Protocol(m) if m.starts_with("cannot send")),
+                "{said:?}: {e:?}"
+            );
+        }
+    }
 }

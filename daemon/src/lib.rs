@@ -16,4 +16,6 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod systemd;
+#[cfg(test)]
+mod testing;
 pub mod tune;

@@ -1078,6 +1078,7 @@ pub fn wait(pid: u32) -> io::Result<Exit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::root_or_skip;
 
     fn strings(v: Vec<CString>) -> Vec<String> {
         v.into_iter().map(|c| c.into_string().unwrap()).collect()
@@ -1131,14 +1132,6 @@ mod tests {
         let f = namespace_flags(&[Isolation::Pid]);
         assert_eq!(f, (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64);
         assert_eq!(namespace_flags(&[]), 0);
-    }
-
-    fn root_or_skip(test: &str) -> bool {
-        let root = nix::unistd::geteuid().is_root();
-        if !root {
-            eprintln!("skipping {test}: needs root (CI runs as root)");
-        }
-        root
     }
 
     fn spec(argv: &[&str]) -> Spec {
