@@ -13,20 +13,16 @@
 pub mod cgroup;
 pub mod compare;
 pub mod cpus;
+mod exec;
 pub mod noise;
 pub mod shield;
 pub mod spawn;
 pub mod stats;
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-use cleanroom_proto::{EndReason, Noise, RunRecord};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 
 use crate::host::Host;
 use cgroup::{Layout, Limits};
@@ -336,7 +332,7 @@ impl Runner {
     }
 
     /// CPUs runs may use (the daemon's own affinity).
-    fn cpus(&self) -> String {
+    fn own_cpus(&self) -> String {
         let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
             .ok()
             .map(|s| {
@@ -348,297 +344,22 @@ impl Runner {
         crate::host::format::format_cpu_list(&set)
     }
 
-    /// Runs `job` once. Output goes to `output` (dropped when the receiver is gone);
-    /// `cancel` ends the run early.
-    pub async fn run_once(
-        self: &Arc<Self>,
-        job: &Job,
-        output: mpsc::Sender<Chunk>,
-        cancel: CancellationToken,
-    ) -> RunRecord {
-        let id = self.next.fetch_add(1, Ordering::Relaxed).to_string();
-        let mut record = RunRecord::new(
-            id.clone(),
-            EndReason::FailedToStart,
-            job.limits.cpus.clone().unwrap_or_else(|| self.cpus()),
-        );
-        let layout = match &self.layout {
-            Ok(l) => l.clone(),
-            Err(e) => {
-                record.error = Some(format!("runs are unavailable on this host: {e}"));
-                return record;
-            }
-        };
-        let host = self.host.clone();
-        let pressure_before = pressure(&host);
-        // What the host can tell about a set of CPUs does not change: found once per set.
-        let probe = {
-            let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
-            if probes.len() > 256 {
-                probes.clear(); // CPU lists are the caller's choice: keep the cache small
-            }
-            probes
-                .entry(record.cpus.clone())
-                .or_insert_with(|| noise::Probe::new(&host, &record.cpus))
-                .clone()
-        };
-        let probe2 = probe.clone();
-        let job2 = job.clone();
-        let id2 = id.clone();
-        let cg = {
-            let (host, layout, id2, limits) =
-                (host.clone(), layout, id2.clone(), job2.limits.clone());
-            // An exclusive run on cgroup v2 lives in the shield's partition; any other run
-            // stays off the shielded CPUs even where a cgroup move would widen its mask.
-            let up = self.up.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let mut limits = limits;
-            let partition = match (&limits.cpus, up) {
-                (Some(_), Some(up)) => up.partition,
-                (None, Some(up)) => {
-                    limits.cpus = Some(up.rest);
-                    None
-                }
-                _ => None,
-            };
-            match tokio::task::spawn_blocking(move || {
-                layout.create(&host, &id2, &limits, partition.as_deref())
-            })
-            .await
-            {
-                Ok(Ok(cg)) => cg,
-                Ok(Err(e)) => {
-                    record.error = Some(e.to_string());
-                    return record;
-                }
-                Err(e) => {
-                    record.error = Some(format!("run task failed: {e}"));
-                    return record;
-                }
-            }
-        };
-        let mut spawning = {
-            let (host, cg) = (host.clone(), cg.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut spec = job2.spec.clone();
-                // v2: the child is cloned into its cgroup; v1: it writes itself into each
-                // hierarchy's cgroup.procs.
-                match cg.v2_dir() {
-                    Some(d) => spec.cgroup_v2 = host.path(d).ok(),
-                    None => {
-                        spec.cgroup_procs = cg
-                            .procs_files()
-                            .iter()
-                            .filter_map(|p| host.path(p).ok())
-                            .collect()
-                    }
-                }
-                // The noise window opens as close to the exec as the daemon can get.
-                let noise_start = probe2.sample();
-                let before = Instant::now();
-                match spawn::spawn(&spec) {
-                    Ok(child) => {
-                        // spawn returns once execve succeeded: the program runs from here.
-                        // Wall time and the timeout count from this point, so the cost of
-                        // placing the process in its cgroups (on v1 a cgroup migration
-                        // can wait for an RCU grace period) is neither measured nor
-                        // charged.
-                        let t0 = Instant::now();
-                        let setup = t0.duration_since(before).as_secs_f64() * 1e3;
-                        tracing::debug!(
-                            setup_ms = setup,
-                            born_in_cgroup = child.born_in_cgroup,
-                            "run started"
-                        );
-                        Ok((child, t0, noise_start))
-                    }
-                    Err(e) => {
-                        cg.remove(&host);
-                        Err((e.exit_code(), e.to_string()))
-                    }
-                }
-            })
-        };
-        // Starting can block too (a working directory or program on a file system that
-        // never answers): cancellation and the timeout apply from the fork on. The child
-        // is in its cgroup by then, so killing the cgroup ends the start.
-        let limit = job.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
-        let mut early = None;
-        let started = tokio::select! {
-            r = &mut spawning => r,
-            () = tokio::time::sleep(limit) => { early = Some(EndReason::Timeout); spawning_killed(&host, &cg, &mut spawning).await }
-            () = cancel.cancelled() => { early = Some(EndReason::Cancelled); spawning_killed(&host, &cg, &mut spawning).await }
-        };
-        let started = started.map(|r| r.map(|(child, t0, n)| (cg, child, t0, n)));
-        if let (Some(reason), Ok(Err(_))) = (early, &started) {
-            record.end_reason = reason;
+    /// A fresh id for one run.
+    fn next_run_id(&self) -> String {
+        self.next.fetch_add(1, Ordering::Relaxed).to_string()
+    }
+
+    /// The noise probe of a CPU list: what the host can tell about a set of CPUs does not
+    /// change, so it is found once per set.
+    fn probe(&self, cpus: &str) -> noise::Probe {
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        if probes.len() > 256 {
+            probes.clear(); // CPU lists are the caller's choice: keep the cache small
         }
-        let (cg, mut child, t0, noise_start) = match started {
-            Ok(Ok(x)) => x,
-            Ok(Err((code, msg))) => {
-                record.exit_code = code;
-                record.error = Some(msg);
-                return record;
-            }
-            Err(e) => {
-                record.error = Some(format!("run task failed: {e}"));
-                return record;
-            }
-        };
-        let host = self.host.clone();
-        let max = self.max_output;
-        let budget = Arc::new(AtomicU64::new(max));
-        let truncated = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut readers = Vec::new();
-        for (stream, pipe) in [
-            (
-                "stdout",
-                child
-                    .stdout
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            ),
-            (
-                "stderr",
-                child
-                    .stderr
-                    .take()
-                    .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            ),
-        ] {
-            let Some(mut pipe) = pipe else { continue };
-            let (tx, budget, truncated) =
-                (output.clone(), Arc::clone(&budget), Arc::clone(&truncated));
-            readers.push(tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    let n = match pipe.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    // Both readers share the budget: take from it atomically.
-                    let mut take = 0usize;
-                    let _ = budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                        take = (n as u64).min(left) as usize;
-                        Some(left - take as u64)
-                    });
-                    if take < n {
-                        truncated.store(true, Ordering::Relaxed);
-                    }
-                    if take > 0 {
-                        let _ = tx.blocking_send(Chunk {
-                            stream,
-                            data: buf[..take].to_vec(),
-                        });
-                    }
-                }
-            }));
-        }
-        drop(output);
-        let pid = child.id();
-        let mut waiter = tokio::task::spawn_blocking(move || {
-            let r = spawn::wait(pid);
-            (r, Instant::now())
-        });
-        let timeout = job.timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
-        let mut reason = early;
-        let waited = tokio::select! {
-            r = &mut waiter => Some(r),
-            () = tokio::time::sleep(timeout) => { reason = Some(EndReason::Timeout); None }
-            () = cancel.cancelled() => { reason = Some(EndReason::Cancelled); None }
-        };
-        let mut killed = 0u64;
-        let waited = match waited {
-            Some(w) => w,
-            None => {
-                let at = t0.elapsed().as_secs_f64() * 1e3;
-                tracing::debug!(run = %id, reason = ?reason, at_ms = at, "ending the run");
-                let (h, c) = (host.clone(), cg.clone());
-                killed += tokio::task::spawn_blocking(move || c.kill_all(&h) as u64)
-                    .await
-                    .unwrap_or(0);
-                let at = t0.elapsed().as_secs_f64() * 1e3;
-                tracing::debug!(run = %id, at_ms = at, killed, "run killed");
-                waiter.await
-            }
-        };
-        let (exit, ended) = match waited {
-            Ok((Ok(exit), at)) => (Some(exit), at),
-            Ok((Err(e), at)) => {
-                record.error = Some(format!("cannot wait for the run: {e}"));
-                (None, at)
-            }
-            Err(e) => {
-                record.error = Some(format!("wait task failed: {e}"));
-                (None, Instant::now())
-            }
-        };
-        record.wall_ms = ended.duration_since(t0).as_secs_f64() * 1e3;
-        // Nothing outlives the run: whatever the program left behind goes now.
-        let (h, c) = (host.clone(), cg.clone());
-        let (left, usage, noise_end) = tokio::task::spawn_blocking(move || {
-            // Kill rounds until the cgroup is empty: a process stuck in the kernel
-            // (uninterruptible I/O) dies only when it gets out; each round takes what
-            // forked or arrived since.
-            let mut n = 0;
-            for round in 1..=30 {
-                n += c.kill_all(&h) as u64;
-                if c.wait_empty(&h, Duration::from_secs(1)) {
-                    break;
-                }
-                tracing::warn!(
-                    round,
-                    left = c.pids(&h).len(),
-                    "run processes outlive SIGKILL; killing again"
-                );
-            }
-            let noise_end = (probe.sample(), c.own_cpu(&h));
-            (n, c.usage(&h), Some(noise_end))
-        })
-        .await
-        .unwrap_or_default();
-        killed += left;
-        // The pipes end when the last writer is gone; a writer kept alive from outside
-        // the run (a passed descriptor) must not hold the run open.
-        for r in readers {
-            if tokio::time::timeout(Duration::from_secs(2), r)
-                .await
-                .is_err()
-            {
-                tracing::warn!(run = %id, "output still held open from outside the run; not waiting");
-                truncated.store(true, Ordering::Relaxed);
-            }
-        }
-        let h = host.clone();
-        let _ = tokio::task::spawn_blocking(move || cg.remove(&h)).await;
-        let pressure_after = pressure(&host);
-        let cpu_noise = noise_end.map_or_else(Noise::default, |(end, own)| {
-            noise::report(&noise_start, &end, &own, noise::user_hz())
-        });
-        record.noise = Noise {
-            cpu_pressure_us: delta(pressure_before[0], pressure_after[0]),
-            memory_pressure_us: delta(pressure_before[1], pressure_after[1]),
-            io_pressure_us: delta(pressure_before[2], pressure_after[2]),
-            ..cpu_noise
-        };
-        record.killed = killed;
-        record.user_ms = usage.user_us as f64 / 1e3;
-        record.sys_ms = usage.sys_us as f64 / 1e3;
-        record.oom_kills = usage.oom_kills;
-        record.output_truncated = truncated.load(Ordering::Relaxed);
-        if let Some(exit) = exit {
-            record.exit_code = exit.code;
-            record.signal = exit.signal;
-            record.voluntary_ctxt_switches = exit.voluntary;
-            record.involuntary_ctxt_switches = exit.involuntary;
-            record.max_rss_kb = usage.peak_memory.map_or(exit.max_rss_kb, |b| b / 1024);
-        }
-        record.end_reason = match reason {
-            Some(r) => r,
-            None if usage.oom_kills > 0 && record.exit_code != Some(0) => EndReason::Oom,
-            None if record.signal.is_some() => EndReason::Signaled,
-            None => EndReason::Exited,
-        };
-        record
+        probes
+            .entry(cpus.to_owned())
+            .or_insert_with(|| noise::Probe::new(&self.host, cpus))
+            .clone()
     }
 }
 
@@ -650,36 +371,4 @@ pub fn instance_tag(state_dir: &std::path::Path) -> String {
     let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
     let hash = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
     hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
-}
-
-/// Ends a start that is taking too long: kills whatever is in the run's cgroup (the child
-/// joins it first thing after the fork) and waits for the spawn to give up.
-async fn spawning_killed<T: Send + 'static>(
-    host: &Host,
-    cg: &cgroup::RunCgroup,
-    spawning: &mut tokio::task::JoinHandle<T>,
-) -> Result<T, tokio::task::JoinError> {
-    let (h, c) = (host.clone(), cg.clone());
-    let _ = tokio::task::spawn_blocking(move || c.kill_all(&h)).await;
-    spawning.await
-}
-
-/// PSI `some total=` of cpu, memory, io (microseconds), where the kernel has them.
-fn pressure(host: &Host) -> [Option<u64>; 3] {
-    ["cpu", "memory", "io"].map(|r| {
-        host.read(&format!("/proc/pressure/{r}"))
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find(|l| l.starts_with("some"))?
-                    .split_whitespace()
-                    .find_map(|f| f.strip_prefix("total="))?
-                    .parse()
-                    .ok()
-            })
-    })
-}
-
-fn delta(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    Some(b?.saturating_sub(a?))
 }

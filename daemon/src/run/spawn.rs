@@ -16,7 +16,13 @@
 //! - the namespaces the run asked for (`CLONE_NEWNET`, `CLONE_NEWNS`, `CLONE_NEWUTS`,
 //!   `CLONE_NEWIPC`, `CLONE_NEWPID`): with `pid` the command is PID 1 of a namespace of its
 //!   own, which also gets a mount namespace with a fresh `/proc`;
-//! - `CLONE_PIDFD`: [`Child::pidfd`] names this process and never a reused pid.
+//! - `CLONE_PIDFD`: [`Running::pidfd`] names this process and never a reused pid (where
+//!   the clone gives none, `pidfd_open` does). It becomes readable when the process exits,
+//!   so the daemon waits for runs without a thread per run.
+//!
+//! [`start`] returns right after the clone; [`Started::wait_exec`] then waits, without a
+//! thread, for the status pipe: it closes when the exec succeeds (close-on-exec) and
+//! carries a message when a step failed.
 //!
 //! A kernel without `clone3` (before 5.3, or a seccomp filter that answers ENOSYS) gets a
 //! fork-like `clone` with the same namespaces and no pidfd; one whose `clone3` lacks
@@ -150,27 +156,6 @@ impl Error {
             Error::NotExecutable(..) => Some(126),
             _ => None,
         }
-    }
-}
-
-/// A started process whose program is running (its exec succeeded).
-#[derive(Debug)]
-pub struct Child {
-    pid: u32,
-    /// A pidfd naming the process (`None` where the kernel has no `clone3`).
-    pub pidfd: Option<OwnedFd>,
-    /// The read end of its stdout.
-    pub stdout: Option<File>,
-    /// The read end of its stderr.
-    pub stderr: Option<File>,
-    /// Born in its cgroup v2 directory (`CLONE_INTO_CGROUP`) rather than moved there.
-    pub born_in_cgroup: bool,
-}
-
-impl Child {
-    /// Its pid (in the daemon's pid namespace).
-    pub fn id(&self) -> u32 {
-        self.pid
     }
 }
 
@@ -412,13 +397,16 @@ fn nul_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// Starts the process described by `spec`. Stdout and stderr are pipes; stdin is
-/// `/dev/null`. Returns once the program runs (its exec succeeded).
-pub fn spawn(spec: &Spec) -> Result<Child, Error> {
-    spawn_with(spec, CloneMode::Clone3)
+/// Clones the process described by `spec` and returns at once, before its exec: await
+/// [`Started::wait_exec`] to know whether the program runs. Stdout and stderr are pipes;
+/// stdin is `/dev/null`. The clone itself is bounded work (it copies the daemon's page
+/// tables); what may take long (a working directory on a file system that does not answer)
+/// happens in the child.
+pub fn start(spec: &Spec) -> Result<Started, Error> {
+    start_with(spec, CloneMode::Clone3)
 }
 
-fn spawn_with(spec: &Spec, mode: CloneMode) -> Result<Child, Error> {
+fn start_with(spec: &Spec, mode: CloneMode) -> Result<Started, Error> {
     let program = spec.argv.first().cloned().unwrap_or_default();
     let spawn_err = |e: io::Error| Error::Spawn(program.clone(), e);
     let cstring = |bytes: Vec<u8>| CString::new(bytes).map_err(|e| spawn_err(io::Error::other(e)));
@@ -539,7 +527,7 @@ fn spawn_with(spec: &Spec, mode: CloneMode) -> Result<Child, Error> {
     restore_signals(&saved);
     // The child's copies are the only writers left.
     drop((status_w, out_w, err_w, devnull, cgroup_dir));
-    let (pid, pidfd, born_in_cgroup) = match cloned {
+    let (pid, pidfd, into_cgroup) = match cloned {
         Ok(Cloned::Parent {
             pid,
             pidfd,
@@ -551,26 +539,165 @@ fn spawn_with(spec: &Spec, mode: CloneMode) -> Result<Child, Error> {
             return Err(clone_error(&program, spec, e, used_cgroup, ns_flags != 0));
         }
     };
-    match read_status(status_r) {
-        Ok(None) => Ok(Child {
-            pid,
-            pidfd,
-            stdout: Some(File::from(out_r)),
-            stderr: Some(File::from(err_r)),
-            born_in_cgroup,
-        }),
-        Ok(Some(msg)) => {
-            // The child exits right after writing.
-            let _ = wait(pid);
-            Err(classify(&program, spec, msg))
-        }
-        Err(e) => {
-            // SAFETY: kill on a pid we have not reaped yet, so it is still our child.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            let _ = wait(pid);
-            Err(spawn_err(e))
+    let pidfd_from_clone = pidfd.is_some();
+    let pidfd = match pidfd {
+        Some(fd) => fd,
+        None => match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // SAFETY: kill on a pid we have not reaped yet, so it is still our child.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                let _ = wait(pid);
+                return Err(spawn_err(e));
+            }
+        },
+    };
+    Ok(Started {
+        pid,
+        pidfd,
+        pidfd_from_clone,
+        stdout: out_r,
+        stderr: err_r,
+        status: Some(status_r),
+        born_in_cgroup: into_cgroup,
+        origin: Origin::of(spec),
+    })
+}
+
+/// A pidfd for `pid` (Linux 5.3), for a child cloned without `CLONE_PIDFD`.
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// What a start failure is described with: the program and the paths the child used.
+#[derive(Debug, Clone)]
+struct Origin {
+    program: String,
+    cgroup_v2: Option<PathBuf>,
+    cgroup_procs: Vec<PathBuf>,
+    cwd: PathBuf,
+    uid: u32,
+}
+
+impl Origin {
+    fn of(spec: &Spec) -> Self {
+        Self {
+            program: spec.argv.first().cloned().unwrap_or_default(),
+            cgroup_v2: spec.cgroup_v2.clone(),
+            cgroup_procs: spec.cgroup_procs.clone(),
+            cwd: spec.cwd.clone(),
+            uid: spec.uid,
         }
     }
+}
+
+/// A process cloned for a run, between its clone and its exec: its program may not be
+/// running yet, and may never run ([`Started::wait_exec`] says).
+#[derive(Debug)]
+pub struct Started {
+    pid: u32,
+    pidfd: OwnedFd,
+    pidfd_from_clone: bool,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    /// Closes (close-on-exec) when the exec succeeds; carries a message when it fails.
+    /// Taken when read.
+    status: Option<OwnedFd>,
+    born_in_cgroup: bool,
+    origin: Origin,
+}
+
+/// A process whose program runs (its exec succeeded).
+#[derive(Debug)]
+pub struct Running {
+    /// Its pid (in the daemon's pid namespace).
+    pub pid: u32,
+    /// A pidfd naming it: readable once it has exited.
+    pub pidfd: OwnedFd,
+    /// The read end of its stdout.
+    pub stdout: OwnedFd,
+    /// The read end of its stderr.
+    pub stderr: OwnedFd,
+    /// Born in its cgroup v2 directory (`CLONE_INTO_CGROUP`) rather than moved there.
+    pub born_in_cgroup: bool,
+    /// The pidfd came with the clone (`CLONE_PIDFD`), not from `pidfd_open` after it.
+    pub pidfd_from_clone: bool,
+}
+
+impl Started {
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits, without a thread, until the program runs (the status pipe closes at its
+    /// exec) or the start failed (the child wrote why, then exited; it is reaped here).
+    pub async fn wait_exec(mut self) -> Result<Running, Error> {
+        let status = match self.status.take() {
+            Some(fd) => read_status_async(fd).await,
+            None => Err(io::Error::other("the status pipe was already read")),
+        };
+        let program = self.origin.program.clone();
+        self.finish(status.map_err(|e| Error::Spawn(program, e)))
+    }
+
+    /// The same, blocking.
+    pub fn wait_exec_blocking(mut self) -> Result<Running, Error> {
+        let status = match self.status.take() {
+            Some(fd) => read_status(fd),
+            None => Err(io::Error::other("the status pipe was already read")),
+        };
+        let program = self.origin.program.clone();
+        self.finish(status.map_err(|e| Error::Spawn(program, e)))
+    }
+
+    fn finish(self, status: Result<Option<[u8; 6]>, Error>) -> Result<Running, Error> {
+        match status {
+            Ok(None) => Ok(Running {
+                pid: self.pid,
+                pidfd: self.pidfd,
+                stdout: self.stdout,
+                stderr: self.stderr,
+                born_in_cgroup: self.born_in_cgroup,
+                pidfd_from_clone: self.pidfd_from_clone,
+            }),
+            Ok(Some(msg)) => {
+                // The child exits right after writing.
+                let _ = wait(self.pid);
+                Err(classify(&self.origin, msg))
+            }
+            Err(e) => {
+                // SAFETY: kill on a pid we have not reaped yet, so it is still our child.
+                unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+                let _ = wait(self.pid);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Reads the status pipe without blocking a thread: nothing (EOF: the exec succeeded) or a
+/// whole message.
+async fn read_status_async(fd: OwnedFd) -> io::Result<Option<[u8; 6]>> {
+    use tokio::io::AsyncReadExt;
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let mut msg = [0u8; 6];
+    let mut n = 0;
+    while n < msg.len() {
+        match pipe.read(&mut msg[n..]).await {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    status_of(n, msg)
 }
 
 /// Blocks every signal in this thread; returns the mask to restore.
@@ -929,8 +1056,8 @@ unsafe fn loopback_up() -> bool {
     }
 }
 
-/// What the child wrote on the status pipe: nothing (it executed its program) or a whole
-/// message.
+/// What the child wrote on the status pipe, blocking: nothing (it executed its program) or
+/// a whole message.
 fn read_status(r: OwnedFd) -> io::Result<Option<[u8; 6]>> {
     let mut f = File::from(r);
     let mut msg = [0u8; 6];
@@ -943,6 +1070,11 @@ fn read_status(r: OwnedFd) -> io::Result<Option<[u8; 6]>> {
             Err(e) => return Err(e),
         }
     }
+    status_of(n, msg)
+}
+
+/// `n` bytes of a status message: none means the exec succeeded.
+fn status_of(n: usize, msg: [u8; 6]) -> io::Result<Option<[u8; 6]>> {
     match n {
         0 => Ok(None),
         6 => Ok(Some(msg)),
@@ -953,7 +1085,8 @@ fn read_status(r: OwnedFd) -> io::Result<Option<[u8; 6]>> {
 }
 
 /// The error for a status message from the child.
-fn classify(program: &str, spec: &Spec, msg: [u8; 6]) -> Error {
+fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
+    let program = spec.program.as_str();
     let code = i32::from_ne_bytes([msg[2], msg[3], msg[4], msg[5]]);
     let source = io::Error::from_raw_os_error(code);
     let Some(stage) = Stage::from_byte(msg[0]) else {
@@ -1045,19 +1178,38 @@ pub struct Exit {
 
 /// Waits for `pid` (blocking) and returns how it ended.
 pub fn wait(pid: u32) -> io::Result<Exit> {
+    loop {
+        match wait4(pid, 0) {
+            Ok(Some(exit)) => return Ok(exit),
+            Ok(None) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How `pid` ended, if it has (never blocks): for a process whose pidfd became readable.
+pub fn try_wait(pid: u32) -> io::Result<Option<Exit>> {
+    loop {
+        match wait4(pid, libc::WNOHANG) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// One `wait4` call: `None` when `WNOHANG` found it still running.
+fn wait4(pid: u32, flags: libc::c_int) -> io::Result<Option<Exit>> {
     let mut status = 0;
     // SAFETY: rusage is plain data; zeroed is a valid value the kernel overwrites.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: valid pointers to a local int and a local rusage.
-        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) };
-        if r >= 0 {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+    // SAFETY: valid pointers to a local int and a local rusage.
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, flags, &mut ru) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if r == 0 {
+        return Ok(None);
     }
     let (code, signal) = if libc::WIFEXITED(status) {
         (Some(libc::WEXITSTATUS(status)), None)
@@ -1066,13 +1218,13 @@ pub fn wait(pid: u32) -> io::Result<Exit> {
     } else {
         (None, None)
     };
-    Ok(Exit {
+    Ok(Some(Exit {
         code,
         signal,
         voluntary: ru.ru_nvcsw as u64,
         involuntary: ru.ru_nivcsw as u64,
         max_rss_kb: ru.ru_maxrss as u64,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -1151,18 +1303,26 @@ mod tests {
         }
     }
 
+    /// What a test learns of a run: whether CLONE_PIDFD gave the pidfd, and whether it
+    /// was born in its cgroup.
+    #[derive(Debug)]
+    struct Seen {
+        pidfd_from_clone: bool,
+        born_in_cgroup: bool,
+    }
+
     /// Runs `spec` to the end: its stdout and how it exited.
-    fn run(spec: &Spec, mode: CloneMode) -> Result<(String, Exit, Child), Error> {
-        let mut child = spawn_with(spec, mode)?;
+    fn run(spec: &Spec, mode: CloneMode) -> Result<(String, Exit, Seen), Error> {
+        let child = start_with(spec, mode)?.wait_exec_blocking()?;
+        let pidfd_from_clone = child.pidfd_from_clone;
         let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let exit = wait(child.id()).unwrap();
-        Ok((out, exit, child))
+        File::from(child.stdout).read_to_string(&mut out).unwrap();
+        let exit = wait(child.pid).unwrap();
+        let seen = Seen {
+            pidfd_from_clone,
+            born_in_cgroup: child.born_in_cgroup,
+        };
+        Ok((out, exit, seen))
     }
 
     #[test]
@@ -1181,7 +1341,7 @@ mod tests {
         for mode in [CloneMode::Clone3, CloneMode::Legacy] {
             let (out, exit, child) = run(&spec(&["echo", "hi"]), mode).unwrap();
             assert_eq!((out.as_str(), exit.code), ("hi\n", Some(0)), "{mode:?}");
-            assert_eq!(child.pidfd.is_some(), mode == CloneMode::Clone3);
+            assert_eq!(child.pidfd_from_clone, mode == CloneMode::Clone3);
             let (out, _, _) = run(&spec(&[script.to_str().unwrap()]), mode).unwrap();
             assert_eq!(
                 out, "from a script\n",

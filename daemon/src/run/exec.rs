@@ -1,0 +1,454 @@
+//! One execution of a job: its cgroup, its process, its output, its end, its measures.
+//!
+//! Nothing here parks a thread for the life of a run. The exec is awaited on the status
+//! pipe, the output on the pipes, the exit on the pidfd (readable when the process is
+//! gone), all by readiness; a blocking thread only does bounded work (creating the cgroup,
+//! the clone, a kill round, reading the accounting, removing the cgroup).
+//!
+//! A run ends when its process is reaped and its cgroup is empty, whatever else holds its
+//! pipes: after the last kill round the daemon reads what is already in the pipes and closes
+//! its ends, so a process outside the run that keeps a copy of the run's stdout open
+//! (`exec 9>/proc/PID/fd/1`) cannot keep the run, its cores or the shield alive.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cleanroom_proto::{EndReason, Noise, RunRecord};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::cgroup::RunCgroup;
+use super::spawn::{self, Exit, Running};
+use super::{Chunk, Job, Runner, noise};
+use crate::host::Host;
+
+/// How long the final kill rounds may take for a process stuck in the kernel before the
+/// run is given up on (it is logged; its cgroup stays for the next start to remove).
+const KILL_ROUNDS: u32 = 30;
+
+/// What a run's output may still hold after its cgroup is empty, read before the pipes
+/// close: a pipe buffer's worth, bounded so a writer outside the run cannot keep it open.
+const DRAIN_READS: usize = 16;
+
+impl Runner {
+    /// Runs `job` once. Output goes to `output` (dropped when the receiver is gone);
+    /// `cancel` ends the run early.
+    pub async fn run_once(
+        self: &Arc<Self>,
+        job: &Job,
+        output: mpsc::Sender<Chunk>,
+        cancel: CancellationToken,
+    ) -> RunRecord {
+        let id = self.next_run_id();
+        let cpus = job.limits.cpus.clone().unwrap_or_else(|| self.own_cpus());
+        let mut record = RunRecord::new(id.clone(), EndReason::FailedToStart, cpus);
+        let host = self.host.clone();
+        let probe = self.probe(&record.cpus);
+        let cg = match self.create_cgroup(&id, job).await {
+            Ok(cg) => cg,
+            Err(e) => {
+                record.error = Some(e);
+                return record;
+            }
+        };
+        let pressure_before = pressure(&host);
+        // The noise window opens as close to the exec as the daemon can get.
+        let noise_start = probe.sample();
+        let started = match self.clone_child(job, &cg).await {
+            Ok(s) => s,
+            Err((code, msg)) => {
+                record.exit_code = code;
+                record.error = Some(msg);
+                remove(&host, cg).await;
+                return record;
+            }
+        };
+        // Starting can take long too (a working directory or program on a file system that
+        // never answers): cancellation and the timeout apply from the clone on. A start
+        // ended early is killed, and its end still awaited (without a thread).
+        let pid = started.pid();
+        let deadline = job
+            .timeout
+            .and_then(|t| tokio::time::Instant::now().checked_add(t))
+            .unwrap_or_else(far_future);
+        let exec = started.wait_exec();
+        tokio::pin!(exec);
+        let mut early = None;
+        let running = tokio::select! {
+            r = &mut exec => r,
+            () = tokio::time::sleep_until(deadline) => {
+                early = Some(EndReason::Timeout);
+                kill_start(&host, &cg, pid).await;
+                exec.await
+            }
+            () = cancel.cancelled() => {
+                early = Some(EndReason::Cancelled);
+                kill_start(&host, &cg, pid).await;
+                exec.await
+            }
+        };
+        let running = match running {
+            Ok(r) => r,
+            Err(e) => {
+                record.end_reason = early.unwrap_or(EndReason::FailedToStart);
+                record.exit_code = e.exit_code();
+                record.error = Some(e.to_string());
+                end_all(&host, &cg).await;
+                remove(&host, cg).await;
+                return record;
+            }
+        };
+        // The program runs from here: wall time and the timeout count from this point, so
+        // placing the process in its cgroups is neither measured nor charged.
+        let t0 = Instant::now();
+        tracing::debug!(
+            run = %id,
+            born_in_cgroup = running.born_in_cgroup,
+            pidfd_from_clone = running.pidfd_from_clone,
+            "run started"
+        );
+        let outcome = self.supervise(running, &cg, job, output, cancel, t0).await;
+        record.wall_ms = outcome.ended.duration_since(t0).as_secs_f64() * 1e3;
+        let (usage, noise_end, own) = {
+            let (h, c) = (host.clone(), cg.clone());
+            let probe = probe.clone();
+            tokio::task::spawn_blocking(move || (c.usage(&h), probe.sample(), c.own_cpu(&h)))
+                .await
+                .unwrap_or_else(|_| (Default::default(), noise_start.clone(), noise::Own::Unknown))
+        };
+        if outcome.emptied {
+            remove(&host, cg).await;
+        }
+        let pressure_after = pressure(&host);
+        record.noise = Noise {
+            cpu_pressure_us: delta(pressure_before[0], pressure_after[0]),
+            memory_pressure_us: delta(pressure_before[1], pressure_after[1]),
+            io_pressure_us: delta(pressure_before[2], pressure_after[2]),
+            ..noise::report(&noise_start, &noise_end, &own, noise::user_hz())
+        };
+        record.killed = outcome.killed;
+        record.user_ms = usage.user_us as f64 / 1e3;
+        record.sys_ms = usage.sys_us as f64 / 1e3;
+        record.oom_kills = usage.oom_kills;
+        record.output_truncated = outcome.truncated;
+        match outcome.exit {
+            Ok(exit) => {
+                record.exit_code = exit.code;
+                record.signal = exit.signal;
+                record.voluntary_ctxt_switches = exit.voluntary;
+                record.involuntary_ctxt_switches = exit.involuntary;
+                record.max_rss_kb = usage.peak_memory.map_or(exit.max_rss_kb, |b| b / 1024);
+            }
+            Err(e) => record.error = Some(format!("cannot wait for the run: {e}")),
+        }
+        record.end_reason = match outcome.reason {
+            Some(r) => r,
+            None if usage.oom_kills > 0 && record.exit_code != Some(0) => EndReason::Oom,
+            None if record.signal.is_some() => EndReason::Signaled,
+            None => EndReason::Exited,
+        };
+        record
+    }
+
+    /// The run's cgroup with its limits; on cgroup v2 an exclusive run goes into the
+    /// shield's partition, and any other run stays off the shielded CPUs.
+    async fn create_cgroup(&self, id: &str, job: &Job) -> Result<RunCgroup, String> {
+        let layout = match &self.layout {
+            Ok(l) => l.clone(),
+            Err(e) => return Err(format!("runs are unavailable on this host: {e}")),
+        };
+        let up = self.up.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut limits = job.limits.clone();
+        let partition = match (&limits.cpus, up) {
+            (Some(_), Some(up)) => up.partition,
+            (None, Some(up)) => {
+                limits.cpus = Some(up.rest);
+                None
+            }
+            _ => None,
+        };
+        let (host, id) = (self.host.clone(), id.to_owned());
+        match tokio::task::spawn_blocking(move || {
+            layout.create(&host, &id, &limits, partition.as_deref())
+        })
+        .await
+        {
+            Ok(Ok(cg)) => Ok(cg),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("run task failed: {e}")),
+        }
+    }
+
+    /// Clones the child into its cgroup (v2: born there; v1: it enters each hierarchy as
+    /// its first step). The clone is bounded work, done on a blocking thread.
+    async fn clone_child(
+        &self,
+        job: &Job,
+        cg: &RunCgroup,
+    ) -> Result<spawn::Started, (Option<i32>, String)> {
+        let mut spec = job.spec.clone();
+        match cg.v2_dir() {
+            Some(d) => spec.cgroup_v2 = self.host.path(d).ok(),
+            None => {
+                spec.cgroup_procs = cg
+                    .procs_files()
+                    .iter()
+                    .filter_map(|p| self.host.path(p).ok())
+                    .collect()
+            }
+        }
+        match tokio::task::spawn_blocking(move || spawn::start(&spec)).await {
+            Ok(Ok(started)) => Ok(started),
+            Ok(Err(e)) => Err((e.exit_code(), e.to_string())),
+            Err(e) => Err((None, format!("run task failed: {e}"))),
+        }
+    }
+
+    /// From the exec to the end: output forwarded, the exit awaited (or the timeout, or
+    /// cancellation), then kill rounds until the cgroup is empty, then the pipes drained
+    /// and closed.
+    async fn supervise(
+        &self,
+        running: Running,
+        cg: &RunCgroup,
+        job: &Job,
+        output: mpsc::Sender<Chunk>,
+        cancel: CancellationToken,
+        t0: Instant,
+    ) -> Supervised {
+        let host = &self.host;
+        let budget = Arc::new(AtomicU64::new(self.max_output));
+        let truncated = Arc::new(AtomicBool::new(false));
+        let closing = CancellationToken::new();
+        let readers: Vec<_> = [("stdout", running.stdout), ("stderr", running.stderr)]
+            .into_iter()
+            .map(|(stream, fd)| {
+                tokio::spawn(forward(
+                    fd,
+                    stream,
+                    output.clone(),
+                    Arc::clone(&budget),
+                    Arc::clone(&truncated),
+                    closing.clone(),
+                ))
+            })
+            .collect();
+        drop(output);
+        let pid = running.pid;
+        let deadline = job
+            .timeout
+            .and_then(|t| tokio::time::Instant::from_std(t0).checked_add(t))
+            .unwrap_or_else(far_future);
+        let mut reason = None;
+        let mut killed = 0;
+        let exit = match exit_watch(running.pidfd) {
+            Ok(watch) => {
+                let ended = tokio::select! {
+                    r = wait_exit(&watch, pid) => Some(r),
+                    () = tokio::time::sleep_until(deadline) => { reason = Some(EndReason::Timeout); None }
+                    () = cancel.cancelled() => { reason = Some(EndReason::Cancelled); None }
+                };
+                match ended {
+                    Some(r) => r,
+                    None => {
+                        tracing::debug!(pid, reason = ?reason, at_ms = t0.elapsed().as_secs_f64() * 1e3, "ending the run");
+                        killed += kill_round(host, cg).await;
+                        wait_exit(&watch, pid).await
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let ended = exit.as_ref().map_or_else(|_| Instant::now(), |(_, at)| *at);
+        // Nothing outlives the run: whatever the program left behind goes now.
+        let (left, emptied) = end_all(host, cg).await;
+        killed += left;
+        closing.cancel();
+        for r in readers {
+            let _ = r.await;
+        }
+        Supervised {
+            exit: exit.map(|(e, _)| e),
+            ended,
+            reason,
+            killed,
+            emptied,
+            truncated: truncated.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What supervising a running program found.
+struct Supervised {
+    exit: std::io::Result<Exit>,
+    ended: Instant,
+    reason: Option<EndReason>,
+    killed: u64,
+    emptied: bool,
+    truncated: bool,
+}
+
+/// Far enough away to mean "no deadline".
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+/// The pidfd, registered for readiness.
+fn exit_watch(pidfd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the pidfd: it stays open, and names the same process, until
+    // the AsyncFd is dropped.
+    unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into())
+}
+
+/// Waits until the process has exited (its pidfd is readable), then reaps it.
+async fn wait_exit(pidfd: &AsyncFd<OwnedFd>, pid: u32) -> std::io::Result<(Exit, Instant)> {
+    loop {
+        let mut ready = pidfd.readable().await?;
+        if let Some(exit) = spawn::try_wait(pid)? {
+            return Ok((exit, Instant::now()));
+        }
+        ready.clear_ready();
+    }
+}
+
+/// Reads one output pipe into `tx`, sharing the output budget with the other pipe, until
+/// it ends or `closing` says the run is over; then reads what is already buffered and
+/// closes the read end.
+async fn forward(
+    fd: OwnedFd,
+    stream: &'static str,
+    tx: mpsc::Sender<Chunk>,
+    budget: Arc<AtomicU64>,
+    truncated: Arc<AtomicBool>,
+    closing: CancellationToken,
+) {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let send = async |n: usize, buf: &[u8]| {
+        // Both readers share the budget: take from it atomically.
+        let mut take = 0usize;
+        let _ = budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+            take = (n as u64).min(left) as usize;
+            Some(left - take as u64)
+        });
+        if take < n {
+            truncated.store(true, Ordering::Relaxed);
+        }
+        if take > 0 {
+            // A client gone: the chunk is dropped, the pipe still drained.
+            let _ = tx
+                .send(Chunk {
+                    stream,
+                    data: buf[..take].to_vec(),
+                })
+                .await;
+        }
+    };
+    loop {
+        let n = tokio::select! {
+            biased;
+            r = pipe.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            () = closing.cancelled() => break,
+        };
+        send(n, &buf).await;
+    }
+    for _ in 0..DRAIN_READS {
+        match pipe.try_read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => send(n, &buf).await,
+        }
+    }
+    // Still more: someone outside the run keeps writing. Its output is not the run's.
+    truncated.store(true, Ordering::Relaxed);
+}
+
+/// One kill round on a blocking thread (v1 may freeze and thaw); how many were killed.
+async fn kill_round(host: &Host, cg: &RunCgroup) -> u64 {
+    let (h, c) = (host.clone(), cg.clone());
+    tokio::task::spawn_blocking(move || c.kill_all(&h) as u64)
+        .await
+        .unwrap_or(0)
+}
+
+/// Ends a start taking too long: the child itself through its pid (it may not have entered
+/// its v1 cgroups yet), and whatever is in the cgroup.
+async fn kill_start(host: &Host, cg: &RunCgroup, pid: u32) {
+    // SAFETY: kill on our own child, not yet reaped, so the pid is still its.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    kill_round(host, cg).await;
+}
+
+/// Kill rounds until the cgroup is empty: a process stuck in the kernel (uninterruptible
+/// I/O) dies only when it gets out, and each round takes what forked or arrived since.
+/// Returns how many were killed and whether the cgroup is empty.
+async fn end_all(host: &Host, cg: &RunCgroup) -> (u64, bool) {
+    let mut killed = 0;
+    for round in 1..=KILL_ROUNDS {
+        if cg.pids(host).is_empty() {
+            return (killed, true);
+        }
+        killed += kill_round(host, cg).await;
+        if wait_empty(host, cg, Duration::from_secs(1)).await {
+            return (killed, true);
+        }
+        tracing::warn!(
+            round,
+            left = cg.pids(host).len(),
+            "run processes outlive SIGKILL; killing again"
+        );
+    }
+    tracing::error!(cgroup = ?cg.dirs(), "run processes survived every kill round; the cgroup stays for the next start");
+    (killed, false)
+}
+
+/// Waits, polling without a thread, until the cgroup is empty; false on timeout.
+async fn wait_empty(host: &Host, cg: &RunCgroup, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if cg.pids(host).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
+/// Removes the run's cgroup directories (bounded: a few rmdirs).
+async fn remove(host: &Host, cg: RunCgroup) {
+    let h = host.clone();
+    let _ = tokio::task::spawn_blocking(move || cg.remove(&h)).await;
+}
+
+/// PSI `some total=` of cpu, memory, io (microseconds), where the kernel has them.
+fn pressure(host: &Host) -> [Option<u64>; 3] {
+    ["cpu", "memory", "io"].map(|r| {
+        host.read(&format!("/proc/pressure/{r}"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("some"))?
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("total="))?
+                    .parse()
+                    .ok()
+            })
+    })
+}
+
+fn delta(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    Some(b?.saturating_sub(a?))
+}
