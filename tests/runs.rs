@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use cleanroom::runs::{alive, eventually, json_of, my_cpus, next_output, online_cpus, start_run};
@@ -555,8 +556,8 @@ fn a_pid_namespace_makes_the_command_pid_1_alone_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn all_five_namespaces_together_and_a_private_tmp_refuses_a_cwd_it_hides() {
-    if !is_root_or_skip("all_five_namespaces_together_and_a_private_tmp_refuses_a_cwd_it_hides") {
+fn all_five_namespaces_together() {
+    if !is_root_or_skip("all_five_namespaces_together") {
         return;
     }
     let d = Daemon::start();
@@ -583,38 +584,199 @@ fn all_five_namespaces_together_and_a_private_tmp_refuses_a_cwd_it_hides() {
         "{out:?}"
     );
     assert!(!Path::new(&format!("/tmp/{marker}")).exists());
-    // A directory below /tmp is hidden by the private /tmp: refused, saying why.
+    assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
+}
+
+/// `cleanroomctl run [ISOLATE...] --cwd CWD -- sh -c SCRIPT`, as the caller `user` (an
+/// admin's `--user`) when given.
+fn run_in(d: &Daemon, isolate: &[&str], cwd: &Path, user: Option<&str>, script: &str) -> Output {
+    let mut args = vec!["run"];
+    if let Some(user) = user {
+        args.extend(["--user", user]);
+    }
+    args.extend_from_slice(isolate);
+    args.extend(["--cwd", cwd.to_str().unwrap(), "--", "sh", "-c", script]);
+    d.ctl(&args)
+}
+
+#[test]
+fn a_private_tmp_keeps_a_working_directory_below_tmp_and_hides_the_rest() {
+    if !is_root_or_skip("a_private_tmp_keeps_a_working_directory_below_tmp_and_hides_the_rest") {
+        return;
+    }
+    let d = Daemon::start();
     let work = tempfile::tempdir_in("/tmp").unwrap();
-    let out = d.ctl(&[
-        "run",
-        "--isolate",
-        "mount",
-        "--cwd",
-        work.path().to_str().unwrap(),
-        "--",
-        "true",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(work.path().to_str().unwrap()) && err.contains("private /tmp"),
-        "{err}"
+    std::fs::write(work.path().join("file"), "from the host\n").unwrap();
+    let beside = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+    let script = format!(
+        "cat file; pwd; test -e {} || echo the rest of /tmp is hidden; ls -A /tmp; \
+         echo from the run > made",
+        beside.path().display()
     );
-    // Without a private /tmp the same directory is fine, pid namespace or not.
-    let out = d.ctl(&[
-        "run",
-        "--isolate",
-        "pid,net",
-        "--cwd",
-        work.path().to_str().unwrap(),
-        "--",
-        "pwd",
-    ]);
+    let name = work.path().file_name().unwrap().to_str().unwrap();
+    let kept = format!(
+        "from the host\n{}\nthe rest of /tmp is hidden\n{name}\n",
+        work.path().display()
+    );
+    for isolate in ["mount", "net,pid,mount,uts,ipc"] {
+        let out = run_in(&d, &["--isolate", isolate], work.path(), None, &script);
+        assert!(out.status.success(), "{isolate}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), kept, "{isolate}");
+        // The host's directory itself: what the run writes there stays.
+        let made = work.path().join("made");
+        assert_eq!(std::fs::read_to_string(&made).unwrap(), "from the run\n");
+        std::fs::remove_file(made).unwrap();
+    }
+    // The directories above keep owner, group and mode, set-group-ID included (the daemon
+    // has no CAP_FSETID).
+    let sgid = work.path().join("sgid");
+    let inner = sgid.join("inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::os::unix::fs::chown(&sgid, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&sgid, std::fs::Permissions::from_mode(0o2751)).unwrap();
+    let out = run_in(
+        &d,
+        &["--isolate", "mount"],
+        &inner,
+        None,
+        "stat -c '%a %u %g' ..",
+    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        work.path().to_str().unwrap(),
+        String::from_utf8_lossy(&out.stdout),
+        "2751 65534 65534\n",
         "{out:?}"
     );
+    // A symlink to a directory elsewhere: entered where it leads, nothing to keep.
+    let link = work.path().join("link");
+    std::os::unix::fs::symlink("/usr", &link).unwrap();
+    let out = run_in(&d, &["--isolate", "mount"], &link, None, "pwd; ls -A /tmp");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", std::fs::canonicalize("/usr").unwrap().display()),
+        "{out:?}"
+    );
+    // Without a private /tmp the directory is the host's anyway, pid namespace or not.
+    let out = run_in(
+        &d,
+        &["--isolate", "pid,net"],
+        work.path(),
+        None,
+        "pwd; cat file",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\nfrom the host\n", work.path().display()),
+        "{out:?}"
+    );
+    assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
+}
+
+/// Gives `path` a POSIX ACL (its extended attribute) from (tag, permissions, id) entries.
+fn set_acl(path: &Path, entries: &[(u16, u16, u32)]) {
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated strings and a buffer of the length given.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            acl.as_ptr().cast(),
+            acl.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "{}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn a_kept_working_directory_is_entered_with_the_callers_permissions() {
+    if !is_root_or_skip("a_kept_working_directory_is_entered_with_the_callers_permissions") {
+        return;
+    }
+    let d = Daemon::start();
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    // Root's, mode 0700: nobody may not pass, whether by its path or a symlink in it.
+    let locked = tempfile::tempdir_in("/tmp").unwrap();
+    mode(locked.path(), 0o700);
+    let work = locked.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    mode(&work, 0o755);
+    let link = locked.path().join("link");
+    std::os::unix::fs::symlink("/usr", &link).unwrap();
+    // Mode 0755, but an ACL that denies nobody (user 65534 ---, mask r-x).
+    let denied = tempfile::tempdir_in("/tmp").unwrap();
+    mode(denied.path(), 0o755);
+    let none = u32::MAX;
+    set_acl(
+        denied.path(),
+        &[
+            (1, 7, none),
+            (2, 0, 65534),
+            (4, 5, none),
+            (0x10, 5, none),
+            (0x20, 5, none),
+        ],
+    );
+    let behind_acl = denied.path().join("work");
+    std::fs::create_dir(&behind_acl).unwrap();
+    mode(&behind_acl, 0o755);
+    // The same refusal as without a private /tmp: the binding opens no way round it.
+    for cwd in [&work, &link, &behind_acl] {
+        for isolate in [&[][..], &["--isolate", "mount"]] {
+            let out = run_in(&d, isolate, cwd, Some("nobody"), "pwd");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{} {isolate:?}: {out:?}",
+                cwd.display()
+            );
+            assert!(
+                out.stdout.is_empty(),
+                "{} {isolate:?}: {out:?}",
+                cwd.display()
+            );
+            assert!(
+                err.contains(&format!(
+                    "working directory {} is not accessible to uid 65534: Permission denied",
+                    cwd.display()
+                )),
+                "{} {isolate:?}: {err}",
+                cwd.display()
+            );
+        }
+    }
+    // Root enters both; nobody too once the way is open.
+    for cwd in [&work, &behind_acl] {
+        let out = run_in(&d, &["--isolate", "mount"], cwd, None, "pwd");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}\n", cwd.display()),
+            "{out:?}"
+        );
+    }
+    mode(locked.path(), 0o711);
+    for isolate in [&[][..], &["--isolate", "mount"]] {
+        let out = run_in(&d, isolate, &work, Some("nobody"), "pwd; id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}\n65534\n", work.display()),
+            "{isolate:?}: {out:?}"
+        );
+    }
     assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
 }
 

@@ -130,7 +130,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub deterministic: bool,
     /// Namespaces of its own, comma-separated: net (only lo), pid (it is PID 1 and /proc
-    /// shows only its processes), mount (private /tmp), uts (hostname cleanroom), ipc.
+    /// shows only its processes), mount (private /tmp; a working directory below /tmp
+    /// stays), uts (hostname cleanroom), ipc.
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_isolation)]
     pub isolate: Vec<cleanroom_proto::Isolation>,
     /// Environment variable for the command (repeatable); the rest of your environment

@@ -42,7 +42,10 @@ pub const KEPT: &[(Capability, &str)] = &[
         Capability::CAP_FOWNER,
         "set modes on files the daemon does not own (cgroup delegation)",
     ),
-    (Capability::CAP_CHOWN, "hand a run's cgroup to its user"),
+    (
+        Capability::CAP_CHOWN,
+        "hand a run's cgroup to its user; recreate a kept working directory's parents in a private /tmp",
+    ),
     (
         Capability::CAP_SETPCAP,
         "empty the capability bounding set of runs (else a root caller's run regains capabilities at exec)",

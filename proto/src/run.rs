@@ -14,7 +14,8 @@ fn default_one() -> u32 {
 pub struct RunParams {
     /// Program and arguments (the program is looked up in the run's `PATH`).
     pub argv: Vec<String>,
-    /// Working directory, entered as the caller (default `/`).
+    /// Working directory, entered as the caller (default `/`); with `isolate` `mount`, one
+    /// below `/tmp` is kept in the private `/tmp` (see [`Isolation::Mount`]).
     #[serde(default)]
     pub cwd: Option<String>,
     /// Environment besides the defaults (`PATH`, `HOME`, `LANG`, `TZ=UTC`), which these
@@ -107,7 +108,9 @@ pub enum CpuRequest {
 pub enum Isolation {
     /// Its own network stack with only `lo`.
     Net,
-    /// Its own mount table with a private `/tmp`.
+    /// Its own mount table with a private `/tmp`. A working directory below the host's
+    /// `/tmp` stays: it is bind-mounted into the private one at its own path (at most 32
+    /// directories deep), behind copies of its parents with the same permissions.
     Mount,
     /// Its own hostname.
     Uts,

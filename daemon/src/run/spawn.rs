@@ -39,8 +39,9 @@
 //! 2. a new session (no controlling terminal, its own process group);
 //! 3. `personality(ADDR_NO_RANDOMIZE)` for deterministic runs; then, still root, the
 //!    namespaces' contents: `/` made private (nothing mounted here reaches the host), a
-//!    tmpfs on `/tmp` for `mount`, a proc of the new pid namespace on `/proc` for `pid`, the
-//!    hostname `cleanroom` for `uts`, `lo` up for `net`;
+//!    tmpfs on `/tmp` for `mount` that keeps a working directory below the host's `/tmp`
+//!    (below), a proc of the new pid namespace on `/proc` for `pid`, the hostname
+//!    `cleanroom` for `uts`, `lo` up for `net`;
 //! 4. SCHED_FIFO for realtime runs, then drop the capability bounding set while still root
 //!    (needs CAP_SYS_NICE and CAP_SETPCAP);
 //! 5. `NO_NEW_PRIVS`, then the caller's groups, gid and uid (setres*: all three ids); not
@@ -52,20 +53,55 @@
 //! 10. `execve` of each candidate path in turn (ENOENT: the next one; EACCES: remembered;
 //!     ENOEXEC: the file run by `/bin/sh`, like `execvp`).
 //!
+//! A private `/tmp` keeps the working directory when it is below the host's `/tmp`: the
+//! directory itself (and what is mounted below it) is bind-mounted into the private `/tmp`
+//! at its own path, and the rest of the host's `/tmp` stays hidden. The child mounts as
+//! root but enters the directory as the caller (step 7), so the binding must not open a way
+//! the host's permissions would close. For runs with a private `/tmp` only:
+//! - the parent resolves the working directory (`realpath`; a symlink to a directory
+//!   elsewhere needs no binding) and the child enters the resolved path; at most
+//!   [`MAX_BELOW_TMP`] directories below `/tmp`, so the child's records fit on its stack;
+//! - 3a. when the path as given is not the resolved one (a symlink, `..`) or did not
+//!   resolve, the child first opens it as the caller (the caller's groups, fsgid and
+//!   fsuid, then root's fsuid and fsgid again), while the host's tree is still in view: a
+//!   symlink the caller could not follow on the host is not followed for them, nor does
+//!   its target show in the run's `pwd`; failing is the working-directory error `chdir`
+//!   gives;
+//! - 3b. before the tmpfs is mounted, the child opens the host's `/tmp` and each directory
+//!   down to the working directory from the one before (`openat`, `O_NOFOLLOW`: a path
+//!   changed since the parent resolved it fails rather than leads elsewhere), records the
+//!   owner, group, mode and POSIX ACL of each one above the working directory in
+//!   fixed-size storage on its stack, and keeps the working directory open (`O_PATH`);
+//! - 3c. after the tmpfs is mounted, `/tmp` takes the host `/tmp`'s recorded attributes,
+//!   each directory on the way is created with its own (ACL, then mode, then owner: chown
+//!   leaves a directory's set-group-ID bit alone, chmod would drop it for a foreign group),
+//!   and the open directory is bind-mounted (`fchdir` to it, then `MS_BIND | MS_REC` of `.`:
+//!   no `/proc` needed) onto an empty directory at its own path, then made private.
+//!
+//! Step 7 then walks to the working directory through copies that make the same
+//! permission checks as the host's directories, into the host's directory itself.
+//!
 //! A failure before exec is written to a close-on-exec status pipe (step, detail, errno)
 //! before the child exits, so the parent can tell a cgroup or namespace error, "the working
 //! directory is not accessible", "command not found" (127) and "not executable" (126) apart.
 //! The pipe closing with nothing written means the exec succeeded.
 //!
-//! Limitations: with `--isolate mount` a working directory below `/tmp` is refused (the
-//! private `/tmp` is empty and hides the host's; `/tmp` itself is the private one), since
-//! keeping a host directory as the working directory while `/tmp` names another tree would
-//! be a trap. In a pid namespace the command is PID 1: signals it has no handler for are
+//! Limitations: a working directory kept by a private `/tmp` is resolved in the parent,
+//! before the clone: one on a file system that never answers blocks that start where the
+//! run's timeout cannot end it (runs without a private `/tmp` resolve nothing). Only the
+//! owner, group, mode and POSIX ACL of the directories above it are copied, not security
+//! labels (SELinux, Smack); the copies hold nothing but the way down, so `ls ..` there
+//! shows one entry; a POSIX ACL of more than 32 entries is refused. Resolving and walking
+//! happen as root, so a directory root cannot look into (a user's FUSE mount without
+//! `allow_other`) cannot be kept: the run fails to start. The resolution (as root) and the
+//! check of 3a are two look-ups: a symlink its owner changes between them can show the
+//! owner the name of the directory it resolved to, never let them into one they cannot
+//! enter. In a pid namespace the command is PID 1: signals it has no handler for are
 //! ignored when sent from inside (`kill $$` does nothing; the daemon's SIGKILL works), it
 //! reaps orphans only if it waits for them, and when it exits the kernel kills the rest of
 //! the namespace. rlimits are not set here.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -121,12 +157,27 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
-    /// The working directory is below `/tmp`, which a private `/tmp` hides.
+    /// The working directory is too deep below `/tmp` for a private `/tmp` to keep.
     #[error(
-        "working directory {0} is under /tmp, which --isolate mount hides behind an empty \
-         private /tmp; use a directory outside /tmp (or /tmp itself, the private one)"
+        "working directory {cwd} is more than {limit} directories below /tmp, the most \
+         --isolate mount keeps in its private /tmp"
     )]
-    CwdHiddenByPrivateTmp(String),
+    CwdTooDeep {
+        /// The directory, as given.
+        cwd: String,
+        /// [`MAX_BELOW_TMP`].
+        limit: usize,
+    },
+    /// Keeping the working directory below `/tmp` in the private `/tmp` failed.
+    #[error("cannot keep working directory {cwd} in the private /tmp ({step}): {source}")]
+    CwdBind {
+        /// The directory, resolved.
+        cwd: String,
+        /// What was being done.
+        step: &'static str,
+        /// Why.
+        source: io::Error,
+    },
     /// Placing the process in its cgroup failed.
     #[error("cannot place the run in its cgroup {path}: {source}")]
     Cgroup {
@@ -235,35 +286,97 @@ impl Stage {
     }
 }
 
-/// The steps of setting up namespaces, by the detail byte of a [`Stage::Namespace`] failure.
-const NS_STEPS: [&str; 5] = [
-    "making / private",
-    "mounting a private /tmp",
-    "mounting /proc of the pid namespace",
-    "setting the hostname",
-    "bringing lo up",
+/// The steps of setting up namespaces: the detail byte of a [`Stage::Namespace`] failure,
+/// so the parent's error says which one failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum NsStep {
+    PrivateRoot,
+    PrivateTmp,
+    Proc,
+    Hostname,
+    Loopback,
+    // Keeping a working directory below /tmp (3b, 3c); their errors name the directory.
+    HostDir,
+    HostAttributes,
+    CopyDir,
+    BindCwd,
+    PrivateCwd,
+}
+
+/// Every [`NsStep`] in the order of its byte, with what an error message says of it.
+const NS_STEPS: [(NsStep, &str); 10] = [
+    (NsStep::PrivateRoot, "making / private"),
+    (NsStep::PrivateTmp, "mounting a private /tmp"),
+    (NsStep::Proc, "mounting /proc of the pid namespace"),
+    (NsStep::Hostname, "setting the hostname"),
+    (NsStep::Loopback, "bringing lo up"),
+    (
+        NsStep::HostDir,
+        "opening it and the directories above it on the host, without following a symlink",
+    ),
+    (
+        NsStep::HostAttributes,
+        "reading the owner, group, mode and ACL of a directory above it",
+    ),
+    (
+        NsStep::CopyDir,
+        "recreating the directories above it with their owner, group, mode and ACL",
+    ),
+    (NsStep::BindCwd, "bind-mounting it"),
+    (NsStep::PrivateCwd, "making its bind mount private"),
 ];
 
+impl NsStep {
+    /// The step of a detail byte, with its description.
+    fn from_byte(b: u8) -> Option<(NsStep, &'static str)> {
+        NS_STEPS.get(b as usize).copied()
+    }
+
+    /// Whether the step keeps the working directory (its error names the directory).
+    fn keeps_cwd(self) -> bool {
+        self as u8 >= NsStep::HostDir as u8
+    }
+}
+
+/// Why the child cannot go on: the status message it writes before it exits.
+#[derive(Debug, Clone, Copy)]
+struct Failure {
+    stage: Stage,
+    detail: u8,
+    errno: i32,
+}
+
+impl Failure {
+    /// The failure of the system call just made (its errno).
+    fn now(stage: Stage, detail: u8) -> Failure {
+        Failure {
+            stage,
+            detail,
+            errno: errno(),
+        }
+    }
+
+    /// A namespace step whose system call just failed.
+    fn ns(step: NsStep) -> Failure {
+        Failure::now(Stage::Namespace, step as u8)
+    }
+}
+
 /// A mount the child makes in its own mount namespace.
-struct Mount {
-    source: Option<&'static CStr>,
-    target: &'static CStr,
-    fstype: Option<&'static CStr>,
+struct Mount<'a> {
+    source: Option<&'a CStr>,
+    target: &'a CStr,
+    fstype: Option<&'a CStr>,
     flags: libc::c_ulong,
-    data: Option<&'static CStr>,
+    data: Option<&'a CStr>,
 }
 
 /// Nothing mounted in the run's namespace propagates to the host.
-const PRIVATE_ROOT: Mount = Mount {
-    source: None,
-    target: c"/",
-    fstype: None,
-    flags: libc::MS_REC | libc::MS_PRIVATE,
-    data: None,
-};
+const PRIVATE_ROOT: Mount<'static> = Mount::private(c"/");
 
 /// An empty `/tmp` of the run's own.
-const PRIVATE_TMP: Mount = Mount {
+const PRIVATE_TMP: Mount<'static> = Mount {
     source: Some(c"tmpfs"),
     target: c"/tmp",
     fstype: Some(c"tmpfs"),
@@ -272,7 +385,7 @@ const PRIVATE_TMP: Mount = Mount {
 };
 
 /// A proc of the pid namespace the mounting process is in.
-const PROC: Mount = Mount {
+const PROC: Mount<'static> = Mount {
     source: Some(c"proc"),
     target: c"/proc",
     fstype: Some(c"proc"),
@@ -280,7 +393,29 @@ const PROC: Mount = Mount {
     data: None,
 };
 
-impl Mount {
+impl<'a> Mount<'a> {
+    /// `target` and everything mounted below it made private: nothing propagates.
+    const fn private(target: &'a CStr) -> Mount<'a> {
+        Mount {
+            source: None,
+            target,
+            fstype: None,
+            flags: libc::MS_REC | libc::MS_PRIVATE,
+            data: None,
+        }
+    }
+
+    /// The current directory, with everything mounted below it, bound onto `target`.
+    const fn bind_cwd(target: &'a CStr) -> Mount<'a> {
+        Mount {
+            source: Some(c"."),
+            target,
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+        }
+    }
+
     /// mount(2); async-signal-safe.
     fn mount(&self) -> bool {
         let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
@@ -295,6 +430,140 @@ impl Mount {
             ) == 0
         }
     }
+
+    /// [`Mount::mount`], its failure that of `step`.
+    fn mount_as(&self, step: NsStep) -> Result<(), Failure> {
+        if self.mount() {
+            Ok(())
+        } else {
+            Err(Failure::ns(step))
+        }
+    }
+}
+
+/// How deep below `/tmp` a working directory that a private `/tmp` keeps may be: the child
+/// records `/tmp` and each directory above the working directory in an array of this many
+/// entries on its stack (under 10 KiB).
+pub const MAX_BELOW_TMP: usize = 32;
+
+/// The extended attribute holding a file's POSIX ACL.
+const ACL_XATTR: &CStr = c"system.posix_acl_access";
+
+/// Room for a POSIX ACL of up to 32 entries as its extended attribute holds it: a 4-byte
+/// header and 8 bytes an entry.
+const ACL_MAX: usize = 4 + 8 * 32;
+
+/// What the permission checks of a path walk see of a directory: recorded on the host by
+/// the child (3b), given to the directory's copy in the private `/tmp` (3c).
+#[derive(Clone, Copy)]
+struct DirAccess {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    /// Permission and set-id bits.
+    mode: libc::mode_t,
+    /// `system.posix_acl_access`, `acl_len` bytes of it (none: no ACL).
+    acl: [u8; ACL_MAX],
+    acl_len: usize,
+}
+
+impl DirAccess {
+    const NONE: DirAccess = DirAccess {
+        uid: 0,
+        gid: 0,
+        mode: 0,
+        acl: [0; ACL_MAX],
+        acl_len: 0,
+    };
+}
+
+/// A working directory below the host's `/tmp` that the private `/tmp` keeps, as the
+/// parent prepares it for the child.
+struct KeptCwd<'a> {
+    /// The components of its resolved path below `/tmp`, opened one from the other on the
+    /// host (never empty).
+    names: &'a [CString],
+    /// `/tmp` and each directory down to it, as paths in the private `/tmp` (`/tmp`,
+    /// `/tmp/a`, `/tmp/a/b` for `/tmp/a/b`): one more than `names`; the last is the mount
+    /// point.
+    paths: &'a [CString],
+}
+
+/// Where the child enters, decided by the parent before the clone.
+#[derive(Debug, PartialEq, Eq)]
+struct WorkDir {
+    /// What `chdir` takes, as the caller (step 7).
+    enter: PathBuf,
+    /// The path as given, when it is not `enter` (or did not resolve): opened as the caller
+    /// first (3a).
+    check: Option<PathBuf>,
+    /// The components of `enter` below `/tmp`, which the private `/tmp` keeps (3b, 3c);
+    /// none for `/tmp` itself or a directory elsewhere.
+    below_tmp: Vec<OsString>,
+}
+
+impl WorkDir {
+    /// For a run that sees the host's `/tmp`: the path as given, nothing resolved or kept.
+    fn as_given(cwd: &Path) -> WorkDir {
+        WorkDir {
+            enter: cwd.to_path_buf(),
+            check: None,
+            below_tmp: Vec::new(),
+        }
+    }
+
+    /// For a run with a private `/tmp`: from `cwd` as given and what it resolved to
+    /// (`realpath` as root, in the parent). A path that did not resolve is entered as
+    /// given, after the caller's own look-up (which then fails with the caller's errno).
+    fn with_private_tmp(cwd: &Path, resolved: io::Result<PathBuf>) -> Result<WorkDir, Error> {
+        let Ok(resolved) = resolved else {
+            return Ok(WorkDir {
+                check: Some(cwd.to_path_buf()),
+                ..WorkDir::as_given(cwd)
+            });
+        };
+        let below_tmp = below_tmp(&resolved);
+        if below_tmp.len() > MAX_BELOW_TMP {
+            return Err(Error::CwdTooDeep {
+                cwd: cwd.display().to_string(),
+                limit: MAX_BELOW_TMP,
+            });
+        }
+        Ok(WorkDir {
+            check: (resolved != cwd).then(|| cwd.to_path_buf()),
+            enter: resolved,
+            below_tmp,
+        })
+    }
+
+    /// `/tmp` and each directory down to `enter`, as [`KeptCwd::paths`]; none when nothing
+    /// is kept.
+    fn private_paths(&self) -> Vec<PathBuf> {
+        if self.below_tmp.is_empty() {
+            return Vec::new();
+        }
+        let mut path = PathBuf::from("/tmp");
+        let mut paths = vec![path.clone()];
+        for name in &self.below_tmp {
+            path.push(name);
+            paths.push(path.clone());
+        }
+        paths
+    }
+}
+
+/// The components of a resolved `path` below `/tmp`: none for `/tmp` itself, a path
+/// elsewhere, or one with `.` or `..` (which a resolved path never has: left to `chdir`).
+fn below_tmp(path: &Path) -> Vec<OsString> {
+    let Ok(rest) = path.strip_prefix("/tmp") else {
+        return Vec::new();
+    };
+    rest.components()
+        .map(|c| match c {
+            Component::Normal(name) => Some(name.to_owned()),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default()
 }
 
 /// Detail byte of a cgroup failure on the `cgroup.procs` file of the v2 directory.
@@ -317,7 +586,12 @@ struct Plan<'a> {
     candidates: &'a [CString],
     procs_v1: &'a [CString],
     procs_v2: Option<&'a CStr>,
+    /// Entered as the caller (step 7).
     cwd: &'a CStr,
+    /// The working directory as given, opened as the caller first (3a).
+    cwd_as_given: Option<&'a CStr>,
+    /// A working directory below `/tmp` that the private `/tmp` keeps (3b, 3c).
+    kept_cwd: Option<KeptCwd<'a>>,
     groups: &'a [libc::gid_t],
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -376,18 +650,6 @@ fn candidates(program: &str, path: Option<&str>) -> Vec<CString> {
         .collect()
 }
 
-/// Whether `cwd` lies below `/tmp`, which the private `/tmp` of `--isolate mount` hides
-/// (`/tmp` itself is the private one). Lexical: a path with `..` is left to `chdir`.
-fn hidden_by_private_tmp(cwd: &Path) -> bool {
-    if cwd.components().any(|c| c == Component::ParentDir) {
-        return false;
-    }
-    let mut c = cwd.components();
-    c.next() == Some(Component::RootDir)
-        && c.next() == Some(Component::Normal("tmp".as_ref()))
-        && c.next().is_some()
-}
-
 /// `ptrs` of `strings` followed by a null pointer (an `execve` vector).
 fn nul_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings
@@ -411,9 +673,13 @@ fn start_with(spec: &Spec, mode: CloneMode) -> Result<Started, Error> {
     let spawn_err = |e: io::Error| Error::Spawn(program.clone(), e);
     let cstring = |bytes: Vec<u8>| CString::new(bytes).map_err(|e| spawn_err(io::Error::other(e)));
     let isolated = |i: Isolation| spec.isolate.contains(&i);
-    if isolated(Isolation::Mount) && hidden_by_private_tmp(&spec.cwd) {
-        return Err(Error::CwdHiddenByPrivateTmp(spec.cwd.display().to_string()));
-    }
+    // A private /tmp keeps a working directory below the host's: resolved here, as root
+    // (the child checks the caller's own look-up, 3a).
+    let workdir = if isolated(Isolation::Mount) {
+        WorkDir::with_private_tmp(&spec.cwd, std::fs::canonicalize(&spec.cwd))?
+    } else {
+        WorkDir::as_given(&spec.cwd)
+    };
 
     // Everything the child reads, allocated now.
     let argv: Vec<CString> = spec
@@ -450,7 +716,19 @@ fn start_with(spec: &Spec, mode: CloneMode) -> Result<Started, Error> {
         .as_ref()
         .map(|d| cstring(d.join("cgroup.procs").into_os_string().into_encoded_bytes()))
         .transpose()?;
-    let cwd = cstring(spec.cwd.as_os_str().as_encoded_bytes().to_vec())?;
+    let path_cstring = |p: &Path| cstring(p.as_os_str().as_encoded_bytes().to_vec());
+    let cwd = path_cstring(&workdir.enter)?;
+    let cwd_as_given = workdir.check.as_deref().map(path_cstring).transpose()?;
+    let kept_names: Vec<CString> = workdir
+        .below_tmp
+        .iter()
+        .map(|name| cstring(name.as_encoded_bytes().to_vec()))
+        .collect::<Result<_, _>>()?;
+    let kept_paths: Vec<CString> = workdir
+        .private_paths()
+        .iter()
+        .map(|p| path_cstring(p))
+        .collect::<Result<_, _>>()?;
     let groups: Vec<libc::gid_t> = spec.groups.clone();
     let cgroup_error = |path: &Path, source: io::Error| Error::Cgroup {
         path: path.display().to_string(),
@@ -495,6 +773,11 @@ fn start_with(spec: &Spec, mode: CloneMode) -> Result<Started, Error> {
         procs_v1: &procs_v1,
         procs_v2: None,
         cwd: &cwd,
+        cwd_as_given: cwd_as_given.as_deref(),
+        kept_cwd: (!kept_names.is_empty()).then_some(KeptCwd {
+            names: &kept_names,
+            paths: &kept_paths,
+        }),
         groups: &groups,
         uid: spec.uid,
         gid: spec.gid,
@@ -560,7 +843,7 @@ fn start_with(spec: &Spec, mode: CloneMode) -> Result<Started, Error> {
         stderr: err_r,
         status: Some(status_r),
         born_in_cgroup: into_cgroup,
-        origin: Origin::of(spec),
+        origin: Origin::of(spec, &workdir),
     })
 }
 
@@ -586,12 +869,12 @@ struct Origin {
 }
 
 impl Origin {
-    fn of(spec: &Spec) -> Self {
+    fn of(spec: &Spec, workdir: &WorkDir) -> Self {
         Self {
             program: spec.argv.first().cloned().unwrap_or_default(),
             cgroup_v2: spec.cgroup_v2.clone(),
             cgroup_procs: spec.cgroup_procs.clone(),
-            cwd: spec.cwd.clone(),
+            cwd: workdir.enter.clone(),
             uid: spec.uid,
         }
     }
@@ -875,25 +1158,8 @@ unsafe fn exec_child(p: &mut Plan<'_>) -> ! {
         if p.deterministic && libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong) < 0 {
             fail_now(Stage::Personality, 0);
         }
-        // In the order of NS_STEPS, whose index is the detail of a failure.
-        let mounts = [
-            (p.private_root, &PRIVATE_ROOT),
-            (p.private_tmp, &PRIVATE_TMP),
-            (p.proc_mount, &PROC),
-        ];
-        for (step, (wanted, m)) in mounts.into_iter().enumerate() {
-            if wanted && !m.mount() {
-                fail_now(Stage::Namespace, step as u8);
-            }
-        }
-        if p.hostname {
-            let name = b"cleanroom";
-            if libc::sethostname(name.as_ptr().cast(), name.len()) < 0 {
-                fail_now(Stage::Namespace, 3);
-            }
-        }
-        if p.loopback && !loopback_up() {
-            fail_now(Stage::Namespace, 4);
+        if let Err(f) = namespaces(p) {
+            fail(status, f.stage, f.detail, f.errno);
         }
         // Resource limits while privileged (raising a hard limit needs
         // CAP_SYS_RESOURCE); they survive setuid and exec.
@@ -995,6 +1261,235 @@ unsafe fn exec_child(p: &mut Plan<'_>) -> ! {
             error = libc::EACCES;
         }
         fail(status, Stage::Exec, 0, error)
+    }
+}
+
+/// Step 3 after the personality: the namespaces' contents, with the working directory
+/// checked (3a) and kept (3b, 3c) as the module documentation says.
+///
+/// # Safety
+/// Only in the child of [`clone_process`], still root: async-signal-safe system calls on
+/// `p` (prepared before the clone) and on the stack.
+unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
+    // SAFETY: as the function's contract says.
+    unsafe {
+        // 3a, while the host's tree is still in view.
+        if let Some(given) = p.cwd_as_given {
+            open_as_caller(given, p)?;
+        }
+        if p.private_root {
+            PRIVATE_ROOT.mount_as(NsStep::PrivateRoot)?;
+        }
+        match &p.kept_cwd {
+            Some(kept) => {
+                // 3b before the tmpfs hides the host's /tmp, 3c after.
+                let mut above = [DirAccess::NONE; MAX_BELOW_TMP];
+                let cwd = walk_host(kept, &mut above)?;
+                PRIVATE_TMP.mount_as(NsStep::PrivateTmp)?;
+                keep_cwd(kept, &above, cwd)?;
+            }
+            None if p.private_tmp => PRIVATE_TMP.mount_as(NsStep::PrivateTmp)?,
+            None => {}
+        }
+        if p.proc_mount {
+            PROC.mount_as(NsStep::Proc)?;
+        }
+        let name = b"cleanroom";
+        if p.hostname && libc::sethostname(name.as_ptr().cast(), name.len()) < 0 {
+            return Err(Failure::ns(NsStep::Hostname));
+        }
+        if p.loopback && !loopback_up() {
+            return Err(Failure::ns(NsStep::Loopback));
+        }
+        Ok(())
+    }
+}
+
+/// 3a: opens `path` as the caller (their groups, fsgid and fsuid: the ids and the file
+/// capabilities permission checks use), then takes back the fsuid and fsgid of root. The
+/// caller's groups stay; step 5 sets them anyway.
+///
+/// # Safety
+/// Only in the child, which it changes: raw system calls on memory prepared before the
+/// clone.
+unsafe fn open_as_caller(path: &CStr, p: &Plan<'_>) -> Result<(), Failure> {
+    // SAFETY: system calls on NUL-terminated paths and the prepared group list. Raw, as in
+    // step 5: glibc's wrappers would act on every thread it believes the process has.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) < 0
+            || !set_fs_ids(p.uid, p.gid)
+        {
+            return Err(Failure::now(Stage::Ids, 0));
+        }
+        let fd = libc::open(
+            path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        let refused = Failure::now(Stage::Cwd, 0);
+        if !set_fs_ids(libc::geteuid(), libc::getegid()) {
+            return Err(Failure::now(Stage::Ids, 0));
+        }
+        if fd < 0 {
+            return Err(refused);
+        }
+        libc::close(fd);
+        Ok(())
+    }
+}
+
+/// Sets the fsuid and fsgid of this process; whether both took. An fsuid other than 0
+/// leaves the file capabilities (CAP_DAC_OVERRIDE, ...) out of the effective set; 0 brings
+/// them back.
+///
+/// # Safety
+/// Only in the child: it changes this thread's credentials only (a raw system call).
+unsafe fn set_fs_ids(uid: libc::uid_t, gid: libc::gid_t) -> bool {
+    // SAFETY: plain system calls. Each returns the id before; an invalid id (-1) changes
+    // nothing, so it reads the id now.
+    unsafe {
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+        libc::syscall(libc::SYS_setfsgid, libc::gid_t::MAX) == libc::c_long::from(gid)
+            && libc::syscall(libc::SYS_setfsuid, libc::uid_t::MAX) == libc::c_long::from(uid)
+    }
+}
+
+/// 3b: opens the host's `/tmp`, then each directory of `kept.names` from the one before,
+/// never through a symlink, recording `/tmp` and every directory above the working
+/// directory in `above` (in path order); returns the working directory, opened `O_PATH`.
+/// On failure the descriptors are left to the child's exit.
+///
+/// # Safety
+/// Only in the child: system calls on memory prepared before the clone and on `above`.
+unsafe fn walk_host(
+    kept: &KeptCwd<'_>,
+    above: &mut [DirAccess; MAX_BELOW_TMP],
+) -> Result<RawFd, Failure> {
+    // Read, not O_PATH, for fgetxattr (which refuses an O_PATH descriptor before Linux
+    // 6.13); root reads any directory.
+    const DIR: libc::c_int =
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    const CWD: libc::c_int = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: NUL-terminated names; descriptors this function opened.
+    unsafe {
+        let mut fd = libc::open(c"/tmp".as_ptr(), DIR);
+        if fd < 0 {
+            return Err(Failure::ns(NsStep::HostDir));
+        }
+        for (i, name) in kept.names.iter().enumerate() {
+            let Some(record) = above.get_mut(i) else {
+                // More than the parent lets through.
+                return Err(Failure {
+                    errno: libc::ENAMETOOLONG,
+                    ..Failure::ns(NsStep::HostDir)
+                });
+            };
+            read_access(fd, record)?;
+            let last = i + 1 == kept.names.len();
+            let next = libc::openat(fd, name.as_ptr(), if last { CWD } else { DIR });
+            let failed = Failure::ns(NsStep::HostDir);
+            libc::close(fd);
+            if next < 0 {
+                return Err(failed);
+            }
+            fd = next;
+        }
+        Ok(fd)
+    }
+}
+
+/// Records what permission checks see of the directory open on `fd`: owner, group, mode
+/// and POSIX ACL.
+///
+/// # Safety
+/// Async-signal-safe: fstat and fgetxattr into `into`.
+unsafe fn read_access(fd: RawFd, into: &mut DirAccess) -> Result<(), Failure> {
+    // SAFETY: a zeroed stat is a valid value for fstat to overwrite; the ACL buffer is
+    // ACL_MAX bytes long.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) < 0 {
+            return Err(Failure::ns(NsStep::HostAttributes));
+        }
+        into.uid = st.st_uid;
+        into.gid = st.st_gid;
+        into.mode = st.st_mode & 0o7777;
+        let n = libc::fgetxattr(
+            fd,
+            ACL_XATTR.as_ptr(),
+            into.acl.as_mut_ptr().cast(),
+            ACL_MAX,
+        );
+        into.acl_len = match n {
+            n if n >= 0 => n as usize,
+            // No ACL, or a file system without them: the mode says it all.
+            _ if matches!(errno(), libc::ENODATA | libc::EOPNOTSUPP) => 0,
+            // ERANGE: more entries than ACL_MAX holds.
+            _ => return Err(Failure::ns(NsStep::HostAttributes)),
+        };
+        Ok(())
+    }
+}
+
+/// 3c, in the private `/tmp`: gives `/tmp` the recorded attributes of the host's, creates
+/// each directory down to the working directory with its own and an empty mount point for
+/// it, and binds the working directory, open on `cwd`, there.
+///
+/// # Safety
+/// Only in the child, in its own mount namespace with the private `/tmp` mounted: system
+/// calls on memory prepared before the clone and on `above`.
+unsafe fn keep_cwd(
+    kept: &KeptCwd<'_>,
+    above: &[DirAccess; MAX_BELOW_TMP],
+    cwd: RawFd,
+) -> Result<(), Failure> {
+    let Some((mount_point, way)) = kept.paths.split_last() else {
+        return Err(Failure {
+            errno: libc::EINVAL,
+            ..Failure::ns(NsStep::CopyDir)
+        });
+    };
+    // SAFETY: NUL-terminated paths; a descriptor walk_host opened.
+    unsafe {
+        for (i, (path, access)) in way.iter().zip(above).enumerate() {
+            // /tmp, the first, is the tmpfs itself.
+            if i > 0 && libc::mkdir(path.as_ptr(), 0o700) < 0 {
+                return Err(Failure::ns(NsStep::CopyDir));
+            }
+            copy_access(path, access)?;
+        }
+        if libc::mkdir(mount_point.as_ptr(), 0o700) < 0 {
+            return Err(Failure::ns(NsStep::CopyDir));
+        }
+        // The descriptor as mount's source: `.` once it is the current directory.
+        if libc::fchdir(cwd) < 0 {
+            return Err(Failure::ns(NsStep::BindCwd));
+        }
+        Mount::bind_cwd(mount_point).mount_as(NsStep::BindCwd)?;
+        Mount::private(mount_point).mount_as(NsStep::PrivateCwd)?;
+        libc::close(cwd);
+        Ok(())
+    }
+}
+
+/// Gives the directory at `path` the recorded ACL, mode and owner, in that order: chmod
+/// keeps the set-group-ID bit only while the group is root's (the daemon has no
+/// CAP_FSETID), and chown leaves a directory's alone.
+///
+/// # Safety
+/// Async-signal-safe: setxattr, chmod, chown.
+unsafe fn copy_access(path: &CStr, access: &DirAccess) -> Result<(), Failure> {
+    // SAFETY: a NUL-terminated path; acl_len is at most the buffer's length.
+    unsafe {
+        let acl = access.acl.as_ptr().cast();
+        if (access.acl_len > 0
+            && libc::setxattr(path.as_ptr(), ACL_XATTR.as_ptr(), acl, access.acl_len, 0) < 0)
+            || libc::chmod(path.as_ptr(), access.mode) < 0
+            || libc::chown(path.as_ptr(), access.uid, access.gid) < 0
+        {
+            return Err(Failure::ns(NsStep::CopyDir));
+        }
+        Ok(())
     }
 }
 
@@ -1103,9 +1598,16 @@ fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
                 source,
             }
         }
-        Stage::Namespace => Error::Namespace {
-            step: NS_STEPS.get(msg[1] as usize).copied().unwrap_or("setup"),
-            source,
+        Stage::Namespace => match NsStep::from_byte(msg[1]) {
+            Some((step, what)) if step.keeps_cwd() => Error::CwdBind {
+                cwd: spec.cwd.display().to_string(),
+                step: what,
+                source,
+            },
+            step => Error::Namespace {
+                step: step.map_or("setup", |(_, what)| what),
+                source,
+            },
         },
         Stage::Cwd => Error::Cwd {
             cwd: spec.cwd.display().to_string(),
@@ -1261,22 +1763,148 @@ mod tests {
     }
 
     #[test]
-    fn only_directories_below_tmp_are_hidden_by_a_private_tmp() {
-        for (cwd, hidden) in [
-            ("/tmp/x", true),
-            ("/tmp/x/y", true),
-            ("//tmp//x", true),
-            ("/tmp/./x", true),
-            ("/tmp", false),
-            ("/tmp/", false),
-            ("/tmp/.", false),
-            ("/tmpfoo/x", false),
-            ("/var/tmp/x", false),
-            ("/tmp/../home", false),
-            ("/", false),
-        ] {
-            assert_eq!(hidden_by_private_tmp(Path::new(cwd)), hidden, "{cwd}");
+    fn a_private_tmp_enters_the_resolved_path_and_keeps_it_when_below_tmp() {
+        /// As given, resolved (None: it did not), entered, checked as the caller first, kept
+        /// below /tmp.
+        type Case = (
+            &'static str,
+            Option<&'static str>,
+            &'static str,
+            Option<&'static str>,
+            &'static [&'static str],
+        );
+        let cases: &[Case] = &[
+            ("/home/x", Some("/home/x"), "/home/x", None, &[]),
+            ("/tmp/x", Some("/tmp/x"), "/tmp/x", None, &["x"]),
+            (
+                "/tmp/a/b/c",
+                Some("/tmp/a/b/c"),
+                "/tmp/a/b/c",
+                None,
+                &["a", "b", "c"],
+            ),
+            // Spelled differently, the same path: nothing to check.
+            ("//tmp//x/", Some("/tmp/x"), "/tmp/x", None, &["x"]),
+            ("/tmp/./x", Some("/tmp/x"), "/tmp/x", None, &["x"]),
+            // A symlink out of /tmp: entered where it leads, nothing to keep.
+            (
+                "/tmp/link",
+                Some("/home/x"),
+                "/home/x",
+                Some("/tmp/link"),
+                &[],
+            ),
+            // A symlink into /tmp, and `..`: kept at the resolved path.
+            (
+                "/home/link",
+                Some("/tmp/x"),
+                "/tmp/x",
+                Some("/home/link"),
+                &["x"],
+            ),
+            (
+                "/tmp/a/../b",
+                Some("/tmp/b"),
+                "/tmp/b",
+                Some("/tmp/a/../b"),
+                &["b"],
+            ),
+            // /tmp itself is the private one.
+            ("/tmp", Some("/tmp"), "/tmp", None, &[]),
+            ("/tmp/x/..", Some("/tmp"), "/tmp", Some("/tmp/x/.."), &[]),
+            ("/tmpfoo/x", Some("/tmpfoo/x"), "/tmpfoo/x", None, &[]),
+            ("/var/tmp/x", Some("/var/tmp/x"), "/var/tmp/x", None, &[]),
+            ("/", Some("/"), "/", None, &[]),
+            // Not resolved: left to the caller's own look-up.
+            ("/tmp/gone", None, "/tmp/gone", Some("/tmp/gone"), &[]),
+            ("/home/gone", None, "/home/gone", Some("/home/gone"), &[]),
+        ];
+        for (given, resolved, enter, check, kept) in cases {
+            let resolved = resolved
+                .map(PathBuf::from)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT));
+            let w = WorkDir::with_private_tmp(Path::new(given), resolved).unwrap();
+            let want = WorkDir {
+                enter: enter.into(),
+                check: check.map(PathBuf::from),
+                below_tmp: kept.iter().map(OsString::from).collect(),
+            };
+            assert_eq!(w, want, "{given}");
         }
+        let w = WorkDir::as_given(Path::new("/tmp/x"));
+        assert_eq!((w.check, w.below_tmp.len()), (None, 0), "no private /tmp");
+    }
+
+    #[test]
+    fn the_private_paths_lead_from_tmp_to_the_mount_point() {
+        let cases: &[(&str, &[&str])] = &[
+            ("/tmp/x", &["/tmp", "/tmp/x"]),
+            ("/tmp/a/b/c", &["/tmp", "/tmp/a", "/tmp/a/b", "/tmp/a/b/c"]),
+            (
+                "/tmp/with space/é",
+                &["/tmp", "/tmp/with space", "/tmp/with space/é"],
+            ),
+            ("/tmp", &[]),
+            ("/home/x", &[]),
+        ];
+        for (resolved, want) in cases {
+            let w = WorkDir::with_private_tmp(Path::new(resolved), Ok(resolved.into())).unwrap();
+            let paths = w.private_paths();
+            assert_eq!(paths, want.iter().map(PathBuf::from).collect::<Vec<_>>());
+            if !paths.is_empty() {
+                assert_eq!(paths.len(), w.below_tmp.len() + 1, "{resolved}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_private_tmp_keeps_at_most_max_below_tmp_directories() {
+        let deep = |n: usize| format!("/tmp{}", "/d".repeat(n));
+        let w = WorkDir::with_private_tmp(Path::new("/tmp/l"), Ok(deep(MAX_BELOW_TMP).into()));
+        assert_eq!(w.unwrap().below_tmp.len(), MAX_BELOW_TMP);
+        let e = WorkDir::with_private_tmp(Path::new("/tmp/l"), Ok(deep(MAX_BELOW_TMP + 1).into()))
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::CwdTooDeep { cwd, limit } if cwd == "/tmp/l" && *limit == 32),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "working directory /tmp/l is more than 32 directories below /tmp, the most \
+             --isolate mount keeps in its private /tmp"
+        );
+    }
+
+    #[test]
+    fn namespace_steps_are_told_apart_by_their_byte() {
+        for (i, (step, what)) in NS_STEPS.iter().enumerate() {
+            assert_eq!(*step as usize, i, "NS_STEPS in byte order: {what}");
+            assert_eq!(NsStep::from_byte(i as u8), Some((*step, *what)));
+        }
+        assert_eq!(NsStep::from_byte(NS_STEPS.len() as u8), None);
+        let keeps: Vec<NsStep> = NS_STEPS
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| s.keeps_cwd())
+            .collect();
+        use NsStep::*;
+        assert_eq!(
+            keeps,
+            [HostDir, HostAttributes, CopyDir, BindCwd, PrivateCwd]
+        );
+        // The parent names the kept directory in their errors, and only in theirs.
+        let w = WorkDir::with_private_tmp(Path::new("/tmp/l"), Ok("/tmp/a/b".into())).unwrap();
+        let msg = |step: NsStep| {
+            let mut m = [Stage::Namespace as u8, step as u8, 0, 0, 0, 0];
+            m[2..].copy_from_slice(&libc::ENOENT.to_ne_bytes());
+            classify(&Origin::of(&spec(&["true"]), &w), m).to_string()
+        };
+        assert_eq!(
+            msg(BindCwd),
+            "cannot keep working directory /tmp/a/b in the private /tmp (bind-mounting it): \
+             No such file or directory (os error 2)"
+        );
+        assert!(msg(Hostname).starts_with("cannot set up the run's namespaces (setting"));
     }
 
     #[test]
@@ -1366,6 +1994,122 @@ mod tests {
             let (out, _, _) = run(&s, mode).unwrap();
             assert_eq!(out, "1 /proc/1\n", "{mode:?}: PID 1, alone in its /proc");
         }
+    }
+
+    /// A POSIX ACL as its extended attribute holds it, from (tag, permissions, id) entries.
+    fn acl_xattr(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in entries {
+            acl.extend(tag.to_le_bytes());
+            acl.extend(perm.to_le_bytes());
+            acl.extend(id.to_le_bytes());
+        }
+        acl
+    }
+
+    fn path_c(p: &Path) -> CString {
+        CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+    }
+
+    /// The ACL of `path` as hex, as Python's `os.getxattr(...).hex()` prints it.
+    fn acl_hex(path: &Path) -> String {
+        let mut buf = [0u8; ACL_MAX];
+        let p = path_c(path);
+        // SAFETY: a NUL-terminated path and a buffer of the length given.
+        let n = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                ACL_XATTR.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert!(n > 0, "{}: {}", path.display(), io::Error::last_os_error());
+        buf[..n as usize]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn a_private_tmp_keeps_a_working_directory_below_tmp_and_the_way_to_it() {
+        if !root_or_skip("a_private_tmp_keeps_a_working_directory_below_tmp_and_the_way_to_it") {
+            return;
+        }
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let top = tempfile::tempdir_in("/tmp").unwrap();
+        let a = top.path().join("a");
+        let cwd = a.join("b");
+        std::fs::create_dir_all(&cwd).unwrap();
+        std::fs::write(cwd.join("file"), "inside\n").unwrap();
+        std::os::unix::fs::symlink("a/b", top.path().join("link")).unwrap();
+        // On the way down: a foreign owner, set-group-ID, and an ACL (user 1 r-x).
+        let nobody = Some(65534);
+        std::os::unix::fs::chown(&a, nobody, nobody).unwrap();
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o2751)).unwrap();
+        let none = u32::MAX;
+        let acl = acl_xattr(&[
+            (1, 7, none),
+            (2, 5, 1),
+            (4, 5, none),
+            (0x10, 5, none),
+            (0x20, 1, none),
+        ]);
+        // SAFETY: NUL-terminated strings and a buffer of the length given.
+        let set = unsafe {
+            libc::setxattr(
+                path_c(&a).as_ptr(),
+                ACL_XATTR.as_ptr(),
+                acl.as_ptr().cast(),
+                acl.len(),
+                0,
+            )
+        };
+        assert_eq!(set, 0, "{}", io::Error::last_os_error());
+        let host_only = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+        let attrs = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            format!("{:o} {} {}", m.mode() & 0o7777, m.uid(), m.gid())
+        };
+        let script = format!(
+            "cat file; pwd; stat -c '%a %u %g' .. ../.. /tmp; \
+             python3 -c \"import os; print(os.getxattr('..', 'system.posix_acl_access').hex())\"; \
+             ls -A /tmp ../..; test -e {} || echo host file hidden; echo out > made",
+            host_only.path().display()
+        );
+        let name = top.path().file_name().unwrap().to_str().unwrap();
+        let want = [
+            "inside",
+            cwd.to_str().unwrap(),
+            &attrs(&a),
+            &attrs(top.path()),
+            &attrs(Path::new("/tmp")),
+            &acl_hex(&a),
+            // Only the way down: not the host's link beside `a` (`..` is not readable).
+            &format!("../..:\na\n\n/tmp:\n{name}"),
+            "host file hidden",
+        ]
+        .join("\n")
+            + "\n";
+        for mode in [CloneMode::Clone3, CloneMode::Legacy] {
+            for given in [cwd.clone(), top.path().join("link")] {
+                let mut s = spec(&["sh", "-c", &script]);
+                s.isolate = vec![Isolation::Mount];
+                s.cwd = given.clone();
+                let (out, exit, _) = run(&s, mode).unwrap();
+                assert_eq!(exit.code, Some(0), "{mode:?} {}: {out}", given.display());
+                assert_eq!(out, want, "{mode:?} {}", given.display());
+                // The host's directory itself, not a copy.
+                let made = cwd.join("made");
+                assert_eq!(std::fs::read_to_string(&made).unwrap(), "out\n");
+                std::fs::remove_file(made).unwrap();
+            }
+        }
+        assert_eq!(
+            attrs(&a),
+            "2751 65534 65534",
+            "the host's directory is untouched"
+        );
     }
 
     #[test]
