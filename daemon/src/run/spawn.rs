@@ -864,7 +864,10 @@ struct Origin {
     program: String,
     cgroup_v2: Option<PathBuf>,
     cgroup_procs: Vec<PathBuf>,
+    /// The working directory as asked for.
     cwd: PathBuf,
+    /// The directory entered (resolved, with a private `/tmp`).
+    entered: PathBuf,
     uid: u32,
 }
 
@@ -874,7 +877,8 @@ impl Origin {
             program: spec.argv.first().cloned().unwrap_or_default(),
             cgroup_v2: spec.cgroup_v2.clone(),
             cgroup_procs: spec.cgroup_procs.clone(),
-            cwd: workdir.enter.clone(),
+            cwd: spec.cwd.clone(),
+            entered: workdir.enter.clone(),
             uid: spec.uid,
         }
     }
@@ -1600,7 +1604,7 @@ fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
         }
         Stage::Namespace => match NsStep::from_byte(msg[1]) {
             Some((step, what)) if step.keeps_cwd() => Error::CwdBind {
-                cwd: spec.cwd.display().to_string(),
+                cwd: spec.entered.display().to_string(),
                 step: what,
                 source,
             },
