@@ -162,21 +162,24 @@ async fn serve(
 
     // 8. READY only now: the socket accepts (the kernel queues connections since bind),
     //    recovery is done, signals are handled.
-    if let Ok(a) = cleanroomd::tune::active(&state.store) {
+    if let Ok(a) = cleanroomd::tune::active(state.store()) {
         state.set_active_profile(a.profile.as_deref());
-        state.metrics.journal_entries.set(a.journal_entries as i64);
+        state
+            .metrics()
+            .journal_entries
+            .set(a.journal_entries as i64);
     }
     systemd::ready(&state.status_line());
     tracing::info!(
-        socket = %state.socket.path.display(),
-        activated = state.socket.activated,
-        state_db = %state.store.path().display(),
-        cgroup = state.cgroup.as_str(),
+        socket = %state.socket().path.display(),
+        activated = state.socket().activated,
+        state_db = %state.store().path().display(),
+        cgroup = state.cgroup().as_str(),
         startup_ms = started.elapsed().as_secs_f64() * 1e3,
         "cleanroomd ready"
     );
     if let Some(every) = systemd::watchdog_interval() {
-        let token = state.shutdown.clone();
+        let token = state.shutdown().clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -208,7 +211,7 @@ async fn serve(
                 }
             }
             systemd::stopping();
-            state.shutdown.cancel();
+            state.shutdown().cancel();
         }
     };
     tokio::spawn(signals);
@@ -227,8 +230,8 @@ async fn serve(
     }
     // Runs were cancelled with the shutdown token; wait for their cleanup (processes
     // killed, cgroups removed).
-    state.runs.close();
-    if tokio::time::timeout(Duration::from_millis(300), state.runs.wait())
+    state.runs().close();
+    if tokio::time::timeout(Duration::from_millis(300), state.runs().wait())
         .await
         .is_err()
     {
@@ -236,10 +239,10 @@ async fn serve(
     }
     // Whatever is left of runs and the shield goes now: a stopped daemon may not start
     // again for a long time (socket activation), so nothing waits for the next start.
-    let runner = Arc::clone(&state.runner);
+    let runner = Arc::clone(state.engine().runner());
     let _ = tokio::task::spawn_blocking(move || runner.shutdown()).await;
     if state.live().config.tuning.revert_on_stop {
-        let _guard = state.tune_lock.lock().await;
+        let _guard = state.tune_lock().lock().await;
         let st = Arc::clone(&state);
         match tokio::task::spawn_blocking(move || {
             let live = st.live();
@@ -256,9 +259,9 @@ async fn serve(
             Err(e) => tracing::error!(error = %e, "revert task failed"),
         }
     }
-    if !state.socket.activated {
-        if let Err(e) = std::fs::remove_file(&state.socket.path) {
-            tracing::warn!(socket = %state.socket.path.display(), error = %e, "cannot remove socket file");
+    if !state.socket().activated {
+        if let Err(e) = std::fs::remove_file(&state.socket().path) {
+            tracing::warn!(socket = %state.socket().path.display(), error = %e, "cannot remove socket file");
         }
     }
     tracing::info!("cleanroomd stopped");
@@ -341,8 +344,8 @@ async fn status_updates(state: Arc<State>) {
             }
         };
         tokio::select! {
-            () = state.shutdown.cancelled() => break,
-            () = state.status_changed.notified() => {}
+            () = state.shutdown().cancelled() => break,
+            () = state.status_changed() => {}
             () = retry => {}
         }
         let line = state.status_line();
@@ -362,13 +365,13 @@ async fn drift_checks(state: Arc<State>) {
         if every == 0 {
             // Off: sleep until a reload may have turned it on.
             tokio::select! {
-                () = state.shutdown.cancelled() => return,
-                () = state.reloaded.notified() => continue,
+                () = state.shutdown().cancelled() => return,
+                () = state.reloaded().notified() => continue,
             }
         }
         tokio::select! {
-            () = state.shutdown.cancelled() => return,
-            () = state.reloaded.notified() => continue,
+            () = state.shutdown().cancelled() => return,
+            () = state.reloaded().notified() => continue,
             () = tokio::time::sleep(Duration::from_secs(every)) => {}
         }
         let st = Arc::clone(&state);
@@ -379,7 +382,7 @@ async fn drift_checks(state: Arc<State>) {
         .await;
         match result {
             Ok(Ok(r)) => {
-                state.metrics.observe_tuning(&r);
+                state.metrics().observe_tuning(&r);
                 for i in r
                     .items
                     .iter()

@@ -1,20 +1,24 @@
 //! What every request handler shares: the configuration in force, the store, the metrics,
 //! the host, and facts fixed at start.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use cleanroom_proto::{CgroupMode, ReloadResult};
+use cleanroom_proto::{CgroupMode, ReloadResult, Role};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::auth::AuthPolicy;
+use crate::auth::{AuthPolicy, Peer};
 use crate::config::{self, Config, Overrides, Source};
 use crate::host::Host;
 use crate::metrics::Metrics;
+use crate::run::{self, Engine};
 use crate::store::Store;
-use crate::tune::profile::ProfileSet;
+use crate::store::journal::Phase;
+use crate::tune::profile::{ProfileSet, Setting};
 
 /// The configuration in force and what was derived from it.
 #[derive(Debug, Clone)]
@@ -60,42 +64,27 @@ pub struct SocketInfo {
     pub activated: bool,
 }
 
-/// Shared daemon state.
+/// Shared daemon state: reached through its methods, so what may change (the configuration,
+/// the connection limit) changes in one place.
 #[derive(Debug)]
 pub struct State {
     live: RwLock<Arc<Live>>,
     source: Source,
     overrides: Overrides,
-    /// The state database.
-    pub store: Store,
-    /// The metrics registry.
-    pub metrics: Metrics,
-    /// The host's kernel interfaces.
-    pub host: Host,
-    /// Cgroup hierarchies detected at start.
-    pub cgroup: CgroupMode,
-    /// The socket served.
-    pub socket: SocketInfo,
-    /// When the daemon started.
-    pub started: Instant,
-    /// Cancelled when the daemon begins to shut down.
-    pub shutdown: CancellationToken,
-    /// Serialises applies and reverts: concurrent requests queue here.
-    pub tune_lock: tokio::sync::Mutex<()>,
-    /// Woken after every successful reload.
-    pub reloaded: tokio::sync::Notify,
-    /// Runs cgroups, spawns and measures runs.
-    pub runner: Arc<crate::run::Runner>,
-    /// Runs in progress, so shutdown can wait for them to be cleaned up.
-    pub runs: tokio_util::task::TaskTracker,
-    /// Batches in progress: owner uid and the token that cancels them.
-    pub active_runs: std::sync::Mutex<
-        std::collections::HashMap<String, (u32, tokio_util::sync::CancellationToken)>,
-    >,
-    /// Woken whenever what [`State::status_line`] says may have changed.
-    pub status_changed: tokio::sync::Notify,
-    active_profile: std::sync::Mutex<Option<String>>,
-    connections: AtomicUsize,
+    store: Store,
+    metrics: Metrics,
+    host: Host,
+    cgroup: CgroupMode,
+    socket: SocketInfo,
+    started: Instant,
+    shutdown: CancellationToken,
+    tune_lock: tokio::sync::Mutex<()>,
+    reloaded: tokio::sync::Notify,
+    engine: Arc<Engine>,
+    runs: TaskTracker,
+    status_changed: tokio::sync::Notify,
+    active_profile: Mutex<Option<String>>,
+    connections: ConnectionLimit,
 }
 
 /// What [`State::new`] needs.
@@ -118,16 +107,18 @@ pub struct Parts {
     /// When start-up began.
     pub started: Instant,
     /// The runner (cgroups prepared, stale runs cleaned).
-    pub runner: Arc<crate::run::Runner>,
+    pub runner: Arc<run::Runner>,
 }
 
 impl State {
     /// Shared state from its parts.
     pub fn new(parts: Parts) -> Arc<Self> {
+        let limit = parts.live.config.limits.max_connections;
         Arc::new(Self {
             live: RwLock::new(Arc::new(parts.live)),
             source: parts.source,
             overrides: parts.overrides,
+            engine: Arc::new(Engine::new(parts.runner, parts.store.clone())),
             store: parts.store,
             metrics: Metrics::new(),
             host: parts.host,
@@ -137,18 +128,80 @@ impl State {
             shutdown: CancellationToken::new(),
             tune_lock: tokio::sync::Mutex::new(()),
             reloaded: tokio::sync::Notify::new(),
-            runner: parts.runner,
-            runs: tokio_util::task::TaskTracker::new(),
-            active_runs: std::sync::Mutex::new(Default::default()),
+            runs: TaskTracker::new(),
             status_changed: tokio::sync::Notify::new(),
-            active_profile: std::sync::Mutex::new(None),
-            connections: AtomicUsize::new(0),
+            active_profile: Mutex::new(None),
+            connections: ConnectionLimit::new(limit),
         })
     }
 
     /// The configuration in force now.
     pub fn live(&self) -> Arc<Live> {
+        // The lock guards one Arc swap: a panic cannot leave it half-written.
         Arc::clone(&self.live.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The state database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The host's kernel interfaces.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Cgroup hierarchies detected at start.
+    pub fn cgroup(&self) -> CgroupMode {
+        self.cgroup
+    }
+
+    /// The socket served.
+    pub fn socket(&self) -> &SocketInfo {
+        &self.socket
+    }
+
+    /// When the daemon started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Cancelled when the daemon begins to shut down.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Serialises applies and reverts: concurrent requests queue here.
+    pub fn tune_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.tune_lock
+    }
+
+    /// Woken after every successful reload.
+    pub fn reloaded(&self) -> &tokio::sync::Notify {
+        &self.reloaded
+    }
+
+    /// The run engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Batches in progress, as tasks: shutdown waits for their cleanup.
+    pub fn runs(&self) -> &TaskTracker {
+        &self.runs
+    }
+
+    /// Resolves when what [`State::status_line`] says may have changed.
+    pub async fn status_changed(&self) {
+        tokio::select! {
+            () = self.status_changed.notified() => {}
+            () = self.engine.active().changed() => {}
+        }
     }
 
     /// Re-reads the configuration file. A refused file leaves the configuration in force
@@ -169,6 +222,8 @@ impl State {
             changed,
             restart_required,
         };
+        self.connections
+            .set_limit(new.config.limits.max_connections);
         *guard = Arc::new(new);
         drop(guard);
         self.metrics.reloads.with_label_values(&["ok"]).inc();
@@ -176,20 +231,27 @@ impl State {
         Ok(result)
     }
 
-    /// Counts a connection; `None` when the limit is reached.
+    /// Takes a connection slot; `None` when the limit is reached.
     pub fn admit_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        let limit = self.live().config.limits.max_connections;
-        let prev = self.connections.fetch_add(1, Ordering::AcqRel);
-        if prev >= limit {
-            self.connections.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.connections_rejected.inc();
-            return None;
+        match self.connections.admit() {
+            Some(permit) => {
+                self.metrics.connections_open.inc();
+                self.metrics.connections_total.inc();
+                Some(ConnectionSlot {
+                    state: Arc::clone(self),
+                    permit: Some(permit),
+                })
+            }
+            None => {
+                self.metrics.connections_rejected.inc();
+                None
+            }
         }
-        self.metrics.connections_open.inc();
-        self.metrics.connections_total.inc();
-        Some(ConnectionSlot {
-            state: Arc::clone(self),
-        })
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.in_use()
     }
 
     /// The context tuning operations need, for the configuration in force.
@@ -213,32 +275,10 @@ impl State {
         self.status_changed.notify_one();
     }
 
-    /// Records a batch in progress, with its owner and the token that cancels it.
-    pub fn batch_started(&self, batch: &str, uid: u32, cancel: CancellationToken) {
-        self.active_runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(batch.to_owned(), (uid, cancel));
-        self.status_changed.notify_one();
-    }
-
-    /// Forgets a batch that has ended.
-    pub fn batch_ended(&self, batch: &str) {
-        self.active_runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(batch);
-        self.status_changed.notify_one();
-    }
-
     /// The one-line summary the service manager shows (`systemctl status`), e.g.
     /// "profile throughput-performance active, 2 runs" or "no profile active, 0 runs".
     pub fn status_line(&self) -> String {
-        let runs = self
-            .active_runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
+        let runs = self.engine.active().len();
         let profile = self
             .active_profile
             .lock()
@@ -247,9 +287,56 @@ impl State {
         status_line(profile.as_deref(), runs)
     }
 
-    /// Connections open now.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
+    /// The caller as the run engine sees it: its identity and whether it is an admin.
+    pub fn caller(&self, peer: &Peer) -> run::Caller {
+        run::Caller {
+            uid: peer.uid,
+            gid: peer.gid,
+            groups: peer.groups.clone(),
+            admin: peer.role(&self.live().auth) == Role::Admin,
+        }
+    }
+
+    /// The settings a batch starts with: the configuration's, and the isolation pool of
+    /// the active profile (`[isolation] cpus`), which replaces the configured one while
+    /// that profile is in force.
+    pub async fn run_settings(
+        &self,
+        exclusive: bool,
+    ) -> Result<run::Settings, crate::store::Error> {
+        let live = self.live();
+        let pool = if exclusive {
+            let state = self.store.call(|c| crate::store::journal::state(c)).await?;
+            state
+                .filter(|t| t.phase == Phase::Active)
+                .and_then(|t| t.profile)
+                .and_then(|name| isolation_pool(&live.profiles, &name))
+        } else {
+            None
+        };
+        let cfg = &live.config.runs;
+        Ok(run::Settings {
+            history_limit: cfg.history_limit,
+            compare: run::history::CompareSettings {
+                alpha: cfg.compare_alpha,
+                threshold: cfg.compare_threshold_percent / 100.0,
+            },
+            pool,
+        })
+    }
+}
+
+/// The `[isolation] cpus` of profile `name`, if it sets them.
+fn isolation_pool(profiles: &ProfileSet, name: &str) -> Option<BTreeSet<u32>> {
+    match &profiles
+        .get(name)
+        .ok()?
+        .settings
+        .get("isolation.cpus")?
+        .setting
+    {
+        Setting::IsolationCpus(set) => Some(set.clone()),
+        _ => None,
     }
 }
 
@@ -261,15 +348,120 @@ fn status_line(profile: Option<&str>, runs: usize) -> String {
     }
 }
 
+/// The connection limit: a semaphore whose permits are connection slots. A reload that
+/// lowers the limit takes the permits it can at once and the rest as connections close
+/// (its debt); one that raises it pays the debt first.
+#[derive(Debug)]
+struct ConnectionLimit {
+    slots: Arc<Semaphore>,
+    /// (the limit, permits still to take back as connections close)
+    limit: Mutex<(usize, usize)>,
+}
+
+impl ConnectionLimit {
+    fn new(limit: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit: Mutex::new((limit, 0)),
+        }
+    }
+
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.slots).try_acquire_owned().ok()
+    }
+
+    fn set_limit(&self, new: usize) {
+        let mut guard = self.limit.lock().unwrap_or_else(|p| p.into_inner());
+        let (old, debt) = *guard;
+        if new >= old {
+            let raise = new - old;
+            let paid = raise.min(debt);
+            self.slots.add_permits(raise - paid);
+            *guard = (new, debt - paid);
+        } else {
+            let lower = old - new;
+            let taken = self.slots.forget_permits(lower);
+            *guard = (new, debt + lower - taken);
+        }
+    }
+
+    /// Gives a closing connection's slot back, or keeps it to pay the debt of a lowered
+    /// limit.
+    fn release(&self, permit: OwnedSemaphorePermit) {
+        let mut guard = self.limit.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.1 > 0 {
+            guard.1 -= 1;
+            permit.forget();
+        }
+    }
+
+    fn in_use(&self) -> usize {
+        let (limit, debt) = *self.limit.lock().unwrap_or_else(|p| p.into_inner());
+        (limit + debt).saturating_sub(self.slots.available_permits())
+    }
+}
+
 /// One admitted connection; frees its slot when dropped.
 #[derive(Debug)]
 pub struct ConnectionSlot {
     state: Arc<State>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.state.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some(permit) = self.permit.take() {
+            self.state.connections.release(permit);
+        }
         self.state.metrics.connections_open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_follows_reloads_up_and_down() {
+        let limit = ConnectionLimit::new(3);
+        let held: Vec<_> = (0..3).map(|_| limit.admit().unwrap()).collect();
+        assert!(limit.admit().is_none());
+        assert_eq!(limit.in_use(), 3);
+        // Lowered to 1 with 3 open: two slots are taken back as connections close.
+        limit.set_limit(1);
+        let mut held = held.into_iter();
+        limit.release(held.next().unwrap());
+        assert!(limit.admit().is_none(), "2 open, limit 1");
+        limit.release(held.next().unwrap());
+        assert_eq!(limit.in_use(), 1);
+        assert!(limit.admit().is_none(), "1 open, limit 1");
+        limit.release(held.next().unwrap());
+        let one = limit.admit().unwrap();
+        assert!(limit.admit().is_none());
+        // Raised again: new slots at once.
+        limit.set_limit(2);
+        let two = limit.admit().unwrap();
+        assert!(limit.admit().is_none());
+        assert_eq!(limit.in_use(), 2);
+        limit.release(one);
+        limit.release(two);
+        assert_eq!(limit.in_use(), 0);
+    }
+
+    #[test]
+    fn raising_a_lowered_limit_pays_its_debt_first() {
+        let limit = ConnectionLimit::new(2);
+        let a = limit.admit().unwrap();
+        let b = limit.admit().unwrap();
+        limit.set_limit(1); // debt 1
+        limit.set_limit(3); // pays the debt, adds 1
+        assert_eq!(limit.in_use(), 2);
+        let c = limit.admit().unwrap();
+        assert!(limit.admit().is_none());
+        for p in [a, b, c] {
+            limit.release(p);
+        }
+        assert_eq!(limit.in_use(), 0);
+        assert_eq!(limit.slots.available_permits(), 3);
     }
 }

@@ -20,9 +20,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::batch::RunEvent;
 use super::cgroup::RunCgroup;
 use super::spawn::{self, Exit, Running};
-use super::{Chunk, Job, Runner, noise};
+use super::{Job, Runner, noise};
 use crate::host::Host;
 
 /// How long the final kill rounds may take for a process stuck in the kernel before the
@@ -34,12 +35,12 @@ const KILL_ROUNDS: u32 = 30;
 const DRAIN_READS: usize = 16;
 
 impl Runner {
-    /// Runs `job` once. Output goes to `output` (dropped when the receiver is gone);
-    /// `cancel` ends the run early.
+    /// Runs `job` once. Output goes to `output` as [`RunEvent::Output`] (dropped when the
+    /// receiver is gone); `cancel` ends the run early.
     pub async fn run_once(
         self: &Arc<Self>,
         job: &Job,
-        output: mpsc::Sender<Chunk>,
+        output: &mpsc::Sender<RunEvent>,
         cancel: CancellationToken,
     ) -> RunRecord {
         let id = self.next_run_id();
@@ -215,7 +216,7 @@ impl Runner {
         running: Running,
         cg: &RunCgroup,
         job: &Job,
-        output: mpsc::Sender<Chunk>,
+        output: &mpsc::Sender<RunEvent>,
         cancel: CancellationToken,
         t0: Instant,
     ) -> Supervised {
@@ -236,7 +237,6 @@ impl Runner {
                 ))
             })
             .collect();
-        drop(output);
         let pid = running.pid;
         let deadline = job
             .timeout
@@ -321,7 +321,7 @@ async fn wait_exit(pidfd: &AsyncFd<OwnedFd>, pid: u32) -> std::io::Result<(Exit,
 async fn forward(
     fd: OwnedFd,
     stream: &'static str,
-    tx: mpsc::Sender<Chunk>,
+    tx: mpsc::Sender<RunEvent>,
     budget: Arc<AtomicU64>,
     truncated: Arc<AtomicBool>,
     closing: CancellationToken,
@@ -344,7 +344,7 @@ async fn forward(
         if take > 0 {
             // A client gone: the chunk is dropped, the pipe still drained.
             let _ = tx
-                .send(Chunk {
+                .send(RunEvent::Output {
                     stream,
                     data: buf[..take].to_vec(),
                 })

@@ -10,14 +10,23 @@
 //! Exclusive runs take whole cores ([`cpus`]) and, while any holds cores, the [`shield`]
 //! keeps every other task off the isolation pool.
 
+mod active;
+pub mod batch;
 pub mod cgroup;
 pub mod compare;
 pub mod cpus;
+mod error;
 mod exec;
+pub mod history;
 pub mod noise;
+pub mod request;
 pub mod shield;
 pub mod spawn;
 pub mod stats;
+
+pub use active::Active;
+pub use batch::{Batch, Caller, Engine, RunEvent, Settings};
+pub use error::Error;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,15 +35,6 @@ use std::time::Duration;
 
 use crate::host::Host;
 use cgroup::{Layout, Limits};
-
-/// A chunk of output from a run.
-#[derive(Debug, Clone)]
-pub struct Chunk {
-    /// `stdout` or `stderr`.
-    pub stream: &'static str,
-    /// The bytes.
-    pub data: Vec<u8>,
-}
 
 /// One command to run, fully resolved (identity, environment, limits).
 #[derive(Debug, Clone)]
@@ -99,8 +99,9 @@ pub enum Want {
     List(BTreeSet<u32>),
 }
 
-/// Cores held by an exclusive run; released (and the shield lowered after the last one)
-/// when dropped.
+/// Cores held by an exclusive run. Released (and the shield lowered after the last one) by
+/// the explicit, awaited [`Exclusive::release`]; dropping it unreleased releases it there
+/// and then, blocking, as a last resort (and says so).
 #[derive(Debug)]
 pub struct Exclusive {
     runner: Arc<Runner>,
@@ -109,10 +110,23 @@ pub struct Exclusive {
     set: BTreeSet<u32>,
     /// How the shield works (`partition`, `cpuset`, `affinity`).
     pub method: &'static str,
+    released: bool,
 }
 
-impl Drop for Exclusive {
-    fn drop(&mut self) {
+impl Exclusive {
+    /// Gives the cores back; the last holder lowers the shield (which scans /proc and
+    /// writes kernel files: done on the blocking pool).
+    pub async fn release(mut self) {
+        let done = tokio::task::spawn_blocking(move || self.release_now()).await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "releasing exclusive cores failed");
+        }
+    }
+
+    fn release_now(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
         let mut held = self.runner.cores.lock().unwrap_or_else(|p| p.into_inner());
         for c in &self.set {
             held.taken.remove(c);
@@ -128,6 +142,15 @@ impl Drop for Exclusive {
         }
         drop(held);
         self.runner.released.notify_waiters();
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        if !self.released {
+            tracing::warn!(cpus = %self.cpus, "exclusive cores released on drop, not by their holder");
+            self.release_now();
+        }
     }
 }
 
@@ -288,6 +311,7 @@ impl Runner {
             cpus: crate::host::format::format_cpu_list(&set),
             set,
             method,
+            released: false,
         })
     }
 

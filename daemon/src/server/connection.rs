@@ -42,7 +42,7 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
     // Notifications (run output) of requests in flight; written before their responses.
     let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<Event>(1024);
     // Cancelled when this connection ends (or the daemon stops): its runs end with it.
-    let cancel = state.shutdown.child_token();
+    let cancel = state.shutdown().child_token();
     let _cancel_on_drop = cancel.clone().drop_guard();
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
@@ -76,7 +76,7 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
                 }
                 idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
             }
-            () = state.shutdown.cancelled(), if reading => {
+            () = state.shutdown().cancelled(), if reading => {
                 // Finish what is in flight, read nothing more.
                 reading = false;
             }
@@ -177,7 +177,7 @@ fn handle_line(
         let result = dispatch::dispatch(&method, params, &peer, &call, &state).await;
         let code = result.as_ref().err().map(|e| e.code().code());
         state
-            .metrics
+            .metrics()
             .observe_request(&method, code, started.elapsed().as_secs_f64());
         // A request without id is a notification: executed, never answered.
         let id = id?;

@@ -69,11 +69,13 @@ async fn route(
     state: &Arc<State>,
 ) -> Result<Value, Error> {
     let (peer, st) = (peer.clone(), Arc::clone(state));
+    let method = request.info().name;
+    let run = |e| Error::run(method, e, &peer, state);
     match request {
         Request::Ping(_) => reply(PingResult { pong: true }),
         Request::Status(_) => reply(status(peer, st).await?),
         Request::Metrics(_) => reply(MetricsResult {
-            text: state.metrics.render(),
+            text: state.metrics().render(),
         }),
         Request::Reload(_) => reply(reload(st).await?),
         Request::ProfileList(_) => reply(profile_list(st).await?),
@@ -89,7 +91,7 @@ async fn route(
         }
         Request::ProfileVerify(_) => reply(tune_op(st, false, tune::verify).await?),
         Request::ProfileRecommend(_) => {
-            let host = st.host.clone();
+            let host = st.host().clone();
             reply(
                 tokio::task::spawn_blocking(move || tune::recommend::recommend(&host))
                     .await
@@ -97,18 +99,28 @@ async fn route(
             )
         }
         Request::ProfileActive(_) => reply(
-            tokio::task::spawn_blocking(move || tune::active(&st.store))
+            tokio::task::spawn_blocking(move || tune::active(st.store()))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??,
         ),
-        Request::RunStart(p) => reply(runs::start(*p, peer, call.clone(), st).await?),
-        Request::RunCancel(p) => reply(runs::cancel(*p, peer, st).await?),
-        Request::RunsList(p) => reply(runs::list(*p, peer, st).await?),
-        Request::RunsShow(p) => reply(runs::show(*p, peer, st).await?),
-        Request::RunsCompare(p) => reply(runs::compare_batches(*p, peer, st).await?),
-        Request::BaselineList(_) => reply(runs::baselines(st).await?),
-        Request::BaselineSave(p) => reply(runs::save_baseline(*p, peer, st).await?),
-        Request::BaselineDelete(p) => reply(runs::delete_baseline(*p, peer, st).await?),
+        Request::RunStart(p) => reply(
+            runs::start(*p, &peer, call.clone(), state)
+                .await
+                .map_err(run)?,
+        ),
+        Request::RunCancel(p) => reply(runs::cancel(*p, &peer, state).map_err(run)?),
+        Request::RunsList(p) => reply(runs::list(*p, &peer, state).await.map_err(run)?),
+        Request::RunsShow(p) => reply(runs::show(*p, &peer, state).await.map_err(run)?),
+        Request::RunsCompare(p) => {
+            reply(runs::compare_batches(*p, &peer, state).await.map_err(run)?)
+        }
+        Request::BaselineList(_) => reply(runs::baselines(state).await.map_err(run)?),
+        Request::BaselineSave(p) => {
+            reply(runs::save_baseline(*p, &peer, state).await.map_err(run)?)
+        }
+        Request::BaselineDelete(p) => {
+            reply(runs::delete_baseline(*p, &peer, state).await.map_err(run)?)
+        }
     }
 }
 
@@ -137,7 +149,7 @@ async fn audit(
             Err(e) => format!("error {}: {e}", e.code().code()),
         },
     };
-    if let Err(e) = state.store.record_audit(event).await {
+    if let Err(e) = state.store().record_audit(event).await {
         tracing::error!(method, error = %e, "cannot write audit event");
     }
 }
@@ -151,24 +163,24 @@ fn params_digest(params: Option<&Value>) -> String {
 async fn status(peer: Peer, state: Arc<State>) -> Result<StatusResult, Error> {
     let live = state.live();
     let st = Arc::clone(&state);
-    let active = tokio::task::spawn_blocking(move || tune::active(&st.store))
+    let active = tokio::task::spawn_blocking(move || tune::active(st.store()))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     Ok(StatusResult {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol: cleanroom_proto::PROTOCOL_VERSION,
         pid: std::process::id(),
-        uptime_s: state.started.elapsed().as_secs(),
+        uptime_s: state.started().elapsed().as_secs(),
         state_dir: live.config.daemon.state_dir.display().to_string(),
-        socket: state.socket.path.display().to_string(),
-        socket_activated: state.socket.activated,
+        socket: state.socket().path.display().to_string(),
+        socket_activated: state.socket().activated,
         config_file: live.file.as_ref().map(|p| p.display().to_string()),
-        host_root: state.host.root().display().to_string(),
-        cgroup: state.cgroup,
+        host_root: state.host().root().display().to_string(),
+        cgroup: state.cgroup(),
         connections: state.connections() as u64,
         active_profile: active.profile,
         journal_entries: active.journal_entries,
-        run_cgroups: state.runner.cgroup_bases(),
+        run_cgroups: state.engine().runner().cgroup_bases(),
         caller: Caller {
             uid: peer.uid,
             gid: peer.gid,
@@ -185,7 +197,7 @@ where
     F: FnOnce(tune::Ctx<'_>) -> Result<TuneResult, tune::Error> + Send + 'static,
 {
     let _guard = if exclusive {
-        Some(state.tune_lock.lock().await)
+        Some(state.tune_lock().lock().await)
     } else {
         None
     };
@@ -193,12 +205,15 @@ where
     let (result, active) = tokio::task::spawn_blocking(move || {
         let live = st.live();
         let result = op(st.tune_ctx(&live));
-        (result, tune::active(&st.store).ok().and_then(|a| a.profile))
+        (
+            result,
+            tune::active(st.store()).ok().and_then(|a| a.profile),
+        )
     })
     .await
     .map_err(|e| Error::Internal(format!("tuning task failed: {e}")))?;
     let result = result?;
-    state.metrics.observe_tuning(&result);
+    state.metrics().observe_tuning(&result);
     state.set_active_profile(active.as_deref());
     Ok(result)
 }
@@ -206,7 +221,7 @@ where
 async fn profile_list(state: Arc<State>) -> Result<ProfileListResult, Error> {
     let live = state.live();
     let st = Arc::clone(&state);
-    let active = tokio::task::spawn_blocking(move || tune::active(&st.store))
+    let active = tokio::task::spawn_blocking(move || tune::active(st.store()))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??
         .profile;

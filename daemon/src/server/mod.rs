@@ -90,9 +90,14 @@ pub enum Error {
     /// A tuning operation failed.
     #[error(transparent)]
     Tune(#[from] crate::tune::Error),
-    /// A run could not be carried out at all (no cgroups, bad request).
-    #[error("{0}")]
-    Run(String),
+    /// A run, or a request about stored runs, failed.
+    #[error("{}", run_message(method, error))]
+    Run {
+        /// The method.
+        method: &'static str,
+        /// What the run engine said.
+        error: crate::run::Error,
+    },
     /// The daemon is stopping.
     #[error("cleanroomd is shutting down")]
     ShuttingDown,
@@ -120,7 +125,7 @@ impl Error {
             Error::Tune(crate::tune::Error::Journal(_)) => ErrorCode::Store,
             Error::Tune(crate::tune::Error::Host(_)) => ErrorCode::Internal,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
-            Error::Run(_) => ErrorCode::Run,
+            Error::Run { error, .. } => run_code(error),
             Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -156,6 +161,59 @@ impl Error {
     }
 }
 
+impl Error {
+    /// A run engine error of `method`: one only an admin may cause becomes `Forbidden`
+    /// (naming the group to join), the others keep their own kind.
+    pub fn run(
+        method: &'static str,
+        error: crate::run::Error,
+        peer: &peer::Peer,
+        state: &crate::state::State,
+    ) -> Self {
+        match error {
+            crate::run::Error::AdminOnly(_) => {
+                let live = state.live();
+                Error::Forbidden {
+                    method,
+                    needed: Role::Admin,
+                    uid: peer.uid,
+                    role: peer.role(&live.auth),
+                    group: live.auth.group_for(Role::Admin).to_owned(),
+                }
+            }
+            error => Error::Run { method, error },
+        }
+    }
+}
+
+/// The message of a run engine error: invalid params are introduced as such.
+fn run_message(method: &str, error: &crate::run::Error) -> String {
+    match error {
+        crate::run::Error::Invalid(detail) => format!("invalid params for {method}: {detail}"),
+        other => other.to_string(),
+    }
+}
+
+/// The wire code of a run engine error; exhaustive, so a new kind must pick its code.
+fn run_code(error: &crate::run::Error) -> ErrorCode {
+    use crate::run::Error as E;
+    match error {
+        E::Invalid(_) => ErrorCode::InvalidParams,
+        E::AdminOnly(_) => ErrorCode::Forbidden,
+        E::Store(_) => ErrorCode::Store,
+        E::Task(_) | E::Unreadable { .. } => ErrorCode::Internal,
+        E::Unavailable(_)
+        | E::CoresBusy(_)
+        | E::CoresNever(_)
+        | E::CancelledWaiting(_)
+        | E::NotFound(_)
+        | E::NotYours { .. }
+        | E::StillRunning { .. }
+        | E::BaselineTaken { .. }
+        | E::NothingToCompare(_) => ErrorCode::Run,
+    }
+}
+
 /// Serializes a response to one line.
 pub(crate) fn encode(response: &Response) -> String {
     serde_json::to_string(response).unwrap_or_else(|e| {
@@ -167,14 +225,14 @@ pub(crate) fn encode(response: &Response) -> String {
     })
 }
 
-/// Accepts connections until `state.shutdown` is cancelled, then returns the tracker of
+/// Accepts connections until `state.shutdown()` is cancelled, then returns the tracker of
 /// the connection tasks still finishing their requests.
 pub async fn run(listener: UnixListener, state: Arc<State>) -> TaskTracker {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             biased;
-            () = state.shutdown.cancelled() => break,
+            () = state.shutdown().cancelled() => break,
             r = listener.accept() => r,
         };
         match accepted {

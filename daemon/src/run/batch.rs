@@ -1,0 +1,374 @@
+//! The run engine: a batch is executed here, from its first event to its stored result.
+//!
+//! A batch: listed as in progress → exclusive cores taken (waiting for them if asked, and
+//! cancellably) → warm-ups and measured repeats, each a run of [`Runner::run_once`] → cores
+//! released (the shield lowered after the last holder) → statistics, the comparison with a
+//! baseline → stored in the history (and saved as a baseline if asked). Along the way it
+//! emits typed [`RunEvent`]s; whoever drives it (the server, later suites and interleaved
+//! comparisons) maps them to its own output. Nothing here knows about connections.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use cleanroom_proto::{EndReason, RunRecord, RunResult};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::active::Active;
+use super::error::Error;
+use super::history::CompareSettings;
+use super::{Exclusive, Job, Runner, Want, compare, stats};
+use crate::store::{Store, history as rows};
+
+/// Who a batch is for, as the kernel identified the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Uid.
+    pub uid: u32,
+    /// Gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Whether the caller is an admin (sees and ends every batch).
+    pub admin: bool,
+}
+
+impl Caller {
+    /// Whether the caller may see (or end) what `owner` owns.
+    pub fn may_see(&self, owner: u32) -> bool {
+        self.admin || self.uid == owner
+    }
+}
+
+/// A baseline a batch is compared with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Baseline {
+    /// Its batch.
+    pub batch: String,
+    /// Its wall times, milliseconds.
+    pub samples: Vec<f64>,
+}
+
+/// What to run and how often, fully resolved ([`super::request::resolve`] makes one from
+/// a `run.start`).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Who asked; the batch is stored as theirs.
+    pub owner: Caller,
+    /// The command, its identity, environment and limits.
+    pub job: Job,
+    /// Exclusive cores, if any.
+    pub exclusive: Option<Want>,
+    /// Wait for exclusive cores other runs hold instead of failing.
+    pub wait: bool,
+    /// Measured repetitions.
+    pub repeat: u32,
+    /// Unmeasured repetitions first.
+    pub warmup: u32,
+    /// Stored with the batch.
+    pub label: Option<String>,
+    /// The command as asked, stored with the batch.
+    pub argv: Vec<String>,
+    /// Save the measured runs as this baseline.
+    pub save_baseline: Option<String>,
+    /// Compare the measured runs with this baseline.
+    pub baseline: Option<Baseline>,
+    /// Nobody waits for the answer: a failure is stored too.
+    pub detached: bool,
+}
+
+/// Settings in force when a batch starts.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Batches kept in the history.
+    pub history_limit: u32,
+    /// How runs are compared.
+    pub compare: CompareSettings,
+    /// The isolation pool of the active profile, replacing the configured one.
+    pub pool: Option<BTreeSet<u32>>,
+}
+
+/// What a batch emits while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    /// First: the batch id (to cancel it by).
+    Started {
+        /// The batch id.
+        batch: String,
+    },
+    /// A chunk of a run's output.
+    Output {
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A repetition finished.
+    Progress {
+        /// Repetitions done, warm-ups included.
+        done: u32,
+        /// Repetitions in all, warm-ups included.
+        total: u32,
+        /// Whether the one that finished was a warm-up.
+        warmup: bool,
+        /// Its wall time, milliseconds.
+        wall_ms: f64,
+    },
+}
+
+/// Executes batches on this host and keeps the list of those in progress.
+#[derive(Debug)]
+pub struct Engine {
+    runner: Arc<Runner>,
+    store: Store,
+    active: Arc<Active>,
+}
+
+impl Engine {
+    /// An engine running on `runner`, storing results in `store`.
+    pub fn new(runner: Arc<Runner>, store: Store) -> Self {
+        Self {
+            runner,
+            store,
+            active: Arc::new(Active::default()),
+        }
+    }
+
+    /// The runner (cgroups, cores, shield).
+    pub fn runner(&self) -> &Arc<Runner> {
+        &self.runner
+    }
+
+    /// The batches in progress.
+    pub fn active(&self) -> &Arc<Active> {
+        &self.active
+    }
+
+    /// A fresh batch id.
+    pub fn new_batch_id(&self) -> String {
+        self.runner.new_id()
+    }
+
+    /// Executes `batch` as `id`: see the module documentation. `events` gets its events (a
+    /// receiver gone is fine); `cancel` ends it early (its runs are killed and what was
+    /// measured is stored).
+    pub async fn execute(
+        &self,
+        id: String,
+        batch: Batch,
+        settings: Settings,
+        events: mpsc::Sender<RunEvent>,
+        cancel: CancellationToken,
+    ) -> Result<RunResult, Error> {
+        if let Some(why) = self.runner.unavailable() {
+            return Err(Error::Unavailable(why.to_owned()));
+        }
+        let _listed = self.active.register(&id, batch.owner.uid, cancel.clone());
+        let _ = events.send(RunEvent::Started { batch: id.clone() }).await;
+        let exclusive = match self.acquire(&batch, settings.pool.as_ref(), &cancel).await {
+            Ok(x) => x,
+            Err(e) => return self.failed(id, &batch, &settings, e).await,
+        };
+        let shield = exclusive.as_ref().map(|x| x.method.to_owned());
+        let mut job = batch.job.clone();
+        if let Some(x) = &exclusive {
+            job.limits.cpus = Some(x.cpus.clone());
+        }
+        let measured = self.repeat(&batch, &job, &events, &cancel).await;
+        if let Some(x) = exclusive {
+            x.release().await;
+        }
+        self.finish(id, &batch, &settings, measured, shield).await
+    }
+
+    /// Exclusive cores for the whole batch (the shield goes up with the first holder), or
+    /// none when the batch does not ask.
+    async fn acquire(
+        &self,
+        batch: &Batch,
+        pool: Option<&BTreeSet<u32>>,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Exclusive>, Error> {
+        let Some(want) = &batch.exclusive else {
+            return Ok(None);
+        };
+        loop {
+            // Listening before trying: a release between the try and the wait is not lost.
+            let released = self.runner.released();
+            let (runner, want, pool) = (Arc::clone(&self.runner), want.clone(), pool.cloned());
+            let taken =
+                tokio::task::spawn_blocking(move || runner.take_exclusive(&want, pool.as_ref()))
+                    .await?;
+            match taken {
+                Ok(x) => return Ok(Some(x)),
+                Err(super::cpus::PickError::Busy(why)) if batch.wait => {
+                    tracing::debug!(reason = %why, "waiting for exclusive cores");
+                    tokio::select! {
+                        () = released => continue,
+                        () = cancel.cancelled() => return Err(Error::CancelledWaiting(why)),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Warm-ups, then measured repeats, until the count is reached, a run does not exit
+    /// normally, or the batch is cancelled.
+    async fn repeat(
+        &self,
+        batch: &Batch,
+        job: &Job,
+        events: &mpsc::Sender<RunEvent>,
+        cancel: &CancellationToken,
+    ) -> Vec<RunRecord> {
+        let total = batch.warmup + batch.repeat;
+        let mut measured = Vec::new();
+        for i in 0..total {
+            let record = self.runner.run_once(job, events, cancel.clone()).await;
+            let warmup = i < batch.warmup;
+            let _ = events
+                .send(RunEvent::Progress {
+                    done: i + 1,
+                    total,
+                    warmup,
+                    wall_ms: record.wall_ms,
+                })
+                .await;
+            let stop = record.end_reason != EndReason::Exited || cancel.is_cancelled();
+            if !warmup || stop {
+                measured.push(record);
+            }
+            if stop {
+                break;
+            }
+        }
+        measured
+    }
+
+    /// A batch that could not run: nobody waits for a detached one's answer, so its
+    /// failure is stored.
+    async fn failed(
+        &self,
+        id: String,
+        batch: &Batch,
+        settings: &Settings,
+        e: Error,
+    ) -> Result<RunResult, Error> {
+        if batch.detached {
+            let mut failed = RunRecord::new(id.clone(), EndReason::FailedToStart, String::new());
+            failed.error = Some(e.to_string());
+            if let Err(store_error) = self.finish(id, batch, settings, vec![failed], None).await {
+                tracing::warn!(error = %store_error, "cannot store a detached batch that failed");
+            }
+        }
+        Err(e)
+    }
+
+    /// Statistics, the comparison with the baseline, and the history (and the baseline to
+    /// save) once a batch has run.
+    async fn finish(
+        &self,
+        id: String,
+        batch: &Batch,
+        settings: &Settings,
+        measured: Vec<RunRecord>,
+        shield: Option<String>,
+    ) -> Result<RunResult, Error> {
+        let Some(last) = measured.last().cloned() else {
+            return Err(Error::Task("no run was carried out".into()));
+        };
+        let mut result = RunResult {
+            batch: id,
+            last,
+            runs: Vec::new(),
+            stats: BTreeMap::new(),
+            comparison: None,
+            shield,
+            detached: false,
+        };
+        if batch.repeat > 1 {
+            result.stats = summaries(&measured);
+            result.runs = measured.clone();
+        }
+        if let Some(base) = &batch.baseline {
+            let walls: Vec<f64> = measured.iter().map(|r| r.wall_ms).collect();
+            result.comparison = compare::compare(
+                "wall_ms",
+                &base.samples,
+                &walls,
+                settings.compare.alpha,
+                settings.compare.threshold,
+            );
+        }
+        self.store_result(batch, settings, &result).await?;
+        Ok(result)
+    }
+
+    /// The history row (after the comparison, so a run never compares against itself),
+    /// and the baseline to save, in one call of the store.
+    async fn store_result(
+        &self,
+        batch: &Batch,
+        settings: &Settings,
+        result: &RunResult,
+    ) -> Result<(), Error> {
+        let row = rows::BatchRow {
+            batch: result.batch.clone(),
+            ts: 0.0,
+            uid: batch.owner.uid,
+            label: batch.label.clone(),
+            argv: serde_json::to_string(&batch.argv).unwrap_or_default(),
+            result: serde_json::to_string(result).unwrap_or_default(),
+        };
+        let keep = settings.history_limit;
+        let save = batch.save_baseline.clone();
+        let (uid, admin) = (batch.owner.uid, batch.owner.admin);
+        let refused = self
+            .store
+            .call(move |c| {
+                rows::insert(c, &row, keep)?;
+                Ok(match save {
+                    Some(name) if !rows::save_baseline(c, &name, &row.batch, uid, admin)? => {
+                        Some(name)
+                    }
+                    _ => None,
+                })
+            })
+            .await?;
+        match refused {
+            Some(name) => Err(Error::BaselineTaken {
+                batch: result.batch.clone(),
+                name,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Statistics by metric over the measured runs.
+fn summaries(measured: &[RunRecord]) -> BTreeMap<String, cleanroom_proto::Summary> {
+    let metric = |f: fn(&RunRecord) -> f64| measured.iter().map(f).collect::<Vec<f64>>();
+    [
+        ("wall_ms", metric(|r| r.wall_ms)),
+        ("user_ms", metric(|r| r.user_ms)),
+        ("sys_ms", metric(|r| r.sys_ms)),
+        ("max_rss_kb", metric(|r| r.max_rss_kb as f64)),
+    ]
+    .into_iter()
+    .filter_map(|(name, values)| Some((name.to_owned(), stats::summarize(&values)?)))
+    .collect()
+}
+
+/// The answer to a detached start: the batch goes on without its client.
+pub fn detached(batch: String) -> RunResult {
+    RunResult {
+        batch,
+        last: RunRecord::new(String::new(), EndReason::Running, String::new()),
+        runs: Vec::new(),
+        stats: BTreeMap::new(),
+        comparison: None,
+        shield: None,
+        detached: true,
+    }
+}

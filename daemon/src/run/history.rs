@@ -1,0 +1,256 @@
+//! The run history and baselines as callers see them: who may see, compare, save or delete
+//! what, over the rows `store::history` keeps. A reader or runner sees its own batches, an
+//! admin every one; a baseline is replaced or deleted only by its owner or an admin.
+
+use cleanroom_proto::{
+    BaselineDeleteResult, BaselineInfo, BaselineListResult, BatchInfo, Comparison, RunResult,
+    RunsListResult,
+};
+
+use super::batch::Caller;
+use super::compare;
+use super::error::Error;
+use crate::store::{Store, history};
+
+/// A stored batch as read back.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its id.
+    pub batch: String,
+    /// Who ran it.
+    pub owner: u32,
+    /// The result as `run.start` answered it.
+    pub result: RunResult,
+}
+
+/// The comparison settings in force.
+#[derive(Debug, Clone, Copy)]
+pub struct CompareSettings {
+    /// Significance level.
+    pub alpha: f64,
+    /// Smallest relative change that counts (a fraction, 0.02 for 2 %).
+    pub threshold: f64,
+}
+
+/// A baseline name must be one: letters, digits, `.`, `_`, `-`; at most 64.
+pub fn check_name(name: &str, field: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{field}: {name:?} is not a name (letters, digits, . _ -; at most 64)"
+        )))
+    }
+}
+
+/// Loads a stored batch (by id, or `baseline:NAME`).
+pub async fn load(store: &Store, what: &str) -> Result<Stored, Error> {
+    let key = what.to_owned();
+    let found = store
+        .call(move |c| {
+            let batch = match key.strip_prefix("baseline:") {
+                Some(name) => history::baseline(c, name)?.map(|(b, _)| b),
+                None => Some(key.clone()),
+            };
+            match batch {
+                Some(b) => history::get(c, &b),
+                None => Ok(None),
+            }
+        })
+        .await?;
+    let Some(row) = found else {
+        return Err(Error::NotFound(match what.strip_prefix("baseline:") {
+            Some(name) => format!("no baseline named {name:?} (cleanroomctl baseline list)"),
+            None => format!("no stored batch {what} (cleanroomctl runs list)"),
+        }));
+    };
+    let result = serde_json::from_str(&row.result).map_err(|source| Error::Unreadable {
+        batch: row.batch.clone(),
+        source,
+    })?;
+    Ok(Stored {
+        batch: row.batch,
+        owner: row.uid,
+        result,
+    })
+}
+
+/// The wall times of a stored result.
+pub fn wall_samples(r: &RunResult) -> Vec<f64> {
+    if r.runs.is_empty() {
+        vec![r.last.wall_ms]
+    } else {
+        r.runs.iter().map(|x| x.wall_ms).collect()
+    }
+}
+
+/// `runs.list`: the newest batches the caller may see, newest first.
+pub async fn list(store: &Store, caller: &Caller, limit: u32) -> Result<RunsListResult, Error> {
+    let uid = (!caller.admin).then_some(caller.uid);
+    let rows = store.call(move |c| history::list(c, uid, limit)).await?;
+    let batches = rows
+        .into_iter()
+        .filter_map(|row| {
+            let r: RunResult = serde_json::from_str(&row.result).ok()?;
+            let mut walls = wall_samples(&r);
+            walls.sort_by(f64::total_cmp);
+            Some(BatchInfo {
+                batch: row.batch,
+                ts: row.ts,
+                uid: row.uid,
+                label: row.label,
+                argv: serde_json::from_str(&row.argv).unwrap_or_default(),
+                runs: walls.len() as u32,
+                end_reason: r.last.end_reason,
+                exit_code: r.last.exit_code,
+                wall_ms: walls[walls.len() / 2],
+            })
+        })
+        .collect();
+    Ok(RunsListResult { batches })
+}
+
+/// `runs.show`: a stored batch the caller may see.
+pub async fn show(store: &Store, caller: &Caller, batch: &str) -> Result<RunResult, Error> {
+    let stored = load(store, batch).await?;
+    if !caller.may_see(stored.owner) {
+        return Err(Error::NotYours {
+            what: format!("batch {batch}"),
+            owner: stored.owner,
+        });
+    }
+    Ok(stored.result)
+}
+
+/// `runs.compare`: `b` against `a`, both the caller's (or any, for an admin).
+pub async fn compare(
+    store: &Store,
+    caller: &Caller,
+    a: &str,
+    b: &str,
+    settings: CompareSettings,
+) -> Result<Comparison, Error> {
+    let sa = load(store, a).await?;
+    let sb = load(store, b).await?;
+    for s in [&sa, &sb] {
+        if !caller.may_see(s.owner) {
+            return Err(Error::NotYours {
+                what: format!("batch {}", s.batch),
+                owner: s.owner,
+            });
+        }
+    }
+    compare::compare(
+        "wall_ms",
+        &wall_samples(&sa.result),
+        &wall_samples(&sb.result),
+        settings.alpha,
+        settings.threshold,
+    )
+    .ok_or_else(|| Error::NothingToCompare(format!("{a} and {b} hold no samples")))
+}
+
+/// `baseline.list`.
+pub async fn baselines(store: &Store) -> Result<BaselineListResult, Error> {
+    let rows = store.call(|c| history::baselines(c)).await?;
+    Ok(BaselineListResult {
+        baselines: rows
+            .into_iter()
+            .map(|(name, batch, ts, uid)| BaselineInfo {
+                name,
+                batch,
+                ts,
+                uid,
+            })
+            .collect(),
+    })
+}
+
+/// Refuses a baseline name someone else holds (only its owner or an admin may replace it).
+pub async fn may_replace_baseline(store: &Store, caller: &Caller, name: &str) -> Result<(), Error> {
+    let n = name.to_owned();
+    match store.call(move |c| history::baseline(c, &n)).await? {
+        Some((_, owner)) if !caller.may_see(owner) => Err(Error::NotYours {
+            what: format!("baseline {name} (pick another name)"),
+            owner,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `baseline.save`: names a stored batch the caller may see.
+pub async fn save_baseline(
+    store: &Store,
+    caller: &Caller,
+    name: &str,
+    batch: &str,
+) -> Result<BaselineInfo, Error> {
+    check_name(name, "name")?;
+    let stored = load(store, batch).await?;
+    if !caller.may_see(stored.owner) {
+        return Err(Error::NotYours {
+            what: format!("batch {batch}"),
+            owner: stored.owner,
+        });
+    }
+    may_replace_baseline(store, caller, name).await?;
+    let (n, b, uid, admin) = (
+        name.to_owned(),
+        stored.batch.clone(),
+        caller.uid,
+        caller.admin,
+    );
+    // One statement: a baseline saved by someone else meanwhile is never replaced.
+    let saved = store
+        .call(move |c| {
+            if !history::save_baseline(c, &n, &b, uid, admin)? {
+                return Ok(None);
+            }
+            Ok(history::baselines(c)?.into_iter().find(|r| r.0 == n))
+        })
+        .await?;
+    match saved {
+        Some((name, batch, ts, uid)) => Ok(BaselineInfo {
+            name,
+            batch,
+            ts,
+            uid,
+        }),
+        None => Err(Error::BaselineTaken {
+            batch: batch.to_owned(),
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// `baseline.delete`: its owner or an admin.
+pub async fn delete_baseline(
+    store: &Store,
+    caller: &Caller,
+    name: &str,
+) -> Result<BaselineDeleteResult, Error> {
+    let n = name.to_owned();
+    let owner = store.call(move |c| history::baseline(c, &n)).await?;
+    let deleted = match owner {
+        None => false,
+        Some((_, owner)) if !caller.may_see(owner) => {
+            return Err(Error::NotYours {
+                what: format!("baseline {name}"),
+                owner,
+            });
+        }
+        Some(_) => {
+            let n = name.to_owned();
+            store.call(move |c| history::delete_baseline(c, &n)).await?
+        }
+    };
+    Ok(BaselineDeleteResult {
+        name: name.to_owned(),
+        deleted,
+    })
+}

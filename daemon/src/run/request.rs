@@ -1,0 +1,334 @@
+//! From a `run.start` request to a [`Batch`] the engine can execute: the parameters
+//! checked (each error names its field), the identity the run takes, its environment,
+//! limits and resource limits, the exclusive cores it wants, and the baseline it is
+//! compared with (which must exist before anything runs).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cleanroom_proto::{CpuRequest, RunParams};
+
+use super::batch::{Baseline, Batch, Caller};
+use super::cgroup::Limits;
+use super::error::Error;
+use super::history;
+use super::{Job, Want, spawn};
+use crate::host::format::parse_cpu_list;
+use crate::store::Store;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The names of the resource limits a run may set, for messages.
+const RLIMIT_NAMES: &str = "nofile, nproc, core, stack, as, data, fsize, memlock, cpu";
+
+/// Checks `params` and resolves everything a batch needs: `caller` is who asked (the run
+/// is theirs unless an admin names another user), `max_repeat` the configured bound.
+/// Blocking look-ups (the user database, the store) run on the blocking pool.
+pub async fn resolve(
+    params: RunParams,
+    caller: &Caller,
+    max_repeat: u32,
+    store: &Store,
+) -> Result<Batch, Error> {
+    validate(&params, max_repeat)?;
+    if let Some(name) = &params.save_baseline {
+        history::check_name(name, "save_baseline")?;
+        history::may_replace_baseline(store, caller, name).await?;
+    }
+    let baseline = match &params.baseline {
+        Some(name) => Some(baseline(store, name).await?),
+        None => None,
+    };
+    let (uid, gid, groups) = match &params.user {
+        None => (caller.uid, caller.gid, caller.groups.clone()),
+        Some(_) if !caller.admin => return Err(Error::AdminOnly("running as another user")),
+        Some(user) => {
+            let user = user.clone();
+            tokio::task::spawn_blocking(move || resolve_user(&user)).await??
+        }
+    };
+    let home = tokio::task::spawn_blocking(move || home_of(uid)).await?;
+    let exclusive = wanted_cpus(&params)?;
+    let job = Job {
+        spec: spawn::Spec {
+            argv: params.argv.clone(),
+            cwd: params.cwd.clone().unwrap_or_else(|| "/".into()).into(),
+            env: environment(&params, &home),
+            uid,
+            gid,
+            groups,
+            deterministic: params.deterministic,
+            isolate: params.isolate.clone(),
+            realtime: params.realtime,
+            cgroup_v2: None,
+            cgroup_procs: Vec::new(),
+            rlimits: rlimits(&params),
+        },
+        limits: Limits {
+            memory: params.memory,
+            pids: params.pids,
+            cpu_percent: params.cpu_percent,
+            cpus: None,
+            realtime: params.realtime,
+        },
+        timeout: params.timeout_ms.map(Duration::from_millis),
+    };
+    Ok(Batch {
+        owner: caller.clone(),
+        job,
+        exclusive,
+        wait: params.wait,
+        repeat: params.repeat,
+        warmup: params.warmup,
+        label: params.label,
+        argv: params.argv,
+        save_baseline: params.save_baseline,
+        baseline,
+        detached: params.detach,
+    })
+}
+
+/// The environment of a run: defaults, then the caller's `env`.
+fn environment(p: &RunParams, home: &str) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("PATH".into(), DEFAULT_PATH.into());
+    env.insert("HOME".into(), home.into());
+    env.insert("LANG".into(), "C.UTF-8".into());
+    env.insert("TZ".into(), "UTC".into());
+    if p.deterministic {
+        env.insert("CLEANROOM_SEED".into(), "0".into());
+        env.insert("PYTHONHASHSEED".into(), "0".into());
+    }
+    env.extend(p.env.clone());
+    env.into_iter().collect()
+}
+
+/// Every rule the types alone cannot express; the message names the field.
+fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
+    let bad = |m: String| Err(Error::Invalid(m));
+    if p.argv.is_empty() || p.argv[0].is_empty() {
+        return bad("argv must name a program".into());
+    }
+    if p.argv.iter().any(|a| a.contains('\0')) {
+        return bad("argv may not contain NUL bytes".into());
+    }
+    for (k, v) in &p.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return bad(format!("env: {k:?} is not a valid variable"));
+        }
+    }
+    if p.repeat == 0 || p.repeat > max_repeat {
+        return bad(format!(
+            "repeat must be 1 to {max_repeat}, not {}",
+            p.repeat
+        ));
+    }
+    if p.warmup > max_repeat {
+        return bad(format!("warmup must be at most {max_repeat}"));
+    }
+    if p.memory.is_some_and(|m| m < 1 << 20) {
+        return bad("memory must be at least 1 MiB".into());
+    }
+    if (p.cpus.is_some() || p.wait) && !p.exclusive {
+        return bad("cpus and wait need exclusive".into());
+    }
+    if p.realtime && !p.exclusive {
+        return bad("realtime needs exclusive: a SCHED_FIFO run must have cores of its own".into());
+    }
+    if let Some(CpuRequest::List(l)) = &p.cpus {
+        if l.len() > 256 {
+            return bad("cpus: the CPU list is longer than 256 characters".into());
+        }
+    }
+    if matches!(p.cpus, Some(CpuRequest::Count(0))) {
+        return bad("cpus must be at least 1".into());
+    }
+    if p.cpu_percent.is_some_and(|c| c > 100 * 4096) {
+        return bad("cpu_percent is at most 409600 (4096 CPUs)".into());
+    }
+    if p.pids == Some(0) || p.cpu_percent == Some(0) || p.timeout_ms == Some(0) {
+        return bad("pids, cpu_percent and timeout_ms must be positive".into());
+    }
+    for name in p.rlimits.keys() {
+        if rlimit_resource(name).is_none() {
+            return bad(format!("rlimits: unknown limit {name:?} ({RLIMIT_NAMES})"));
+        }
+    }
+    if let Some(cwd) = &p.cwd {
+        if !cwd.starts_with('/') {
+            return bad(format!("cwd {cwd:?} must be an absolute path"));
+        }
+    }
+    Ok(())
+}
+
+/// The exclusive CPUs asked for: none, a count (default 1) or a list.
+fn wanted_cpus(p: &RunParams) -> Result<Option<Want>, Error> {
+    Ok(match &p.cpus {
+        _ if !p.exclusive => None,
+        None => Some(Want::Count(1)),
+        Some(CpuRequest::Count(n)) => Some(Want::Count(*n as usize)),
+        Some(CpuRequest::List(l)) => Some(Want::List(parse_cpu_list(l).map_err(|e| {
+            Error::Invalid(format!(
+                "cpus: {l:?} is neither a count nor a CPU list (like 2,3 or 4-7): {e}"
+            ))
+        })?)),
+    })
+}
+
+/// The baseline to compare with. (Baselines are readable by every runner for now; who
+/// may read one is the next issue's.)
+async fn baseline(store: &Store, name: &str) -> Result<Baseline, Error> {
+    match history::load(store, &format!("baseline:{name}")).await {
+        Ok(stored) => Ok(Baseline {
+            batch: stored.batch,
+            samples: history::wall_samples(&stored.result),
+        }),
+        Err(Error::NotFound(_)) => Err(Error::Invalid(format!(
+            "baseline: no baseline named {name:?} (cleanroomctl baseline list)"
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// The `RLIMIT_*` resource of a limit's name.
+fn rlimit_resource(name: &str) -> Option<i32> {
+    Some(match name {
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "core" => libc::RLIMIT_CORE,
+        "stack" => libc::RLIMIT_STACK,
+        "as" => libc::RLIMIT_AS,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "cpu" => libc::RLIMIT_CPU,
+        _ => return None,
+    } as i32)
+}
+
+/// The limits a run gets: the daemon's original open-files limit, then those asked for.
+fn rlimits(p: &RunParams) -> Vec<(i32, u64, u64)> {
+    let mut out: Vec<(i32, u64, u64)> = Vec::new();
+    if let (Some((soft, hard)), false) = (
+        crate::privileges::original_nofile(),
+        p.rlimits.contains_key("nofile"),
+    ) {
+        out.push((libc::RLIMIT_NOFILE as i32, soft, hard));
+    }
+    for (name, v) in &p.rlimits {
+        if let Some(r) = rlimit_resource(name) {
+            out.push((r, *v, *v));
+        }
+    }
+    out
+}
+
+/// A user by name or uid: its uid, primary gid and groups from the user database.
+fn resolve_user(user: &str) -> Result<(u32, u32, Vec<u32>), Error> {
+    use nix::unistd::{Uid, User, getgrouplist};
+    let bad = |detail: String| Error::Invalid(detail);
+    let found = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(user),
+    }
+    .map_err(|e| bad(format!("user: cannot look {user:?} up: {e}")))?
+    .ok_or_else(|| bad(format!("user: no user {user:?}")))?;
+    let name = std::ffi::CString::new(found.name.clone())
+        .map_err(|_| bad(format!("user: bad name {:?}", found.name)))?;
+    let groups = getgrouplist(&name, found.gid)
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![found.gid.as_raw()]);
+    Ok((found.uid.as_raw(), found.gid.as_raw(), groups))
+}
+
+/// A user's home directory, `/` where the user database has none.
+fn home_of(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir.display().to_string())
+        .unwrap_or_else(|| "/".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_defaults_and_overrides() {
+        let mut p = RunParams {
+            argv: vec!["true".into()],
+            repeat: 1,
+            ..RunParams::default()
+        };
+        p.env.insert("TZ".into(), "Europe/Paris".into());
+        p.deterministic = true;
+        let env: BTreeMap<String, String> = environment(&p, "/home/x").into_iter().collect();
+        assert_eq!(env["TZ"], "Europe/Paris");
+        assert_eq!(env["HOME"], "/home/x");
+        assert_eq!(env["CLEANROOM_SEED"], "0");
+        assert!(env["PATH"].contains("/usr/bin"));
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let ok = RunParams {
+            argv: vec!["true".into()],
+            repeat: 1,
+            ..RunParams::default()
+        };
+        assert!(validate(&ok, 10).is_ok());
+        for (p, needle) in [
+            (
+                RunParams {
+                    argv: vec![],
+                    ..ok.clone()
+                },
+                "argv",
+            ),
+            (
+                RunParams {
+                    repeat: 0,
+                    ..ok.clone()
+                },
+                "repeat",
+            ),
+            (
+                RunParams {
+                    repeat: 11,
+                    ..ok.clone()
+                },
+                "repeat",
+            ),
+            (
+                RunParams {
+                    memory: Some(10),
+                    ..ok.clone()
+                },
+                "memory",
+            ),
+            (
+                RunParams {
+                    cwd: Some("rel".into()),
+                    ..ok.clone()
+                },
+                "cwd",
+            ),
+            (
+                RunParams {
+                    cpus: Some(CpuRequest::List("2-".into())),
+                    exclusive: true,
+                    ..ok.clone()
+                },
+                "cpus",
+            ),
+        ] {
+            let e = validate(&p, 10)
+                .and_then(|()| wanted_cpus(&p).map(|_| ()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+}
