@@ -12,6 +12,12 @@
 //!   machine hits every variant alike); prints the median and p90 of each. A variant the
 //!   daemon refuses (an older build without `pid`) is said so and left out.
 //!
+//! - after a pause: `cleanroomctl run -- /bin/true` 50 times, each after 0.2 s of idleness
+//!   (the pattern of a run interleaved with another tool); median and p90.
+//! - a crowd: the daemon's threads, RSS and `daemon.ping` round trips (median, p99 of 2,000)
+//!   idle, then while 1,000 `sleep` runs are in progress; then how long cancelling them all
+//!   takes until every process is gone.
+//!
 //! Build first: `cargo build --release --workspace --bins`.
 
 use std::process::{Command, Stdio};
@@ -65,6 +71,95 @@ fn spawn(c: &mut Criterion) {
         overshoot[overshoot.len() - 1]
     );
     interleaved(&d, &ctl);
+    after_a_pause(&d, &ctl);
+    crowd(&d);
+}
+
+/// Sorted copy's median and the given quantile.
+fn quantiles(mut v: Vec<f64>, q: f64) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    (at(0.5), at(q))
+}
+
+fn after_a_pause(d: &Daemon, ctl: &std::path::Path) {
+    let times: Vec<f64> = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut c = Command::new(ctl);
+            c.arg("--socket")
+                .arg(&d.socket)
+                .args(["run", "--", "/bin/true"]);
+            timed(&mut c).expect("run")
+        })
+        .collect();
+    let (median, p90) = quantiles(times, 0.9);
+    eprintln!(
+        "cleanroomctl run -- /bin/true after 0.2 s idle, 50 runs: median {median:.2} ms   p90 {p90:.2} ms"
+    );
+}
+
+/// Threads and resident memory of a process.
+fn footprint(pid: i32) -> (usize, u64) {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (threads, rss_kb)
+}
+
+/// Round trips of `daemon.ping` on one connection, microseconds: (median, p99).
+fn pings(d: &Daemon) -> (f64, f64) {
+    let mut c = d.connect();
+    let times: Vec<f64> = (0..2000)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let r = c.call("daemon.ping", serde_json::json!({}));
+            assert_eq!(r["result"]["pong"], true);
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    quantiles(times, 0.99)
+}
+
+fn crowd(d: &Daemon) {
+    use cleanroom::runs::{alive, eventually, start_run_as};
+    const RUNS: usize = 1000;
+    const MARKER: &str = "1017.375";
+    let (threads, rss) = footprint(d.pid());
+    let (p50, p99) = pings(d);
+    eprintln!(
+        "crowd: idle daemon {threads} threads, {rss} KiB RSS, ping median {p50:.1} µs p99 {p99:.1} µs"
+    );
+    let mut conns: Vec<_> = (0..RUNS / 25).map(|_| d.connect()).collect();
+    for c in &mut conns {
+        for i in 0..25 {
+            start_run_as(c, i + 1, serde_json::json!({"argv": ["sleep", MARKER]}));
+        }
+    }
+    let started = std::time::Instant::now();
+    assert!(eventually(Duration::from_secs(120), || alive(MARKER).len() == RUNS));
+    eprintln!(
+        "crowd: {RUNS} runs started in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (threads, rss) = footprint(d.pid());
+    let (p50, p99) = pings(d);
+    eprintln!(
+        "crowd: with {RUNS} runs {threads} threads, {rss} KiB RSS, ping median {p50:.1} µs p99 {p99:.1} µs"
+    );
+    let t = std::time::Instant::now();
+    drop(conns); // a client going away cancels its runs
+    assert!(eventually(Duration::from_secs(120), || alive(MARKER).is_empty()));
+    eprintln!(
+        "crowd: every process gone {:.2} s after the clients left",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 /// Wall time of one whole process, milliseconds; `None` if it failed.

@@ -1,0 +1,154 @@
+//! The run engine holds up against what a run, or a crowd of runs, can do to it: a process
+//! outside a run that keeps the run's output open, and a thousand runs at once.
+
+use std::fs::OpenOptions;
+use std::time::Duration;
+
+use cleanroom::runs::{alive, eventually, my_cpus, online_cpus, start_run, start_run_as};
+use cleanroom::{Daemon, RawClient, host_lock, is_root_or_skip};
+use serde_json::{Value, json};
+
+/// The next message on `c` that is not `run.output` or `run.progress`.
+fn next_other(c: &mut RawClient) -> Value {
+    loop {
+        let m = c.recv().expect("a message");
+        if m["method"] != "run.output" && m["method"] != "run.progress" {
+            return m;
+        }
+    }
+}
+
+/// The next `run.output` chunk's data.
+fn next_chunk(c: &mut RawClient) -> String {
+    loop {
+        let m = c.recv().expect("a message");
+        if m["method"] == "run.output" {
+            return m["params"]["data"].as_str().unwrap().to_owned();
+        }
+        assert!(m.get("id").is_none(), "answered before any output: {m}");
+    }
+}
+
+#[test]
+fn a_process_outside_a_run_holding_its_output_cannot_keep_it_alive() {
+    if !is_root_or_skip("a_process_outside_a_run_holding_its_output_cannot_keep_it_alive") {
+        return;
+    }
+    let _host = host_lock();
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    // An exclusive run that says its pid, then ends by itself once told to.
+    let mut c = RawClient::connect(&d.socket);
+    let script = format!(
+        "echo $$; while [ ! -e {} ]; do sleep 0.01; done",
+        go.display()
+    );
+    start_run(
+        &mut c,
+        json!({"argv": ["sh", "-c", script], "exclusive": true}),
+    );
+    assert_eq!(next_other(&mut c)["method"], "run.started");
+    let pid: u32 = next_chunk(&mut c).trim().parse().unwrap();
+    assert_ne!(my_cpus(), online_cpus(), "the shield is up");
+    // This process, outside the run, takes a copy of the run's stdout and keeps it open
+    // (as `exec 9>/proc/PID/fd/1` would).
+    let held = OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/fd/1"))
+        .unwrap();
+    std::fs::write(&go, "").unwrap();
+    // The run still ends (this read would time out otherwise), with its cores released
+    // and the shield lowered.
+    let answer = next_other(&mut c);
+    assert_eq!(answer["result"]["end_reason"], "exited", "{answer}");
+    assert_eq!(answer["result"]["exit_code"], 0, "{answer}");
+    assert!(
+        eventually(Duration::from_secs(5), || my_cpus() == online_cpus()),
+        "the shield is down: {}",
+        my_cpus()
+    );
+    let out = d.ctl(&["--json", "run", "--exclusive", "--", "true"]);
+    assert!(out.status.success(), "the core is free again: {out:?}");
+
+    // A run that goes on while its output is held: run.cancel ends it.
+    let mut c = RawClient::connect(&d.socket);
+    start_run(
+        &mut c,
+        json!({"argv": ["sh", "-c", "echo $$; exec sleep 1011.25"]}),
+    );
+    let batch = next_other(&mut c)["params"]["batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pid: u32 = next_chunk(&mut c).trim().parse().unwrap();
+    let held_too = OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/fd/1"))
+        .unwrap();
+    let r = RawClient::connect(&d.socket).call("run.cancel", json!({"batch": batch}));
+    assert_eq!(r["result"]["cancelled"], true, "{r}");
+    let answer = next_other(&mut c);
+    assert_eq!(answer["result"]["end_reason"], "cancelled", "{answer}");
+    assert!(alive("sleep 1011.25").is_empty());
+    drop((held, held_too));
+}
+
+#[test]
+fn a_thousand_runs_at_once_leave_the_daemon_responsive_and_all_end_on_cancel() {
+    if !is_root_or_skip("a_thousand_runs_at_once_leave_the_daemon_responsive_and_all_end_on_cancel")
+    {
+        return;
+    }
+    const RUNS: usize = 1000;
+    const PER_CONNECTION: usize = 25;
+    const MARKER: &str = "1013.125";
+    let d = Daemon::start();
+    let mut conns: Vec<RawClient> = (0..RUNS / PER_CONNECTION)
+        .map(|_| RawClient::connect(&d.socket))
+        .collect();
+    for c in &mut conns {
+        for i in 0..PER_CONNECTION {
+            start_run_as(c, i as u64 + 1, json!({"argv": ["sleep", MARKER]}));
+        }
+    }
+    // Every run has started: its batch id came, and its process runs.
+    let mut batches = Vec::new();
+    for c in &mut conns {
+        for _ in 0..PER_CONNECTION {
+            let m = next_other(c);
+            assert_eq!(m["method"], "run.started", "{m}");
+            batches.push(m["params"]["batch"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(60), || alive(MARKER).len() == RUNS),
+        "{} of {RUNS} running",
+        alive(MARKER).len()
+    );
+    // The daemon still answers: ping, status, a revert, a cancel.
+    for args in [
+        &["ping"][..],
+        &["status"],
+        &["profile", "revert"],
+        &["runs", "cancel", &batches[0]],
+    ] {
+        let out = d.ctl(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let status: Value = serde_json::from_slice(&d.ctl(&["--json", "status"]).stdout).unwrap();
+    assert_eq!(status["connections"], json!(RUNS / PER_CONNECTION + 1));
+    // Cancelling every batch ends every process.
+    let mut canceller = RawClient::connect(&d.socket);
+    for b in &batches {
+        let r = canceller.call("run.cancel", json!({"batch": b}));
+        assert!(r.get("result").is_some(), "{r}");
+    }
+    for c in &mut conns {
+        for _ in 0..PER_CONNECTION {
+            let m = next_other(c);
+            assert_eq!(m["result"]["end_reason"], "cancelled", "{m}");
+        }
+    }
+    assert!(alive(MARKER).is_empty(), "{:?}", alive(MARKER));
+}
