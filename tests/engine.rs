@@ -152,3 +152,59 @@ fn a_thousand_runs_at_once_leave_the_daemon_responsive_and_all_end_on_cancel() {
     }
     assert!(alive(MARKER).is_empty(), "{:?}", alive(MARKER));
 }
+
+/// The `ready-*` cgroups prepared ahead, in every hierarchy.
+fn prepared(d: &Daemon) -> usize {
+    let out = d.ctl(&["--json", "status"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["run_cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|base| {
+            std::fs::read_dir(base.as_str().unwrap())
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ready-"))
+        .count()
+}
+
+#[test]
+fn a_run_cloned_by_a_parked_helper_counts_only_its_own_tasks() {
+    if !is_root_or_skip("a_run_cloned_by_a_parked_helper_counts_only_its_own_tasks") {
+        return;
+    }
+    let d = Daemon::start();
+    let v1 = {
+        let out = d.ctl(&["--json", "status"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["cgroup"] != "v2"
+    };
+    if !v1 {
+        eprintln!("skipping: helpers are for cgroup v1 (v2 clones into the cgroup)");
+        return;
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || prepared(&d) > 0),
+        "run cgroups are prepared ahead"
+    );
+    // The shell and one command: exactly two tasks, the helper that cloned the shell
+    // gone before it started.
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--pids",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "/bin/true && echo ok",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ok"),
+        "{out:?}"
+    );
+}

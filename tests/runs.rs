@@ -27,6 +27,16 @@ fn run_cgroups(d: &Daemon) -> Vec<String> {
     found
 }
 
+/// Every run's cgroup is gone: removed right after its answer (off the answer's path), so
+/// this waits for the daemon to get there.
+fn assert_no_run_cgroups(d: &Daemon) {
+    assert!(
+        eventually(Duration::from_secs(5), || run_cgroups(d).is_empty()),
+        "{:?}",
+        run_cgroups(d)
+    );
+}
+
 /// With the run options `extra`: a command that does not exist exits 127, a file without
 /// execute permission 126.
 fn assert_start_failures(d: &Daemon, extra: &[&str]) {
@@ -78,7 +88,7 @@ fn exit_codes_signals_and_start_failures_pass_through() {
     }
     assert_eq!(r["exit_code"], 3);
     assert_eq!(r["end_reason"], "exited");
-    assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
+    assert_no_run_cgroups(&d);
 }
 
 #[test]
@@ -135,7 +145,7 @@ fn processes_that_escape_with_setsid_do_not_survive_the_run() {
     let r = json_of(&out);
     assert!(r["killed"].as_u64().unwrap() >= 2, "{r}");
     assert!(alive("1001.25").is_empty(), "{:?}", alive("1001.25"));
-    assert!(run_cgroups(&d).is_empty());
+    assert_no_run_cgroups(&d);
 }
 
 #[test]
@@ -189,7 +199,7 @@ fn a_fork_bomb_is_contained_and_cleaned_up() {
         "{r}"
     );
     assert!(alive("bomb").is_empty());
-    assert!(run_cgroups(&d).is_empty());
+    assert_no_run_cgroups(&d);
     // The daemon is fine and the host can still fork.
     assert!(d.ctl(&["run", "--", "true"]).status.success());
 }
@@ -552,7 +562,7 @@ fn a_pid_namespace_makes_the_command_pid_1_alone_and_leaves_nothing_behind() {
         "{err}"
     );
     assert_eq!(proc_mounts(), mounts, "a run's /proc leaked to the host");
-    assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
+    assert_no_run_cgroups(&d);
 }
 
 #[test]
@@ -584,7 +594,7 @@ fn all_five_namespaces_together() {
         "{out:?}"
     );
     assert!(!Path::new(&format!("/tmp/{marker}")).exists());
-    assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
+    assert_no_run_cgroups(&d);
 }
 
 /// `cleanroomctl run [ISOLATE...] --cwd CWD -- sh -c SCRIPT`, as the caller `user` (an
@@ -668,7 +678,7 @@ fn a_private_tmp_keeps_a_working_directory_below_tmp_and_hides_the_rest() {
         format!("{}\nfrom the host\n", work.path().display()),
         "{out:?}"
     );
-    assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
+    assert_no_run_cgroups(&d);
 }
 
 /// Gives `path` a POSIX ACL (its extended attribute) from (tag, permissions, id) entries.
@@ -777,7 +787,7 @@ fn a_kept_working_directory_is_entered_with_the_callers_permissions() {
             "{isolate:?}: {out:?}"
         );
     }
-    assert!(run_cgroups(&d).is_empty(), "{:?}", run_cgroups(&d));
+    assert_no_run_cgroups(&d);
 }
 
 #[test]

@@ -46,4 +46,11 @@ pub struct Args {
     /// With --revert: also restore knobs someone else changed since (conflicts).
     #[arg(long, requires = "revert")]
     pub force: bool,
+    /// Internal: run as a helper that clones one run's child from inside the run's cgroups
+    /// (cgroup v1), joining the cgroups of these `cgroup.procs` files first.
+    #[arg(long, hide = true, num_args = 0.., value_name = "CGROUP_PROCS", requires = "helper_fd")]
+    pub run_helper: Option<Vec<PathBuf>>,
+    /// Internal: the run helper's socket to the daemon.
+    #[arg(long, hide = true, value_name = "FD")]
+    pub helper_fd: Option<i32>,
 }

@@ -19,6 +19,10 @@ use tokio::signal::unix::{SignalKind, signal};
 fn main() -> ExitCode {
     let started = Instant::now();
     let args = Args::parse();
+    if let (Some(procs), Some(fd)) = (&args.run_helper, args.helper_fd) {
+        // A helper of the daemon's (cgroup v1 runs): nothing else of the daemon happens.
+        return cleanroomd::run::helper::serve(fd, procs);
+    }
     init_logging();
     match run(args, started) {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,6 +220,7 @@ async fn serve(
     };
     tokio::spawn(signals);
 
+    state.engine().runner().warm_up();
     tokio::spawn(drift_checks(Arc::clone(&state)));
     tokio::spawn(status_updates(Arc::clone(&state)));
 

@@ -174,6 +174,16 @@ impl Host {
         }
     }
 
+    /// Renames a directory (a cgroup v1 directory, within its parent).
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
+        let (src, dst) = (self.path(from)?, self.path(to)?);
+        std::fs::rename(&src, &dst).map_err(|source| Error::Write {
+            path: src,
+            value: format!("(rename to {})", dst.display()),
+            source,
+        })
+    }
+
     /// Every cgroup mount, from `/proc/self/mountinfo`.
     pub fn cgroup_mounts(&self) -> Result<Vec<CgroupMount>, Error> {
         let path = self.path("/proc/self/mountinfo")?;

@@ -243,6 +243,35 @@ impl Layout {
         Ok(cg)
     }
 
+    /// Creates a cgroup v1 run cgroup ahead of any request, `ready-<id>`, in every
+    /// hierarchy a run may need (cpu and cpuset too, since it does not know its run yet),
+    /// with no limits: [`RunCgroup::take`] names it `run-<id>` when a run takes it, and
+    /// [`RunCgroup::apply_limits`] sets the run's limits.
+    pub fn create_slot(&self, host: &Host, id: &str) -> Result<RunCgroup, HostError> {
+        let cg = RunCgroup {
+            v2: matches!(self, Layout::V2(_)),
+            dirs: self
+                .runs_dirs()
+                .into_iter()
+                .map(|(c, base)| (c, join(&base, &format!("ready-{id}"))))
+                .collect(),
+        };
+        for (_, dir) in &cg.dirs {
+            if let Err(e) = host.make_dir(dir) {
+                cg.remove(host);
+                return Err(e);
+            }
+        }
+        // A v1 cpuset takes no task before it has CPUs and memory nodes.
+        if let Some(d) = cg.dir_with("cpuset").filter(|_| !cg.v2) {
+            if let Err(e) = inherit_cpuset(host, d) {
+                cg.remove(host);
+                return Err(e);
+            }
+        }
+        Ok(cg)
+    }
+
     /// Removes the directories that hold run cgroups (at a clean stop; they must be empty).
     pub fn remove_base(&self, host: &Host) {
         match self {
@@ -271,10 +300,9 @@ impl Layout {
         let mut ids: Vec<String> = Vec::new();
         for (_, base) in self.runs_dirs() {
             for name in host.list(&base) {
-                if let Some(id) = name.strip_prefix("run-") {
-                    if !ids.iter().any(|i| i == id) {
-                        ids.push(id.to_owned());
-                    }
+                let ours = name.starts_with("run-") || name.starts_with("ready-");
+                if ours && !ids.contains(&name) {
+                    ids.push(name);
                 }
             }
         }
@@ -284,13 +312,17 @@ impl Layout {
                 dirs: self
                     .runs_dirs()
                     .into_iter()
-                    .map(|(c, b)| (c, join(&b, &format!("run-{id}"))))
+                    .map(|(c, b)| (c, join(&b, id)))
                     .collect(),
             };
             let killed = cg.kill_all(host);
             cg.wait_empty(host, Duration::from_secs(2));
             cg.remove(host);
-            tracing::warn!(run = %id, killed, "{why}");
+            if id.starts_with("run-") {
+                tracing::warn!(run = %id, killed, "{why}");
+            } else {
+                tracing::debug!(cgroup = %id, "removed a run cgroup prepared ahead");
+            }
         }
         ids.len()
     }
@@ -385,6 +417,54 @@ impl RunCgroup {
             .map(|(_, d)| d.as_str())
     }
 
+    /// The id the run's directories are named after (`run-<id>`, or `ready-<id>` while
+    /// prepared).
+    pub fn id(&self) -> &str {
+        self.dirs
+            .first()
+            .and_then(|(_, d)| d.rsplit('/').next())
+            .and_then(|leaf| leaf.strip_prefix("run-").or(leaf.strip_prefix("ready-")))
+            .unwrap_or_default()
+    }
+
+    /// A prepared cgroup taken by a run: `ready-<id>` renamed `run-<id>` in every hierarchy
+    /// (cgroup v1 renames within a parent; what is inside stays).
+    pub fn take(self, host: &Host) -> Result<RunCgroup, HostError> {
+        let id = self.id().to_owned();
+        let mut dirs: Vec<(Vec<String>, String)> = Vec::with_capacity(self.dirs.len());
+        for (c, d) in &self.dirs {
+            let to = match d.rsplit_once('/') {
+                Some((parent, _)) => join(parent, &format!("run-{id}")),
+                None => d.clone(),
+            };
+            if let Err(e) = host.rename(d, &to) {
+                // Put back what was renamed, so the cgroup is one thing again.
+                for (_, done) in &dirs {
+                    let back = done_back(done, &id);
+                    let _ = host.rename(done, &back);
+                }
+                return Err(e);
+            }
+            dirs.push((c.clone(), to));
+        }
+        Ok(RunCgroup { v2: self.v2, dirs })
+    }
+
+    /// v1 counters a run's accounting starts from, reset when a helper hands the run over:
+    /// `cpuacct.usage` and `memory.max_usage_in_bytes`.
+    pub fn accounting_files(&self) -> Vec<String> {
+        if self.v2 {
+            return Vec::new();
+        }
+        [
+            ("cpuacct", "cpuacct.usage"),
+            ("memory", "memory.max_usage_in_bytes"),
+        ]
+        .into_iter()
+        .filter_map(|(c, f)| Some(join(self.dir_with(c)?, f)))
+        .collect()
+    }
+
     /// The `cgroup.procs` files a pid must be written to, to enter the run.
     pub fn procs_files(&self) -> Vec<String> {
         self.dirs
@@ -393,7 +473,8 @@ impl RunCgroup {
             .collect()
     }
 
-    fn apply_limits(&self, host: &Host, l: &Limits) -> Result<(), HostError> {
+    /// Sets the run's limits (and, on v1, its CPUs: those asked for, else its parent's).
+    pub fn apply_limits(&self, host: &Host, l: &Limits) -> Result<(), HostError> {
         if !self.v2 {
             if let Some(d) = self.dir_with("cpuset") {
                 inherit_cpuset(host, d)?;
@@ -638,6 +719,14 @@ impl RunCgroup {
                 tracing::warn!(cgroup = %d, error = %e, "cannot remove run cgroup");
             }
         }
+    }
+}
+
+/// The `ready-<id>` name of a renamed `run-<id>` directory.
+fn done_back(dir: &str, id: &str) -> String {
+    match dir.rsplit_once('/') {
+        Some((parent, _)) => join(parent, &format!("ready-{id}")),
+        None => dir.to_owned(),
     }
 }
 

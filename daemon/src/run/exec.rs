@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::RunEvent;
 use super::cgroup::RunCgroup;
+use super::helper::Helper;
 use super::spawn::{self, Exit, Running};
 use super::{Job, Runner, noise};
 use crate::host::Host;
@@ -43,22 +44,25 @@ impl Runner {
         output: &mpsc::Sender<RunEvent>,
         cancel: CancellationToken,
     ) -> RunRecord {
-        let id = self.next_run_id();
         let cpus = job.limits.cpus.clone().unwrap_or_else(|| self.own_cpus());
-        let mut record = RunRecord::new(id.clone(), EndReason::FailedToStart, cpus);
         let host = self.host.clone();
-        let probe = self.probe(&record.cpus);
-        let cg = match self.create_cgroup(&id, job).await {
-            Ok(cg) => cg,
+        let probe = self.probe(&cpus);
+        let begun = Instant::now();
+        let (cg, helper) = match self.prepare_cgroup(job).await {
+            Ok(prepared) => prepared,
             Err(e) => {
+                let mut record = RunRecord::new(self.next_run_id(), EndReason::FailedToStart, cpus);
                 record.error = Some(e);
                 return record;
             }
         };
+        let id = cg.id().to_owned();
+        let mut record = RunRecord::new(id.clone(), EndReason::FailedToStart, cpus);
         let pressure_before = pressure(&host);
         // The noise window opens as close to the exec as the daemon can get.
         let noise_start = probe.sample();
-        let started = match self.clone_child(job, &cg).await {
+        let prepared = begun.elapsed();
+        let started = match self.clone_child(job, &cg, helper).await {
             Ok(s) => s,
             Err((code, msg)) => {
                 record.exit_code = code;
@@ -78,6 +82,7 @@ impl Runner {
         let exec = started.wait_exec();
         tokio::pin!(exec);
         let mut early = None;
+        let cloned = begun.elapsed();
         let running = tokio::select! {
             r = &mut exec => r,
             () = tokio::time::sleep_until(deadline) => {
@@ -113,6 +118,7 @@ impl Runner {
         );
         let outcome = self.supervise(running, &cg, job, output, cancel, t0).await;
         record.wall_ms = outcome.ended.duration_since(t0).as_secs_f64() * 1e3;
+        let exited = t0.elapsed();
         let (usage, noise_end, own) = {
             let (h, c) = (host.clone(), cg.clone());
             let probe = probe.clone();
@@ -121,7 +127,9 @@ impl Runner {
                 .unwrap_or_else(|_| (Default::default(), noise_start.clone(), noise::Own::Unknown))
         };
         if outcome.emptied {
-            remove(&host, cg).await;
+            // After the answer: nothing of the run needs its directories any more.
+            let h = host.clone();
+            tokio::task::spawn_blocking(move || cg.remove(&h));
         }
         let pressure_after = pressure(&host);
         record.noise = Noise {
@@ -151,12 +159,23 @@ impl Runner {
             None if record.signal.is_some() => EndReason::Signaled,
             None => EndReason::Exited,
         };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            run = %id,
+            prepare_ms = ms(prepared),
+            clone_ms = ms(cloned - prepared),
+            exec_ms = ms(t0.duration_since(begun) - cloned),
+            program_ms = ms(exited),
+            after_ms = ms(t0.elapsed() - exited),
+            "run phases"
+        );
         record
     }
 
-    /// The run's cgroup with its limits; on cgroup v2 an exclusive run goes into the
-    /// shield's partition, and any other run stays off the shielded CPUs.
-    async fn create_cgroup(&self, id: &str, job: &Job) -> Result<RunCgroup, String> {
+    /// The run's cgroup with its limits: a slot prepared ahead (with its helper on v1)
+    /// when one is ready, else made now. On cgroup v2 an exclusive run goes into the
+    /// shield's partition (made now), and any other run stays off the shielded CPUs.
+    async fn prepare_cgroup(&self, job: &Job) -> Result<(RunCgroup, Option<Helper>), String> {
         let layout = match &self.layout {
             Ok(l) => l.clone(),
             Err(e) => return Err(format!("runs are unavailable on this host: {e}")),
@@ -171,37 +190,81 @@ impl Runner {
             }
             _ => None,
         };
-        let (host, id) = (self.host.clone(), id.to_owned());
+        let slot = match (&self.slots, &partition) {
+            (Some(slots), None) => slots.take(),
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            // A rename and a few writes to files of a fresh cgroup: bounded, done here.
+            let taken = slot.cgroup.take(&self.host).and_then(|cg| {
+                cg.apply_limits(&self.host, &limits)?;
+                Ok(cg)
+            });
+            return match taken {
+                Ok(cg) => Ok((cg, slot.helper)),
+                Err(e) => {
+                    // The helper and its cgroup go; the next start's cleanup removes what
+                    // a failed rename left.
+                    if let Some(h) = slot.helper {
+                        h.dismiss();
+                    }
+                    Err(e.to_string())
+                }
+            };
+        }
+        let (host, id) = (self.host.clone(), self.next_run_id());
         match tokio::task::spawn_blocking(move || {
             layout.create(&host, &id, &limits, partition.as_deref())
         })
         .await
         {
-            Ok(Ok(cg)) => Ok(cg),
+            Ok(Ok(cg)) => Ok((cg, None)),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("run task failed: {e}")),
         }
     }
 
-    /// Clones the child into its cgroup (v2: born there; v1: it enters each hierarchy as
-    /// its first step). The clone is bounded work, done on a blocking thread.
+    /// Clones the child into its cgroup: by the helper parked inside it (v1 slot: born
+    /// there), or from the daemon (v2: born there by `CLONE_INTO_CGROUP`; v1 without a
+    /// slot: it enters each hierarchy as its first step). Bounded work, on a blocking
+    /// thread.
     async fn clone_child(
         &self,
         job: &Job,
         cg: &RunCgroup,
+        helper: Option<Helper>,
     ) -> Result<spawn::Started, (Option<i32>, String)> {
         let mut spec = job.spec.clone();
-        match cg.v2_dir() {
-            Some(d) => spec.cgroup_v2 = self.host.path(d).ok(),
-            None => {
+        let started = match (helper, cg.v2_dir()) {
+            (Some(helper), _) => {
+                let reset: Vec<_> = cg
+                    .accounting_files()
+                    .iter()
+                    .filter_map(|p| self.host.path(p).ok())
+                    .collect();
+                tokio::task::spawn_blocking(move || {
+                    helper.start(&spec, reset).map(|(started, exiting)| {
+                        // Reaped off the request's path.
+                        tokio::task::spawn_blocking(move || exiting.reap());
+                        started
+                    })
+                })
+                .await
+            }
+            (None, Some(d)) => {
+                spec.cgroup_v2 = self.host.path(d).ok();
+                tokio::task::spawn_blocking(move || spawn::start(&spec)).await
+            }
+            (None, None) => {
                 spec.cgroup_procs = cg
                     .procs_files()
                     .iter()
                     .filter_map(|p| self.host.path(p).ok())
-                    .collect()
+                    .collect();
+                tokio::task::spawn_blocking(move || spawn::start(&spec)).await
             }
-        }
-        match tokio::task::spawn_blocking(move || spawn::start(&spec)).await {
+        };
+        match started {
             Ok(Ok(started)) => Ok(started),
             Ok(Err(e)) => Err((e.exit_code(), e.to_string())),
             Err(e) => Err((None, format!("run task failed: {e}"))),

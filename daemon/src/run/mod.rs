@@ -17,10 +17,12 @@ pub mod compare;
 pub mod cpus;
 mod error;
 mod exec;
+pub mod helper;
 pub mod history;
 pub mod noise;
 pub mod request;
 pub mod shield;
+mod slots;
 pub mod spawn;
 pub mod stats;
 
@@ -52,7 +54,9 @@ pub struct Job {
 pub struct Runner {
     host: Host,
     layout: Result<Layout, String>,
-    next: AtomicU64,
+    next: Arc<AtomicU64>,
+    /// Run cgroups prepared ahead (none where runs are unavailable).
+    slots: Option<Arc<slots::Slots>>,
     /// Output beyond this many bytes per run is dropped (and said so).
     pub max_output: u64,
     store: crate::store::Store,
@@ -221,10 +225,22 @@ impl Runner {
             Ok(l) => l.shield_method(&host, instance, shield_config.partition),
             Err(_) => shield::Method::Affinity,
         };
+        let next = Arc::new(AtomicU64::new(seed));
+        // Prepared run cgroups with parked helpers where a child cannot be cloned into its
+        // cgroup (v1); on v2 `CLONE_INTO_CGROUP` already avoids the migration.
+        let slots = match &layout {
+            Ok(l @ Layout::V1(_)) => Some(Arc::new(slots::Slots::new(
+                host.clone(),
+                l.clone(),
+                Arc::clone(&next),
+            ))),
+            _ => None,
+        };
         Self {
             host,
             layout,
-            next: AtomicU64::new(seed),
+            next,
+            slots,
             max_output,
             store,
             pool,
@@ -321,9 +337,19 @@ impl Runner {
         self.released.notified()
     }
 
+    /// Starts preparing run cgroups ahead of requests (from within the runtime).
+    pub fn warm_up(&self) {
+        if let Some(s) = &self.slots {
+            s.refill();
+        }
+    }
+
     /// At a clean stop: ends runs still going, lowers the shield, removes the directories
     /// of run cgroups (a crash leaves all that to the next start).
     pub fn shutdown(&self) {
+        if let Some(s) = &self.slots {
+            s.drain();
+        }
         if let Ok(l) = &self.layout {
             l.end_all(&self.host, "ended a run still going at the stop");
         }

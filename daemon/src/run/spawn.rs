@@ -109,8 +109,9 @@ use std::path::{Component, Path, PathBuf};
 
 use cleanroom_proto::Isolation;
 
-/// What to start.
-#[derive(Debug, Clone)]
+/// What to start. (Serializable: on cgroup v1 it goes to a helper process that clones
+/// the child from inside the run's cgroups, see [`Handoff`].)
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Spec {
     /// Program and arguments.
     pub argv: Vec<String>,
@@ -136,6 +137,23 @@ pub struct Spec {
     pub cgroup_procs: Vec<PathBuf>,
     /// Resource limits: (`RLIMIT_*` resource, soft, hard), set while still privileged.
     pub rlimits: Vec<(i32, u64, u64)>,
+}
+
+/// How a child cloned by a helper process is handed over (cgroup v1: the helper sits in the
+/// run's cgroups, so the child is born there, with no cgroup migration on the request's
+/// path). The default hands nothing over: the daemon clones its own child.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    /// Clone with `CLONE_PARENT`: the child's parent is the daemon, which reaps it.
+    pub to_parent: bool,
+    /// A pipe the helper holds the write end of: the child closes its copy of the write
+    /// end and waits for end-of-file (the helper gone) before anything else, so the helper
+    /// never counts against the run's task limit.
+    pub gone: Option<(RawFd, RawFd)>,
+    /// Files the child writes `0` to once the helper is gone (still root): v1's
+    /// `cpuacct.usage` and `memory.max_usage_in_bytes`, so the run's accounting starts
+    /// with it.
+    pub reset: Vec<PathBuf>,
 }
 
 /// Why a run could not start.
@@ -197,6 +215,14 @@ pub enum Error {
     /// Anything else about starting the process.
     #[error("cannot start {0}: {1}")]
     Spawn(String, io::Error),
+    /// A helper process could not start it (the helper's own message).
+    #[error("{message}")]
+    Relayed {
+        /// What the helper said.
+        message: String,
+        /// The exit code a shell would give, if the error has one.
+        exit_code: Option<i32>,
+    },
 }
 
 impl Error {
@@ -205,6 +231,7 @@ impl Error {
         match self {
             Error::NotFound(_) => Some(127),
             Error::NotExecutable(..) => Some(126),
+            Error::Relayed { exit_code, .. } => *exit_code,
             _ => None,
         }
     }
@@ -579,6 +606,10 @@ enum CloneMode {
 
 /// What the child uses between clone and exec, all prepared before the clone.
 struct Plan<'a> {
+    /// The helper's pipe (read end, write end), when a helper clones the child.
+    gone: Option<(RawFd, RawFd)>,
+    /// Files to write `0` to once the helper is gone.
+    reset: &'a [CString],
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     /// `/bin/sh`, a slot for the script's path, the arguments: for ENOEXEC.
@@ -665,10 +696,15 @@ fn nul_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
 /// tables); what may take long (a working directory on a file system that does not answer)
 /// happens in the child.
 pub fn start(spec: &Spec) -> Result<Started, Error> {
-    start_with(spec, CloneMode::Clone3)
+    start_with(spec, CloneMode::Clone3, &Handoff::default())
 }
 
-fn start_with(spec: &Spec, mode: CloneMode) -> Result<Started, Error> {
+/// [`start`] from a helper process, handing the child over as `handoff` says.
+pub fn start_handoff(spec: &Spec, handoff: &Handoff) -> Result<Started, Error> {
+    start_with(spec, CloneMode::Clone3, handoff)
+}
+
+fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started, Error> {
     let program = spec.argv.first().cloned().unwrap_or_default();
     let spawn_err = |e: io::Error| Error::Spawn(program.clone(), e);
     let cstring = |bytes: Vec<u8>| CString::new(bytes).map_err(|e| spawn_err(io::Error::other(e)));
@@ -765,7 +801,14 @@ fn start_with(spec: &Spec, mode: CloneMode) -> Result<Started, Error> {
             )
         })
         .collect();
+    let reset: Vec<CString> = handoff
+        .reset
+        .iter()
+        .map(|p| cstring(p.as_os_str().as_encoded_bytes().to_vec()))
+        .collect::<Result<_, _>>()?;
     let mut plan = Plan {
+        gone: handoff.gone,
+        reset: &reset,
         argv: &argv_ptrs,
         envp: &envp_ptrs,
         sh_argv: &mut sh_argv,
@@ -799,7 +842,7 @@ fn start_with(spec: &Spec, mode: CloneMode) -> Result<Started, Error> {
     // SAFETY: clone_process forks this multithreaded process; in the child (Cloned::Child)
     // only exec_child runs, which makes async-signal-safe calls on the memory prepared
     // above and never returns.
-    let cloned = unsafe { clone_process(mode, ns_flags, cgroup_dir.as_ref()) };
+    let cloned = unsafe { clone_process(mode, ns_flags, cgroup_dir.as_ref(), handoff.to_parent) };
     if let Ok(Cloned::Child { into_cgroup }) = cloned {
         if !into_cgroup {
             plan.procs_v2 = procs_v2.as_deref();
@@ -873,12 +916,16 @@ struct Origin {
 
 impl Origin {
     fn of(spec: &Spec, workdir: &WorkDir) -> Self {
+        Self::of_paths(spec, workdir.enter.clone())
+    }
+
+    fn of_paths(spec: &Spec, entered: PathBuf) -> Self {
         Self {
             program: spec.argv.first().cloned().unwrap_or_default(),
             cgroup_v2: spec.cgroup_v2.clone(),
             cgroup_procs: spec.cgroup_procs.clone(),
             cwd: spec.cwd.clone(),
-            entered: workdir.enter.clone(),
+            entered,
             uid: spec.uid,
         }
     }
@@ -917,10 +964,55 @@ pub struct Running {
     pub pidfd_from_clone: bool,
 }
 
+/// A started child as a helper hands it to the daemon: its pid, its pidfd, stdout, stderr
+/// and status pipe (in that order), and the working directory it enters.
+#[derive(Debug)]
+pub struct Handover {
+    /// Its pid.
+    pub pid: u32,
+    /// Pidfd, stdout, stderr, status pipe.
+    pub fds: [OwnedFd; 4],
+    /// The directory it enters (resolved, with a private `/tmp`).
+    pub entered: PathBuf,
+}
+
 impl Started {
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Its parts, for a helper to send to the daemon.
+    pub fn into_handover(mut self) -> Result<Handover, Error> {
+        let status = self.status.take().ok_or_else(|| {
+            Error::Spawn(
+                self.origin.program.clone(),
+                io::Error::other("status pipe already read"),
+            )
+        })?;
+        Ok(Handover {
+            pid: self.pid,
+            entered: self.origin.entered.clone(),
+            fds: [self.pidfd, self.stdout, self.stderr, status],
+        })
+    }
+
+    /// The child a helper started for `spec`, in the daemon. Its parent is the daemon
+    /// (the helper cloned it with `CLONE_PARENT`), so the daemon reaps it.
+    pub fn from_handover(h: Handover, spec: &Spec) -> Started {
+        let [pidfd, stdout, stderr, status] = h.fds;
+        let mut origin = Origin::of_paths(spec, h.entered);
+        origin.cgroup_procs.clear();
+        Started {
+            pid: h.pid,
+            pidfd,
+            pidfd_from_clone: true,
+            stdout,
+            stderr,
+            status: Some(status),
+            born_in_cgroup: true,
+            origin,
+        }
     }
 
     /// Waits, without a thread, until the program runs (the status pipe closes at its
@@ -1033,12 +1125,20 @@ unsafe fn clone_process(
     mode: CloneMode,
     ns_flags: u64,
     cgroup: Option<&OwnedFd>,
+    to_parent: bool,
 ) -> io::Result<Cloned> {
     let mut pidfd: libc::c_int = -1;
+    let parent = if to_parent {
+        libc::CLONE_PARENT as u64
+    } else {
+        0
+    };
     let mut args = CloneArgs {
-        flags: libc::CLONE_PIDFD as u64 | ns_flags,
+        flags: libc::CLONE_PIDFD as u64 | ns_flags | parent,
         pidfd: (&raw mut pidfd) as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        // With CLONE_PARENT the kernel takes the parent's own exit signal, and clone3
+        // refuses any other.
+        exit_signal: if to_parent { 0 } else { libc::SIGCHLD as u64 },
         ..CloneArgs::default()
     };
     if let Some(fd) = cgroup {
@@ -1076,7 +1176,7 @@ unsafe fn clone_process(
         r = unsafe {
             libc::syscall(
                 libc::SYS_clone,
-                ns_flags | libc::SIGCHLD as u64,
+                ns_flags | parent | libc::SIGCHLD as u64,
                 0usize,
                 0usize,
                 0usize,
@@ -1152,6 +1252,24 @@ unsafe fn exec_child(p: &mut Plan<'_>) -> ! {
         if let Some(path) = p.procs_v2 {
             if !write_zero(path) {
                 fail_now(Stage::Cgroup, V2_PROCS);
+            }
+        }
+        // 1b. Cloned by a helper: it must be gone (it sits in the run's cgroups and would
+        // count against the run's tasks), then the run's accounting starts afresh.
+        if let Some((read, write)) = p.gone {
+            libc::close(write);
+            let mut byte = 0u8;
+            loop {
+                let r = libc::read(read, (&raw mut byte).cast(), 1);
+                if r == 0 || (r < 0 && errno() != libc::EINTR) {
+                    break;
+                }
+            }
+            libc::close(read);
+            for path in p.reset {
+                // The counters exist where the controller is mounted; a missing one is no
+                // reason to refuse the run.
+                write_zero(path);
             }
         }
         // 2. A session of its own.
@@ -1945,7 +2063,7 @@ mod tests {
 
     /// Runs `spec` to the end: its stdout and how it exited.
     fn run(spec: &Spec, mode: CloneMode) -> Result<(String, Exit, Seen), Error> {
-        let child = start_with(spec, mode)?.wait_exec_blocking()?;
+        let child = start_with(spec, mode, &Handoff::default())?.wait_exec_blocking()?;
         let pidfd_from_clone = child.pidfd_from_clone;
         let mut out = String::new();
         File::from(child.stdout).read_to_string(&mut out).unwrap();

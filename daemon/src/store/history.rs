@@ -33,10 +33,7 @@ pub fn insert(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Res
     // History is not the journal: in WAL mode, NORMAL keeps the database consistent and
     // only a power cut may lose the newest batches, without an fsync on every run. The
     // connection goes back to FULL for everything else.
-    conn.execute_batch("PRAGMA synchronous=NORMAL")?;
-    let result = insert_tx(conn, row, keep);
-    conn.execute_batch("PRAGMA synchronous=FULL")?;
-    result
+    super::with_normal_sync(conn, |c| insert_tx(c, row, keep))
 }
 
 fn insert_tx(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Result<()> {

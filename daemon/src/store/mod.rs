@@ -255,26 +255,30 @@ impl Store {
         .map_err(|e| Error::Task(e.to_string()))?
     }
 
-    /// Appends one audit event.
+    /// Appends one audit event. Like the history, the audit log is not the journal: in WAL
+    /// mode `synchronous=NORMAL` keeps the database consistent and only a power cut may
+    /// lose the newest rows, without an fsync on every state-changing request.
     pub async fn record_audit(&self, event: AuditEvent) -> Result<(), Error> {
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         self.call(move |c| {
-            c.execute(
-                "INSERT INTO audit (ts, uid, gid, pid, method, params_digest, outcome)
+            with_normal_sync(c, |c| {
+                c.execute(
+                    "INSERT INTO audit (ts, uid, gid, pid, method, params_digest, outcome)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                rusqlite::params![
-                    ts,
-                    event.uid,
-                    event.gid,
-                    event.pid,
-                    event.method,
-                    event.params_digest,
-                    event.outcome
-                ],
-            )
+                    rusqlite::params![
+                        ts,
+                        event.uid,
+                        event.gid,
+                        event.pid,
+                        event.method,
+                        event.params_digest,
+                        event.outcome
+                    ],
+                )
+            })
             .map(|_| ())
         })
         .await
@@ -301,6 +305,18 @@ impl Store {
         })
         .await
     }
+}
+
+/// Runs `f` with `synchronous=NORMAL` (no fsync at commit in WAL mode), then puts the
+/// connection back to `FULL`, which everything else (the journals) relies on.
+pub(crate) fn with_normal_sync<R>(
+    conn: &mut Connection,
+    f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>,
+) -> rusqlite::Result<R> {
+    conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+    let result = f(conn);
+    conn.execute_batch("PRAGMA synchronous=FULL")?;
+    result
 }
 
 #[cfg(test)]
