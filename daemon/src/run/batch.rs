@@ -161,7 +161,7 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<RunResult, Error> {
         if let Some(why) = self.runner.unavailable() {
-            return Err(Error::Unavailable(why.to_owned()));
+            return Err(Error::Unavailable(why.to_string()));
         }
         let _listed = self.active.register(&id, batch.owner.uid, cancel.clone());
         let _ = events.send(RunEvent::Started { batch: id.clone() }).await;

@@ -20,6 +20,23 @@ use crate::run::shield::Method;
 /// v1 controllers a run uses.
 const V1_WANTED: &[&str] = &["pids", "memory", "cpu", "cpuacct", "cpuset", "freezer"];
 
+/// Why runs cannot have cgroups on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// A cgroup file could not be read or made (the error names it).
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The unified hierarchy is not mounted (cgroup v2 mode).
+    #[error("no cgroup2 mount")]
+    NoCgroup2,
+    /// A v1 controller runs need is not mounted.
+    #[error("the v1 {0} controller is not mounted")]
+    NotMounted(&'static str),
+    /// No cgroup file system at all.
+    #[error("no cgroup file system is mounted")]
+    None,
+}
+
 /// Limits applied to a run's cgroup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -79,15 +96,15 @@ impl Layout {
     /// Finds (and prepares) where runs go: below the daemon's own cgroups, in a directory
     /// named after `instance` (so daemons with different state directories never touch
     /// each other's runs).
-    pub fn detect(host: &Host, mode: CgroupMode, instance: &str) -> Result<Self, String> {
-        let mounts = host.cgroup_mounts().map_err(|e| e.to_string())?;
-        let own = host.own_cgroups().map_err(|e| e.to_string())?;
+    pub fn detect(host: &Host, mode: CgroupMode, instance: &str) -> Result<Self, LayoutError> {
+        let mounts = host.cgroup_mounts()?;
+        let own = host.own_cgroups()?;
         match mode {
             CgroupMode::V2 => {
                 let mount = mounts
                     .iter()
                     .find(|m| m.unified)
-                    .ok_or("no cgroup2 mount")?;
+                    .ok_or(LayoutError::NoCgroup2)?;
                 let path = own
                     .iter()
                     .find(|c| c.id == 0)
@@ -100,7 +117,7 @@ impl Layout {
                         base = parent.to_owned();
                     }
                 }
-                let runs = prepare_v2(host, &base, instance).map_err(|e| e.to_string())?;
+                let runs = prepare_v2(host, &base, instance)?;
                 Ok(Layout::V2(runs))
             }
             CgroupMode::V1 | CgroupMode::Hybrid => {
@@ -113,7 +130,7 @@ impl Layout {
                         .iter()
                         .find(|m| !m.unified && m.controllers.iter().any(|c| c == want))
                     else {
-                        return Err(format!("the v1 {want} controller is not mounted"));
+                        return Err(LayoutError::NotMounted(want));
                     };
                     let path = own
                         .iter()
@@ -130,15 +147,15 @@ impl Layout {
                         &join(&mount.mount_point.display().to_string(), path),
                         &format!("cleanroom-{instance}"),
                     );
-                    host.make_dir(&base).map_err(|e| e.to_string())?;
+                    host.make_dir(&base)?;
                     if mount.controllers.iter().any(|c| c == "cpuset") {
-                        inherit_cpuset(host, &base).map_err(|e| e.to_string())?;
+                        inherit_cpuset(host, &base)?;
                     }
                     hiers.push((mount.controllers.clone(), base));
                 }
                 Ok(Layout::V1(hiers))
             }
-            CgroupMode::None => Err("no cgroup file system is mounted".into()),
+            CgroupMode::None => Err(LayoutError::None),
         }
     }
 

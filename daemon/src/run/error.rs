@@ -67,6 +67,9 @@ pub enum Error {
         /// What serde said.
         source: serde_json::Error,
     },
+    /// The run's cgroup could not be prepared (the error names the file).
+    #[error("cannot prepare the run's cgroup: {0}")]
+    Cgroup(#[from] crate::host::Error),
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] crate::store::Error),

@@ -24,7 +24,7 @@ use super::batch::RunEvent;
 use super::cgroup::RunCgroup;
 use super::helper::Helper;
 use super::spawn::{self, Exit, Running};
-use super::{Job, Runner, noise};
+use super::{Error, Job, Runner, noise};
 use crate::host::Host;
 
 /// How long the final kill rounds may take for a process stuck in the kernel before the
@@ -52,7 +52,7 @@ impl Runner {
             Ok(prepared) => prepared,
             Err(e) => {
                 let mut record = RunRecord::new(self.next_run_id(), EndReason::FailedToStart, cpus);
-                record.error = Some(e);
+                record.error = Some(e.to_string());
                 return record;
             }
         };
@@ -64,9 +64,9 @@ impl Runner {
         let prepared = begun.elapsed();
         let started = match self.clone_child(job, &cg, helper).await {
             Ok(s) => s,
-            Err((code, msg)) => {
-                record.exit_code = code;
-                record.error = Some(msg);
+            Err(e) => {
+                record.exit_code = e.exit_code();
+                record.error = Some(e.to_string());
                 remove(&host, cg).await;
                 return record;
             }
@@ -175,10 +175,10 @@ impl Runner {
     /// The run's cgroup with its limits: a slot prepared ahead (with its helper on v1)
     /// when one is ready, else made now. On cgroup v2 an exclusive run goes into the
     /// shield's partition (made now), and any other run stays off the shielded CPUs.
-    async fn prepare_cgroup(&self, job: &Job) -> Result<(RunCgroup, Option<Helper>), String> {
+    async fn prepare_cgroup(&self, job: &Job) -> Result<(RunCgroup, Option<Helper>), Error> {
         let layout = match &self.layout {
             Ok(l) => l.clone(),
-            Err(e) => return Err(format!("runs are unavailable on this host: {e}")),
+            Err(e) => return Err(Error::Unavailable(e.to_string())),
         };
         let up = self.up.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut limits = job.limits.clone();
@@ -208,20 +208,16 @@ impl Runner {
                     if let Some(h) = slot.helper {
                         h.dismiss();
                     }
-                    Err(e.to_string())
+                    Err(e.into())
                 }
             };
         }
         let (host, id) = (self.host.clone(), self.next_run_id());
-        match tokio::task::spawn_blocking(move || {
+        let cg = tokio::task::spawn_blocking(move || {
             layout.create(&host, &id, &limits, partition.as_deref())
         })
-        .await
-        {
-            Ok(Ok(cg)) => Ok((cg, None)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("run task failed: {e}")),
-        }
+        .await??;
+        Ok((cg, None))
     }
 
     /// Clones the child into its cgroup: by the helper parked inside it (v1 slot: born
@@ -233,7 +229,7 @@ impl Runner {
         job: &Job,
         cg: &RunCgroup,
         helper: Option<Helper>,
-    ) -> Result<spawn::Started, (Option<i32>, String)> {
+    ) -> Result<spawn::Started, spawn::Error> {
         let mut spec = job.spec.clone();
         let started = match (helper, cg.v2_dir()) {
             (Some(helper), _) => {
@@ -264,11 +260,12 @@ impl Runner {
                 tokio::task::spawn_blocking(move || spawn::start(&spec)).await
             }
         };
-        match started {
-            Ok(Ok(started)) => Ok(started),
-            Ok(Err(e)) => Err((e.exit_code(), e.to_string())),
-            Err(e) => Err((None, format!("run task failed: {e}"))),
-        }
+        started.unwrap_or_else(|e| {
+            Err(spawn::Error::Spawn(
+                job.spec.argv.first().cloned().unwrap_or_default(),
+                std::io::Error::other(format!("run task failed: {e}")),
+            ))
+        })
     }
 
     /// From the exec to the end: output forwarded, the exit awaited (or the timeout, or

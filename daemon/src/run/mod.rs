@@ -53,7 +53,7 @@ pub struct Job {
 #[derive(Debug)]
 pub struct Runner {
     host: Host,
-    layout: Result<Layout, String>,
+    layout: Result<Layout, cgroup::LayoutError>,
     next: Arc<AtomicU64>,
     /// Run cgroups prepared ahead (none where runs are unavailable).
     slots: Option<Arc<slots::Slots>>,
@@ -280,7 +280,7 @@ impl Runner {
                     tracing::info!(
                         cpus = %crate::host::format::format_cpu_list(&pool),
                         method = r.method,
-                        fallback = r.fallback.as_deref().unwrap_or(""),
+                        fallback = r.fallback.as_ref().map(ToString::to_string).unwrap_or_default(),
                         processes_moved = r.processes_moved,
                         cpusets_narrowed = r.cpusets_narrowed,
                         moved = r.moved,
@@ -377,8 +377,8 @@ impl Runner {
     }
 
     /// Why runs cannot happen here, if they cannot.
-    pub fn unavailable(&self) -> Option<&str> {
-        self.layout.as_ref().err().map(String::as_str)
+    pub fn unavailable(&self) -> Option<&cgroup::LayoutError> {
+        self.layout.as_ref().err()
     }
 
     /// CPUs runs may use (the daemon's own affinity).

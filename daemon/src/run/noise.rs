@@ -89,10 +89,15 @@ impl CpuTimes {
     }
 }
 
+/// A kernel counter file that does not read as its format says (the message quotes it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
 /// The per-CPU lines (`cpu0 ...`, `cpu1 ...`) of `/proc/stat`, by CPU number. The
 /// all-CPU line and the other lines are skipped; an offline CPU has no line. Columns an
 /// old kernel does not have read as 0.
-pub fn parse_proc_stat(text: &str) -> Result<BTreeMap<u32, CpuTimes>, String> {
+pub fn parse_proc_stat(text: &str) -> Result<BTreeMap<u32, CpuTimes>, ParseError> {
     let mut cpus = BTreeMap::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -105,13 +110,13 @@ pub fn parse_proc_stat(text: &str) -> Result<BTreeMap<u32, CpuTimes>, String> {
         };
         let cpu: u32 = cpu
             .parse()
-            .map_err(|_| format!("bad CPU name in /proc/stat line {line:?}"))?;
-        let mut field = || -> Result<u64, String> {
+            .map_err(|_| ParseError(format!("bad CPU name in /proc/stat line {line:?}")))?;
+        let mut field = || -> Result<u64, ParseError> {
             match words.next() {
                 None => Ok(0),
-                Some(w) => w
-                    .parse()
-                    .map_err(|_| format!("bad counter {w:?} in /proc/stat line {line:?}")),
+                Some(w) => w.parse().map_err(|_| {
+                    ParseError(format!("bad counter {w:?} in /proc/stat line {line:?}"))
+                }),
             }
         };
         let times = CpuTimes {
@@ -131,13 +136,13 @@ pub fn parse_proc_stat(text: &str) -> Result<BTreeMap<u32, CpuTimes>, String> {
 
 /// `cpuacct.usage_percpu` (`12 0 345 ` — nanoseconds, one per possible CPU, CPU 0 first)
 /// by CPU number.
-pub fn parse_usage_percpu(text: &str) -> Result<BTreeMap<u32, u64>, String> {
+pub fn parse_usage_percpu(text: &str) -> Result<BTreeMap<u32, u64>, ParseError> {
     text.split_whitespace()
         .enumerate()
         .map(|(cpu, w)| {
-            w.parse()
-                .map(|ns| (cpu as u32, ns))
-                .map_err(|_| format!("bad value {w:?} in cpuacct.usage_percpu {text:?}"))
+            w.parse().map(|ns| (cpu as u32, ns)).map_err(|_| {
+                ParseError(format!("bad value {w:?} in cpuacct.usage_percpu {text:?}"))
+            })
         })
         .collect()
 }
@@ -441,7 +446,7 @@ ctxt 123
                 Err(part) => {
                     let e = got.unwrap_err();
                     assert!(
-                        e.contains(part) && e.contains("/proc/stat"),
+                        e.0.contains(part) && e.0.contains("/proc/stat"),
                         "{text:?}: {e}"
                     );
                 }
@@ -457,7 +462,7 @@ ctxt 123
         );
         assert_eq!(parse_usage_percpu("\n"), Ok(BTreeMap::new()));
         let e = parse_usage_percpu("1 two").unwrap_err();
-        assert!(e.contains("\"two\""), "{e}");
+        assert!(e.0.contains("\"two\""), "{e}");
     }
 
     fn stat_sample(cpus: &[(u32, [u64; 8])]) -> Sample {

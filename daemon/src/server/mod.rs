@@ -201,7 +201,7 @@ fn run_code(error: &crate::run::Error) -> ErrorCode {
         E::Invalid(_) => ErrorCode::InvalidParams,
         E::AdminOnly(_) => ErrorCode::Forbidden,
         E::Store(_) => ErrorCode::Store,
-        E::Task(_) | E::Unreadable { .. } => ErrorCode::Internal,
+        E::Task(_) | E::Unreadable { .. } | E::Cgroup(_) => ErrorCode::Internal,
         E::Unavailable(_)
         | E::CoresBusy(_)
         | E::CoresNever(_)

@@ -26,15 +26,11 @@ pub(super) fn cpuset_up(
     rest: &BTreeSet<u32>,
     exempt: &Exempt,
     raised: &mut Raised,
-) -> Result<(), String> {
-    let e = |e: crate::host::Error| e.to_string();
-    let db = |e: rusqlite::Error| format!("cannot journal the shield: {e}");
-    host.make_dir(dir).map_err(e)?;
-    let mems = host.read(&format!("{mount}/cpuset.mems")).map_err(e)?;
-    host.write(&format!("{dir}/cpuset.mems"), mems.trim())
-        .map_err(e)?;
-    host.write(&format!("{dir}/cpuset.cpus"), &format_cpu_list(rest))
-        .map_err(e)?;
+) -> Result<(), Error> {
+    host.make_dir(dir)?;
+    let mems = host.read(&format!("{mount}/cpuset.mems"))?;
+    host.write(&format!("{dir}/cpuset.mems"), mems.trim())?;
+    host.write(&format!("{dir}/cpuset.cpus"), &format_cpu_list(rest))?;
     // Other cpusets give up the CPUs, deepest first (a child's CPUs must stay within its
     // parent's). Not ours, not the runs' base or its ancestors (runs need the CPUs), not
     // an exempt one, and not one that would be left without a CPU (its tasks are counted).
@@ -75,7 +71,7 @@ pub(super) fn cpuset_up(
             written: format_cpu_list(reduced),
         })
         .collect();
-    journal::add_cpusets(conn, &rows).map_err(db)?;
+    journal::add_cpusets(conn, &rows)?;
     for (path, _, _, reduced) in &narrow {
         match host.write(&format!("{path}/cpuset.cpus"), &format_cpu_list(reduced)) {
             Ok(()) => raised.cpusets_narrowed += 1,
@@ -85,14 +81,13 @@ pub(super) fn cpuset_up(
     // The root cpuset's processes move, their threads' masks journaled first (attaching
     // to a v1 cpuset rewrites them).
     let procs: Vec<i32> = host
-        .read(&format!("{mount}/cgroup.procs"))
-        .map_err(e)?
+        .read(&format!("{mount}/cgroup.procs"))?
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     let me = std::process::id() as i32;
     for pid in procs {
-        if pid != me && exempt.covers(host, pid) {
+        if pid != me && (exempt.covers(host, pid) || born_of(host, pid, me)) {
             continue;
         }
         let mut threads: Vec<(i32, u64, BTreeSet<u32>)> = Vec::new();
@@ -131,7 +126,7 @@ pub(super) fn cpuset_up(
                 }
             })
             .collect();
-        journal::add_threads(conn, &rows, true).map_err(db)?;
+        journal::add_threads(conn, &rows, true)?;
         if host
             .write(&format!("{dir}/cgroup.procs"), &pid.to_string())
             .is_ok()
@@ -140,14 +135,13 @@ pub(super) fn cpuset_up(
             // What the kernel made of each mask, for the compare-and-swap on the way back.
             for (tid, _, _) in &threads {
                 if let Ok(now) = sched_getaffinity(Pid::from_raw(*tid)) {
-                    journal::set_thread_written(conn, *tid, &format_cpu_list(&set_of(&now)))
-                        .map_err(db)?;
+                    journal::set_thread_written(conn, *tid, &format_cpu_list(&set_of(&now)))?;
                 }
             }
         } else {
             // Gone, or refused: the affinity pass takes care of it.
             let tids: Vec<i32> = threads.iter().map(|(tid, _, _)| *tid).collect();
-            journal::forget_moved_threads(conn, &tids).map_err(db)?;
+            journal::forget_moved_threads(conn, &tids)?;
         }
     }
     Ok(())

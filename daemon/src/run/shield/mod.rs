@@ -136,13 +136,39 @@ fn is_under(path: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// Why the shield could not go up (nothing is shielded then).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pool leaves no CPU to the rest of the system.
+    #[error(
+        "the isolation pool {0} covers every online CPU: nothing would be left for the rest of \
+         the system"
+    )]
+    PoolCoversAll(String),
+    /// The shield's journal failed.
+    #[error("cannot journal the shield: {0}")]
+    Journal(#[from] rusqlite::Error),
+    /// A kernel file could not be read or written (the error names it).
+    #[error(transparent)]
+    Host(#[from] crate::host::Error),
+    /// A shield left journaled could not be lowered first.
+    #[error("a previous shield could not be lowered completely")]
+    PreviousLeft,
+    /// The kernel refused the v2 partition (the affinity shield is used instead).
+    #[error("the kernel refused the partition: {0}")]
+    PartitionRefused(String),
+    /// The root cgroup offers no cpuset controller (v2).
+    #[error("the root cgroup has no cpuset controller")]
+    NoCpuset,
+}
+
 /// What raising the shield did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Raised {
     /// How: `partition`, `cpuset` or `affinity`.
     pub method: &'static str,
     /// Why the cgroup method was not used, when it fell back to the affinity shield.
-    pub fallback: Option<String>,
+    pub fallback: Option<Error>,
     /// The partition exclusive runs go into (v2).
     pub partition: Option<String>,
     /// Processes moved into the shield's cpuset (v1).
@@ -176,23 +202,18 @@ pub fn raise(
     cpus: &BTreeSet<u32>,
     exempt: &Exempt,
     method: &Method,
-) -> Result<Raised, String> {
+) -> Result<Raised, Error> {
     let online = online(host);
     let rest: BTreeSet<u32> = online.difference(cpus).copied().collect();
     if rest.is_empty() {
-        return Err(format!(
-            "the isolation pool {} covers every online CPU: nothing would be left for the \
-             rest of the system",
-            format_cpu_list(cpus)
-        ));
+        return Err(Error::PoolCoversAll(format_cpu_list(cpus)));
     }
-    let db = |e: rusqlite::Error| format!("cannot journal the shield: {e}");
     // A shield still journaled (a lowering that failed) is lowered first: its originals
     // must not be replaced by what it left.
-    if journal::is_raised(conn).map_err(db)? {
-        lower(host, conn).map_err(|e| format!("cannot lower the previous shield: {e}"))?;
-        if journal::has_leftovers(conn).map_err(db)? {
-            return Err("a previous shield could not be lowered completely".into());
+    if journal::is_raised(conn)? {
+        lower(host, conn)?;
+        if journal::has_leftovers(conn)? {
+            return Err(Error::PreviousLeft);
         }
     }
     // The journal first: when the shield went up (threads born under it get their CPUs
@@ -215,8 +236,7 @@ pub fn raise(
             partition,
             root_enabled: None,
         },
-    )
-    .map_err(db)?;
+    )?;
     let mut raised = Raised {
         method: "affinity",
         ..Raised::default()
@@ -234,7 +254,7 @@ pub fn raise(
                 }
                 Err(why) => {
                     tracing::warn!(reason = %why, "no cpuset partition: shielding by affinity");
-                    journal::set_partition(conn, None).map_err(db)?;
+                    journal::set_partition(conn, None)?;
                     raised.fallback = Some(why);
                 }
             },
@@ -254,8 +274,9 @@ pub fn raise(
             }
             Method::Affinity => {}
         }
-        irqs_off(host, conn, cpus, &mut raised).map_err(db)?;
-        affinity_off(host, conn, cpus, exempt, &mut raised).map_err(db)
+        irqs_off(host, conn, cpus, &mut raised)?;
+        affinity_off(host, conn, cpus, exempt, &mut raised)?;
+        Ok::<(), Error>(())
     })();
     match result {
         Ok(()) => Ok(raised),
@@ -508,9 +529,10 @@ mod tests {
         };
         let r = raise(&host, &mut conn, &[1].into(), &Exempt::default(), &method).unwrap();
         assert_eq!(r.method, "affinity");
-        assert_eq!(
-            r.fallback.as_deref(),
-            Some("the root cgroup has no cpuset controller")
+        assert!(
+            matches!(r.fallback, Some(Error::NoCpuset)),
+            "{:?}",
+            r.fallback
         );
         assert!(!host.exists("/sys/fs/cgroup/cleanroom-exclusive-ab"));
         // A pool of every online CPU is refused: nothing would be left.
@@ -521,7 +543,11 @@ mod tests {
             &Exempt::default(),
             &method,
         );
-        assert!(e.unwrap_err().contains("covers every online CPU"));
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .contains("covers every online CPU")
+        );
         lower(&host, &mut conn).unwrap();
     }
 

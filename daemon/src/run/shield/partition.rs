@@ -11,12 +11,10 @@ pub(super) fn partition_up(
     conn: &Connection,
     (mount, dir, limits_from): (&str, &str, &str),
     cpus: &BTreeSet<u32>,
-) -> Result<(), String> {
-    let available = host
-        .read(&format!("{mount}/cgroup.controllers"))
-        .map_err(|e| e.to_string())?;
+) -> Result<(), Error> {
+    let available = host.read(&format!("{mount}/cgroup.controllers"))?;
     if !available.split_whitespace().any(|c| c == "cpuset") {
-        return Err("the root cgroup has no cpuset controller".into());
+        return Err(Error::NoCpuset);
     }
     let wanted = ["cpuset", "cpu", "memory", "pids"];
     let enabled = host
@@ -38,26 +36,28 @@ pub(super) fn partition_up(
     };
     if !missing.is_empty() {
         // Journaled first: lowering the shield disables them again (if nobody uses them).
-        journal::set_root_enabled(conn, Some(&missing.join(" "))).map_err(|e| e.to_string())?;
+        journal::set_root_enabled(conn, Some(&missing.join(" ")))?;
         let plus: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
         if let Err(e) = host.write(&format!("{mount}/cgroup.subtree_control"), &plus.join(" ")) {
             undo_root();
-            return Err(e.to_string());
+            return Err(e.into());
         }
     }
-    let fail = |e: String| {
-        let _ = host.remove_dir(dir);
+    let fail = |e: Error| {
+        if let Err(undo) = host.remove_dir(dir) {
+            tracing::error!(error = %undo, "cannot remove a partition that did not go up");
+        }
         undo_root();
         e
     };
-    host.make_dir(dir).map_err(|e| fail(e.to_string()))?;
+    host.make_dir(dir).map_err(|e| fail(e.into()))?;
     host.write(&format!("{dir}/cpuset.cpus"), &format_cpu_list(cpus))
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(e.into()))?;
     for f in ["memory.max", "memory.swap.max", "pids.max"] {
         let from = format!("{limits_from}/{f}");
         if let (Ok(v), true) = (host.read(&from), host.exists(&format!("{dir}/{f}"))) {
             host.write(&format!("{dir}/{f}"), v.trim())
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(e.into()))?;
         }
     }
     let inside = host
@@ -69,17 +69,14 @@ pub(super) fn partition_up(
         .map(|c| format!("+{c}"))
         .collect();
     host.write(&format!("{dir}/cgroup.subtree_control"), &plus.join(" "))
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(e.into()))?;
     host.write(&format!("{dir}/cpuset.cpus.partition"), "root")
-        .map_err(|e| fail(format!("the kernel refused the partition: {e}")))?;
+        .map_err(|e| fail(Error::PartitionRefused(e.to_string())))?;
     let state = host
         .read(&format!("{dir}/cpuset.cpus.partition"))
         .unwrap_or_default();
     if state.trim() != "root" {
-        return Err(fail(format!(
-            "the kernel refused the partition: {}",
-            state.trim()
-        )));
+        return Err(fail(Error::PartitionRefused(state.trim().to_owned())));
     }
     Ok(())
 }
