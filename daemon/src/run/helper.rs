@@ -4,7 +4,7 @@
 //! costs ~0.3 ms per hierarchy and, after an idle spell, waits for an RCU grace period
 //! (~15 ms here). A child forked by a process already inside the cgroups is born there. So
 //! the daemon keeps helpers parked ahead of time, each in a prepared set of run cgroups
-//! ([`super::slots`]): the migrations happen when a helper is parked, never on a request's
+//! (`run/slots.rs`): the migrations happen when a helper is parked, never on a request's
 //! path.
 //!
 //! A helper is this binary again (`cleanroomd --helper-fd FD --run-helper CGROUP.PROCS...`),
