@@ -208,3 +208,46 @@ fn a_run_cloned_by_a_parked_helper_counts_only_its_own_tasks() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_run_whose_parked_helper_was_killed_still_starts() {
+    if !is_root_or_skip("a_run_whose_parked_helper_was_killed_still_starts") {
+        return;
+    }
+    let d = Daemon::start();
+    let v1 = {
+        let out = d.ctl(&["--json", "status"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["cgroup"] != "v2"
+    };
+    if !v1 {
+        eprintln!("skipping: helpers are for cgroup v1");
+        return;
+    }
+    assert!(eventually(Duration::from_secs(10), || prepared(&d) > 0));
+    // Someone (root) kills every parked helper of this daemon.
+    let helpers: Vec<String> = alive("--run-helper")
+        .into_iter()
+        .filter(|line| {
+            let pid = line.split(':').next().unwrap();
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1).map(str::to_owned)
+                })
+                .is_some_and(|ppid| ppid == d.pid().to_string())
+        })
+        .collect();
+    assert!(!helpers.is_empty(), "parked helpers: {helpers:?}");
+    for line in &helpers {
+        let pid: i32 = line.split(':').next().unwrap().parse().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let out = d.ctl(&["run", "--", "sh", "-c", "echo still"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still\n");
+}

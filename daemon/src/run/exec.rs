@@ -238,12 +238,25 @@ impl Runner {
                     .iter()
                     .filter_map(|p| self.host.path(p).ok())
                     .collect();
-                tokio::task::spawn_blocking(move || {
-                    helper.start(&spec, reset).map(|(started, exiting)| {
+                let procs: Vec<_> = cg
+                    .procs_files()
+                    .iter()
+                    .filter_map(|p| self.host.path(p).ok())
+                    .collect();
+                tokio::task::spawn_blocking(move || match helper.start(&spec, reset) {
+                    Ok((started, exiting)) => {
                         // Reaped off the request's path.
                         tokio::task::spawn_blocking(move || exiting.reap());
-                        started
-                    })
+                        Ok(started)
+                    }
+                    // The helper is gone (killed by someone): the daemon clones the child
+                    // itself, which then enters its cgroups as its first step.
+                    Err(spawn::Error::Spawn(_, e)) => {
+                        tracing::warn!(error = %e, "a parked run helper did not answer; starting the run without it");
+                        spec.cgroup_procs = procs;
+                        spawn::start(&spec)
+                    }
+                    Err(e) => Err(e),
                 })
                 .await
             }
