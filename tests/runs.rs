@@ -363,6 +363,12 @@ fn sigterm_ends_runs_and_the_daemon_within_a_second() {
     assert_eq!(next_output(&mut c)["params"]["data"], "up\n");
     let cgroups = run_cgroups(&d);
     assert!(!cgroups.is_empty());
+    let bases: Vec<String> = json_of(&d.ctl(&["--json", "status"]))["run_cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_owned())
+        .collect();
     d.signal(Signal::SIGTERM);
     let status = d
         .wait_exit(Duration::from_secs(1))
@@ -373,6 +379,10 @@ fn sigterm_ends_runs_and_the_daemon_within_a_second() {
         cgroups.iter().all(|p| !Path::new(p).exists()),
         "{cgroups:?}"
     );
+    // Nothing of the daemon's is left in cgroupfs: its bases go too, with the run cgroups
+    // it had prepared ahead and their parked helpers.
+    assert!(bases.iter().all(|b| !Path::new(b).exists()), "{bases:?}");
+    assert!(alive(&bases[0]).is_empty(), "{:?}", alive(&bases[0]));
 }
 
 #[test]

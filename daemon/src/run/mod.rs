@@ -348,7 +348,7 @@ impl Runner {
     /// of run cgroups (a crash leaves all that to the next start).
     pub fn shutdown(&self) {
         if let Some(s) = &self.slots {
-            s.drain();
+            s.close();
         }
         if let Ok(l) = &self.layout {
             l.end_all(&self.host, "ended a run still going at the stop");

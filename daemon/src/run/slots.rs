@@ -42,6 +42,8 @@ pub struct Slots {
     ids: Arc<AtomicU64>,
     ready: Mutex<Vec<Slot>>,
     filling: AtomicBool,
+    /// Set at a stop: no slot is made any more, and one made meanwhile is undone.
+    closed: AtomicBool,
 }
 
 impl Slots {
@@ -53,6 +55,7 @@ impl Slots {
             ids,
             ready: Mutex::new(Vec::new()),
             filling: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -71,14 +74,15 @@ impl Slots {
     /// Tops the pool up to [`READY`] in the background (one refill at a time). Must be
     /// called from within the runtime.
     pub fn refill(self: &Arc<Self>) {
-        if self.filling.swap(true, Ordering::AcqRel) {
+        if self.closed.load(Ordering::Acquire) || self.filling.swap(true, Ordering::AcqRel) {
             return;
         }
         let pool = Arc::clone(self);
         tokio::spawn(async move {
-            while pool.lock().len() < READY {
+            while pool.lock().len() < READY && !pool.closed.load(Ordering::Acquire) {
                 let p = Arc::clone(&pool);
                 match tokio::task::spawn_blocking(move || p.prepare()).await {
+                    Ok(Ok(slot)) if pool.closed.load(Ordering::Acquire) => pool.undo(slot),
                     Ok(Ok(slot)) => pool.lock().push(slot),
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "cannot prepare a run cgroup ahead; runs make theirs");
@@ -120,12 +124,25 @@ impl Slots {
         }
     }
 
-    /// Ends the parked helpers (at a stop; their cgroups go with the runs' base).
-    pub fn drain(&self) {
-        for slot in self.lock().drain(..) {
-            if let Some(h) = slot.helper {
-                h.dismiss();
-            }
+    /// At a stop: no more slots; waits (briefly) for a refill in progress, then ends the
+    /// parked helpers and removes their cgroups.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        while self.filling.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        let slots: Vec<Slot> = self.lock().drain(..).collect();
+        for slot in slots {
+            self.undo(slot);
+        }
+    }
+
+    /// Ends a slot's helper and removes its cgroup.
+    fn undo(&self, slot: Slot) {
+        if let Some(h) = slot.helper {
+            h.dismiss();
+        }
+        slot.cgroup.remove(&self.host);
     }
 }
