@@ -426,8 +426,11 @@ impl Config {
     /// Checks value ranges the types alone cannot express.
     fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
-        if l.max_connections == 0 {
-            return Err("key `limits.max_connections`: must be at least 1".into());
+        if l.max_connections == 0 || l.max_connections > 1 << 20 {
+            return Err(format!(
+                "key `limits.max_connections`: {} is not between 1 and 1048576",
+                l.max_connections
+            ));
         }
         if l.max_in_flight == 0 {
             return Err("key `limits.max_in_flight`: must be at least 1".into());

@@ -392,6 +392,9 @@ impl ConnectionLimit {
         if guard.1 > 0 {
             guard.1 -= 1;
             permit.forget();
+        } else {
+            // Given back under the lock, so a lowering in between counts it right.
+            drop(permit);
         }
     }
 

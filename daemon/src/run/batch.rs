@@ -14,7 +14,7 @@ use cleanroom_proto::{EndReason, RunRecord, RunResult};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::active::Active;
+use super::active::{Active, Registration};
 use super::error::Error;
 use super::history::CompareSettings;
 use super::{Exclusive, Job, Runner, Want, compare, stats};
@@ -149,21 +149,34 @@ impl Engine {
         self.runner.new_id()
     }
 
-    /// Executes `batch` as `id`: see the module documentation. `events` gets its events (a
-    /// receiver gone is fine); `cancel` ends it early (its runs are killed and what was
-    /// measured is stored).
+    /// Admits batch `id` of `owner`, ended by `cancel`: refused where runs cannot happen,
+    /// else listed as in progress from now on (so `run.cancel` finds it even before it
+    /// starts), until the returned registration is dropped.
+    pub fn admit(
+        &self,
+        id: &str,
+        owner: u32,
+        cancel: CancellationToken,
+    ) -> Result<Registration, Error> {
+        if let Some(why) = self.runner.unavailable() {
+            return Err(Error::Unavailable(why.to_string()));
+        }
+        Ok(self.active.register(id, owner, cancel))
+    }
+
+    /// Executes `batch` as `id`, admitted by [`Engine::admit`]: see the module
+    /// documentation. `events` gets its events (a receiver gone is fine); `cancel` ends it
+    /// early (its runs are killed and what was measured is stored).
     pub async fn execute(
         &self,
+        listed: Registration,
         id: String,
         batch: Batch,
         settings: Settings,
         events: mpsc::Sender<RunEvent>,
         cancel: CancellationToken,
     ) -> Result<RunResult, Error> {
-        if let Some(why) = self.runner.unavailable() {
-            return Err(Error::Unavailable(why.to_string()));
-        }
-        let _listed = self.active.register(&id, batch.owner.uid, cancel.clone());
+        let _listed = listed;
         let _ = events.send(RunEvent::Started { batch: id.clone() }).await;
         let exclusive = match self.acquire(&batch, settings.pool.as_ref(), &cancel).await {
             Ok(x) => x,

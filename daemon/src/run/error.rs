@@ -34,6 +34,9 @@ pub enum Error {
         /// Its owner.
         owner: u32,
     },
+    /// A stored batch of someone else's (whose, is not said: batches are private).
+    #[error("batch {0} is not yours")]
+    NotYourBatch(String),
     /// The batch is still running: it has no stored result yet.
     #[error(
         "batch {batch} is still running (its result is stored when it ends; \

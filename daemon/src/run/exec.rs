@@ -67,6 +67,8 @@ impl Runner {
             Err(e) => {
                 record.exit_code = e.exit_code();
                 record.error = Some(e.to_string());
+                // A helper that failed after its clone left a child in the cgroup.
+                end_all(&host, &cg).await;
                 remove(&host, cg).await;
                 return record;
             }
@@ -116,7 +118,9 @@ impl Runner {
             pidfd_from_clone = running.pidfd_from_clone,
             "run started"
         );
-        let outcome = self.supervise(running, &cg, job, output, cancel, t0).await;
+        let outcome = self
+            .supervise(running, &cg, job, output, (cancel, early), t0)
+            .await;
         record.wall_ms = outcome.ended.duration_since(t0).as_secs_f64() * 1e3;
         let exited = t0.elapsed();
         let (usage, noise_end, own) = {
@@ -190,23 +194,31 @@ impl Runner {
             }
             _ => None,
         };
+        // A prepared cgroup holds its helper until the clone: a task limit would count it
+        // and a memory limit its pages, so runs with either make their cgroup now.
         let slot = match (&self.slots, &partition) {
-            (Some(slots), None) => slots.take(),
+            (Some(slots), None) if limits.pids.is_none() && limits.memory.is_none() => slots.take(),
             _ => None,
         };
         if let Some(slot) = slot {
             // A rename and a few writes to files of a fresh cgroup: bounded, done here.
-            let taken = slot.cgroup.take(&self.host).and_then(|cg| {
-                cg.apply_limits(&self.host, &limits)?;
-                Ok(cg)
-            });
+            let taken = match slot.cgroup.take(&self.host) {
+                Ok(cg) => match cg.apply_limits(&self.host, &limits) {
+                    Ok(()) => Ok(cg),
+                    Err(e) => Err((e, Some(cg))),
+                },
+                Err(e) => Err((e, None)),
+            };
             return match taken {
                 Ok(cg) => Ok((cg, slot.helper)),
-                Err(e) => {
-                    // The helper and its cgroup go; the next start's cleanup removes what
-                    // a failed rename left.
+                Err((e, renamed)) => {
+                    // The helper goes, and so does its cgroup (a failed rename leaves it
+                    // to the next start's cleanup).
                     if let Some(h) = slot.helper {
                         h.dismiss();
+                    }
+                    if let Some(cg) = renamed {
+                        cg.remove(&self.host);
                     }
                     Err(e.into())
                 }
@@ -249,9 +261,10 @@ impl Runner {
                         tokio::task::spawn_blocking(move || exiting.reap());
                         Ok(started)
                     }
-                    // The helper is gone (killed by someone): the daemon clones the child
-                    // itself, which then enters its cgroups as its first step.
-                    Err(spawn::Error::Spawn(_, e)) => {
+                    // The helper is gone (killed by someone) and never took the request:
+                    // the daemon clones the child itself, which then enters its cgroups as
+                    // its first step.
+                    Err(spawn::Error::HelperGone(e)) => {
                         tracing::warn!(error = %e, "a parked run helper did not answer; starting the run without it");
                         spec.cgroup_procs = procs;
                         spawn::start(&spec)
@@ -282,15 +295,15 @@ impl Runner {
     }
 
     /// From the exec to the end: output forwarded, the exit awaited (or the timeout, or
-    /// cancellation), then kill rounds until the cgroup is empty, then the pipes drained
-    /// and closed.
+    /// cancellation; a start already ended early, with its reason, is only awaited), then
+    /// kill rounds until the cgroup is empty, then the pipes drained and closed.
     async fn supervise(
         &self,
         running: Running,
         cg: &RunCgroup,
         job: &Job,
         output: &mpsc::Sender<RunEvent>,
-        cancel: CancellationToken,
+        (cancel, early): (CancellationToken, Option<EndReason>),
         t0: Instant,
     ) -> Supervised {
         let host = &self.host;
@@ -315,9 +328,11 @@ impl Runner {
             .timeout
             .and_then(|t| tokio::time::Instant::from_std(t0).checked_add(t))
             .unwrap_or_else(far_future);
-        let mut reason = None;
+        // A start ended early (killed while it started) keeps its reason.
+        let mut reason = early;
         let mut killed = 0;
         let exit = match exit_watch(running.pidfd) {
+            Ok(watch) if reason.is_some() => wait_killed(&watch, pid).await,
             Ok(watch) => {
                 let ended = tokio::select! {
                     r = wait_exit(&watch, pid) => Some(r),
@@ -329,7 +344,7 @@ impl Runner {
                     None => {
                         tracing::debug!(pid, reason = ?reason, at_ms = t0.elapsed().as_secs_f64() * 1e3, "ending the run");
                         killed += kill_round(host, cg).await;
-                        wait_exit(&watch, pid).await
+                        wait_killed(&watch, pid).await
                     }
                 }
             }
@@ -385,6 +400,28 @@ async fn wait_exit(pidfd: &AsyncFd<OwnedFd>, pid: u32) -> std::io::Result<(Exit,
             return Ok((exit, Instant::now()));
         }
         ready.clear_ready();
+    }
+}
+
+/// How long a killed run's process may take to be reaped before it is given up on: a
+/// process another process traces stays a zombie only its tracer can see, so the wait
+/// must end somewhere (the run then ends with an error, and its cgroup is still emptied).
+const REAP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Waits for a process that was just killed, at most [`REAP_LIMIT`].
+async fn wait_killed(pidfd: &AsyncFd<OwnedFd>, pid: u32) -> std::io::Result<(Exit, Instant)> {
+    match tokio::time::timeout(REAP_LIMIT, wait_exit(pidfd, pid)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(
+                pid,
+                "a killed run process was not reaped in time (traced?); given up on"
+            );
+            Err(std::io::Error::other(format!(
+                "process {pid} was killed but could not be reaped within {} s",
+                REAP_LIMIT.as_secs()
+            )))
+        }
     }
 }
 

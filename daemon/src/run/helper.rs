@@ -123,10 +123,15 @@ impl Helper {
         })
         .map_err(|e| io_err(io::Error::other(e)))?;
         let exiting = Exiting(self.process);
-        let answer = write_frame(&mut self.sock, &request).and_then(|()| recv_reply(&self.sock));
-        let (reply, fds) = match answer {
+        if let Err(e) = write_frame(&mut self.sock, &request) {
+            exiting.reap();
+            return Err(spawn::Error::HelperGone(e));
+        }
+        let (reply, fds) = match recv_reply(&self.sock) {
             Ok(a) => a,
             Err(e) => {
+                // It may have cloned the child before failing: that child is in the run's
+                // cgroup, which the run's end empties.
                 exiting.reap();
                 return Err(io_err(e));
             }

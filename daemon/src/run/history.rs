@@ -119,10 +119,7 @@ pub async fn list(store: &Store, caller: &Caller, limit: u32) -> Result<RunsList
 pub async fn show(store: &Store, caller: &Caller, batch: &str) -> Result<RunResult, Error> {
     let stored = load(store, batch).await?;
     if !caller.may_see(stored.owner) {
-        return Err(Error::NotYours {
-            what: format!("batch {batch}"),
-            owner: stored.owner,
-        });
+        return Err(Error::NotYourBatch(batch.to_owned()));
     }
     Ok(stored.result)
 }
@@ -139,10 +136,7 @@ pub async fn compare(
     let sb = load(store, b).await?;
     for s in [&sa, &sb] {
         if !caller.may_see(s.owner) {
-            return Err(Error::NotYours {
-                what: format!("batch {}", s.batch),
-                owner: s.owner,
-            });
+            return Err(Error::NotYourBatch(s.batch.clone()));
         }
     }
     compare::compare(
@@ -193,10 +187,7 @@ pub async fn save_baseline(
     check_name(name, "name")?;
     let stored = load(store, batch).await?;
     if !caller.may_see(stored.owner) {
-        return Err(Error::NotYours {
-            what: format!("batch {batch}"),
-            owner: stored.owner,
-        });
+        return Err(Error::NotYourBatch(batch.to_owned()));
     }
     may_replace_baseline(store, caller, name).await?;
     let (n, b, uid, admin) = (

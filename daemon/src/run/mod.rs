@@ -26,7 +26,7 @@ mod slots;
 pub mod spawn;
 pub mod stats;
 
-pub use active::Active;
+pub use active::{Active, Registration};
 pub use batch::{Batch, Caller, Engine, RunEvent, Settings};
 pub use error::Error;
 
@@ -274,6 +274,8 @@ impl Runner {
             Want::List(list) => cpus::pick_list(&topology, &pool, &held.taken, list)?,
         };
         if held.shielded.is_empty() {
+            // No run helper is half-way into its cgroups while the shield moves processes.
+            let _gate = self.slots.as_ref().map(|s| s.gate());
             let mut conn = self.store.lock_blocking();
             match shield::raise(&self.host, &mut conn, &pool, &self.exempt, &self.method) {
                 Ok(r) => {

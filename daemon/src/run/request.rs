@@ -18,6 +18,10 @@ use crate::store::Store;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The kernel's largest `pid_max` (`PID_MAX_LIMIT`, 4M on 64-bit): no task limit above it
+/// means anything, and `pids.max` refuses it.
+const PID_MAX_LIMIT: u64 = 1 << 22;
+
 /// The names of the resource limits a run may set, for messages.
 const RLIMIT_NAMES: &str = "nofile, nproc, core, stack, as, data, fsize, memlock, cpu";
 
@@ -145,6 +149,11 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
     }
     if p.cpu_percent.is_some_and(|c| c > 100 * 4096) {
         return bad("cpu_percent is at most 409600 (4096 CPUs)".into());
+    }
+    if p.pids.is_some_and(|n| n > PID_MAX_LIMIT) {
+        return bad(format!(
+            "pids is at most {PID_MAX_LIMIT} (the kernel's pid_max limit)"
+        ));
     }
     if p.pids == Some(0) || p.cpu_percent == Some(0) || p.timeout_ms == Some(0) {
         return bad("pids, cpu_percent and timeout_ms must be positive".into());

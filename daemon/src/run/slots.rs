@@ -44,6 +44,10 @@ pub struct Slots {
     filling: AtomicBool,
     /// Set at a stop: no slot is made any more, and one made meanwhile is undone.
     closed: AtomicBool,
+    /// Held while a slot is made, and by the shield while it goes up: a helper joining its
+    /// cgroups must not be in the root cpuset when the shield moves that cpuset's processes
+    /// (it would be carried out of its run's cgroup).
+    gate: Mutex<()>,
 }
 
 impl Slots {
@@ -56,6 +60,7 @@ impl Slots {
             ready: Mutex::new(Vec::new()),
             filling: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            gate: Mutex::new(()),
         }
     }
 
@@ -98,8 +103,14 @@ impl Slots {
         });
     }
 
+    /// Keeps slots from being made while held (the shield takes it while it goes up).
+    pub fn gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// One slot: its cgroup, and on v1 a helper inside (the migrations happen here).
     fn prepare(&self) -> std::io::Result<Slot> {
+        let _gate = self.gate();
         let id = self.ids.fetch_add(1, Ordering::Relaxed).to_string();
         let cgroup = self
             .layout

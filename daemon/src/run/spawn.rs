@@ -215,6 +215,9 @@ pub enum Error {
     /// Anything else about starting the process.
     #[error("cannot start {0}: {1}")]
     Spawn(String, io::Error),
+    /// The helper that was to clone it did not take the request (it is gone).
+    #[error("the run helper is gone: {0}")]
+    HelperGone(io::Error),
     /// A helper process could not start it (the helper's own message).
     #[error("{message}")]
     Relayed {

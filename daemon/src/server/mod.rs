@@ -208,6 +208,7 @@ fn run_code(error: &crate::run::Error) -> ErrorCode {
         | E::CancelledWaiting(_)
         | E::NotFound(_)
         | E::NotYours { .. }
+        | E::NotYourBatch(_)
         | E::StillRunning { .. }
         | E::BaselineTaken { .. }
         | E::NothingToCompare(_) => ErrorCode::Run,

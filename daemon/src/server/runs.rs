@@ -39,11 +39,14 @@ pub async fn start(
     } else {
         call.cancel.child_token()
     };
+    // Listed before the answer: a detached batch can be cancelled at once, and a host
+    // where runs cannot happen says so to the caller.
+    let listed = engine.admit(&id, caller.uid, cancel.clone())?;
     let (events, forwarded) = forward_events(call.id.clone(), call.notify.clone());
     let batch_id = id.clone();
     let task = state.runs().spawn(async move {
         let result = engine
-            .execute(batch_id, batch, settings, events, cancel)
+            .execute(listed, batch_id, batch, settings, events, cancel)
             .await;
         // Every notification is out before the answer.
         let _ = forwarded.await;

@@ -87,7 +87,7 @@ pub(super) fn cpuset_up(
         .collect();
     let me = std::process::id() as i32;
     for pid in procs {
-        if pid != me && (exempt.covers(host, pid) || born_of(host, pid, me)) {
+        if pid != me && exempt.covers(host, pid) {
             continue;
         }
         let mut threads: Vec<(i32, u64, BTreeSet<u32>)> = Vec::new();

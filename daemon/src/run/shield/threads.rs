@@ -13,21 +13,6 @@ pub(super) fn stat_fields(text: &str) -> Option<(u64, u64)> {
 
 pub(super) const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// Whether `pid` is one of the daemon's (`me`) own helpers: a child of the daemon still
-/// running the daemon's program, i.e. a run helper parked in (or joining) its run cgroup,
-/// or a run's child between its clone and its exec. Their run cgroups decide their CPUs;
-/// the shield must not move them (a move racing a helper's own join would carry it out of
-/// its run's cgroup). A run's program, once exec'd, is no longer one of these.
-pub(super) fn born_of(host: &Host, pid: i32, me: i32) -> bool {
-    let ppid = host.read(&format!("/proc/{pid}/stat")).ok().and_then(|t| {
-        let rest = &t[t.rfind(')')? + 2..];
-        rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-    });
-    ppid == Some(me)
-        && host.read(&format!("/proc/{pid}/comm")).ok()
-            == host.read(&format!("/proc/{me}/comm")).ok()
-}
-
 /// One thread of the system: process id, thread id, whether it is a kernel thread, and
 /// its start time (clock ticks since boot).
 pub(super) struct Thread {
@@ -102,7 +87,7 @@ pub(super) fn affinity_off(
         if pid != me
             && *exempt_pid
                 .entry(pid)
-                .or_insert_with(|| exempt.covers(host, pid) || born_of(host, pid, me))
+                .or_insert_with(|| exempt.covers(host, pid))
         {
             continue;
         }
