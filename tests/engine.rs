@@ -171,25 +171,33 @@ fn prepared(d: &Daemon) -> usize {
         .count()
 }
 
-#[test]
-fn a_run_cloned_by_a_parked_helper_counts_only_its_own_tasks() {
-    if !is_root_or_skip("a_run_cloned_by_a_parked_helper_counts_only_its_own_tasks") {
-        return;
-    }
+/// A daemon with run cgroups prepared ahead, once they are; `None` (and why, printed)
+/// where there are none to prepare (cgroup v2 clones into the cgroup instead).
+fn daemon_with_prepared_slots(test: &str) -> Option<Daemon> {
     let d = Daemon::start();
-    let v1 = {
-        let out = d.ctl(&["--json", "status"]);
-        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-        status["cgroup"] != "v2"
-    };
-    if !v1 {
-        eprintln!("skipping: helpers are for cgroup v1 (v2 clones into the cgroup)");
-        return;
+    let out = d.ctl(&["--json", "status"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    if status["cgroup"] == "v2" {
+        eprintln!("skipping {test}: run helpers are for cgroup v1 (v2 clones into the cgroup)");
+        return None;
     }
     assert!(
         eventually(Duration::from_secs(10), || prepared(&d) > 0),
         "run cgroups are prepared ahead"
     );
+    Some(d)
+}
+
+#[test]
+fn a_run_cloned_by_a_parked_helper_counts_only_its_own_tasks() {
+    if !is_root_or_skip("a_run_cloned_by_a_parked_helper_counts_only_its_own_tasks") {
+        return;
+    }
+    let Some(d) =
+        daemon_with_prepared_slots("a_run_cloned_by_a_parked_helper_counts_only_its_own_tasks")
+    else {
+        return;
+    };
     // The shell and one command: exactly two tasks, the helper that cloned the shell
     // gone before it started.
     let out = d.ctl(&[
@@ -214,17 +222,10 @@ fn a_run_whose_parked_helper_was_killed_still_starts() {
     if !is_root_or_skip("a_run_whose_parked_helper_was_killed_still_starts") {
         return;
     }
-    let d = Daemon::start();
-    let v1 = {
-        let out = d.ctl(&["--json", "status"]);
-        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-        status["cgroup"] != "v2"
-    };
-    if !v1 {
-        eprintln!("skipping: helpers are for cgroup v1");
+    let Some(d) = daemon_with_prepared_slots("a_run_whose_parked_helper_was_killed_still_starts")
+    else {
         return;
-    }
-    assert!(eventually(Duration::from_secs(10), || prepared(&d) > 0));
+    };
     // Someone (root) kills every parked helper of this daemon.
     let helpers: Vec<String> = alive("--run-helper")
         .into_iter()
