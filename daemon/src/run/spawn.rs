@@ -240,6 +240,9 @@ impl Error {
     }
 }
 
+/// Held while a child is cloned with pipes of its own (see [`start_with`]).
+static CLONE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `CLONE_INTO_CGROUP` (Linux 5.7); libc's constant has the wrong width.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
@@ -787,6 +790,12 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         None => None,
     };
     let devnull: OwnedFd = File::open("/dev/null").map_err(spawn_err)?.into();
+    // From the pipes' creation until the parent has closed its copies of their write ends,
+    // no other child may be cloned: it would hold copies too (close-on-exec only closes
+    // them at its exec), and this run's exec, or its end, would be seen only when that
+    // other child reaches its own exec, which a working directory on a file system that
+    // never answers can postpone forever. (Go's ForkLock, for the same reason.)
+    let _clone_lock = CLONE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (status_r, status_w) = pipe().map_err(spawn_err)?;
     let (out_r, out_w) = pipe().map_err(spawn_err)?;
     let (err_r, err_w) = pipe().map_err(spawn_err)?;
@@ -856,6 +865,7 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
     restore_signals(&saved);
     // The child's copies are the only writers left.
     drop((status_w, out_w, err_w, devnull, cgroup_dir));
+    drop(_clone_lock);
     let (pid, pidfd, into_cgroup) = match cloned {
         Ok(Cloned::Parent {
             pid,
