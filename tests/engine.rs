@@ -241,13 +241,23 @@ fn a_run_whose_parked_helper_was_killed_still_starts() {
         })
         .collect();
     assert!(!helpers.is_empty(), "parked helpers: {helpers:?}");
-    for line in &helpers {
-        let pid: i32 = line.split(':').next().unwrap().parse().unwrap();
+    let pids: Vec<i32> = helpers
+        .iter()
+        .map(|line| line.split(':').next().unwrap().parse().unwrap())
+        .collect();
+    for pid in &pids {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
+            nix::unistd::Pid::from_raw(*pid),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // Dead (zombies until the daemon reaps them), not just signalled: a helper killed in
+    // the middle of taking a request is another case (the run fails).
+    let dead = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+    };
+    assert!(eventually(Duration::from_secs(5), || pids.iter().all(dead)));
     let out = d.ctl(&["run", "--", "sh", "-c", "echo still"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still\n");

@@ -434,6 +434,23 @@ impl RunCgroup {
             .map(|(_, d)| d.as_str())
     }
 
+    /// Gives back the RT time a realtime run's v1 cpu cgroup took from its parent (one
+    /// write): the cgroup itself is removed after the answer, and until then the next
+    /// realtime run could not have that time.
+    pub fn release_rt_time(&self, host: &Host) {
+        if self.v2 {
+            return;
+        }
+        if let Some(d) = self.dir_with("cpu") {
+            let file = join(d, "cpu.rt_runtime_us");
+            if host.exists(&file) {
+                if let Err(e) = host.write(&file, "0") {
+                    tracing::warn!(error = %e, "cannot give a run's RT time back");
+                }
+            }
+        }
+    }
+
     /// The id the run's directories are named after (`run-<id>`, or `ready-<id>` while
     /// prepared).
     pub fn id(&self) -> &str {

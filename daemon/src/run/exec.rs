@@ -130,6 +130,9 @@ impl Runner {
                 .await
                 .unwrap_or_else(|_| (Default::default(), noise_start.clone(), noise::Own::Unknown))
         };
+        if job.limits.realtime {
+            cg.release_rt_time(&host);
+        }
         if outcome.emptied {
             // After the answer: nothing of the run needs its directories any more.
             let h = host.clone();
