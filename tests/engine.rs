@@ -262,3 +262,64 @@ fn a_run_whose_parked_helper_was_killed_still_starts() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still\n");
 }
+
+#[test]
+fn output_written_just_before_the_exit_is_never_lost() {
+    if !is_root_or_skip("output_written_just_before_the_exit_is_never_lost") {
+        return;
+    }
+    // Many short runs at once keep the daemon's event loop busy, so a pipe's data and the
+    // process's exit are often seen in the same turn: what was written must still arrive.
+    const CONNECTIONS: usize = 8;
+    const PER_CONNECTION: u64 = 25;
+    let d = Daemon::start();
+    let mut conns: Vec<RawClient> = (0..CONNECTIONS)
+        .map(|_| RawClient::connect(&d.socket))
+        .collect();
+    for (n, c) in conns.iter_mut().enumerate() {
+        for i in 1..=PER_CONNECTION {
+            let word = format!("out-{n}-{i}");
+            start_run_as(
+                c,
+                i,
+                json!({"argv": ["sh", "-c", "echo \"$0\"; echo \"$0\" >&2", word]}),
+            );
+        }
+    }
+    let mut lost = Vec::new();
+    for (n, c) in conns.iter_mut().enumerate() {
+        let mut got = std::collections::HashMap::<(u64, String), String>::new();
+        let mut answered = 0;
+        while answered < PER_CONNECTION {
+            let m = c.recv().expect("a message");
+            if m["method"] == "run.output" {
+                let p = &m["params"];
+                let key = (
+                    p["request"].as_u64().unwrap(),
+                    p["stream"].as_str().unwrap().to_owned(),
+                );
+                got.entry(key)
+                    .or_default()
+                    .push_str(p["data"].as_str().unwrap());
+            } else if m.get("id").is_some() {
+                assert_eq!(m["result"]["end_reason"], "exited", "{m}");
+                answered += 1;
+            }
+        }
+        for i in 1..=PER_CONNECTION {
+            for stream in ["stdout", "stderr"] {
+                let want = format!("out-{n}-{i}\n");
+                let have = got.remove(&(i, stream.to_owned())).unwrap_or_default();
+                if have != want {
+                    lost.push(format!("{stream} of out-{n}-{i}: {have:?}"));
+                }
+            }
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} streams wrong: {lost:?}",
+        lost.len(),
+        2 * CONNECTIONS as u64 * PER_CONNECTION
+    );
+}

@@ -10,7 +10,7 @@
 //! its ends, so a process outside the run that keeps a copy of the run's stdout open
 //! (`exec 9>/proc/PID/fd/1`) cannot keep the run, its cores or the shield alive.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -475,8 +475,10 @@ async fn forward(
         };
         send(n, &buf).await;
     }
+    // Read by the system call itself: the pipe's readiness as tokio last saw it may predate
+    // what the program wrote just before it exited (`try_read` would then find nothing).
     for _ in 0..DRAIN_READS {
-        match pipe.try_read(&mut buf) {
+        match nix::unistd::read(pipe.as_fd(), &mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => send(n, &buf).await,
         }
