@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use cleanroom::runs::{alive, eventually, json_of};
-use cleanroom::{Daemon, is_root_or_skip};
+use cleanroom::runs::{alive, answer, eventually, json_of, start_run_as};
+use cleanroom::{Daemon, RawClient, is_root_or_skip};
+use serde_json::json;
 
 #[test]
 fn a_detached_run_goes_on_without_its_client_and_is_stored() {
@@ -143,5 +144,75 @@ fn a_stored_batch_becomes_a_baseline_only_its_owner_may_replace() {
     let out = d.ctl_as(&nobody, &["baseline", "save", "theirs", &batch]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let out = d.ctl_as(&nobody, &["baseline", "save", "mine", &mine]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_batch_is_in_the_history_as_soon_as_its_answer_came() {
+    if !is_root_or_skip("a_batch_is_in_the_history_as_soon_as_its_answer_came") {
+        return;
+    }
+    // The history row is written after the answer; every read of the history waits for
+    // the rows of the answers given before it.
+    let state = tempfile::tempdir().unwrap();
+    let mut d = Daemon::builder().state_dir(state.path()).start();
+    let mut runner = RawClient::connect(&d.socket);
+    let mut reader = RawClient::connect(&d.socket);
+    for i in 0..40 {
+        start_run_as(
+            &mut runner,
+            i + 1,
+            json!({"argv": ["true"], "label": format!("n{i}")}),
+        );
+        let done = answer(&mut runner);
+        let batch = done["result"]["batch"]
+            .as_str()
+            .expect("a batch id")
+            .to_owned();
+        let shown = reader.call("runs.show", json!({"batch": batch}));
+        assert_eq!(shown["result"]["batch"], batch.as_str(), "{shown}");
+        let listed = reader.call("runs.list", json!({"limit": 1}));
+        assert_eq!(
+            listed["result"]["batches"][0]["batch"],
+            batch.as_str(),
+            "{listed}"
+        );
+    }
+    // While the database is locked from outside, the row waits: the answer does not, and
+    // a read waits for the row.
+    let db = state.path().join("cleanroom.db");
+    let (locked, go) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let holder = std::thread::spawn(move || {
+        let mut db = rusqlite::Connection::open(db).unwrap();
+        let lock = db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+            .unwrap();
+        locked.0.send(()).unwrap();
+        go.1.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        lock.rollback().unwrap();
+    });
+    locked.1.recv().unwrap();
+    start_run_as(&mut runner, 99, json!({"argv": ["true"]}));
+    let done = answer(&mut runner);
+    let batch = done["result"]["batch"].as_str().unwrap().to_owned();
+    go.0.send(()).unwrap();
+    let shown = reader.call("runs.show", json!({"batch": batch}));
+    assert_eq!(shown["result"]["batch"], batch.as_str(), "{shown}");
+    holder.join().unwrap();
+    // And they outlive the daemon's stop right after the answer.
+    start_run_as(&mut runner, 100, json!({"argv": ["true"]}));
+    let last = answer(&mut runner)["result"]["batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        d.wait_exit(Duration::from_secs(10)).is_some(),
+        "the daemon stops"
+    );
+    drop(d);
+    let d = Daemon::builder().state_dir(state.path()).start();
+    let out = d.ctl(&["runs", "show", &last]);
     assert!(out.status.success(), "{out:?}");
 }

@@ -242,6 +242,13 @@ async fn serve(
     {
         tracing::warn!("runs still cleaning up at exit; ending them here");
     }
+    // History rows written after their answers are written before the exit.
+    if tokio::time::timeout(Duration::from_secs(5), state.store().settled())
+        .await
+        .is_err()
+    {
+        tracing::warn!("history rows still being written at exit; the newest may be lost");
+    }
     // Whatever is left of runs and the shield goes now: a stopped daemon may not start
     // again for a long time (socket activation), so nothing waits for the next start.
     let runner = Arc::clone(state.engine().runner());

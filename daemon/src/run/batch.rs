@@ -319,7 +319,8 @@ impl Engine {
     }
 
     /// The history row (after the comparison, so a run never compares against itself),
-    /// and the baseline to save, in one call of the store.
+    /// and the baseline to save, in one call of the store. Without a baseline to save,
+    /// nothing can be refused: the row is written after the answer.
     async fn store_result(
         &self,
         batch: &Batch,
@@ -335,18 +336,22 @@ impl Engine {
             result: serde_json::to_string(result).unwrap_or_default(),
         };
         let keep = settings.history_limit;
-        let save = batch.save_baseline.clone();
+        let Some(save) = batch.save_baseline.clone() else {
+            // Nothing to refuse: written after the answer (readers of the history wait
+            // for it, see `Store::settled`).
+            self.store
+                .behind("a batch's history row", move |c| {
+                    rows::insert(c, &row, keep)
+                })
+                .await;
+            return Ok(());
+        };
         let (uid, admin) = (batch.owner.uid, batch.owner.admin);
         let refused = self
             .store
             .call(move |c| {
                 rows::insert(c, &row, keep)?;
-                Ok(match save {
-                    Some(name) if !rows::save_baseline(c, &name, &row.batch, uid, admin)? => {
-                        Some(name)
-                    }
-                    _ => None,
-                })
+                Ok((!rows::save_baseline(c, &save, &row.batch, uid, admin)?).then_some(save))
             })
             .await?;
         match refused {

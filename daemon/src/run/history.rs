@@ -50,6 +50,7 @@ pub fn check_name(name: &str, field: &str) -> Result<(), Error> {
 
 /// Loads a stored batch (by id, or `baseline:NAME`).
 pub async fn load(store: &Store, what: &str) -> Result<Stored, Error> {
+    store.settled().await;
     let key = what.to_owned();
     let found = store
         .call(move |c| {
@@ -91,6 +92,7 @@ pub fn wall_samples(r: &RunResult) -> Vec<f64> {
 
 /// `runs.list`: the newest batches the caller may see, newest first.
 pub async fn list(store: &Store, caller: &Caller, limit: u32) -> Result<RunsListResult, Error> {
+    store.settled().await;
     let uid = (!caller.admin).then_some(caller.uid);
     let rows = store.call(move |c| history::list(c, uid, limit)).await?;
     let batches = rows
@@ -151,6 +153,7 @@ pub async fn compare(
 
 /// `baseline.list`.
 pub async fn baselines(store: &Store) -> Result<BaselineListResult, Error> {
+    store.settled().await;
     let rows = store.call(|c| history::baselines(c)).await?;
     Ok(BaselineListResult {
         baselines: rows
@@ -167,6 +170,7 @@ pub async fn baselines(store: &Store) -> Result<BaselineListResult, Error> {
 
 /// Refuses a baseline name someone else holds (only its owner or an admin may replace it).
 pub async fn may_replace_baseline(store: &Store, caller: &Caller, name: &str) -> Result<(), Error> {
+    store.settled().await;
     let n = name.to_owned();
     match store.call(move |c| history::baseline(c, &n)).await? {
         Some((_, owner)) if !caller.may_see(owner) => Err(Error::NotYours {
@@ -225,6 +229,7 @@ pub async fn delete_baseline(
     caller: &Caller,
     name: &str,
 ) -> Result<BaselineDeleteResult, Error> {
+    store.settled().await;
     let n = name.to_owned();
     let owner = store.call(move |c| history::baseline(c, &n)).await?;
     let deleted = match owner {

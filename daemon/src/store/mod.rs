@@ -91,8 +91,42 @@ pub enum Error {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Writes queued behind their callers, for the writer thread (started at the first,
+    /// so not before the daemon's capabilities are dropped: they are per thread).
+    behind: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Behind>>>,
     /// The lock on the state directory, held as long as the store lives.
     _lock: Arc<std::fs::File>,
+}
+
+/// Most writes queued behind their callers at once: past it, [`Store::behind`] waits (a flood
+/// of requests slows down to the database's pace instead of growing a queue).
+const MAX_BEHIND: usize = 1024;
+
+/// A write to the database, to be done later.
+type Write = Box<dyn FnOnce(&mut Connection) -> rusqlite::Result<()> + Send>;
+
+/// A write queued behind its caller, or a reader's marker.
+enum Behind {
+    Write { what: &'static str, f: Write },
+    Settled(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The writer of [`Store::behind`]: one thread, taking the queue in order, so a marker is
+/// reached once everything queued before it is written.
+fn write_behind(conn: Arc<Mutex<Connection>>, mut queue: tokio::sync::mpsc::Receiver<Behind>) {
+    while let Some(item) = queue.blocking_recv() {
+        match item {
+            Behind::Write { what, f } => {
+                let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = f(&mut c) {
+                    tracing::error!(error = %e, "cannot store {what}");
+                }
+            }
+            Behind::Settled(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 /// One state-changing request, as the audit table records it.
@@ -221,9 +255,11 @@ impl Store {
         }
         let mut conn = conn;
         migrations::migrate(&mut conn, &path)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn,
             path,
+            behind: Arc::default(),
             _lock: Arc::new(lock),
         })
     }
@@ -255,15 +291,61 @@ impl Store {
         .map_err(|e| Error::Task(e.to_string()))?
     }
 
+    /// Queues `f` to run after the caller moves on (a batch's history row, written after
+    /// its answer), logging a failure as `what`; waits only while [`MAX_BEHIND`] writes
+    /// are queued. A reader that must see it calls [`Store::settled`] first.
+    pub async fn behind<F>(&self, what: &'static str, f: F)
+    where
+        F: FnOnce(&mut Connection) -> rusqlite::Result<()> + Send + 'static,
+    {
+        let write = Behind::Write {
+            what,
+            f: Box::new(f),
+        };
+        if self.writer().send(write).await.is_err() {
+            tracing::error!("cannot store {what}: no writer thread");
+        }
+    }
+
+    /// The writer thread's queue, the thread started by the first caller (one that cannot
+    /// start leaves a queue nobody reads: every write to it fails, and says so).
+    fn writer(&self) -> &tokio::sync::mpsc::Sender<Behind> {
+        self.behind.get_or_init(|| {
+            let (queue, items) = tokio::sync::mpsc::channel(MAX_BEHIND);
+            let conn = Arc::clone(&self.conn);
+            if let Err(e) = std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || write_behind(conn, items))
+            {
+                tracing::error!(error = %e, "cannot start the store's writer thread");
+            }
+            queue
+        })
+    }
+
+    /// Waits until every write [`Store::behind`] queued before this call is done.
+    pub async fn settled(&self) {
+        // Nothing was ever queued: nothing to wait for.
+        let Some(queue) = self.behind.get() else {
+            return;
+        };
+        let (done, written) = tokio::sync::oneshot::channel();
+        if queue.send(Behind::Settled(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
     /// Appends one audit event. Like the history, the audit log is not the journal: in WAL
     /// mode `synchronous=NORMAL` keeps the database consistent and only a power cut may
     /// lose the newest rows, without an fsync on every state-changing request.
-    pub async fn record_audit(&self, event: AuditEvent) -> Result<(), Error> {
+    /// Written behind the caller ([`Store::behind`]): the answer does not wait for it, a
+    /// stop does.
+    pub async fn record_audit(&self, event: AuditEvent) {
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        self.call(move |c| {
+        self.behind("an audit record", move |c| {
             with_normal_sync(c, |c| {
                 c.execute(
                     "INSERT INTO audit (ts, uid, gid, pid, method, params_digest, outcome)
@@ -286,6 +368,7 @@ impl Store {
 
     /// The most recent audit events, newest first.
     pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, Error> {
+        self.settled().await;
         self.call(move |c| {
             let mut stmt = c.prepare(
                 "SELECT uid, gid, pid, method, params_digest, outcome FROM audit
@@ -349,7 +432,7 @@ mod tests {
             params_digest: "ab".into(),
             outcome: "ok".into(),
         };
-        rt().block_on(store.record_audit(event.clone())).unwrap();
+        rt().block_on(store.record_audit(event.clone()));
         assert_eq!(rt().block_on(store.recent_audit(10)).unwrap(), vec![event]);
         drop(store);
         // Reopening keeps the rows and does not migrate twice.
