@@ -19,6 +19,7 @@
 //! max_connections = 1024               # further connections get an error and are closed
 //! max_in_flight = 32                   # unanswered requests per connection
 //! idle_timeout_s = 300                 # close connections silent for this long
+//! max_queued_bytes = 4194304           # output queued per connection for a slow reader
 //! shutdown_grace_ms = 500              # how long SIGTERM waits for requests in flight
 //!
 //! [auth]
@@ -245,12 +246,21 @@ pub struct Limits {
     /// Most unanswered requests per connection before the daemon stops reading from it
     /// (default 32).
     pub max_in_flight: usize,
-    /// Seconds a connection may stay silent with nothing in flight (default 300).
+    /// Seconds a connection may stay silent with nothing in flight, and a peer may read
+    /// nothing while the daemon has something to send it (default 300).
     pub idle_timeout_s: u64,
+    /// Bytes of notifications (run output, as JSON) queued for one connection before its
+    /// runs wait for the client to read (default 4 MiB, at least 64 KiB).
+    pub max_queued_bytes: usize,
     /// Milliseconds SIGTERM waits for requests in flight before exiting (default 500,
     /// at most 900 so the daemon always exits within a second).
     pub shutdown_grace_ms: u64,
 }
+
+/// Least `limits.max_queued_bytes`: one pipe buffer of output.
+pub const MIN_QUEUED_BYTES: usize = 64 << 10;
+/// Most `limits.max_queued_bytes` (the daemon counts it in semaphore permits).
+pub const MAX_QUEUED_BYTES: usize = 1 << 30;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -258,6 +268,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_in_flight: 32,
             idle_timeout_s: 300,
+            max_queued_bytes: 4 << 20,
             shutdown_grace_ms: 500,
         }
     }
@@ -438,6 +449,12 @@ impl Config {
         if l.idle_timeout_s == 0 {
             return Err("key `limits.idle_timeout_s`: must be at least 1".into());
         }
+        if !(MIN_QUEUED_BYTES..=MAX_QUEUED_BYTES).contains(&l.max_queued_bytes) {
+            return Err(format!(
+                "key `limits.max_queued_bytes`: {} is not between {MIN_QUEUED_BYTES} and {MAX_QUEUED_BYTES}",
+                l.max_queued_bytes
+            ));
+        }
         if l.shutdown_grace_ms > 900 {
             return Err(format!(
                 "key `limits.shutdown_grace_ms`: {} is over 900; the daemon must exit within a second",
@@ -605,6 +622,10 @@ mod tests {
             (
                 "[limits]\nshutdown_grace_ms = 5000\n",
                 &["shutdown_grace_ms"],
+            ),
+            (
+                "[limits]\nmax_queued_bytes = 1000\n",
+                &["limits.max_queued_bytes", "1000", "65536"],
             ),
         ];
         for (text, wants) in table {

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cleanroom_proto::{Event, JSONRPC_VERSION, MAX_LINE_BYTES, Notification, Response};
+use cleanroom_proto::{JSONRPC_VERSION, MAX_LINE_BYTES, Response};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value};
@@ -18,7 +18,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Framed};
 
 use super::peer::Peer;
-use super::{Error, dispatch, encode};
+use super::{Error, Notifier, dispatch, encode};
 use crate::state::{ConnectionSlot, State};
 
 type InFlight = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
@@ -40,7 +40,8 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
     let mut framed = Framed::new(stream, codec);
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     // Notifications (run output) of requests in flight; written before their responses.
-    let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<Event>(1024);
+    let (notifier, mut notify_rx) = Notifier::new(limits.max_queued_bytes);
+    let _close_queue = CloseOnDrop(notifier.clone());
     // Cancelled when this connection ends (or the daemon stops): its runs end with it.
     let cancel = state.shutdown().child_token();
     let _cancel_on_drop = cancel.clone().drop_guard();
@@ -54,11 +55,15 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
         }
         tokio::select! {
             biased;
-            Some(event) = notify_rx.recv() => {
-                let line = encode_notification(event);
-                match tokio::time::timeout(idle_timeout, framed.send(line)).await {
+            Some(queued) = notify_rx.recv() => {
+                // Its room in the queue is given back once it is written.
+                match tokio::time::timeout(idle_timeout, framed.send(queued.line)).await {
                     Ok(Ok(())) => {}
-                    _ => break,
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        tracing::warn!(uid = peer.uid, pid = peer.pid, "peer stopped reading its run output; closing connection (its runs end)");
+                        break;
+                    }
                 }
             }
             Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
@@ -99,7 +104,7 @@ pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) 
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
                         }
-                        let call = super::Call { id: Value::Null, notify: notify_tx.clone(), cancel: cancel.clone() };
+                        let call = super::Call { id: Value::Null, notify: notifier.clone(), cancel: cancel.clone() };
                         if let Some(fut) = handle_line(line, &peer, call, &state) {
                             in_flight.push(fut);
                         }
@@ -193,9 +198,14 @@ fn handle_line(
     }))
 }
 
-/// A notification as one line.
-fn encode_notification(event: Event) -> String {
-    serde_json::to_string(&Notification::from(event)).unwrap_or_default()
+/// Closes a connection's notification queue when it ends, so runs waiting for room in it
+/// stop waiting.
+struct CloseOnDrop(Notifier);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 fn ready(line: String) -> InFlight {

@@ -28,9 +28,98 @@ pub struct Call {
     /// The request id (null for notifications and before it is known).
     pub id: Value,
     /// Notifications sent to the client before the response.
-    pub notify: tokio::sync::mpsc::Sender<Event>,
+    pub notify: Notifier,
     /// Cancelled when the client goes away or the daemon stops.
     pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// The notifications of one connection's requests, queued for its writer and bounded in
+/// bytes (`limits.max_queued_bytes`, counted as the JSON lines they become): a sender
+/// waits while the queue is full, so a run's output waits for a slow client as it would
+/// for a full pipe, and a client that stops reading holds no more than that.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    queue: tokio::sync::mpsc::Sender<Queued>,
+    room: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+/// A notification line in the queue, holding its share of the connection's bytes until
+/// it is written.
+#[derive(Debug)]
+pub struct Queued {
+    /// The JSON line (without its newline).
+    pub line: String,
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The connection is gone: nothing it was sent will be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
+
+impl Notifier {
+    /// A queue of at most `max_bytes`, and the writer's end of it.
+    pub fn new(max_bytes: usize) -> (Notifier, tokio::sync::mpsc::Receiver<Queued>) {
+        // Counted in bytes, the lines are few: the channel's own bound never binds first.
+        let (queue, lines) = tokio::sync::mpsc::channel(4096);
+        let notifier = Notifier {
+            queue,
+            room: Arc::new(tokio::sync::Semaphore::new(max_bytes)),
+            max: max_bytes,
+        };
+        (notifier, lines)
+    }
+
+    /// Queues `event`, waiting while the queue is full. Room is taken before the line is
+    /// made (for the most it can become), so waiting senders hold only their events.
+    pub async fn send(&self, event: Event) -> Result<(), Gone> {
+        let most = self.take(worst_case_len(&event));
+        let mut room = Arc::clone(&self.room)
+            .acquire_many_owned(most)
+            .await
+            .map_err(|_| Gone)?;
+        let line = encode_notification(event);
+        // Give back what the line did not need (keeping at least one byte's worth).
+        let used = self.take(line.len()).max(1);
+        if let Some(spare) = room.split((most - used) as usize) {
+            drop(spare);
+        }
+        self.queue
+            .send(Queued { line, _room: room })
+            .await
+            .map_err(|_| Gone)
+    }
+
+    /// Permits for `len` bytes: a line longer than the whole queue takes all of it.
+    fn take(&self, len: usize) -> u32 {
+        len.clamp(1, self.max) as u32
+    }
+
+    /// Ends the queue: waiting and later senders get [`Gone`] at once.
+    pub fn close(&self) {
+        self.room.close();
+    }
+}
+
+/// The longest JSON line `event` can become: every byte of output and of a string request
+/// id escaped as `\\u00XX`, plus the envelope.
+fn worst_case_len(event: &Event) -> usize {
+    const ENVELOPE: usize = 512;
+    let (request, data) = match event {
+        Event::RunOutput(o) => (&o.request, o.data.len()),
+        Event::RunStarted(s) => (&s.request, s.batch.len()),
+        Event::RunProgress(p) => (&p.request, 0),
+    };
+    let id = match request {
+        Value::String(s) => s.len(),
+        _ => 0,
+    };
+    (id + data) * 6 + ENVELOPE
+}
+
+/// A notification as one line.
+fn encode_notification(event: Event) -> String {
+    serde_json::to_string(&cleanroom_proto::Notification::from(event)).unwrap_or_default()
 }
 
 /// Everything a request can fail with. [`Error::code`] maps each to its stable wire code.

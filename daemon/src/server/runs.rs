@@ -12,8 +12,8 @@ use cleanroom_proto::{
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::Call;
 use super::peer::Peer;
+use super::{Call, Notifier};
 use crate::run::{self, Error, RunEvent, history, request};
 use crate::state::State;
 
@@ -62,9 +62,10 @@ pub async fn start(
 /// request `request` on its connection (a connection gone: they are dropped).
 fn forward_events(
     request: Value,
-    notify: mpsc::Sender<Event>,
+    notify: Notifier,
 ) -> (mpsc::Sender<RunEvent>, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<RunEvent>(64);
+    // Small: the connection's queue bounds the output in bytes; this only hands it over.
+    let (tx, mut rx) = mpsc::channel::<RunEvent>(2);
     let task = tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
             let request = request.clone();
