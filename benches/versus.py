@@ -14,6 +14,7 @@ build, and their ratio.
 """
 
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -75,28 +76,35 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("versus.py needs root (it tunes the host and runs in cgroups)")
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 60
+    rng = random.Random(1)
     builds = [Daemon("before", sys.argv[1]), Daemon("after", sys.argv[2])]
     ops = [
-        ("ping", ["ping"], 0),
-        ("status", ["status"], 0),
-        ("run -- /bin/true", ["run", "--", "/bin/true"], 0),
-        ("run -- /bin/true after 0.2 s idle", ["run", "--", "/bin/true"], 0.2),
-        ("run --isolate (5 namespaces)", ["run", "--isolate", "net,pid,mount,uts,ipc", "--", "/bin/true"], 0),
+        # (name, arguments, pause before each, how many in a row on one daemon)
+        ("ping", ["ping"], 0, 1),
+        ("status", ["status"], 0, 1),
+        ("run -- /bin/true", ["run", "--", "/bin/true"], 0, 1),
+        ("run -- /bin/true, 5 back to back", ["run", "--", "/bin/true"], 0, 5),
+        ("run -- /bin/true after 0.2 s idle", ["run", "--", "/bin/true"], 0.2, 1),
+        ("run --isolate (5 namespaces)", ["run", "--isolate", "net,pid,mount,uts,ipc", "--", "/bin/true"], 0, 1),
     ]
-    times = {(op, b.name): [] for op, _, _ in ops for b in builds}
+    times = {(op, b.name): [] for op, _, _, _ in ops for b in builds}
     tune = {(op, b.name): [] for op in ("profile apply", "profile revert") for b in builds}
     sysctl = "/proc/sys/vm/swappiness"
     before_value = open(sysctl).read()
     try:
         for _ in range(rounds):
-            for op, args, pause in ops:
-                for b in builds:
-                    if pause:
-                        time.sleep(pause)
-                    ms = b.ctl(args)
-                    if ms is None:
-                        raise SystemExit(f"{b.name}: cleanroomctl {' '.join(args)} failed")
-                    times[(op, b.name)].append(ms)
+            for op, args, pause, count in ops:
+                # In a random order each time: whatever one build leaves running after its
+                # answer (cleanup, a history write) lands on the other build's turn as
+                # often as on its own.
+                for b in rng.sample(builds, len(builds)):
+                    for _ in range(count):
+                        if pause:
+                            time.sleep(pause)
+                        ms = b.ctl(args)
+                        if ms is None:
+                            raise SystemExit(f"{b.name}: cleanroomctl {' '.join(args)} failed")
+                        times[(op, b.name)].append(ms)
         for _ in range(max(10, rounds // 4)):
             for b in builds:
                 for op, args in (("profile apply", ["profile", "apply", "throughput-performance"]),
@@ -110,7 +118,7 @@ def main():
             b.stop()
     assert open(sysctl).read() == before_value, "the reverts put the host back"
     print(f"{'operation (whole cleanroomctl process)':44} {'before':>20} {'after':>20}  after/before")
-    for op in [o for o, _, _ in ops] + ["profile apply", "profile revert"]:
+    for op in [o for o, _, _, _ in ops] + ["profile apply", "profile revert"]:
         source = tune if op.startswith("profile") else times
         a, b = source[(op, "before")], source[(op, "after")]
         print(f"{op:44} {statistics.median(a):7.2f} ms p90 {quantile(a, .9):6.2f}"
