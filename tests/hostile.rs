@@ -64,3 +64,67 @@ fn a_client_that_stops_reading_holds_a_bounded_amount_of_memory_and_is_dropped()
     assert!(d.log().contains("peer stopped reading"), "{}", d.log());
     assert!(d.ctl(&["run", "--", "true"]).status.success());
 }
+
+#[test]
+fn a_batch_id_is_never_given_twice_whatever_the_clock_says() {
+    if !is_root_or_skip("a_batch_id_is_never_given_twice_whatever_the_clock_says") {
+        return;
+    }
+    // A history whose ids run ahead of the clock (as after the clock stepped back): the
+    // ids the daemon gives next must be new.
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::builder().state_dir(state.path()).start();
+    drop(d);
+    const ROWS: u64 = 20_000;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let db_path = state.path().join("cleanroom.db");
+    let mut db = rusqlite::Connection::open(&db_path).unwrap();
+    let tx = db.transaction().unwrap();
+    for i in 0..ROWS {
+        tx.execute(
+            "INSERT INTO runs (batch, ts, uid, label, argv, result) VALUES (?1, 0, 0, 'old', '[]', '{}')",
+            [(now_ms + i).to_string()],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    drop(db);
+    let d = Daemon::builder()
+        .state_dir(state.path())
+        .config("[runs]\nhistory_limit = 100000\n")
+        .start();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let out = d.ctl(&["--json", "run", "--", "true"]);
+        assert!(out.status.success(), "{out:?}");
+        ids.push(
+            cleanroom::runs::json_of(&out)["batch"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let listed = d.ctl(&["--json", "runs", "list", "--limit", "3"]);
+    drop(d);
+    let db = rusqlite::Connection::open(&db_path).unwrap();
+    let old: i64 = db
+        .query_row("SELECT count(*) FROM runs WHERE label = 'old'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(old as u64, ROWS, "old batches were overwritten by {ids:?}");
+    for id in &ids {
+        let label: Option<String> = db
+            .query_row("SELECT label FROM runs WHERE batch = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(label, None, "batch {id} is the new one: {listed:?}");
+    }
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "{ids:?}");
+}

@@ -122,7 +122,12 @@ pub struct Engine {
     runner: Arc<Runner>,
     store: Store,
     active: Arc<Active>,
+    /// Batch ids reserved in the store and not yet given.
+    ids: std::sync::Mutex<std::ops::Range<u64>>,
 }
+
+/// Batch ids reserved at a time (one durable write per this many batches).
+const ID_BLOCK: u64 = 100;
 
 impl Engine {
     /// An engine running on `runner`, storing results in `store`.
@@ -131,6 +136,7 @@ impl Engine {
             runner,
             store,
             active: Arc::new(Active::default()),
+            ids: std::sync::Mutex::new(0..0),
         }
     }
 
@@ -144,9 +150,16 @@ impl Engine {
         &self.active
     }
 
-    /// A fresh batch id.
-    pub fn new_batch_id(&self) -> String {
-        self.runner.new_id()
+    /// A batch id never given before: from a block reserved in the store (reserved anew
+    /// when it runs out).
+    pub async fn new_batch_id(&self) -> Result<String, Error> {
+        loop {
+            if let Some(id) = self.ids.lock().unwrap_or_else(|p| p.into_inner()).next() {
+                return Ok(id.to_string());
+            }
+            let block = self.store.call(|c| rows::reserve_ids(c, ID_BLOCK)).await?;
+            *self.ids.lock().unwrap_or_else(|p| p.into_inner()) = block;
+        }
     }
 
     /// Admits batch `id` of `owner`, ended by `cancel`: refused where runs cannot happen,

@@ -373,11 +373,6 @@ impl Runner {
         self.layout.as_ref().map(Layout::bases).unwrap_or_default()
     }
 
-    /// A fresh id for a batch of runs.
-    pub fn new_id(&self) -> String {
-        self.next.fetch_add(1, Ordering::Relaxed).to_string()
-    }
-
     /// Why runs cannot happen here, if they cannot.
     pub fn unavailable(&self) -> Option<&cgroup::LayoutError> {
         self.layout.as_ref().err()

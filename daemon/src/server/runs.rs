@@ -32,7 +32,7 @@ pub async fn start(
     let batch = request::resolve(p, &caller, max_repeat, state.store()).await?;
     let settings = state.run_settings(batch.exclusive.is_some()).await?;
     let engine = Arc::clone(state.engine());
-    let id = engine.new_batch_id();
+    let id = engine.new_batch_id().await?;
     let detached = batch.detached;
     let cancel = if detached {
         state.shutdown().child_token()

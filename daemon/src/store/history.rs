@@ -28,6 +28,35 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Reserves `count` batch ids, durably, before any is used: the next ones after every id
+/// reserved before and every batch stored (a history restored from elsewhere included).
+/// Ids reserved and never used are skipped, never given again.
+pub fn reserve_ids(conn: &mut Connection, count: u64) -> rusqlite::Result<std::ops::Range<u64>> {
+    let tx = conn.transaction()?;
+    let reserved: Option<i64> = tx
+        .query_row("SELECT next FROM ids WHERE name = 'batch'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let stored: Option<i64> = tx.query_row(
+        "SELECT max(CAST(batch AS INTEGER)) FROM runs WHERE batch NOT GLOB '*[^0-9]*'",
+        [],
+        |r| r.get(0),
+    )?;
+    let first = reserved
+        .unwrap_or(1)
+        .max(stored.map_or(1, |s| s.saturating_add(1)))
+        .max(1) as u64;
+    let end = first.saturating_add(count);
+    tx.execute(
+        "INSERT INTO ids (name, next) VALUES ('batch', ?1)
+         ON CONFLICT (name) DO UPDATE SET next = excluded.next",
+        [end as i64],
+    )?;
+    tx.commit()?;
+    Ok(first..end)
+}
+
 /// Stores a batch and applies the retention limit (baselines' batches are kept).
 pub fn insert(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Result<()> {
     // History is not the journal: in WAL mode, NORMAL keeps the database consistent and
@@ -39,7 +68,7 @@ pub fn insert(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Res
 fn insert_tx(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     tx.execute(
-        "INSERT OR REPLACE INTO runs (batch, ts, uid, label, argv, result) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO runs (batch, ts, uid, label, argv, result) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![row.batch, now(), row.uid, row.label, row.argv, row.result],
     )?;
     tx.execute(
@@ -127,6 +156,38 @@ pub fn delete_baseline(conn: &Connection, name: &str) -> rusqlite::Result<bool> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_reserved_past_every_id_given_or_stored_and_never_replace_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut c = store.lock_blocking();
+        assert_eq!(reserve_ids(&mut c, 10).unwrap(), 1..11);
+        assert_eq!(
+            reserve_ids(&mut c, 10).unwrap(),
+            11..21,
+            "unused ids are skipped"
+        );
+        let row = |b: &str| BatchRow {
+            batch: b.into(),
+            ts: 0.0,
+            uid: 0,
+            label: None,
+            argv: "[]".into(),
+            result: "{}".into(),
+        };
+        // A stored id ahead of the reservations (a restored history), and one that is not
+        // a number: the next block starts after the first, ignores the second.
+        insert(&mut c, &row("500"), 100).unwrap();
+        insert(&mut c, &row("baseline-x"), 100).unwrap();
+        assert_eq!(reserve_ids(&mut c, 5).unwrap(), 501..506);
+        assert!(insert(&mut c, &row("500"), 100).is_err(), "never replaced");
+        drop(c);
+        drop(store);
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut c = store.lock_blocking();
+        assert_eq!(reserve_ids(&mut c, 5).unwrap(), 506..511, "across restarts");
+    }
 
     #[test]
     fn retention_keeps_baselines_and_the_journal_stays_fully_synchronous() {

@@ -97,6 +97,12 @@ const MIGRATIONS: &[&str] = &[
         original   TEXT    NOT NULL,
         written    TEXT    NOT NULL
     );",
+    // 5: ids handed out in blocks (`store::history::reserve_ids`): a batch id is never
+    // given twice, whatever the clock does.
+    "CREATE TABLE ids (
+        name      TEXT PRIMARY KEY,
+        next      INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.
