@@ -427,6 +427,29 @@ impl RawClient {
         }
     }
 
+    /// Connects to `socket` as effective uid `uid` (what the daemon reads as the peer's
+    /// uid), from a thread of its own that changes only its own credentials: the raw
+    /// system call, not glibc's wrapper, which would change every thread's. Needs root.
+    pub fn connect_as(socket: &Path, uid: u32) -> Self {
+        let socket = socket.to_owned();
+        std::thread::spawn(move || {
+            let keep = -1 as nix::libc::c_long;
+            // SAFETY: setresuid on this thread alone; it ends right after the connect.
+            let rc = unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_setresuid,
+                    keep,
+                    uid as nix::libc::c_long,
+                    keep,
+                )
+            };
+            assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+            Self::connect(&socket)
+        })
+        .join()
+        .expect("connecting thread")
+    }
+
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.writer.write_all(bytes)

@@ -128,3 +128,54 @@ fn a_batch_id_is_never_given_twice_whatever_the_clock_says() {
     unique.dedup();
     assert_eq!(unique.len(), 3, "{ids:?}");
 }
+
+#[test]
+fn connections_are_bounded_per_uid_and_admins_keep_slots_of_their_own() {
+    if !is_root_or_skip("connections_are_bounded_per_uid_and_admins_keep_slots_of_their_own") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config(
+            "[socket]\nmode = 0o666\n[limits]\nmax_connections = 6\n\
+             [quotas]\nconnections_per_uid = 2\nadmin_connections = 2\n",
+        )
+        .world_traversable()
+        .start();
+    // nobody holds its two; a third is refused by the quota, named.
+    let mut held = vec![
+        RawClient::connect_as(&d.socket, 65534),
+        RawClient::connect_as(&d.socket, 65534),
+    ];
+    let mut third = RawClient::connect_as(&d.socket, 65534);
+    let refused = third.recv().expect("an error line");
+    assert_eq!(refused["error"]["code"], -32009, "{refused}");
+    assert_eq!(
+        refused["error"]["data"]["quota"],
+        "quotas.connections_per_uid"
+    );
+    assert_eq!(refused["error"]["data"]["limit"], 2);
+    assert_eq!(refused["error"]["data"]["uid"], 65534);
+    third.wait_closed_by_daemon(Duration::from_secs(5));
+    // Another uid takes the last two slots not kept for admins; a third uid finds none.
+    held.push(RawClient::connect_as(&d.socket, 65533));
+    held.push(RawClient::connect_as(&d.socket, 65533));
+    let mut late = RawClient::connect_as(&d.socket, 65532);
+    let refused = late.recv().expect("an error line");
+    assert_eq!(refused["error"]["code"], -32003, "{refused}");
+    assert_eq!(refused["error"]["data"]["limit"], 4);
+    // Root, an admin, still gets in, and is served; so does the client.
+    let mut admin = d.connect();
+    assert_eq!(admin.call("daemon.ping", json!({}))["result"]["pong"], true);
+    let out = d.ctl(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    // The held connections are served too.
+    for c in &mut held {
+        assert_eq!(c.call("daemon.ping", json!({}))["result"]["pong"], true);
+    }
+    // One closes: its uid may connect again.
+    drop(held.remove(0));
+    assert!(eventually(Duration::from_secs(5), || {
+        let mut again = RawClient::connect_as(&d.socket, 65534);
+        again.call("daemon.ping", json!({})).get("result").is_some()
+    }));
+}

@@ -1,8 +1,8 @@
 //! cleanroomctl's command line, as a library so that man pages and shell completions are
 //! generated from the same definition the binary parses (`cleanroom-docgen`).
 //!
-//! Exit codes: 0 ok; 1 the operation failed; 2 usage; 69 daemon unreachable; 77 permission
-//! denied.
+//! Exit codes: 0 ok; 1 the operation failed; 2 usage; 69 daemon unreachable; 75 over a
+//! quota; 77 permission denied.
 
 use std::path::PathBuf;
 
@@ -14,6 +14,7 @@ pub const EXIT_HELP: &str = "Exit codes:\n  \
     1   the operation failed (the message says why)\n  \
     2   usage error\n  \
     69  the daemon is unreachable (not running, or wrong --socket)\n  \
+    75  over a quota: try again once something of yours ends (the message names it)\n  \
     77  permission denied (the message names the group to join)";
 
 /// Control cleanroomd, the cleanroom system tuner and clean-room test runner.

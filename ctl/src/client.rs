@@ -226,12 +226,14 @@ impl Client {
 }
 
 impl CallError {
-    /// The exit code for this failure: 69 unreachable, 77 permission denied, 1 otherwise.
+    /// The exit code for this failure: 69 unreachable, 75 over a quota (`EX_TEMPFAIL`: it
+    /// may pass later), 77 permission denied, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             CallError::Unreachable { .. } => 69,
             CallError::SocketDenied { .. } => 77,
             CallError::Rpc(e) if e.kind() == Some(ErrorCode::Forbidden) => 77,
+            CallError::Rpc(e) if e.kind() == Some(ErrorCode::Quota) => 75,
             CallError::Rpc(_) | CallError::Protocol(_) | CallError::Failed(_) => 1,
             CallError::Exit(code, _) => *code,
         }

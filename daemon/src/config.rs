@@ -22,6 +22,18 @@
 //! max_queued_bytes = 4194304           # output queued per connection for a slow reader
 //! shutdown_grace_ms = 500              # how long SIGTERM waits for requests in flight
 //!
+//! [quotas]                             # per uid; admins are exempt
+//! connections_per_uid = 64             # connections one uid may hold
+//! admin_connections = 16               # of max_connections, kept for admins (at most half)
+//! runs_per_uid = 32                    # batches in progress per uid
+//! detached_per_uid = 4                 # detached batches in progress per uid
+//! exclusive_cpus_per_uid = 0           # exclusive CPUs per uid (0: the whole pool)
+//! exclusive_hold_s = 3600              # longest a batch holds exclusive CPUs
+//! default_pids = 4096                  # task limit of a run that asks none
+//! max_pids = 32768                     # highest task limit a runner may ask
+//! default_memory_percent = 50          # memory limit of a run that asks none (0: none)
+//! max_memory_percent = 90              # highest memory limit a runner may ask
+//!
 //! [auth]
 //! runner_group = "cleanroom"           # members may run tests
 //! admin_group = "cleanroom-admin"      # members may tune the host
@@ -95,6 +107,103 @@ pub struct Config {
     pub tuning: Tuning,
     /// Clean-room runs.
     pub runs: Runs,
+    /// What one member of the groups may hold (admins are exempt from the per-uid ones).
+    pub quotas: Quotas,
+}
+
+/// `[quotas]`: bounds on what one caller (uid) may hold, so a member of the runner group
+/// cannot take the daemon or the host from the others. Admins are exempt from every
+/// per-uid quota and from the maxima; the defaults apply to everyone who asks nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Connections one uid may hold at once (default 64).
+    pub connections_per_uid: usize,
+    /// Of `limits.max_connections`, how many only admins may take (default 16, at most
+    /// half of them), so a crowd of runners never locks admins out of revert and cancel.
+    pub admin_connections: usize,
+    /// Batches in progress at once per uid, detached ones included (default 32).
+    pub runs_per_uid: usize,
+    /// Detached batches in progress at once per uid (default 4).
+    pub detached_per_uid: usize,
+    /// Exclusive CPUs one uid may hold at once (default 0: as many as the pool has).
+    pub exclusive_cpus_per_uid: usize,
+    /// Seconds a batch may hold exclusive CPUs; a batch still holding them then is ended
+    /// (default 3600).
+    pub exclusive_hold_s: u64,
+    /// Task limit (`pids.max`) of a run that asks none (default 4096).
+    pub default_pids: u64,
+    /// Highest task limit a runner may ask (default 32768).
+    pub max_pids: u64,
+    /// Memory limit of a run that asks none, percent of the host's memory (default 50;
+    /// 0: none).
+    pub default_memory_percent: u8,
+    /// Highest memory limit a runner may ask, percent of the host's memory (default 90).
+    pub max_memory_percent: u8,
+}
+
+impl Quotas {
+    /// The connections kept for admins out of `max_connections`: at most half of them.
+    pub fn admin_connections_of(&self, max_connections: usize) -> usize {
+        self.admin_connections.min(max_connections / 2)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let q = self;
+        for (key, value) in [
+            ("connections_per_uid", q.connections_per_uid),
+            ("runs_per_uid", q.runs_per_uid),
+            ("detached_per_uid", q.detached_per_uid),
+        ] {
+            if value == 0 {
+                return Err(format!("key `quotas.{key}`: must be at least 1"));
+            }
+        }
+        if q.exclusive_hold_s == 0 {
+            return Err("key `quotas.exclusive_hold_s`: must be at least 1".into());
+        }
+        if q.default_pids == 0 || q.max_pids == 0 {
+            return Err(
+                "keys `quotas.default_pids` and `quotas.max_pids`: must be at least 1".into(),
+            );
+        }
+        if q.default_pids > q.max_pids {
+            return Err(format!(
+                "key `quotas.default_pids`: {} is over quotas.max_pids ({})",
+                q.default_pids, q.max_pids
+            ));
+        }
+        if q.max_memory_percent == 0 || q.max_memory_percent > 100 || q.default_memory_percent > 100
+        {
+            return Err(
+                "keys `quotas.default_memory_percent` (0 to 100) and `quotas.max_memory_percent` (1 to 100): out of range".into(),
+            );
+        }
+        if q.default_memory_percent > q.max_memory_percent {
+            return Err(format!(
+                "key `quotas.default_memory_percent`: {} is over quotas.max_memory_percent ({})",
+                q.default_memory_percent, q.max_memory_percent
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            connections_per_uid: 64,
+            admin_connections: 16,
+            runs_per_uid: 32,
+            detached_per_uid: 4,
+            exclusive_cpus_per_uid: 0,
+            exclusive_hold_s: 3600,
+            default_pids: 4096,
+            max_pids: 32768,
+            default_memory_percent: 50,
+            max_memory_percent: 90,
+        }
+    }
 }
 
 /// `[runs]`
@@ -502,6 +611,7 @@ impl Config {
         if r.history_limit == 0 {
             return Err("key `runs.history_limit`: must be at least 1".into());
         }
+        self.quotas.validate()?;
         for p in &self.tuning.sysctl_allow {
             if p.is_empty() {
                 return Err(

@@ -11,6 +11,7 @@ pub mod config;
 pub mod host;
 pub mod metrics;
 pub mod privileges;
+pub mod quota;
 pub mod run;
 pub mod server;
 pub mod state;

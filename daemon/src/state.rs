@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use cleanroom_proto::{CgroupMode, ReloadResult, Role};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -84,7 +83,7 @@ pub struct State {
     runs: TaskTracker,
     status_changed: tokio::sync::Notify,
     active_profile: Mutex<Option<String>>,
-    connections: ConnectionLimit,
+    connections: Connections,
 }
 
 /// What [`State::new`] needs.
@@ -113,7 +112,6 @@ pub struct Parts {
 impl State {
     /// Shared state from its parts.
     pub fn new(parts: Parts) -> Arc<Self> {
-        let limit = parts.live.config.limits.max_connections;
         Arc::new(Self {
             live: RwLock::new(Arc::new(parts.live)),
             source: parts.source,
@@ -131,7 +129,7 @@ impl State {
             runs: TaskTracker::new(),
             status_changed: tokio::sync::Notify::new(),
             active_profile: Mutex::new(None),
-            connections: ConnectionLimit::new(limit),
+            connections: Connections::default(),
         })
     }
 
@@ -222,8 +220,6 @@ impl State {
             changed,
             restart_required,
         };
-        self.connections
-            .set_limit(new.config.limits.max_connections);
         *guard = Arc::new(new);
         drop(guard);
         self.metrics.reloads.with_label_values(&["ok"]).inc();
@@ -231,22 +227,46 @@ impl State {
         Ok(result)
     }
 
-    /// Takes a connection slot; `None` when the limit is reached.
-    pub fn admit_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        match self.connections.admit() {
-            Some(permit) => {
+    /// Takes a connection slot for `peer`, within `limits.max_connections` (less the slots
+    /// kept for admins, for anyone else) and the peer's `quotas.connections_per_uid`.
+    pub fn admit_connection(self: &Arc<Self>, peer: &Peer) -> Result<ConnectionSlot, Refused> {
+        let live = self.live();
+        let admin = peer.role(&live.auth) >= Role::Admin;
+        let admitted = self.connections.admit(
+            peer.uid,
+            admin,
+            live.config.limits.max_connections,
+            &live.config.quotas,
+        );
+        match admitted {
+            Ok(()) => {
                 self.metrics.connections_open.inc();
                 self.metrics.connections_total.inc();
-                Some(ConnectionSlot {
+                Ok(ConnectionSlot {
                     state: Arc::clone(self),
-                    permit: Some(permit),
+                    uid: peer.uid,
+                    admin,
                 })
             }
-            None => {
+            Err(e) => {
                 self.metrics.connections_rejected.inc();
-                None
+                Err(e)
             }
         }
+    }
+
+    /// The host's memory (`MemTotal` of `/proc/meminfo`), bytes; `None` if unreadable.
+    pub fn memory_total(&self) -> Option<u64> {
+        let meminfo = self.host.read("/proc/meminfo").ok()?;
+        let kib = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(kib * 1024)
     }
 
     /// Connections open now.
@@ -322,6 +342,7 @@ impl State {
                 threshold: cfg.compare_threshold_percent / 100.0,
             },
             pool,
+            quotas: live.config.quotas.clone(),
         })
     }
 }
@@ -348,59 +369,86 @@ fn status_line(profile: Option<&str>, runs: usize) -> String {
     }
 }
 
-/// The connection limit: a semaphore whose permits are connection slots. A reload that
-/// lowers the limit takes the permits it can at once and the rest as connections close
-/// (its debt); one that raises it pays the debt first.
-#[derive(Debug)]
-struct ConnectionLimit {
-    slots: Arc<Semaphore>,
-    /// (the limit, permits still to take back as connections close)
-    limit: Mutex<(usize, usize)>,
+/// The connections open, in all and by uid. The limits are read from the configuration in
+/// force at each admission: a reload that lowers one refuses new connections until enough
+/// have closed, and never closes one.
+#[derive(Debug, Default)]
+struct Connections {
+    open: Mutex<Open>,
 }
 
-impl ConnectionLimit {
-    fn new(limit: usize) -> Self {
-        Self {
-            slots: Arc::new(Semaphore::new(limit)),
-            limit: Mutex::new((limit, 0)),
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    /// Those of callers who are not admins.
+    others: usize,
+    by_uid: std::collections::HashMap<u32, usize>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Every connection slot the caller may take is taken (`limit` counts only those: for
+    /// a non-admin, `limits.max_connections` less those kept for admins).
+    Full {
+        /// The slots the caller may take.
+        limit: usize,
+    },
+    /// The caller's uid holds its quota of connections.
+    Quota(crate::quota::Exceeded),
+}
+
+impl Connections {
+    fn admit(
+        &self,
+        uid: u32,
+        admin: bool,
+        max: usize,
+        quotas: &config::Quotas,
+    ) -> Result<(), Refused> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.total >= max {
+            return Err(Refused::Full { limit: max });
         }
-    }
-
-    fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.slots).try_acquire_owned().ok()
-    }
-
-    fn set_limit(&self, new: usize) {
-        let mut guard = self.limit.lock().unwrap_or_else(|p| p.into_inner());
-        let (old, debt) = *guard;
-        if new >= old {
-            let raise = new - old;
-            let paid = raise.min(debt);
-            self.slots.add_permits(raise - paid);
-            *guard = (new, debt - paid);
-        } else {
-            let lower = old - new;
-            let taken = self.slots.forget_permits(lower);
-            *guard = (new, debt + lower - taken);
+        // The others share what is not kept for admins (admins' own connections do not
+        // shrink it).
+        if !admin {
+            let limit = max - quotas.admin_connections_of(max);
+            if open.others >= limit {
+                return Err(Refused::Full { limit });
+            }
+            let mine = open.by_uid.get(&uid).copied().unwrap_or(0);
+            if mine >= quotas.connections_per_uid {
+                return Err(Refused::Quota(crate::quota::Exceeded::new(
+                    "connections_per_uid",
+                    quotas.connections_per_uid,
+                    uid,
+                    format!("{mine} connections open"),
+                )));
+            }
+            open.others += 1;
         }
+        open.total += 1;
+        *open.by_uid.entry(uid).or_default() += 1;
+        Ok(())
     }
 
-    /// Gives a closing connection's slot back, or keeps it to pay the debt of a lowered
-    /// limit.
-    fn release(&self, permit: OwnedSemaphorePermit) {
-        let mut guard = self.limit.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.1 > 0 {
-            guard.1 -= 1;
-            permit.forget();
-        } else {
-            // Given back under the lock, so a lowering in between counts it right.
-            drop(permit);
+    fn release(&self, uid: u32, admin: bool) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if !admin {
+            open.others = open.others.saturating_sub(1);
+        }
+        if let std::collections::hash_map::Entry::Occupied(mut e) = open.by_uid.entry(uid) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
         }
     }
 
     fn in_use(&self) -> usize {
-        let (limit, debt) = *self.limit.lock().unwrap_or_else(|p| p.into_inner());
-        (limit + debt).saturating_sub(self.slots.available_permits())
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).total
     }
 }
 
@@ -408,14 +456,13 @@ impl ConnectionLimit {
 #[derive(Debug)]
 pub struct ConnectionSlot {
     state: Arc<State>,
-    permit: Option<OwnedSemaphorePermit>,
+    uid: u32,
+    admin: bool,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.state.connections.release(permit);
-        }
+        self.state.connections.release(self.uid, self.admin);
         self.state.metrics.connections_open.dec();
     }
 }
@@ -425,46 +472,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_connection_limit_follows_reloads_up_and_down() {
-        let limit = ConnectionLimit::new(3);
-        let held: Vec<_> = (0..3).map(|_| limit.admit().unwrap()).collect();
-        assert!(limit.admit().is_none());
-        assert_eq!(limit.in_use(), 3);
-        // Lowered to 1 with 3 open: two slots are taken back as connections close.
-        limit.set_limit(1);
-        let mut held = held.into_iter();
-        limit.release(held.next().unwrap());
-        assert!(limit.admit().is_none(), "2 open, limit 1");
-        limit.release(held.next().unwrap());
-        assert_eq!(limit.in_use(), 1);
-        assert!(limit.admit().is_none(), "1 open, limit 1");
-        limit.release(held.next().unwrap());
-        let one = limit.admit().unwrap();
-        assert!(limit.admit().is_none());
-        // Raised again: new slots at once.
-        limit.set_limit(2);
-        let two = limit.admit().unwrap();
-        assert!(limit.admit().is_none());
-        assert_eq!(limit.in_use(), 2);
-        limit.release(one);
-        limit.release(two);
-        assert_eq!(limit.in_use(), 0);
-    }
-
-    #[test]
-    fn raising_a_lowered_limit_pays_its_debt_first() {
-        let limit = ConnectionLimit::new(2);
-        let a = limit.admit().unwrap();
-        let b = limit.admit().unwrap();
-        limit.set_limit(1); // debt 1
-        limit.set_limit(3); // pays the debt, adds 1
-        assert_eq!(limit.in_use(), 2);
-        let c = limit.admit().unwrap();
-        assert!(limit.admit().is_none());
-        for p in [a, b, c] {
-            limit.release(p);
+    fn connections_are_counted_by_uid_and_some_are_kept_for_admins() {
+        let c = Connections::default();
+        let q = config::Quotas {
+            connections_per_uid: 2,
+            admin_connections: 1,
+            ..config::Quotas::default()
+        };
+        // uid 1000 holds its 2; a third is its quota, named.
+        c.admit(1000, false, 4, &q).unwrap();
+        c.admit(1000, false, 4, &q).unwrap();
+        match c.admit(1000, false, 4, &q) {
+            Err(Refused::Quota(e)) => {
+                assert_eq!((e.key, e.limit, e.uid), ("connections_per_uid", 2, 1000))
+            }
+            other => panic!("{other:?}"),
         }
-        assert_eq!(limit.in_use(), 0);
-        assert_eq!(limit.slots.available_permits(), 3);
+        // Another uid takes the last slot not kept for admins.
+        c.admit(1001, false, 4, &q).unwrap();
+        assert_eq!(c.admit(1002, false, 4, &q), Err(Refused::Full { limit: 3 }));
+        // An admin still gets in, past its own per-uid quota too.
+        c.admit(0, true, 4, &q).unwrap();
+        assert_eq!(c.admit(0, true, 4, &q), Err(Refused::Full { limit: 4 }));
+        assert_eq!(c.in_use(), 4);
+        // A lowered limit refuses, never closes; slots come back as connections close.
+        assert_eq!(c.admit(1003, false, 2, &q), Err(Refused::Full { limit: 2 }));
+        for (uid, admin) in [(1000, false), (1000, false), (1001, false), (0, true)] {
+            c.release(uid, admin);
+        }
+        assert_eq!(c.in_use(), 0);
+        assert!(c.open.lock().unwrap().by_uid.is_empty());
+        c.admit(1000, false, 2, &q).unwrap();
     }
 }

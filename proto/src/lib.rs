@@ -34,6 +34,7 @@
 //! | `run.start` | runner | [`RunParams`] | [`RunResult`] (after [`Event`] notifications) |
 //! | `run.cancel` | runner | [`BatchParams`] | [`RunCancelResult`] |
 //! | `runs.list` | reader | [`RunsListParams`] | [`RunsListResult`] |
+//! | `runs.active` | reader | none | [`RunsActiveResult`] |
 //! | `runs.show` | reader | [`BatchParams`] | [`RunResult`] |
 //! | `runs.compare` | reader | [`RunsCompareParams`] | [`Comparison`] |
 //! | `baseline.list` | reader | none | [`BaselineListResult`] |
@@ -197,6 +198,9 @@ methods! {
     /// `runs.list`: the newest stored batches (a reader or runner sees its own, an admin
     /// every one).
     RunsList = "runs.list", Reader, false, RunsListParams => RunsListResult;
+    /// `runs.active`: the batches in progress (a reader or runner sees its own, an admin
+    /// every one), with owner, command, cores and start time.
+    RunsActive = "runs.active", Reader, false, NoParams => RunsActiveResult;
     /// `runs.show`: one stored batch, whole.
     RunsShow = "runs.show", Reader, false, BatchParams => RunResult;
     /// `runs.compare`: two stored batches, `b` against `a`.

@@ -385,6 +385,34 @@ pub struct RunsListResult {
     pub batches: Vec<BatchInfo>,
 }
 
+/// One batch in progress, in `runs.active`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveBatch {
+    /// Batch id (for `run.cancel`).
+    pub batch: String,
+    /// Who runs it.
+    pub uid: u32,
+    /// Its label.
+    pub label: Option<String>,
+    /// The command.
+    pub argv: Vec<String>,
+    /// When it started (seconds since the epoch).
+    pub started: f64,
+    /// Whether its client went away on purpose (`--detach`).
+    pub detached: bool,
+    /// The exclusive CPUs it holds (a CPU list), if any.
+    pub exclusive_cpus: Option<String>,
+    /// How the shield keeps other tasks off them, while it holds them.
+    pub shield: Option<String>,
+}
+
+/// Result of `runs.active`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunsActiveResult {
+    /// Oldest first.
+    pub batches: Vec<ActiveBatch>,
+}
+
 /// Params naming a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -217,11 +217,14 @@ pub enum ErrorCode {
     Profile,
     /// -32008: a run could not be carried out (no usable cgroups, invalid request).
     Run,
+    /// -32009: the caller is at one of its quotas; `data` names it (`quota`, the
+    /// configuration key), its value (`limit`) and the caller (`uid`).
+    Quota,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -235,6 +238,7 @@ impl ErrorCode {
         ErrorCode::Store,
         ErrorCode::Profile,
         ErrorCode::Run,
+        ErrorCode::Quota,
     ];
 
     /// The number on the wire.
@@ -253,6 +257,7 @@ impl ErrorCode {
             ErrorCode::Store => -32006,
             ErrorCode::Profile => -32007,
             ErrorCode::Run => -32008,
+            ErrorCode::Quota => -32009,
         }
     }
 

@@ -14,10 +14,11 @@ use cleanroom_proto::{EndReason, RunRecord, RunResult};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::active::{Active, Registration};
+use super::active::{Active, Listing, Registration};
 use super::error::Error;
 use super::history::CompareSettings;
 use super::{Exclusive, Job, Runner, Want, compare, stats};
+use crate::config::Quotas;
 use crate::store::{Store, history as rows};
 
 /// Who a batch is for, as the kernel identified the caller.
@@ -86,6 +87,8 @@ pub struct Settings {
     pub compare: CompareSettings,
     /// The isolation pool of the active profile, replacing the configured one.
     pub pool: Option<BTreeSet<u32>>,
+    /// The per-uid quotas in force.
+    pub quotas: Quotas,
 }
 
 /// What a batch emits while it runs.
@@ -162,19 +165,28 @@ impl Engine {
         }
     }
 
-    /// Admits batch `id` of `owner`, ended by `cancel`: refused where runs cannot happen,
-    /// else listed as in progress from now on (so `run.cancel` finds it even before it
-    /// starts), until the returned registration is dropped.
+    /// Admits `batch` as `id`, ended by `cancel`: refused where runs cannot happen or
+    /// when its owner is at a quota on batches, else listed as in progress from now on (so
+    /// `run.cancel` finds it even before it starts), until the returned registration is
+    /// dropped.
     pub fn admit(
         &self,
         id: &str,
-        owner: u32,
+        batch: &Batch,
         cancel: CancellationToken,
+        quotas: &Quotas,
     ) -> Result<Registration, Error> {
         if let Some(why) = self.runner.unavailable() {
             return Err(Error::Unavailable(why.to_string()));
         }
-        Ok(self.active.register(id, owner, cancel))
+        let listing = Listing {
+            owner: batch.owner.uid,
+            admin: batch.owner.admin,
+            label: batch.label.clone(),
+            argv: batch.argv.clone(),
+            detached: batch.detached,
+        };
+        Ok(self.active.register(id, listing, cancel, quotas)?)
     }
 
     /// Executes `batch` as `id`, admitted by [`Engine::admit`]: see the module
@@ -191,28 +203,37 @@ impl Engine {
     ) -> Result<RunResult, Error> {
         let _listed = listed;
         let _ = events.send(RunEvent::Started { batch: id.clone() }).await;
-        let exclusive = match self.acquire(&batch, settings.pool.as_ref(), &cancel).await {
+        let exclusive = match self.acquire(&id, &batch, &settings, &cancel).await {
             Ok(x) => x,
             Err(e) => return self.failed(id, &batch, &settings, e).await,
         };
         let shield = exclusive.as_ref().map(|x| x.method.to_owned());
         let mut job = batch.job.clone();
+        // Exclusive CPUs are held at most `quotas.exclusive_hold_s` (admins: no limit).
+        let mut hold = None;
         if let Some(x) = &exclusive {
             job.limits.cpus = Some(x.cpus.clone());
+            if !batch.owner.admin {
+                let limit = std::time::Duration::from_secs(settings.quotas.exclusive_hold_s);
+                hold = Some((tokio::time::Instant::now() + limit, limit));
+            }
         }
-        let measured = self.repeat(&batch, &job, &events, &cancel).await;
+        let measured = self.repeat(&batch, &job, hold, &events, &cancel).await;
         if let Some(x) = exclusive {
             x.release().await;
+            self.active.release_exclusive(&id);
         }
         self.finish(id, &batch, &settings, measured, shield).await
     }
 
     /// Exclusive cores for the whole batch (the shield goes up with the first holder), or
-    /// none when the batch does not ask.
+    /// none when the batch does not ask; within the owner's `quotas.exclusive_cpus_per_uid`
+    /// (with `--wait`, waiting for its own other batches to give some back).
     async fn acquire(
         &self,
+        id: &str,
         batch: &Batch,
-        pool: Option<&BTreeSet<u32>>,
+        settings: &Settings,
         cancel: &CancellationToken,
     ) -> Result<Option<Exclusive>, Error> {
         let Some(want) = &batch.exclusive else {
@@ -221,20 +242,39 @@ impl Engine {
         loop {
             // Listening before trying: a release between the try and the wait is not lost.
             let released = self.runner.released();
-            let (runner, want, pool) = (Arc::clone(&self.runner), want.clone(), pool.cloned());
+            let (runner, want, pool) = (
+                Arc::clone(&self.runner),
+                want.clone(),
+                settings.pool.clone(),
+            );
             let taken =
                 tokio::task::spawn_blocking(move || runner.take_exclusive(&want, pool.as_ref()))
                     .await?;
-            match taken {
-                Ok(x) => return Ok(Some(x)),
-                Err(super::cpus::PickError::Busy(why)) if batch.wait => {
-                    tracing::debug!(reason = %why, "waiting for exclusive cores");
-                    tokio::select! {
-                        () = released => continue,
-                        () = cancel.cancelled() => return Err(Error::CancelledWaiting(why)),
+            let why = match taken {
+                Ok(x) => {
+                    let held = (x.count(), x.cpus.clone(), x.method.to_owned());
+                    match self.active.hold_exclusive(
+                        id,
+                        held,
+                        settings.quotas.exclusive_cpus_per_uid,
+                    ) {
+                        Ok(()) => return Ok(Some(x)),
+                        Err(over) => {
+                            x.release().await;
+                            if !batch.wait {
+                                return Err(over.into());
+                            }
+                            over.to_string()
+                        }
                     }
                 }
+                Err(super::cpus::PickError::Busy(why)) if batch.wait => why,
                 Err(e) => return Err(e.into()),
+            };
+            tracing::debug!(reason = %why, "waiting for exclusive cores");
+            tokio::select! {
+                () = released => {}
+                () = cancel.cancelled() => return Err(Error::CancelledWaiting(why)),
             }
         }
     }
@@ -245,13 +285,32 @@ impl Engine {
         &self,
         batch: &Batch,
         job: &Job,
+        hold: Option<(tokio::time::Instant, std::time::Duration)>,
         events: &mpsc::Sender<RunEvent>,
         cancel: &CancellationToken,
     ) -> Vec<RunRecord> {
         let total = batch.warmup + batch.repeat;
         let mut measured = Vec::new();
         for i in 0..total {
-            let record = self.runner.run_once(job, events, cancel.clone()).await;
+            // The time left of the exclusive hold bounds each run's timeout.
+            let mut job = std::borrow::Cow::Borrowed(job);
+            let mut held_out = false;
+            if let Some((until, _)) = hold {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                if job.timeout.is_none_or(|t| t > left) {
+                    job.to_mut().timeout = Some(left);
+                    held_out = true;
+                }
+            }
+            let mut record = self.runner.run_once(&job, events, cancel.clone()).await;
+            if let (true, Some((_, limit))) = (held_out, hold) {
+                if record.end_reason == EndReason::Timeout {
+                    record.error = Some(format!(
+                        "ended: exclusive CPUs are held at most quotas.exclusive_hold_s = {} s",
+                        limit.as_secs()
+                    ));
+                }
+            }
             let warmup = i < batch.warmup;
             let _ = events
                 .send(RunEvent::Progress {

@@ -76,6 +76,9 @@ pub enum Error {
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// The caller is at one of its quotas.
+    #[error(transparent)]
+    Quota(#[from] crate::quota::Exceeded),
     /// A task of the engine panicked or was cancelled.
     #[error("run task failed: {0}")]
     Task(String),

@@ -31,6 +31,10 @@ use crate::host::Host;
 /// run is given up on (it is logged; its cgroup stays for the next start to remove).
 const KILL_ROUNDS: u32 = 30;
 
+/// The least memory limit a run may have in a prepared cgroup, whose parked helper (a few
+/// MiB) is charged to it until the run's child is cloned.
+const SLOT_MIN_MEMORY: u64 = 64 << 20;
+
 /// What a run's output may still hold after its cgroup is empty, read before the pipes
 /// close: a pipe buffer's worth, bounded so a writer outside the run cannot keep it open.
 const DRAIN_READS: usize = 16;
@@ -197,10 +201,13 @@ impl Runner {
             }
             _ => None,
         };
-        // A prepared cgroup holds its helper until the clone: a task limit would count it
-        // and a memory limit its pages, so runs with either make their cgroup now.
+        // A prepared cgroup holds its helper until the child is cloned: the clone needs room
+        // for two tasks, and the helper's pages are charged until it exits, so runs with a
+        // smaller task or memory limit make their cgroup now.
+        let fits = limits.pids.is_none_or(|n| n >= 2)
+            && limits.memory.is_none_or(|m| m >= SLOT_MIN_MEMORY);
         let slot = match (&self.slots, &partition) {
-            (Some(slots), None) if limits.pids.is_none() && limits.memory.is_none() => slots.take(),
+            (Some(slots), None) if fits => slots.take(),
             _ => None,
         };
         if let Some(slot) = slot {

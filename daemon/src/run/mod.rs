@@ -118,6 +118,11 @@ pub struct Exclusive {
 }
 
 impl Exclusive {
+    /// How many CPUs it holds.
+    pub fn count(&self) -> usize {
+        self.set.len()
+    }
+
     /// Gives the cores back; the last holder lowers the shield (which scans /proc and
     /// writes kernel files: done on the blocking pool).
     pub async fn release(mut self) {

@@ -13,7 +13,9 @@ use super::cgroup::Limits;
 use super::error::Error;
 use super::history;
 use super::{Job, Want, spawn};
+use crate::config::Quotas;
 use crate::host::format::parse_cpu_list;
+use crate::quota::Exceeded;
 use crate::store::Store;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -25,16 +27,73 @@ const PID_MAX_LIMIT: u64 = 1 << 22;
 /// The names of the resource limits a run may set, for messages.
 const RLIMIT_NAMES: &str = "nofile, nproc, core, stack, as, data, fsize, memlock, cpu";
 
+/// The bounds a request is resolved within.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    /// Most repetitions (`runs.max_repeat`).
+    pub max_repeat: u32,
+    /// The per-uid quotas and the default limits of runs.
+    pub quotas: Quotas,
+    /// The host's memory (`MemTotal`), bytes, for the memory quotas (none if unknown).
+    pub memory_total: Option<u64>,
+}
+
+impl Bounds {
+    /// A run's task and memory limits: as asked, within the maxima (admins exempt), or
+    /// the defaults when not asked.
+    fn limits(&self, p: &RunParams, caller: &Caller) -> Result<(Option<u64>, Option<u64>), Error> {
+        let q = &self.quotas;
+        let pids = match p.pids {
+            Some(n) if !caller.admin && n > q.max_pids => {
+                return Err(Exceeded::new(
+                    "max_pids",
+                    q.max_pids,
+                    caller.uid,
+                    format!("a task limit of {n} asked"),
+                )
+                .into());
+            }
+            Some(n) => n,
+            None => q.default_pids,
+        };
+        let share = |percent: u8| {
+            self.memory_total
+                .map(|total| total / 100 * u64::from(percent))
+        };
+        let memory = match (p.memory, share(q.max_memory_percent)) {
+            (Some(m), Some(most)) if !caller.admin && m > most => {
+                return Err(Exceeded::new(
+                    "max_memory_percent",
+                    q.max_memory_percent,
+                    caller.uid,
+                    format!(
+                        "a memory limit of {} MiB asked, over {} % of the host's {} MiB",
+                        m >> 20,
+                        q.max_memory_percent,
+                        self.memory_total.unwrap_or(0) >> 20
+                    ),
+                )
+                .into());
+            }
+            (Some(m), _) => Some(m),
+            (None, _) if q.default_memory_percent == 0 => None,
+            (None, _) => share(q.default_memory_percent),
+        };
+        Ok((Some(pids), memory))
+    }
+}
+
 /// Checks `params` and resolves everything a batch needs: `caller` is who asked (the run
-/// is theirs unless an admin names another user), `max_repeat` the configured bound.
+/// is theirs unless an admin names another user), `bounds` the configured bounds.
 /// Blocking look-ups (the user database, the store) run on the blocking pool.
 pub async fn resolve(
     params: RunParams,
     caller: &Caller,
-    max_repeat: u32,
+    bounds: &Bounds,
     store: &Store,
 ) -> Result<Batch, Error> {
-    validate(&params, max_repeat)?;
+    validate(&params, bounds.max_repeat)?;
+    let (pids, memory) = bounds.limits(&params, caller)?;
     if let Some(name) = &params.save_baseline {
         history::check_name(name, "save_baseline")?;
         history::may_replace_baseline(store, caller, name).await?;
@@ -69,8 +128,8 @@ pub async fn resolve(
             rlimits: rlimits(&params),
         },
         limits: Limits {
-            memory: params.memory,
-            pids: params.pids,
+            memory,
+            pids,
             cpu_percent: params.cpu_percent,
             cpus: None,
             realtime: params.realtime,

@@ -24,15 +24,8 @@ use crate::state::{ConnectionSlot, State};
 type InFlight = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 /// Serves one connection until the peer leaves, it idles out, or the daemon shuts down.
-pub async fn serve(stream: UnixStream, state: Arc<State>, slot: ConnectionSlot) {
+pub async fn serve(stream: UnixStream, peer: Arc<Peer>, state: Arc<State>, slot: ConnectionSlot) {
     let _slot = slot;
-    let peer = match super::peer::of(&stream) {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read peer credentials; closing connection");
-            return;
-        }
-    };
     let limits = state.live().config.limits.clone();
     let idle_timeout = Duration::from_secs(limits.idle_timeout_s);
     let codec =

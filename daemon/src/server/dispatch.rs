@@ -110,6 +110,7 @@ async fn route(
         ),
         Request::RunCancel(p) => reply(runs::cancel(*p, &peer, state).map_err(run)?),
         Request::RunsList(p) => reply(runs::list(*p, &peer, state).await.map_err(run)?),
+        Request::RunsActive(_) => reply(runs::active(&peer, state)),
         Request::RunsShow(p) => reply(runs::show(*p, &peer, state).await.map_err(run)?),
         Request::RunsCompare(p) => {
             reply(runs::compare_batches(*p, &peer, state).await.map_err(run)?)

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::net::UnixListener;
 use tokio_util::task::TaskTracker;
 
-use crate::state::State;
+use crate::state::{Refused, State};
 use crate::{config, store};
 
 /// What a request may use besides its params: its id, a channel for notifications to its
@@ -187,6 +187,9 @@ pub enum Error {
         /// What the run engine said.
         error: crate::run::Error,
     },
+    /// The caller is at one of its quotas (connections).
+    #[error(transparent)]
+    Quota(#[from] crate::quota::Exceeded),
     /// The daemon is stopping.
     #[error("cleanroomd is shutting down")]
     ShuttingDown,
@@ -214,6 +217,7 @@ impl Error {
             Error::Tune(crate::tune::Error::Journal(_)) => ErrorCode::Store,
             Error::Tune(crate::tune::Error::Host(_)) => ErrorCode::Internal,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::Quota(_) => ErrorCode::Quota,
             Error::Run { error, .. } => run_code(error),
             Error::Internal(_) => ErrorCode::Internal,
         }
@@ -231,6 +235,11 @@ impl Error {
             Error::LineTooLong { limit } | Error::TooManyConnections { limit } => {
                 Some(serde_json::json!({"limit": limit}))
             }
+            Error::Quota(q)
+            | Error::Run {
+                error: crate::run::Error::Quota(q),
+                ..
+            } => Some(q.data()),
             _ => None,
         }
     }
@@ -289,6 +298,7 @@ fn run_code(error: &crate::run::Error) -> ErrorCode {
     match error {
         E::Invalid(_) => ErrorCode::InvalidParams,
         E::AdminOnly(_) => ErrorCode::Forbidden,
+        E::Quota(_) => ErrorCode::Quota,
         E::Store(_) => ErrorCode::Store,
         E::Task(_) | E::Unreadable { .. } | E::Cgroup(_) => ErrorCode::Internal,
         E::Unavailable(_)
@@ -326,20 +336,50 @@ pub async fn run(listener: UnixListener, state: Arc<State>) -> TaskTracker {
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, _)) => match state.admit_connection() {
-                Some(slot) => {
-                    tracker.spawn(connection::serve(stream, Arc::clone(&state), slot));
+            Ok((stream, _)) => {
+                let peer = match peer::of(&stream) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read peer credentials; closing connection");
+                        continue;
+                    }
+                };
+                match state.admit_connection(&peer) {
+                    Ok(slot) => {
+                        tracker.spawn(connection::serve(
+                            stream,
+                            Arc::new(peer),
+                            Arc::clone(&state),
+                            slot,
+                        ));
+                    }
+                    Err(refused) => {
+                        let error = match refused {
+                            Refused::Full { limit } => {
+                                tracing::warn!(
+                                    limit,
+                                    uid = peer.uid,
+                                    "connection refused: too many connections"
+                                );
+                                Error::TooManyConnections { limit }
+                            }
+                            Refused::Quota(q) => {
+                                tracing::warn!(
+                                    uid = peer.uid,
+                                    quota = q.key,
+                                    "connection refused: over quota"
+                                );
+                                Error::Quota(q)
+                            }
+                        };
+                        let mut line = error.to_line(Value::Null);
+                        line.push('\n');
+                        // A fresh socket's send buffer is empty: this never blocks. If the
+                        // peer is already gone there is nobody to tell.
+                        let _ = stream.try_write(line.as_bytes());
+                    }
                 }
-                None => {
-                    let limit = state.live().config.limits.max_connections;
-                    let mut line = Error::TooManyConnections { limit }.to_line(Value::Null);
-                    line.push('\n');
-                    // A fresh socket's send buffer is empty: this never blocks. If the peer
-                    // is already gone there is nobody to tell.
-                    let _ = stream.try_write(line.as_bytes());
-                    tracing::warn!(limit, "connection refused: too many connections");
-                }
-            },
+            }
             Err(e) => {
                 // EMFILE, ENFILE, ENOMEM...: back off a little instead of spinning.
                 tracing::error!(error = %e, "accept failed");

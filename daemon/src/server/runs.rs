@@ -7,7 +7,7 @@ use std::sync::Arc;
 use cleanroom_proto::{
     BaselineDeleteResult, BaselineInfo, BaselineListResult, BaselineParams, BaselineSaveParams,
     BatchParams, Comparison, Event, RunCancelResult, RunOutput, RunParams, RunProgress, RunResult,
-    RunStarted, RunsCompareParams, RunsListParams, RunsListResult,
+    RunStarted, RunsActiveResult, RunsCompareParams, RunsListParams, RunsListResult,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -28,8 +28,13 @@ pub async fn start(
     state: &State,
 ) -> Result<RunResult, Error> {
     let caller = state.caller(peer);
-    let max_repeat = state.live().config.runs.max_repeat;
-    let batch = request::resolve(p, &caller, max_repeat, state.store()).await?;
+    let live = state.live();
+    let bounds = request::Bounds {
+        max_repeat: live.config.runs.max_repeat,
+        quotas: live.config.quotas.clone(),
+        memory_total: state.memory_total(),
+    };
+    let batch = request::resolve(p, &caller, &bounds, state.store()).await?;
     let settings = state.run_settings(batch.exclusive.is_some()).await?;
     let engine = Arc::clone(state.engine());
     let id = engine.new_batch_id().await?;
@@ -41,7 +46,7 @@ pub async fn start(
     };
     // Listed before the answer: a detached batch can be cancelled at once, and a host
     // where runs cannot happen says so to the caller.
-    let listed = engine.admit(&id, caller.uid, cancel.clone())?;
+    let listed = engine.admit(&id, &batch, cancel.clone(), &live.config.quotas)?;
     let (events, forwarded) = forward_events(call.id.clone(), call.notify.clone());
     let batch_id = id.clone();
     let task = state.runs().spawn(async move {
@@ -112,6 +117,13 @@ pub fn cancel(p: BatchParams, peer: &Peer, state: &State) -> Result<RunCancelRes
 pub async fn list(p: RunsListParams, peer: &Peer, state: &State) -> Result<RunsListResult, Error> {
     let limit = p.limit.unwrap_or(20).min(1000);
     history::list(state.store(), &state.caller(peer), limit).await
+}
+
+/// `runs.active`: the batches in progress the caller may see.
+pub fn active(peer: &Peer, state: &State) -> RunsActiveResult {
+    RunsActiveResult {
+        batches: state.engine().active().list(&state.caller(peer)),
+    }
 }
 
 /// `runs.show`: a batch still running says so (to whoever may see it).
