@@ -427,22 +427,22 @@ impl RawClient {
         }
     }
 
-    /// Connects to `socket` as effective uid `uid` (what the daemon reads as the peer's
-    /// uid), from a thread of its own that changes only its own credentials: the raw
-    /// system call, not glibc's wrapper, which would change every thread's. Needs root.
-    pub fn connect_as(socket: &Path, uid: u32) -> Self {
+    /// Connects to `socket` as effective uid `uid` with supplementary groups `groups` (what
+    /// the daemon reads as the peer's), from a thread of its own that changes only its own
+    /// credentials: the raw system calls, not glibc's wrappers, which would change every
+    /// thread's. Needs root.
+    pub fn connect_as(socket: &Path, uid: u32, groups: &[u32]) -> Self {
         let socket = socket.to_owned();
+        let groups: Vec<nix::libc::gid_t> = groups.to_vec();
         std::thread::spawn(move || {
-            let keep = -1 as nix::libc::c_long;
-            // SAFETY: setresuid on this thread alone; it ends right after the connect.
-            let rc = unsafe {
-                nix::libc::syscall(
-                    nix::libc::SYS_setresuid,
-                    keep,
-                    uid as nix::libc::c_long,
-                    keep,
-                )
-            };
+            use nix::libc::{SYS_setgroups, SYS_setresuid, c_long, syscall};
+            let keep = -1 as c_long;
+            // SAFETY: setgroups and setresuid on this thread alone, with a live buffer of
+            // `groups.len()` ids; the thread ends right after the connect.
+            let rc = unsafe { syscall(SYS_setgroups, groups.len() as c_long, groups.as_ptr()) };
+            assert_eq!(rc, 0, "setgroups: {}", std::io::Error::last_os_error());
+            // SAFETY: as above.
+            let rc = unsafe { syscall(SYS_setresuid, keep, uid as c_long, keep) };
             assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
             Self::connect(&socket)
         })

@@ -143,10 +143,10 @@ fn connections_are_bounded_per_uid_and_admins_keep_slots_of_their_own() {
         .start();
     // nobody holds its two; a third is refused by the quota, named.
     let mut held = vec![
-        RawClient::connect_as(&d.socket, 65534),
-        RawClient::connect_as(&d.socket, 65534),
+        RawClient::connect_as(&d.socket, 65534, &[]),
+        RawClient::connect_as(&d.socket, 65534, &[]),
     ];
-    let mut third = RawClient::connect_as(&d.socket, 65534);
+    let mut third = RawClient::connect_as(&d.socket, 65534, &[]);
     let refused = third.recv().expect("an error line");
     assert_eq!(refused["error"]["code"], -32009, "{refused}");
     assert_eq!(
@@ -157,9 +157,9 @@ fn connections_are_bounded_per_uid_and_admins_keep_slots_of_their_own() {
     assert_eq!(refused["error"]["data"]["uid"], 65534);
     third.wait_closed_by_daemon(Duration::from_secs(5));
     // Another uid takes the last two slots not kept for admins; a third uid finds none.
-    held.push(RawClient::connect_as(&d.socket, 65533));
-    held.push(RawClient::connect_as(&d.socket, 65533));
-    let mut late = RawClient::connect_as(&d.socket, 65532);
+    held.push(RawClient::connect_as(&d.socket, 65533, &[]));
+    held.push(RawClient::connect_as(&d.socket, 65533, &[]));
+    let mut late = RawClient::connect_as(&d.socket, 65532, &[]);
     let refused = late.recv().expect("an error line");
     assert_eq!(refused["error"]["code"], -32003, "{refused}");
     assert_eq!(refused["error"]["data"]["limit"], 4);
@@ -175,7 +175,183 @@ fn connections_are_bounded_per_uid_and_admins_keep_slots_of_their_own() {
     // One closes: its uid may connect again.
     drop(held.remove(0));
     assert!(eventually(Duration::from_secs(5), || {
-        let mut again = RawClient::connect_as(&d.socket, 65534);
+        let mut again = RawClient::connect_as(&d.socket, 65534, &[]);
         again.call("daemon.ping", json!({})).get("result").is_some()
     }));
+}
+
+/// setpriv options that make `cleanroomctl` nobody, a runner by group `nogroup`.
+const NOBODY: [&str; 5] = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
+
+#[test]
+fn a_runner_holds_a_bounded_number_of_batches_and_admins_see_and_end_them() {
+    if !is_root_or_skip("a_runner_holds_a_bounded_number_of_batches_and_admins_see_and_end_them") {
+        return;
+    }
+    const MARKER: &str = "1013.25";
+    let d = Daemon::builder()
+        .config(
+            "[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n\
+             [quotas]\nruns_per_uid = 2\ndetached_per_uid = 1\n",
+        )
+        .world_traversable()
+        .start();
+    // A label with a terminal escape sequence (OSC 52: set the reader's clipboard).
+    let evil = "evil\u{1b}]52;c;aGk=\u{7}";
+    let detach = |label: &str| {
+        d.ctl_as(
+            &NOBODY,
+            &[
+                "--json", "run", "--detach", "--label", label, "--", "sleep", MARKER,
+            ],
+        )
+    };
+    let first = detach(evil);
+    assert!(first.status.success(), "{first:?}");
+    let first = cleanroom::runs::json_of(&first)["batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A second detached batch is over its quota: exit 75, the key named.
+    let out = detach("second");
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("quotas.detached_per_uid") && err.contains("= 1"),
+        "{err}"
+    );
+    // One batch more in the foreground is within runs_per_uid = 2 ...
+    // (nobody, in group nogroup: a runner)
+    let mut foreground = RawClient::connect_as(&d.socket, 65534, &[65534]);
+    start_run_as(
+        &mut foreground,
+        1,
+        json!({"argv": ["sleep", MARKER], "cwd": "/"}),
+    );
+    assert!(eventually(Duration::from_secs(10), || alive(MARKER).len() == 2));
+    // ... and a third is not.
+    let out = d.ctl_as(&NOBODY, &["run", "--", "true"]);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quotas.runs_per_uid"));
+    // The runner sees its two batches in progress; another user none; root all, with the
+    // escape sequence shown, not sent to the terminal.
+    let mine = d.ctl_as(&NOBODY, &["--json", "runs", "active"]);
+    let mine = cleanroom::runs::json_of(&mine);
+    assert_eq!(mine["batches"].as_array().unwrap().len(), 2, "{mine}");
+    assert!(
+        mine["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["uid"] == 65534)
+    );
+    let other = ["--reuid", "daemon", "--regid", "daemon", "--clear-groups"];
+    let theirs = cleanroom::runs::json_of(&d.ctl_as(&other, &["--json", "runs", "active"]));
+    assert_eq!(theirs["batches"], json!([]), "{theirs}");
+    let all = d.ctl(&["runs", "active"]);
+    let text = String::from_utf8_lossy(&all.stdout);
+    assert!(all.status.success(), "{all:?}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert!(text.contains("evil\\x1b]52;c;aGk=\\x07"), "{text}");
+    assert!(text.contains(&first) && text.contains("65534"), "{text}");
+    // An admin ends the runner's detached batch; its place comes back.
+    let out = d.ctl(&["runs", "cancel", &first]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(eventually(Duration::from_secs(10), || alive(MARKER).len() == 1));
+    assert!(eventually(Duration::from_secs(10), || detach("again")
+        .status
+        .success()));
+    // Stored, the label is escaped in the admin's listing too.
+    let listed = d.ctl(&["runs", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        !text.contains('\u{1b}') && text.contains("evil\\x1b"),
+        "{text}"
+    );
+    drop(foreground);
+    d.ctl(&["runs", "active"]);
+    for b in cleanroom::runs::json_of(&d.ctl(&["--json", "runs", "active"]))["batches"]
+        .as_array()
+        .unwrap()
+    {
+        d.ctl(&["runs", "cancel", b["batch"].as_str().unwrap()]);
+    }
+    assert!(eventually(Duration::from_secs(10), || alive(MARKER).is_empty()));
+}
+
+#[test]
+fn runs_get_default_task_and_memory_limits_and_runners_cannot_exceed_the_maxima() {
+    if !is_root_or_skip(
+        "runs_get_default_task_and_memory_limits_and_runners_cannot_exceed_the_maxima",
+    ) {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n")
+        .world_traversable()
+        .start();
+    // What the run's own cgroups say (v1 here: the pids and memory hierarchies).
+    let script = "p=$(sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup); \
+                  m=$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup); \
+                  cat /sys/fs/cgroup/pids$p/pids.max /sys/fs/cgroup/memory$m/memory.limit_in_bytes";
+    let limits = |extra: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        let out = d.ctl(&args);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: Vec<u64> = text
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        (v[0], v[1])
+    };
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    let half = total_kib * 1024 / 100 * 50;
+    let (pids, memory) = limits(&[]);
+    assert_eq!(pids, 4096, "the default task limit");
+    // The kernel keeps whole pages.
+    assert_eq!(
+        memory,
+        half / 4096 * 4096,
+        "half the host's memory by default"
+    );
+    assert_eq!(
+        limits(&["--pids", "100", "--memory", "256M"]),
+        (100, 256 << 20)
+    );
+    // A runner asking above the maxima is refused, naming them; an admin is not.
+    let out = d.ctl_as(
+        &NOBODY,
+        &["run", "--cwd", "/", "--pids", "40000", "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("quotas.max_pids"),
+        "{out:?}"
+    );
+    let too_much = format!("{}", total_kib * 1024 / 100 * 95);
+    let out = d.ctl_as(
+        &NOBODY,
+        &["run", "--cwd", "/", "--memory", &too_much, "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("quotas.max_memory_percent"),
+        "{out:?}"
+    );
+    assert_eq!(limits(&["--pids", "40000"]).0, 40000);
 }

@@ -284,6 +284,12 @@ pub enum RunsCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// The batches in progress (yours; an admin sees every one): owner, how long, the
+    /// exclusive CPUs held, the command.
+    #[command(
+        after_help = "Examples:\n  cleanroomctl runs active\n  sudo cleanroomctl runs active   # everyone's\n  cleanroomctl runs cancel BATCH  # end one"
+    )]
+    Active,
     /// One stored batch of runs, whole (as `run --json` printed it).
     #[command(after_help = "Examples:\n  cleanroomctl runs show 1795438620536")]
     Show {

@@ -19,8 +19,8 @@ use cleanroom_proto::{
     BaselineDelete, BaselineList, BaselineParams, BatchParams, Metrics, NoParams, Ping,
     ProfileActive, ProfileApply, ProfileApplyParams, ProfileList, ProfileRecommend, ProfileRevert,
     ProfileRevertParams, ProfileShow, ProfileShowParams, ProfileVerify, Reload, RunCancel,
-    RunParams, RunStart, RunsCompare, RunsCompareParams, RunsList, RunsListParams, RunsShow,
-    Status, TuneResult,
+    RunParams, RunStart, RunsActive, RunsCompare, RunsCompareParams, RunsList, RunsListParams,
+    RunsShow, Status, TuneResult,
 };
 use cleanroomctl::cli::{BaselineCommand, Cli, Command, ProfileCommand, RunArgs, RunsCommand};
 use serde::Serialize;
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let msg = e.to_string();
             if !msg.is_empty() {
-                eprintln!("cleanroomctl: {msg}");
+                eprintln!("cleanroomctl: {}", output::printable(&msg));
             }
             ExitCode::from(e.exit_code())
         }
@@ -64,6 +64,10 @@ fn run(cli: &Cli) -> Result<(), CallError> {
         Command::Runs(RunsCommand::List { limit }) => {
             let r = client.call::<RunsList>(&RunsListParams { limit: Some(limit) })?;
             emit(cli, &r, || output::runs_list(&r))
+        }
+        Command::Runs(RunsCommand::Active) => {
+            let r = client.call::<RunsActive>(&NoParams {})?;
+            emit(cli, &r, || output::runs_active(&r))
         }
         Command::Runs(RunsCommand::Cancel { ref batch }) => {
             let r = client.call::<RunCancel>(&BatchParams {
@@ -269,7 +273,7 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
     if json {
         emit(cli, &r, String::new)?;
     } else {
-        eprint!("{}", output::run_summary(&r));
+        eprint!("{}", output::printable(&output::run_summary(&r)));
     }
     let code = output::run_exit_code(&r.last);
     let regression = r
@@ -301,7 +305,7 @@ fn emit<T: Serialize>(
         s.push('\n');
         s
     } else {
-        human()
+        output::printable(&human()).into_owned()
     };
     let mut out = std::io::stdout().lock();
     // A closed pipe (`| head`) is not an error worth a message.

@@ -121,6 +121,76 @@ pub fn reload(r: &ReloadResult) -> String {
 }
 
 /// Columns padded to their widest cell; the last column is not padded.
+/// `text` with every control character but newline and tab shown as an escape (`\x1b`,
+/// `\u{9b}`): what the daemon stores of other users (labels, commands, messages) may
+/// hold terminal escape sequences, and none may reach the terminal of whoever reads it.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.contains(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if !bad(c) => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `runs active`.
+pub fn runs_active(r: &cleanroom_proto::RunsActiveResult) -> String {
+    if r.batches.is_empty() {
+        return "no batch in progress\n".into();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let rows: Vec<Vec<String>> = r
+        .batches
+        .iter()
+        .map(|b| {
+            vec![
+                b.batch.clone(),
+                b.uid.to_string(),
+                duration_s((now - b.started).max(0.0)),
+                match (&b.exclusive_cpus, &b.shield) {
+                    (Some(cpus), Some(shield)) => format!("{cpus} ({shield})"),
+                    (Some(cpus), None) => cpus.clone(),
+                    _ => "-".into(),
+                },
+                if b.detached { "yes" } else { "no" }.into(),
+                b.label.clone().unwrap_or_default(),
+                b.argv.join(" "),
+            ]
+        })
+        .collect();
+    columns(
+        &[
+            "BATCH",
+            "UID",
+            "RUNNING",
+            "EXCLUSIVE",
+            "DETACHED",
+            "LABEL",
+            "COMMAND",
+        ],
+        &rows,
+    )
+}
+
+/// A duration in seconds as people read it: `42 s`, `3 min 20 s`, `2 h 5 min`.
+fn duration_s(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
 fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
     let n = header.len();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -536,6 +606,23 @@ pub fn active(r: &ActiveResult) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_are_shown_escaped_and_the_rest_kept() {
+        use super::printable;
+        assert_eq!(printable("plain – text\n\tok"), "plain – text\n\tok");
+        // OSC 52 (set the clipboard), a CSI, a carriage return, a C1 CSI, DEL.
+        assert_eq!(
+            printable("a\u{1b}]52;c;aGk=\u{7}b\rc\u{9b}2Jd\u{7f}"),
+            "a\\x1b]52;c;aGk=\\x07b\\x0dc\\u{9b}2Jd\\x7f"
+        );
+    }
+
+    #[test]
+    fn running_times_read_at_a_glance() {
+        assert_eq!(super::duration_s(42.9), "42 s");
+        assert_eq!(super::duration_s(200.0), "3 min 20 s");
+        assert_eq!(super::duration_s(7500.0), "2 h 5 min");
+    }
     use super::*;
 
     #[test]
