@@ -355,3 +355,33 @@ fn runs_get_default_task_and_memory_limits_and_runners_cannot_exceed_the_maxima(
     );
     assert_eq!(limits(&["--pids", "40000"]).0, 40000);
 }
+
+#[test]
+fn a_runner_holds_exclusive_cpus_at_most_the_hold_quota() {
+    if !is_root_or_skip("a_runner_holds_exclusive_cpus_at_most_the_hold_quota") {
+        return;
+    }
+    let _host = cleanroom::host_lock();
+    let d = Daemon::builder()
+        .config(
+            "[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n\
+             [quotas]\nexclusive_hold_s = 1\n",
+        )
+        .world_traversable()
+        .start();
+    let out = d.ctl_as(
+        &NOBODY,
+        &["--json", "run", "--cwd", "/", "--exclusive", "--", "sleep", "30"],
+    );
+    let result = cleanroom::runs::json_of(&out);
+    assert_eq!(result["end_reason"], "timeout", "{out:?}");
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(error.contains("quotas.exclusive_hold_s = 1 s"), "{result}");
+    // The cores came back.
+    assert_eq!(cleanroom::runs::my_cpus(), cleanroom::runs::online_cpus());
+    // A run that ends in time is not touched; an admin is not held to it.
+    let out = d.ctl_as(&NOBODY, &["run", "--cwd", "/", "--exclusive", "--", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = d.ctl(&["--json", "run", "--exclusive", "--", "sleep", "1.5"]);
+    assert_eq!(cleanroom::runs::json_of(&out)["end_reason"], "exited", "{out:?}");
+}
