@@ -371,7 +371,16 @@ fn a_runner_holds_exclusive_cpus_at_most_the_hold_quota() {
         .start();
     let out = d.ctl_as(
         &NOBODY,
-        &["--json", "run", "--cwd", "/", "--exclusive", "--", "sleep", "30"],
+        &[
+            "--json",
+            "run",
+            "--cwd",
+            "/",
+            "--exclusive",
+            "--",
+            "sleep",
+            "30",
+        ],
     );
     let result = cleanroom::runs::json_of(&out);
     assert_eq!(result["end_reason"], "timeout", "{out:?}");
@@ -383,5 +392,43 @@ fn a_runner_holds_exclusive_cpus_at_most_the_hold_quota() {
     let out = d.ctl_as(&NOBODY, &["run", "--cwd", "/", "--exclusive", "--", "true"]);
     assert!(out.status.success(), "{out:?}");
     let out = d.ctl(&["--json", "run", "--exclusive", "--", "sleep", "1.5"]);
-    assert_eq!(cleanroom::runs::json_of(&out)["end_reason"], "exited", "{out:?}");
+    assert_eq!(
+        cleanroom::runs::json_of(&out)["end_reason"],
+        "exited",
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_resource_limit_above_the_allowed_one_is_refused_naming_both() {
+    if !is_root_or_skip("a_resource_limit_above_the_allowed_one_is_refused_naming_both") {
+        return;
+    }
+    let d = Daemon::builder().start();
+    // The daemon's own hard limit on open files is the most a run may have.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let hard: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|v| v.parse().ok())
+        .expect("a finite hard limit on open files");
+    let over = format!("nofile={}", hard + 1);
+    let out = d.ctl(&["run", "--rlimit", &over, "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nofile")
+            && err.contains(&(hard + 1).to_string())
+            && err.contains(&hard.to_string()),
+        "{err}"
+    );
+    // The most allowed itself is fine.
+    let most = format!("nofile={hard}");
+    let out = d.ctl(&["run", "--rlimit", &most, "--", "sh", "-c", "ulimit -Hn"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        hard.to_string(),
+        "{out:?}"
+    );
 }

@@ -13,6 +13,8 @@ use super::cgroup::Limits;
 use super::error::Error;
 use super::history;
 use super::{Job, Want, spawn};
+use nix::sys::resource::Resource;
+
 use crate::config::Quotas;
 use crate::host::format::parse_cpu_list;
 use crate::quota::Exceeded;
@@ -217,9 +219,17 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
     if p.pids == Some(0) || p.cpu_percent == Some(0) || p.timeout_ms == Some(0) {
         return bad("pids, cpu_percent and timeout_ms must be positive".into());
     }
-    for name in p.rlimits.keys() {
-        if rlimit_resource(name).is_none() {
+    for (name, &asked) in &p.rlimits {
+        let Some(resource) = rlimit_resource(name) else {
             return bad(format!("rlimits: unknown limit {name:?} ({RLIMIT_NAMES})"));
+        };
+        // A run cannot raise a limit past the daemon's own hard one (its child has no
+        // capability to): say so here, by name, instead of a bare EPERM at the start.
+        let most = hard_limit(resource);
+        if asked > most {
+            return bad(format!(
+                "rlimits: {name}={asked} is over the most a run may have, {most} (cleanroomd's own hard limit)"
+            ));
         }
     }
     if let Some(cwd) = &p.cwd {
@@ -260,19 +270,24 @@ async fn baseline(store: &Store, name: &str) -> Result<Baseline, Error> {
 }
 
 /// The `RLIMIT_*` resource of a limit's name.
-fn rlimit_resource(name: &str) -> Option<i32> {
+fn rlimit_resource(name: &str) -> Option<Resource> {
     Some(match name {
-        "nofile" => libc::RLIMIT_NOFILE,
-        "nproc" => libc::RLIMIT_NPROC,
-        "core" => libc::RLIMIT_CORE,
-        "stack" => libc::RLIMIT_STACK,
-        "as" => libc::RLIMIT_AS,
-        "data" => libc::RLIMIT_DATA,
-        "fsize" => libc::RLIMIT_FSIZE,
-        "memlock" => libc::RLIMIT_MEMLOCK,
-        "cpu" => libc::RLIMIT_CPU,
+        "nofile" => Resource::RLIMIT_NOFILE,
+        "nproc" => Resource::RLIMIT_NPROC,
+        "core" => Resource::RLIMIT_CORE,
+        "stack" => Resource::RLIMIT_STACK,
+        "as" => Resource::RLIMIT_AS,
+        "data" => Resource::RLIMIT_DATA,
+        "fsize" => Resource::RLIMIT_FSIZE,
+        "memlock" => Resource::RLIMIT_MEMLOCK,
+        "cpu" => Resource::RLIMIT_CPU,
         _ => return None,
-    } as i32)
+    })
+}
+
+/// The daemon's hard limit on `resource` (infinity when it cannot be read).
+fn hard_limit(resource: Resource) -> u64 {
+    nix::sys::resource::getrlimit(resource).map_or(u64::MAX, |(_, hard)| hard)
 }
 
 /// The limits a run gets: the daemon's original open-files limit, then those asked for.
@@ -286,7 +301,7 @@ fn rlimits(p: &RunParams) -> Vec<(i32, u64, u64)> {
     }
     for (name, v) in &p.rlimits {
         if let Some(r) = rlimit_resource(name) {
-            out.push((r, *v, *v));
+            out.push((r as i32, *v, *v));
         }
     }
     out
