@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cleanroom_proto::{CpuRequest, RunParams};
+use nix::sys::resource::Resource;
 
 use super::batch::{Baseline, Batch, Caller};
 use super::cgroup::Limits;
 use super::error::Error;
 use super::history;
 use super::{Job, Want, spawn};
-use nix::sys::resource::Resource;
 
 use crate::config::Quotas;
 use crate::host::format::parse_cpu_list;
