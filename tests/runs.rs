@@ -257,6 +257,14 @@ fn a_run_as_nobody_is_nobody() {
     );
     assert_eq!(std::fs::metadata(&made).unwrap().uid(), 65534);
     assert_eq!(std::fs::metadata(&made).unwrap().gid(), 65534);
+    // Real, effective, saved and file-system ids all nobody's: no way back to root.
+    let ids = "grep -E '^(Uid|Gid):' /proc/self/status";
+    let out = d.ctl_as(&nobody, &["run", "--cwd", "/", "--", "sh", "-c", ids]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Uid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65534\t65534\t65534\n",
+        "{out:?}"
+    );
     // A working directory nobody cannot enter is an error naming it and the user.
     let private = tempfile::tempdir().unwrap();
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();

@@ -1323,15 +1323,24 @@ unsafe fn exec_child(p: &mut Plan<'_>) -> ! {
         // thread glibc believes the process has, taking a lock that another thread of the
         // daemon may have held at the clone (glibc's fork resets that state; clone3 does
         // not). The kernel changes the calling thread, here the whole process.
+        //
+        // Until exec the caller must never be able to ptrace this process: it still holds
+        // a copy of the daemon's memory and its descriptors. The kernel lets a user trace
+        // a process whose real, effective and saved uids are all theirs and which is
+        // dumpable, and every change of the effective uid or gid resets "dumpable" to
+        // fs.suid_dumpable (1 on hosts that want core dumps of setuid programs). So the
+        // saved uid stays root until dumpable is cleared, and the last step changes only
+        // the saved uid, which resets nothing: there is no instant at which the caller
+        // could attach.
+        let keep = libc::uid_t::MAX;
         if libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) < 0
             || libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) < 0
-            || libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) < 0
+            || libc::syscall(libc::SYS_setresuid, p.uid, p.uid, 0) < 0
+            || libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) < 0
+            || libc::syscall(libc::SYS_setresuid, keep, keep, p.uid) < 0
         {
             fail_now(Stage::Ids, 0);
         }
-        // Until exec (which resets it) the caller must not be able to ptrace this
-        // process: it still holds the daemon's memory and descriptors.
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         // 6. A root caller keeps root's uid, not its capabilities.
         let mut header = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this thread
         let data = [0u32; 6];
