@@ -432,3 +432,73 @@ fn a_resource_limit_above_the_allowed_one_is_refused_naming_both() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_baseline_is_private_to_its_owner_and_admins_unless_saved_public() {
+    if !is_root_or_skip("a_baseline_is_private_to_its_owner_and_admins_unless_saved_public") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n")
+        .world_traversable()
+        .start();
+    let other = ["--reuid", "daemon", "--regid", "nogroup", "--clear-groups"];
+    // nobody saves a private baseline and a public one.
+    for (name, public) in [("secret", false), ("shared", true)] {
+        let mut args = vec!["run", "--cwd", "/", "--save-baseline", name];
+        if public {
+            args.push("--public");
+        }
+        args.extend_from_slice(&["--", "true"]);
+        let out = d.ctl_as(&NOBODY, &args);
+        assert!(out.status.success(), "{out:?}");
+    }
+    // Another runner may neither compare with the private one nor read it...
+    let out = d.ctl_as(
+        &other,
+        &["run", "--cwd", "/", "--baseline", "secret", "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("baseline secret"),
+        "{out:?}"
+    );
+    let out = d.ctl_as(&other, &["runs", "show", "baseline:secret"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let listed = cleanroom::runs::json_of(&d.ctl_as(&other, &["--json", "baseline", "list"]));
+    let names: Vec<&str> = listed["baselines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["shared"], "{listed}");
+    // ... but may compare with the public one; its owner with both. (Whatever the verdict
+    // of one run against one run: a comparison is made.)
+    let compared = |who: &[&str], name: &str| {
+        let out = d.ctl_as(
+            who,
+            &[
+                "--json",
+                "run",
+                "--cwd",
+                "/",
+                "--baseline",
+                name,
+                "--",
+                "true",
+            ],
+        );
+        let result = cleanroom::runs::json_of(&out);
+        assert!(result["comparison"].is_object(), "{out:?}");
+    };
+    compared(&other, "shared");
+    compared(&NOBODY, "secret");
+    let out = d.ctl(&["runs", "show", "baseline:secret"]);
+    assert!(out.status.success(), "{out:?}");
+    let all = cleanroom::runs::json_of(&d.ctl(&["--json", "baseline", "list"]));
+    assert_eq!(all["baselines"].as_array().unwrap().len(), 2, "{all}");
+    assert_eq!(all["baselines"][0]["name"], "secret", "{all}");
+    assert_eq!(all["baselines"][0]["public"], false, "{all}");
+    assert_eq!(all["baselines"][1]["public"], true, "{all}");
+}

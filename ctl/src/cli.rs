@@ -159,9 +159,13 @@ pub struct RunArgs {
     /// Run as this user (name or uid) instead of yourself; role admin only.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
-    /// Save the measured runs as the baseline of this name.
+    /// Save the measured runs as the baseline of this name (yours and admins' to compare
+    /// with, unless --public).
     #[arg(long, value_name = "NAME")]
     pub save_baseline: Option<String>,
+    /// With --save-baseline: every user may compare with it.
+    #[arg(long, requires = "save_baseline")]
+    pub public: bool,
     /// Compare with this baseline (Welch's t-test and a relative threshold); exit code 1
     /// on a regression when the command itself succeeded.
     #[arg(long, value_name = "NAME")]
@@ -317,14 +321,19 @@ pub enum BaselineCommand {
     /// Every baseline.
     #[command(after_help = "Examples:\n  cleanroomctl baseline list")]
     List,
-    /// Name a stored batch (see `runs list`) as a baseline; `run --baseline NAME` then
-    /// compares against it.
-    #[command(after_help = "Examples:\n  cleanroomctl baseline save main 1795444724295")]
+    /// Name a stored batch of yours (see `runs list`) as a baseline; `run --baseline NAME`
+    /// then compares against it. Only you and admins may, unless it is --public.
+    #[command(
+        after_help = "Examples:\n  cleanroomctl baseline save main 1795444724295\n  cleanroomctl baseline save --public release-1.2 1795444724295"
+    )]
     Save {
         /// The baseline's name (letters, digits, . _ -).
         name: String,
         /// The stored batch.
         batch: String,
+        /// Every user may compare with it.
+        #[arg(long)]
+        public: bool,
     },
     /// Forget a baseline (yours, or any as admin).
     #[command(after_help = "Examples:\n  cleanroomctl baseline delete main")]

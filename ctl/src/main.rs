@@ -109,11 +109,13 @@ fn run(cli: &Cli) -> Result<(), CallError> {
         Command::Baseline(BaselineCommand::Save {
             ref name,
             ref batch,
+            public,
         }) => {
             let r = client.call::<cleanroom_proto::BaselineSave>(
                 &cleanroom_proto::BaselineSaveParams {
                     name: name.clone(),
                     batch: batch.clone(),
+                    public,
                 },
             )?;
             emit(cli, &r, || {
@@ -212,6 +214,7 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         isolate: a.isolate.clone(),
         label: a.label.clone(),
         save_baseline: a.save_baseline.clone(),
+        public: a.public,
         user: a.user.clone(),
         exclusive: a.exclusive,
         cpus: a.cpus.clone(),

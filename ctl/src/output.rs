@@ -580,9 +580,16 @@ pub fn baselines(r: &cleanroom_proto::BaselineListResult) -> String {
     let rows: Vec<Vec<String>> = r
         .baselines
         .iter()
-        .map(|b| vec![b.name.clone(), b.batch.clone(), b.uid.to_string()])
+        .map(|b| {
+            vec![
+                b.name.clone(),
+                b.batch.clone(),
+                b.uid.to_string(),
+                if b.public { "public" } else { "private" }.into(),
+            ]
+        })
         .collect();
-    columns(&["NAME", "BATCH", "UID"], &rows)
+    columns(&["NAME", "BATCH", "UID", "SHARED"], &rows)
 }
 
 /// `profile recommend`.

@@ -62,6 +62,10 @@ pub struct RunParams {
     /// Save the measured runs as the baseline of this name.
     #[serde(default)]
     pub save_baseline: Option<String>,
+    /// With `save_baseline`: every user may compare with it (default: only its owner and
+    /// admins).
+    #[serde(default)]
+    pub public: bool,
     /// Compare the measured runs with this baseline (`comparison` in the result).
     #[serde(default)]
     pub baseline: Option<String>,
@@ -344,6 +348,9 @@ pub struct BaselineSaveParams {
     pub name: String,
     /// The stored batch it names (`runs.list`).
     pub batch: String,
+    /// Every user may compare with it (default: only its owner and admins).
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// Params of `runs.list`.
@@ -450,6 +457,9 @@ pub struct BaselineInfo {
     pub ts: f64,
     /// Who saved it.
     pub uid: u32,
+    /// Whether every user may compare with it (else only its owner and admins).
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// Result of `baseline.list`.

@@ -70,8 +70,8 @@ pub struct Batch {
     pub label: Option<String>,
     /// The command as asked, stored with the batch.
     pub argv: Vec<String>,
-    /// Save the measured runs as this baseline.
-    pub save_baseline: Option<String>,
+    /// Save the measured runs as this baseline (public or not).
+    pub save_baseline: Option<(String, bool)>,
     /// Compare the measured runs with this baseline.
     pub baseline: Option<Baseline>,
     /// Nobody waits for the answer: a failure is stored too.
@@ -408,7 +408,7 @@ impl Engine {
             result: serde_json::to_string(result).unwrap_or_default(),
         };
         let keep = settings.history_limit;
-        let Some(save) = batch.save_baseline.clone() else {
+        let Some((save, public)) = batch.save_baseline.clone() else {
             // Nothing to refuse: written after the answer (readers of the history wait
             // for it, see `Store::settled`).
             self.store
@@ -423,7 +423,8 @@ impl Engine {
             .store
             .call(move |c| {
                 rows::insert(c, &row, keep)?;
-                Ok((!rows::save_baseline(c, &save, &row.batch, uid, admin)?).then_some(save))
+                let by = rows::Saver { uid, admin, public };
+                Ok((!rows::save_baseline(c, &save, &row.batch, by)?).then_some(save))
             })
             .await?;
         match refused {

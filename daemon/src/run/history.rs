@@ -1,6 +1,7 @@
 //! The run history and baselines as callers see them: who may see, compare, save or delete
 //! what, over the rows `store::history` keeps. A reader or runner sees its own batches, an
-//! admin every one; a baseline is replaced or deleted only by its owner or an admin.
+//! admin every one; a baseline is read by its owner, an admin, or anyone when it was saved
+//! public, and replaced or deleted only by its owner or an admin.
 
 use cleanroom_proto::{
     BaselineDeleteResult, BaselineInfo, BaselineListResult, BatchInfo, Comparison, RunResult,
@@ -48,28 +49,43 @@ pub fn check_name(name: &str, field: &str) -> Result<(), Error> {
     }
 }
 
-/// Loads a stored batch (by id, or `baseline:NAME`).
-pub async fn load(store: &Store, what: &str) -> Result<Stored, Error> {
+/// Loads a stored batch (by id, or `baseline:NAME`) that `caller` may read: a batch its
+/// owner's (or any, for an admin), a baseline its owner's, public, or any for an admin.
+pub async fn load(store: &Store, caller: &Caller, what: &str) -> Result<Stored, Error> {
     store.settled().await;
     let key = what.to_owned();
-    let found = store
+    let (found, base) = store
         .call(move |c| {
-            let batch = match key.strip_prefix("baseline:") {
-                Some(name) => history::baseline(c, name)?.map(|(b, _)| b),
-                None => Some(key.clone()),
+            let base = match key.strip_prefix("baseline:") {
+                Some(name) => match history::baseline(c, name)? {
+                    Some(b) => Some(b),
+                    None => return Ok((None, None)),
+                },
+                None => None,
             };
-            match batch {
-                Some(b) => history::get(c, &b),
-                None => Ok(None),
-            }
+            let batch = base.as_ref().map_or(key.as_str(), |b| b.batch.as_str());
+            Ok((history::get(c, batch)?, base))
         })
         .await?;
+    if let Some(b) = &base {
+        if !b.public && !caller.may_see(b.uid) {
+            return Err(Error::NotYours {
+                what: format!("baseline {} (private: not saved --public)", b.name),
+                owner: b.uid,
+            });
+        }
+    }
     let Some(row) = found else {
         return Err(Error::NotFound(match what.strip_prefix("baseline:") {
             Some(name) => format!("no baseline named {name:?} (cleanroomctl baseline list)"),
             None => format!("no stored batch {what} (cleanroomctl runs list)"),
         }));
     };
+    // A batch by id is its owner's; one reached through a baseline the caller may read is
+    // readable too.
+    if base.is_none() && !caller.may_see(row.uid) {
+        return Err(Error::NotYourBatch(what.to_owned()));
+    }
     let result = serde_json::from_str(&row.result).map_err(|source| Error::Unreadable {
         batch: row.batch.clone(),
         source,
@@ -119,14 +135,11 @@ pub async fn list(store: &Store, caller: &Caller, limit: u32) -> Result<RunsList
 
 /// `runs.show`: a stored batch the caller may see.
 pub async fn show(store: &Store, caller: &Caller, batch: &str) -> Result<RunResult, Error> {
-    let stored = load(store, batch).await?;
-    if !caller.may_see(stored.owner) {
-        return Err(Error::NotYourBatch(batch.to_owned()));
-    }
-    Ok(stored.result)
+    Ok(load(store, caller, batch).await?.result)
 }
 
-/// `runs.compare`: `b` against `a`, both the caller's (or any, for an admin).
+/// `runs.compare`: `b` against `a`, each the caller's (or any, for an admin) or a baseline
+/// the caller may read.
 pub async fn compare(
     store: &Store,
     caller: &Caller,
@@ -134,13 +147,8 @@ pub async fn compare(
     b: &str,
     settings: CompareSettings,
 ) -> Result<Comparison, Error> {
-    let sa = load(store, a).await?;
-    let sb = load(store, b).await?;
-    for s in [&sa, &sb] {
-        if !caller.may_see(s.owner) {
-            return Err(Error::NotYourBatch(s.batch.clone()));
-        }
-    }
+    let sa = load(store, caller, a).await?;
+    let sb = load(store, caller, b).await?;
     compare::compare(
         "wall_ms",
         &wall_samples(&sa.result),
@@ -151,19 +159,25 @@ pub async fn compare(
     .ok_or_else(|| Error::NothingToCompare(format!("{a} and {b} hold no samples")))
 }
 
-/// `baseline.list`.
-pub async fn baselines(store: &Store) -> Result<BaselineListResult, Error> {
+fn info(row: history::BaselineRow) -> BaselineInfo {
+    BaselineInfo {
+        name: row.name,
+        batch: row.batch,
+        ts: row.ts,
+        uid: row.uid,
+        public: row.public,
+    }
+}
+
+/// `baseline.list`: the caller's and the public ones (an admin: every one).
+pub async fn baselines(store: &Store, caller: &Caller) -> Result<BaselineListResult, Error> {
     store.settled().await;
     let rows = store.call(|c| history::baselines(c)).await?;
     Ok(BaselineListResult {
         baselines: rows
             .into_iter()
-            .map(|(name, batch, ts, uid)| BaselineInfo {
-                name,
-                batch,
-                ts,
-                uid,
-            })
+            .filter(|b| b.public || caller.may_see(b.uid))
+            .map(info)
             .collect(),
     })
 }
@@ -173,49 +187,46 @@ pub async fn may_replace_baseline(store: &Store, caller: &Caller, name: &str) ->
     store.settled().await;
     let n = name.to_owned();
     match store.call(move |c| history::baseline(c, &n)).await? {
-        Some((_, owner)) if !caller.may_see(owner) => Err(Error::NotYours {
+        Some(b) if !caller.may_see(b.uid) => Err(Error::NotYours {
             what: format!("baseline {name} (pick another name)"),
-            owner,
+            owner: b.uid,
         }),
         _ => Ok(()),
     }
 }
 
-/// `baseline.save`: names a stored batch the caller may see.
+/// `baseline.save`: names a stored batch of the caller's (or any, for an admin), public
+/// or not.
 pub async fn save_baseline(
     store: &Store,
     caller: &Caller,
     name: &str,
     batch: &str,
+    public: bool,
 ) -> Result<BaselineInfo, Error> {
     check_name(name, "name")?;
-    let stored = load(store, batch).await?;
+    let stored = load(store, caller, batch).await?;
     if !caller.may_see(stored.owner) {
         return Err(Error::NotYourBatch(batch.to_owned()));
     }
     may_replace_baseline(store, caller, name).await?;
-    let (n, b, uid, admin) = (
-        name.to_owned(),
-        stored.batch.clone(),
-        caller.uid,
-        caller.admin,
-    );
+    let (n, b) = (name.to_owned(), stored.batch.clone());
+    let by = history::Saver {
+        uid: caller.uid,
+        admin: caller.admin,
+        public,
+    };
     // One statement: a baseline saved by someone else meanwhile is never replaced.
     let saved = store
         .call(move |c| {
-            if !history::save_baseline(c, &n, &b, uid, admin)? {
+            if !history::save_baseline(c, &n, &b, by)? {
                 return Ok(None);
             }
-            Ok(history::baselines(c)?.into_iter().find(|r| r.0 == n))
+            history::baseline(c, &n)
         })
         .await?;
     match saved {
-        Some((name, batch, ts, uid)) => Ok(BaselineInfo {
-            name,
-            batch,
-            ts,
-            uid,
-        }),
+        Some(row) => Ok(info(row)),
         None => Err(Error::BaselineTaken {
             batch: batch.to_owned(),
             name: name.to_owned(),
@@ -231,13 +242,13 @@ pub async fn delete_baseline(
 ) -> Result<BaselineDeleteResult, Error> {
     store.settled().await;
     let n = name.to_owned();
-    let owner = store.call(move |c| history::baseline(c, &n)).await?;
-    let deleted = match owner {
+    let found = store.call(move |c| history::baseline(c, &n)).await?;
+    let deleted = match found {
         None => false,
-        Some((_, owner)) if !caller.may_see(owner) => {
+        Some(b) if !caller.may_see(b.uid) => {
             return Err(Error::NotYours {
                 what: format!("baseline {name}"),
-                owner,
+                owner: b.uid,
             });
         }
         Some(_) => {

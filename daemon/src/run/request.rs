@@ -101,7 +101,7 @@ pub async fn resolve(
         history::may_replace_baseline(store, caller, name).await?;
     }
     let baseline = match &params.baseline {
-        Some(name) => Some(baseline(store, name).await?),
+        Some(name) => Some(baseline(store, caller, name).await?),
         None => None,
     };
     let (uid, gid, groups) = match &params.user {
@@ -147,7 +147,7 @@ pub async fn resolve(
         warmup: params.warmup,
         label: params.label,
         argv: params.argv,
-        save_baseline: params.save_baseline,
+        save_baseline: params.save_baseline.map(|name| (name, params.public)),
         baseline,
         detached: params.detach,
     })
@@ -256,8 +256,8 @@ fn wanted_cpus(p: &RunParams) -> Result<Option<Want>, Error> {
 
 /// The baseline to compare with. (Baselines are readable by every runner for now; who
 /// may read one is the next issue's.)
-async fn baseline(store: &Store, name: &str) -> Result<Baseline, Error> {
-    match history::load(store, &format!("baseline:{name}")).await {
+async fn baseline(store: &Store, caller: &Caller, name: &str) -> Result<Baseline, Error> {
+    match history::load(store, caller, &format!("baseline:{name}")).await {
         Ok(stored) => Ok(Baseline {
             batch: stored.batch,
             samples: history::wall_samples(&stored.result),

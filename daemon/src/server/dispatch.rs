@@ -115,7 +115,7 @@ async fn route(
         Request::RunsCompare(p) => {
             reply(runs::compare_batches(*p, &peer, state).await.map_err(run)?)
         }
-        Request::BaselineList(_) => reply(runs::baselines(state).await.map_err(run)?),
+        Request::BaselineList(_) => reply(runs::baselines(&peer, state).await.map_err(run)?),
         Request::BaselineSave(p) => {
             reply(runs::save_baseline(*p, &peer, state).await.map_err(run)?)
         }

@@ -151,8 +151,8 @@ pub async fn compare_batches(
 }
 
 /// `baseline.list`.
-pub async fn baselines(state: &State) -> Result<BaselineListResult, Error> {
-    history::baselines(state.store()).await
+pub async fn baselines(peer: &Peer, state: &State) -> Result<BaselineListResult, Error> {
+    history::baselines(state.store(), &state.caller(peer)).await
 }
 
 /// `baseline.save`: names a stored batch.
@@ -161,7 +161,14 @@ pub async fn save_baseline(
     peer: &Peer,
     state: &State,
 ) -> Result<BaselineInfo, Error> {
-    history::save_baseline(state.store(), &state.caller(peer), &p.name, &p.batch).await
+    history::save_baseline(
+        state.store(),
+        &state.caller(peer),
+        &p.name,
+        &p.batch,
+        p.public,
+    )
+    .await
 }
 
 /// `baseline.delete`: its owner or an admin.

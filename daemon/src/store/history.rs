@@ -111,40 +111,77 @@ pub fn get(conn: &Connection, batch: &str) -> rusqlite::Result<Option<BatchRow>>
 }
 
 /// Names `batch` as baseline `name` (replacing an older one of that name).
+/// Who saves a baseline, and as what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saver {
+    /// The caller.
+    pub uid: u32,
+    /// Whether the caller is an admin (may replace anyone's).
+    pub admin: bool,
+    /// Whether every user may compare with it.
+    pub public: bool,
+}
+
+/// Saves baseline `name` for `batch`, unless someone else holds the name and `by` is no
+/// admin; whether it was saved.
 pub fn save_baseline(
     conn: &Connection,
     name: &str,
     batch: &str,
-    uid: u32,
-    admin: bool,
+    by: Saver,
 ) -> rusqlite::Result<bool> {
     // One statement: a baseline of someone else's is never replaced, even by a save that
     // was checked before a long run and races another user's save.
     let changed = conn.execute(
-        "INSERT INTO baselines (name, batch, ts, uid) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO baselines (name, batch, ts, uid, public) VALUES (?1, ?2, ?3, ?4, ?6)
          ON CONFLICT(name) DO UPDATE SET batch = excluded.batch, ts = excluded.ts,
-             uid = excluded.uid
+             uid = excluded.uid, public = excluded.public
          WHERE baselines.uid = excluded.uid OR ?5",
-        params![name, batch, now(), uid, admin],
+        params![name, batch, now(), by.uid, by.admin, by.public],
     )?;
     Ok(changed == 1)
 }
 
-/// The batch of baseline `name`.
-pub fn baseline(conn: &Connection, name: &str) -> rusqlite::Result<Option<(String, u32)>> {
+/// A stored baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaselineRow {
+    /// Its name.
+    pub name: String,
+    /// The batch it names.
+    pub batch: String,
+    /// When it was saved (seconds since the epoch).
+    pub ts: f64,
+    /// Who saved it.
+    pub uid: u32,
+    /// Whether every user may compare with it.
+    pub public: bool,
+}
+
+fn baseline_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BaselineRow> {
+    Ok(BaselineRow {
+        name: r.get(0)?,
+        batch: r.get(1)?,
+        ts: r.get(2)?,
+        uid: r.get(3)?,
+        public: r.get(4)?,
+    })
+}
+
+/// Baseline `name`.
+pub fn baseline(conn: &Connection, name: &str) -> rusqlite::Result<Option<BaselineRow>> {
     conn.query_row(
-        "SELECT batch, uid FROM baselines WHERE name = ?1",
+        "SELECT name, batch, ts, uid, public FROM baselines WHERE name = ?1",
         [name],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        baseline_row,
     )
     .optional()
 }
 
-/// Every baseline: (name, batch, ts, uid).
-pub fn baselines(conn: &Connection) -> rusqlite::Result<Vec<(String, String, f64, u32)>> {
+/// Every baseline, by name.
+pub fn baselines(conn: &Connection) -> rusqlite::Result<Vec<BaselineRow>> {
     let mut stmt =
-        conn.prepare_cached("SELECT name, batch, ts, uid FROM baselines ORDER BY name")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        conn.prepare_cached("SELECT name, batch, ts, uid, public FROM baselines ORDER BY name")?;
+    let rows = stmt.query_map([], baseline_row)?;
     rows.collect()
 }
 
@@ -203,16 +240,27 @@ mod tests {
             result: "{}".into(),
         };
         insert(&mut c, &row("a"), 2).unwrap();
-        assert!(save_baseline(&c, "base", "a", 0, false).unwrap());
+        let by = |uid, admin| Saver {
+            uid,
+            admin,
+            public: false,
+        };
+        assert!(save_baseline(&c, "base", "a", by(0, false)).unwrap());
         assert!(
-            !save_baseline(&c, "base", "b", 1000, false).unwrap(),
+            !save_baseline(&c, "base", "b", by(1000, false)).unwrap(),
             "not uid 1000's"
         );
         assert!(
-            save_baseline(&c, "base", "a", 1000, true).unwrap(),
+            save_baseline(&c, "base", "a", by(1000, true)).unwrap(),
             "an admin may"
         );
-        assert!(save_baseline(&c, "base", "a", 0, true).unwrap());
+        let public = Saver {
+            public: true,
+            ..by(0, true)
+        };
+        assert!(save_baseline(&c, "base", "a", public).unwrap());
+        let saved = baseline(&c, "base").unwrap().unwrap();
+        assert_eq!((saved.uid, saved.public), (0, true));
         for b in ["b", "c", "d"] {
             std::thread::sleep(std::time::Duration::from_millis(2));
             insert(&mut c, &row(b), 2).unwrap();

@@ -103,6 +103,8 @@ const MIGRATIONS: &[&str] = &[
         name      TEXT PRIMARY KEY,
         next      INTEGER NOT NULL
     );",
+    // 6: baselines are private to their owner (and admins) unless saved public.
+    "ALTER TABLE baselines ADD COLUMN public INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this binary writes.
