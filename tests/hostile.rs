@@ -502,3 +502,63 @@ fn a_baseline_is_private_to_its_owner_and_admins_unless_saved_public() {
     assert_eq!(all["baselines"][0]["public"], false, "{all}");
     assert_eq!(all["baselines"][1]["public"], true, "{all}");
 }
+
+#[test]
+fn what_one_user_stores_is_bounded_and_never_pushes_out_anothers() {
+    if !is_root_or_skip("what_one_user_stores_is_bounded_and_never_pushes_out_anothers") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config(
+            "[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n\
+             [runs]\nhistory_limit = 3\n[quotas]\nbaselines_per_uid = 2\n",
+        )
+        .world_traversable()
+        .start();
+    let other = ["--reuid", "daemon", "--regid", "nogroup", "--clear-groups"];
+    let run = |who: &[&str], extra: &[&str]| {
+        let mut args = vec!["run", "--cwd", "/"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "true"]);
+        d.ctl_as(who, &args)
+    };
+    assert!(run(&other, &["--label", "theirs"]).status.success());
+    for i in 0..6 {
+        let label = format!("mine-{i}");
+        assert!(run(&NOBODY, &["--label", &label]).status.success());
+    }
+    // Retention is per uid: nobody keeps its newest 3, the other user's batch stays.
+    let all = cleanroom::runs::json_of(&d.ctl(&["--json", "runs", "list", "--limit", "100"]));
+    let labels: Vec<&str> = all["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["mine-5", "mine-4", "mine-3", "theirs"], "{all}");
+    // Labels and commands are bounded, and the refusal names the field and the bound.
+    let out = run(&NOBODY, &["--label", &"x".repeat(300)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("label is 300 bytes; at most 256"));
+    let word = "y".repeat(99);
+    let mut args = vec!["run", "--cwd", "/", "--", "echo"];
+    args.extend(std::iter::repeat_n(word.as_str(), 2000));
+    let out = d.ctl_as(&NOBODY, &args);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at most 131072"),
+        "{out:?}"
+    );
+    // Two baselines each; a third is over the quota, before the run; replacing one is not.
+    assert!(run(&NOBODY, &["--save-baseline", "b1"]).status.success());
+    assert!(run(&NOBODY, &["--save-baseline", "b2"]).status.success());
+    let out = run(&NOBODY, &["--save-baseline", "b3"]);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quotas.baselines_per_uid"));
+    assert!(run(&NOBODY, &["--save-baseline", "b2"]).status.success());
+    let out = run(&other, &["--save-baseline", "b3"]);
+    assert!(
+        out.status.success(),
+        "another user has its own two: {out:?}"
+    );
+}

@@ -20,6 +20,7 @@
 //! max_in_flight = 32                   # unanswered requests per connection
 //! idle_timeout_s = 300                 # close connections silent for this long
 //! max_queued_bytes = 4194304           # output queued per connection for a slow reader
+//! audit_rows = 100000                  # audit rows kept (the newest)
 //! shutdown_grace_ms = 500              # how long SIGTERM waits for requests in flight
 //!
 //! [quotas]                             # per uid; admins are exempt
@@ -29,6 +30,7 @@
 //! detached_per_uid = 4                 # detached batches in progress per uid
 //! exclusive_cpus_per_uid = 0           # exclusive CPUs per uid (0: the whole pool)
 //! exclusive_hold_s = 3600              # longest a batch holds exclusive CPUs
+//! baselines_per_uid = 100              # baselines one uid may own
 //! default_pids = 4096                  # task limit of a run that asks none
 //! max_pids = 32768                     # highest task limit a runner may ask
 //! default_memory_percent = 50          # memory limit of a run that asks none (0: none)
@@ -48,7 +50,7 @@
 //! [runs]
 //! max_output_bytes = 16777216          # output streamed per run; the rest is dropped
 //! max_repeat = 10000                   # most repetitions per request
-//! history_limit = 1000                 # batches kept in the run history
+//! history_limit = 1000                 # batches kept in the run history, per uid
 //! compare_alpha = 0.05                 # significance level of comparisons (Welch's t-test)
 //! compare_threshold_percent = 2.0      # smallest relative change a comparison reports
 //! isolation_cpus = "1-3"               # CPUs exclusive runs may take (default: all but 0)
@@ -131,6 +133,8 @@ pub struct Quotas {
     /// Seconds a batch may hold exclusive CPUs; a batch still holding them then is ended
     /// (default 3600).
     pub exclusive_hold_s: u64,
+    /// Baselines one uid may own (default 100).
+    pub baselines_per_uid: u64,
     /// Task limit (`pids.max`) of a run that asks none (default 4096).
     pub default_pids: u64,
     /// Highest task limit a runner may ask (default 32768).
@@ -143,6 +147,11 @@ pub struct Quotas {
 }
 
 impl Quotas {
+    /// Most baselines `caller` may own: none for an admin.
+    pub fn baselines_for(&self, admin: bool) -> Option<u64> {
+        (!admin).then_some(self.baselines_per_uid)
+    }
+
     /// The connections kept for admins out of `max_connections`: at most half of them.
     pub fn admin_connections_of(&self, max_connections: usize) -> usize {
         self.admin_connections.min(max_connections / 2)
@@ -154,6 +163,7 @@ impl Quotas {
             ("connections_per_uid", q.connections_per_uid),
             ("runs_per_uid", q.runs_per_uid),
             ("detached_per_uid", q.detached_per_uid),
+            ("baselines_per_uid", q.baselines_per_uid as usize),
         ] {
             if value == 0 {
                 return Err(format!("key `quotas.{key}`: must be at least 1"));
@@ -198,6 +208,7 @@ impl Default for Quotas {
             detached_per_uid: 4,
             exclusive_cpus_per_uid: 0,
             exclusive_hold_s: 3600,
+            baselines_per_uid: 100,
             default_pids: 4096,
             max_pids: 32768,
             default_memory_percent: 50,
@@ -215,7 +226,8 @@ pub struct Runs {
     pub max_output_bytes: u64,
     /// Most repetitions one request may ask for (default 10000).
     pub max_repeat: u32,
-    /// Batches kept in the run history (default 1000; baselines' batches are kept too).
+    /// Batches kept in the run history per uid (default 1000; baselines' batches are kept
+    /// too).
     pub history_limit: u32,
     /// Significance level of comparisons (Welch's t-test; default 0.05).
     pub compare_alpha: f64,
@@ -361,6 +373,9 @@ pub struct Limits {
     /// Bytes of notifications (run output, as JSON) queued for one connection before its
     /// runs wait for the client to read (default 4 MiB, at least 64 KiB).
     pub max_queued_bytes: usize,
+    /// Audit rows kept, the newest (default 100000, at least 1000): every state-changing
+    /// request writes one, denied ones included.
+    pub audit_rows: u64,
     /// Milliseconds SIGTERM waits for requests in flight before exiting (default 500,
     /// at most 900 so the daemon always exits within a second).
     pub shutdown_grace_ms: u64,
@@ -378,6 +393,7 @@ impl Default for Limits {
             max_in_flight: 32,
             idle_timeout_s: 300,
             max_queued_bytes: 4 << 20,
+            audit_rows: 100_000,
             shutdown_grace_ms: 500,
         }
     }
@@ -557,6 +573,12 @@ impl Config {
         }
         if l.idle_timeout_s == 0 {
             return Err("key `limits.idle_timeout_s`: must be at least 1".into());
+        }
+        if l.audit_rows < 1000 {
+            return Err(format!(
+                "key `limits.audit_rows`: {} is under 1000",
+                l.audit_rows
+            ));
         }
         if !(MIN_QUEUED_BYTES..=MAX_QUEUED_BYTES).contains(&l.max_queued_bytes) {
             return Err(format!(

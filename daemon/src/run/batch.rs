@@ -19,6 +19,7 @@ use super::error::Error;
 use super::history::CompareSettings;
 use super::{Exclusive, Job, Runner, Want, compare, stats};
 use crate::config::Quotas;
+use crate::quota::Exceeded;
 use crate::store::{Store, history as rows};
 
 /// Who a batch is for, as the kernel identified the caller.
@@ -418,21 +419,36 @@ impl Engine {
                 .await;
             return Ok(());
         };
-        let (uid, admin) = (batch.owner.uid, batch.owner.admin);
-        let refused = self
+        let by = rows::Saver {
+            uid: batch.owner.uid,
+            admin: batch.owner.admin,
+            public,
+            most: settings.quotas.baselines_for(batch.owner.admin),
+        };
+        let name = save.clone();
+        let saved = self
             .store
             .call(move |c| {
                 rows::insert(c, &row, keep)?;
-                let by = rows::Saver { uid, admin, public };
-                Ok((!rows::save_baseline(c, &save, &row.batch, by)?).then_some(save))
+                rows::save_baseline(c, &save, &row.batch, by)
             })
             .await?;
-        match refused {
-            Some(name) => Err(Error::BaselineTaken {
+        match saved {
+            rows::Saved::Saved => Ok(()),
+            rows::Saved::Taken => Err(Error::BaselineTaken {
                 batch: result.batch.clone(),
                 name,
             }),
-            None => Ok(()),
+            rows::Saved::Full(owned) => Err(Exceeded::new(
+                "baselines_per_uid",
+                settings.quotas.baselines_per_uid,
+                by.uid,
+                format!(
+                    "{owned} baselines saved; the runs are stored as batch {} (cleanroomctl baseline save {name} {} once one is deleted)",
+                    result.batch, result.batch
+                ),
+            )
+            .into()),
         }
     }
 }

@@ -11,6 +11,7 @@ use cleanroom_proto::{
 use super::batch::Caller;
 use super::compare;
 use super::error::Error;
+use crate::quota::Exceeded;
 use crate::store::{Store, history};
 
 /// A stored batch as read back.
@@ -182,16 +183,39 @@ pub async fn baselines(store: &Store, caller: &Caller) -> Result<BaselineListRes
     })
 }
 
-/// Refuses a baseline name someone else holds (only its owner or an admin may replace it).
-pub async fn may_replace_baseline(store: &Store, caller: &Caller, name: &str) -> Result<(), Error> {
+/// Refuses a baseline name someone else holds (only its owner or an admin may replace it),
+/// and a new one past the caller's `most` baselines.
+pub async fn may_save_baseline(
+    store: &Store,
+    caller: &Caller,
+    name: &str,
+    most: Option<u64>,
+) -> Result<(), Error> {
     store.settled().await;
-    let n = name.to_owned();
-    match store.call(move |c| history::baseline(c, &n)).await? {
+    let (n, uid) = (name.to_owned(), caller.uid);
+    let (found, owned) = store
+        .call(move |c| {
+            Ok((
+                history::baseline(c, &n)?,
+                history::baselines_owned(c, uid, &n)?,
+            ))
+        })
+        .await?;
+    match found {
         Some(b) if !caller.may_see(b.uid) => Err(Error::NotYours {
             what: format!("baseline {name} (pick another name)"),
             owner: b.uid,
         }),
-        _ => Ok(()),
+        _ => match most {
+            Some(most) if owned >= most => Err(Exceeded::new(
+                "baselines_per_uid",
+                most,
+                uid,
+                format!("{owned} baselines saved (cleanroomctl baseline delete NAME)"),
+            )
+            .into()),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -203,31 +227,38 @@ pub async fn save_baseline(
     name: &str,
     batch: &str,
     public: bool,
+    most: Option<u64>,
 ) -> Result<BaselineInfo, Error> {
     check_name(name, "name")?;
     let stored = load(store, caller, batch).await?;
     if !caller.may_see(stored.owner) {
         return Err(Error::NotYourBatch(batch.to_owned()));
     }
-    may_replace_baseline(store, caller, name).await?;
+    may_save_baseline(store, caller, name, most).await?;
     let (n, b) = (name.to_owned(), stored.batch.clone());
     let by = history::Saver {
         uid: caller.uid,
         admin: caller.admin,
         public,
+        most,
     };
     // One statement: a baseline saved by someone else meanwhile is never replaced.
     let saved = store
         .call(move |c| {
-            if !history::save_baseline(c, &n, &b, by)? {
-                return Ok(None);
-            }
-            history::baseline(c, &n)
+            let saved = history::save_baseline(c, &n, &b, by)?;
+            Ok((saved, history::baseline(c, &n)?))
         })
         .await?;
     match saved {
-        Some(row) => Ok(info(row)),
-        None => Err(Error::BaselineTaken {
+        (history::Saved::Saved, Some(row)) => Ok(info(row)),
+        (history::Saved::Full(owned), _) => Err(Exceeded::new(
+            "baselines_per_uid",
+            most.unwrap_or_default(),
+            caller.uid,
+            format!("{owned} baselines saved (cleanroomctl baseline delete NAME)"),
+        )
+        .into()),
+        _ => Err(Error::BaselineTaken {
             batch: batch.to_owned(),
             name: name.to_owned(),
         }),

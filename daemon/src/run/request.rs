@@ -26,6 +26,14 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// means anything, and `pids.max` refuses it.
 const PID_MAX_LIMIT: u64 = 1 << 22;
 
+/// Longest label, bytes: it is stored with every batch and shown in listings.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// Most bytes of a command (its arguments' lengths and one byte each): it is stored with
+/// every batch and shown in listings. Far more than a test command needs, far less than
+/// the kernel's 2 MiB.
+pub const MAX_ARGV_BYTES: usize = 128 << 10;
+
 /// The names of the resource limits a run may set, for messages.
 const RLIMIT_NAMES: &str = "nofile, nproc, core, stack, as, data, fsize, memlock, cpu";
 
@@ -98,7 +106,8 @@ pub async fn resolve(
     let (pids, memory) = bounds.limits(&params, caller)?;
     if let Some(name) = &params.save_baseline {
         history::check_name(name, "save_baseline")?;
-        history::may_replace_baseline(store, caller, name).await?;
+        let most = bounds.quotas.baselines_for(caller.admin);
+        history::may_save_baseline(store, caller, name, most).await?;
     }
     let baseline = match &params.baseline {
         Some(name) => Some(baseline(store, caller, name).await?),
@@ -176,6 +185,20 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
     }
     if p.argv.iter().any(|a| a.contains('\0')) {
         return bad("argv may not contain NUL bytes".into());
+    }
+    let argv_bytes: usize = p.argv.iter().map(|a| a.len() + 1).sum();
+    if argv_bytes > MAX_ARGV_BYTES {
+        return bad(format!(
+            "argv is {argv_bytes} bytes; at most {MAX_ARGV_BYTES} (put long inputs in a file)"
+        ));
+    }
+    if let Some(label) = &p.label {
+        if label.len() > MAX_LABEL_BYTES {
+            return bad(format!(
+                "label is {} bytes; at most {MAX_LABEL_BYTES}",
+                label.len()
+            ));
+        }
     }
     for (k, v) in &p.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {

@@ -150,7 +150,8 @@ async fn audit(
             Err(e) => format!("error {}: {e}", e.code().code()),
         },
     };
-    state.store().record_audit(event).await;
+    let keep = state.live().config.limits.audit_rows;
+    state.store().record_audit(event, keep).await;
 }
 
 fn params_digest(params: Option<&Value>) -> String {

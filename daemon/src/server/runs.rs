@@ -161,12 +161,14 @@ pub async fn save_baseline(
     peer: &Peer,
     state: &State,
 ) -> Result<BaselineInfo, Error> {
+    let caller = state.caller(peer);
     history::save_baseline(
         state.store(),
-        &state.caller(peer),
+        &caller,
         &p.name,
         &p.batch,
         p.public,
+        state.live().config.quotas.baselines_for(caller.admin),
     )
     .await
 }

@@ -71,10 +71,11 @@ fn insert_tx(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Resu
         "INSERT INTO runs (batch, ts, uid, label, argv, result) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![row.batch, now(), row.uid, row.label, row.argv, row.result],
     )?;
+    // Retention is per uid: one runner's thousand batches never push out anyone else's.
     tx.execute(
-        "DELETE FROM runs WHERE batch NOT IN (SELECT batch FROM baselines)
-           AND batch NOT IN (SELECT batch FROM runs ORDER BY ts DESC LIMIT ?1)",
-        [keep],
+        "DELETE FROM runs WHERE uid = ?2 AND batch NOT IN (SELECT batch FROM baselines)
+           AND batch NOT IN (SELECT batch FROM runs WHERE uid = ?2 ORDER BY ts DESC LIMIT ?1)",
+        params![keep, row.uid],
     )?;
     tx.commit()
 }
@@ -120,16 +121,45 @@ pub struct Saver {
     pub admin: bool,
     /// Whether every user may compare with it.
     pub public: bool,
+    /// Most baselines the saver may own (none for admins).
+    pub most: Option<u64>,
+}
+
+/// What became of a save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// Saved (new, or replacing the saver's own or, for an admin, anyone's).
+    Saved,
+    /// Someone else holds the name.
+    Taken,
+    /// The saver already owns its most baselines (this many).
+    Full(u64),
+}
+
+/// Baselines `uid` owns other than `name`.
+pub fn baselines_owned(conn: &Connection, uid: u32, name: &str) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM baselines WHERE uid = ?1 AND name != ?2",
+        params![uid, name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
 }
 
 /// Saves baseline `name` for `batch`, unless someone else holds the name and `by` is no
-/// admin; whether it was saved.
+/// admin, or `by` owns its most baselines already.
 pub fn save_baseline(
     conn: &Connection,
     name: &str,
     batch: &str,
     by: Saver,
-) -> rusqlite::Result<bool> {
+) -> rusqlite::Result<Saved> {
+    if let Some(most) = by.most {
+        let owned = baselines_owned(conn, by.uid, name)?;
+        if owned >= most {
+            return Ok(Saved::Full(owned));
+        }
+    }
     // One statement: a baseline of someone else's is never replaced, even by a save that
     // was checked before a long run and races another user's save.
     let changed = conn.execute(
@@ -139,7 +169,11 @@ pub fn save_baseline(
          WHERE baselines.uid = excluded.uid OR ?5",
         params![name, batch, now(), by.uid, by.admin, by.public],
     )?;
-    Ok(changed == 1)
+    Ok(if changed == 1 {
+        Saved::Saved
+    } else {
+        Saved::Taken
+    })
 }
 
 /// A stored baseline.
@@ -244,21 +278,36 @@ mod tests {
             uid,
             admin,
             public: false,
+            most: None,
         };
-        assert!(save_baseline(&c, "base", "a", by(0, false)).unwrap());
-        assert!(
-            !save_baseline(&c, "base", "b", by(1000, false)).unwrap(),
+        assert_eq!(
+            save_baseline(&c, "base", "a", by(0, false)),
+            Ok(Saved::Saved)
+        );
+        assert_eq!(
+            save_baseline(&c, "base", "b", by(1000, false)),
+            Ok(Saved::Taken),
             "not uid 1000's"
         );
-        assert!(
-            save_baseline(&c, "base", "a", by(1000, true)).unwrap(),
+        assert_eq!(
+            save_baseline(&c, "base", "a", by(1000, true)),
+            Ok(Saved::Saved),
             "an admin may"
         );
         let public = Saver {
             public: true,
             ..by(0, true)
         };
-        assert!(save_baseline(&c, "base", "a", public).unwrap());
+        assert_eq!(save_baseline(&c, "base", "a", public), Ok(Saved::Saved));
+        // At most two of one's own: replacing one of them is fine, a third is not.
+        let capped = Saver {
+            most: Some(2),
+            ..by(7, false)
+        };
+        assert_eq!(save_baseline(&c, "x1", "a", capped), Ok(Saved::Saved));
+        assert_eq!(save_baseline(&c, "x2", "a", capped), Ok(Saved::Saved));
+        assert_eq!(save_baseline(&c, "x2", "a", capped), Ok(Saved::Saved));
+        assert_eq!(save_baseline(&c, "x3", "a", capped), Ok(Saved::Full(2)));
         let saved = baseline(&c, "base").unwrap().unwrap();
         assert_eq!((saved.uid, saved.public), (0, true));
         for b in ["b", "c", "d"] {

@@ -129,6 +129,21 @@ fn write_behind(conn: Arc<Mutex<Connection>>, mut queue: tokio::sync::mpsc::Rece
     }
 }
 
+/// Most bytes of an audit row's outcome: an error message can echo what the caller sent.
+pub const MAX_OUTCOME_BYTES: usize = 256;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// One state-changing request, as the audit table records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
@@ -339,15 +354,17 @@ impl Store {
     /// mode `synchronous=NORMAL` keeps the database consistent and only a power cut may
     /// lose the newest rows, without an fsync on every state-changing request.
     /// Written behind the caller ([`Store::behind`]): the answer does not wait for it, a
-    /// stop does.
-    pub async fn record_audit(&self, event: AuditEvent) {
+    /// stop does. Only the newest `keep` rows are kept.
+    pub async fn record_audit(&self, event: AuditEvent, keep: u64) {
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
+        let outcome = cut(&event.outcome, MAX_OUTCOME_BYTES);
         self.behind("an audit record", move |c| {
             with_normal_sync(c, |c| {
-                c.execute(
+                let tx = c.transaction()?;
+                tx.execute(
                     "INSERT INTO audit (ts, uid, gid, pid, method, params_digest, outcome)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     rusqlite::params![
@@ -357,11 +374,17 @@ impl Store {
                         event.pid,
                         event.method,
                         event.params_digest,
-                        event.outcome
+                        outcome
                     ],
-                )
+                )?;
+                // The newest `keep` rows: a range of the primary key, cheap when there
+                // is nothing to drop.
+                tx.execute(
+                    "DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?1",
+                    [keep.min(i64::MAX as u64) as i64],
+                )?;
+                tx.commit()
             })
-            .map(|_| ())
         })
         .await
     }
@@ -432,12 +455,45 @@ mod tests {
             params_digest: "ab".into(),
             outcome: "ok".into(),
         };
-        rt().block_on(store.record_audit(event.clone()));
+        rt().block_on(store.record_audit(event.clone(), 1000));
         assert_eq!(rt().block_on(store.recent_audit(10)).unwrap(), vec![event]);
         drop(store);
         // Reopening keeps the rows and does not migrate twice.
         let store = Store::open(&state).unwrap();
         assert_eq!(rt().block_on(store.recent_audit(10)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_audit_keeps_its_newest_rows_and_cuts_long_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rt = rt();
+        // An outcome echoing a long input, in multi-byte characters.
+        let long = "é".repeat(1000);
+        for i in 0..1500u32 {
+            let event = AuditEvent {
+                uid: i,
+                gid: 0,
+                pid: 1,
+                method: "run.start".into(),
+                params_digest: "ab".into(),
+                outcome: if i == 1499 { long.clone() } else { "ok".into() },
+            };
+            rt.block_on(store.record_audit(event, 1000));
+        }
+        let kept = rt.block_on(store.recent_audit(5000)).unwrap();
+        assert_eq!(kept.len(), 1000);
+        assert_eq!(
+            (kept[0].uid, kept[999].uid),
+            (1499, 500),
+            "the newest, newest first"
+        );
+        let outcome = &kept[0].outcome;
+        assert!(outcome.len() <= MAX_OUTCOME_BYTES, "{}", outcome.len());
+        assert!(
+            outcome.ends_with('…') && outcome.starts_with("éé"),
+            "{outcome}"
+        );
     }
 
     #[test]
