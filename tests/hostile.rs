@@ -562,3 +562,60 @@ fn what_one_user_stores_is_bounded_and_never_pushes_out_anothers() {
         "another user has its own two: {out:?}"
     );
 }
+
+#[test]
+fn a_batch_of_thousands_of_runs_is_stored_compactly_and_read_back_whole() {
+    if !is_root_or_skip("a_batch_of_thousands_of_runs_is_stored_compactly_and_read_back_whole") {
+        return;
+    }
+    const REPEAT: usize = 2500;
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::builder().state_dir(state.path()).start();
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--repeat",
+        &REPEAT.to_string(),
+        "--",
+        "true",
+    ]);
+    assert!(
+        out.status.success(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = cleanroom::runs::json_of(&out);
+    assert_eq!(
+        result["samples"]["wall_ms"].as_array().unwrap().len(),
+        REPEAT
+    );
+    assert_eq!(result["runs"].as_array().unwrap().len(), 100);
+    assert_eq!(result["runs_omitted"], REPEAT - 100);
+    let batch = result["batch"].as_str().unwrap().to_owned();
+    // Read back whole, and in a person's words.
+    let shown = cleanroom::runs::json_of(&d.ctl(&["--json", "runs", "show", &batch]));
+    assert_eq!(shown["samples"], result["samples"]);
+    let text = d.ctl(&["runs", "show", &batch]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains(&format!("{REPEAT} measured runs")),
+        "{text:?}"
+    );
+    // Listed from its summary columns.
+    let listed = cleanroom::runs::json_of(&d.ctl(&["--json", "runs", "list", "--limit", "1"]));
+    assert_eq!(listed["batches"][0]["runs"], REPEAT, "{listed}");
+    assert_eq!(
+        listed["batches"][0]["wall_ms"],
+        result["stats"]["wall_ms"]["median"]
+    );
+    drop(d);
+    // Stored in well under the 1 MiB a protocol line may have (every record would be ~1.1 MB).
+    let db = rusqlite::Connection::open(state.path().join("cleanroom.db")).unwrap();
+    let size: i64 = db
+        .query_row(
+            "SELECT length(result) FROM runs WHERE batch = ?1",
+            [&batch],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(size < 400_000, "{size} bytes stored");
+}

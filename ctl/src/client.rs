@@ -11,9 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cleanroom_proto::{
-    Envelope, ErrorCode, ErrorObject, MAX_LINE_BYTES, Method, Outcome, Response,
-};
+use cleanroom_proto::{Envelope, ErrorCode, ErrorObject, Method, Outcome, Response};
 use serde_json::Value;
 
 /// Why a call failed; each maps to an exit code.
@@ -186,10 +184,12 @@ impl Client {
         }
     }
 
-    /// Reads one line of at most the protocol's length (plus its newline).
+    /// Reads one line of an answer. The daemon's lines are not bounded by the protocol's
+    /// request length (a result of many runs is longer), only by [`MAX_ANSWER_BYTES`], so a
+    /// broken peer cannot make the client read forever.
     fn read_line(&mut self, buf: &mut String) -> io::Result<usize> {
         Read::by_ref(&mut self.reader)
-            .take(MAX_LINE_BYTES as u64 + 2)
+            .take(MAX_ANSWER_BYTES + 2)
             .read_line(buf)
     }
 
@@ -224,6 +224,9 @@ impl Client {
         }
     }
 }
+
+/// Longest line the client reads from the daemon.
+const MAX_ANSWER_BYTES: u64 = 256 << 20;
 
 impl CallError {
     /// The exit code for this failure: 69 unreachable, 75 over a quota (`EX_TEMPFAIL`: it

@@ -431,9 +431,16 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
         out.push_str(&columns(&header, &rows));
         out.push_str(&format!(
             "{} measured runs; outliers by Tukey's rule (1.5 IQR)\n",
-            r.runs.len()
+            r.runs.len() + r.runs_omitted as usize
         ));
         out.push_str(&noise_over_runs(&r.runs));
+        if r.runs_omitted > 0 {
+            out.push_str(&format!(
+                "(the noise over the first {} runs: the records of the other {} are not kept)\n",
+                r.runs.len(),
+                r.runs_omitted
+            ));
+        }
     }
     out
 }

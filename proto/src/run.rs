@@ -318,9 +318,17 @@ pub struct RunResult {
     /// The last measured run (the only one without `repeat`), flattened.
     #[serde(flatten)]
     pub last: RunRecord,
-    /// Every measured run, when `repeat` > 1.
+    /// The measured runs' records, when `repeat` > 1: the first [`MAX_RECORDS`] of them
+    /// (every run's measures are in `samples`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runs: Vec<RunRecord>,
+    /// Measured runs whose records are left out of `runs` (past [`MAX_RECORDS`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub runs_omitted: u32,
+    /// Every measured run's value by metric (`wall_ms`, `user_ms`, `sys_ms`,
+    /// `max_rss_kb`), in run order, when `repeat` > 1: what `stats` summarizes, compactly.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub samples: std::collections::BTreeMap<String, Vec<f64>>,
     /// Statistics by metric (`wall_ms`, `user_ms`, `sys_ms`, `max_rss_kb`), when
     /// `repeat` > 1.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -338,6 +346,14 @@ pub struct RunResult {
     /// The answer to a detached start: the batch is still running.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detached: bool,
+}
+
+/// Most whole records a result holds; past them, a run's measures are in
+/// [`RunResult::samples`] only (a `--repeat 10000` result stays a few hundred KiB).
+pub const MAX_RECORDS: usize = 100;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Params of `baseline.save`.

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use cleanroom_proto::{EndReason, RunRecord, RunResult};
+use cleanroom_proto::{EndReason, MAX_RECORDS, RunRecord, RunResult};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -368,6 +368,8 @@ impl Engine {
             batch: id,
             last,
             runs: Vec::new(),
+            runs_omitted: 0,
+            samples: BTreeMap::new(),
             stats: BTreeMap::new(),
             comparison: None,
             shield,
@@ -375,7 +377,9 @@ impl Engine {
         };
         if batch.repeat > 1 {
             result.stats = summaries(&measured);
-            result.runs = measured.clone();
+            result.samples = samples(&measured);
+            result.runs_omitted = measured.len().saturating_sub(MAX_RECORDS) as u32;
+            result.runs = measured.iter().take(MAX_RECORDS).cloned().collect();
         }
         if let Some(base) = &batch.baseline {
             let walls: Vec<f64> = measured.iter().map(|r| r.wall_ms).collect();
@@ -453,8 +457,8 @@ impl Engine {
     }
 }
 
-/// Statistics by metric over the measured runs.
-fn summaries(measured: &[RunRecord]) -> BTreeMap<String, cleanroom_proto::Summary> {
+/// Every measured value by metric, in run order.
+fn samples(measured: &[RunRecord]) -> BTreeMap<String, Vec<f64>> {
     let metric = |f: fn(&RunRecord) -> f64| measured.iter().map(f).collect::<Vec<f64>>();
     [
         ("wall_ms", metric(|r| r.wall_ms)),
@@ -463,8 +467,16 @@ fn summaries(measured: &[RunRecord]) -> BTreeMap<String, cleanroom_proto::Summar
         ("max_rss_kb", metric(|r| r.max_rss_kb as f64)),
     ]
     .into_iter()
-    .filter_map(|(name, values)| Some((name.to_owned(), stats::summarize(&values)?)))
+    .map(|(name, values)| (name.to_owned(), values))
     .collect()
+}
+
+/// Statistics by metric over the measured runs.
+fn summaries(measured: &[RunRecord]) -> BTreeMap<String, cleanroom_proto::Summary> {
+    samples(measured)
+        .into_iter()
+        .filter_map(|(name, values)| Some((name, stats::summarize(&values)?)))
+        .collect()
 }
 
 /// The answer to a detached start: the batch goes on without its client.
@@ -473,6 +485,8 @@ pub fn detached(batch: String) -> RunResult {
         batch,
         last: RunRecord::new(String::new(), EndReason::Running, String::new()),
         runs: Vec::new(),
+        runs_omitted: 0,
+        samples: BTreeMap::new(),
         stats: BTreeMap::new(),
         comparison: None,
         shield: None,

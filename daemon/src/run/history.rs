@@ -100,7 +100,10 @@ pub async fn load(store: &Store, caller: &Caller, what: &str) -> Result<Stored, 
 
 /// The wall times of a stored result.
 pub fn wall_samples(r: &RunResult) -> Vec<f64> {
-    if r.runs.is_empty() {
+    // Every run's, from `samples`; results stored before it have every record instead.
+    if let Some(walls) = r.samples.get("wall_ms") {
+        walls.clone()
+    } else if r.runs.is_empty() {
         vec![r.last.wall_ms]
     } else {
         r.runs.iter().map(|x| x.wall_ms).collect()
@@ -115,19 +118,17 @@ pub async fn list(store: &Store, caller: &Caller, limit: u32) -> Result<RunsList
     let batches = rows
         .into_iter()
         .filter_map(|row| {
-            let r: RunResult = serde_json::from_str(&row.result).ok()?;
-            let mut walls = wall_samples(&r);
-            walls.sort_by(f64::total_cmp);
+            let end_reason = serde_json::from_value(row.end_reason?.into()).ok()?;
             Some(BatchInfo {
                 batch: row.batch,
                 ts: row.ts,
                 uid: row.uid,
                 label: row.label,
                 argv: serde_json::from_str(&row.argv).unwrap_or_default(),
-                runs: walls.len() as u32,
-                end_reason: r.last.end_reason,
-                exit_code: r.last.exit_code,
-                wall_ms: walls[walls.len() / 2],
+                runs: row.runs,
+                end_reason,
+                exit_code: row.exit_code,
+                wall_ms: row.wall_ms.unwrap_or(0.0),
             })
         })
         .collect();

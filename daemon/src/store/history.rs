@@ -67,8 +67,12 @@ pub fn insert(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Res
 
 fn insert_tx(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    // The listing's columns are read out of the result here, by the same expressions
+    // migration 7 used for the rows before it.
     tx.execute(
-        "INSERT INTO runs (batch, ts, uid, label, argv, result) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO runs (batch, ts, uid, label, argv, result,
+                           n_runs, end_reason, exit_code, median_wall_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(json_array_length(?6, '$.samples.wall_ms'), nullif(json_array_length(?6, '$.runs'), 0), 1), json_extract(?6, '$.end_reason'), json_extract(?6, '$.exit_code'), coalesce(json_extract(?6, '$.stats.wall_ms.median'), json_extract(?6, '$.wall_ms')))",
         params![row.batch, now(), row.uid, row.label, row.argv, row.result],
     )?;
     // Retention is per uid: one runner's thousand batches never push out anyone else's.
@@ -92,12 +96,48 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BatchRow> {
 }
 
 /// The newest batches, newest first; only `uid`'s when given.
-pub fn list(conn: &Connection, uid: Option<u32>, limit: u32) -> rusqlite::Result<Vec<BatchRow>> {
+/// A batch as listings show it: its summary columns, never its result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListRow {
+    /// Batch id.
+    pub batch: String,
+    /// When it finished (seconds since the epoch).
+    pub ts: f64,
+    /// Who ran it.
+    pub uid: u32,
+    /// Its label.
+    pub label: Option<String>,
+    /// The command, JSON array.
+    pub argv: String,
+    /// Measured runs.
+    pub runs: u32,
+    /// How the last one ended (as the protocol spells it).
+    pub end_reason: Option<String>,
+    /// Exit code of the last one.
+    pub exit_code: Option<i32>,
+    /// Median wall time, milliseconds.
+    pub wall_ms: Option<f64>,
+}
+
+/// The newest batches (of `uid`, or everyone's), newest first.
+pub fn list(conn: &Connection, uid: Option<u32>, limit: u32) -> rusqlite::Result<Vec<ListRow>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT batch, ts, uid, label, argv, result FROM runs
-         WHERE ?1 IS NULL OR uid = ?1 ORDER BY ts DESC LIMIT ?2",
+        "SELECT batch, ts, uid, label, argv, n_runs, end_reason, exit_code, median_wall_ms
+         FROM runs WHERE ?1 IS NULL OR uid = ?1 ORDER BY ts DESC LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![uid, limit], row)?;
+    let rows = stmt.query_map(params![uid, limit], |r| {
+        Ok(ListRow {
+            batch: r.get(0)?,
+            ts: r.get(1)?,
+            uid: r.get(2)?,
+            label: r.get(3)?,
+            argv: r.get(4)?,
+            runs: r.get(5)?,
+            end_reason: r.get(6)?,
+            exit_code: r.get(7)?,
+            wall_ms: r.get(8)?,
+        })
+    })?;
     rows.collect()
 }
 
@@ -111,7 +151,6 @@ pub fn get(conn: &Connection, batch: &str) -> rusqlite::Result<Option<BatchRow>>
     .optional()
 }
 
-/// Names `batch` as baseline `name` (replacing an older one of that name).
 /// Who saves a baseline, and as what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Saver {

@@ -105,6 +105,13 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 6: baselines are private to their owner (and admins) unless saved public.
     "ALTER TABLE baselines ADD COLUMN public INTEGER NOT NULL DEFAULT 0;",
+    // 7: what listings show of a batch, in columns of their own, so a listing never reads
+    // (or parses) the results: how many runs, how the last ended, the median wall time.
+    "ALTER TABLE runs ADD COLUMN n_runs INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE runs ADD COLUMN end_reason TEXT;
+    ALTER TABLE runs ADD COLUMN exit_code INTEGER;
+    ALTER TABLE runs ADD COLUMN median_wall_ms REAL;
+    UPDATE runs SET n_runs = coalesce(json_array_length(result, '$.samples.wall_ms'), nullif(json_array_length(result, '$.runs'), 0), 1), end_reason = json_extract(result, '$.end_reason'), exit_code = json_extract(result, '$.exit_code'), median_wall_ms = coalesce(json_extract(result, '$.stats.wall_ms.median'), json_extract(result, '$.wall_ms'));",
 ];
 
 /// The schema version this binary writes.
@@ -154,5 +161,43 @@ mod tests {
         assert_eq!(v, current_version());
         // Idempotent.
         migrate(&mut c, Path::new(":memory:")).unwrap();
+    }
+
+    #[test]
+    fn batches_stored_before_the_listing_columns_get_them_from_their_results() {
+        let mut c = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..6] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", 6).unwrap();
+        let one = r#"{"id":"r1","end_reason":"signaled","exit_code":null,"wall_ms":4.5}"#;
+        let three = r#"{"id":"r3","end_reason":"exited","exit_code":0,"wall_ms":9.0,
+            "runs":[{"wall_ms":1.0},{"wall_ms":9.0},{"wall_ms":2.0}],
+            "stats":{"wall_ms":{"median":2.0}}}"#;
+        for (batch, result) in [("1", one), ("3", three)] {
+            c.execute(
+                "INSERT INTO runs (batch, ts, uid, label, argv, result) VALUES (?1, 0, 0, NULL, '[]', ?2)",
+                [batch, result],
+            )
+            .unwrap();
+        }
+        migrate(&mut c, Path::new(":memory:")).unwrap();
+        let row = |b: &str| {
+            c.query_row(
+                "SELECT n_runs, end_reason, exit_code, median_wall_ms FROM runs WHERE batch = ?1",
+                [b],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, f64>(3)?,
+                    ))
+                },
+            )
+            .unwrap()
+        };
+        assert_eq!(row("1"), (1, "signaled".into(), None, 4.5));
+        assert_eq!(row("3"), (3, "exited".into(), Some(0), 2.0));
     }
 }
