@@ -619,3 +619,114 @@ fn a_batch_of_thousands_of_runs_is_stored_compactly_and_read_back_whole() {
         .unwrap();
     assert!(size < 400_000, "{size} bytes stored");
 }
+
+/// A tmpfs of `size`, unmounted when dropped.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .expect("mount a tmpfs");
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("fill")).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn unfill(&self) {
+        std::fs::remove_file(self.path().join("fill")).unwrap();
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn with_the_state_directory_full_runs_fail_clearly_and_the_host_can_still_be_put_back() {
+    if !is_root_or_skip(
+        "with_the_state_directory_full_runs_fail_clearly_and_the_host_can_still_be_put_back",
+    ) {
+        return;
+    }
+    const SWAPPINESS: &str = "/proc/sys/vm/swappiness";
+    let _host = cleanroom::host_lock();
+    let _restore = cleanroom::KernelSnapshot::take(&[SWAPPINESS]);
+    let original = std::fs::read_to_string(SWAPPINESS)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let tuned = if original == "13" { "14" } else { "13" };
+    let fs = SmallFs::mount("16m");
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("full.toml"),
+        format!("[sysctl]\n\"vm.swappiness\" = {tuned}\n"),
+    )
+    .unwrap();
+    let d = Daemon::builder()
+        .state_dir(&fs.path().join("state"))
+        .config(&format!(
+            "[tuning]\nprofile_dirs = [{:?}]\n",
+            profiles.path()
+        ))
+        .start();
+    let swappiness = || {
+        std::fs::read_to_string(SWAPPINESS)
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert!(d.ctl(&["run", "--", "true"]).status.success());
+    assert!(d.ctl(&["profile", "apply", "full"]).status.success());
+    assert_eq!(swappiness(), tuned);
+    fs.fill();
+    // A run fails at once, saying where and how much room there is.
+    let out = d.ctl(&["run", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state directory") && err.contains("KiB free"),
+        "{err}"
+    );
+    // The daemon keeps serving.
+    assert!(d.ctl(&["status"]).status.success());
+    // The host is put back all the same: the journal's reserve is freed for it.
+    let reverted = d.ctl(&["profile", "revert"]);
+    assert!(reverted.status.success(), "{reverted:?}");
+    assert_eq!(swappiness(), original);
+    let active = cleanroom::runs::json_of(&d.ctl(&["--json", "profile", "active"]));
+    assert_eq!(active["journal_entries"], 0, "{active}");
+    assert!(d.log().contains("its reserve is freed"), "{}", d.log());
+    fs.unfill();
+    // With room again, the reserve is back; an apply on a full disk changes nothing.
+    assert!(d.ctl(&["profile", "revert"]).status.success());
+    assert!(fs.path().join("state/reserve").exists());
+    fs.fill();
+    let out = d.ctl(&["profile", "apply", "full"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(swappiness(), original, "{out:?}");
+    fs.unfill();
+    drop(d);
+}

@@ -74,6 +74,8 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     // 3. The store (with migrations) before the socket: a broken database must fail the
     //    start before any client can connect.
     let store = Store::open(&cfg.daemon.state_dir)?;
+    // Room kept for putting the host back should the file system fill up.
+    store.keep_reserve();
 
     // 4. Recovery before the socket, so no request can see a half-recovered host: the
     //    journal left by a previous run is re-applied or reverted (a new boot recaptures

@@ -130,6 +130,10 @@ pub struct Engine {
     ids: std::sync::Mutex<std::ops::Range<u64>>,
 }
 
+/// Free space the state directory must have for a batch to start: its result (a few
+/// hundred KiB at most) and the journal's room to put the host back.
+const MIN_FREE_BYTES: u64 = 4 << 20;
+
 /// Batch ids reserved at a time (one durable write per this many batches).
 const ID_BLOCK: u64 = 100;
 
@@ -179,6 +183,17 @@ impl Engine {
     ) -> Result<Registration, Error> {
         if let Some(why) = self.runner.unavailable() {
             return Err(Error::Unavailable(why.to_string()));
+        }
+        // Its result is stored after the answer: with no room for it, fail now, clearly.
+        if let Ok(free) = self.store.free_bytes() {
+            if free < MIN_FREE_BYTES {
+                let dir = self.store.path().parent().unwrap_or(self.store.path());
+                return Err(Error::StateFull {
+                    dir: dir.display().to_string(),
+                    free_kib: free / 1024,
+                    need_kib: MIN_FREE_BYTES / 1024,
+                });
+            }
         }
         let listing = Listing {
             owner: batch.owner.uid,

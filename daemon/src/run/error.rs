@@ -76,6 +76,18 @@ pub enum Error {
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// The state directory has too little room left to store a result.
+    #[error(
+        "the state directory {dir} has {free_kib} KiB free; a run needs {need_kib} KiB there to store its result (free some space)"
+    )]
+    StateFull {
+        /// The directory.
+        dir: String,
+        /// Free bytes, KiB.
+        free_kib: u64,
+        /// Needed, KiB.
+        need_kib: u64,
+    },
     /// The caller is at one of its quotas.
     #[error(transparent)]
     Quota(#[from] crate::quota::Exceeded),

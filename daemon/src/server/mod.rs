@@ -299,7 +299,7 @@ fn run_code(error: &crate::run::Error) -> ErrorCode {
         E::Invalid(_) => ErrorCode::InvalidParams,
         E::AdminOnly(_) => ErrorCode::Forbidden,
         E::Quota(_) => ErrorCode::Quota,
-        E::Store(_) => ErrorCode::Store,
+        E::Store(_) | E::StateFull { .. } => ErrorCode::Store,
         E::Task(_) | E::Unreadable { .. } | E::Cgroup(_) => ErrorCode::Internal,
         E::Unavailable(_)
         | E::CoresBusy(_)

@@ -129,6 +129,21 @@ fn write_behind(conn: Arc<Mutex<Connection>>, mut queue: tokio::sync::mpsc::Rece
     }
 }
 
+/// Room the state directory keeps for the tuning journal: on a full file system, a revert
+/// frees it to record its steps and put the host back.
+pub const RESERVE_BYTES: u64 = 2 << 20;
+
+/// The reserve's file name inside the state directory.
+const RESERVE_FILE: &str = "reserve";
+
+/// Whether a SQLite error says the disk (or the database's quota) is full.
+pub fn is_full(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull
+    )
+}
+
 /// Most bytes of an audit row's outcome: an error message can echo what the caller sent.
 pub const MAX_OUTCOME_BYTES: usize = 256;
 
@@ -282,6 +297,42 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Makes sure the state directory keeps [`RESERVE_BYTES`] of room for putting the host
+    /// back when its file system fills up ([`Store::release_reserve`]). Best effort: on a
+    /// full disk it is made on a later call.
+    pub fn keep_reserve(&self) {
+        let path = self.reserve_path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= RESERVE_BYTES) {
+            return;
+        }
+        let made = std::fs::File::create(&path).and_then(|f| {
+            // Allocated for real (not a sparse file): deleting it frees that much.
+            nix::fcntl::posix_fallocate(&f, 0, RESERVE_BYTES as i64)?;
+            f.sync_all()
+        });
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&path);
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep the state directory's reserve");
+        }
+    }
+
+    /// Frees the reserve's room for the journal; whether there was one to free.
+    pub fn release_reserve(&self) -> bool {
+        std::fs::remove_file(self.reserve_path()).is_ok()
+    }
+
+    fn reserve_path(&self) -> PathBuf {
+        self.path.with_file_name(RESERVE_FILE)
+    }
+
+    /// Bytes free (for unprivileged users: the daemon's writes may use root's reserve,
+    /// which is left for the tuning journal) on the state directory's file system.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        let st = nix::sys::statvfs::statvfs(dir)?;
+        Ok(st.blocks_available() * st.fragment_size())
     }
 
     /// The connection, for code already on a blocking thread (the tuner interleaves

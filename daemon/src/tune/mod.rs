@@ -169,9 +169,23 @@ fn write_knob(host: &Host, path: &str, kind: Kind, value: &str) -> Result<String
 }
 
 /// `profile.revert`: needs no profile file, only the journal.
+///
+/// On a full file system the journal cannot record the revert's steps: the state
+/// directory's reserve is freed and the revert tried once more (it is idempotent: a knob
+/// already back at its original is just forgotten), so a full `/var` never keeps the host
+/// tuned. The reserve is made again once there is room.
 pub fn revert(ctx: Ctx<'_>, force: bool) -> Result<TuneResult, Error> {
     let mut conn = ctx.store.lock_blocking();
-    revert::revert_locked(ctx.host, &mut conn, force)
+    let result = match revert::revert_locked(ctx.host, &mut conn, force) {
+        Err(Error::Journal(e)) if crate::store::is_full(&e) && ctx.store.release_reserve() => {
+            tracing::warn!("the state directory is full: its reserve is freed to revert");
+            revert::revert_locked(ctx.host, &mut conn, force)
+        }
+        other => other,
+    };
+    drop(conn);
+    ctx.store.keep_reserve();
+    result
 }
 
 /// `profile.verify`: the active profile against the host.
