@@ -351,3 +351,68 @@ fn stopping_the_daemon_mid_run_lowers_the_shield() {
     assert!(alive("1204.1").is_empty());
     assert!(shield_cpusets().is_empty(), "{:?}", shield_cpusets());
 }
+
+/// Lowers whatever shield the state directory's journal says is up, when dropped (a
+/// failed test must not leave the host on CPU 0): a daemon's start does it.
+struct LowerOnDrop(PathBuf);
+
+impl Drop for LowerOnDrop {
+    fn drop(&mut self) {
+        if my_cpus() != online_cpus() {
+            let _ = Daemon::builder().state_dir(&self.0).try_start();
+        }
+    }
+}
+
+#[test]
+fn an_offline_revert_lowers_a_shield_left_by_a_killed_daemon() {
+    if !can_shield("an_offline_revert_lowers_a_shield_left_by_a_killed_daemon") {
+        return;
+    }
+    let _host = host_lock(); // raises the host-wide shield
+    let before = my_cpus();
+    let state = tempfile::tempdir().unwrap();
+    let _lowered = LowerOnDrop(state.path().to_owned());
+    let mut d = Daemon::builder()
+        .state_dir(state.path())
+        .config("[runs]\nshield_exempt_pids = [1]\n")
+        .start();
+    let mut c = RawClient::connect(&d.socket);
+    start_run(
+        &mut c,
+        json!({"argv": ["sleep", "1204.2"], "exclusive": true, "detach": true}),
+    );
+    assert!(eventually(Duration::from_secs(5), || !alive("1204.2").is_empty()));
+    assert_eq!(my_cpus(), "0");
+    // The daemon dies without lowering it; its run goes on, alone.
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(10)).unwrap();
+    for p in alive("1204.2") {
+        let pid = p.split(':').next().unwrap().to_owned();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert_eq!(my_cpus(), "0", "still shielded after the kill");
+    // `cleanroomd --revert` (what a package removal runs) puts everything back.
+    let out = Command::new(cleanroom::bin("cleanroomd"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--revert")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(my_cpus(), before, "{out:?}");
+    assert!(shield_cpusets().is_empty(), "{:?}", shield_cpusets());
+    let left: Vec<_> = std::fs::read_dir(CPUSET)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("cleanroom-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the dead daemon's run cgroups stay: {left:?}"
+    );
+}

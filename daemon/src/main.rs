@@ -308,6 +308,10 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
         "cannot take the state directory (while cleanroomd runs, use `cleanroomctl profile revert`)",
     )?;
     let host = Host::new(&daemon.host_root);
+    // A shield a killed daemon left raised goes too: its tasks, cpusets and IRQs back.
+    let lowered = cleanroomd::run::lower_left_shield(&host, &store);
+    let ended =
+        cleanroomd::run::end_left_runs(&host, &cleanroomd::run::instance_tag(&daemon.state_dir));
     let result = cleanroomd::tune::revert(
         cleanroomd::tune::Ctx {
             host: &host,
@@ -318,6 +322,12 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
         force,
     )?;
     let mut out = String::new();
+    if lowered {
+        out.push_str("lowered the CPU shield a stopped daemon had left raised\n");
+    }
+    if ended > 0 {
+        out.push_str(&format!("ended {ended} run(s) a stopped daemon had left\n"));
+    }
     for i in &result.items {
         let reason = i
             .reason

@@ -163,6 +163,42 @@ impl Drop for Exclusive {
     }
 }
 
+/// Lowers a shield a daemon that died left raised (its journal says so), at a start or
+/// by `cleanroomd --revert`; whether one was lowered.
+pub fn lower_left_shield(host: &Host, store: &crate::store::Store) -> bool {
+    let mut conn = store.lock_blocking();
+    if !shield::is_raised(&conn).unwrap_or(false) {
+        return false;
+    }
+    match shield::lower(host, &mut conn) {
+        Ok(n) => {
+            tracing::warn!(restored = n, "lowered a shield left by a previous daemon");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot lower a shield left by a previous daemon");
+            false
+        }
+    }
+}
+
+/// Ends the runs a daemon that died left (of its `instance`, below this process's own
+/// cgroups, where that daemon's were when it ran from here) and removes their cgroups, for
+/// `cleanroomd --revert`; how many.
+pub fn end_left_runs(host: &Host, instance: &str) -> usize {
+    let Ok(mode) = host.cgroup_mode() else {
+        return 0;
+    };
+    match Layout::detect(host, mode, instance) {
+        Ok(layout) => {
+            let n = layout.cleanup_stale(host);
+            layout.remove_base(host);
+            n
+        }
+        Err(_) => 0,
+    }
+}
+
 /// Shield settings from the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct ShieldConfig {
@@ -188,19 +224,7 @@ impl Runner {
         // A shield left by a daemon that died is lowered before anything else: on v1 it
         // moved this process (started from a shielded one) into its cpuset, and where the
         // daemon is decides where its runs go.
-        {
-            let mut conn = store.lock_blocking();
-            if shield::is_raised(&conn).unwrap_or(false) {
-                match shield::lower(&host, &mut conn) {
-                    Ok(n) => {
-                        tracing::warn!(restored = n, "lowered a shield left by a previous daemon")
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot lower a shield left by a previous daemon")
-                    }
-                }
-            }
-        }
+        lower_left_shield(&host, &store);
         let layout = Layout::detect(&host, mode, instance);
         match &layout {
             Ok(l) => {
