@@ -974,3 +974,31 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
         "the second daemon bound nothing"
     );
 }
+
+#[test]
+fn a_daemon_killed_at_any_moment_after_its_start_starts_again_at_once() {
+    if !is_root_or_skip("a_daemon_killed_at_any_moment_after_its_start_starts_again_at_once") {
+        return;
+    }
+    // A child the killed daemon was starting (a run helper) shares its lock on the state
+    // directory until that child's exec: the next start must not take it for a live
+    // daemon's.
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("state");
+    let mut seed: u64 = 0x5851_f42d_4c95_7f2d;
+    for i in 0..150 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut d = Daemon::builder()
+            .state_dir(&dir)
+            .try_start()
+            .unwrap_or_else(|e| panic!("start {i} after a kill: {e:?}"));
+        std::thread::sleep(Duration::from_micros(seed % 20_000));
+        d.signal(Signal::SIGKILL);
+        d.wait_exit(Duration::from_secs(5)).expect("killed");
+    }
+    // The last start cleans up what the kills left; its stop, the rest.
+    let d = Daemon::builder().state_dir(&dir).start();
+    assert!(d.ctl(&["run", "--", "true"]).status.success());
+}

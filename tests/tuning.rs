@@ -315,20 +315,13 @@ fn sysctl_path(key: &str) -> String {
     format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
-#[test]
-fn kill_9_at_any_moment_loses_no_original() {
-    if !is_root_or_skip("kill_9_at_any_moment_loses_no_original") {
-        return;
-    }
-    let _host = host_lock();
-    let paths: Vec<String> = MANY.iter().map(|(k, _, _)| sysctl_path(k)).collect();
-    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let snap = KernelSnapshot::take(&path_refs);
+/// Profiles `many-a` (every knob of [`MANY`]) and `many-b` (another value for two thirds of
+/// them, so a switch also restores some) in a fresh directory.
+fn many_profiles() -> tempfile::TempDir {
     let profiles = tempfile::tempdir().unwrap();
     for (name, pick) in [("many-a", 1), ("many-b", 2)] {
         let mut text = String::from("[sysctl]\n");
         for (i, (k, a, b)) in MANY.iter().enumerate() {
-            // many-b leaves every third knob out, so a switch also restores some.
             if pick == 2 && i % 3 == 0 {
                 continue;
             }
@@ -339,15 +332,75 @@ fn kill_9_at_any_moment_loses_no_original() {
         }
         write_profile(profiles.path(), name, &text);
     }
-    let state = tempfile::tempdir().unwrap();
-    let state_arg = state.path().join("state");
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut rand = move || {
+    profiles
+}
+
+/// A small xorshift generator: kill moments that differ from one kill to the next, the
+/// same in every run of the test.
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed
-    };
+    }
+}
+
+/// Starts `cleanroomctl ARGS` against `d` without waiting for it.
+fn ctl_in_background(d: &Daemon, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(cleanroom::bin("cleanroomctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Restarts a daemon on `state` (recovery runs), reverts, and checks that every value of
+/// `snap` is back and the journal is empty.
+fn restart_revert_and_check(
+    profiles: &Path,
+    state: &Path,
+    config: &str,
+    snap: &KernelSnapshot,
+    what: &str,
+) {
+    let d = Daemon::builder()
+        .config(&format!(
+            "[tuning]\nprofile_dirs = [{:?}]\n{config}",
+            profiles.display().to_string()
+        ))
+        .state_dir(state)
+        .start();
+    let out = d.ctl(&["--json", "profile", "revert"]);
+    assert!(out.status.success(), "{what}: {out:?}\n{}", d.log());
+    for (cur, before) in snap.current().iter().zip(snap.taken()) {
+        assert_eq!(
+            cur.1,
+            before.1,
+            "{what}: {} not restored\n{}",
+            cur.0.display(),
+            d.log()
+        );
+    }
+    assert_eq!(json(&out)["journal_entries"], 0, "{what}");
+}
+
+#[test]
+fn kill_9_at_any_moment_loses_no_original() {
+    if !is_root_or_skip("kill_9_at_any_moment_loses_no_original") {
+        return;
+    }
+    let _host = host_lock();
+    let paths: Vec<String> = MANY.iter().map(|(k, _, _)| sysctl_path(k)).collect();
+    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let snap = KernelSnapshot::take(&path_refs);
+    let profiles = many_profiles();
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().join("state");
+    let mut rand = xorshift(0x9e37_79b9_7f4a_7c15);
     let mut kills_mid_apply = 0;
     for iteration in 0..60 {
         let on_start = if iteration % 2 == 0 {
@@ -372,52 +425,104 @@ fn kill_9_at_any_moment_loses_no_original() {
         } else {
             "many-a"
         };
-        let child = std::process::Command::new(cleanroom::bin("cleanroomctl"))
-            .arg("--socket")
-            .arg(&d.socket)
-            .args(["profile", "apply", target])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = ctl_in_background(&d, &["profile", "apply", target]);
         std::thread::sleep(Duration::from_micros(rand() % 6000));
         d.signal(Signal::SIGKILL);
         d.wait_exit(Duration::from_secs(5)).expect("killed");
-        let mut child = child;
         let _ = child.wait();
-        let changed = snap.current() != snap.taken();
-        if changed {
+        if snap.current() != snap.taken() {
             kills_mid_apply += 1;
         }
-        // Restart on the same state: recovery runs, then revert.
-        let d2 = Daemon::builder()
+        let what = format!("iteration {iteration} ({on_start})");
+        restart_revert_and_check(profiles.path(), &state_arg, &config, &snap, &what);
+    }
+    assert!(
+        kills_mid_apply > 10,
+        "the kills rarely hit an apply ({kills_mid_apply} of 60)"
+    );
+}
+
+#[test]
+fn kill_9_during_a_revert_loses_no_original() {
+    if !is_root_or_skip("kill_9_during_a_revert_loses_no_original") {
+        return;
+    }
+    let _host = host_lock();
+    let paths: Vec<String> = MANY.iter().map(|(k, _, _)| sysctl_path(k)).collect();
+    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let snap = KernelSnapshot::take(&path_refs);
+    let profiles = many_profiles();
+    let state = tempfile::tempdir().unwrap();
+    let state_arg = state.path().join("state");
+    let mut rand = xorshift(0x2545_f491_4f6c_dd1d);
+    let (mut mid_revert, mut tuned) = (0, snap.taken().to_vec());
+    // How long a revert takes the daemon here, from its request to its answer: the kills
+    // land at a uniformly random moment within it, however fast or loaded this machine is.
+    let window_us = {
+        let d = Daemon::builder()
+            .config(&format!(
+                "[tuning]\nprofile_dirs = [{:?}]\n",
+                profiles.path().display().to_string()
+            ))
+            .state_dir(&state_arg)
+            .start();
+        let mut c = d.connect();
+        let mut took = Vec::new();
+        for _ in 0..5 {
+            let r = c.call("profile.apply", serde_json::json!({"name": "many-a"}));
+            assert!(r.get("result").is_some(), "{r}");
+            let t = std::time::Instant::now();
+            let r = c.call("profile.revert", serde_json::json!({}));
+            took.push(t.elapsed().as_micros() as u64);
+            assert!(r.get("result").is_some(), "{r}");
+        }
+        took.sort_unstable();
+        took[2].max(1)
+    };
+    for iteration in 0..70 {
+        let on_start = if iteration % 2 == 0 {
+            "reapply"
+        } else {
+            "revert"
+        };
+        let config = format!("on_start = \"{on_start}\"\n");
+        let mut d = Daemon::builder()
             .config(&format!(
                 "[tuning]\nprofile_dirs = [{:?}]\n{config}",
                 profiles.path().display().to_string()
             ))
             .state_dir(&state_arg)
             .start();
-        let out = d2.ctl(&["--json", "profile", "revert"]);
-        assert!(
-            out.status.success(),
-            "iteration {iteration}: {out:?}\n{}",
-            d2.log()
-        );
+        let profile = if iteration % 3 == 2 {
+            "many-b"
+        } else {
+            "many-a"
+        };
+        assert!(d.ctl(&["profile", "apply", profile]).status.success());
+        tuned = snap.current();
+        let mut c = d.connect();
+        let line = r#"{"jsonrpc":"2.0","id":1,"method":"profile.revert","params":{}}"#;
+        c.send_raw(format!("{line}\n").as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_micros(rand() % window_us));
+        d.signal(Signal::SIGKILL);
+        d.wait_exit(Duration::from_secs(5)).expect("killed");
+        // The kill landed inside the revert: the journal says it was under way, or some
+        // knobs are back and some not.
         let now = snap.current();
-        for (cur, before) in now.iter().zip(snap.taken()) {
-            assert_eq!(
-                cur.1,
-                before.1,
-                "iteration {iteration} ({on_start}): {} not restored\n{}",
-                cur.0.display(),
-                d2.log()
-            );
+        let db = rusqlite::Connection::open(state_arg.join("cleanroom.db")).unwrap();
+        let phase: String = db
+            .query_row("SELECT phase FROM tuning_state", [], |r| r.get(0))
+            .unwrap();
+        if phase == "reverting" || (now != snap.taken() && now != tuned) {
+            mid_revert += 1;
         }
-        assert_eq!(json(&out)["journal_entries"], 0);
+        let what = format!("iteration {iteration} ({on_start}, {profile})");
+        restart_revert_and_check(profiles.path(), &state_arg, &config, &snap, &what);
     }
+    assert_ne!(tuned, snap.taken(), "the profiles changed the host");
     assert!(
-        kills_mid_apply > 10,
-        "the kills rarely hit an apply ({kills_mid_apply} of 60)"
+        mid_revert > 5,
+        "the kills rarely hit a revert midway ({mid_revert} of 70, window {window_us} µs)"
     );
 }
 

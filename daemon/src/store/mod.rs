@@ -178,6 +178,9 @@ pub struct AuditEvent {
 
 /// Takes `<state-dir>/cleanroomd.lock` (flock, released when the process ends, however it
 /// ends) and writes our pid into it.
+/// How long a start waits for the state directory's lock to come free.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, Error> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
@@ -193,8 +196,18 @@ fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, Error> {
         .truncate(false)
         .open(&path)
         .map_err(dir_err)?;
-    // SAFETY: flock on a descriptor this function owns.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    // A daemon killed a moment ago can leave a copy of its lock behind for a moment: a
+    // child it was starting (a run, a helper) shares the lock until its exec closes it.
+    // So a lock held is tried again for a while before it is taken for a live daemon's.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    let rc = loop {
+        // SAFETY: flock on a descriptor this function owns.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 || std::time::Instant::now() >= deadline {
+            break rc;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     if rc != 0 {
         let mut holder = String::new();
         let _ = f.read_to_string(&mut holder);
