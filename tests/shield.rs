@@ -416,3 +416,84 @@ fn an_offline_revert_lowers_a_shield_left_by_a_killed_daemon() {
         "the dead daemon's run cgroups stay: {left:?}"
     );
 }
+
+/// Every IRQ's affinity file and the default one: what the shield narrows.
+fn irq_files() -> Vec<String> {
+    let mut files = vec!["/proc/irq/default_smp_affinity".to_owned()];
+    for e in std::fs::read_dir("/proc/irq").unwrap().flatten() {
+        let f = e.path().join("smp_affinity_list");
+        if f.exists() {
+            files.push(f.display().to_string());
+        }
+    }
+    files
+}
+
+#[test]
+fn kill_9_while_the_shield_goes_up_or_down_leaves_nothing_shielded_after_a_restart() {
+    if !can_shield(
+        "kill_9_while_the_shield_goes_up_or_down_leaves_nothing_shielded_after_a_restart",
+    ) {
+        return;
+    }
+    let _host = host_lock(); // raises the host-wide shield
+    let irqs = irq_files();
+    let irq_refs: Vec<&str> = irqs.iter().map(String::as_str).collect();
+    // Puts the IRQ affinities back even if this test fails.
+    let irq_snap = cleanroom::KernelSnapshot::take(&irq_refs);
+    let before = my_cpus();
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("state");
+    let _lowered = LowerOnDrop(dir.clone());
+    let config = "[runs]\nshield_exempt_pids = [1]\n";
+    let start = || Daemon::builder().state_dir(&dir).config(config).start();
+    let exclusive = json!({"argv": ["true"], "exclusive": true});
+    // How long an exclusive run takes the daemon here, shield up and down: the kills land
+    // at a uniformly random moment within it.
+    let window_us = {
+        let d = start();
+        let mut c = d.connect();
+        let mut took = Vec::new();
+        for i in 0..5 {
+            let t = std::time::Instant::now();
+            start_run_as(&mut c, i + 1, exclusive.clone());
+            let a = answer(&mut c);
+            took.push(t.elapsed().as_micros() as u64);
+            assert_eq!(a["result"]["end_reason"], "exited", "{a}");
+        }
+        took.sort_unstable();
+        took[2].max(1)
+    };
+    let mut seed: u64 = 0xd1b5_4a32_d192_ed03;
+    let mut shielded_at_kill = 0;
+    for i in 0..130 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut d = start();
+        let mut c = d.connect();
+        start_run(&mut c, exclusive.clone());
+        std::thread::sleep(Duration::from_micros(seed % window_us));
+        d.signal(nix::sys::signal::Signal::SIGKILL);
+        d.wait_exit(Duration::from_secs(5)).expect("killed");
+        if my_cpus() != before {
+            shielded_at_kill += 1;
+        }
+        // The next start lowers what the killed daemon left raised.
+        drop(start());
+        assert_eq!(my_cpus(), before, "kill {i}: still shielded");
+        assert!(
+            shield_cpusets().is_empty(),
+            "kill {i}: {:?}",
+            shield_cpusets()
+        );
+        for (file, was) in irq_snap.current().iter().zip(irq_snap.taken()) {
+            assert_eq!(file.1, was.1, "kill {i}: {} not restored", file.0.display());
+        }
+    }
+    eprintln!("{shielded_at_kill} of 130 kills found the shield up (window {window_us} µs)");
+    assert!(
+        shielded_at_kill > 10,
+        "the kills rarely hit a raised shield ({shielded_at_kill} of 130, window {window_us} µs)"
+    );
+}
