@@ -109,22 +109,58 @@ fn item(
 /// order writes must happen in.
 fn plan(ctx: Ctx<'_>, name: &str) -> Result<Vec<Planned>, Error> {
     let profile = ctx.profiles.get(name).map_err(Error::Profile)?;
-    let mut by_path: BTreeMap<String, Planned> = BTreeMap::new();
+    // Settings are merged by the kernel file they reach, not by how they name it: where two
+    // reach one file (`block."sda"` and `block."sd*"`), the profile's own beats an included
+    // one's, then a device's own name beats a glob; two equal claims that disagree are an
+    // error naming both.
+    let mut by_path: BTreeMap<String, (Planned, (bool, bool), String)> = BTreeMap::new();
     let mut order = Vec::new();
-    for s in profile.settings.values() {
+    for (id, s) in &profile.settings {
+        let rank = (s.profile == profile.name, is_exact(&s.setting));
         for p in plugins::expand(&s.setting, ctx.host, ctx.allow) {
-            if !by_path.contains_key(&p.path) {
-                order.push(p.path.clone());
+            match by_path.get(&p.path) {
+                None => order.push(p.path.clone()),
+                Some((_, held, _)) if *held > rank => continue,
+                Some((other, held, other_id)) if *held == rank && other.want != p.want => {
+                    return Err(Error::Profile(format!(
+                        "profile {name}: {other_id} and {id} both set {} ({} and {}); make one of them name the device",
+                        p.path,
+                        want_text(&other.want),
+                        want_text(&p.want)
+                    )));
+                }
+                Some(_) => {}
             }
-            by_path.insert(p.path.clone(), p);
+            by_path.insert(p.path.clone(), (p, rank, id.clone()));
         }
     }
+    let mut by_path: BTreeMap<String, Planned> =
+        by_path.into_iter().map(|(k, (p, _, _))| (k, p)).collect();
     let mut planned: Vec<Planned> = order
         .into_iter()
         .filter_map(|k| by_path.remove(&k))
         .collect();
     planned.sort_by_key(|p| apply_rank(&p.path));
     Ok(planned)
+}
+
+/// Whether a setting names its kernel files exactly (not by a device glob).
+fn is_exact(setting: &profile::Setting) -> bool {
+    use profile::Setting;
+    match setting {
+        Setting::Scheduler { glob, .. }
+        | Setting::ReadAhead { glob, .. }
+        | Setting::NrRequests { glob, .. } => !glob.contains(['*', '?', '[']),
+        _ => true,
+    }
+}
+
+/// A want, for messages.
+fn want_text(want: &Want) -> String {
+    match want {
+        Want::Value(v) => format!("{v:?}"),
+        Want::Unsupported(why) | Want::Refused(why) => why.clone(),
+    }
 }
 
 /// Order of writes where one knob affects another: an I/O scheduler before the queue
@@ -629,5 +665,68 @@ mod tests {
             .unwrap();
         let e = journal::state(&conn).unwrap_err();
         assert!(e.to_string().contains("sideways"), "{e}");
+    }
+
+    #[test]
+    fn a_device_two_block_rules_match_takes_the_more_specific_or_the_later_profiles() {
+        let (_root, host) = crate::host::fake_root(&[
+            ("/proc/sys/kernel/random/boot_id", "boot-1\n"),
+            ("/sys/block/sda/queue/read_ahead_kb", "128\n"),
+            ("/sys/block/sdb/queue/read_ahead_kb", "128\n"),
+        ]);
+        let state = tempfile::tempdir().unwrap();
+        let store = Store::open(state.path()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+        };
+        // In one profile: the device's own name beats a glob, whatever the rules' order.
+        write(
+            "one",
+            "[block.\"sda\"]\nread_ahead_kb = 1024\n[block.\"sd*\"]\nread_ahead_kb = 256\n",
+        );
+        // Across includes: the including profile's rule beats the included one's.
+        write("base", "[block.\"sda\"]\nread_ahead_kb = 4096\n");
+        write(
+            "top",
+            "[profile]\ninclude = [\"base\"]\n[block.\"sd*\"]\nread_ahead_kb = 512\n",
+        );
+        // Two globs of one profile that disagree on a device: an error naming both.
+        write(
+            "both",
+            "[block.\"sd?\"]\nread_ahead_kb = 256\n[block.\"s*\"]\nread_ahead_kb = 512\n",
+        );
+        let allow: Vec<String> = DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect();
+        let profiles = ProfileSet::load(&[dir.path().to_owned()], &allow);
+        let ctx = Ctx {
+            host: &host,
+            store: &store,
+            profiles: &profiles,
+            allow: &allow,
+        };
+        let wants = |name: &str| -> Vec<(String, String)> {
+            plan(ctx, name)
+                .unwrap()
+                .into_iter()
+                .map(|p| match p.want {
+                    Want::Value(v) => (p.path, v),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let ra = |dev: &str| format!("/sys/block/{dev}/queue/read_ahead_kb");
+        assert_eq!(
+            wants("one"),
+            [(ra("sda"), "1024".into()), (ra("sdb"), "256".into())]
+        );
+        assert_eq!(
+            wants("top"),
+            [(ra("sda"), "512".into()), (ra("sdb"), "512".into())]
+        );
+        let e = plan(ctx, "both").unwrap_err().to_string();
+        assert!(
+            e.contains("sd?") && e.contains("s*") && e.contains("sda"),
+            "{e}"
+        );
     }
 }
