@@ -1224,3 +1224,79 @@ fn offline_revert_puts_the_host_back_when_the_daemon_cannot_start() {
     assert_eq!(read(DIRTY_RATIO), original.1);
     drop(snap);
 }
+
+#[test]
+fn a_crash_between_a_rounded_write_and_its_journal_is_no_conflict() {
+    if !is_root_or_skip("a_crash_between_a_rounded_write_and_its_journal_is_no_conflict") {
+        return;
+    }
+    let _host = host_lock();
+    let dev = LoopDevice::attach();
+    let ra = format!("/sys/block/{}/queue/read_ahead_kb", dev.name);
+    let snap = KernelSnapshot::take(&[&ra]);
+    let original = read(&ra);
+    // The kernel keeps read-ahead in pages: 130 KiB asked reads back as 128.
+    let asked = if original == "128" { "258" } else { "130" };
+    let profiles = tempfile::tempdir().unwrap();
+    write_profile(
+        profiles.path(),
+        "rounded",
+        &format!("[block.\"{}\"]\nread_ahead_kb = {asked}\n", dev.name),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let config = "on_start = \"revert\"\n";
+    let d = daemon_with_state(profiles.path(), state.path(), config);
+    assert!(d.ctl(&["profile", "apply", "rounded"]).status.success());
+    let shown = read(&ra);
+    assert_ne!(shown, asked, "the kernel rounds it");
+    drop(d);
+    // What a kill between the write and the journal's commit leaves: the row still says
+    // the value asked for, the write in flight, the apply under way.
+    let db = rusqlite::Connection::open(state.path().join("cleanroom.db")).unwrap();
+    db.execute(
+        "UPDATE journal SET written = ?1, pending_prev = original",
+        [asked],
+    )
+    .unwrap();
+    db.execute("UPDATE tuning_state SET phase = 'applying'", [])
+        .unwrap();
+    drop(db);
+    // The restart reverts (on_start = "revert"): the rounded value is known for
+    // cleanroom's own, and the original goes back.
+    let d = daemon_with_state(profiles.path(), state.path(), config);
+    assert_eq!(read(&ra), original, "{}", d.log());
+    let active = json(&d.ctl(&["--json", "profile", "active"]));
+    assert_eq!(active["journal_entries"], 0, "{active}\n{}", d.log());
+    // And a value someone else set meanwhile is theirs: left alone, reported, and put
+    // back as it was after cleanroom's check.
+    drop(d);
+    let d = daemon_with_state(profiles.path(), state.path(), "");
+    assert!(d.ctl(&["profile", "apply", "rounded"]).status.success());
+    drop(d);
+    let theirs = if original == "512" { "1024" } else { "512" };
+    std::fs::write(&ra, theirs).unwrap();
+    let db = rusqlite::Connection::open(state.path().join("cleanroom.db")).unwrap();
+    db.execute(
+        "UPDATE journal SET written = ?1, pending_prev = original",
+        [asked],
+    )
+    .unwrap();
+    drop(db);
+    let d = daemon_with_state(profiles.path(), state.path(), config);
+    let out = d.ctl(&["--json", "profile", "revert"]);
+    assert_eq!(status_of(&json(&out), &ra), "conflict", "{out:?}");
+    assert_eq!(read(&ra), theirs);
+    drop(d);
+    drop(snap);
+}
+
+/// A daemon whose only profile directory is `dir`, on state directory `state`.
+fn daemon_with_state(dir: &Path, state: &Path, extra: &str) -> Daemon {
+    Daemon::builder()
+        .config(&format!(
+            "[tuning]\nprofile_dirs = [{:?}]\n{extra}",
+            dir.display().to_string()
+        ))
+        .state_dir(state)
+        .start()
+}
