@@ -497,3 +497,69 @@ fn kill_9_while_the_shield_goes_up_or_down_leaves_nothing_shielded_after_a_resta
         "the kills rarely hit a raised shield ({shielded_at_kill} of 130, window {window_us} µs)"
     );
 }
+
+#[test]
+fn cleanup_after_a_killed_daemon_ends_its_runs_and_lowers_its_shield_but_keeps_the_tuning() {
+    if !can_shield(
+        "cleanup_after_a_killed_daemon_ends_its_runs_and_lowers_its_shield_but_keeps_the_tuning",
+    ) {
+        return;
+    }
+    const SWAPPINESS: &str = "/proc/sys/vm/swappiness";
+    let _host = host_lock(); // raises the host-wide shield
+    let _restore = cleanroom::KernelSnapshot::take(&[SWAPPINESS]);
+    let before = my_cpus();
+    let original = std::fs::read_to_string(SWAPPINESS)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let tuned = if original == "17" { "18" } else { "17" };
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("p.toml"),
+        format!("[sysctl]\n\"vm.swappiness\" = {tuned}\n"),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let _lowered = LowerOnDrop(state.path().to_owned());
+    let config = format!(
+        "[runs]\nshield_exempt_pids = [1]\n[tuning]\nprofile_dirs = [{:?}]\n",
+        profiles.path()
+    );
+    let mut d = Daemon::builder()
+        .state_dir(state.path())
+        .config(&config)
+        .start();
+    assert!(d.ctl(&["profile", "apply", "p"]).status.success());
+    let mut c = RawClient::connect(&d.socket);
+    start_run(
+        &mut c,
+        json!({"argv": ["sleep", "1204.3"], "exclusive": true, "detach": true}),
+    );
+    assert!(eventually(Duration::from_secs(5), || !alive("1204.3").is_empty()));
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(my_cpus(), "0", "still shielded after the kill");
+    // What the service's ExecStopPost= runs.
+    let out = Command::new(cleanroom::bin("cleanroomd"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--cleanup")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(alive("1204.3").is_empty(), "{:?}", alive("1204.3"));
+    assert_eq!(my_cpus(), before, "{out:?}");
+    assert!(shield_cpusets().is_empty(), "{:?}", shield_cpusets());
+    // The tuning is the next daemon's: still applied, and revertible.
+    assert_eq!(std::fs::read_to_string(SWAPPINESS).unwrap().trim(), tuned);
+    let d = Daemon::builder()
+        .state_dir(state.path())
+        .config(&config)
+        .start();
+    assert!(d.ctl(&["profile", "revert"]).status.success());
+    assert_eq!(
+        std::fs::read_to_string(SWAPPINESS).unwrap().trim(),
+        original
+    );
+}

@@ -14,6 +14,7 @@ use clap::Parser;
         cleanroomd                                   # as systemd starts it\n  \
         cleanroomd --check-config                    # validate and print the effective config\n  \
         cleanroomd --revert                          # put the host back with no daemon running\n  \
+        cleanroomd --cleanup                         # end runs a killed daemon left (ExecStopPost=)\n  \
         cleanroomd --socket /tmp/cr.sock --state-dir /tmp/cr-state   # a private instance\n\n\
         Signals: SIGTERM/SIGINT stop (requests in flight finish first), SIGHUP reloads the\n\
         configuration (an invalid file is logged and the old one kept).\n\
@@ -46,6 +47,11 @@ pub struct Args {
     /// With --revert: also restore knobs someone else changed since (conflicts).
     #[arg(long, requires = "revert")]
     pub force: bool,
+    /// End the runs and lower the CPU shield a stopped daemon left (tuning stays as it
+    /// is), without serving: the service's ExecStopPost=, for a daemon killed at the stop
+    /// timeout (on cgroup v2 its exclusive runs live outside the service's cgroup).
+    #[arg(long, conflicts_with_all = ["revert", "check_config"])]
+    pub cleanup: bool,
     /// Internal: run as a helper that clones one run's child from inside the run's cgroups
     /// (cgroup v1), joining the cgroups of these `cgroup.procs` files first.
     #[arg(long, hide = true, num_args = 0.., value_name = "CGROUP_PROCS", requires = "helper_fd")]

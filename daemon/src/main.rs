@@ -49,6 +49,9 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     if args.revert {
         return offline_revert(&source, &overrides, args.force);
     }
+    if args.cleanup {
+        return offline_cleanup(&source, &overrides);
+    }
     let loaded = config::load(&source, &overrides)?;
     if args.check_config {
         let from = loaded.file.as_ref().map_or_else(
@@ -282,11 +285,10 @@ async fn serve(
     Ok(())
 }
 
-/// `--revert`: the journal replayed with no server, for a daemon that cannot start (a
-/// broken configuration, a package being removed). The state directory's lock keeps it
-/// from running beside a live daemon.
-fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow::Result<()> {
-    let daemon = match config::load(source, overrides) {
+/// The state directory and host root for an offline mode: the configuration's, or the
+/// defaults (and the command line's) when it does not load.
+fn offline_daemon_section(source: &Source, overrides: &Overrides) -> config::DaemonSection {
+    match config::load(source, overrides) {
         Ok(l) => l.config.daemon,
         Err(e) => {
             let mut d = config::DaemonSection::default();
@@ -297,13 +299,43 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
                 d.host_root.clone_from(root);
             }
             tracing::warn!(
-                "{e:#}; reverting with state directory {} and host root {}",
+                "{e:#}; using state directory {} and host root {}",
                 d.state_dir.display(),
                 d.host_root.display()
             );
             d
         }
-    };
+    }
+}
+
+/// `--cleanup`: what a stopped daemon left running (its runs, its shield) ends; tuning
+/// stays. A daemon that stopped cleanly left nothing, and this finds nothing.
+fn offline_cleanup(source: &Source, overrides: &Overrides) -> anyhow::Result<()> {
+    let daemon = offline_daemon_section(source, overrides);
+    if !daemon.state_dir.join(cleanroomd::store::DB_FILE).exists() {
+        return Ok(());
+    }
+    let store = Store::open(&daemon.state_dir)
+        .context("cannot take the state directory (is cleanroomd still running?)")?;
+    let host = Host::new(&daemon.host_root);
+    let lowered = cleanroomd::run::lower_left_shield(&host, &store);
+    let ended =
+        cleanroomd::run::end_left_runs(&host, &cleanroomd::run::instance_tag(&daemon.state_dir));
+    if lowered || ended > 0 {
+        tracing::warn!(
+            shield_lowered = lowered,
+            runs_ended = ended,
+            "cleaned up after a daemon that did not stop cleanly"
+        );
+    }
+    Ok(())
+}
+
+/// `--revert`: the journal replayed with no server, for a daemon that cannot start (a
+/// broken configuration, a package being removed). The state directory's lock keeps it
+/// from running beside a live daemon.
+fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow::Result<()> {
+    let daemon = offline_daemon_section(source, overrides);
     let store = Store::open(&daemon.state_dir).context(
         "cannot take the state directory (while cleanroomd runs, use `cleanroomctl profile revert`)",
     )?;

@@ -109,6 +109,22 @@ if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
     check "the next start lowered the shield (PID 1 has CPU 1 again)" grep -q "Cpus_allowed_list:.0-1$" /proc/1/status
     check "and ended the run left in the partition" test -z "$(pgrep -x sleep -a | grep 1011.5)"
     check "and removed the partition" test -z "$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null)"
+
+    # kill -9 again, then what the service's ExecStopPost= runs: the run ends at once,
+    # without waiting for a next start.
+    rm -f "$work/up"
+    ctl run --exclusive -- sh -c "touch $work/up; exec sleep 1011.6" >/dev/null 2>&1 &
+    client=$!
+    for _ in $(seq 1 200); do [ -e "$work/up" ] && break; sleep 0.05; done
+    kill -KILL "$daemon"; wait "$daemon" 2>/dev/null; wait "$client" 2>/dev/null
+    check "a killed daemon left its exclusive run going" test -n "$(pgrep -x sleep -a | grep 1011.6)"
+    # From the daemon's cgroup, as systemd runs ExecStopPost= in the service's.
+    ( echo "$BASHPID" > "$svc/cleanroomd/daemon/cgroup.procs"
+      exec "$bin/cleanroomd" --config "$work/c.toml" --state-dir "$work/state" --cleanup 2>> "$work/log" )
+    check "cleanroomd --cleanup ended it" test -z "$(pgrep -x sleep -a | grep 1011.6)"
+    check "and lowered the shield" grep -q "Cpus_allowed_list:.0-1$" /proc/1/status
+    check "and removed the partition" test -z "$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null)"
+    start_daemon
 fi
 
 kill -TERM "$daemon"; wait "$daemon"
