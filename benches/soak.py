@@ -99,6 +99,46 @@ def snapshot(pid, bases):
     }
 
 
+SAMPLER = """
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[1])
+out = open(sys.argv[2], "w", buffering=1)
+buf = b""
+i = 0
+while True:
+    i += 1
+    t = time.perf_counter()
+    s.sendall(json.dumps({"jsonrpc": "2.0", "id": i, "method": "daemon.ping", "params": {}}).encode() + b"\\n")
+    while b"\\n" not in buf:
+        buf += s.recv(65536)
+    _, buf = buf.split(b"\\n", 1)
+    out.write(f"{(time.perf_counter() - t) * 1e6:.1f}\\n")
+    time.sleep(0.05)
+"""
+
+WORKERS = """
+import json, socket, sys, threading
+def worker(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.connect(sys.argv[1])
+    buf = b""
+    for i in range(1, count + 1):
+        s.sendall(json.dumps({"jsonrpc": "2.0", "id": i, "method": "run.start", "params": {"argv": ["/bin/true"]}}).encode() + b"\\n")
+        while True:
+            while b"\\n" not in buf:
+                buf += s.recv(65536)
+            line, buf = buf.split(b"\\n", 1)
+            msg = json.loads(line)
+            if msg.get("id") == i:
+                break
+        if "result" not in msg or msg["result"].get("end_reason") != "exited":
+            print(json.dumps(msg), flush=True)
+    s.close()
+ts = [threading.Thread(target=worker, args=(n,)) for n in json.loads(sys.argv[2])]
+for t in ts: t.start()
+for t in ts: t.join()
+"""
+
+
 def main():
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     bindir = sys.argv[2] if len(sys.argv) > 2 else os.path.join(REPO, "target", "release")
@@ -108,9 +148,10 @@ def main():
     sock = os.path.join(work, "s.sock")
     config = os.path.join(work, "c.toml")
     with open(config, "w") as f:
-        # Room for the crowd; the slowloris clients and the non-reader are dropped by the
-        # idle timeout, made short so the soak sees it happen.
-        f.write("[limits]\nmax_connections = 2048\nidle_timeout_s = 20\n"
+        # Room for the crowd, and an idle timeout longer than the soak: the idle
+        # connections, the slowloris clients and the non-reader stay to the end (the
+        # non-reader holding its bounded queue).
+        f.write("[limits]\nmax_connections = 2048\nidle_timeout_s = 3600\n"
                 "[runs]\nhistory_limit = 1000\n")
     log = open(os.path.join(work, "log"), "w")
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "CLEANROOM_SOCKET")}
@@ -136,16 +177,11 @@ def main():
     before = snapshot(daemon.pid, bases)
 
     stop = threading.Event()
-    pings = []
 
-    def sampler():
-        c = Conn(sock)
-        while not stop.is_set():
-            t = time.perf_counter()
-            c.call("daemon.ping", {})
-            pings.append((time.perf_counter() - t) * 1e6)
-            time.sleep(0.05)
-        c.close()
+    # The sampler is a process of its own: in this one, the workers' threads would hold the
+    # interpreter's lock and their waits would count as the daemon's.
+    pings_file = os.path.join(work, "pings")
+    sampler = subprocess.Popen([sys.executable, "-c", SAMPLER, sock, pings_file])
 
     def slowloris(n):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -167,8 +203,6 @@ def main():
         t.start()
     deaf = Conn(sock)
     deaf.send("run.start", {"argv": ["sh", "-c", "yes soak-never-read | head -c 50000000"]})
-    sampling = threading.Thread(target=sampler, daemon=True)
-    sampling.start()
 
     started = time.perf_counter()
     failures = []
@@ -180,27 +214,23 @@ def main():
             failures.append(a)
     seq_s = time.perf_counter() - started
 
-    def worker(n, count):
-        c = Conn(sock)
-        for _ in range(count):
-            a = c.call("run.start", {"argv": ["/bin/true"]})
-            if "result" not in a or a["result"].get("end_reason") != "exited":
-                failures.append(a)
-        c.close()
-
     rest = runs - half
+    # 100 connections from 4 processes of 25 threads: one interpreter's lock would make
+    # the client the bottleneck.
     per = [rest // 100 + (1 if i < rest % 100 else 0) for i in range(100)]
     t1 = time.perf_counter()
-    workers = [threading.Thread(target=worker, args=(i, n)) for i, n in enumerate(per)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    procs = [subprocess.Popen([sys.executable, "-c", WORKERS, sock, json.dumps(per[k::4])],
+                              stdout=subprocess.PIPE, text=True) for k in range(4)]
+    for p in procs:
+        out, _ = p.communicate()
+        failures += [json.loads(l) for l in out.splitlines() if l.strip()]
     conc_s = time.perf_counter() - t1
     during = snapshot(daemon.pid, bases)
 
     stop.set()
-    sampling.join()
+    sampler.terminate()
+    sampler.wait()
+    pings = [float(x) for x in open(pings_file).read().split()]
     seq.close()
     deaf.close()
     for c in idle:
