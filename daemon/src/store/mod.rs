@@ -100,7 +100,7 @@ pub struct Store {
 
 /// Most writes queued behind their callers at once: past it, [`Store::behind`] waits (a flood
 /// of requests slows down to the database's pace instead of growing a queue).
-const MAX_BEHIND: usize = 1024;
+pub const MAX_BEHIND: usize = 1024;
 
 /// A write to the database, to be done later.
 type Write = Box<dyn FnOnce(&mut Connection) -> rusqlite::Result<()> + Send>;
