@@ -108,6 +108,17 @@ pub fn normalize_words(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A pressure file (`/proc/pressure/cpu`: `some avg10=0.00 avg60=0.00 avg300=0.00
+/// total=12345`, then a `full` line) → the `some` line's `total`, microseconds.
+pub fn parse_psi_some_total(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with("some"))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +199,23 @@ mod tests {
             assert_eq!(format_cpu_mask(&s), *canonical);
         }
         assert!(parse_cpu_mask("xyz").is_err());
+    }
+
+    #[test]
+    fn pressure_totals() {
+        let table: &[(&str, Option<u64>)] = &[
+            (
+                "some avg10=0.00 avg60=0.12 avg300=0.05 total=12345\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=99\n",
+                Some(12345),
+            ),
+            ("full avg10=0.00 total=99\n", None),
+            ("some avg10=0.00\n", None),
+            ("some total=x\n", None),
+            ("", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_psi_some_total(text), *want, "{text:?}");
+        }
     }
 
     #[test]

@@ -34,9 +34,8 @@ pub async fn resolve(
     max_repeat: u32,
     store: &Store,
 ) -> Result<Batch, Error> {
-    validate(&params, max_repeat)?;
+    check(&params, max_repeat)?;
     if let Some(name) = &params.save_baseline {
-        history::check_name(name, "save_baseline")?;
         history::may_replace_baseline(store, caller, name).await?;
     }
     let baseline = match &params.baseline {
@@ -92,8 +91,19 @@ pub async fn resolve(
     })
 }
 
+/// The checks of [`resolve`] that need neither the store nor the user database, in its
+/// order: the params' own rules, then the name a baseline would be saved under. Pure, so
+/// the fuzzer runs it without a daemon ([`crate::fuzzing`]).
+pub(crate) fn check(params: &RunParams, max_repeat: u32) -> Result<(), Error> {
+    validate(params, max_repeat)?;
+    if let Some(name) = &params.save_baseline {
+        history::check_name(name, "save_baseline")?;
+    }
+    Ok(())
+}
+
 /// The environment of a run: defaults, then the caller's `env`.
-fn environment(p: &RunParams, home: &str) -> Vec<(String, String)> {
+pub(crate) fn environment(p: &RunParams, home: &str) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("PATH".into(), DEFAULT_PATH.into());
     env.insert("HOME".into(), home.into());
@@ -172,7 +182,7 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
 }
 
 /// The exclusive CPUs asked for: none, a count (default 1) or a list.
-fn wanted_cpus(p: &RunParams) -> Result<Option<Want>, Error> {
+pub(crate) fn wanted_cpus(p: &RunParams) -> Result<Option<Want>, Error> {
     Ok(match &p.cpus {
         _ if !p.exclusive => None,
         None => Some(Want::Count(1)),

@@ -50,6 +50,8 @@ use irq::*;
 use partition::*;
 use threads::*;
 
+pub(crate) use threads::stat_fields;
+
 use crate::host::Host;
 use crate::host::format::{format_cpu_list, parse_cpu_list};
 use crate::store::shield as journal;

@@ -5,7 +5,7 @@
 use super::*;
 
 /// Fields of `/proc/<tid>/stat` after the command name: (flags, start time).
-pub(super) fn stat_fields(text: &str) -> Option<(u64, u64)> {
+pub(crate) fn stat_fields(text: &str) -> Option<(u64, u64)> {
     let rest = &text[text.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some((f.get(6)?.parse().ok()?, f.get(19)?.parse().ok()?))
