@@ -177,6 +177,10 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
         if !cwd.starts_with('/') {
             return bad(format!("cwd {cwd:?} must be an absolute path"));
         }
+        // Like argv: a path with a NUL cannot be passed to chdir(2).
+        if cwd.contains('\0') {
+            return bad("cwd may not contain NUL bytes".into());
+        }
     }
     Ok(())
 }
@@ -330,6 +334,13 @@ mod tests {
             (
                 RunParams {
                     cwd: Some("rel".into()),
+                    ..ok.clone()
+                },
+                "cwd",
+            ),
+            (
+                RunParams {
+                    cwd: Some("/tmp\0x".into()),
                     ..ok.clone()
                 },
                 "cwd",
