@@ -14,6 +14,7 @@
 
 use std::ffi::CString;
 use std::path::{Component, Path};
+use std::sync::OnceLock;
 
 use cleanroom_proto::{Outcome, Request, Response, RunParams};
 use serde_json::Value;
@@ -29,7 +30,7 @@ use crate::run::noise::{CpuTimes, parse_proc_stat, parse_usage_percpu};
 use crate::run::{Want, history, request};
 use crate::server::{self, connection};
 use crate::tune::plugins::Kind;
-use crate::tune::profile::{BUILTIN, ProfileSet, Resolved, Setting, valid_name};
+use crate::tune::profile::{BUILTIN, Builtins, ProfileSet, Resolved, Setting, valid_name};
 
 /// A target's entry point: one input, any bytes.
 pub type Entry = fn(&[u8]);
@@ -158,9 +159,12 @@ pub fn profile(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The built-ins do not change from one input to the next: parsed once per process.
+    static BUILTINS: OnceLock<Builtins> = OnceLock::new();
     let allow = default_allow();
+    let builtins = BUILTINS.get_or_init(|| Builtins::parse(&allow));
     let path = Path::new("/etc/cleanroom/profiles/throughput-performance.toml");
-    let set = ProfileSet::with_file_text(path, text, &allow);
+    let set = ProfileSet::with_file_text(builtins, path, text, &allow);
     for (name, _) in BUILTIN {
         assert!(
             set.entries.contains_key(*name),

@@ -535,6 +535,27 @@ fn parse(what: &str, text: &str, allow: &[String]) -> Result<Parsed, String> {
 /// Every profile's top layer, by name: where it comes from and its text parsed.
 type Layers = BTreeMap<String, (Origin, Result<Parsed, String>)>;
 
+/// The built-in profiles parsed under an allowlist, for [`ProfileSet::with_file_text`] to
+/// layer a text over many times without parsing them each time.
+#[derive(Debug, Clone)]
+pub(crate) struct Builtins(Layers);
+
+impl Builtins {
+    /// Parses every built-in profile under `allow`.
+    pub(crate) fn parse(allow: &[String]) -> Self {
+        Self(
+            BUILTIN
+                .iter()
+                .map(|(name, text)| {
+                    let origin = Origin::BuiltIn;
+                    let result = parse(&origin.describe(name), text, allow);
+                    ((*name).to_owned(), (origin, result))
+                })
+                .collect(),
+        )
+    }
+}
+
 /// The profiles of every layer, by name: the top layer's origin wins.
 fn layered(dirs: &[PathBuf]) -> BTreeMap<String, Origin> {
     let mut found: BTreeMap<String, Origin> = BUILTIN
@@ -598,15 +619,14 @@ impl ProfileSet {
     /// The built-in profiles and a file `path` holding `text`, layered and resolved as
     /// [`ProfileSet::load`] does with a profile directory holding that one file, but
     /// without reading any: how the fuzzer ([`crate::fuzzing`]) reaches the loader.
-    pub(crate) fn with_file_text(path: &std::path::Path, text: &str, allow: &[String]) -> Self {
-        let mut parsed: Layers = BUILTIN
-            .iter()
-            .map(|(name, text)| {
-                let origin = Origin::BuiltIn;
-                let result = parse(&origin.describe(name), text, allow);
-                ((*name).to_owned(), (origin, result))
-            })
-            .collect();
+    /// `builtins` must have been parsed under `allow`.
+    pub(crate) fn with_file_text(
+        builtins: &Builtins,
+        path: &std::path::Path,
+        text: &str,
+        allow: &[String],
+    ) -> Self {
+        let mut parsed = builtins.0.clone();
         if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
             if valid_name(name) {
                 let origin = Origin::File(path.to_owned());
