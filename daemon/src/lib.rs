@@ -8,6 +8,8 @@
 pub mod args;
 pub mod auth;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod metrics;
 pub mod privileges;

@@ -73,12 +73,20 @@ pub fn format_cpu_list(set: &BTreeSet<u32>) -> String {
 }
 
 /// A hex CPU mask as in `/proc/irq/default_smp_affinity` (`3`, `00000000,0000000f`) → set.
+/// Bits of CPUs at or above [`MAX_CPUS`] are refused, as in a CPU list: the set is kept and
+/// written back as a list too.
 pub fn parse_cpu_mask(text: &str) -> Result<BTreeSet<u32>, String> {
     let mut set = BTreeSet::new();
     let groups: Vec<&str> = text.trim().split(',').collect();
     for (i, group) in groups.iter().rev().enumerate() {
         let bits = u32::from_str_radix(group, 16)
             .map_err(|_| format!("bad CPU mask group {group:?} in {text:?}"))?;
+        if bits != 0 && i >= (MAX_CPUS / 32) as usize {
+            return Err(format!(
+                "CPU mask {text:?} names CPUs from {} on; Linux has at most {MAX_CPUS}",
+                i * 32
+            ));
+        }
         for b in 0..32 {
             if bits & (1 << b) != 0 {
                 set.insert(i as u32 * 32 + b);
@@ -106,6 +114,17 @@ pub fn format_cpu_mask(set: &BTreeSet<u32>) -> String {
 /// Whitespace-separated vectors (`4096\t131072\t6291456`) compare by their words.
 pub fn normalize_words(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A pressure file (`/proc/pressure/cpu`: `some avg10=0.00 avg60=0.00 avg300=0.00
+/// total=12345`, then a `full` line) → the `some` line's `total`, microseconds.
+pub fn parse_psi_some_total(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with("some"))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -188,6 +207,31 @@ mod tests {
             assert_eq!(format_cpu_mask(&s), *canonical);
         }
         assert!(parse_cpu_mask("xyz").is_err());
+        // 256 groups of 32 bits are Linux's 8192 CPUs; a bit beyond them is refused (the
+        // set would not read back as a CPU list), leading zero groups are not.
+        let beyond = format!("1{}", ",00000000".repeat(256));
+        assert!(parse_cpu_mask(&beyond).is_err());
+        let last = format!("80000000{}", ",00000000".repeat(255));
+        assert_eq!(parse_cpu_mask(&last).unwrap(), set(&[MAX_CPUS - 1]));
+        let zeros = format!("{}1", "00000000,".repeat(300));
+        assert_eq!(parse_cpu_mask(&zeros).unwrap(), set(&[0]));
+    }
+
+    #[test]
+    fn pressure_totals() {
+        let table: &[(&str, Option<u64>)] = &[
+            (
+                "some avg10=0.00 avg60=0.12 avg300=0.05 total=12345\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=99\n",
+                Some(12345),
+            ),
+            ("full avg10=0.00 total=99\n", None),
+            ("some avg10=0.00\n", None),
+            ("some total=x\n", None),
+            ("", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_psi_some_total(text), *want, "{text:?}");
+        }
     }
 
     #[test]

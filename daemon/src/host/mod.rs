@@ -14,6 +14,7 @@ pub mod sysctl;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+pub(crate) use cgroup::parse_mountinfo;
 pub use cgroup::{CgroupMount, ProcCgroup, classify_mounts, parse_proc_cgroup};
 use cleanroom_proto::CgroupMode;
 

@@ -46,12 +46,13 @@ impl SysctlKey {
     }
 
     /// The key in dotted form (`net.ipv4.tcp_rmem`); components holding dots keep the slash
-    /// form so the name stays unambiguous.
+    /// form so the name stays unambiguous (a single such component with its leading slash,
+    /// which alone says "slash form").
     pub fn name(&self) -> String {
-        if self.components.iter().any(|c| c.contains('.')) {
-            self.components.join("/")
-        } else {
-            self.components.join(".")
+        match self.components.as_slice() {
+            [only] if only.contains('.') => format!("/{only}"),
+            all if all.iter().any(|c| c.contains('.')) => all.join("/"),
+            all => all.join("."),
         }
     }
 
@@ -172,6 +173,9 @@ mod tests {
                 "fs.file-max",
                 Some(("fs.file-max", "/proc/sys/fs/file-max")),
             ),
+            // One component holding dots: its name keeps the slash, or it would read back
+            // as three components (found by the sysctl_key fuzz target).
+            ("/pv.smc", Some(("/pv.smc", "/proc/sys/pv.smc"))),
             ("vm..swappiness", None),
             ("vm/../../etc/shadow", None),
             ("../etc/passwd", None),
@@ -184,6 +188,14 @@ mod tests {
             let got = SysctlKey::parse(input).ok().map(|k| (k.name(), k.path()));
             let want = want.map(|(n, p)| (n.to_owned(), p.to_owned()));
             assert_eq!(got, want, "{input:?}");
+            if let Some((name, path)) = got {
+                let again = SysctlKey::parse(&name).unwrap();
+                assert_eq!(
+                    again.path(),
+                    path,
+                    "{input:?}: its name {name:?} is another key"
+                );
+            }
         }
     }
 

@@ -765,7 +765,7 @@ fn done_back(dir: &str, id: &str) -> String {
 }
 
 /// `key value` lines (cpu.stat, memory.events, memory.oom_control) → the value of `key`.
-fn keyed(text: &str, key: &str) -> u64 {
+pub(crate) fn keyed(text: &str, key: &str) -> u64 {
     text.lines()
         .find_map(|l| {
             let mut it = l.split_whitespace();

@@ -26,6 +26,7 @@ use super::helper::Helper;
 use super::spawn::{self, Exit, Running};
 use super::{Error, Job, Runner, noise};
 use crate::host::Host;
+use crate::host::format::parse_psi_some_total;
 
 /// How long the final kill rounds may take for a process stuck in the kernel before the
 /// run is given up on (it is logged; its cgroup stays for the next start to remove).
@@ -560,14 +561,7 @@ fn pressure(host: &Host) -> [Option<u64>; 3] {
     ["cpu", "memory", "io"].map(|r| {
         host.read(&format!("/proc/pressure/{r}"))
             .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find(|l| l.starts_with("some"))?
-                    .split_whitespace()
-                    .find_map(|f| f.strip_prefix("total="))?
-                    .parse()
-                    .ok()
-            })
+            .and_then(|t| parse_psi_some_total(&t))
     })
 }
 

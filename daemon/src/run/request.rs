@@ -102,10 +102,9 @@ pub async fn resolve(
     bounds: &Bounds,
     store: &Store,
 ) -> Result<Batch, Error> {
-    validate(&params, bounds.max_repeat)?;
+    check(&params, bounds.max_repeat)?;
     let (pids, memory) = bounds.limits(&params, caller)?;
     if let Some(name) = &params.save_baseline {
-        history::check_name(name, "save_baseline")?;
         let most = bounds.quotas.baselines_for(caller.admin);
         history::may_save_baseline(store, caller, name, most).await?;
     }
@@ -162,8 +161,19 @@ pub async fn resolve(
     })
 }
 
+/// The checks of [`resolve`] that need neither the store nor the user database, in its
+/// order: the params' own rules, then the name a baseline would be saved under. Pure, so
+/// the fuzzer runs it without a daemon ([`crate::fuzzing`]).
+pub(crate) fn check(params: &RunParams, max_repeat: u32) -> Result<(), Error> {
+    validate(params, max_repeat)?;
+    if let Some(name) = &params.save_baseline {
+        history::check_name(name, "save_baseline")?;
+    }
+    Ok(())
+}
+
 /// The environment of a run: defaults, then the caller's `env`.
-fn environment(p: &RunParams, home: &str) -> Vec<(String, String)> {
+pub(crate) fn environment(p: &RunParams, home: &str) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("PATH".into(), DEFAULT_PATH.into());
     env.insert("HOME".into(), home.into());
@@ -259,12 +269,16 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
         if !cwd.starts_with('/') {
             return bad(format!("cwd {cwd:?} must be an absolute path"));
         }
+        // Like argv: a path with a NUL cannot be passed to chdir(2).
+        if cwd.contains('\0') {
+            return bad("cwd may not contain NUL bytes".into());
+        }
     }
     Ok(())
 }
 
 /// The exclusive CPUs asked for: none, a count (default 1) or a list.
-fn wanted_cpus(p: &RunParams) -> Result<Option<Want>, Error> {
+pub(crate) fn wanted_cpus(p: &RunParams) -> Result<Option<Want>, Error> {
     Ok(match &p.cpus {
         _ if !p.exclusive => None,
         None => Some(Want::Count(1)),
@@ -417,6 +431,13 @@ mod tests {
             (
                 RunParams {
                     cwd: Some("rel".into()),
+                    ..ok.clone()
+                },
+                "cwd",
+            ),
+            (
+                RunParams {
+                    cwd: Some("/tmp\0x".into()),
                     ..ok.clone()
                 },
                 "cwd",

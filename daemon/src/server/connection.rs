@@ -130,44 +130,10 @@ fn handle_line(
     state: &Arc<State>,
 ) -> Option<InFlight> {
     let started = Instant::now();
-    let mut env: Map<String, Value> = match serde_json::from_slice(line) {
-        Ok(env) => env,
-        Err(e) if e.is_syntax() || e.is_eof() => {
-            return Some(ready(Error::Parse(e.to_string()).to_line(Value::Null)));
-        }
-        Err(e) => {
-            return Some(ready(
-                Error::InvalidRequest(format!("expected a JSON object: {e}")).to_line(Value::Null),
-            ));
-        }
+    let Envelope { id, method, params } = match envelope(line) {
+        Ok(envelope) => envelope,
+        Err(refused) => return Some(ready(refused.error.to_line(refused.id))),
     };
-    let id = match env.remove("id") {
-        None => None,
-        Some(v @ (Value::Number(_) | Value::String(_) | Value::Null)) => Some(v),
-        Some(_) => {
-            return Some(ready(
-                Error::InvalidRequest("`id` must be a number, a string or null".into())
-                    .to_line(Value::Null),
-            ));
-        }
-    };
-    let reply_id = id.clone().unwrap_or(Value::Null);
-    let invalid = |msg: String| Some(ready(Error::InvalidRequest(msg).to_line(reply_id.clone())));
-    match env.remove("jsonrpc") {
-        Some(Value::String(v)) if v == JSONRPC_VERSION => {}
-        _ => return invalid(format!("`jsonrpc` must be \"{JSONRPC_VERSION}\"")),
-    }
-    let method = match env.remove("method") {
-        Some(Value::String(m)) => m,
-        _ => return invalid("`method` must be a string".into()),
-    };
-    let params = env.remove("params");
-    // A misspelt member (`parmas`) must not silently run the method without its params.
-    if let Some(unknown) = env.keys().next() {
-        return invalid(format!(
-            "unknown member `{unknown}`; a request has jsonrpc, id, method and params"
-        ));
-    }
     let peer = Arc::clone(peer);
     let state = Arc::clone(state);
     Some(Box::pin(async move {
@@ -191,6 +157,74 @@ fn handle_line(
     }))
 }
 
+/// A request line's JSON-RPC envelope, checked: what [`handle_line`] hands to dispatch.
+#[derive(Debug)]
+pub(crate) struct Envelope {
+    /// The id; `None` for a notification (a request that is executed, never answered).
+    pub(crate) id: Option<Value>,
+    /// The method's name, not yet looked up.
+    pub(crate) method: String,
+    /// The params, not yet checked against the method.
+    pub(crate) params: Option<Value>,
+}
+
+/// A line refused before dispatch: the error and the id it is answered with (`null` when
+/// the line was not read far enough to know a usable one).
+#[derive(Debug)]
+pub(crate) struct Refused {
+    /// Why.
+    pub(crate) error: Error,
+    /// The id to answer with.
+    pub(crate) id: Value,
+}
+
+/// Checks one line's JSON-RPC envelope. Pure, so the fuzzer runs it without a daemon
+/// ([`crate::fuzzing`]). (A refusal is boxed: [`Error`] is large and the usual line is a
+/// good request.)
+pub(crate) fn envelope(line: &[u8]) -> Result<Envelope, Box<Refused>> {
+    let refused = |error, id| Err(Box::new(Refused { error, id }));
+    let mut env: Map<String, Value> = match serde_json::from_slice(line) {
+        Ok(env) => env,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return refused(Error::Parse(e.to_string()), Value::Null);
+        }
+        Err(e) => {
+            return refused(
+                Error::InvalidRequest(format!("expected a JSON object: {e}")),
+                Value::Null,
+            );
+        }
+    };
+    let id = match env.remove("id") {
+        None => None,
+        Some(v @ (Value::Number(_) | Value::String(_) | Value::Null)) => Some(v),
+        Some(_) => {
+            return refused(
+                Error::InvalidRequest("`id` must be a number, a string or null".into()),
+                Value::Null,
+            );
+        }
+    };
+    let reply_id = id.clone().unwrap_or(Value::Null);
+    let invalid = |msg: String| refused(Error::InvalidRequest(msg), reply_id.clone());
+    match env.remove("jsonrpc") {
+        Some(Value::String(v)) if v == JSONRPC_VERSION => {}
+        _ => return invalid(format!("`jsonrpc` must be \"{JSONRPC_VERSION}\"")),
+    }
+    let method = match env.remove("method") {
+        Some(Value::String(m)) => m,
+        _ => return invalid("`method` must be a string".into()),
+    };
+    let params = env.remove("params");
+    // A misspelt member (`parmas`) must not silently run the method without its params.
+    if let Some(unknown) = env.keys().next() {
+        return invalid(format!(
+            "unknown member `{unknown}`; a request has jsonrpc, id, method and params"
+        ));
+    }
+    Ok(Envelope { id, method, params })
+}
+
 /// Closes a connection's notification queue when it ends, so runs waiting for room in it
 /// stop waiting.
 struct CloseOnDrop(Notifier);
@@ -206,7 +240,7 @@ fn ready(line: String) -> InFlight {
 }
 
 /// The line without its trailing `\r` (the `\n` is already gone).
-fn trim_line(b: &[u8]) -> &[u8] {
+pub(crate) fn trim_line(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\r").unwrap_or(b)
 }
 

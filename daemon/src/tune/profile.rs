@@ -532,6 +532,30 @@ fn parse(what: &str, text: &str, allow: &[String]) -> Result<Parsed, String> {
     })
 }
 
+/// Every profile's top layer, by name: where it comes from and its text parsed.
+type Layers = BTreeMap<String, (Origin, Result<Parsed, String>)>;
+
+/// The built-in profiles parsed under an allowlist, for [`ProfileSet::with_file_text`] to
+/// layer a text over many times without parsing them each time.
+#[derive(Debug, Clone)]
+pub(crate) struct Builtins(Layers);
+
+impl Builtins {
+    /// Parses every built-in profile under `allow`.
+    pub(crate) fn parse(allow: &[String]) -> Self {
+        Self(
+            BUILTIN
+                .iter()
+                .map(|(name, text)| {
+                    let origin = Origin::BuiltIn;
+                    let result = parse(&origin.describe(name), text, allow);
+                    ((*name).to_owned(), (origin, result))
+                })
+                .collect(),
+        )
+    }
+}
+
 /// The profiles of every layer, by name: the top layer's origin wins.
 fn layered(dirs: &[PathBuf]) -> BTreeMap<String, Origin> {
     let mut found: BTreeMap<String, Origin> = BUILTIN
@@ -582,17 +606,43 @@ impl ProfileSet {
     /// a way nobody asked for, and silently; listed as broken, the profile says which line
     /// to fix, and deleting the file brings the built-in back.
     pub fn load(dirs: &[PathBuf], allow: &[String]) -> Self {
-        let parsed: BTreeMap<String, (Origin, Result<Parsed, String>)> = layered(dirs)
+        let parsed: Layers = layered(dirs)
             .into_iter()
             .map(|(name, origin)| {
                 let result = read(&name, &origin, allow);
                 (name, (origin, result))
             })
             .collect();
+        Self::resolved(&parsed)
+    }
+
+    /// The built-in profiles and a file `path` holding `text`, layered and resolved as
+    /// [`ProfileSet::load`] does with a profile directory holding that one file, but
+    /// without reading any: how the fuzzer ([`crate::fuzzing`]) reaches the loader.
+    /// `builtins` must have been parsed under `allow`.
+    pub(crate) fn with_file_text(
+        builtins: &Builtins,
+        path: &std::path::Path,
+        text: &str,
+        allow: &[String],
+    ) -> Self {
+        let mut parsed = builtins.0.clone();
+        if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+            if valid_name(name) {
+                let origin = Origin::File(path.to_owned());
+                let result = parse(&origin.describe(name), text, allow);
+                parsed.insert(name.to_owned(), (origin, result));
+            }
+        }
+        Self::resolved(&parsed)
+    }
+
+    /// Every layered profile resolved, or broken with its error.
+    fn resolved(parsed: &Layers) -> Self {
         let entries = parsed
             .iter()
             .map(|(name, (origin, _))| {
-                let profile = resolve(name, &parsed, &mut Vec::new());
+                let profile = resolve(name, parsed, &mut Vec::new());
                 (
                     name.clone(),
                     Entry {
@@ -620,11 +670,7 @@ impl ProfileSet {
     }
 }
 
-fn resolve(
-    name: &str,
-    parsed: &BTreeMap<String, (Origin, Result<Parsed, String>)>,
-    stack: &mut Vec<String>,
-) -> Result<Resolved, String> {
+fn resolve(name: &str, parsed: &Layers, stack: &mut Vec<String>) -> Result<Resolved, String> {
     if let Some(pos) = stack.iter().position(|n| n == name) {
         let mut cycle: Vec<&str> = stack[pos..].iter().map(String::as_str).collect();
         cycle.push(name);

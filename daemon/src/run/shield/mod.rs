@@ -50,6 +50,8 @@ use irq::*;
 use partition::*;
 use threads::*;
 
+pub(crate) use threads::stat_fields;
+
 use crate::host::Host;
 use crate::host::format::{format_cpu_list, parse_cpu_list};
 use crate::store::shield as journal;
@@ -590,5 +592,9 @@ mod tests {
             "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(stat_fields(text), Some((4_194_560, 98_765)));
         assert_eq!(stat_fields("garbage"), None);
+        // Found by the fuzzer: a text ending at its `)`, or with a character of more than
+        // one byte after it, made the slice panic.
+        assert_eq!(stat_fields("4)"), None);
+        assert_eq!(stat_fields("1 (x)é 2"), None);
     }
 }

@@ -5,8 +5,10 @@
 use super::*;
 
 /// Fields of `/proc/<tid>/stat` after the command name: (flags, start time).
-pub(super) fn stat_fields(text: &str) -> Option<(u64, u64)> {
-    let rest = &text[text.rfind(')')? + 2..];
+pub(crate) fn stat_fields(text: &str) -> Option<(u64, u64)> {
+    // From just after the last `)` (one byte, so always a character boundary): the space
+    // that follows it is whitespace the split skips, and a text that ends there has none.
+    let rest = &text[text.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some((f.get(6)?.parse().ok()?, f.get(19)?.parse().ok()?))
 }
