@@ -58,12 +58,47 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Host {
     root: PathBuf,
+    /// Unit tests only: the faults a test injects into this fake kernel (a crash at a given
+    /// step, a refused write). The daemon has no such field.
+    #[cfg(test)]
+    faults: Option<std::sync::Arc<crate::testing::Faults>>,
 }
 
 impl Host {
     /// A host whose `/proc` and `/sys` live below `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            #[cfg(test)]
+            faults: None,
+        }
+    }
+
+    /// This host, with every change to a kernel file or directory passing through `faults`
+    /// first (unit tests of crash safety).
+    #[cfg(test)]
+    pub(crate) fn with_faults(mut self, faults: std::sync::Arc<crate::testing::Faults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// Called before each change to a kernel file or directory. In unit tests, the place
+    /// where an injected fault strikes: the "kernel" refuses the change, or the daemon dies
+    /// before making it (see [`crate::testing::Faults`]).
+    #[cfg(test)]
+    fn changing(&self) -> io::Result<()> {
+        match &self.faults {
+            Some(f) => f.kernel_change(),
+            None => Ok(()),
+        }
+    }
+
+    /// Called before each change to a kernel file or directory. Nothing in the daemon:
+    /// unit tests inject faults here.
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn changing(&self) -> io::Result<()> {
+        Ok(())
     }
 
     /// The root directory.
@@ -108,6 +143,7 @@ impl Host {
             value: value.to_owned(),
             source,
         };
+        self.changing().map_err(err)?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .truncate(true)
@@ -149,7 +185,7 @@ impl Host {
     /// Creates a directory (a cgroup); an existing one is fine.
     pub fn make_dir(&self, abs: &str) -> Result<(), Error> {
         let path = self.path(abs)?;
-        match std::fs::create_dir(&path) {
+        match self.changing().and_then(|()| std::fs::create_dir(&path)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(source) => Err(Error::Write {
@@ -163,7 +199,7 @@ impl Host {
     /// Removes an empty directory (a cgroup); a missing one is fine.
     pub fn remove_dir(&self, abs: &str) -> Result<(), Error> {
         let path = self.path(abs)?;
-        match std::fs::remove_dir(&path) {
+        match self.changing().and_then(|()| std::fs::remove_dir(&path)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(Error::Write {
@@ -177,7 +213,8 @@ impl Host {
     /// Renames a directory (a cgroup v1 directory, within its parent).
     pub fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
         let (src, dst) = (self.path(from)?, self.path(to)?);
-        std::fs::rename(&src, &dst).map_err(|source| Error::Write {
+        let renamed = self.changing().and_then(|()| std::fs::rename(&src, &dst));
+        renamed.map_err(|source| Error::Write {
             path: src,
             value: format!("(rename to {})", dst.display()),
             source,
