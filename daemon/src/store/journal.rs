@@ -76,7 +76,7 @@ pub struct Row {
     pub original: String,
     /// Canonical value cleanroom last wrote (or is writing).
     pub written: String,
-    /// While an apply runs: the value before that apply.
+    /// While an apply runs: the value before that apply, if it was cleanroom's.
     pub pending_prev: Option<String>,
 }
 
@@ -184,6 +184,12 @@ pub fn set_state(
 
 /// Before an apply writes anything: records the original of every knob not yet in the
 /// journal, marks each change as pending, and sets the state to `applying`. One commit.
+///
+/// A pending change keeps the value it replaces as cleanroom's (`pending_prev`) only if
+/// the journal already counted it as cleanroom's: the row's written value, its original,
+/// or an earlier pending one. A value someone else wrote (a conflict an earlier revert
+/// left) is not: if the daemon dies before this apply writes the knob, a revert must leave
+/// it alone as before.
 pub fn begin_apply(
     conn: &mut Connection,
     profile: &str,
@@ -196,8 +202,13 @@ pub fn begin_apply(
             "INSERT INTO journal (path, knob, kind, original, written, pending_prev, updated)
              VALUES (?1, ?2, ?3, ?4, ?4, NULL, ?5) ON CONFLICT(path) DO NOTHING",
         )?;
+        // The right-hand sides see the row as it was before this statement.
         let mut pend = tx.prepare_cached(
-            "UPDATE journal SET pending_prev = ?2, written = ?3, updated = ?4 WHERE path = ?1",
+            "UPDATE journal SET
+                 pending_prev = CASE WHEN ?2 IN (written, original) OR ?2 IS pending_prev
+                                     THEN ?2 END,
+                 written = ?3, updated = ?4
+             WHERE path = ?1",
         )?;
         let t = now();
         for c in changes {

@@ -353,11 +353,14 @@ mod tests {
     //! The tuning steps on a fake host root and a temporary store: no root needed, and
     //! crashes are simulated by leaving the journal as a dying daemon would.
 
+    use std::sync::Arc;
+
     use super::*;
     use crate::host::sysctl::DEFAULT_ALLOW;
+    use crate::testing::{Faults, until_crash};
 
-    /// A fake host with three sysctls, a profile `p` that sets them to 1, 2 and 3, and a
-    /// store.
+    /// A fake host with three sysctls, a profile `p` that sets them to 1, 2 and 3, a
+    /// profile `q` that sets b to 20 and c to 3, and a store.
     struct Fixture {
         _root: tempfile::TempDir,
         host: Host,
@@ -384,6 +387,12 @@ mod tests {
                 "[sysctl]\n\"vm.a\" = 1\n\"vm.b\" = 2\n\"vm.c\" = 3\n",
             )
             .unwrap();
+            // A second profile: b set otherwise, c alike, a dropped.
+            std::fs::write(
+                dir.path().join("q.toml"),
+                "[sysctl]\n\"vm.b\" = 20\n\"vm.c\" = 3\n",
+            )
+            .unwrap();
             let allow: Vec<String> = DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect();
             let profiles = ProfileSet::load(&[dir.path().to_owned()], &allow);
             Self {
@@ -404,6 +413,21 @@ mod tests {
                 profiles: &self.profiles,
                 allow: &self.allow,
             }
+        }
+
+        /// Runs `op` on a host where the daemon dies before `step` (a kernel write or a
+        /// journal commit), leaving what a SIGKILL there would.
+        fn crash<R>(&self, step: usize, op: impl FnOnce(Ctx<'_>) -> R) {
+            let faults = Faults::crash_before(step);
+            let host = self.host.clone().with_faults(Arc::clone(&faults));
+            let ctx = Ctx {
+                host: &host,
+                ..self.ctx()
+            };
+            assert!(
+                until_crash(&self.store, &faults, || op(ctx)).is_none(),
+                "the daemon died before step {step}"
+            );
         }
 
         fn set(&self, knob: &str, value: &str) {
@@ -613,6 +637,25 @@ mod tests {
         assert_eq!(statuses(&forced), [("b".to_owned(), KnobStatus::Forced)]);
         assert_eq!(f.values(), ["0", "0", "0"]);
         assert!(f.rows().is_empty());
+    }
+
+    // A case the property tests (props.rs) found, minimized.
+
+    #[test]
+    fn a_crashed_apply_does_not_make_someone_elses_value_cleanroom_s() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        f.set("b", "42"); // an admin's change
+        assert!(!revert(f.ctx(), false).unwrap().ok, "b is a conflict");
+        // p again: the daemon dies after journaling, before its first write.
+        f.crash(1, |ctx| apply(ctx, "p", false, false));
+        let said = recover(f.ctx(), OnStart::Revert).unwrap();
+        assert_eq!(
+            f.values(),
+            ["0", "42", "0"],
+            "the admin's value stays: {said}"
+        );
+        assert_eq!(f.rows().len(), 1, "b's conflict stays journaled");
     }
 
     #[test]
