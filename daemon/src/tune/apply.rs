@@ -7,7 +7,7 @@
 //! settling records what the files hold after the writes (one write can change another
 //! knob: a new I/O scheduler resets `nr_requests`), so revert compares against the truth.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use cleanroom_proto::{KnobResult, KnobStatus, TuneResult};
 use rusqlite::Connection;
@@ -37,14 +37,23 @@ struct Change {
     touched: bool,
     /// The kernel would not take the value (reported, not fatal): kept out of verify.
     kernel_refused: Option<String>,
+    /// When `before` is someone else's value (the knob is a conflict an earlier revert
+    /// left), the value the journal counted as cleanroom's until this apply.
+    theirs_over: Option<String>,
 }
 
 impl Change {
     /// The value the journal records as cleanroom's for this knob: what the file holds,
-    /// or, when that is unknown, the value written (the row and its original stay).
+    /// or, when that is unknown, the value written (the row and its original stay). A
+    /// knob this apply leaves as it found it (never written, or rolled back) keeps what
+    /// the journal said before: someone else's value does not become cleanroom's, to be
+    /// "restored" over by the next revert.
     fn final_value(&self) -> String {
         if !self.touched {
-            return self.before.clone();
+            return self
+                .theirs_over
+                .clone()
+                .unwrap_or_else(|| self.before.clone());
         }
         self.after.clone().unwrap_or_else(|| self.desired.clone())
     }
@@ -155,7 +164,8 @@ pub fn apply(
 /// (unless someone else changed them since: then they stay, as conflicts).
 fn plan_changes(host: &Host, planned: Vec<Planned>, rows: &[journal::Row]) -> Plan {
     let mut plan = Plan::default();
-    let journaled: HashSet<&str> = rows.iter().map(|r| r.path.as_str()).collect();
+    let journaled: HashMap<&str, &journal::Row> =
+        rows.iter().map(|r| (r.path.as_str(), r)).collect();
     // Only knobs this profile will actually set count as its own: one it cannot set here
     // (unsupported, refused) goes back to its original like any other it drops.
     let in_plan: HashSet<String> = planned
@@ -189,7 +199,7 @@ fn plan_changes(host: &Host, planned: Vec<Planned>, rows: &[journal::Row]) -> Pl
                 Some(why),
             )),
             Want::Value(d) if p.current.as_ref() == Some(&d) => {
-                if journaled.contains(p.path.as_str()) {
+                if journaled.contains_key(p.path.as_str()) {
                     plan.unchanged.push((p.path.clone(), d.clone()));
                 }
                 plan.items.push(item(
@@ -200,20 +210,35 @@ fn plan_changes(host: &Host, planned: Vec<Planned>, rows: &[journal::Row]) -> Pl
                     None,
                 ));
             }
-            Want::Value(desired) => plan.changes.push(Change {
-                before: p.current.clone().unwrap_or_default(),
-                desired,
-                restore,
-                planned: p,
-                status: None,
-                after: None,
-                reason: None,
-                touched: false,
-                kernel_refused: None,
-            }),
+            Want::Value(desired) => {
+                let before = p.current.clone().unwrap_or_default();
+                let theirs_over = journaled
+                    .get(p.path.as_str())
+                    .filter(|row| !holds_ours(row, &before))
+                    .map(|row| row.written.clone());
+                plan.changes.push(Change {
+                    before,
+                    desired,
+                    restore,
+                    planned: p,
+                    status: None,
+                    after: None,
+                    reason: None,
+                    touched: false,
+                    kernel_refused: None,
+                    theirs_over,
+                })
+            }
         }
     }
     plan
+}
+
+/// Whether a journaled knob holding `value` holds cleanroom's value: the one it wrote, the
+/// one an interrupted apply was replacing, or the original (the rule `journal::begin_apply`
+/// applies too).
+fn holds_ours(row: &journal::Row, value: &str) -> bool {
+    value == row.written || value == row.original || row.pending_prev.as_deref() == Some(value)
 }
 
 /// What becomes of a journaled knob the new profile drops.
@@ -230,9 +255,7 @@ enum Restoration {
 fn restoration(host: &Host, row: &journal::Row) -> Restoration {
     let kind = Kind::parse_name(&row.kind).unwrap_or(Kind::Text);
     let current = read_canonical(host, &row.path, kind).ok();
-    let ours = current
-        .as_ref()
-        .is_some_and(|c| *c == row.written || row.pending_prev.as_ref() == Some(c));
+    let ours = current.as_ref().is_some_and(|c| holds_ours(row, c));
     let p = Planned {
         knob: row.knob.clone(),
         path: row.path.clone(),
@@ -241,7 +264,7 @@ fn restoration(host: &Host, row: &journal::Row) -> Restoration {
         want: Want::Value(row.original.clone()),
         soft: false,
     };
-    if ours || current.as_ref() == Some(&row.original) {
+    if ours {
         Restoration::Write(p)
     } else {
         Restoration::Conflict(item(

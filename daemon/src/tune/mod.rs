@@ -430,6 +430,17 @@ mod tests {
             );
         }
 
+        /// Runs `op` on a host whose kernel refuses the `write`-th change.
+        fn refusing<R>(&self, write: usize, op: impl FnOnce(Ctx<'_>) -> R) -> R {
+            let faults = Faults::refuse(write);
+            let host = self.host.clone().with_faults(Arc::clone(&faults));
+            let ctx = Ctx {
+                host: &host,
+                ..self.ctx()
+            };
+            until_crash(&self.store, &faults, || op(ctx)).expect("no crash")
+        }
+
         fn set(&self, knob: &str, value: &str) {
             std::fs::write(
                 self.host.path(&format!("/proc/sys/vm/{knob}")).unwrap(),
@@ -639,7 +650,7 @@ mod tests {
         assert!(f.rows().is_empty());
     }
 
-    // A case the property tests (props.rs) found, minimized.
+    // The tests below are cases the property tests (props.rs) found, minimized.
 
     #[test]
     fn a_crashed_apply_does_not_make_someone_elses_value_cleanroom_s() {
@@ -656,6 +667,19 @@ mod tests {
             "the admin's value stays: {said}"
         );
         assert_eq!(f.rows().len(), 1, "b's conflict stays journaled");
+    }
+
+    #[test]
+    fn a_failed_apply_does_not_make_someone_elses_value_cleanroom_s() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        f.set("b", "42");
+        // p again, which writes only b: the kernel refuses it.
+        let r = f.refusing(0, |ctx| apply(ctx, "p", false, false)).unwrap();
+        assert!(!r.ok);
+        let back = revert(f.ctx(), false).unwrap();
+        assert_eq!(f.values(), ["0", "42", "0"], "the admin's value stays");
+        assert_eq!(statuses(&back)[1], ("b".to_owned(), KnobStatus::Conflict));
     }
 
     #[test]
