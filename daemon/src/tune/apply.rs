@@ -58,6 +58,16 @@ impl Change {
         self.after.clone().unwrap_or_else(|| self.desired.clone())
     }
 
+    /// The knob's path and final value, for the journal.
+    fn settled(&self) -> (String, String) {
+        (self.planned.path.clone(), self.final_value())
+    }
+
+    /// Whether this apply leaves the knob holding someone else's value, as it found it.
+    fn left_to_them(&self) -> bool {
+        !self.touched && self.theirs_over.is_some()
+    }
+
     fn result(&self) -> KnobResult {
         item(
             &self.planned,
@@ -401,7 +411,8 @@ fn reread(host: &Host, changes: &mut [Change]) {
 }
 
 /// Step 5: each knob's final value becomes cleanroom's `written` value, rows back at their
-/// original go, and the state is set; one commit.
+/// original go, and the state is set; one commit. Knobs left holding someone else's value
+/// are settled apart: their row stays whatever its values.
 fn settle(
     conn: &mut Connection,
     plan: &Plan,
@@ -410,20 +421,30 @@ fn settle(
     boot: &str,
     refused: Option<&[(String, String)]>,
 ) -> Result<(), Error> {
+    let (theirs, ours): (Vec<&Change>, Vec<&Change>) =
+        plan.changes.iter().partition(|c| c.left_to_them());
     let finals: Vec<(String, String)> = plan
         .unchanged
         .iter()
         .cloned()
-        .chain(
-            plan.changes
-                .iter()
-                .map(|c| (c.planned.path.clone(), c.final_value())),
-        )
+        .chain(ours.into_iter().map(Change::settled))
         .collect();
-    let finals: Vec<(&str, &str)> = finals
+    let theirs: Vec<(String, String)> = theirs.into_iter().map(Change::settled).collect();
+    journal::settle(
+        conn,
+        &str_pairs(&finals),
+        &str_pairs(&theirs),
+        profile,
+        phase,
+        boot,
+        refused,
+    )?;
+    Ok(())
+}
+
+fn str_pairs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    journal::settle(conn, &finals, profile, phase, boot, refused)?;
-    Ok(())
+        .collect()
 }

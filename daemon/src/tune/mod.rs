@@ -683,6 +683,21 @@ mod tests {
     }
 
     #[test]
+    fn a_knob_left_to_someone_else_stays_journaled_after_a_restart() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        // q drops a (it goes back to 0): the daemon dies after journaling that.
+        f.crash(1, |ctx| apply(ctx, "q", false, false));
+        f.set("a", "42"); // an admin's change while the daemon is down
+        recover(f.ctx(), OnStart::Reapply).unwrap();
+        assert_eq!(f.values(), ["42", "20", "3"]);
+        let kept: Vec<String> = f.rows().into_iter().map(|r| r.path).collect();
+        assert!(kept.contains(&"/proc/sys/vm/a".to_owned()), "{kept:?}");
+        assert!(revert(f.ctx(), true).unwrap().ok);
+        assert_eq!(f.values(), ["0", "0", "0"], "a's original was kept");
+    }
+
+    #[test]
     fn the_phase_is_stored_by_name_and_an_unknown_one_is_an_error() {
         let f = Fixture::new();
         let conn = f.store.lock_blocking();
