@@ -650,7 +650,7 @@ mod tests {
         assert!(f.rows().is_empty());
     }
 
-    // The tests below are cases the property tests (props.rs) found, minimized.
+    // The four tests below are cases the property tests (props.rs) found, minimized.
 
     #[test]
     fn a_crashed_apply_does_not_make_someone_elses_value_cleanroom_s() {
@@ -695,6 +695,19 @@ mod tests {
         assert!(kept.contains(&"/proc/sys/vm/a".to_owned()), "{kept:?}");
         assert!(revert(f.ctx(), true).unwrap().ok);
         assert_eq!(f.values(), ["0", "0", "0"], "a's original was kept");
+    }
+
+    #[test]
+    fn a_restore_the_kernel_refused_is_still_cleanroom_s_to_restore() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        f.crash(1, |ctx| apply(ctx, "q", false, false));
+        // The start's revert: the kernel refuses a's original (the first write).
+        let said = f.refusing(0, |ctx| recover(ctx, OnStart::Revert)).unwrap();
+        assert_eq!(f.values(), ["1", "0", "0"], "{said}");
+        let r = revert(f.ctx(), false).unwrap();
+        assert!(r.ok, "a holds cleanroom's value, not a conflict: {r:?}");
+        assert_eq!(f.values(), ["0", "0", "0"]);
     }
 
     #[test]

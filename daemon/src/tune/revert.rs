@@ -122,15 +122,21 @@ fn restore(host: &Host, row: &journal::Row, force: bool) -> (KnobResult, Fate) {
         }
         Err(e) => {
             tracing::error!(path = %row.path, value = %row.original, error = %e, "revert: cannot write the original");
+            // The row stays, and must go on knowing the file's value as cleanroom's if it
+            // was (the pending value it leaned on is cleared), or if the failed write
+            // changed it (a vector stored in part): else the next revert would take
+            // cleanroom's own value for someone else's, and leave the host tuned.
+            let now = read_canonical(host, &row.path, kind).ok();
+            let kept = now.clone().filter(|n| ours || *n != current);
             (
                 item(
                     &p,
                     Some(current),
-                    None,
+                    now,
                     KnobStatus::Failed,
                     Some(e.to_string()),
                 ),
-                Fate::Kept(None),
+                Fate::Kept(kept),
             )
         }
     }
