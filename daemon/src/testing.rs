@@ -154,6 +154,51 @@ pub(crate) fn until_crash<R>(
     }
 }
 
+/// Runs the property `test` over cases drawn from `strategy`, with proptest's
+/// configuration from the environment (`PROPTEST_CASES`: 256 by default) and its
+/// persistence of failing cases beside `source_file` (under `proptest-regressions/`, whose
+/// cases run first). Prints what it did on one line, which `benches/props.sh` reads; a
+/// failure panics with the minimized case.
+pub(crate) fn check_property<S>(
+    name: &str,
+    source_file: &'static str,
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+) where
+    S: proptest::strategy::Strategy,
+    S::Value: std::fmt::Debug,
+{
+    use proptest::test_runner::{Config, TestRunner};
+    use std::cell::Cell;
+    let config = Config {
+        source_file: Some(source_file),
+        ..Config::default()
+    };
+    let cases = config.cases;
+    let mut runner = TestRunner::new(config);
+    let (ran, failing) = (Cell::new(0u64), Cell::new(0u64));
+    let started = std::time::Instant::now();
+    let result = runner.run(&strategy, |value| {
+        ran.set(ran.get() + 1);
+        let r = test(value);
+        if r.is_err() {
+            failing.set(failing.get() + 1);
+        }
+        r
+    });
+    // After the first failure every case run is a step of shrinking it.
+    eprintln!(
+        "property {name}: {} cases run (asked {cases}), {} failures, {} failing while shrinking, {:.1} s",
+        ran.get(),
+        u64::from(result.is_err()),
+        failing.get().saturating_sub(1),
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(e) = result {
+        panic!("property {name} does not hold: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

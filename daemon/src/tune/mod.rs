@@ -17,6 +17,8 @@
 mod apply;
 pub mod plugins;
 pub mod profile;
+#[cfg(test)]
+mod props;
 pub mod recommend;
 mod revert;
 
