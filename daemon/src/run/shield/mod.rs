@@ -584,6 +584,38 @@ mod tests {
         assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "f");
     }
 
+    // A case the property tests (props.rs) found, minimized.
+
+    #[test]
+    fn irqs_that_appear_under_a_narrowed_default_get_its_original_back() {
+        // The default was not every CPU: the shield's default is 0, not 0-1.
+        let (tmp, host) = crate::host::fake_root(&[
+            ("/sys/devices/system/cpu/online", "0-3\n"),
+            ("/proc/sys/kernel/random/boot_id", "b\n"),
+            ("/proc/irq/default_smp_affinity", "5\n"),
+            ("/proc/irq/1/smp_affinity_list", "0-3\n"),
+        ]);
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(store_dir.path()).unwrap();
+        let mut conn = store.lock_blocking();
+        let cpus = [2, 3].into();
+        raise(
+            &host,
+            &mut conn,
+            &cpus,
+            &Exempt::default(),
+            &Method::Affinity,
+        )
+        .unwrap();
+        assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "1");
+        // IRQ 2 appears meanwhile, with the shield's default.
+        std::fs::create_dir_all(tmp.path().join("proc/irq/2")).unwrap();
+        std::fs::write(tmp.path().join("proc/irq/2/smp_affinity_list"), "0\n").unwrap();
+        lower(&host, &mut conn).unwrap();
+        assert_eq!(host.read("/proc/irq/2/smp_affinity_list").unwrap(), "0,2");
+        assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "5");
+    }
+
     #[test]
     fn stat_fields_survive_odd_command_names() {
         let text =
