@@ -128,6 +128,70 @@ impl Faults {
     }
 }
 
+/// Opens the store in `dir` again, as the next daemon would after the last one ended.
+///
+/// Other unit tests of this process clone children (runs) that hold copies of every
+/// descriptor until they exec, among them the state directory's lock of a store just
+/// dropped here: while one does, the directory stays locked (`flock` belongs to the open
+/// file, not the process). A restarted daemon is a new process and would not meet that,
+/// so the open is retried while the lock is held, for at most ten seconds.
+pub(crate) fn reopen_store(dir: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir) {
+            Err(crate::store::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            opened => return opened.expect("the store opens again"),
+        }
+    }
+}
+
+/// The control files a directory made in a fake cgroupfs gets: those the shield uses,
+/// empty, as a new v1 cpuset's are.
+const CGROUP_FILES: &[&str] = &["cgroup.procs", "cpuset.cpus", "cpuset.mems"];
+
+/// mkdir(2) on a fake host root; below `cgroupfs` (a fake mount), the new directory gets a
+/// cgroup's control files, as the kernel's cgroupfs makes them.
+pub(crate) fn create_dir(
+    cgroupfs: Option<&std::path::Path>,
+    path: &std::path::Path,
+) -> io::Result<()> {
+    std::fs::create_dir(path)?;
+    if cgroupfs.is_some_and(|mount| path.starts_with(mount)) {
+        for f in CGROUP_FILES {
+            std::fs::write(path.join(f), "")?;
+        }
+    }
+    Ok(())
+}
+
+/// rmdir(2) on a fake host root; below `cgroupfs`, as the kernel's cgroupfs does it: busy
+/// while the cgroup has child cgroups or processes, and its control files go with it.
+pub(crate) fn remove_dir(
+    cgroupfs: Option<&std::path::Path>,
+    path: &std::path::Path,
+) -> io::Result<()> {
+    if cgroupfs.is_some_and(|mount| path.starts_with(mount)) && path.is_dir() {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?.path();
+            if entry.is_dir() {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            files.push(entry);
+        }
+        let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+        if !procs.trim().is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        for f in files {
+            std::fs::remove_file(f)?;
+        }
+    }
+    std::fs::remove_dir(path)
+}
+
 /// Runs `op` (which uses a host made `with_faults(faults)` and `store`) with `faults`
 /// watching the store's commits. `None` when the daemon died in it: the caller then drops
 /// the store, as the process's death would have closed it.

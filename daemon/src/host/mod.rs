@@ -62,6 +62,10 @@ pub struct Host {
     /// step, a refused write). The daemon has no such field.
     #[cfg(test)]
     faults: Option<std::sync::Arc<crate::testing::Faults>>,
+    /// Unit tests only: a directory below the root that behaves as a mounted cgroupfs
+    /// does (see [`crate::testing::create_dir`]).
+    #[cfg(test)]
+    cgroupfs: Option<PathBuf>,
 }
 
 impl Host {
@@ -71,6 +75,8 @@ impl Host {
             root: root.into(),
             #[cfg(test)]
             faults: None,
+            #[cfg(test)]
+            cgroupfs: None,
         }
     }
 
@@ -80,6 +86,41 @@ impl Host {
     pub(crate) fn with_faults(mut self, faults: std::sync::Arc<crate::testing::Faults>) -> Self {
         self.faults = Some(faults);
         self
+    }
+
+    /// This host, with the directory `abs` (and below) behaving as a mounted cgroupfs:
+    /// a directory made there gets a cgroup's control files, and one holding only those
+    /// can be removed (unit tests of the shield's cpusets).
+    #[cfg(test)]
+    pub(crate) fn with_cgroupfs(mut self, abs: &str) -> Self {
+        self.cgroupfs = self.path(abs).ok();
+        self
+    }
+
+    /// mkdir(2); in unit tests, cgroupfs-like below [`Host::with_cgroupfs`].
+    #[cfg(test)]
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        crate::testing::create_dir(self.cgroupfs.as_deref(), path)
+    }
+
+    /// mkdir(2).
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir(path)
+    }
+
+    /// rmdir(2); in unit tests, cgroupfs-like below [`Host::with_cgroupfs`].
+    #[cfg(test)]
+    fn delete_dir(&self, path: &Path) -> io::Result<()> {
+        crate::testing::remove_dir(self.cgroupfs.as_deref(), path)
+    }
+
+    /// rmdir(2).
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn delete_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
     }
 
     /// Called before each change to a kernel file or directory. In unit tests, the place
@@ -185,7 +226,7 @@ impl Host {
     /// Creates a directory (a cgroup); an existing one is fine.
     pub fn make_dir(&self, abs: &str) -> Result<(), Error> {
         let path = self.path(abs)?;
-        match self.changing().and_then(|()| std::fs::create_dir(&path)) {
+        match self.changing().and_then(|()| self.create_dir(&path)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(source) => Err(Error::Write {
@@ -199,7 +240,7 @@ impl Host {
     /// Removes an empty directory (a cgroup); a missing one is fine.
     pub fn remove_dir(&self, abs: &str) -> Result<(), Error> {
         let path = self.path(abs)?;
-        match self.changing().and_then(|()| std::fs::remove_dir(&path)) {
+        match self.changing().and_then(|()| self.delete_dir(&path)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(Error::Write {

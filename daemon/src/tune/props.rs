@@ -33,7 +33,7 @@ use crate::host::format::normalize_words;
 use crate::host::sysctl::DEFAULT_ALLOW;
 use crate::store::Store;
 use crate::store::journal::{self, Phase};
-use crate::testing::{Faults, check_property, scratch_dir, until_crash};
+use crate::testing::{Faults, check_property, reopen_store, scratch_dir, until_crash};
 use crate::tune::profile::ProfileSet;
 use cleanroom_proto::{KnobStatus, TuneResult};
 
@@ -319,7 +319,7 @@ impl World {
     /// daemon opens it again.
     fn restart_process(&mut self) {
         self.store = None;
-        self.store = Some(Store::open(self.state_dir.path()).expect("store reopens"));
+        self.store = Some(reopen_store(self.state_dir.path()));
     }
 
     fn file(&self, k: &Knob) -> std::path::PathBuf {
@@ -557,7 +557,7 @@ impl World {
             self.original[i] = normalize_words(k.boot);
             self.outside[i] = None;
         }
-        self.store = Some(Store::open(self.state_dir.path()).expect("store reopens"));
+        self.store = Some(reopen_store(self.state_dir.path()));
     }
 
     /// A knob without a row holds its original; a row holds the knob's original.

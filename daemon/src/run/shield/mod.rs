@@ -43,6 +43,8 @@ use rusqlite::Connection;
 mod cpuset;
 mod irq;
 mod partition;
+#[cfg(test)]
+mod props;
 mod threads;
 
 use cpuset::*;
