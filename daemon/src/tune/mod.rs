@@ -2,10 +2,13 @@
 //! recommendation.
 //!
 //! The journal's promise: before the first write to a knob, its original value is on disk
-//! (`synchronous=FULL`); before any write, the value it is about to replace is on disk too.
-//! So whatever moment the daemon dies at, every file cleanroom touched holds a value the
-//! journal knows (original, the previous value, or the new one), and revert can put the
-//! original back without ever overwriting a value someone else wrote.
+//! (`synchronous=FULL`); before any write, the value it is about to replace is on disk too,
+//! as cleanroom's if it was (a value someone else wrote stays theirs, whatever becomes of
+//! the apply). So whatever moment the daemon dies at, every file cleanroom touched holds a
+//! value the journal knows (original, the previous value, or the new one), and revert can
+//! put the original back without ever overwriting a value someone else wrote. The property
+//! tests (`props.rs`) hold the journal to this over random applies, outside writes,
+//! crashes at every step, refused writes, restarts, reboots and reverts.
 //!
 //! Everything here blocks (kernel files, SQLite): callers run it on a blocking thread and
 //! serialise applies and reverts with one lock. [`apply`] and [`revert`] live in their own

@@ -2,8 +2,10 @@
 //! only the journal, not the profile file.
 //!
 //! A knob is restored only if its file still holds cleanroom's value (the one it wrote, or
-//! the one an interrupted apply was replacing); a knob someone else changed since is a
-//! conflict, left alone and kept in the journal, unless `force`.
+//! the one an interrupted apply was replacing when that one was cleanroom's); a knob
+//! someone else changed since is a conflict, left alone and kept in the journal, unless
+//! `force`. A knob whose original the kernel refuses stays in the journal too, still
+//! cleanroom's.
 
 use cleanroom_proto::{KnobResult, KnobStatus, TuneResult};
 use rusqlite::Connection;

@@ -22,7 +22,10 @@
 //!
 //! Everything is journaled in SQLite before it is changed, like tuning, so a crash never
 //! leaves the host shielded: the next start lowers a shield it finds. Lowering is
-//! compare-and-swap: a mask or cpuset someone changed since is left alone.
+//! compare-and-swap: a mask or cpuset someone changed since is left alone; what the kernel
+//! refuses to take back stays journaled for the next lowering. The property tests
+//! (`props.rs`) hold the journal to this over random raises, lowerings, outside writes,
+//! new IRQs, crashes at every step, refused writes and restarts.
 //!
 //! Exemptions ([`Exempt`]: pids, command-name globs, cgroup paths) are left alone by the v1
 //! and affinity shields; a v2 partition cannot leave anyone on its CPUs, so a host that
