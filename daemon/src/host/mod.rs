@@ -59,12 +59,88 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Host {
     root: PathBuf,
+    /// Unit tests only: the faults a test injects into this fake kernel (a crash at a given
+    /// step, a refused write). The daemon has no such field.
+    #[cfg(test)]
+    faults: Option<std::sync::Arc<crate::testing::Faults>>,
+    /// Unit tests only: a directory below the root that behaves as a mounted cgroupfs
+    /// does (see [`crate::testing::create_dir`]).
+    #[cfg(test)]
+    cgroupfs: Option<PathBuf>,
 }
 
 impl Host {
     /// A host whose `/proc` and `/sys` live below `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            #[cfg(test)]
+            faults: None,
+            #[cfg(test)]
+            cgroupfs: None,
+        }
+    }
+
+    /// This host, with every change to a kernel file or directory passing through `faults`
+    /// first (unit tests of crash safety).
+    #[cfg(test)]
+    pub(crate) fn with_faults(mut self, faults: std::sync::Arc<crate::testing::Faults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// This host, with the directory `abs` (and below) behaving as a mounted cgroupfs:
+    /// a directory made there gets a cgroup's control files, and one holding only those
+    /// can be removed (unit tests of the shield's cpusets).
+    #[cfg(test)]
+    pub(crate) fn with_cgroupfs(mut self, abs: &str) -> Self {
+        self.cgroupfs = self.path(abs).ok();
+        self
+    }
+
+    /// mkdir(2); in unit tests, cgroupfs-like below [`Host::with_cgroupfs`].
+    #[cfg(test)]
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        crate::testing::create_dir(self.cgroupfs.as_deref(), path)
+    }
+
+    /// mkdir(2).
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir(path)
+    }
+
+    /// rmdir(2); in unit tests, cgroupfs-like below [`Host::with_cgroupfs`].
+    #[cfg(test)]
+    fn delete_dir(&self, path: &Path) -> io::Result<()> {
+        crate::testing::remove_dir(self.cgroupfs.as_deref(), path)
+    }
+
+    /// rmdir(2).
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn delete_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+
+    /// Called before each change to a kernel file or directory. In unit tests, the place
+    /// where an injected fault strikes: the "kernel" refuses the change, or the daemon dies
+    /// before making it (see [`crate::testing::Faults`]).
+    #[cfg(test)]
+    fn changing(&self) -> io::Result<()> {
+        match &self.faults {
+            Some(f) => f.kernel_change(),
+            None => Ok(()),
+        }
+    }
+
+    /// Called before each change to a kernel file or directory. Nothing in the daemon:
+    /// unit tests inject faults here.
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn changing(&self) -> io::Result<()> {
+        Ok(())
     }
 
     /// The root directory.
@@ -109,6 +185,7 @@ impl Host {
             value: value.to_owned(),
             source,
         };
+        self.changing().map_err(err)?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .truncate(true)
@@ -150,7 +227,7 @@ impl Host {
     /// Creates a directory (a cgroup); an existing one is fine.
     pub fn make_dir(&self, abs: &str) -> Result<(), Error> {
         let path = self.path(abs)?;
-        match std::fs::create_dir(&path) {
+        match self.changing().and_then(|()| self.create_dir(&path)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(source) => Err(Error::Write {
@@ -164,7 +241,7 @@ impl Host {
     /// Removes an empty directory (a cgroup); a missing one is fine.
     pub fn remove_dir(&self, abs: &str) -> Result<(), Error> {
         let path = self.path(abs)?;
-        match std::fs::remove_dir(&path) {
+        match self.changing().and_then(|()| self.delete_dir(&path)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(Error::Write {
@@ -178,7 +255,8 @@ impl Host {
     /// Renames a directory (a cgroup v1 directory, within its parent).
     pub fn rename(&self, from: &str, to: &str) -> Result<(), Error> {
         let (src, dst) = (self.path(from)?, self.path(to)?);
-        std::fs::rename(&src, &dst).map_err(|source| Error::Write {
+        let renamed = self.changing().and_then(|()| std::fs::rename(&src, &dst));
+        renamed.map_err(|source| Error::Write {
             path: src,
             value: format!("(rename to {})", dst.display()),
             source,

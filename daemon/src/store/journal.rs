@@ -76,7 +76,7 @@ pub struct Row {
     pub original: String,
     /// Canonical value cleanroom last wrote (or is writing).
     pub written: String,
-    /// While an apply runs: the value before that apply.
+    /// While an apply runs: the value before that apply, if it was cleanroom's.
     pub pending_prev: Option<String>,
 }
 
@@ -184,6 +184,12 @@ pub fn set_state(
 
 /// Before an apply writes anything: records the original of every knob not yet in the
 /// journal, marks each change as pending, and sets the state to `applying`. One commit.
+///
+/// A pending change keeps the value it replaces as cleanroom's (`pending_prev`) only if
+/// the journal already counted it as cleanroom's: the row's written value, its original,
+/// or an earlier pending one. A value someone else wrote (a conflict an earlier revert
+/// left) is not: if the daemon dies before this apply writes the knob, a revert must leave
+/// it alone as before.
 pub fn begin_apply(
     conn: &mut Connection,
     profile: &str,
@@ -196,8 +202,13 @@ pub fn begin_apply(
             "INSERT INTO journal (path, knob, kind, original, written, pending_prev, updated)
              VALUES (?1, ?2, ?3, ?4, ?4, NULL, ?5) ON CONFLICT(path) DO NOTHING",
         )?;
+        // The right-hand sides see the row as it was before this statement.
         let mut pend = tx.prepare_cached(
-            "UPDATE journal SET pending_prev = ?2, written = ?3, updated = ?4 WHERE path = ?1",
+            "UPDATE journal SET
+                 pending_prev = CASE WHEN ?2 IN (written, original) OR ?2 IS pending_prev
+                                     THEN ?2 END,
+                 written = ?3, updated = ?4
+             WHERE path = ?1",
         )?;
         let t = now();
         for c in changes {
@@ -209,11 +220,18 @@ pub fn begin_apply(
     tx.commit()
 }
 
-/// After an apply (or its rollback): each knob's final value becomes `written`, pending
-/// marks go, rows back at their original go, and the state is set. One commit.
+/// After an apply (or its rollback): each knob's final value (`finals`: what its file
+/// holds) becomes `written`, and the row goes if that is its original; knobs left holding
+/// someone else's value (`theirs`) get back the `written` value they had before the apply,
+/// and stay. Pending marks go and the state is set. One commit.
+///
+/// Only rows this apply settled at their original go: a row it did not settle (a knob
+/// someone else changed, which the apply left alone) may say `written = original` after an
+/// interrupted restoration, yet its file holds another value, so it must stay.
 pub fn settle(
     conn: &mut Connection,
     finals: &[(&str, &str)],
+    theirs: &[(&str, &str)],
     profile: Option<&str>,
     phase: Phase,
     boot_id: &str,
@@ -224,13 +242,18 @@ pub fn settle(
         let mut upd = tx.prepare_cached(
             "UPDATE journal SET written = ?2, pending_prev = NULL, updated = ?3 WHERE path = ?1",
         )?;
+        let mut back =
+            tx.prepare_cached("DELETE FROM journal WHERE path = ?1 AND written = original")?;
         let t = now();
         for (path, value) in finals {
+            upd.execute(params![path, value, t])?;
+            back.execute(params![path])?;
+        }
+        for (path, value) in theirs {
             upd.execute(params![path, value, t])?;
         }
     }
     tx.execute("UPDATE journal SET pending_prev = NULL", [])?;
-    tx.execute("DELETE FROM journal WHERE written = original", [])?;
     if let Some(refused) = refused {
         tx.execute("DELETE FROM tuning_refused", [])?;
         let mut ins = tx.prepare_cached(
@@ -319,6 +342,7 @@ mod tests {
         settle(
             &mut c,
             &[("/k", "1")],
+            &[],
             Some("a"),
             Phase::Active,
             "b1",
@@ -337,7 +361,16 @@ mod tests {
             ("0", "2", Some("1"))
         );
         // Settled back at the original: the row goes.
-        settle(&mut c, &[("/k", "0")], Some("b"), Phase::Active, "b1", None).unwrap();
+        settle(
+            &mut c,
+            &[("/k", "0")],
+            &[],
+            Some("b"),
+            Phase::Active,
+            "b1",
+            None,
+        )
+        .unwrap();
         assert_eq!(count(&c).unwrap(), 0);
         let st = state(&c).unwrap().unwrap();
         assert_eq!(
@@ -355,6 +388,7 @@ mod tests {
         settle(
             &mut c,
             &[],
+            &[],
             Some("a"),
             Phase::Active,
             "b",
@@ -362,7 +396,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(refused(&c).unwrap()["/irq/1"], "managed");
-        settle(&mut c, &[], Some("a"), Phase::Active, "b", None).unwrap();
+        settle(&mut c, &[], &[], Some("a"), Phase::Active, "b", None).unwrap();
         assert_eq!(refused(&c).unwrap().len(), 1, "a rollback keeps the list");
         clear_refused(&c).unwrap();
         assert!(refused(&c).unwrap().is_empty());

@@ -371,8 +371,8 @@ impl Store {
     }
 
     /// Queues `f` to run after the caller moves on (a batch's history row, written after
-    /// its answer), logging a failure as `what`; waits only while `MAX_BEHIND` (1024) writes
-    /// are queued. A reader that must see it calls [`Store::settled`] first.
+    /// its answer), logging a failure as `what`; waits only while `MAX_BEHIND` (1,024)
+    /// writes are queued. A reader that must see it calls [`Store::settled`] first.
     pub async fn behind<F>(&self, what: &'static str, f: F)
     where
         F: FnOnce(&mut Connection) -> rusqlite::Result<()> + Send + 'static,

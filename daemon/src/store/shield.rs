@@ -246,9 +246,17 @@ pub fn cpusets(conn: &Connection) -> rusqlite::Result<Vec<Saved<Cpuset>>> {
     rows.collect()
 }
 
-/// Forgets every journaled cpuset.
-pub fn clear_cpusets(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute("DELETE FROM shield_cpuset", [])?;
+/// Forgets every journaled cpuset but those in `kept` (directories whose CPUs could not be
+/// given back).
+pub fn clear_cpusets_but(conn: &Connection, kept: &[String]) -> rusqlite::Result<()> {
+    let mut paths = conn.prepare_cached("SELECT path FROM shield_cpuset")?;
+    let paths: Vec<String> = paths
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut forget = conn.prepare_cached("DELETE FROM shield_cpuset WHERE path = ?1")?;
+    for path in paths.iter().filter(|p| !kept.contains(p)) {
+        forget.execute([path])?;
+    }
     Ok(())
 }
 
@@ -287,16 +295,39 @@ pub fn irqs(conn: &Connection) -> rusqlite::Result<(Vec<Saved<String>>, bool)> {
     ))
 }
 
-/// After lowering: the IRQ rows and the record go, in one commit; with `partition_left`
-/// (a partition that could not be removed yet) the record stays with only the partition,
-/// so the next lowering removes it.
-pub fn finish_lowering(conn: &mut Connection, partition_left: bool) -> rusqlite::Result<()> {
+/// After lowering: the IRQ rows and the record go, in one commit, but for what could not
+/// be put back. With `partition_left` (a partition that could not be removed yet) the
+/// record stays with only the partition, so the next lowering removes it. While any IRQ
+/// could not be put back (`kept`: IRQs whose original the kernel refused, and IRQs that
+/// appeared under the shield and could not be widened, which are added), the IRQ journal
+/// stays whole, so the next lowering tries again and still tells IRQs that appear
+/// meanwhile apart; cpusets [`clear_cpusets_but`] kept stay too. The record stays for
+/// them all.
+pub fn finish_lowering(
+    conn: &mut Connection,
+    partition_left: bool,
+    kept: &[Saved<String>],
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    tx.execute("DELETE FROM shield_irq", [])?;
-    if partition_left {
+    if kept.is_empty() {
+        tx.execute("DELETE FROM shield_irq", [])?;
+    } else {
+        let mut keep = tx.prepare_cached(
+            "INSERT OR IGNORE INTO shield_irq (path, original, written) VALUES (?1, ?2, ?3)",
+        )?;
+        for r in kept {
+            keep.execute(params![r.key, r.original, r.written])?;
+        }
+    }
+    let cpusets_kept: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM shield_cpuset)", [], |r| {
+            r.get(0)
+        })?;
+    if partition_left || cpusets_kept || !kept.is_empty() {
         tx.execute(
-            "UPDATE shield_meta SET cpuset_dir = NULL, cpuset_mount = NULL, root_enabled = NULL",
-            [],
+            "UPDATE shield_meta SET cpuset_dir = NULL, cpuset_mount = NULL, root_enabled = NULL,
+                 partition = CASE WHEN ?1 THEN partition END",
+            [partition_left],
         )?;
     } else {
         tx.execute("DELETE FROM shield_meta", [])?;
@@ -366,15 +397,38 @@ mod tests {
         assert!(complete);
         assert_eq!(irq_rows.len(), 1, "the marker row is not an IRQ");
         clear_threads(&c).unwrap();
-        clear_cpusets(&c).unwrap();
+        clear_cpusets_but(&c, &[]).unwrap();
         // A partition that could not be removed keeps the record, without the rest.
-        finish_lowering(&mut c, true).unwrap();
+        finish_lowering(&mut c, true, &[]).unwrap();
         assert!(!has_leftovers(&c).unwrap());
         let left = meta(&c).unwrap().unwrap();
         assert_eq!(left.partition, up.partition);
         assert_eq!(left.root_enabled, None);
         assert!(is_raised(&c).unwrap());
-        finish_lowering(&mut c, false).unwrap();
+        finish_lowering(&mut c, false, &[]).unwrap();
+        assert!(!is_raised(&c).unwrap());
+    }
+
+    #[test]
+    fn a_cpuset_a_lowering_could_not_put_back_keeps_the_record() {
+        let (_d, store) = store();
+        let mut c = store.lock_blocking();
+        let cs = |path: &str| Saved {
+            key: Cpuset {
+                path: path.into(),
+                depth: 1,
+            },
+            original: "0-3".into(),
+            written: "0-1".into(),
+        };
+        begin(&c, &Meta::default()).unwrap();
+        add_cpusets(&mut c, &[cs("/a"), cs("/b")]).unwrap();
+        clear_cpusets_but(&c, &["/b".to_owned()]).unwrap();
+        finish_lowering(&mut c, false, &[]).unwrap();
+        assert_eq!(cpusets(&c).unwrap(), vec![cs("/b")]);
+        assert!(has_leftovers(&c).unwrap() && meta(&c).unwrap().is_some());
+        clear_cpusets_but(&c, &[]).unwrap();
+        finish_lowering(&mut c, false, &[]).unwrap();
         assert!(!is_raised(&c).unwrap());
     }
 

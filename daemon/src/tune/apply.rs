@@ -7,7 +7,7 @@
 //! settling records what the files hold after the writes (one write can change another
 //! knob: a new I/O scheduler resets `nr_requests`), so revert compares against the truth.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use cleanroom_proto::{KnobResult, KnobStatus, TuneResult};
 use rusqlite::Connection;
@@ -37,16 +37,35 @@ struct Change {
     touched: bool,
     /// The kernel would not take the value (reported, not fatal): kept out of verify.
     kernel_refused: Option<String>,
+    /// When `before` is someone else's value (the knob is a conflict an earlier revert
+    /// left), the value the journal counted as cleanroom's until this apply.
+    theirs_over: Option<String>,
 }
 
 impl Change {
     /// The value the journal records as cleanroom's for this knob: what the file holds,
-    /// or, when that is unknown, the value written (the row and its original stay).
+    /// or, when that is unknown, the value written (the row and its original stay). A
+    /// knob this apply leaves as it found it (never written, or rolled back) keeps what
+    /// the journal said before: someone else's value does not become cleanroom's, to be
+    /// "restored" over by the next revert.
     fn final_value(&self) -> String {
         if !self.touched {
-            return self.before.clone();
+            return self
+                .theirs_over
+                .clone()
+                .unwrap_or_else(|| self.before.clone());
         }
         self.after.clone().unwrap_or_else(|| self.desired.clone())
+    }
+
+    /// The knob's path and final value, for the journal.
+    fn settled(&self) -> (String, String) {
+        (self.planned.path.clone(), self.final_value())
+    }
+
+    /// Whether this apply leaves the knob holding someone else's value, as it found it.
+    fn left_to_them(&self) -> bool {
+        !self.touched && self.theirs_over.is_some()
     }
 
     fn result(&self) -> KnobResult {
@@ -155,7 +174,8 @@ pub fn apply(
 /// (unless someone else changed them since: then they stay, as conflicts).
 fn plan_changes(host: &Host, planned: Vec<Planned>, rows: &[journal::Row]) -> Plan {
     let mut plan = Plan::default();
-    let journaled: HashSet<&str> = rows.iter().map(|r| r.path.as_str()).collect();
+    let journaled: HashMap<&str, &journal::Row> =
+        rows.iter().map(|r| (r.path.as_str(), r)).collect();
     // Only knobs this profile will actually set count as its own: one it cannot set here
     // (unsupported, refused) goes back to its original like any other it drops.
     let in_plan: HashSet<String> = planned
@@ -189,7 +209,7 @@ fn plan_changes(host: &Host, planned: Vec<Planned>, rows: &[journal::Row]) -> Pl
                 Some(why),
             )),
             Want::Value(d) if p.current.as_ref() == Some(&d) => {
-                if journaled.contains(p.path.as_str()) {
+                if journaled.contains_key(p.path.as_str()) {
                     plan.unchanged.push((p.path.clone(), d.clone()));
                 }
                 plan.items.push(item(
@@ -200,20 +220,35 @@ fn plan_changes(host: &Host, planned: Vec<Planned>, rows: &[journal::Row]) -> Pl
                     None,
                 ));
             }
-            Want::Value(desired) => plan.changes.push(Change {
-                before: p.current.clone().unwrap_or_default(),
-                desired,
-                restore,
-                planned: p,
-                status: None,
-                after: None,
-                reason: None,
-                touched: false,
-                kernel_refused: None,
-            }),
+            Want::Value(desired) => {
+                let before = p.current.clone().unwrap_or_default();
+                let theirs_over = journaled
+                    .get(p.path.as_str())
+                    .filter(|row| !holds_ours(row, &before))
+                    .map(|row| row.written.clone());
+                plan.changes.push(Change {
+                    before,
+                    desired,
+                    restore,
+                    planned: p,
+                    status: None,
+                    after: None,
+                    reason: None,
+                    touched: false,
+                    kernel_refused: None,
+                    theirs_over,
+                })
+            }
         }
     }
     plan
+}
+
+/// Whether a journaled knob holding `value` holds cleanroom's value: the one it wrote, the
+/// one an interrupted apply was replacing, or the original (the rule `journal::begin_apply`
+/// applies too).
+fn holds_ours(row: &journal::Row, value: &str) -> bool {
+    value == row.written || value == row.original || row.pending_prev.as_deref() == Some(value)
 }
 
 /// What becomes of a journaled knob the new profile drops.
@@ -230,11 +265,9 @@ enum Restoration {
 fn restoration(host: &Host, row: &journal::Row) -> Restoration {
     let kind = Kind::parse_name(&row.kind).unwrap_or(Kind::Text);
     let current = read_canonical(host, &row.path, kind).ok();
-    let ours = current.as_ref().is_some_and(|c| {
-        *c == row.written
-            || row.pending_prev.as_ref() == Some(c)
-            || (*c != row.original && rendered_from_in_flight(host, row, kind, c))
-    });
+    let ours = current
+        .as_ref()
+        .is_some_and(|c| holds_ours(row, c) || rendered_from_in_flight(host, row, kind, c));
     let p = Planned {
         knob: row.knob.clone(),
         path: row.path.clone(),
@@ -243,7 +276,7 @@ fn restoration(host: &Host, row: &journal::Row) -> Restoration {
         want: Want::Value(row.original.clone()),
         soft: false,
     };
-    if ours || current.as_ref() == Some(&row.original) {
+    if ours {
         Restoration::Write(p)
     } else {
         Restoration::Conflict(item(
@@ -380,7 +413,8 @@ fn reread(host: &Host, changes: &mut [Change]) {
 }
 
 /// Step 5: each knob's final value becomes cleanroom's `written` value, rows back at their
-/// original go, and the state is set; one commit.
+/// original go, and the state is set; one commit. Knobs left holding someone else's value
+/// are settled apart: their row stays whatever its values.
 fn settle(
     conn: &mut Connection,
     plan: &Plan,
@@ -389,20 +423,30 @@ fn settle(
     boot: &str,
     refused: Option<&[(String, String)]>,
 ) -> Result<(), Error> {
+    let (theirs, ours): (Vec<&Change>, Vec<&Change>) =
+        plan.changes.iter().partition(|c| c.left_to_them());
     let finals: Vec<(String, String)> = plan
         .unchanged
         .iter()
         .cloned()
-        .chain(
-            plan.changes
-                .iter()
-                .map(|c| (c.planned.path.clone(), c.final_value())),
-        )
+        .chain(ours.into_iter().map(Change::settled))
         .collect();
-    let finals: Vec<(&str, &str)> = finals
+    let theirs: Vec<(String, String)> = theirs.into_iter().map(Change::settled).collect();
+    journal::settle(
+        conn,
+        &str_pairs(&finals),
+        &str_pairs(&theirs),
+        profile,
+        phase,
+        boot,
+        refused,
+    )?;
+    Ok(())
+}
+
+fn str_pairs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    journal::settle(conn, &finals, profile, phase, boot, refused)?;
-    Ok(())
+        .collect()
 }

@@ -2,10 +2,13 @@
 //! recommendation.
 //!
 //! The journal's promise: before the first write to a knob, its original value is on disk
-//! (`synchronous=FULL`); before any write, the value it is about to replace is on disk too.
-//! So whatever moment the daemon dies at, every file cleanroom touched holds a value the
-//! journal knows (original, the previous value, or the new one), and revert can put the
-//! original back without ever overwriting a value someone else wrote.
+//! (`synchronous=FULL`); before any write, the value it is about to replace is on disk too,
+//! as cleanroom's if it was (a value someone else wrote stays theirs, whatever becomes of
+//! the apply). So whatever moment the daemon dies at, every file cleanroom touched holds a
+//! value the journal knows (original, the previous value, or the new one), and revert can
+//! put the original back without ever overwriting a value someone else wrote. The property
+//! tests (`props.rs`) hold the journal to this over random applies, outside writes,
+//! crashes at every step, refused writes, restarts, reboots and reverts.
 //!
 //! Everything here blocks (kernel files, SQLite): callers run it on a blocking thread and
 //! serialise applies and reverts with one lock. [`apply`] and [`revert`] live in their own
@@ -17,6 +20,8 @@
 mod apply;
 pub mod plugins;
 pub mod profile;
+#[cfg(test)]
+mod props;
 pub mod recommend;
 mod revert;
 
@@ -412,11 +417,14 @@ mod tests {
     //! The tuning steps on a fake host root and a temporary store: no root needed, and
     //! crashes are simulated by leaving the journal as a dying daemon would.
 
+    use std::sync::Arc;
+
     use super::*;
     use crate::host::sysctl::DEFAULT_ALLOW;
+    use crate::testing::{Faults, until_crash};
 
-    /// A fake host with three sysctls, a profile `p` that sets them to 1, 2 and 3, and a
-    /// store.
+    /// A fake host with three sysctls, a profile `p` that sets them to 1, 2 and 3, a
+    /// profile `q` that sets b to 20 and c to 3, and a store.
     struct Fixture {
         _root: tempfile::TempDir,
         host: Host,
@@ -443,6 +451,12 @@ mod tests {
                 "[sysctl]\n\"vm.a\" = 1\n\"vm.b\" = 2\n\"vm.c\" = 3\n",
             )
             .unwrap();
+            // A second profile: b set otherwise, c alike, a dropped.
+            std::fs::write(
+                dir.path().join("q.toml"),
+                "[sysctl]\n\"vm.b\" = 20\n\"vm.c\" = 3\n",
+            )
+            .unwrap();
             let allow: Vec<String> = DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect();
             let profiles = ProfileSet::load(&[dir.path().to_owned()], &allow);
             Self {
@@ -463,6 +477,32 @@ mod tests {
                 profiles: &self.profiles,
                 allow: &self.allow,
             }
+        }
+
+        /// Runs `op` on a host where the daemon dies before `step` (a kernel write or a
+        /// journal commit), leaving what a SIGKILL there would.
+        fn crash<R>(&self, step: usize, op: impl FnOnce(Ctx<'_>) -> R) {
+            let faults = Faults::crash_before(step);
+            let host = self.host.clone().with_faults(Arc::clone(&faults));
+            let ctx = Ctx {
+                host: &host,
+                ..self.ctx()
+            };
+            assert!(
+                until_crash(&self.store, &faults, || op(ctx)).is_none(),
+                "the daemon died before step {step}"
+            );
+        }
+
+        /// Runs `op` on a host whose kernel refuses the `write`-th change.
+        fn refusing<R>(&self, write: usize, op: impl FnOnce(Ctx<'_>) -> R) -> R {
+            let faults = Faults::refuse(write);
+            let host = self.host.clone().with_faults(Arc::clone(&faults));
+            let ctx = Ctx {
+                host: &host,
+                ..self.ctx()
+            };
+            until_crash(&self.store, &faults, || op(ctx)).expect("no crash")
         }
 
         fn set(&self, knob: &str, value: &str) {
@@ -672,6 +712,66 @@ mod tests {
         assert_eq!(statuses(&forced), [("b".to_owned(), KnobStatus::Forced)]);
         assert_eq!(f.values(), ["0", "0", "0"]);
         assert!(f.rows().is_empty());
+    }
+
+    // The four tests below are cases the property tests (props.rs) found, minimized.
+
+    #[test]
+    fn a_crashed_apply_does_not_make_someone_elses_value_cleanroom_s() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        f.set("b", "42"); // an admin's change
+        assert!(!revert(f.ctx(), false).unwrap().ok, "b is a conflict");
+        // p again: the daemon dies after journaling, before its first write.
+        f.crash(1, |ctx| apply(ctx, "p", false, false));
+        let said = recover(f.ctx(), OnStart::Revert).unwrap();
+        assert_eq!(
+            f.values(),
+            ["0", "42", "0"],
+            "the admin's value stays: {said}"
+        );
+        assert_eq!(f.rows().len(), 1, "b's conflict stays journaled");
+    }
+
+    #[test]
+    fn a_failed_apply_does_not_make_someone_elses_value_cleanroom_s() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        f.set("b", "42");
+        // p again, which writes only b: the kernel refuses it.
+        let r = f.refusing(0, |ctx| apply(ctx, "p", false, false)).unwrap();
+        assert!(!r.ok);
+        let back = revert(f.ctx(), false).unwrap();
+        assert_eq!(f.values(), ["0", "42", "0"], "the admin's value stays");
+        assert_eq!(statuses(&back)[1], ("b".to_owned(), KnobStatus::Conflict));
+    }
+
+    #[test]
+    fn a_knob_left_to_someone_else_stays_journaled_after_a_restart() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        // q drops a (it goes back to 0): the daemon dies after journaling that.
+        f.crash(1, |ctx| apply(ctx, "q", false, false));
+        f.set("a", "42"); // an admin's change while the daemon is down
+        recover(f.ctx(), OnStart::Reapply).unwrap();
+        assert_eq!(f.values(), ["42", "20", "3"]);
+        let kept: Vec<String> = f.rows().into_iter().map(|r| r.path).collect();
+        assert!(kept.contains(&"/proc/sys/vm/a".to_owned()), "{kept:?}");
+        assert!(revert(f.ctx(), true).unwrap().ok);
+        assert_eq!(f.values(), ["0", "0", "0"], "a's original was kept");
+    }
+
+    #[test]
+    fn a_restore_the_kernel_refused_is_still_cleanroom_s_to_restore() {
+        let f = Fixture::new();
+        assert!(apply(f.ctx(), "p", false, false).unwrap().ok);
+        f.crash(1, |ctx| apply(ctx, "q", false, false));
+        // The start's revert: the kernel refuses a's original (the first write).
+        let said = f.refusing(0, |ctx| recover(ctx, OnStart::Revert)).unwrap();
+        assert_eq!(f.values(), ["1", "0", "0"], "{said}");
+        let r = revert(f.ctx(), false).unwrap();
+        assert!(r.ok, "a holds cleanroom's value, not a conflict: {r:?}");
+        assert_eq!(f.values(), ["0", "0", "0"]);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! only the journal, not the profile file.
 //!
 //! A knob is restored only if its file still holds cleanroom's value (the one it wrote, or
-//! the one an interrupted apply was replacing); a knob someone else changed since is a
-//! conflict, left alone and kept in the journal, unless `force`.
+//! the one an interrupted apply was replacing when that one was cleanroom's); a knob
+//! someone else changed since is a conflict, left alone and kept in the journal, unless
+//! `force`. A knob whose original the kernel refuses stays in the journal too, still
+//! cleanroom's.
 
 use cleanroom_proto::{KnobResult, KnobStatus, TuneResult};
 use rusqlite::Connection;
@@ -124,15 +126,21 @@ fn restore(host: &Host, row: &journal::Row, force: bool) -> (KnobResult, Fate) {
         }
         Err(e) => {
             tracing::error!(path = %row.path, value = %row.original, error = %e, "revert: cannot write the original");
+            // The row stays, and must go on knowing the file's value as cleanroom's if it
+            // was (the pending value it leaned on is cleared), or if the failed write
+            // changed it (a vector stored in part): else the next revert would take
+            // cleanroom's own value for someone else's, and leave the host tuned.
+            let now = read_canonical(host, &row.path, kind).ok();
+            let kept = now.clone().filter(|n| ours || *n != current);
             (
                 item(
                     &p,
                     Some(current),
-                    None,
+                    now,
                     KnobStatus::Failed,
                     Some(e.to_string()),
                 ),
-                Fate::Kept(None),
+                Fate::Kept(kept),
             )
         }
     }

@@ -85,26 +85,44 @@ pub(super) fn irqs_off(
 }
 
 /// IRQs that appeared while the shield was up took the shield's default affinity; those
-/// that still have exactly it get the default's original back (every online CPU if the
-/// default was not narrowed). `journaled` must be the complete list of IRQs at raise time.
+/// that still have exactly it get the default's original back. The shield's default is
+/// the default's journaled `written` value (without a default file: every online CPU but
+/// the shielded ones, to become every online CPU). `journaled` must be the complete list
+/// of IRQs at raise time.
+/// Returns how many were widened, and the rows to journal for those the kernel refused
+/// (the next lowering tries again).
 pub(super) fn widen_new_irqs(
     host: &Host,
     meta: &journal::Meta,
     journaled: &[journal::Saved<String>],
-) -> usize {
+) -> (usize, Vec<journal::Saved<String>>) {
+    let mut refused = Vec::new();
     if host.boot_id().ok().as_deref() != Some(meta.boot_id.as_str()) {
-        return 0;
+        return (0, refused);
     }
     let (Ok(shielded), Ok(online)) = (parse_cpu_list(&meta.shielded), parse_cpu_list(&meta.online))
     else {
-        return 0;
+        return (0, refused);
     };
-    let reduced: BTreeSet<u32> = online.difference(&shielded).copied().collect();
-    let default = journaled
+    let journaled_default = journaled
         .iter()
         .find(|r| r.key.ends_with("default_smp_affinity"))
-        .and_then(|r| parse_cpu_list(&r.original).ok())
-        .unwrap_or(online);
+        .and_then(|r| {
+            Some((
+                parse_cpu_list(&r.original).ok()?,
+                parse_cpu_list(&r.written).ok()?,
+            ))
+        });
+    let (default, reduced) = journaled_default.unwrap_or_else(|| {
+        (
+            online.clone(),
+            online.difference(&shielded).copied().collect(),
+        )
+    });
+    if default == reduced {
+        // The default was left as it was: new IRQs took its original.
+        return (0, refused);
+    }
     let mut widened = 0;
     for (path, mask, current) in irq_files(host) {
         if mask || current != reduced || journaled.iter().any(|r| r.key == path) {
@@ -112,7 +130,14 @@ pub(super) fn widen_new_irqs(
         }
         if write_irq(host, &path, false, &default) {
             widened += 1;
+        } else if host.exists(&path) {
+            tracing::error!(path = %path, cpus = %format_cpu_list(&default), "cannot give an IRQ that appeared under the shield the default affinity; it is journaled for the next lowering");
+            refused.push(journal::Saved {
+                key: path,
+                original: format_cpu_list(&default),
+                written: format_cpu_list(&reduced),
+            });
         }
     }
-    widened
+    (widened, refused)
 }

@@ -22,7 +22,10 @@
 //!
 //! Everything is journaled in SQLite before it is changed, like tuning, so a crash never
 //! leaves the host shielded: the next start lowers a shield it finds. Lowering is
-//! compare-and-swap: a mask or cpuset someone changed since is left alone.
+//! compare-and-swap: a mask or cpuset someone changed since is left alone; what the kernel
+//! refuses to take back stays journaled for the next lowering. The property tests
+//! (`props.rs`) hold the journal to this over random raises, lowerings, outside writes,
+//! new IRQs, crashes at every step, refused writes and restarts.
 //!
 //! Exemptions ([`Exempt`]: pids, command-name globs, cgroup paths) are left alone by the v1
 //! and affinity shields; a v2 partition cannot leave anyone on its CPUs, so a host that
@@ -43,6 +46,8 @@ use rusqlite::Connection;
 mod cpuset;
 mod irq;
 mod partition;
+#[cfg(test)]
+mod props;
 mod threads;
 
 use cpuset::*;
@@ -293,7 +298,9 @@ pub fn raise(
 
 /// Puts back everything the journal says the shield changed (the partition, the cpusets,
 /// moved processes, thread masks, IRQs) where it still holds what the shield left;
-/// returns how many things were restored.
+/// returns how many things were restored. A cpuset or IRQ whose original the kernel
+/// refuses stays journaled, so the next lowering (at the next raise, stop or start) tries
+/// again, and the next raise fails while it cannot.
 pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
     let meta = journal::meta(conn)?.unwrap_or_default();
     let mut restored = 0;
@@ -350,7 +357,9 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
             restored += 1;
         }
     }
-    // Narrowed cpusets, parents first.
+    // Narrowed cpusets, parents first. One the kernel does not let have its CPUs back
+    // stays journaled (unless it is gone): the next lowering tries again.
+    let mut kept_cpusets = Vec::new();
     for row in journal::cpusets(conn)? {
         let file = format!("{}/cpuset.cpus", row.key.path);
         let current = host.read(&file).ok().and_then(|t| parse_cpu_list(&t).ok());
@@ -359,10 +368,14 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
         }
         match host.write(&file, &row.original) {
             Ok(()) => restored += 1,
-            Err(e) => tracing::error!(error = %e, "cannot give a cpuset its CPUs back"),
+            Err(e) if host.exists(&file) => {
+                tracing::error!(error = %e, "cannot give a cpuset its CPUs back; it stays journaled for the next lowering");
+                kept_cpusets.push(row.key.path.clone());
+            }
+            Err(e) => tracing::warn!(error = %e, "a cpuset the shield narrowed is gone"),
         }
     }
-    journal::clear_cpusets(conn)?;
+    journal::clear_cpusets_but(conn, &kept_cpusets)?;
     for row in journal::threads(conn, false)? {
         let tid = row.key.tid;
         if !same_thread(host, tid, row.key.start) {
@@ -385,6 +398,7 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
     }
     journal::clear_threads(conn)?;
     let (irqs, complete) = journal::irqs(conn)?;
+    let mut kept_irqs = Vec::new();
     for row in &irqs {
         let mask = row.key.ends_with("default_smp_affinity");
         let current = host.read(&row.key).ok().and_then(|t| {
@@ -400,22 +414,28 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
             continue;
         };
         // Compare-and-swap: only an affinity still as the shield left it goes back.
-        if original != written
-            && current.as_ref() == Some(&written)
-            && write_irq(host, &row.key, mask, &original)
-        {
+        if original == written || current.as_ref() != Some(&written) {
+            continue;
+        }
+        if write_irq(host, &row.key, mask, &original) {
             restored += 1;
+        } else if host.exists(&row.key) {
+            // Still the shield's: it stays journaled, and the next lowering tries again.
+            tracing::error!(path = %row.key, cpus = %row.original, "cannot give an IRQ its CPUs back; it stays journaled for the next lowering");
+            kept_irqs.push(row.clone());
         }
     }
     if complete {
-        restored += widen_new_irqs(host, &meta, &irqs);
+        let (widened, refused) = widen_new_irqs(host, &meta, &irqs);
+        restored += widened;
+        kept_irqs.extend(refused);
     }
     // Threads born under a cpuset or partition shield got their CPUs back from the kernel;
     // only the affinity shield leaves newborn masks to widen.
     if meta.cpuset_dir.is_none() && meta.partition.is_none() {
         restored += widen_newborn(host, &meta);
     }
-    journal::finish_lowering(conn, partition_left)?;
+    journal::finish_lowering(conn, partition_left, &kept_irqs)?;
     Ok(restored)
 }
 
@@ -584,6 +604,129 @@ mod tests {
         assert_eq!(host.read("/proc/irq/2/smp_affinity_list").unwrap(), "0-3");
         assert_eq!(host.read("/proc/irq/3/smp_affinity_list").unwrap(), "0-1\n");
         assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "f");
+    }
+
+    // The tests below are cases the property tests (props.rs) found, minimized.
+
+    #[test]
+    fn irqs_that_appear_under_a_narrowed_default_get_its_original_back() {
+        // The default was not every CPU: the shield's default is 0, not 0-1.
+        let (tmp, host) = crate::host::fake_root(&[
+            ("/sys/devices/system/cpu/online", "0-3\n"),
+            ("/proc/sys/kernel/random/boot_id", "b\n"),
+            ("/proc/irq/default_smp_affinity", "5\n"),
+            ("/proc/irq/1/smp_affinity_list", "0-3\n"),
+        ]);
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(store_dir.path()).unwrap();
+        let mut conn = store.lock_blocking();
+        let cpus = [2, 3].into();
+        raise(
+            &host,
+            &mut conn,
+            &cpus,
+            &Exempt::default(),
+            &Method::Affinity,
+        )
+        .unwrap();
+        assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "1");
+        // IRQ 2 appears meanwhile, with the shield's default.
+        std::fs::create_dir_all(tmp.path().join("proc/irq/2")).unwrap();
+        std::fs::write(tmp.path().join("proc/irq/2/smp_affinity_list"), "0\n").unwrap();
+        lower(&host, &mut conn).unwrap();
+        assert_eq!(host.read("/proc/irq/2/smp_affinity_list").unwrap(), "0,2");
+        assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "5");
+    }
+
+    /// A fake host with the default IRQ affinity and IRQ 1 on every CPU, a store, and
+    /// the affinity shield raised over CPUs 2-3.
+    fn raised_over_two_of_four() -> (
+        tempfile::TempDir,
+        Host,
+        tempfile::TempDir,
+        crate::store::Store,
+    ) {
+        let (tmp, host) = crate::host::fake_root(&[
+            ("/sys/devices/system/cpu/online", "0-3\n"),
+            ("/proc/sys/kernel/random/boot_id", "b\n"),
+            ("/proc/irq/default_smp_affinity", "f\n"),
+            ("/proc/irq/1/smp_affinity_list", "0-3\n"),
+        ]);
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(store_dir.path()).unwrap();
+        let mut conn = store.lock_blocking();
+        raise(
+            &host,
+            &mut conn,
+            &[2, 3].into(),
+            &Exempt::default(),
+            &Method::Affinity,
+        )
+        .unwrap();
+        drop(conn);
+        (tmp, host, store_dir, store)
+    }
+
+    /// Lowers the shield on a kernel that refuses its `refused`-th write.
+    fn lower_refusing(host: &Host, store: &crate::store::Store, refused: usize) {
+        let faults = crate::testing::Faults::refuse(refused);
+        let faulty = host.clone().with_faults(std::sync::Arc::clone(&faults));
+        crate::testing::until_crash(store, &faults, || {
+            lower(&faulty, &mut store.lock_blocking())
+        })
+        .unwrap()
+        .unwrap();
+    }
+
+    #[test]
+    fn an_affinity_the_kernel_refuses_to_take_back_stays_journaled() {
+        let (_tmp, host, _state, store) = raised_over_two_of_four();
+        // The first write of the lowering, the default's original, is refused.
+        lower_refusing(&host, &store, 0);
+        assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "3");
+        assert_eq!(host.read("/proc/irq/1/smp_affinity_list").unwrap(), "0-3");
+        assert!(
+            is_raised(&store.lock_blocking()).unwrap(),
+            "still journaled"
+        );
+        // A raise lowers first; refused again, it fails rather than journal the shield's
+        // value as an original.
+        let faults = crate::testing::Faults::refuse(0);
+        let faulty = host.clone().with_faults(std::sync::Arc::clone(&faults));
+        let again = crate::testing::until_crash(&store, &faults, || {
+            let mut conn = store.lock_blocking();
+            raise(
+                &faulty,
+                &mut conn,
+                &[2, 3].into(),
+                &Exempt::default(),
+                &Method::Affinity,
+            )
+        })
+        .unwrap();
+        assert!(matches!(again, Err(Error::PreviousLeft)), "{again:?}");
+        // The kernel takes it now.
+        lower(&host, &mut store.lock_blocking()).unwrap();
+        assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "f");
+        assert!(!is_raised(&store.lock_blocking()).unwrap());
+    }
+
+    #[test]
+    fn an_irq_that_appeared_and_could_not_be_widened_is_journaled() {
+        let (tmp, host, _state, store) = raised_over_two_of_four();
+        std::fs::create_dir_all(tmp.path().join("proc/irq/2")).unwrap();
+        std::fs::write(tmp.path().join("proc/irq/2/smp_affinity_list"), "0-1\n").unwrap();
+        // Writes: the default, IRQ 1, then IRQ 2's widening, which is refused.
+        lower_refusing(&host, &store, 2);
+        assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "f");
+        assert_eq!(host.read("/proc/irq/2/smp_affinity_list").unwrap(), "0-1\n");
+        assert!(
+            is_raised(&store.lock_blocking()).unwrap(),
+            "IRQ 2 is journaled"
+        );
+        lower(&host, &mut store.lock_blocking()).unwrap();
+        assert_eq!(host.read("/proc/irq/2/smp_affinity_list").unwrap(), "0-3");
+        assert!(!is_raised(&store.lock_blocking()).unwrap());
     }
 
     #[test]
