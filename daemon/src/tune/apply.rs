@@ -13,7 +13,7 @@ use cleanroom_proto::{KnobResult, KnobStatus, TuneResult};
 use rusqlite::Connection;
 
 use super::plugins::{Kind, Planned, Want};
-use super::{Ctx, Error, apply_rank, item, read_canonical, rendered_from_in_flight, write_knob};
+use super::{Ctx, Error, apply_rank, item, read_canonical, write_knob};
 use crate::host::Host;
 use crate::store::journal::{self, Phase};
 
@@ -265,9 +265,7 @@ enum Restoration {
 fn restoration(host: &Host, row: &journal::Row) -> Restoration {
     let kind = Kind::parse_name(&row.kind).unwrap_or(Kind::Text);
     let current = read_canonical(host, &row.path, kind).ok();
-    let ours = current
-        .as_ref()
-        .is_some_and(|c| holds_ours(row, c) || rendered_from_in_flight(host, row, kind, c));
+    let ours = current.as_ref().is_some_and(|c| holds_ours(row, c));
     let p = Planned {
         knob: row.knob.clone(),
         path: row.path.clone(),

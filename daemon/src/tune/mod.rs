@@ -203,29 +203,6 @@ fn read_canonical(host: &Host, path: &str, kind: Kind) -> Result<String, KnobErr
     })
 }
 
-/// Whether `current` (neither what the journal says cleanroom wrote nor what the file held
-/// before) is the kernel's rendering of the value cleanroom was writing when it died. A
-/// daemon killed between a write and its journal's commit leaves the value it asked for
-/// in the row, and the kernel may keep another (read-ahead in whole pages, for one). So for
-/// a row whose write was in flight, that value is written again and read back: if the
-/// kernel shows `current` for it, `current` is cleanroom's; if not, someone else set it,
-/// and their value is put back as it was.
-fn rendered_from_in_flight(host: &Host, row: &journal::Row, kind: Kind, current: &str) -> bool {
-    if row.pending_prev.is_none() {
-        return false;
-    }
-    match write_knob(host, &row.path, kind, &row.written) {
-        Ok(shown) if shown == current => true,
-        Ok(_) => {
-            if let Err(e) = host.write(&row.path, &kind.to_write(current)) {
-                tracing::error!(path = %row.path, value = current, error = %e, "cannot put back a value someone else set");
-            }
-            false
-        }
-        Err(_) => false,
-    }
-}
-
 /// Writes `value` and reads back what the kernel kept.
 fn write_knob(host: &Host, path: &str, kind: Kind, value: &str) -> Result<String, KnobError> {
     host.write(path, &kind.to_write(value))?;

@@ -11,7 +11,7 @@ use cleanroom_proto::{KnobResult, KnobStatus, TuneResult};
 use rusqlite::Connection;
 
 use super::plugins::{Kind, Planned, Want};
-use super::{Error, item, read_canonical, rendered_from_in_flight, revert_rank, write_knob};
+use super::{Error, item, read_canonical, revert_rank, write_knob};
 use crate::host::Host;
 use crate::store::journal::{self, Phase};
 
@@ -76,9 +76,7 @@ fn restore(host: &Host, row: &journal::Row, force: bool) -> (KnobResult, Fate) {
         let (b, a) = (Some(current.clone()), Some(current));
         return (item(&p, b, a, KnobStatus::Unchanged, None), Fate::Done);
     }
-    let ours = current == row.written
-        || row.pending_prev.as_ref() == Some(&current)
-        || rendered_from_in_flight(host, row, kind, &current);
+    let ours = current == row.written || row.pending_prev.as_ref() == Some(&current);
     if !ours && !force {
         let reason = format!(
             "changed by someone else since cleanroom wrote it; left alone (original {:?}; --force restores it)",
