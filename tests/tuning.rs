@@ -51,14 +51,29 @@ fn status_of(result: &Value, knob_path: &str) -> String {
         .to_owned()
 }
 
+/// A daemon whose only profile directory is `dir`, with `extra` configuration.
+fn profiles_config(dir: &Path, extra: &str) -> cleanroom::DaemonBuilder {
+    Daemon::builder().config(&format!(
+        "[tuning]\nprofile_dirs = [{:?}]\n{extra}",
+        dir.display().to_string()
+    ))
+}
+
 /// A daemon whose only profile directory is `dir`.
 fn daemon_with_profiles(dir: &Path, extra: &str) -> Daemon {
-    Daemon::builder()
-        .config(&format!(
-            "[tuning]\nprofile_dirs = [{:?}]\n{extra}",
-            dir.display().to_string()
-        ))
-        .start()
+    profiles_config(dir, extra).start()
+}
+
+/// The same on state directory `state` (kept across restarts).
+fn daemon_on(dir: &Path, state: &Path, extra: &str) -> Daemon {
+    profiles_config(dir, extra).state_dir(state).start()
+}
+
+/// Every value of [`MANY`], put back when dropped.
+fn many_snapshot() -> KernelSnapshot {
+    let paths: Vec<String> = MANY.iter().map(|(k, _, _)| sysctl_path(k)).collect();
+    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    KernelSnapshot::take(&path_refs)
 }
 
 fn write_profile(dir: &Path, name: &str, text: &str) {
@@ -367,13 +382,7 @@ fn restart_revert_and_check(
     snap: &KernelSnapshot,
     what: &str,
 ) {
-    let d = Daemon::builder()
-        .config(&format!(
-            "[tuning]\nprofile_dirs = [{:?}]\n{config}",
-            profiles.display().to_string()
-        ))
-        .state_dir(state)
-        .start();
+    let d = daemon_on(profiles, state, config);
     let out = d.ctl(&["--json", "profile", "revert"]);
     assert!(out.status.success(), "{what}: {out:?}\n{}", d.log());
     for (cur, before) in snap.current().iter().zip(snap.taken()) {
@@ -394,9 +403,7 @@ fn kill_9_at_any_moment_loses_no_original() {
         return;
     }
     let _host = host_lock();
-    let paths: Vec<String> = MANY.iter().map(|(k, _, _)| sysctl_path(k)).collect();
-    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let snap = KernelSnapshot::take(&path_refs);
+    let snap = many_snapshot();
     let profiles = many_profiles();
     let state = tempfile::tempdir().unwrap();
     let state_arg = state.path().join("state");
@@ -409,13 +416,7 @@ fn kill_9_at_any_moment_loses_no_original() {
             "revert"
         };
         let config = format!("on_start = \"{on_start}\"\n");
-        let mut d = Daemon::builder()
-            .config(&format!(
-                "[tuning]\nprofile_dirs = [{:?}]\n{config}",
-                profiles.path().display().to_string()
-            ))
-            .state_dir(&state_arg)
-            .start();
+        let mut d = daemon_on(profiles.path(), &state_arg, &config);
         // Sometimes apply A first so the kill lands in a switch.
         if iteration % 3 == 1 {
             assert!(d.ctl(&["profile", "apply", "many-a"]).status.success());
@@ -448,9 +449,7 @@ fn kill_9_during_a_revert_loses_no_original() {
         return;
     }
     let _host = host_lock();
-    let paths: Vec<String> = MANY.iter().map(|(k, _, _)| sysctl_path(k)).collect();
-    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let snap = KernelSnapshot::take(&path_refs);
+    let snap = many_snapshot();
     let profiles = many_profiles();
     let state = tempfile::tempdir().unwrap();
     let state_arg = state.path().join("state");
@@ -459,13 +458,7 @@ fn kill_9_during_a_revert_loses_no_original() {
     // How long a revert takes the daemon here, from its request to its answer: the kills
     // land at a uniformly random moment within it, however fast or loaded this machine is.
     let window_us = {
-        let d = Daemon::builder()
-            .config(&format!(
-                "[tuning]\nprofile_dirs = [{:?}]\n",
-                profiles.path().display().to_string()
-            ))
-            .state_dir(&state_arg)
-            .start();
+        let d = daemon_on(profiles.path(), &state_arg, "");
         let mut c = d.connect();
         let mut took = Vec::new();
         for _ in 0..5 {
@@ -486,13 +479,7 @@ fn kill_9_during_a_revert_loses_no_original() {
             "revert"
         };
         let config = format!("on_start = \"{on_start}\"\n");
-        let mut d = Daemon::builder()
-            .config(&format!(
-                "[tuning]\nprofile_dirs = [{:?}]\n{config}",
-                profiles.path().display().to_string()
-            ))
-            .state_dir(&state_arg)
-            .start();
+        let mut d = daemon_on(profiles.path(), &state_arg, &config);
         let profile = if iteration % 3 == 2 {
             "many-b"
         } else {

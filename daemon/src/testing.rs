@@ -60,6 +60,43 @@ pub(crate) struct Faults {
     dead: AtomicBool,
 }
 
+/// What goes wrong during one operation of a property test.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fault {
+    /// Nothing.
+    None,
+    /// The daemon dies before this step (kernel change or journal commit).
+    Crash(usize),
+    /// The kernel refuses this change.
+    Refuse(usize),
+}
+
+impl Fault {
+    /// The faults to run the operation with.
+    pub(crate) fn faults(self) -> Arc<Faults> {
+        match self {
+            Fault::None => Faults::none(),
+            Fault::Crash(step) => Faults::crash_before(step),
+            Fault::Refuse(change) => Faults::refuse(change),
+        }
+    }
+
+    /// Mostly a crash, often nothing, sometimes a refusal: crashes before one of the first
+    /// `steps` steps (points past an operation's end let it finish), refusals of one of the
+    /// first `changes` kernel changes.
+    pub(crate) fn strategy(
+        steps: usize,
+        changes: usize,
+    ) -> impl proptest::strategy::Strategy<Value = Fault> + Clone {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Fault::None),
+            4 => (0..steps).prop_map(Fault::Crash),
+            2 => (0..changes).prop_map(Fault::Refuse),
+        ]
+    }
+}
+
 /// What a simulated death unwinds with.
 #[derive(Debug)]
 pub(crate) struct Crashed;

@@ -267,6 +267,18 @@ pub fn delete_baseline(conn: &Connection, name: &str) -> rusqlite::Result<bool> 
 mod tests {
     use super::*;
 
+    /// A batch of uid 0 with an empty result.
+    fn batch_row(batch: &str) -> BatchRow {
+        BatchRow {
+            batch: batch.into(),
+            ts: 0.0,
+            uid: 0,
+            label: None,
+            argv: "[]".into(),
+            result: "{}".into(),
+        }
+    }
+
     #[test]
     fn ids_are_reserved_past_every_id_given_or_stored_and_never_replace_a_batch() {
         let dir = tempfile::tempdir().unwrap();
@@ -278,14 +290,7 @@ mod tests {
             11..21,
             "unused ids are skipped"
         );
-        let row = |b: &str| BatchRow {
-            batch: b.into(),
-            ts: 0.0,
-            uid: 0,
-            label: None,
-            argv: "[]".into(),
-            result: "{}".into(),
-        };
+        let row = batch_row;
         // A stored id ahead of the reservations (a restored history), and one that is not
         // a number: the next block starts after the first, ignores the second.
         insert(&mut c, &row("500"), 100).unwrap();
@@ -304,14 +309,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();
         let mut c = store.lock_blocking();
-        let row = |b: &str| BatchRow {
-            batch: b.into(),
-            ts: 0.0,
-            uid: 0,
-            label: None,
-            argv: "[]".into(),
-            result: "{}".into(),
-        };
+        let row = batch_row;
         insert(&mut c, &row("a"), 2).unwrap();
         let by = |uid, admin| Saver {
             uid,

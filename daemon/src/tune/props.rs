@@ -33,7 +33,7 @@ use crate::host::format::normalize_words;
 use crate::host::sysctl::DEFAULT_ALLOW;
 use crate::store::Store;
 use crate::store::journal::{self, Phase};
-use crate::testing::{Faults, check_property, reopen_store, scratch_dir, until_crash};
+use crate::testing::{Fault, check_property, reopen_store, scratch_dir, until_crash};
 use crate::tune::profile::ProfileSet;
 use cleanroom_proto::{KnobStatus, TuneResult};
 
@@ -143,26 +143,6 @@ impl Profile {
     }
 }
 
-/// What goes wrong during an operation.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    None,
-    /// The daemon dies before this step (kernel write or journal commit) of it.
-    Crash(usize),
-    /// The kernel refuses this write of it.
-    Refuse(usize),
-}
-
-impl Fault {
-    fn faults(self) -> Arc<Faults> {
-        match self {
-            Fault::None => Faults::none(),
-            Fault::Crash(step) => Faults::crash_before(step),
-            Fault::Refuse(write) => Faults::refuse(write),
-        }
-    }
-}
-
 /// What someone else writes to a knob.
 #[derive(Debug, Clone, Copy)]
 enum OutsideValue {
@@ -206,11 +186,7 @@ fn case() -> impl Strategy<Value = Case> {
     let on_start = prop_oneof![Just(OnStart::Reapply), Just(OnStart::Revert)];
     // Operations take at most 12 steps here (most take fewer than 8): crash points past an
     // operation's end let it finish, which keeps crash-free operations common too.
-    let fault = prop_oneof![
-        3 => Just(Fault::None),
-        4 => (0usize..10).prop_map(Fault::Crash),
-        2 => (0usize..5).prop_map(Fault::Refuse),
-    ];
+    let fault = Fault::strategy(10, 5);
     let outside = prop_oneof![
         3 => Just(OutsideValue::Fresh),
         1 => Just(OutsideValue::Boot),

@@ -30,7 +30,7 @@ use crate::host::Host;
 use crate::host::format::{format_cpu_list, format_cpu_mask, parse_cpu_list, parse_cpu_mask};
 use crate::store::Store;
 use crate::store::shield as journal;
-use crate::testing::{Faults, check_property, reopen_store, scratch_dir, until_crash};
+use crate::testing::{Fault, check_property, reopen_store, scratch_dir, until_crash};
 
 const MOUNT: &str = "/sys/fs/cgroup/cpuset";
 const SHIELD_DIR: &str = "/sys/fs/cgroup/cpuset/cleanroom-shield-t";
@@ -89,25 +89,6 @@ fn narrowed(s: &BTreeSet<u32>) -> BTreeSet<u32> {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Fault {
-    None,
-    /// The daemon dies before this step (kernel change or journal commit).
-    Crash(usize),
-    /// The kernel refuses this change.
-    Refuse(usize),
-}
-
-impl Fault {
-    fn faults(self) -> Arc<Faults> {
-        match self {
-            Fault::None => Faults::none(),
-            Fault::Crash(step) => Faults::crash_before(step),
-            Fault::Refuse(change) => Faults::refuse(change),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
 enum Event {
     /// Exclusive cores are taken: the shield goes up (by cpuset when `cpuset`, else by
     /// affinity), unless the daemon holds it up already.
@@ -129,11 +110,7 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     // Raising takes up to about 12 steps here, lowering about 8.
-    let fault = prop_oneof![
-        3 => Just(Fault::None),
-        4 => (0usize..14).prop_map(Fault::Crash),
-        2 => (0usize..8).prop_map(Fault::Refuse),
-    ];
+    let fault = Fault::strategy(14, 8);
     let event = prop_oneof![
         4 => (any::<bool>(), fault.clone()).prop_map(|(cpuset, fault)| Event::Raise { cpuset, fault }),
         3 => fault.clone().prop_map(Event::Lower),
