@@ -220,6 +220,19 @@ pub fn begin_apply(
     tx.commit()
 }
 
+/// During an apply, right after a write the kernel took in its own form (read-ahead in
+/// whole pages, a partly stored vector): the row's `written` becomes what the file holds,
+/// before the next write. One commit. Without it, a daemon that dies before the apply
+/// settles leaves a row naming the value asked for while the file shows another, which
+/// the next revert could not tell from someone else's.
+pub fn rendered(conn: &Connection, path: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE journal SET written = ?2, updated = ?3 WHERE path = ?1",
+        params![path, value, now()],
+    )?;
+    Ok(())
+}
+
 /// After an apply (or its rollback): each knob's final value (`finals`: what its file
 /// holds) becomes `written`, and the row goes if that is its original; knobs left holding
 /// someone else's value (`theirs`) get back the `written` value they had before the apply,
@@ -286,6 +299,16 @@ pub fn keep_after_revert(conn: &Connection, path: &str, now: Option<&str>) -> ru
             [path],
         )?,
     };
+    Ok(())
+}
+
+/// After a revert: a row that stays for someone else's value counts no value but its
+/// original as cleanroom's (`written = original`), so only `--force` overwrites the knob.
+pub fn disown(conn: &Connection, path: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE journal SET written = original, pending_prev = NULL WHERE path = ?1",
+        [path],
+    )?;
     Ok(())
 }
 

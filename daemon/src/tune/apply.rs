@@ -122,7 +122,7 @@ pub fn apply(
     let boot = ctx.host.boot_id()?;
     let previous = journal::state(&conn)?;
     record_originals(&mut conn, name, &boot, &plan.changes)?;
-    let failed = write_all(ctx.host, &mut plan.changes, best_effort);
+    let failed = write_all(ctx.host, &conn, &mut plan.changes, best_effort);
     let ok = !failed;
     if failed && !best_effort {
         roll_back(ctx.host, &mut plan.changes);
@@ -311,10 +311,26 @@ fn record_originals(
 /// Step 3: every write, in order. Returns whether a knob failed for real (a soft knob the
 /// kernel refuses is reported as unsupported instead); without `best_effort` the first
 /// failure stops the writes.
-fn write_all(host: &Host, changes: &mut [Change], best_effort: bool) -> bool {
+///
+/// A write the kernel keeps in another form than the one asked for (rounded, partly
+/// stored) has that form journaled before the next write ([`journal::rendered`]), so a
+/// crash later in the apply leaves a row that knows the file's value. What stays open is
+/// the instant between that one write(2) and its commit: a crash there leaves a value the
+/// journal cannot tell from someone else's, and the revert reports it as a conflict (and
+/// says why it may be one). A probe (writing the value again to see the kernel's form)
+/// would close it, but would overwrite someone else's value whenever putting it back
+/// failed; a false conflict loses nothing.
+fn write_all(host: &Host, conn: &Connection, changes: &mut [Change], best_effort: bool) -> bool {
     let mut failed = false;
     for c in changes.iter_mut() {
-        if !write_one(host, c) {
+        let ok = write_one(host, c);
+        if let Some(after) = c.after.as_ref().filter(|a| c.touched && **a != c.desired) {
+            if let Err(e) = journal::rendered(conn, &c.planned.path, after) {
+                // The settle records it too, or fails the apply with the same error.
+                tracing::warn!(path = %c.planned.path, value = %after, error = %e, "cannot journal the kernel's form of a write");
+            }
+        }
+        if !ok {
             failed = true;
             if !best_effort {
                 break;

@@ -22,6 +22,10 @@ enum Fate {
     Done,
     /// The row stays; with what its file holds now, when that is known and changed.
     Kept(Option<String>),
+    /// The row stays for `--force`, but the file holds someone else's value, and no value
+    /// but the original counts as cleanroom's any more: no profile is in force, so an admin
+    /// who later sets the knob by hand, even to the old profile's value, keeps it.
+    Theirs,
 }
 
 /// Puts every original back that cleanroom still owns (all of them with `force`). No
@@ -35,10 +39,14 @@ pub(super) fn revert_locked(
     let boot = host.boot_id()?;
     let mut rows = journal::rows(conn)?;
     rows.sort_by_key(|r| revert_rank(&r.path));
-    let previous = journal::state(conn)?.and_then(|s| s.profile);
+    let state = journal::state(conn)?;
+    let interrupted = state.as_ref().is_some_and(|s| s.phase == Phase::Applying);
+    let previous = state.and_then(|s| s.profile);
     journal::set_state(conn, None, Phase::Reverting, &boot)?;
-    let outcomes: Vec<(KnobResult, Fate)> =
-        rows.iter().map(|row| restore(host, row, force)).collect();
+    let outcomes: Vec<(KnobResult, Fate)> = rows
+        .iter()
+        .map(|row| restore(host, row, force, interrupted))
+        .collect();
     record(conn, &rows, &outcomes)?;
     journal::set_state(conn, None, Phase::Idle, &boot)?;
     let ok = outcomes.iter().all(|(_, fate)| *fate == Fate::Done);
@@ -51,8 +59,10 @@ pub(super) fn revert_locked(
     })
 }
 
-/// One row: restored, already at its original, a conflict, or a failure.
-fn restore(host: &Host, row: &journal::Row, force: bool) -> (KnobResult, Fate) {
+/// One row: restored, already at its original, a conflict, or a failure. `interrupted`:
+/// the daemon died in an apply, so a row it was writing may show the kernel's form of the
+/// value asked for (the conflict's reason says so).
+fn restore(host: &Host, row: &journal::Row, force: bool, interrupted: bool) -> (KnobResult, Fate) {
     let kind = Kind::parse_name(&row.kind).unwrap_or(Kind::Text);
     let p = Planned {
         knob: row.knob.clone(),
@@ -78,10 +88,22 @@ fn restore(host: &Host, row: &journal::Row, force: bool) -> (KnobResult, Fate) {
     }
     let ours = current == row.written || row.pending_prev.as_ref() == Some(&current);
     if !ours && !force {
-        let reason = format!(
-            "changed by someone else since cleanroom wrote it; left alone (original {:?}; --force restores it)",
-            row.original
-        );
+        let reason = if interrupted && row.written != row.original {
+            format!(
+                "holds neither the original {:?} nor {:?}, which cleanroom was writing when it stopped mid-apply: someone else's value, or the kernel's form of cleanroom's; left alone (--force restores the original)",
+                row.original, row.written
+            )
+        } else if row.written == row.original {
+            format!(
+                "someone else's value since an earlier revert; left alone (original {:?}; --force restores it)",
+                row.original
+            )
+        } else {
+            format!(
+                "changed by someone else since cleanroom wrote it; left alone (original {:?}; --force restores it)",
+                row.original
+            )
+        };
         return (
             item(
                 &p,
@@ -90,7 +112,7 @@ fn restore(host: &Host, row: &journal::Row, force: bool) -> (KnobResult, Fate) {
                 KnobStatus::Conflict,
                 Some(reason),
             ),
-            Fate::Kept(None),
+            Fate::Theirs,
         );
     }
     match write_knob(host, &row.path, kind, &row.original) {
@@ -129,7 +151,12 @@ fn restore(host: &Host, row: &journal::Row, force: bool) -> (KnobResult, Fate) {
             // changed it (a vector stored in part): else the next revert would take
             // cleanroom's own value for someone else's, and leave the host tuned.
             let now = read_canonical(host, &row.path, kind).ok();
-            let kept = now.clone().filter(|n| ours || *n != current);
+            let fate = match now.clone() {
+                Some(n) if ours || n != current => Fate::Kept(Some(n)),
+                // Forced over someone else's value, and the file still holds it.
+                Some(_) => Fate::Theirs,
+                None => Fate::Kept(None),
+            };
             (
                 item(
                     &p,
@@ -138,7 +165,7 @@ fn restore(host: &Host, row: &journal::Row, force: bool) -> (KnobResult, Fate) {
                     KnobStatus::Failed,
                     Some(e.to_string()),
                 ),
-                Fate::Kept(kept),
+                fate,
             )
         }
     }
@@ -156,6 +183,7 @@ fn record(
         match fate {
             Fate::Done => journal::forget(&tx, &row.path)?,
             Fate::Kept(now) => journal::keep_after_revert(&tx, &row.path, now.as_deref())?,
+            Fate::Theirs => journal::disown(&tx, &row.path)?,
         }
     }
     journal::clear_refused(&tx)?;
