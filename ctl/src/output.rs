@@ -268,15 +268,64 @@ pub fn tune(r: &TuneResult) -> String {
             }
         ));
     }
-    if rows.is_empty() {
+    if rows.is_empty() && r.pins.is_empty() {
         out.push_str("nothing to do\n");
-    } else {
+    } else if !rows.is_empty() {
         out.push_str(&columns(header, &rows));
     }
+    out.push_str(&pins(&r.pins, verify));
     out.push_str(&format!(
         "journal: {} knobs to put back\n",
         r.journal_entries
     ));
+    out
+}
+
+/// The pin rules of an apply, revert or verify: one row per rule, then what went wrong
+/// task by task (names are the processes' own: escaped).
+fn pins(reports: &[cleanroom_proto::PinReport], verify: bool) -> String {
+    if reports.is_empty() {
+        return String::new();
+    }
+    let header: &[&str] = if verify {
+        &["PIN RULE", "TASKS", "PLACED", "DRIFTED"]
+    } else {
+        &["PIN RULE", "TASKS", "PLACED", "CHANGED"]
+    };
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|p| {
+            let problems = p.problems.len() as u32 + p.more_problems;
+            vec![
+                printable(&p.rule).into_owned(),
+                p.matched.to_string(),
+                p.placed.to_string(),
+                if verify { problems } else { p.changed }.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = columns(header, &rows);
+    for p in reports {
+        for q in &p.problems {
+            out.push_str(&format!(
+                "  {}: pid {} tid {} ({}) {}: expected {}, found {}{}\n",
+                q.status,
+                q.pid,
+                q.tid,
+                printable(&q.comm),
+                q.attr,
+                q.expected,
+                q.actual.as_deref().unwrap_or("?"),
+                q.reason
+                    .as_deref()
+                    .map(|r| format!(": {}", printable(r)))
+                    .unwrap_or_default()
+            ));
+        }
+        if p.more_problems > 0 {
+            out.push_str(&format!("  ... and {} more\n", p.more_problems));
+        }
+    }
     out
 }
 

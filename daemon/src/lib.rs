@@ -12,6 +12,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod host;
 pub mod metrics;
+pub mod pin;
 pub mod privileges;
 pub mod quota;
 pub mod run;

@@ -84,12 +84,14 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     //    journal left by a previous run is re-applied or reverted (a new boot recaptures
     //    the originals).
     let host = Host::new(&cfg.daemon.host_root);
+    let pins = Arc::new(cleanroomd::pin::Pinner::new());
     let recovered = cleanroomd::tune::recover(
         cleanroomd::tune::Ctx {
             host: &host,
             store: &store,
             profiles: &live.profiles,
             allow: &cfg.tuning.sysctl_allow,
+            pins: &pins,
         },
         cfg.tuning.on_start,
     )
@@ -122,6 +124,8 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     // 6. Drop unneeded capabilities while this is the only thread: capabilities are per
     //    thread, and every thread created later inherits the reduced sets.
     privileges::drop_capabilities()?;
+    // Pin rules recovery re-applied follow processes from now on.
+    pins.enable_events(&host, &store);
 
     // 7. Only now the runtime and its threads.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -130,7 +134,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let result = rt.block_on(serve(
-        listening, live, source, overrides, store, host, cgroup, started, runner,
+        listening, live, source, overrides, store, host, cgroup, started, runner, pins,
     ));
     rt.shutdown_timeout(Duration::from_millis(100));
     result
@@ -147,6 +151,7 @@ async fn serve(
     cgroup: cleanroom_proto::CgroupMode,
     started: Instant,
     runner: Arc<cleanroomd::run::Runner>,
+    pins: Arc<cleanroomd::pin::Pinner>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::from_std(listening.listener)
         .context("cannot register the socket with the runtime")?;
@@ -164,6 +169,7 @@ async fn serve(
         },
         started,
         runner,
+        pins,
     });
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -350,6 +356,7 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
             store: &store,
             profiles: &cleanroomd::tune::profile::ProfileSet::default(),
             allow: &[],
+            pins: &Arc::new(cleanroomd::pin::Pinner::new()),
         },
         force,
     )?;

@@ -84,6 +84,7 @@ pub struct State {
     status_changed: tokio::sync::Notify,
     active_profile: Mutex<Option<String>>,
     connections: Connections,
+    pins: Arc<crate::pin::Pinner>,
 }
 
 /// What [`State::new`] needs.
@@ -107,6 +108,8 @@ pub struct Parts {
     pub started: Instant,
     /// The runner (cgroups prepared, stale runs cleaned).
     pub runner: Arc<run::Runner>,
+    /// The pin rules in force (those recovery re-applied).
+    pub pins: Arc<crate::pin::Pinner>,
 }
 
 impl State {
@@ -130,6 +133,7 @@ impl State {
             status_changed: tokio::sync::Notify::new(),
             active_profile: Mutex::new(None),
             connections: Connections::default(),
+            pins: parts.pins,
         })
     }
 
@@ -281,6 +285,7 @@ impl State {
             store: &self.store,
             profiles: &live.profiles,
             allow: &live.config.tuning.sysctl_allow,
+            pins: &self.pins,
         }
     }
 

@@ -163,6 +163,55 @@ pub struct TuneResult {
     pub items: Vec<KnobResult>,
     /// Knobs in the journal afterwards.
     pub journal_entries: u64,
+    /// Pin rules: what each matched and did (apply, verify), or what a revert put back,
+    /// by the rule that had placed it. Absent when no rule is involved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<PinReport>,
+}
+
+/// What one pin rule matched and did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinReport {
+    /// The rule as one line: `comm="nginx" -> cpus=2-3 policy=fifo:10`.
+    pub rule: String,
+    /// Where it is written (`FILE: line N`); empty for a revert.
+    #[serde(default)]
+    pub at: String,
+    /// Tasks (threads) it matched; for a revert, tasks it had placed.
+    pub matched: u32,
+    /// Tasks that hold its placement afterwards (apply, verify), or that got their
+    /// originals back (revert).
+    pub placed: u32,
+    /// Attributes this operation changed.
+    pub changed: u32,
+    /// Tasks where it did not go as asked, at most 20 (`more_problems` counts the rest).
+    pub problems: Vec<PinProblem>,
+    /// Problems beyond those listed.
+    #[serde(default)]
+    pub more_problems: u32,
+}
+
+/// One task attribute that is not as a pin rule (or a revert) wants it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinProblem {
+    /// Process id.
+    pub pid: i32,
+    /// Thread id.
+    pub tid: i32,
+    /// Thread name.
+    pub comm: String,
+    /// `cpus`, `policy`, `nice` or `ioprio`.
+    pub attr: String,
+    /// The value wanted.
+    pub expected: String,
+    /// The value it holds, when it could be read.
+    pub actual: Option<String>,
+    /// `failed` (the kernel refused), `drifted` (verify: changed since), `conflict`
+    /// (revert: changed by someone else, left alone).
+    pub status: String,
+    /// Why, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Result of `profile.recommend`.

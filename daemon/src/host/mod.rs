@@ -10,6 +10,7 @@
 mod cgroup;
 pub mod format;
 pub mod sysctl;
+pub mod tasks;
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -173,6 +174,12 @@ impl Host {
     pub fn read(&self, abs: &str) -> Result<String, Error> {
         let path = self.path(abs)?;
         std::fs::read_to_string(&path).map_err(|source| Error::Read { path, source })
+    }
+
+    /// A whole kernel file as bytes (`/proc/<pid>/cmdline`: NUL-separated, any encoding).
+    pub fn read_bytes(&self, abs: &str) -> Result<Vec<u8>, Error> {
+        let path = self.path(abs)?;
+        std::fs::read(&path).map_err(|source| Error::Read { path, source })
     }
 
     /// The one write path: `value` into a kernel file, as one write(2) (the kernel parses

@@ -216,6 +216,8 @@ impl Error {
             Error::Tune(crate::tune::Error::Profile(_)) => ErrorCode::Profile,
             Error::Tune(crate::tune::Error::Journal(_)) => ErrorCode::Store,
             Error::Tune(crate::tune::Error::Host(_)) => ErrorCode::Internal,
+            Error::Tune(crate::tune::Error::Pin(crate::pin::Error::Rule(_))) => ErrorCode::Profile,
+            Error::Tune(crate::tune::Error::Pin(crate::pin::Error::Journal(_))) => ErrorCode::Store,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
             Error::Quota(_) => ErrorCode::Quota,
             Error::Run { error, .. } => run_code(error),

@@ -112,6 +112,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN exit_code INTEGER;
     ALTER TABLE runs ADD COLUMN median_wall_ms REAL;
     UPDATE runs SET n_runs = coalesce(json_array_length(result, '$.samples.wall_ms'), nullif(json_array_length(result, '$.runs'), 0), 1), end_reason = json_extract(result, '$.end_reason'), exit_code = json_extract(result, '$.exit_code'), median_wall_ms = coalesce(json_extract(result, '$.stats.wall_ms.median'), json_extract(result, '$.wall_ms'));",
+    // 8: the pin journal: one row per attribute of a task that pinning changed (a task is
+    // its thread id and start time, so a reused id is another task): the value before
+    // cleanroom first changed it and the value it wrote; `pid` and `comm` for listings,
+    // `rule` the rule that placed it.
+    "CREATE TABLE pin_journal (
+        tid       INTEGER NOT NULL,
+        start     INTEGER NOT NULL,
+        attr      TEXT    NOT NULL,
+        pid       INTEGER NOT NULL,
+        comm      TEXT    NOT NULL,
+        rule      TEXT    NOT NULL,
+        original  TEXT    NOT NULL,
+        written   TEXT    NOT NULL,
+        PRIMARY KEY (tid, start, attr)
+    );",
 ];
 
 /// The schema version this binary writes.

@@ -13,6 +13,7 @@
 pub mod history;
 pub mod journal;
 mod migrations;
+pub mod pins;
 pub mod shield;
 
 use std::path::{Path, PathBuf};

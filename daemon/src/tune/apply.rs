@@ -97,6 +97,9 @@ pub fn apply(
     best_effort: bool,
 ) -> Result<TuneResult, Error> {
     let planned = super::plan(ctx, name)?;
+    let rules = ctx.profiles.get(name).map_err(Error::Profile)?.pins.clone();
+    // Rules that do not fit this host stop the apply before anything is written.
+    crate::pin::Pinner::check(ctx.host, &rules)?;
     let mut conn = ctx.store.lock_blocking();
     let rows = journal::rows(&conn)?;
     let mut plan = plan_changes(ctx.host, planned, &rows);
@@ -111,12 +114,16 @@ pub fn apply(
             ));
         }
         plan.items.sort_by(|a, b| a.knob.cmp(&b.knob));
+        let pins = ctx
+            .pins
+            .apply(ctx.host, ctx.store, &mut conn, &rules, true)?;
         return Ok(TuneResult {
             profile: Some(name.to_owned()),
             ok: true,
             dry_run: true,
             items: plan.items,
             journal_entries: journal::count(&conn)?,
+            pins,
         });
     }
     let boot = ctx.host.boot_id()?;
@@ -149,6 +156,14 @@ pub fn apply(
             Some(&refused),
         )?;
     }
+    // The processes, once the knobs are in place (a failed apply leaves the rules in
+    // force as they were).
+    let pins = if failed && !best_effort {
+        Vec::new()
+    } else {
+        ctx.pins
+            .apply(ctx.host, ctx.store, &mut conn, &rules, false)?
+    };
     // Knobs after a failure that stopped the writes were never attempted: not listed.
     let mut items = plan.items;
     items.extend(
@@ -166,6 +181,7 @@ pub fn apply(
         dry_run: false,
         items,
         journal_entries: journal::count(&conn)?,
+        pins,
     })
 }
 

@@ -60,6 +60,9 @@ pub enum Error {
     /// The host could not be read where it must be (boot id).
     #[error(transparent)]
     Host(#[from] crate::host::Error),
+    /// A pin rule does not fit this host, or the pin journal failed.
+    #[error(transparent)]
+    Pin(#[from] crate::pin::Error),
 }
 
 /// Why one knob could not be read or written.
@@ -91,6 +94,8 @@ pub struct Ctx<'a> {
     pub profiles: &'a ProfileSet,
     /// The sysctl allowlist.
     pub allow: &'a [String],
+    /// The pin rules in force.
+    pub pins: &'a std::sync::Arc<crate::pin::Pinner>,
 }
 
 fn item(
@@ -217,10 +222,10 @@ fn write_knob(host: &Host, path: &str, kind: Kind, value: &str) -> Result<String
 /// tuned. The reserve is made again once there is room.
 pub fn revert(ctx: Ctx<'_>, force: bool) -> Result<TuneResult, Error> {
     let mut conn = ctx.store.lock_blocking();
-    let result = match revert::revert_locked(ctx.host, &mut conn, force) {
+    let result = match revert::revert_locked(ctx.host, ctx.pins, &mut conn, force) {
         Err(Error::Journal(e)) if crate::store::is_full(&e) && ctx.store.release_reserve() => {
             tracing::warn!("the state directory is full: its reserve is freed to revert");
-            revert::revert_locked(ctx.host, &mut conn, force)
+            revert::revert_locked(ctx.host, ctx.pins, &mut conn, force)
         }
         other => other,
     };
@@ -246,6 +251,7 @@ pub fn verify(ctx: Ctx<'_>) -> Result<TuneResult, Error> {
             dry_run: false,
             items: Vec::new(),
             journal_entries,
+            pins: Vec::new(),
         });
     };
     let mut items = Vec::new();
@@ -291,12 +297,15 @@ pub fn verify(ctx: Ctx<'_>) -> Result<TuneResult, Error> {
             ),
         });
     }
+    let pins = ctx.pins.verify(ctx.host);
+    ok &= pins.iter().all(|p| p.problems.is_empty());
     Ok(TuneResult {
         profile: Some(name),
         ok,
         dry_run: false,
         items,
         journal_entries,
+        pins,
     })
 }
 
@@ -323,7 +332,8 @@ pub fn recover(ctx: Ctx<'_>, on_start: OnStart) -> Result<String, Error> {
     let boot = ctx.host.boot_id()?;
     let (state, count) = {
         let conn = ctx.store.lock_blocking();
-        (journal::state(&conn)?, journal::count(&conn)?)
+        let pinned = crate::store::pins::count(&conn)?;
+        (journal::state(&conn)?, journal::count(&conn)? + pinned)
     };
     let Some(state) = state.filter(|s| s.profile.is_some() || count > 0 || s.phase != Phase::Idle)
     else {
@@ -336,6 +346,8 @@ pub fn recover(ctx: Ctx<'_>, on_start: OnStart) -> Result<String, Error> {
         {
             let mut conn = ctx.store.lock_blocking();
             journal::clear(&conn)?;
+            // No task of the last boot lives.
+            crate::store::pins::clear(&mut conn)?;
             journal::set_state(&mut conn, None, Phase::Idle, &boot)?;
         }
         return match wanted {
@@ -410,6 +422,7 @@ mod tests {
         _profiles: tempfile::TempDir,
         profiles: ProfileSet,
         allow: Vec<String>,
+        pins: Arc<crate::pin::Pinner>,
     }
 
     impl Fixture {
@@ -444,6 +457,7 @@ mod tests {
                 _profiles: dir,
                 profiles,
                 allow,
+                pins: Arc::new(crate::pin::Pinner::new()),
             }
         }
 
@@ -453,6 +467,7 @@ mod tests {
                 store: &self.store,
                 profiles: &self.profiles,
                 allow: &self.allow,
+                pins: &self.pins,
             }
         }
 
@@ -798,11 +813,13 @@ mod tests {
         );
         let allow: Vec<String> = DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect();
         let profiles = ProfileSet::load(&[dir.path().to_owned()], &allow);
+        let pins = Arc::new(crate::pin::Pinner::new());
         let ctx = Ctx {
             host: &host,
             store: &store,
             profiles: &profiles,
             allow: &allow,
+            pins: &pins,
         };
         let wants = |name: &str| -> Vec<(String, String)> {
             plan(ctx, name)
@@ -895,11 +912,13 @@ mod tests {
         let profiles = ProfileSet::load(&[dir.path().to_owned()], &allow);
         let state = tempfile::tempdir().unwrap();
         let store = Store::open(state.path()).unwrap();
+        let pins = Arc::new(crate::pin::Pinner::new());
         let base = Ctx {
             host: &host,
             store: &store,
             profiles: &profiles,
             allow: &allow,
+            pins: &pins,
         };
         fn with<'a>(host: &'a Host, base: Ctx<'a>) -> Ctx<'a> {
             Ctx { host, ..base }

@@ -57,6 +57,7 @@ use toml::Spanned;
 
 use crate::host::format::{format_cpu_list, parse_cpu_list};
 use crate::host::sysctl::{SysctlKey, refusal};
+use crate::pin::rule::Rule;
 
 /// `(name, text)` of each shipped profile, one line per file of `daemon/profiles/`.
 macro_rules! builtin {
@@ -238,6 +239,9 @@ pub struct Resolved {
     pub include: Vec<String>,
     /// Every setting, by id, with its source.
     pub settings: BTreeMap<String, Sourced>,
+    /// Pin rules: those of included profiles first, then its own, in file order; a rule
+    /// with the selector of an earlier one replaces it.
+    pub pins: Vec<Rule>,
 }
 
 /// One profile as found (the top layer of its name), resolved or broken.
@@ -270,6 +274,8 @@ struct FileDoc {
     irq: Option<IrqDoc>,
     bench: Option<BenchDoc>,
     isolation: Option<IsolationDoc>,
+    #[serde(default)]
+    pin: Vec<crate::pin::rule::PinDoc>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,6 +352,7 @@ struct Parsed {
     summary: String,
     include: Vec<String>,
     settings: Vec<Setting>,
+    pins: Vec<Rule>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -525,10 +532,19 @@ fn parse(what: &str, text: &str, allow: &[String]) -> Result<Parsed, String> {
         }
         include.push(inc.into_inner());
     }
+    let mut pins = Vec::new();
+    for (i, d) in doc.pin.into_iter().enumerate() {
+        let rule = d
+            .rule(i, what, &|offset| line_of(text, offset))
+            .map_err(|(line, key, msg)| at(line, &key, msg))?;
+        pins.push(rule);
+    }
+    crate::pin::rule::check_contradictions(&pins)?;
     Ok(Parsed {
         summary: doc.profile.summary,
         include,
         settings,
+        pins,
     })
 }
 
@@ -689,10 +705,20 @@ fn resolve(name: &str, parsed: &Layers, stack: &mut Vec<String>) -> Result<Resol
     };
     stack.push(name.to_owned());
     let mut settings = BTreeMap::new();
+    let mut pins: Vec<Rule> = Vec::new();
+    let add_pins = |pins: &mut Vec<Rule>, more: &[Rule]| {
+        for rule in more {
+            pins.retain(|r| r.select != rule.select);
+            pins.push(rule.clone());
+        }
+    };
     for inc in &p.include {
         let r = resolve(inc, parsed, stack);
         match r {
-            Ok(r) => settings.extend(r.settings),
+            Ok(r) => {
+                settings.extend(r.settings);
+                add_pins(&mut pins, &r.pins);
+            }
             Err(e) => {
                 stack.pop();
                 return Err(e);
@@ -700,6 +726,7 @@ fn resolve(name: &str, parsed: &Layers, stack: &mut Vec<String>) -> Result<Resol
         }
     }
     stack.pop();
+    add_pins(&mut pins, &p.pins);
     for s in &p.settings {
         settings.insert(
             s.id(),
@@ -716,6 +743,7 @@ fn resolve(name: &str, parsed: &Layers, stack: &mut Vec<String>) -> Result<Resol
         summary: p.summary.clone(),
         include: p.include.clone(),
         settings,
+        pins,
     })
 }
 

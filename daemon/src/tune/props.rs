@@ -464,11 +464,13 @@ impl World {
         let faults = fault.faults();
         let host = Host::new(self.root.path()).with_faults(Arc::clone(&faults));
         let store = self.store();
+        let pins = Arc::new(crate::pin::Pinner::new());
         let ctx = Ctx {
             host: &host,
             store,
             profiles: &self.profiles,
             allow: &self.allow,
+            pins: &pins,
         };
         let outcome = until_crash(store, &faults, || match op {
             Op::Apply(p) => apply(ctx, p.name(), false, false).map(Outcome::Applied),

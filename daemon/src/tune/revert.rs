@@ -33,6 +33,7 @@ enum Fate {
 /// cut short instead of re-applying.
 pub(super) fn revert_locked(
     host: &Host,
+    pins: &crate::pin::Pinner,
     conn: &mut Connection,
     force: bool,
 ) -> Result<TuneResult, Error> {
@@ -43,19 +44,23 @@ pub(super) fn revert_locked(
     let interrupted = state.as_ref().is_some_and(|s| s.phase == Phase::Applying);
     let previous = state.and_then(|s| s.profile);
     journal::set_state(conn, None, Phase::Reverting, &boot)?;
+    // Processes first: their rules go out of force, then their originals come back.
+    let pins = pins.revert(host, conn, force)?;
     let outcomes: Vec<(KnobResult, Fate)> = rows
         .iter()
         .map(|row| restore(host, row, force, interrupted))
         .collect();
     record(conn, &rows, &outcomes)?;
     journal::set_state(conn, None, Phase::Idle, &boot)?;
-    let ok = outcomes.iter().all(|(_, fate)| *fate == Fate::Done);
+    let ok = outcomes.iter().all(|(_, fate)| *fate == Fate::Done)
+        && pins.iter().all(|p| p.problems.is_empty());
     Ok(TuneResult {
         profile: previous,
         ok,
         dry_run: false,
         items: outcomes.into_iter().map(|(item, _)| item).collect(),
         journal_entries: journal::count(conn)?,
+        pins,
     })
 }
 

@@ -39,7 +39,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::sched::{sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
 use rusqlite::Connection;
 
@@ -55,7 +55,8 @@ use irq::*;
 use partition::*;
 use threads::*;
 
-pub(crate) use threads::stat_fields;
+pub(crate) use crate::host::tasks::stat_fields;
+use crate::host::tasks::{PF_KTHREAD, mask_of, same_thread, set_of, uptime_ticks};
 
 use crate::host::Host;
 use crate::host::format::{format_cpu_list, parse_cpu_list};

@@ -1,0 +1,133 @@
+//! The process event connector: a thread that hears every exec, fork and name change on
+//! the host (netlink, `CN_IDX_PROC`) and places what the rules in force want, within
+//! moments of the event and without polling.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Weak;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use proc_connector::{EventMask, ProcConnector, ProcEvent};
+
+use super::Pinner;
+use crate::host::Host;
+use crate::store::Store;
+
+/// The listening thread; dropping this stops it (without waiting: it may be waiting for
+/// the store's connection, which the dropper may hold).
+#[derive(Debug)]
+pub(super) struct Listener {
+    stop: EventFd,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop.write(1) {
+            tracing::error!(error = %e, "cannot stop the process event thread");
+        }
+    }
+}
+
+impl Listener {
+    /// Subscribes to exec, fork and comm events and starts the thread. Needs
+    /// `CAP_NET_ADMIN`.
+    pub(super) fn start(pinner: Weak<Pinner>, host: Host, store: Store) -> std::io::Result<Self> {
+        let conn = ProcConnector::new().map_err(std::io::Error::other)?;
+        // Room for bursts of forks between two wake-ups of the thread.
+        if let Err(e) = conn.set_recv_buf_size(4 << 20) {
+            tracing::debug!(error = %e, "the process event socket keeps its default buffer");
+        }
+        // Blocking until the kernel acknowledges the subscription; events are read
+        // without blocking, after poll says they are there.
+        conn.subscribe_filtered(EventMask::EXEC | EventMask::FORK | EventMask::COMM)
+            .map_err(std::io::Error::other)?;
+        conn.set_nonblocking().map_err(std::io::Error::other)?;
+        let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let stop_fd: OwnedFd = stop.as_fd().try_clone_to_owned()?;
+        std::thread::Builder::new()
+            .name("pin-events".into())
+            .spawn(move || run(&conn, &stop_fd, &pinner, &host, &store))?;
+        Ok(Self { stop })
+    }
+}
+
+/// The thread: waits for events or the stop signal, and handles each event.
+fn run(conn: &ProcConnector, stop: &OwnedFd, pinner: &Weak<Pinner>, host: &Host, store: &Store) {
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let mut fds = [
+            PollFd::new(conn.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "process events: poll failed; later processes are not placed");
+                return;
+            }
+        }
+        if fds[1].any().unwrap_or(false) {
+            return;
+        }
+        loop {
+            let event = match conn.recv(&mut buf) {
+                Ok(e) => e,
+                Err(proc_connector::Error::WouldBlock) => break,
+                Err(proc_connector::Error::Interrupted) => continue,
+                Err(proc_connector::Error::Overrun) => {
+                    tracing::warn!(
+                        "process events were dropped (a storm of forks): placing every process again"
+                    );
+                    let Some(p) = pinner.upgrade() else { return };
+                    let mut c = store.lock_blocking();
+                    let pids = super::place::pids(host);
+                    for pid in pids {
+                        p.place_process(host, &mut c, pid);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, fd = conn.as_raw_fd(), "process events: a message skipped");
+                    continue;
+                }
+            };
+            let Some(p) = pinner.upgrade() else { return };
+            handle(&p, host, store, &event);
+        }
+    }
+}
+
+/// One event: the tasks it concerns placed by the rules in force.
+fn handle(pinner: &Pinner, host: &Host, store: &Store, event: &ProcEvent) {
+    match *event {
+        ProcEvent::Exec { tgid, .. } | ProcEvent::Comm { tgid, .. } => {
+            // The connection first: the rules are read under it, so a revert that holds it
+            // is never followed by a placement under the rules it took out of force.
+            let mut c = store.lock_blocking();
+            pinner.place_process(host, &mut c, tgid as i32);
+        }
+        ProcEvent::Fork {
+            parent_pid,
+            child_pid,
+            child_tgid,
+            ..
+        } => {
+            let mut c = store.lock_blocking();
+            if pinner.rules().is_empty() {
+                return;
+            }
+            if let Err(e) = super::place::inherit(
+                host,
+                &mut c,
+                parent_pid as i32,
+                child_tgid as i32,
+                child_pid as i32,
+            ) {
+                tracing::error!(error = %e, child = child_pid, "cannot journal an inherited placement");
+            }
+            pinner.place_process(host, &mut c, child_tgid as i32);
+        }
+        _ => {}
+    }
+}

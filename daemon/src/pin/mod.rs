@@ -1,0 +1,324 @@
+//! Pinning: placing the host's processes and threads (CPU affinity, scheduling policy and
+//! priority, nice, I/O priority) by the `[[pin]]` rules of the active profile: what exists
+//! when it is applied, and what starts later, by the kernel's process event connector
+//! (netlink: exec, fork, comm changes), not by polling. Journaled and reverted like every
+//! other knob.
+//!
+//! The order of an apply: subscribe to process events, then scan `/proc`, so nothing that
+//! starts during the scan is missed (a process seen twice is placed once: the second pass
+//! finds it placed). Every change's original is journaled before it is made
+//! ([`crate::store::pins`]). A thread or process a placed task creates inherits its
+//! placement from the kernel; its event journals it with the creator's originals, so a
+//! revert puts it back too.
+//!
+//! Revert is compare-and-swap per task attribute, as for knobs: the original goes back
+//! where the task still holds cleanroom's value; a task someone changed since is a
+//! conflict, left alone (`--force` restores it); a task that exited is simply gone.
+//!
+//! Locks: the store's connection first, then the rules. Tuning operations hold the
+//! connection throughout; the event thread takes it per event.
+//!
+//! Limitation: events the kernel drops (the socket's buffer overran under a storm of
+//! forks) are followed by a full scan, which places what the events missed; a child that
+//! inherited a placement in that window is not journaled, and keeps it after a revert.
+
+mod events;
+mod place;
+pub mod rule;
+pub mod sched;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use cleanroom_proto::{PinProblem, PinReport};
+use rusqlite::Connection;
+
+use crate::host::Host;
+use crate::host::tasks::same_thread;
+use crate::store::pins as journal;
+use rule::Rule;
+use sched::Attr;
+
+/// The rules in force, shared by tuning operations and the event thread.
+#[derive(Debug, Default)]
+pub struct Pinner {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    rules: Arc<Vec<Rule>>,
+    events: Option<events::Listener>,
+    /// Whether the event thread may be started: not before the daemon has dropped the
+    /// capabilities it does not use (they are per thread, and a thread keeps those it was
+    /// born with). See [`Pinner::enable_events`].
+    events_enabled: bool,
+}
+
+/// Errors of pinning that stop an apply before it changes anything.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A rule does not fit this host (CPUs it does not have); names the rule's file, line
+    /// and key.
+    #[error("{0}")]
+    Rule(String),
+    /// The pin journal failed.
+    #[error("pin journal: {0}")]
+    Journal(#[from] rusqlite::Error),
+}
+
+impl Pinner {
+    /// No rules in force.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Arc<Vec<Rule>> {
+        Arc::clone(&self.lock().rules)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts `rules` in force: tasks journaled by rules that no longer want them get their
+    /// originals back, then every process is placed, and processes that start or change
+    /// later are placed as they do. With `dry_run` nothing changes: the reports say what
+    /// would. `conn` is the store's connection, held by the caller.
+    pub fn apply(
+        self: &Arc<Self>,
+        host: &Host,
+        store: &crate::store::Store,
+        conn: &mut Connection,
+        rules: &[Rule],
+        dry_run: bool,
+    ) -> Result<Vec<PinReport>, Error> {
+        Self::check(host, rules)?;
+        let mut reports = place::Reports::new(rules);
+        if dry_run {
+            place::place(host, conn, rules, &place::pids(host), true, &mut reports)?;
+            return Ok(reports.into_vec());
+        }
+        let mut inner = self.lock();
+        // Whatever rules go: what they placed and the new ones do not want goes back.
+        restore(host, conn, false, |row| !still_wanted(host, rules, row))?;
+        inner.rules = Arc::new(rules.to_vec());
+        if rules.is_empty() {
+            inner.events = None;
+            return Ok(Vec::new());
+        }
+        if inner.events_enabled && inner.events.is_none() {
+            inner.events = self.listen(host, store);
+        }
+        drop(inner);
+        place::place(host, conn, rules, &place::pids(host), false, &mut reports)?;
+        Ok(reports.into_vec())
+    }
+
+    fn listen(
+        self: &Arc<Self>,
+        host: &Host,
+        store: &crate::store::Store,
+    ) -> Option<events::Listener> {
+        match events::Listener::start(Arc::downgrade(self), host.clone(), store.clone()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "no process events: processes that start later are placed only by the next apply");
+                None
+            }
+        }
+    }
+
+    /// From now on rules in force follow processes as they start and change (the daemon
+    /// calls it once it has dropped its capabilities). Rules already in force (a profile
+    /// re-applied at start) start listening now, and every process is placed again, for
+    /// those that started in between.
+    pub fn enable_events(self: &Arc<Self>, host: &Host, store: &crate::store::Store) {
+        let mut conn = store.lock_blocking();
+        let mut inner = self.lock();
+        inner.events_enabled = true;
+        if inner.rules.is_empty() || inner.events.is_some() {
+            return;
+        }
+        inner.events = self.listen(host, store);
+        drop(inner);
+        for pid in place::pids(host) {
+            self.place_process(host, &mut conn, pid);
+        }
+    }
+
+    /// Checks rules against this host before anything is applied: CPUs it does not have
+    /// are an error naming the rule's file, line and key.
+    pub fn check(host: &Host, rules: &[Rule]) -> Result<(), Error> {
+        let online = crate::host::format::parse_cpu_list(
+            host.read("/sys/devices/system/cpu/online")
+                .unwrap_or_default()
+                .trim(),
+        )
+        .unwrap_or_default();
+        match rules.iter().find_map(|r| rule::missing_cpus(r, &online)) {
+            Some(e) => Err(Error::Rule(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes every rule out of force and puts back every original the journal holds,
+    /// compare-and-swap (all of them with `force`). Reports by the rule that had placed
+    /// each task.
+    pub fn revert(
+        &self,
+        host: &Host,
+        conn: &mut Connection,
+        force: bool,
+    ) -> Result<Vec<PinReport>, Error> {
+        let mut inner = self.lock();
+        inner.rules = Arc::new(Vec::new());
+        inner.events = None;
+        drop(inner);
+        Ok(restore(host, conn, force, |_| true)?)
+    }
+
+    /// Verify: each rule in force against the tasks it matches.
+    pub fn verify(&self, host: &Host) -> Vec<PinReport> {
+        let rules = self.rules();
+        place::verify(host, &rules)
+    }
+
+    /// Places what one event concerns (the tasks of process `pid`), under the rules in
+    /// force. Called by the event thread with the connection it took.
+    fn place_process(&self, host: &Host, conn: &mut Connection, pid: i32) {
+        let rules = self.rules();
+        if rules.is_empty() {
+            return;
+        }
+        let mut reports = place::Reports::new(&rules);
+        if let Err(e) = place::place(host, conn, &rules, &[pid], false, &mut reports) {
+            tracing::error!(pid, error = %e, "cannot journal a placement");
+        }
+        for r in reports.into_vec() {
+            for p in r.problems {
+                tracing::warn!(pid = p.pid, tid = p.tid, attr = %p.attr, value = %p.expected, reason = ?p.reason, rule = %r.rule, "cannot place a task");
+            }
+        }
+    }
+}
+
+/// Whether the rules still want a journaled task attribute set.
+fn still_wanted(host: &Host, rules: &[Rule], row: &journal::Row) -> bool {
+    let (Some(p), Some(t)) = (
+        place::process(host, row.pid),
+        place::task(host, row.pid, row.tid),
+    ) else {
+        return false;
+    };
+    rules.iter().any(|r| {
+        r.select.process_matches(&p.comm, &p.cmdline, p.uid)
+            && r.select.thread_matches(&t.comm)
+            && r.place.iter().any(|(a, _)| a.as_str() == row.attr)
+    })
+}
+
+/// Puts back the original of every journaled task attribute `which` selects, where the
+/// task still holds cleanroom's value (every one with `force`); reports by rule.
+fn restore(
+    host: &Host,
+    conn: &mut Connection,
+    force: bool,
+    which: impl Fn(&journal::Row) -> bool,
+) -> rusqlite::Result<Vec<PinReport>> {
+    let rows: Vec<journal::Row> = journal::rows(conn)?
+        .into_iter()
+        .filter(|r| which(r))
+        .collect();
+    let mut reports: Vec<PinReport> = Vec::new();
+    let mut tasks: BTreeSet<(String, i32)> = BTreeSet::new();
+    let mut fates = Vec::new();
+    for row in &rows {
+        let at = match reports.iter().position(|r| r.rule == row.rule) {
+            Some(i) => i,
+            None => {
+                reports.push(PinReport {
+                    rule: row.rule.clone(),
+                    at: String::new(),
+                    matched: 0,
+                    placed: 0,
+                    changed: 0,
+                    problems: Vec::new(),
+                    more_problems: 0,
+                });
+                reports.len() - 1
+            }
+        };
+        let report = &mut reports[at];
+        if tasks.insert((row.rule.clone(), row.tid)) {
+            report.matched += 1;
+        }
+        let (fate, problem) = restore_one(host, row, force);
+        if fate.is_none() && problem.is_none() {
+            report.changed += 1;
+        }
+        if let Some(p) = problem {
+            if report.problems.len() < 20 {
+                report.problems.push(p);
+            } else {
+                report.more_problems += 1;
+            }
+        }
+        fates.push(fate);
+    }
+    let settled: Vec<(&journal::Row, Option<bool>)> = rows.iter().zip(fates).collect();
+    journal::settle(conn, &settled)?;
+    for r in &mut reports {
+        let with_problems: BTreeSet<i32> = r.problems.iter().map(|p| p.tid).collect();
+        r.placed = r.matched.saturating_sub(with_problems.len() as u32);
+    }
+    Ok(reports)
+}
+
+/// One journaled attribute back to its original: the row's fate (see
+/// [`journal::settle`]) and what went wrong, if anything.
+fn restore_one(host: &Host, row: &journal::Row, force: bool) -> (Option<bool>, Option<PinProblem>) {
+    let Some(attr) = Attr::parse(&row.attr) else {
+        return (None, None);
+    };
+    if !same_thread(host, row.tid, row.start) {
+        return (None, None);
+    }
+    let problem = |status: &str, actual: Option<String>, reason: String| PinProblem {
+        pid: row.pid,
+        tid: row.tid,
+        comm: row.comm.clone(),
+        attr: row.attr.clone(),
+        expected: row.original.clone(),
+        actual,
+        status: status.into(),
+        reason: Some(reason),
+    };
+    let current = match sched::get(row.tid, attr) {
+        Ok(c) => c,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return (None, None),
+        Err(e) => return (Some(false), Some(problem("failed", None, e.to_string()))),
+    };
+    if current == row.original {
+        return (None, None);
+    }
+    if current != row.written && !force {
+        let reason = format!(
+            "changed by someone else since cleanroom set {:?}; left alone (--force restores {:?})",
+            row.written, row.original
+        );
+        return (Some(true), Some(problem("conflict", Some(current), reason)));
+    }
+    match sched::set(row.tid, attr, &row.original) {
+        Ok(()) => (None, None),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => (None, None),
+        Err(e) => {
+            let theirs = current != row.written;
+            (
+                Some(theirs),
+                Some(problem("failed", Some(current), e.to_string())),
+            )
+        }
+    }
+}

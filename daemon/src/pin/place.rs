@@ -1,0 +1,359 @@
+//! Matching tasks to rules and placing them: one pass over `/proc` (or over one process,
+//! for an event), the originals journaled before anything changes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cleanroom_proto::{PinProblem, PinReport};
+use rusqlite::Connection;
+
+use super::rule::Rule;
+use super::sched::{self, Attr};
+use crate::host::Host;
+use crate::host::tasks::stat_fields;
+use crate::store::pins as journal;
+
+/// Problems listed per rule; the rest are counted.
+const MAX_PROBLEMS: usize = 20;
+
+/// A process as rules see it.
+#[derive(Debug, Clone)]
+pub(super) struct Process {
+    pub(super) comm: String,
+    pub(super) cmdline: String,
+    pub(super) uid: u32,
+}
+
+/// One task of a process.
+#[derive(Debug, Clone)]
+pub(super) struct Task {
+    pub(super) tid: i32,
+    pub(super) start: i64,
+    pub(super) comm: String,
+}
+
+/// Reads a process, or `None` when it is gone (or is this daemon, which never pins
+/// itself).
+pub(super) fn process(host: &Host, pid: i32) -> Option<Process> {
+    if pid == std::process::id() as i32 {
+        return None;
+    }
+    let comm = host.read(&format!("/proc/{pid}/comm")).ok()?;
+    let cmdline = host.read_bytes(&format!("/proc/{pid}/cmdline")).ok()?;
+    let status = host.read(&format!("/proc/{pid}/status")).ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())?;
+    let cmdline: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Some(Process {
+        comm: comm.trim_end_matches('\n').to_owned(),
+        cmdline: cmdline.join(" "),
+        uid,
+    })
+}
+
+/// The tasks of a process.
+pub(super) fn tasks(host: &Host, pid: i32) -> Vec<Task> {
+    host.list(&format!("/proc/{pid}/task"))
+        .iter()
+        .filter_map(|t| t.parse::<i32>().ok())
+        .filter_map(|tid| task(host, pid, tid))
+        .collect()
+}
+
+/// One task, or `None` when it is gone.
+pub(super) fn task(host: &Host, pid: i32, tid: i32) -> Option<Task> {
+    let stat = host.read(&format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let (_, start) = stat_fields(&stat)?;
+    let comm = host.read(&format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+    Some(Task {
+        tid,
+        start: start as i64,
+        comm: comm.trim_end_matches('\n').to_owned(),
+    })
+}
+
+/// Every process id in `/proc`.
+pub(super) fn pids(host: &Host) -> Vec<i32> {
+    host.list("/proc")
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// What the rules want of one task: each attribute's value and the index of the rule
+/// that decides it.
+type Wants = BTreeMap<Attr, (String, usize)>;
+
+/// What the rules want of one task: each attribute from the last rule that sets it, with
+/// that rule's index.
+fn wanted(rules: &[Rule], p: &Process, t: &Task) -> Wants {
+    let mut want = BTreeMap::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if rule.select.process_matches(&p.comm, &p.cmdline, p.uid)
+            && rule.select.thread_matches(&t.comm)
+        {
+            for (attr, value) in &rule.place {
+                want.insert(*attr, (value.clone(), i));
+            }
+        }
+    }
+    want
+}
+
+/// The tasks of processes `pids` that some rule takes, each with what the rules want of it.
+fn matched(
+    host: &Host,
+    rules: &[Rule],
+    pids: &[i32],
+) -> Vec<(i32, Task, Wants)> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        let Some(p) = process(host, pid) else {
+            continue;
+        };
+        if !rules
+            .iter()
+            .any(|r| r.select.process_matches(&p.comm, &p.cmdline, p.uid))
+        {
+            continue;
+        }
+        for t in tasks(host, pid) {
+            let want = wanted(rules, &p, &t);
+            if !want.is_empty() {
+                out.push((pid, t, want));
+            }
+        }
+    }
+    out
+}
+
+/// The reports of one pass, one per rule, built up as tasks are seen.
+#[derive(Debug)]
+pub(super) struct Reports(Vec<PinReport>);
+
+impl Reports {
+    pub(super) fn new(rules: &[Rule]) -> Self {
+        Self(
+            rules
+                .iter()
+                .map(|r| PinReport {
+                    rule: r.text(),
+                    at: r.at.clone(),
+                    matched: 0,
+                    placed: 0,
+                    changed: 0,
+                    problems: Vec::new(),
+                    more_problems: 0,
+                })
+                .collect(),
+        )
+    }
+
+    fn problem(&mut self, rule: usize, problem: PinProblem) {
+        let r = &mut self.0[rule];
+        if r.problems.len() < MAX_PROBLEMS {
+            r.problems.push(problem);
+        } else {
+            r.more_problems += 1;
+        }
+    }
+
+    pub(super) fn into_vec(self) -> Vec<PinReport> {
+        self.0
+    }
+}
+
+/// One change a pass makes.
+#[derive(Debug)]
+struct Change {
+    row: journal::Row,
+    rule: usize,
+}
+
+/// Places the tasks of processes `pids` by `rules`: what they want is journaled (one
+/// commit), then set. With `dry_run` nothing is journaled or set, and the reports say what
+/// would change. Tasks that hold what they want already are counted as placed.
+pub(super) fn place(
+    host: &Host,
+    conn: &mut Connection,
+    rules: &[Rule],
+    pids: &[i32],
+    dry_run: bool,
+    reports: &mut Reports,
+) -> rusqlite::Result<()> {
+    let mut changes = Vec::new();
+    // Per task and rule: whether every attribute of the rule it takes already holds.
+    let mut holds: HashMap<(i32, usize), bool> = HashMap::new();
+    for (pid, t, want) in matched(host, rules, pids) {
+        // Every value first: a task gone meanwhile is skipped whole.
+        let Ok(current) = want
+            .keys()
+            .map(|a| sched::get(t.tid, *a).map(|v| (*a, v)))
+            .collect::<std::io::Result<HashMap<Attr, String>>>()
+        else {
+            continue;
+        };
+        for (_, i) in want.values() {
+            if holds.insert((t.tid, *i), true).is_none() {
+                reports.0[*i].matched += 1;
+            }
+        }
+        for (attr, (value, i)) in want {
+            let current = current[&attr].clone();
+            if current == value {
+                continue;
+            }
+            holds.insert((t.tid, i), false);
+            changes.push(Change {
+                row: journal::Row {
+                    tid: t.tid,
+                    start: t.start,
+                    attr: attr.as_str().to_owned(),
+                    pid,
+                    comm: t.comm.clone(),
+                    rule: rules[i].text(),
+                    original: current,
+                    written: value,
+                },
+                rule: i,
+            });
+        }
+    }
+    for ((_, i), ok) in &holds {
+        if *ok {
+            reports.0[*i].placed += 1;
+        }
+    }
+    if dry_run {
+        for c in &changes {
+            reports.0[c.rule].changed += 1;
+        }
+        return Ok(());
+    }
+    let rows: Vec<journal::Row> = changes.iter().map(|c| c.row.clone()).collect();
+    journal::record(conn, &rows)?;
+    let mut failed: HashMap<(i32, usize), bool> = HashMap::new();
+    for c in &changes {
+        let attr = Attr::parse(&c.row.attr).expect("an attribute this pass named");
+        let r = &c.row;
+        match sched::set(r.tid, attr, &r.written) {
+            Ok(()) => {
+                reports.0[c.rule].changed += 1;
+                failed.entry((r.tid, c.rule)).or_insert(false);
+                if let Ok(now) = sched::get(r.tid, attr) {
+                    if now != r.written {
+                        journal::rendered(conn, r.tid, r.start, &r.attr, &now)?;
+                    }
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                failed.insert((r.tid, c.rule), true);
+                reports.problem(
+                    c.rule,
+                    PinProblem {
+                        pid: r.pid,
+                        tid: r.tid,
+                        comm: r.comm.clone(),
+                        attr: r.attr.clone(),
+                        expected: r.written.clone(),
+                        actual: Some(r.original.clone()),
+                        status: "failed".into(),
+                        reason: Some(e.to_string()),
+                    },
+                );
+            }
+        }
+    }
+    for ((_, i), f) in failed {
+        if !f {
+            reports.0[i].placed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Verify: every matched task's attributes against what its rules want.
+pub(super) fn verify(host: &Host, rules: &[Rule]) -> Vec<PinReport> {
+    let mut reports = Reports::new(rules);
+    for (pid, t, want) in matched(host, rules, &pids(host)) {
+        let mut drifted: HashMap<usize, bool> = HashMap::new();
+        for (attr, (value, i)) in want {
+            let Ok(current) = sched::get(t.tid, attr) else {
+                continue;
+            };
+            let d = drifted.entry(i).or_insert(false);
+            if current != value {
+                *d = true;
+                reports.problem(
+                    i,
+                    PinProblem {
+                        pid,
+                        tid: t.tid,
+                        comm: t.comm.clone(),
+                        attr: attr.as_str().to_owned(),
+                        expected: value,
+                        actual: Some(current),
+                        status: "drifted".into(),
+                        reason: None,
+                    },
+                );
+            }
+        }
+        for (i, d) in drifted {
+            reports.0[i].matched += 1;
+            if !d {
+                reports.0[i].placed += 1;
+            }
+        }
+    }
+    reports.into_vec()
+}
+
+/// A task created by a placed one (`parent`, a thread id) inherited its placement: the
+/// child's attributes that hold what was written for the parent are journaled with the
+/// parent's originals, so a revert restores them too.
+pub(super) fn inherit(
+    host: &Host,
+    conn: &mut Connection,
+    parent: i32,
+    child_pid: i32,
+    child: i32,
+) -> rusqlite::Result<()> {
+    let Some(parent_start) = host
+        .read(&format!("/proc/{parent}/stat"))
+        .ok()
+        .and_then(|s| stat_fields(&s))
+        .map(|(_, s)| s as i64)
+    else {
+        return Ok(());
+    };
+    let rows = journal::of_task(conn, parent, parent_start)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let Some(t) = task(host, child_pid, child) else {
+        return Ok(());
+    };
+    let inherited: Vec<journal::Row> = rows
+        .into_iter()
+        .filter(|r| {
+            Attr::parse(&r.attr)
+                .and_then(|a| sched::get(child, a).ok())
+                .is_some_and(|v| v == r.written)
+        })
+        .map(|r| journal::Row {
+            tid: child,
+            start: t.start,
+            pid: child_pid,
+            comm: t.comm.clone(),
+            ..r
+        })
+        .collect();
+    journal::record(conn, &inherited)
+}

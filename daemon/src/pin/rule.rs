@@ -1,0 +1,334 @@
+//! Pin rules: which tasks (a selector) get which placement. Parsed from a profile's
+//! `[[pin]]` tables; independent of any host until they are applied.
+//!
+//! ```toml
+//! [[pin]]
+//! comm = "nginx"                # glob over the process name (/proc/PID/comm)
+//! cmdline = "--role=worker"     # or: a regex over the command line, arguments space-separated
+//! thread = "io-*"               # only these threads of the matched processes (by thread name)
+//! user = "www-data"             # only processes of this user (name or uid)
+//! cpus = "2-3"                  # affinity
+//! policy = "fifo"               # other | batch | idle | fifo | rr
+//! priority = 10                 # 1-99, for fifo and rr only
+//! nice = -5
+//! ioprio = "be:0"               # none | idle | be:N | rt:N
+//! ```
+//!
+//! A task matched by several rules takes each attribute from the last rule that sets it
+//! (rules of included profiles come first, then the profile's own, in file order).
+
+use std::collections::BTreeSet;
+
+use super::sched::{Attr, Ioprio, Sched, canonical};
+use crate::host::format::format_cpu_list;
+
+/// A glob over a name, as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(glob::Pattern);
+
+impl Glob {
+    fn new(text: &str) -> Result<Self, String> {
+        glob::Pattern::new(text)
+            .map(Self)
+            .map_err(|e| format!("bad glob {text:?}: {e}"))
+    }
+
+    /// Whether `name` matches.
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.matches(name)
+    }
+}
+
+/// A regular expression over a command line, as written.
+#[derive(Debug, Clone)]
+pub struct Re(regex::Regex);
+
+impl PartialEq for Re {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for Re {}
+
+impl Re {
+    fn new(text: &str) -> Result<Self, String> {
+        regex::RegexBuilder::new(text)
+            .size_limit(1 << 20)
+            .build()
+            .map(Self)
+            .map_err(|e| format!("bad regex {text:?}: {e}"))
+    }
+
+    /// Whether `cmdline` (arguments joined by spaces) matches anywhere.
+    pub fn matches(&self, cmdline: &str) -> bool {
+        self.0.is_match(cmdline)
+    }
+}
+
+/// Which tasks a rule takes: processes by name, command line and user, then (with
+/// `thread`) only their threads of that name. At least one of them is given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Select {
+    /// Glob over the process name.
+    pub comm: Option<Glob>,
+    /// Regex over the command line.
+    pub cmdline: Option<Re>,
+    /// Glob over thread names inside the matched processes.
+    pub thread: Option<Glob>,
+    /// The process's real user id.
+    pub user: Option<u32>,
+}
+
+impl Select {
+    /// The selector as it is written, for messages and listings.
+    pub fn text(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = &self.comm {
+            parts.push(format!("comm={:?}", c.0.as_str()));
+        }
+        if let Some(c) = &self.cmdline {
+            parts.push(format!("cmdline={:?}", c.0.as_str()));
+        }
+        if let Some(t) = &self.thread {
+            parts.push(format!("thread={:?}", t.0.as_str()));
+        }
+        if let Some(u) = self.user {
+            parts.push(format!("user={u}"));
+        }
+        parts.join(" ")
+    }
+
+    /// Whether a process matches (the thread name is checked per task).
+    pub fn process_matches(&self, comm: &str, cmdline: &str, uid: u32) -> bool {
+        self.comm.as_ref().is_none_or(|g| g.matches(comm))
+            && self.cmdline.as_ref().is_none_or(|r| r.matches(cmdline))
+            && self.user.is_none_or(|u| u == uid)
+    }
+
+    /// Whether a thread of a matched process is taken.
+    pub fn thread_matches(&self, name: &str) -> bool {
+        self.thread.as_ref().is_none_or(|g| g.matches(name))
+    }
+}
+
+/// One rule: a selector and the attributes it sets (canonical values, in [`Attr`] order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Which tasks.
+    pub select: Select,
+    /// What they get.
+    pub place: Vec<(Attr, String)>,
+    /// Where it was written: `FILE: line N`.
+    pub at: String,
+}
+
+impl Rule {
+    /// The rule as one line: `comm="nginx" -> cpus=2-3 policy=fifo:10`.
+    pub fn text(&self) -> String {
+        let place: Vec<String> = self.place.iter().map(|(a, v)| format!("{a}={v}")).collect();
+        format!("{} -> {}", self.select.text(), place.join(" "))
+    }
+
+    /// The CPUs the rule pins to, if it does.
+    pub fn cpus(&self) -> Option<BTreeSet<u32>> {
+        self.place
+            .iter()
+            .find(|(a, _)| *a == Attr::Affinity)
+            .and_then(|(_, v)| crate::host::format::parse_cpu_list(v).ok())
+    }
+}
+
+/// A user given by name or by uid.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum UserRef {
+    Id(u32),
+    Name(String),
+}
+
+/// A `[[pin]]` table as written. Every value is spanned, so an error names its line.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PinDoc {
+    comm: Option<toml::Spanned<String>>,
+    cmdline: Option<toml::Spanned<String>>,
+    thread: Option<toml::Spanned<String>>,
+    user: Option<toml::Spanned<UserRef>>,
+    unit: Option<toml::Spanned<String>>,
+    cgroup: Option<toml::Spanned<String>>,
+    cpus: Option<toml::Spanned<String>>,
+    mems: Option<toml::Spanned<String>>,
+    policy: Option<toml::Spanned<String>>,
+    priority: Option<toml::Spanned<i64>>,
+    nice: Option<toml::Spanned<i64>>,
+    ioprio: Option<toml::Spanned<String>>,
+}
+
+/// Where an error is: the line of a value and the key that holds it.
+pub(crate) type ErrAt = (usize, String, String);
+
+impl PinDoc {
+    /// The rule, checked; `line` gives the line of a byte offset, `index` is the table's
+    /// place among the file's `[[pin]]` tables (for keys in errors: `pin[0].cpus`), `what`
+    /// names the file. Errors are (line, key, message).
+    pub(crate) fn rule(
+        self,
+        index: usize,
+        what: &str,
+        line: &dyn Fn(usize) -> usize,
+    ) -> Result<Rule, ErrAt> {
+        let key = |k: &str| format!("pin[{index}].{k}");
+        let err =
+            |span: std::ops::Range<usize>, k: &str, msg: String| (line(span.start), key(k), msg);
+        for (k, v) in [
+            ("unit", &self.unit),
+            ("cgroup", &self.cgroup),
+            ("mems", &self.mems),
+        ] {
+            if let Some(v) = v {
+                return Err(err(
+                    v.span(),
+                    k,
+                    "not supported yet: pin processes by comm, cmdline, thread and user".into(),
+                ));
+            }
+        }
+        let mut select = Select::default();
+        let mut first: Option<usize> = None;
+        let mut note = |s: std::ops::Range<usize>| {
+            first = Some(first.map_or(s.start, |f| f.min(s.start)));
+        };
+        if let Some(c) = self.comm {
+            note(c.span());
+            select.comm = Some(Glob::new(c.get_ref()).map_err(|e| err(c.span(), "comm", e))?);
+        }
+        if let Some(c) = self.cmdline {
+            note(c.span());
+            select.cmdline = Some(Re::new(c.get_ref()).map_err(|e| err(c.span(), "cmdline", e))?);
+        }
+        if let Some(t) = self.thread {
+            note(t.span());
+            select.thread = Some(Glob::new(t.get_ref()).map_err(|e| err(t.span(), "thread", e))?);
+        }
+        if let Some(u) = self.user {
+            note(u.span());
+            let span = u.span();
+            select.user = Some(match u.into_inner() {
+                UserRef::Id(id) => id,
+                UserRef::Name(name) => match nix::unistd::User::from_name(&name) {
+                    Ok(Some(user)) => user.uid.as_raw(),
+                    Ok(None) => return Err(err(span, "user", format!("no user named {name:?}"))),
+                    Err(e) => {
+                        return Err(err(span, "user", format!("cannot look up {name:?}: {e}")));
+                    }
+                },
+            });
+        }
+        if select.comm.is_none() && select.cmdline.is_none() && select.thread.is_none() {
+            return Err((
+                first.map_or(0, line),
+                format!("pin[{index}]"),
+                "a rule needs a selector: comm, cmdline or thread (user narrows one of them)"
+                    .into(),
+            ));
+        }
+        let mut place = Vec::new();
+        if let Some(c) = self.cpus {
+            let v = canonical(Attr::Affinity, c.get_ref()).map_err(|e| err(c.span(), "cpus", e))?;
+            if v.is_empty() {
+                return Err(err(c.span(), "cpus", "empty CPU list".into()));
+            }
+            place.push((Attr::Affinity, v));
+        }
+        match (self.policy, self.priority) {
+            (Some(p), prio) => {
+                let prio_i32 = match &prio {
+                    Some(v) => Some(i32::try_from(*v.get_ref()).map_err(|_| {
+                        err(
+                            v.span(),
+                            "priority",
+                            format!("{} is out of range", v.get_ref()),
+                        )
+                    })?),
+                    None => None,
+                };
+                let s = Sched::new(p.get_ref(), prio_i32).map_err(|e| {
+                    let (span, k) = match &prio {
+                        Some(v) if prio_i32.is_some_and(|x| x != 0) => (v.span(), "priority"),
+                        _ => (p.span(), "policy"),
+                    };
+                    err(span, k, e)
+                })?;
+                place.push((Attr::Sched, s.text()));
+            }
+            (None, Some(v)) => {
+                return Err(err(
+                    v.span(),
+                    "priority",
+                    "a priority needs a policy (fifo or rr)".into(),
+                ));
+            }
+            (None, None) => {}
+        }
+        if let Some(n) = self.nice {
+            let v = canonical(Attr::Nice, &n.get_ref().to_string())
+                .map_err(|e| err(n.span(), "nice", e))?;
+            place.push((Attr::Nice, v));
+        }
+        if let Some(p) = self.ioprio {
+            let v = Ioprio::parse(p.get_ref())
+                .map(Ioprio::text)
+                .map_err(|e| err(p.span(), "ioprio", e))?;
+            place.push((Attr::Ioprio, v));
+        }
+        if place.is_empty() {
+            return Err((
+                first.map_or(0, line),
+                format!("pin[{index}]"),
+                "a rule needs a placement: cpus, policy, nice or ioprio".into(),
+            ));
+        }
+        let at = format!("{what}: line {}", first.map_or(0, line));
+        Ok(Rule { select, place, at })
+    }
+}
+
+/// Checks a file's rules against each other: two rules with the same selector that set
+/// one attribute to different values contradict each other. Errors name both lines.
+pub(crate) fn check_contradictions(rules: &[Rule]) -> Result<(), String> {
+    for (i, a) in rules.iter().enumerate() {
+        for b in &rules[i + 1..] {
+            if a.select != b.select {
+                continue;
+            }
+            for (attr, va) in &a.place {
+                if let Some((_, vb)) = b.place.iter().find(|(x, _)| x == attr) {
+                    if va != vb {
+                        return Err(format!(
+                            "{}: rules for {} contradict each other: {attr}={va} ({}) and {attr}={vb}",
+                            b.at,
+                            a.select.text(),
+                            a.at
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CPUs a rule names that this host does not have: the error for an apply.
+pub fn missing_cpus(rule: &Rule, online: &BTreeSet<u32>) -> Option<String> {
+    let cpus = rule.cpus()?;
+    let missing: BTreeSet<u32> = cpus.difference(online).copied().collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{}: key `cpus`: CPUs {} do not exist on this host (online: {})",
+            rule.at,
+            format_cpu_list(&missing),
+            format_cpu_list(online)
+        )
+    })
+}

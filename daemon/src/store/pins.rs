@@ -1,0 +1,196 @@
+//! The pin journal: the original and written value of every task attribute pinning
+//! changed. Rows are committed before the change is made, with `synchronous=NORMAL`: a
+//! task does not outlive a power cut, so what only a power cut could lose (the newest
+//! rows of a WAL not yet synced) has nothing left to restore; a crash of the daemon loses
+//! nothing.
+
+use rusqlite::{Connection, params};
+
+use super::with_normal_sync;
+
+/// One task attribute pinning changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Thread id.
+    pub tid: i32,
+    /// Its start time (clock ticks since boot).
+    pub start: i64,
+    /// The attribute's name (`crate::pin::sched::Attr::as_str`).
+    pub attr: String,
+    /// Its process.
+    pub pid: i32,
+    /// The thread's name when it was placed.
+    pub comm: String,
+    /// The rule that placed it, as text.
+    pub rule: String,
+    /// The value before cleanroom first changed it.
+    pub original: String,
+    /// The value cleanroom wrote (or is about to write).
+    pub written: String,
+}
+
+/// Records changes about to be made, one commit: a new row keeps `original`; a row
+/// already there keeps its first original and takes the new `written` and rule.
+pub fn record(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    with_normal_sync(conn, |conn| {
+        let tx = conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO pin_journal (tid, start, attr, pid, comm, rule, original, written)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (tid, start, attr) DO UPDATE SET
+                     written = excluded.written, rule = excluded.rule, comm = excluded.comm",
+            )?;
+            for r in rows {
+                ins.execute(params![
+                    r.tid, r.start, r.attr, r.pid, r.comm, r.rule, r.original, r.written
+                ])?;
+            }
+        }
+        tx.commit()
+    })
+}
+
+/// After a change the kernel kept in another form (an affinity narrowed to what the
+/// task's cpuset allows): that form is cleanroom's value.
+pub fn rendered(
+    conn: &mut Connection,
+    tid: i32,
+    start: i64,
+    attr: &str,
+    value: &str,
+) -> rusqlite::Result<()> {
+    with_normal_sync(conn, |conn| {
+        conn.execute(
+            "UPDATE pin_journal SET written = ?4 WHERE tid = ?1 AND start = ?2 AND attr = ?3",
+            params![tid, start, attr, value],
+        )?;
+        Ok(())
+    })
+}
+
+/// Every row, by task.
+pub fn rows(conn: &Connection) -> rusqlite::Result<Vec<Row>> {
+    let mut st = conn.prepare_cached(
+        "SELECT tid, start, attr, pid, comm, rule, original, written FROM pin_journal
+         ORDER BY pid, tid, attr",
+    )?;
+    let rows = st.query_map([], row)?;
+    rows.collect()
+}
+
+/// The rows of one task.
+pub fn of_task(conn: &Connection, tid: i32, start: i64) -> rusqlite::Result<Vec<Row>> {
+    let mut st = conn.prepare_cached(
+        "SELECT tid, start, attr, pid, comm, rule, original, written FROM pin_journal
+         WHERE tid = ?1 AND start = ?2 ORDER BY attr",
+    )?;
+    let rows = st.query_map(params![tid, start], row)?;
+    rows.collect()
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        tid: r.get(0)?,
+        start: r.get(1)?,
+        attr: r.get(2)?,
+        pid: r.get(3)?,
+        comm: r.get(4)?,
+        rule: r.get(5)?,
+        original: r.get(6)?,
+        written: r.get(7)?,
+    })
+}
+
+/// How many rows there are.
+pub fn count(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT count(*) FROM pin_journal", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n as u64)
+}
+
+/// What became of each row after a revert: `None` drops it (restored, or the task is
+/// gone); `Some(true)` keeps it for `--force` with only its original counting as
+/// cleanroom's (someone else's value); `Some(false)` keeps it as it is (the kernel
+/// refused the original). One commit.
+pub fn settle(conn: &mut Connection, fates: &[(&Row, Option<bool>)]) -> rusqlite::Result<()> {
+    with_normal_sync(conn, |conn| {
+        let tx = conn.transaction()?;
+        {
+            let mut del = tx.prepare_cached(
+                "DELETE FROM pin_journal WHERE tid = ?1 AND start = ?2 AND attr = ?3",
+            )?;
+            let mut disown = tx.prepare_cached(
+                "UPDATE pin_journal SET written = original WHERE tid = ?1 AND start = ?2 AND attr = ?3",
+            )?;
+            for (row, fate) in fates {
+                let key = params![row.tid, row.start, row.attr];
+                match fate {
+                    None => del.execute(key)?,
+                    Some(true) => disown.execute(key)?,
+                    Some(false) => 0,
+                };
+            }
+        }
+        tx.commit()
+    })
+}
+
+/// Drops every row (a new boot: no task of the last one lives).
+pub fn clear(conn: &mut Connection) -> rusqlite::Result<()> {
+    with_normal_sync(conn, |conn| {
+        conn.execute("DELETE FROM pin_journal", [])?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(tid: i32, attr: &str, original: &str, written: &str) -> Row {
+        Row {
+            tid,
+            start: 100,
+            attr: attr.into(),
+            pid: tid,
+            comm: "x".into(),
+            rule: "comm=\"x\" -> cpus=1".into(),
+            original: original.into(),
+            written: written.into(),
+        }
+    }
+
+    #[test]
+    fn the_first_original_stays_and_fates_settle_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let mut c = store.lock_blocking();
+        record(
+            &mut c,
+            &[row(1, "cpus", "0-1", "1"), row(2, "nice", "0", "-5")],
+        )
+        .unwrap();
+        // Placed again by another rule: the first original stays.
+        record(&mut c, &[row(1, "cpus", "1", "0")]).unwrap();
+        assert_eq!(rows(&c).unwrap()[0].original, "0-1");
+        assert_eq!(rows(&c).unwrap()[0].written, "0");
+        rendered(&mut c, 2, 100, "nice", "-4").unwrap();
+        assert_eq!(of_task(&c, 2, 100).unwrap()[0].written, "-4");
+        assert!(of_task(&c, 2, 101).unwrap().is_empty(), "another task");
+        let all = rows(&c).unwrap();
+        settle(&mut c, &[(&all[0], None), (&all[1], Some(true))]).unwrap();
+        let left = rows(&c).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            (left[0].original.as_str(), left[0].written.as_str()),
+            ("0", "0")
+        );
+        clear(&mut c).unwrap();
+        assert_eq!(count(&c).unwrap(), 0);
+    }
+}

@@ -1,0 +1,411 @@
+//! End-to-end tests of pinning: real processes and threads on this machine, matched by
+//! name, command line and thread name, placed by the daemon, checked in `/proc` and with
+//! util-linux's `ionice` (never through cleanroom's own reading code), and put back.
+//! Every process a test starts has a name of its own, so no rule reaches anything else;
+//! they are killed when the test ends, even by a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::Duration;
+
+use cleanroom::runs::{eventually, json_of, online_cpus};
+use cleanroom::{Daemon, host_lock, is_root_or_skip};
+use serde_json::Value;
+
+/// Processes a test started (and pids of their children), killed when it ends.
+#[derive(Default)]
+struct Procs(Vec<Child>, Vec<i32>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for pid in &self.1 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Procs {
+    fn spawn(&mut self, cmd: &mut Command) -> i32 {
+        let child = cmd.spawn().expect("spawn");
+        let pid = child.id() as i32;
+        self.0.push(child);
+        pid
+    }
+}
+
+/// A copy of `program` named `name`, so its processes have that name (`comm`).
+fn named_copy(dir: &Path, program: &str, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::copy(program, &path).expect("copy");
+    path
+}
+
+/// A name no other process has: `prefix` and this test process's id.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id())
+}
+
+/// Fields of `/proc/PID/task/TID/stat` after the name: (nice, rt_priority, policy).
+fn sched_of(pid: i32, tid: i32) -> (i64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    // Fields 19, 40 and 41 of proc(5), counted from 1 with the pid at 1 and the name at 2.
+    (
+        f[19 - 3].parse().unwrap(),
+        f[40 - 3].parse().unwrap(),
+        f[41 - 3].parse().unwrap(),
+    )
+}
+
+fn cpus(pid: i32, tid: i32) -> String {
+    cleanroom::runs::cpus_of(&format!("{pid}/task/{tid}"))
+}
+
+/// What `ionice -p` says of a task.
+fn ionice(tid: i32) -> String {
+    let out = Command::new("ionice")
+        .args(["-p", &tid.to_string()])
+        .output()
+        .expect("ionice (util-linux)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Thread ids of a process by thread name.
+fn threads(pid: i32) -> Vec<(i32, String)> {
+    let mut out: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let tid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((tid, comm.trim().to_owned()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A daemon whose only profile directory is `dir`.
+fn daemon_with(dir: &Path) -> Daemon {
+    Daemon::builder()
+        .config(&format!(
+            "[tuning]\nprofile_dirs = [{:?}]\n",
+            dir.display().to_string()
+        ))
+        .start()
+}
+
+fn ok(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_of(out)
+}
+
+/// A python3 process named `name` with threads `io-0`, `io-1` and `calc` (each names
+/// itself through /proc, as pthread_setname_np does), that waits on stdin.
+fn threaded(procs: &mut Procs, name: &str) -> i32 {
+    let script = format!(
+        r#"
+import os, threading, sys
+open("/proc/self/comm", "w").write("{name}")
+ready = threading.Barrier(4)
+def worker(n):
+    open(f"/proc/self/task/{{threading.get_native_id()}}/comm", "w").write(n)
+    ready.wait()
+    threading.Event().wait()
+for n in ["io-0", "io-1", "calc"]:
+    threading.Thread(target=worker, args=(n,), daemon=True).start()
+ready.wait()
+print("ready", flush=True)
+sys.stdin.read()
+"#
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let pid = procs.spawn(&mut cmd);
+    let child = procs.0.last_mut().unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    pid
+}
+
+#[test]
+fn processes_and_threads_are_placed_now_and_later_and_put_back() {
+    if !is_root_or_skip("processes_and_threads_are_placed_now_and_later_and_put_back") {
+        return;
+    }
+    let _host = host_lock();
+    let online = online_cpus();
+    assert_eq!(
+        online, "0-1",
+        "this test pins to CPU 1 of a two-CPU machine"
+    );
+    let bin = tempfile::tempdir().unwrap();
+    let sleeper = unique("crp-s");
+    let threads_name = unique("crp-t");
+    let sleep = named_copy(bin.path(), "/bin/sleep", &sleeper);
+    let mut procs = Procs::default();
+    let before = procs.spawn(Command::new(&sleep).arg("1000"));
+    let py = threaded(&mut procs, &threads_name);
+    let originals = (
+        cpus(before, before),
+        sched_of(before, before),
+        ionice(before),
+    );
+
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("pinned.toml"),
+        format!(
+            r#"
+[[pin]]
+comm = "{sleeper}"
+cpus = "1"
+nice = 5
+ioprio = "idle"
+
+[[pin]]
+comm = "{threads_name}"
+thread = "io-*"
+cpus = "1"
+policy = "fifo"
+priority = 7
+"#
+        ),
+    )
+    .unwrap();
+    let d = daemon_with(profiles.path());
+    let applied = ok(&d.ctl(&["--json", "profile", "apply", "pinned"]));
+    let pins = applied["pins"].as_array().unwrap();
+    assert_eq!(pins[0]["matched"], 1, "{applied}");
+    assert_eq!(pins[0]["placed"], 1, "{applied}");
+    assert_eq!(pins[1]["matched"], 2, "the two io threads: {applied}");
+
+    // What existed is placed.
+    assert_eq!(cpus(before, before), "1");
+    assert_eq!(sched_of(before, before).0, 5);
+    assert_eq!(ionice(before), "idle");
+    for (tid, name) in threads(py) {
+        let (_, prio, policy) = sched_of(py, tid);
+        if name.starts_with("io-") {
+            assert_eq!((cpus(py, tid), prio, policy), ("1".into(), 7, 1), "{name}");
+        } else {
+            assert_eq!(
+                (cpus(py, tid), prio, policy),
+                (online.clone(), 0, 0),
+                "{name}"
+            );
+        }
+    }
+
+    // What starts later is placed by its exec event (no scan runs after the apply).
+    let later = procs.spawn(Command::new(&sleep).arg("1000"));
+    assert!(
+        eventually(Duration::from_secs(10), || cpus(later, later) == "1"
+            && ionice(later) == "idle"),
+        "a process started after the apply is placed: {} {}\n{}",
+        cpus(later, later),
+        ionice(later),
+        d.log()
+    );
+    let verified = ok(&d.ctl(&["--json", "profile", "verify"]));
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    // Someone re-pins one by hand: verify says drifted, revert leaves it (a conflict) and
+    // puts every other original back.
+    assert!(
+        Command::new("taskset")
+            .args(["-p", "-c", "0", &later.to_string()])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let verified = d.ctl(&["--json", "profile", "verify"]);
+    let v = json_of(&verified);
+    assert_eq!(v["ok"], false, "{v}");
+    let text = String::from_utf8_lossy(&d.ctl(&["profile", "verify"]).stdout).into_owned();
+    assert!(
+        text.contains("drifted") && text.contains(&later.to_string()),
+        "{text}"
+    );
+    let reverted = d.ctl(&["--json", "profile", "revert"]);
+    let r = json_of(&reverted);
+    assert_eq!(r["ok"], false, "a conflict: {r}");
+    let conflicts: Vec<&Value> = r["pins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["problems"].as_array().unwrap())
+        .collect();
+    assert_eq!(conflicts.len(), 1, "{r}");
+    assert_eq!(conflicts[0]["status"], "conflict");
+    assert_eq!(conflicts[0]["tid"], later);
+    assert_eq!(cpus(later, later), "0", "left as its owner set it");
+    assert_eq!(ionice(later), originals.2, "its other attributes are back");
+    assert_eq!(
+        (
+            cpus(before, before),
+            sched_of(before, before),
+            ionice(before)
+        ),
+        originals
+    );
+    for (tid, name) in threads(py) {
+        assert_eq!(
+            (cpus(py, tid), sched_of(py, tid).1, sched_of(py, tid).2),
+            (online.clone(), 0, 0),
+            "{name}"
+        );
+    }
+    // Nothing is placed after the revert.
+    let after = procs.spawn(Command::new(&sleep).arg("1000"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(cpus(after, after), online);
+}
+
+#[test]
+fn a_child_that_inherited_a_placement_gets_its_original_back() {
+    if !is_root_or_skip("a_child_that_inherited_a_placement_gets_its_original_back") {
+        return;
+    }
+    let _host = host_lock();
+    let online = online_cpus();
+    let bin = tempfile::tempdir().unwrap();
+    let parent_name = unique("crp-p");
+    let shell = named_copy(bin.path(), "/bin/sh", &parent_name);
+    let trigger = bin.path().join("go");
+    let child_pid = bin.path().join("child");
+    let mut procs = Procs::default();
+    // Starts a `sleep` (another name: no rule takes it) once the trigger exists.
+    let parent = procs.spawn(Command::new(&shell).args([
+        "-c",
+        &format!(
+            "while [ ! -e {t} ]; do sleep 0.02; done; sleep 1000 & echo $! > {c}; wait",
+            t = trigger.display(),
+            c = child_pid.display()
+        ),
+    ]));
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("parent.toml"),
+        format!("[[pin]]\ncomm = \"{parent_name}\"\ncpus = \"1\"\n"),
+    )
+    .unwrap();
+    let d = daemon_with(profiles.path());
+    ok(&d.ctl(&["--json", "profile", "apply", "parent"]));
+    assert_eq!(cpus(parent, parent), "1");
+    std::fs::write(&trigger, "").unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&child_pid).is_ok_and(|s| s.ends_with('\n'))
+    }));
+    let child: i32 = std::fs::read_to_string(&child_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    procs.1.push(child);
+    assert_eq!(cpus(child, child), "1", "inherited from its parent");
+    let r = ok(&d.ctl(&["--json", "profile", "revert"]));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(cpus(parent, parent), online);
+    assert_eq!(
+        cpus(child, child),
+        online,
+        "the inherited placement went with the rule"
+    );
+}
+
+#[test]
+fn bad_rules_are_refused_with_file_line_and_key() {
+    let profiles = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "nopriority",
+            "[[pin]]\ncomm = \"x\"\npolicy = \"fifo\"\n",
+            "line 3: key `pin[0].policy`: policy \"fifo\" needs a priority",
+        ),
+        (
+            "noselector",
+            "[[pin]]\ncpus = \"1\"\n",
+            "a rule needs a selector",
+        ),
+        (
+            "noplacement",
+            "[[pin]]\ncomm = \"x\"\n",
+            "a rule needs a placement",
+        ),
+        (
+            "badregex",
+            "[[pin]]\n\ncmdline = \"(\"\nnice = 1\n",
+            "line 3: key `pin[0].cmdline`: bad regex",
+        ),
+        (
+            "badnice",
+            "[[pin]]\ncomm = \"x\"\nnice = 40\n",
+            "key `pin[0].nice`: bad nice value",
+        ),
+        (
+            "contradict",
+            "[[pin]]\ncomm = \"x\"\nnice = 1\n[[pin]]\ncomm = \"x\"\nnice = 2\n",
+            "contradict each other: nice=1",
+        ),
+        (
+            "unknown",
+            "[[pin]]\ncomm = \"x\"\nnice = 1\naffinity = \"1\"\n",
+            "unknown field `affinity`",
+        ),
+        (
+            "nouser",
+            "[[pin]]\ncomm = \"x\"\nuser = \"no-such-user-here\"\nnice = 1\n",
+            "no user named \"no-such-user-here\"",
+        ),
+    ];
+    for (name, text, _) in &cases {
+        std::fs::write(profiles.path().join(format!("{name}.toml")), text).unwrap();
+    }
+    std::fs::write(
+        profiles.path().join("nocpu.toml"),
+        "[[pin]]\ncomm = \"x\"\ncpus = \"0-4095\"\n",
+    )
+    .unwrap();
+    let d = daemon_with(profiles.path());
+    let listed = String::from_utf8_lossy(&d.ctl(&["profile", "list"]).stdout).into_owned();
+    for (name, _, error) in &cases {
+        let line = listed
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("{name} listed: {listed}"));
+        assert!(
+            line.contains("BROKEN") && line.contains(error),
+            "{name}: {line}"
+        );
+    }
+    // CPUs this host does not have: refused at apply, before anything changes.
+    let out = d.ctl(&["profile", "apply", "nocpu"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nocpu.toml: line 2: key `cpus`: CPUs 2-4095 do not exist"),
+        "{err}"
+    );
+    let active = json_of(&d.ctl(&["--json", "profile", "active"]));
+    assert_eq!(active["profile"], Value::Null);
+}
