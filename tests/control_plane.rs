@@ -628,6 +628,19 @@ fn the_socket_mode_keeps_outsiders_out_with_exit_77() {
     assert!(err.contains(&d.socket.display().to_string()), "{err}");
 }
 
+/// The audit table of the state database in `state`, oldest first: uid, method, outcome
+/// and the length of the params' digest.
+fn audit_rows(state: &std::path::Path) -> Vec<(u32, String, String, i64)> {
+    let db = rusqlite::Connection::open(state.join("cleanroom.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT uid, method, outcome, length(params_digest) FROM audit ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 #[test]
 fn state_changes_and_denied_attempts_are_audited() {
     if !is_root_or_skip("state_changes_and_denied_attempts_are_audited") {
@@ -643,15 +656,7 @@ fn state_changes_and_denied_attempts_are_audited() {
     assert!(d.ctl(&["status"]).status.success()); // not state-changing: not audited
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(2)).unwrap().code(), Some(0));
-    let db = rusqlite::Connection::open(d.state_dir.join("cleanroom.db")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT uid, method, outcome, length(params_digest) FROM audit ORDER BY id")
-        .unwrap();
-    let rows: Vec<(u32, String, String, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let rows = audit_rows(&d.state_dir);
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(
         (rows[0].0, rows[0].1.as_str(), rows[0].2.as_str(), rows[0].3),
@@ -659,6 +664,212 @@ fn state_changes_and_denied_attempts_are_audited() {
     );
     assert_eq!(rows[1].0, 65534);
     assert!(rows[1].2.starts_with("error -32001"), "{rows:?}");
+}
+
+/// `shield lower` is an admin's: anyone else gets the permission error (exit 77), an
+/// admin a report, here of nothing (no shield is raised: a test never raises the host's
+/// real shield for this; the next test and the unit tests of `run::shield` hold the refused
+/// cases on a fake host root). Every call is audited, the denied one too.
+#[test]
+fn lowering_the_shield_is_for_admins_and_says_when_nothing_is_raised() {
+    if !is_root_or_skip("lowering_the_shield_is_for_admins_and_says_when_nothing_is_raised") {
+        return;
+    }
+    let mut d = Daemon::builder()
+        .config("[socket]\nmode = 0o666\n")
+        .world_traversable()
+        .start();
+    let nobody = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
+    let out = d.ctl_as(&nobody, &["shield", "lower", "--force"]);
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shield.lower needs role admin"), "{err}");
+    let out = d.ctl(&["shield", "lower"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "no shield is journaled: nothing to lower\n"
+    );
+    let r = stdout_json(&d.ctl(&["--json", "shield", "lower", "--force"]));
+    assert_eq!(
+        r,
+        json!({"was_raised": false, "restored": 0, "items": [], "partition_left": null,
+               "journaled": false})
+    );
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(2)).unwrap().code(), Some(0));
+    let rows = audit_rows(&d.state_dir);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r.1 == "shield.lower"), "{rows:?}");
+    assert!(
+        rows[0].0 == 65534 && rows[0].2.starts_with("error -32001"),
+        "{rows:?}"
+    );
+    assert_eq!((rows[1].0, rows[1].2.as_str()), (0, "ok"));
+    assert_eq!((rows[2].0, rows[2].2.as_str()), (0, "ok"));
+}
+
+/// A fake host root whose IRQ 1 affinity file is the real, read-only
+/// `/sys/devices/system/cpu/online` (a symlink): it reads back what the shield would have
+/// written there, and the kernel refuses every write to it, as it refuses an IRQ whose
+/// affinity can no longer be set. Nothing of the host's is changed. Returns the root and
+/// what the file holds.
+fn host_refusing_irq_1() -> (tempfile::TempDir, String) {
+    let root = tempfile::tempdir().unwrap();
+    let put = |rel: &str, text: &str| {
+        let p = root.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    put("proc/sys/kernel/random/boot_id", "b\n");
+    put("proc/self/mountinfo", "");
+    put("sys/devices/system/cpu/online", "0-3\n");
+    std::fs::create_dir_all(root.path().join("proc/irq/1")).unwrap();
+    std::os::unix::fs::symlink(
+        "/sys/devices/system/cpu/online",
+        root.path().join("proc/irq/1/smp_affinity_list"),
+    )
+    .unwrap();
+    let holds = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    (root, holds.trim().to_owned())
+}
+
+/// Journals, in `state`'s database, a shield a dead daemon left: IRQ 1 narrowed from 0-63
+/// to `holds`.
+fn journal_a_left_shield(state: &std::path::Path, holds: &str) {
+    let db = rusqlite::Connection::open(state.join("cleanroom.db")).unwrap();
+    db.execute_batch(&format!(
+        "INSERT INTO shield_meta (id, raised_at, boot_id, shielded, online)
+             VALUES (1, 0, 'b', '62-63', '0-63');
+         INSERT INTO shield_irq (path, original, written)
+             VALUES ('/proc/irq/1/smp_affinity_list', '0-63', '{holds}');"
+    ))
+    .unwrap();
+}
+
+/// The way out when the kernel will not take part of a shield back: `shield lower` keeps
+/// it and says why (exit 1); `--force` forgets it, names the file with the value it
+/// should hold and the one it holds, and audits it; the same offline with
+/// `cleanroomd --revert --force`.
+#[test]
+fn what_the_kernel_will_not_take_back_is_kept_then_forgotten_by_force() {
+    if !is_root_or_skip("what_the_kernel_will_not_take_back_is_kept_then_forgotten_by_force") {
+        return;
+    }
+    let (root, holds) = host_refusing_irq_1();
+    let state = tempfile::tempdir().unwrap();
+    let start = || {
+        Daemon::builder()
+            .arg("--host-root")
+            .arg(root.path().to_str().unwrap())
+            .state_dir(state.path())
+            .start()
+    };
+    // A first start makes the database; the shield is journaled while it is stopped.
+    let mut d = start();
+    d.signal(Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(2)).unwrap();
+    journal_a_left_shield(state.path(), &holds);
+    let mut d = start();
+    assert!(
+        d.log().contains("cannot give an IRQ its CPUs back"),
+        "{}",
+        d.log()
+    );
+    let out = d.ctl(&["shield", "lower"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/proc/irq/1/smp_affinity_list  0-63") && text.contains("kept: "),
+        "{text}"
+    );
+    let r = stdout_json(&d.ctl(&["--json", "shield", "lower", "--force"]));
+    assert_eq!(r["was_raised"], true, "{r}");
+    assert_eq!(r["journaled"], false, "{r}");
+    let item = &r["items"][0];
+    assert_eq!(
+        (
+            &item["kind"],
+            &item["path"],
+            &item["original"],
+            &item["current"]
+        ),
+        (
+            &json!("irq"),
+            &json!("/proc/irq/1/smp_affinity_list"),
+            &json!("0-63"),
+            &json!(holds)
+        ),
+        "{r}"
+    );
+    assert_eq!(item["status"], "forgotten", "{r}");
+    let again = stdout_json(&d.ctl(&["--json", "shield", "lower"]));
+    assert_eq!(again["was_raised"], false, "{again}");
+    d.signal(Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(2)).unwrap();
+    // The forgotten file's row, as root, then the call's own (then the last call's).
+    let rows = audit_rows(state.path());
+    let forgot = rows
+        .iter()
+        .position(|r| r.2.starts_with("forgot "))
+        .expect("an audit row for the forgotten file");
+    assert_eq!(
+        (rows[forgot].0, rows[forgot].1.as_str(), rows[forgot].3),
+        (0, "shield.lower", 64)
+    );
+    assert!(
+        rows[forgot].2.starts_with(&format!(
+            "forgot /proc/irq/1/smp_affinity_list: should hold 0-63, holds {holds}"
+        )),
+        "{rows:?}"
+    );
+    assert_eq!(
+        (rows[forgot + 1].1.as_str(), rows[forgot + 1].2.as_str()),
+        ("shield.lower", "ok")
+    );
+
+    // Offline: --revert keeps it (exit 1), --revert --force forgets it.
+    journal_a_left_shield(state.path(), &holds);
+    let empty = root.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let revert = |force: bool| {
+        let mut cmd = Command::new(bin("cleanroomd"));
+        cmd.arg("--config")
+            .arg(&empty)
+            .arg("--revert")
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--host-root")
+            .arg(root.path());
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().unwrap()
+    };
+    let out = revert(false);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("kept       /proc/irq/1/smp_affinity_list: should hold 0-63"),
+        "{text}"
+    );
+    let out = revert(true);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "forgot     /proc/irq/1/smp_affinity_list: should hold 0-63, holds {holds}; set it by hand"
+        )),
+        "{text}"
+    );
+    let (_, method, outcome, _) = audit_rows(state.path()).pop().unwrap();
+    assert_eq!(method, "cleanroomd --revert --force");
+    assert!(
+        outcome.starts_with("forgot /proc/irq/1/smp_affinity_list"),
+        "{outcome}"
+    );
+    let out = revert(false);
+    assert!(out.status.success(), "nothing left: {out:?}");
 }
 
 #[test]

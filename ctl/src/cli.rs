@@ -86,6 +86,9 @@ pub enum Command {
     /// Tuning profiles: list, show, apply, revert, verify, recommend.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// The CPU shield exclusive runs raise: lower what the kernel refused to take back.
+    #[command(subcommand)]
+    Shield(ShieldCommand),
     /// Make the daemon re-read its configuration (like SIGHUP); needs role admin.
     #[command(
         after_help = "An invalid file is refused with an error naming the key and line, and the\n\
@@ -391,6 +394,33 @@ pub enum ProfileCommand {
     /// Show the active profile and the journal's size.
     #[command(after_help = "Examples:\n  cleanroomctl profile active")]
     Active,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShieldCommand {
+    /// Lower a CPU shield left journaled, trying again what the kernel refused to take
+    /// back; --force forgets what it still refuses. Needs role admin.
+    ///
+    /// What the kernel refused to take back when the last exclusive run ended (an IRQ
+    /// whose affinity cannot be set, a cpuset that cannot have its CPUs back) stays
+    /// journaled, and every exclusive run is refused until a lowering succeeds. This tries
+    /// again and lists what stays, with why; --force forgets it instead, listing each file
+    /// with the value it should hold and the one it holds, to set by hand. Refused while
+    /// exclusive runs hold cores.
+    #[command(
+        after_help = "Exit code 1 when something stays journaled (without --force).\n\n\
+        Every file --force forgets is written to the audit log. With the daemon stopped,\n\
+        `cleanroomd --revert --force` does the same.\n\n\
+        Examples:\n  \
+        sudo cleanroomctl shield lower\n  \
+        sudo cleanroomctl shield lower --force\n  \
+        echo f | sudo tee /proc/irq/default_smp_affinity   # then set a forgotten file by hand"
+    )]
+    Lower {
+        /// Forget from the journal what the kernel still refuses to take back.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[cfg(test)]

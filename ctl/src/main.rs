@@ -20,9 +20,11 @@ use cleanroom_proto::{
     ProfileActive, ProfileApply, ProfileApplyParams, ProfileList, ProfileRecommend, ProfileRevert,
     ProfileRevertParams, ProfileShow, ProfileShowParams, ProfileVerify, Reload, RunCancel,
     RunParams, RunStart, RunsActive, RunsCompare, RunsCompareParams, RunsList, RunsListParams,
-    RunsShow, Status, TuneResult,
+    RunsShow, ShieldItemStatus, ShieldLower, ShieldLowerParams, Status, TuneResult,
 };
-use cleanroomctl::cli::{BaselineCommand, Cli, Command, ProfileCommand, RunArgs, RunsCommand};
+use cleanroomctl::cli::{
+    BaselineCommand, Cli, Command, ProfileCommand, RunArgs, RunsCommand, ShieldCommand,
+};
 use serde::Serialize;
 
 use client::{CallError, Client};
@@ -131,6 +133,20 @@ fn run(cli: &Cli) -> Result<(), CallError> {
                     format!("no baseline named {}\n", r.name)
                 }
             })
+        }
+        Command::Shield(ShieldCommand::Lower { force }) => {
+            let r = client.call::<ShieldLower>(&ShieldLowerParams { force })?;
+            emit(cli, &r, || output::shield_lower(&r))?;
+            if r.items.iter().any(|i| i.status == ShieldItemStatus::Kept) {
+                Err(CallError::Failed(
+                    "the kernel refuses to take back what is listed, which stays journaled: \
+                     exclusive runs are refused until a lowering succeeds (--force forgets it, \
+                     for you to set by hand)"
+                        .into(),
+                ))
+            } else {
+                Ok(())
+            }
         }
         Command::Reload => {
             let r = client.call::<Reload>(&NoParams {})?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cleanroom_proto::{
     ActiveResult, ProfileListResult, ProfileOrigin, ProfileShowResult, RecommendResult,
-    ReloadResult, StatusResult, TuneResult,
+    ReloadResult, ShieldItemStatus, ShieldKind, ShieldLowerResult, StatusResult, TuneResult,
 };
 
 /// Rows of `label  value`, labels padded to one column.
@@ -667,6 +667,64 @@ pub fn active(r: &ActiveResult) -> String {
     )
 }
 
+/// `shield lower`: what was restored, each file the kernel refused (kept or forgotten),
+/// with the value it should hold and the one it holds, and what that leaves.
+pub fn shield_lower(r: &ShieldLowerResult) -> String {
+    if !r.was_raised {
+        return "no shield is journaled: nothing to lower\n".into();
+    }
+    let mut out = format!("shield lowered: {} restored\n", r.restored);
+    let rows: Vec<Vec<String>> = r
+        .items
+        .iter()
+        .map(|i| {
+            let kind = match i.kind {
+                ShieldKind::Irq => "irq",
+                ShieldKind::Cpuset => "cpuset",
+            };
+            let result = match i.status {
+                ShieldItemStatus::Kept => format!("kept: {}", i.reason),
+                ShieldItemStatus::Forgotten => format!("forgotten, set it by hand: {}", i.reason),
+            };
+            vec![
+                kind.to_owned(),
+                i.path.clone(),
+                i.original.clone(),
+                i.current.clone().unwrap_or_else(|| "-".into()),
+                result,
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&columns(
+            &["KIND", "FILE", "SHOULD HOLD", "HOLDS", "RESULT"],
+            &rows,
+        ));
+    }
+    if let Some(dir) = &r.partition_left {
+        out.push_str(&format!(
+            "partition {dir} stays: a process the kernel cannot end yet holds it (it gave its \
+             CPUs back, and the next lowering removes it)\n"
+        ));
+    }
+    let has = |s| r.items.iter().any(|i| i.status == s);
+    if has(ShieldItemStatus::Forgotten) {
+        out.push_str(
+            "forgotten: set each file by hand (echo VALUE > FILE) to the value it should hold; \
+             each is in the audit log\n",
+        );
+    }
+    out.push_str(if !r.journaled {
+        "journal: nothing left; exclusive runs may raise the shield again\n"
+    } else if has(ShieldItemStatus::Kept) {
+        "journal: what is kept stays for the next lowering; exclusive runs are refused until \
+         one succeeds\n"
+    } else {
+        "journal: only the partition stays; exclusive runs are not held back by it\n"
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -828,6 +886,62 @@ mod tests {
              steal 0.0 ms), at most 30.5 ms in one run\n"
         );
         assert_eq!(noise_over_runs(&[run(None)]), "");
+    }
+
+    #[test]
+    fn a_forced_lowering_names_each_file_to_set_by_hand() {
+        use cleanroom_proto::ShieldItem;
+        let item = |path: &str, status| ShieldItem {
+            kind: ShieldKind::Irq,
+            path: path.into(),
+            original: "f".into(),
+            current: Some("3".into()),
+            status,
+            reason: "busy".into(),
+        };
+        let mut r = ShieldLowerResult {
+            was_raised: true,
+            restored: 2,
+            items: vec![item(
+                "/proc/irq/default_smp_affinity",
+                ShieldItemStatus::Forgotten,
+            )],
+            partition_left: None,
+            journaled: false,
+        };
+        let text = shield_lower(&r);
+        assert!(text.contains("2 restored"), "{text}");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("irq"))
+            .expect("a row for the forgotten file");
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            &cells[..5],
+            [
+                "irq",
+                "/proc/irq/default_smp_affinity",
+                "f",
+                "3",
+                "forgotten,"
+            ],
+            "{text}"
+        );
+        assert!(text.contains("set each file by hand"), "{text}");
+        assert!(text.contains("nothing left"), "{text}");
+        r.items = vec![item(
+            "/proc/irq/9/smp_affinity_list",
+            ShieldItemStatus::Kept,
+        )];
+        r.journaled = true;
+        let text = shield_lower(&r);
+        assert!(text.contains("kept: busy"), "{text}");
+        assert!(text.contains("exclusive runs are refused"), "{text}");
+        r.was_raised = false;
+        assert_eq!(
+            shield_lower(&r),
+            "no shield is journaled: nothing to lower\n"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use clap::Parser;
         cleanroomd                                   # as systemd starts it\n  \
         cleanroomd --check-config                    # validate and print the effective config\n  \
         cleanroomd --revert                          # put the host back with no daemon running\n  \
+        cleanroomd --revert --force                  # conflicts too; forget what the kernel refuses\n  \
         cleanroomd --cleanup                         # end runs a killed daemon left (ExecStopPost=)\n  \
         cleanroomd --socket /tmp/cr.sock --state-dir /tmp/cr-state   # a private instance\n\n\
         Signals: SIGTERM/SIGINT stop (requests in flight finish first), SIGHUP reloads the\n\
@@ -41,10 +42,13 @@ pub struct Args {
     /// for when the daemon cannot start (`cleanroomctl profile revert` is the way while
     /// it runs; this refuses while a daemon holds the state directory). A configuration
     /// file that does not load is reported and the default state directory used (or
-    /// --state-dir). Exit 1 when conflicts or failures remain.
+    /// --state-dir). Also lowers a CPU shield a stopped daemon left raised. Exit 1 when
+    /// conflicts or failures remain, or part of the shield the kernel refuses to take back.
     #[arg(long)]
     pub revert: bool,
-    /// With --revert: also restore knobs someone else changed since (conflicts).
+    /// With --revert: also restore knobs someone else changed since (conflicts), and
+    /// forget the parts of a CPU shield the kernel refuses to take back (each printed
+    /// with the value it should hold, to set by hand, and written to the audit log).
     #[arg(long, requires = "revert")]
     pub force: bool,
     /// End the runs and lower the CPU shield a stopped daemon left (tuning stays as it

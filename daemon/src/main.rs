@@ -324,7 +324,7 @@ fn offline_cleanup(source: &Source, overrides: &Overrides) -> anyhow::Result<()>
     let store = Store::open(&daemon.state_dir)
         .context("cannot take the state directory (is cleanroomd still running?)")?;
     let host = Host::new(&daemon.host_root);
-    let lowered = cleanroomd::run::lower_left_shield(&host, &store);
+    let lowered = cleanroomd::run::lower_left_shield(&host, &store, None).is_some();
     let ended =
         cleanroomd::run::end_left_runs(&host, &cleanroomd::run::instance_tag(&daemon.state_dir));
     if lowered || ended > 0 {
@@ -346,8 +346,17 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
         "cannot take the state directory (while cleanroomd runs, use `cleanroomctl profile revert`)",
     )?;
     let host = Host::new(&daemon.host_root);
-    // A shield a killed daemon left raised goes too: its tasks, cpusets and IRQs back.
-    let lowered = cleanroomd::run::lower_left_shield(&host, &store);
+    // A shield a killed daemon left raised goes too: its tasks, cpusets and IRQs back;
+    // with --force, what the kernel refuses to take back is forgotten (and audited).
+    let actor = force.then(|| cleanroomd::store::AuditEvent {
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        pid: std::process::id() as i32,
+        method: "cleanroomd --revert --force".to_owned(),
+        params_digest: String::new(),
+        outcome: String::new(),
+    });
+    let lowered = cleanroomd::run::lower_left_shield(&host, &store, actor.as_ref());
     let ended =
         cleanroomd::run::end_left_runs(&host, &cleanroomd::run::instance_tag(&daemon.state_dir));
     let result = cleanroomd::tune::revert(
@@ -361,8 +370,8 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
         force,
     )?;
     let mut out = String::new();
-    if lowered {
-        out.push_str("lowered the CPU shield a stopped daemon had left raised\n");
+    if let Some(l) = &lowered {
+        out.push_str(&shield_report(l));
     }
     if ended > 0 {
         out.push_str(&format!("ended {ended} run(s) a stopped daemon had left\n"));
@@ -385,11 +394,44 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
         result.journal_entries
     ));
     std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
+    if lowered.as_ref().is_some_and(|l| l.kept()) {
+        anyhow::bail!(
+            "the kernel refuses to take back part of the CPU shield, which stays journaled \
+             (exclusive runs are refused until it is lowered); --force forgets it"
+        )
+    }
     if result.ok {
         Ok(())
     } else {
         anyhow::bail!("conflicts or failures remain (--force restores conflicting knobs too)")
     }
+}
+
+/// What `--revert` did to a shield left raised: a line, then a line per file the kernel
+/// refused to take back (kept, or forgotten with --force: then the admin's to set by
+/// hand, and in the audit log).
+fn shield_report(l: &cleanroomd::run::shield::Lowered) -> String {
+    let mut out = format!(
+        "lowered the CPU shield a stopped daemon had left raised ({} restored)\n",
+        l.restored
+    );
+    for i in &l.refused {
+        let current = i.current.as_deref().unwrap_or("(unreadable)");
+        let (status, then) = match i.status {
+            cleanroom_proto::ShieldItemStatus::Kept => ("kept", "stays journaled"),
+            cleanroom_proto::ShieldItemStatus::Forgotten => ("forgot", "set it by hand"),
+        };
+        out.push_str(&format!(
+            "{status:<10} {}: should hold {}, holds {current}; {then} ({})\n",
+            i.path, i.original, i.reason
+        ));
+    }
+    if let Some(dir) = &l.partition_left {
+        out.push_str(&format!(
+            "kept       partition {dir}: a process the kernel cannot end holds it (it gave its CPUs back; the next start removes it)\n"
+        ));
+    }
+    out
 }
 
 /// Keeps the service manager's status line (`systemctl status`, `StatusText`) in step

@@ -8,7 +8,8 @@
 //! - [`daemon`]: `daemon.*` (ping, status, metrics, reload);
 //! - [`profile`]: `profile.*` (tuning profiles);
 //! - [`run`]: `run.*`, `runs.*`, `baseline.*` (clean-room runs, history, baselines) and the
-//!   notifications a run streams.
+//!   notifications a run streams;
+//! - [`shield`]: `shield.*` (the CPU shield exclusive runs raise).
 //!
 //! # Methods
 //!
@@ -40,17 +41,20 @@
 //! | `baseline.list` | reader | none | [`BaselineListResult`] |
 //! | `baseline.save` | runner | [`BaselineSaveParams`] | [`BaselineInfo`] |
 //! | `baseline.delete` | runner | [`BaselineParams`] | [`BaselineDeleteResult`] |
+//! | `shield.lower` | admin | [`ShieldLowerParams`] | [`ShieldLowerResult`] |
 //!
 //! (This table is checked against [`METHODS`] by a test.)
 
 pub mod daemon;
 pub mod profile;
 pub mod run;
+pub mod shield;
 pub mod wire;
 
 pub use daemon::*;
 pub use profile::*;
 pub use run::*;
+pub use shield::*;
 pub use wire::*;
 
 use serde_json::Value;
@@ -222,6 +226,11 @@ methods! {
     BaselineSave = "baseline.save", Runner, true, BaselineSaveParams => BaselineInfo;
     /// `baseline.delete`: forget a baseline (its owner or an admin).
     BaselineDelete = "baseline.delete", Runner, true, BaselineParams => BaselineDeleteResult;
+    /// `shield.lower`: lower a shield left journaled, retrying what the kernel refused to
+    /// take back, and say what stays and why; with `force`, forget what the kernel still
+    /// refuses (each item audited and reported with its original, to set by hand).
+    /// Refused while exclusive runs hold cores.
+    ShieldLower = "shield.lower", Admin, true, ShieldLowerParams => ShieldLowerResult;
 }
 
 /// The names of every method, in the order of the table.
@@ -323,6 +332,7 @@ mod tests {
                 Some(json!({"argv": ["x"], "cpus": 2, "exclusive": true})),
             ),
             ("profile.apply", Some(json!({"name": "benchmark"}))),
+            ("shield.lower", Some(json!({"force": true}))),
             ("runs.list", None),
             ("daemon.ping", None),
         ] {

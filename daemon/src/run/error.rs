@@ -20,6 +20,13 @@ pub enum Error {
     /// are outside it), or the shield cannot go up.
     #[error("{0}")]
     CoresNever(String),
+    /// The shield cannot be lowered on request while exclusive runs hold these CPUs.
+    #[error(
+        "the shield is in use: exclusive runs hold CPUs {0} (it comes down when the last of \
+         them ends; `cleanroomctl runs active` lists them, `cleanroomctl runs cancel BATCH` \
+         ends one)"
+    )]
+    ShieldInUse(String),
     /// Cancelled while waiting for exclusive cores.
     #[error("cancelled while waiting for exclusive cores: {0}")]
     CancelledWaiting(String),

@@ -143,7 +143,11 @@ impl Exclusive {
         if held.taken.is_empty() && !held.shielded.is_empty() {
             let mut conn = self.runner.store.lock_blocking();
             match shield::lower(&self.runner.host, &mut conn) {
-                Ok(n) => tracing::info!(restored = n, "shield lowered"),
+                Ok(l) => tracing::info!(
+                    restored = l.restored,
+                    kept = l.refused.len(),
+                    "shield lowered"
+                ),
                 Err(e) => tracing::error!(error = %e, "cannot lower the shield"),
             }
             held.shielded.clear();
@@ -164,20 +168,35 @@ impl Drop for Exclusive {
 }
 
 /// Lowers a shield a daemon that died left raised (its journal says so), at a start or
-/// by `cleanroomd --revert`; whether one was lowered.
-pub fn lower_left_shield(host: &Host, store: &crate::store::Store) -> bool {
+/// by `cleanroomd --revert` and `--cleanup`; what it did, when one was journaled and the
+/// lowering could use its journal. With `force` (`cleanroomd --revert --force`, audited as
+/// that actor), what the kernel still refuses to take back is forgotten
+/// ([`shield::lower_forcing`]).
+pub fn lower_left_shield(
+    host: &Host,
+    store: &crate::store::Store,
+    force: Option<&crate::store::AuditEvent>,
+) -> Option<shield::Lowered> {
     let mut conn = store.lock_blocking();
     if !shield::is_raised(&conn).unwrap_or(false) {
-        return false;
+        return None;
     }
-    match shield::lower(host, &mut conn) {
-        Ok(n) => {
-            tracing::warn!(restored = n, "lowered a shield left by a previous daemon");
-            true
+    let lowered = match force {
+        None => shield::lower(host, &mut conn),
+        Some(actor) => shield::lower_forcing(host, &mut conn, actor),
+    };
+    match lowered {
+        Ok(l) => {
+            tracing::warn!(
+                restored = l.restored,
+                kept = l.kept(),
+                "lowered a shield left by a previous daemon"
+            );
+            Some(l)
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot lower a shield left by a previous daemon");
-            false
+            None
         }
     }
 }
@@ -224,7 +243,7 @@ impl Runner {
         // A shield left by a daemon that died is lowered before anything else: on v1 it
         // moved this process (started from a shielded one) into its cpuset, and where the
         // daemon is decides where its runs go.
-        lower_left_shield(&host, &store);
+        lower_left_shield(&host, &store, None);
         let layout = Layout::detect(&host, mode, instance);
         match &layout {
             Ok(l) => {
@@ -387,7 +406,11 @@ impl Runner {
         let mut conn = self.store.lock_blocking();
         if shield::is_raised(&conn).unwrap_or(true) {
             match shield::lower(&self.host, &mut conn) {
-                Ok(n) => tracing::info!(restored = n, "shield lowered at the stop"),
+                Ok(l) => tracing::info!(
+                    restored = l.restored,
+                    kept = l.refused.len(),
+                    "shield lowered at the stop"
+                ),
                 Err(e) => tracing::error!(error = %e, "cannot lower the shield at the stop"),
             }
         }
@@ -395,6 +418,56 @@ impl Runner {
         if let Ok(l) = &self.layout {
             l.remove_base(&self.host);
         }
+    }
+
+    /// `shield.lower`: lowers a shield left journaled (retrying what the kernel refused to
+    /// take back before) while no exclusive run holds cores; with `force` (the request's
+    /// audit record), forgets what the kernel still refuses ([`shield::lower_forcing`]).
+    /// Blocking (sysfs, /proc, SQLite). Refused while exclusive runs hold cores: their
+    /// shield is in use, and comes down when the last of them ends.
+    pub fn lower_shield(
+        &self,
+        force: Option<&crate::store::AuditEvent>,
+    ) -> Result<cleanroom_proto::ShieldLowerResult, Error> {
+        // Held throughout: no exclusive run raises the shield while it comes down.
+        let held = self.cores.lock().unwrap_or_else(|p| p.into_inner());
+        if !held.taken.is_empty() {
+            return Err(Error::ShieldInUse(crate::host::format::format_cpu_list(
+                &held.taken,
+            )));
+        }
+        let mut conn = self.store.lock_blocking();
+        let sqlite = |source| crate::store::Error::Sqlite {
+            path: self.store.path().to_owned(),
+            source,
+        };
+        if !shield::is_raised(&conn).map_err(sqlite)? {
+            return Ok(cleanroom_proto::ShieldLowerResult {
+                was_raised: false,
+                restored: 0,
+                items: Vec::new(),
+                partition_left: None,
+                journaled: false,
+            });
+        }
+        let lowered = match force {
+            None => shield::lower(&self.host, &mut conn),
+            Some(actor) => shield::lower_forcing(&self.host, &mut conn, actor),
+        }
+        .map_err(sqlite)?;
+        tracing::info!(
+            restored = lowered.restored,
+            refused = lowered.refused.len(),
+            forced = force.is_some(),
+            "shield lowered on request"
+        );
+        Ok(cleanroom_proto::ShieldLowerResult {
+            was_raised: true,
+            restored: lowered.restored as u64,
+            items: lowered.refused,
+            partition_left: lowered.partition_left,
+            journaled: shield::is_raised(&conn).map_err(sqlite)?,
+        })
     }
 
     /// The directories holding this daemon's run cgroups.
@@ -447,4 +520,62 @@ pub fn instance_tag(state_dir: &std::path::Path) -> String {
     let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
     let hash = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
     hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runner on a fake host of four CPUs without cgroups (the affinity shield, over
+    /// the default IRQ affinity and IRQ 1), its kernel refusing its `refused`-th change.
+    fn runner(refused: usize) -> (tempfile::TempDir, tempfile::TempDir, Arc<Runner>) {
+        let (root, host) = crate::host::fake_root(&[
+            ("/sys/devices/system/cpu/online", "0-3\n"),
+            ("/proc/sys/kernel/random/boot_id", "b\n"),
+            ("/proc/irq/default_smp_affinity", "f\n"),
+            ("/proc/irq/1/smp_affinity_list", "0-3\n"),
+        ]);
+        let host = host.with_faults(crate::testing::Faults::refuse(refused));
+        let state = crate::testing::scratch_dir();
+        let store = crate::store::Store::open(state.path()).unwrap();
+        let runner = Runner::new(
+            host,
+            cleanroom_proto::CgroupMode::None,
+            1 << 20,
+            "t",
+            store,
+            ShieldConfig {
+                pool: Some("2-3".into()),
+                ..ShieldConfig::default()
+            },
+        );
+        (root, state, Arc::new(runner))
+    }
+
+    #[test]
+    fn the_shield_is_lowered_on_request_only_while_no_exclusive_run_holds_cores() {
+        // Changes: the raise narrows the default (0) and IRQ 1 (1); the release puts the
+        // default back (2, refused) and IRQ 1 (3).
+        let (_root, _state, runner) = runner(2);
+        let nothing = runner.lower_shield(None).unwrap();
+        assert!(!nothing.was_raised && !nothing.journaled && nothing.items.is_empty());
+        let cores = runner.take_exclusive(&Want::Count(1), None).unwrap();
+        let in_use = runner.lower_shield(None).unwrap_err();
+        assert!(matches!(in_use, Error::ShieldInUse(_)), "{in_use}");
+        assert!(
+            in_use.to_string().contains("the shield is in use"),
+            "{in_use}"
+        );
+        // Released, refused in part: the default stays journaled.
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(cores.release());
+        let lowered = runner.lower_shield(None).unwrap();
+        assert!(lowered.was_raised, "{lowered:?}");
+        // The kernel takes it back now.
+        assert_eq!(lowered.items, [], "{lowered:?}");
+        assert_eq!(lowered.restored, 1);
+        assert!(!lowered.journaled);
+    }
 }

@@ -34,7 +34,7 @@ pub async fn dispatch(
     let digest = info.mutates.then(|| params_digest(params.as_ref()));
     let outcome = match authorize(info, peer, state) {
         Ok(()) => match Request::parse(method, params) {
-            Ok(request) => route(request, peer, call, state).await,
+            Ok(request) => route(request, peer, call, digest.as_deref(), state).await,
             Err(e) => Err(e.into()),
         },
         Err(e) => Err(e),
@@ -61,11 +61,13 @@ fn authorize(info: MethodInfo, peer: &Peer, state: &State) -> Result<(), Error> 
     Ok(())
 }
 
-/// One arm per method: a typed call, its typed result as JSON.
+/// One arm per method: a typed call, its typed result as JSON. `digest`: the params'
+/// digest of a state-changing call, for the audit rows a method writes itself.
 async fn route(
     request: Request,
     peer: &Peer,
     call: &Call,
+    digest: Option<&str>,
     state: &Arc<State>,
 ) -> Result<Value, Error> {
     let (peer, st) = (peer.clone(), Arc::clone(state));
@@ -121,6 +123,23 @@ async fn route(
         }
         Request::BaselineDelete(p) => {
             reply(runs::delete_baseline(*p, &peer, state).await.map_err(run)?)
+        }
+        Request::ShieldLower(p) => {
+            let actor = p.force.then(|| AuditEvent {
+                uid: peer.uid,
+                gid: peer.gid,
+                pid: peer.pid,
+                method: method.to_owned(),
+                params_digest: digest.unwrap_or_default().to_owned(),
+                outcome: String::new(),
+            });
+            let runner = Arc::clone(st.engine().runner());
+            reply(
+                tokio::task::spawn_blocking(move || runner.lower_shield(actor.as_ref()))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?
+                    .map_err(run)?,
+            )
         }
     }
 }

@@ -306,6 +306,7 @@ fn run_code(error: &crate::run::Error) -> ErrorCode {
         E::Unavailable(_)
         | E::CoresBusy(_)
         | E::CoresNever(_)
+        | E::ShieldInUse(_)
         | E::CancelledWaiting(_)
         | E::NotFound(_)
         | E::NotYours { .. }

@@ -169,11 +169,13 @@ pub struct AuditEvent {
     pub gid: u32,
     /// Caller pid.
     pub pid: i32,
-    /// Method name.
+    /// Method name (`cleanroomd --revert --force` for what that forgets without a daemon).
     pub method: String,
-    /// SHA-256 of the params as received, hex.
+    /// SHA-256 of the params as received, hex (empty for `cleanroomd --revert --force`,
+    /// which has no params).
     pub params_digest: String,
-    /// `ok` or `error <code>: <message>`.
+    /// `ok` or `error <code>: <message>`; for a shield item a forced lowering forgot,
+    /// `forgot <path>: ...` (see [`shield::finish_lowering`]).
     pub outcome: String,
 }
 
@@ -421,27 +423,11 @@ impl Store {
     /// Written behind the caller ([`Store::behind`]): the answer does not wait for it, a
     /// stop does. Only the newest `keep` rows are kept.
     pub async fn record_audit(&self, event: AuditEvent, keep: u64) {
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let outcome = cut(&event.outcome, MAX_OUTCOME_BYTES);
+        let ts = now();
         self.behind("an audit record", move |c| {
             with_normal_sync(c, |c| {
                 let tx = c.transaction()?;
-                tx.execute(
-                    "INSERT INTO audit (ts, uid, gid, pid, method, params_digest, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    rusqlite::params![
-                        ts,
-                        event.uid,
-                        event.gid,
-                        event.pid,
-                        event.method,
-                        event.params_digest,
-                        outcome
-                    ],
-                )?;
+                insert_audit(&tx, ts, &event)?;
                 // The newest `keep` rows: a range of the primary key, cheap when there
                 // is nothing to drop.
                 tx.execute(
@@ -476,6 +462,41 @@ impl Store {
         })
         .await
     }
+}
+
+/// Seconds since the Unix epoch, as the audit table records them.
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Inserts one audit row (its outcome cut to [`MAX_OUTCOME_BYTES`]), in the caller's
+/// transaction.
+fn insert_audit(conn: &Connection, ts: f64, event: &AuditEvent) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO audit (ts, uid, gid, pid, method, params_digest, outcome)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        rusqlite::params![
+            ts,
+            event.uid,
+            event.gid,
+            event.pid,
+            event.method,
+            event.params_digest,
+            cut(&event.outcome, MAX_OUTCOME_BYTES)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Audits `events` now, in the caller's transaction (so they commit with what they
+/// record, at its durability): for changes that must not happen unaudited, such as the
+/// shield journal's forced forgets ([`shield::finish_lowering`]).
+pub(crate) fn audit_now(conn: &Connection, events: &[AuditEvent]) -> rusqlite::Result<()> {
+    let ts = now();
+    events.iter().try_for_each(|e| insert_audit(conn, ts, e))
 }
 
 /// Runs `f` with `synchronous=NORMAL` (no fsync at commit in WAL mode), then puts the

@@ -8,6 +8,10 @@
 //! belong to processes moved into the v1 shield cpuset), `shield_cpuset` (v1 cpusets that
 //! gave up the shielded CPUs) and `shield_irq` (IRQ affinities, plus a marker row saying the
 //! list is complete, so IRQs that appear later are told apart).
+//!
+//! What the kernel refused to take back stays until a lowering puts it back, or until an
+//! admin's forced lowering forgets it ([`Refused::Forget`]), in the commit that writes one
+//! audit row per item forgotten.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -295,20 +299,39 @@ pub fn irqs(conn: &Connection) -> rusqlite::Result<(Vec<Saved<String>>, bool)> {
     ))
 }
 
+/// What a lowering does with what the kernel refused to take back.
+#[derive(Debug, Clone, Copy)]
+pub enum Refused<'a> {
+    /// Keeps it journaled for the next lowering: these IRQ rows (IRQs whose original the
+    /// kernel refused, and IRQs that appeared under the shield and could not be widened,
+    /// which are added), and the cpusets [`clear_cpusets_but`] kept.
+    Keep(&'a [Saved<String>]),
+    /// Forgets it, cpusets included, and audits each item forgotten with one of these
+    /// rows, in the same commit: no row is forgotten unaudited.
+    Forget(&'a [crate::store::AuditEvent]),
+}
+
 /// After lowering: the IRQ rows and the record go, in one commit, but for what could not
 /// be put back. With `partition_left` (a partition that could not be removed yet) the
 /// record stays with only the partition, so the next lowering removes it. While any IRQ
-/// could not be put back (`kept`: IRQs whose original the kernel refused, and IRQs that
-/// appeared under the shield and could not be widened, which are added), the IRQ journal
-/// stays whole, so the next lowering tries again and still tells IRQs that appear
-/// meanwhile apart; cpusets [`clear_cpusets_but`] kept stay too. The record stays for
-/// them all.
+/// could not be put back and is kept ([`Refused::Keep`]), the IRQ journal stays whole, so
+/// the next lowering tries again and still tells IRQs that appear meanwhile apart; cpusets
+/// [`clear_cpusets_but`] kept stay too. The record stays for them all. A forced lowering
+/// ([`Refused::Forget`]) forgets them instead, with their audit rows.
 pub fn finish_lowering(
     conn: &mut Connection,
     partition_left: bool,
-    kept: &[Saved<String>],
+    refused: Refused<'_>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    let kept = match refused {
+        Refused::Keep(kept) => kept,
+        Refused::Forget(audit) => {
+            tx.execute("DELETE FROM shield_cpuset", [])?;
+            crate::store::audit_now(&tx, audit)?;
+            &[]
+        }
+    };
     if kept.is_empty() {
         tx.execute("DELETE FROM shield_irq", [])?;
     } else {
@@ -399,13 +422,13 @@ mod tests {
         clear_threads(&c).unwrap();
         clear_cpusets_but(&c, &[]).unwrap();
         // A partition that could not be removed keeps the record, without the rest.
-        finish_lowering(&mut c, true, &[]).unwrap();
+        finish_lowering(&mut c, true, Refused::Keep(&[])).unwrap();
         assert!(!has_leftovers(&c).unwrap());
         let left = meta(&c).unwrap().unwrap();
         assert_eq!(left.partition, up.partition);
         assert_eq!(left.root_enabled, None);
         assert!(is_raised(&c).unwrap());
-        finish_lowering(&mut c, false, &[]).unwrap();
+        finish_lowering(&mut c, false, Refused::Keep(&[])).unwrap();
         assert!(!is_raised(&c).unwrap());
     }
 
@@ -424,12 +447,62 @@ mod tests {
         begin(&c, &Meta::default()).unwrap();
         add_cpusets(&mut c, &[cs("/a"), cs("/b")]).unwrap();
         clear_cpusets_but(&c, &["/b".to_owned()]).unwrap();
-        finish_lowering(&mut c, false, &[]).unwrap();
+        finish_lowering(&mut c, false, Refused::Keep(&[])).unwrap();
         assert_eq!(cpusets(&c).unwrap(), vec![cs("/b")]);
         assert!(has_leftovers(&c).unwrap() && meta(&c).unwrap().is_some());
         clear_cpusets_but(&c, &[]).unwrap();
-        finish_lowering(&mut c, false, &[]).unwrap();
+        finish_lowering(&mut c, false, Refused::Keep(&[])).unwrap();
         assert!(!is_raised(&c).unwrap());
+    }
+
+    #[test]
+    fn a_forced_lowering_forgets_what_was_kept_with_its_audit_rows() {
+        let (_d, store) = store();
+        let mut c = store.lock_blocking();
+        begin(&c, &Meta::default()).unwrap();
+        let irq = Saved {
+            key: "/proc/irq/1/smp_affinity_list".to_owned(),
+            original: "0-3".into(),
+            written: "0-1".into(),
+        };
+        add_irqs(&mut c, std::slice::from_ref(&irq)).unwrap();
+        add_cpusets(
+            &mut c,
+            &[Saved {
+                key: Cpuset {
+                    path: "/a".into(),
+                    depth: 1,
+                },
+                original: "0-3".into(),
+                written: "0-1".into(),
+            }],
+        )
+        .unwrap();
+        // Both refused: kept.
+        clear_cpusets_but(&c, &["/a".to_owned()]).unwrap();
+        finish_lowering(&mut c, false, Refused::Keep(std::slice::from_ref(&irq))).unwrap();
+        assert!(has_leftovers(&c).unwrap());
+        // Refused again, forced: forgotten, each with its audit row, in one commit.
+        let audit = |what: &str| crate::store::AuditEvent {
+            uid: 0,
+            gid: 0,
+            pid: 7,
+            method: "shield.lower".into(),
+            params_digest: String::new(),
+            outcome: format!("forgot {what}"),
+        };
+        clear_cpusets_but(&c, &["/a".to_owned()]).unwrap();
+        let rows = [audit("/a/cpuset.cpus"), audit(&irq.key)];
+        finish_lowering(&mut c, false, Refused::Forget(&rows)).unwrap();
+        assert!(!is_raised(&c).unwrap());
+        drop(c);
+        let recorded = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(store.recent_audit(10))
+            .unwrap();
+        assert_eq!(recorded, [rows[1].clone(), rows[0].clone()], "newest first");
     }
 
     #[test]

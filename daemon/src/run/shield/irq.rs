@@ -28,21 +28,35 @@ pub(super) fn irq_files(host: &Host) -> Vec<(String, bool, BTreeSet<u32>)> {
     out
 }
 
-/// Writes an IRQ's affinity (a mask for the default, a list for an IRQ); a refusal (a
-/// managed IRQ) is logged and reported as false.
-pub(super) fn write_irq(host: &Host, path: &str, mask: bool, set: &BTreeSet<u32>) -> bool {
-    let value = if mask {
+/// An IRQ affinity file's text for `set`: a mask for the default, a list for an IRQ.
+fn irq_value(mask: bool, set: &BTreeSet<u32>) -> String {
+    if mask {
         crate::host::format::format_cpu_mask(set)
     } else {
         format_cpu_list(set)
-    };
-    match host.write(path, &value) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!(error = %e, "IRQ affinity not changed");
-            false
-        }
     }
+}
+
+/// A journaled CPU list as the text of the IRQ affinity file at `path` (the default's is a
+/// mask), for a person to write back by hand.
+pub(super) fn irq_text(path: &str, list: &str) -> String {
+    match parse_cpu_list(list) {
+        Ok(set) => irq_value(path.ends_with("default_smp_affinity"), &set),
+        Err(_) => list.to_owned(),
+    }
+}
+
+/// Writes an IRQ's affinity (a mask for the default, a list for an IRQ); a refusal (a
+/// managed IRQ) is logged and returned.
+pub(super) fn write_irq(
+    host: &Host,
+    path: &str,
+    mask: bool,
+    set: &BTreeSet<u32>,
+) -> Result<(), crate::host::Error> {
+    host.write(path, &irq_value(mask, set)).inspect_err(|e| {
+        tracing::debug!(error = %e, "IRQ affinity not changed");
+    })
 }
 
 /// IRQs off `cpus`, originals journaled first.
@@ -75,7 +89,7 @@ pub(super) fn irqs_off(
         .collect();
     journal::add_irqs(conn, &rows)?;
     for (path, mask, _, reduced) in irqs.iter().filter(|(_, _, o, r)| o != r) {
-        if write_irq(host, path, *mask, reduced) {
+        if write_irq(host, path, *mask, reduced).is_ok() {
             raised.irqs_moved += 1;
         } else {
             raised.irqs_unmovable += 1;
@@ -84,18 +98,57 @@ pub(super) fn irqs_off(
     Ok(())
 }
 
+/// Journaled IRQ affinities still as the shield left them get their originals back.
+/// Returns how many were restored, and the rows the kernel refused (still the shield's:
+/// they stay journaled, and the next lowering tries again).
+pub(super) fn irqs_back(host: &Host, irqs: &[journal::Saved<String>]) -> (usize, Vec<Refusal>) {
+    let mut restored = 0;
+    let mut refused = Vec::new();
+    for row in irqs {
+        let mask = row.key.ends_with("default_smp_affinity");
+        let current = host.read(&row.key).ok().and_then(|t| {
+            if mask {
+                crate::host::format::parse_cpu_mask(&t).ok()
+            } else {
+                parse_cpu_list(&t).ok()
+            }
+        });
+        let (Ok(original), Ok(written)) =
+            (parse_cpu_list(&row.original), parse_cpu_list(&row.written))
+        else {
+            continue;
+        };
+        // Compare-and-swap: only an affinity still as the shield left it goes back.
+        if original == written || current.as_ref() != Some(&written) {
+            continue;
+        }
+        match write_irq(host, &row.key, mask, &original) {
+            Ok(()) => restored += 1,
+            Err(e) if host.exists(&row.key) => {
+                tracing::error!(path = %row.key, cpus = %row.original, "cannot give an IRQ its CPUs back: kept for the next lowering (forgotten if this one is forced)");
+                refused.push(Refusal {
+                    row: Row::Irq(row.clone()),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {} // gone
+        }
+    }
+    (restored, refused)
+}
+
 /// IRQs that appeared while the shield was up took the shield's default affinity; those
 /// that still have exactly it get the default's original back. The shield's default is
 /// the default's journaled `written` value (without a default file: every online CPU but
 /// the shielded ones, to become every online CPU). `journaled` must be the complete list
 /// of IRQs at raise time.
-/// Returns how many were widened, and the rows to journal for those the kernel refused
-/// (the next lowering tries again).
+/// Returns how many were widened, and rows to journal for those the kernel refused (the
+/// next lowering tries again).
 pub(super) fn widen_new_irqs(
     host: &Host,
     meta: &journal::Meta,
     journaled: &[journal::Saved<String>],
-) -> (usize, Vec<journal::Saved<String>>) {
+) -> (usize, Vec<Refusal>) {
     let mut refused = Vec::new();
     if host.boot_id().ok().as_deref() != Some(meta.boot_id.as_str()) {
         return (0, refused);
@@ -128,15 +181,20 @@ pub(super) fn widen_new_irqs(
         if mask || current != reduced || journaled.iter().any(|r| r.key == path) {
             continue;
         }
-        if write_irq(host, &path, false, &default) {
-            widened += 1;
-        } else if host.exists(&path) {
-            tracing::error!(path = %path, cpus = %format_cpu_list(&default), "cannot give an IRQ that appeared under the shield the default affinity; it is journaled for the next lowering");
-            refused.push(journal::Saved {
-                key: path,
-                original: format_cpu_list(&default),
-                written: format_cpu_list(&reduced),
-            });
+        match write_irq(host, &path, false, &default) {
+            Ok(()) => widened += 1,
+            Err(e) if host.exists(&path) => {
+                tracing::error!(path = %path, cpus = %format_cpu_list(&default), "cannot give an IRQ that appeared under the shield the default affinity: kept for the next lowering (forgotten if this one is forced)");
+                refused.push(Refusal {
+                    row: Row::Irq(journal::Saved {
+                        key: path,
+                        original: format_cpu_list(&default),
+                        written: format_cpu_list(&reduced),
+                    }),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {} // gone
         }
     }
     (widened, refused)

@@ -23,9 +23,20 @@
 //! Everything is journaled in SQLite before it is changed, like tuning, so a crash never
 //! leaves the host shielded: the next start lowers a shield it finds. Lowering is
 //! compare-and-swap: a mask or cpuset someone changed since is left alone; what the kernel
-//! refuses to take back stays journaled for the next lowering. The property tests
-//! (`props.rs`) hold the journal to this over random raises, lowerings, outside writes,
-//! new IRQs, crashes at every step, refused writes and restarts.
+//! refuses to take back stays journaled for the next lowering, and the next raise fails
+//! ([`Error::PreviousLeft`]) while it cannot, rather than journal the shield's values as
+//! originals. The property tests (`props.rs`) hold the journal to this over random raises,
+//! lowerings, forced lowerings, outside writes, new IRQs, crashes at every step, refused
+//! writes and restarts.
+//!
+//! The way out when the kernel refuses for good (an IRQ whose affinity can no longer be
+//! set, a cpuset that cannot have its CPUs back): an admin's forced lowering
+//! ([`lower_forcing`]: `cleanroomctl shield lower --force`, or `cleanroomd --revert
+//! --force` with the daemon stopped) forgets what the kernel still refuses, in the commit
+//! that writes one audit row per item, and reports each with its file, the value it should
+//! hold and the one it holds, to be set by hand. What the kernel does take back is restored,
+//! not forgotten. A v2 partition that cannot be removed yet stays journaled even then: it
+//! gave its CPUs back and does not hold the next raise back.
 //!
 //! Exemptions ([`Exempt`]: pids, command-name globs, cgroup paths) are left alone by the v1
 //! and affinity shields; a v2 partition cannot leave anyone on its CPUs, so a host that
@@ -39,6 +50,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use cleanroom_proto::{ShieldItem, ShieldItemStatus, ShieldKind};
 use nix::sched::{sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
 use rusqlite::Connection;
@@ -60,6 +72,7 @@ use crate::host::tasks::{PF_KTHREAD, mask_of, same_thread, set_of, uptime_ticks}
 
 use crate::host::Host;
 use crate::host::format::{format_cpu_list, parse_cpu_list};
+use crate::store::AuditEvent;
 use crate::store::shield as journal;
 
 /// How the shield keeps other work off the CPUs on this host.
@@ -159,9 +172,16 @@ pub enum Error {
     /// A kernel file could not be read or written (the error names it).
     #[error(transparent)]
     Host(#[from] crate::host::Error),
-    /// A shield left journaled could not be lowered first.
-    #[error("a previous shield could not be lowered completely")]
-    PreviousLeft,
+    /// A shield left journaled could not be lowered first: the kernel refuses to give
+    /// these files (their paths, comma-separated) their originals back.
+    #[error(
+        "a previous shield could not be lowered completely (the kernel refuses to take back \
+         {0}): `cleanroomctl shield lower` tries again and says why; \
+         `cleanroomctl shield lower --force` forgets what the kernel still refuses and names \
+         each file with its original value, to set by hand (with the daemon stopped: \
+         `cleanroomd --revert --force`)"
+    )]
+    PreviousLeft(String),
     /// The kernel refused the v2 partition (the affinity shield is used instead).
     #[error("the kernel refused the partition: {0}")]
     PartitionRefused(String),
@@ -219,9 +239,14 @@ pub fn raise(
     // A shield still journaled (a lowering that failed) is lowered first: its originals
     // must not be replaced by what it left.
     if journal::is_raised(conn)? {
-        lower(host, conn)?;
+        let lowered = lower(host, conn)?;
         if journal::has_leftovers(conn)? {
-            return Err(Error::PreviousLeft);
+            let paths: Vec<&str> = lowered.refused.iter().map(|i| i.path.as_str()).collect();
+            return Err(Error::PreviousLeft(if paths.is_empty() {
+                "part of it".to_owned()
+            } else {
+                paths.join(", ")
+            }));
         }
     }
     // The journal first: when the shield went up (threads born under it get their CPUs
@@ -297,36 +322,106 @@ pub fn raise(
     }
 }
 
-/// Puts back everything the journal says the shield changed (the partition, the cpusets,
-/// moved processes, thread masks, IRQs) where it still holds what the shield left;
-/// returns how many things were restored. A cpuset or IRQ whose original the kernel
-/// refuses stays journaled, so the next lowering (at the next raise, stop or start) tries
-/// again, and the next raise fails while it cannot.
-pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
-    let meta = journal::meta(conn)?.unwrap_or_default();
-    let mut restored = 0;
-    let mut partition_left = false;
-    if let Some(dir) = &meta.partition {
-        if partition_down(host, dir) {
-            restored += 1;
-        } else {
-            // A run process the kernel cannot kill yet (stuck in uninterruptible sleep)
-            // holds it: it gives its CPUs back now and stays journaled, so the next
-            // lowering removes it.
-            let file = format!("{dir}/cpuset.cpus.partition");
-            if let Err(e) = host.write(&file, "member") {
-                tracing::error!(error = %e, "cannot demote the shield's partition");
-            }
-            partition_left = true;
+/// What a lowering did.
+#[derive(Debug, Default)]
+pub struct Lowered {
+    /// Things put back (the partition, thread masks, cpusets, IRQs).
+    pub restored: usize,
+    /// What the kernel refused to take back, each with the value it should hold and the
+    /// one it holds: kept journaled for the next lowering, or forgotten by a forced one.
+    pub refused: Vec<ShieldItem>,
+    /// A v2 partition that could not be removed yet (a process the kernel cannot end
+    /// holds it): it gave its CPUs back and stays journaled, forced or not, so the next
+    /// lowering removes it. It does not hold the next raise back.
+    pub partition_left: Option<String>,
+}
+
+impl Lowered {
+    /// Whether anything the kernel refused stays journaled: the next raise fails while it
+    /// does ([`Error::PreviousLeft`]).
+    pub fn kept(&self) -> bool {
+        self.refused
+            .iter()
+            .any(|i| i.status == ShieldItemStatus::Kept)
+    }
+}
+
+/// A journal row the kernel refused to take back, and why.
+struct Refusal {
+    row: Row,
+    /// The kernel's refusal (the error names the file and the value).
+    reason: String,
+}
+
+/// A journal row of something the shield changed in a kernel file.
+enum Row {
+    /// An IRQ's affinity or the default affinity (by the file's path).
+    Irq(journal::Saved<String>),
+    /// A v1 cpuset's CPUs.
+    Cpuset(journal::Saved<journal::Cpuset>),
+}
+
+impl Refusal {
+    /// The item as reported: its file, the value it should hold in the file's own format,
+    /// and the value it holds now.
+    fn item(&self, host: &Host, status: ShieldItemStatus) -> ShieldItem {
+        let (kind, path, original) = match &self.row {
+            Row::Irq(r) => (
+                ShieldKind::Irq,
+                r.key.clone(),
+                irq_text(&r.key, &r.original),
+            ),
+            Row::Cpuset(r) => (
+                ShieldKind::Cpuset,
+                format!("{}/cpuset.cpus", r.key.path),
+                r.original.clone(),
+            ),
+        };
+        ShieldItem {
+            kind,
+            current: host.read(&path).ok().map(|t| t.trim().to_owned()),
+            path,
+            original,
+            status,
+            reason: self.reason.clone(),
         }
-        if let (Some(list), Some((root, _))) = (&meta.root_enabled, dir.rsplit_once('/')) {
-            for c in list.split_whitespace() {
-                // Refused while anyone else uses it: then it stays.
-                let file = format!("{root}/cgroup.subtree_control");
-                if let Err(e) = host.write(&file, &format!("-{c}")) {
-                    tracing::info!(controller = c, error = %e, "a controller the shield enabled stays (in use)");
-                }
-            }
+    }
+}
+
+/// Puts back everything the journal says the shield changed (the partition, the cpusets,
+/// moved processes, thread masks, IRQs) where it still holds what the shield left, and
+/// says what it put back and what the kernel refused. A cpuset or IRQ whose original the
+/// kernel refuses stays journaled, so the next lowering (at the next raise, stop or start,
+/// or `shield.lower`) tries again, and the next raise fails while it cannot.
+pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<Lowered> {
+    lower_with(host, conn, None)
+}
+
+/// [`lower`], but what the kernel still refuses to take back is forgotten from the
+/// journal, each item written to the audit log as `actor` (the request, or
+/// `cleanroomd --revert --force`) in the commit that forgets it, and reported with the
+/// value it should hold, for an admin to set by hand. What the kernel does take back is
+/// restored, not forgotten.
+pub fn lower_forcing(
+    host: &Host,
+    conn: &mut Connection,
+    actor: &AuditEvent,
+) -> rusqlite::Result<Lowered> {
+    lower_with(host, conn, Some(actor))
+}
+
+fn lower_with(
+    host: &Host,
+    conn: &mut Connection,
+    force: Option<&AuditEvent>,
+) -> rusqlite::Result<Lowered> {
+    let meta = journal::meta(conn)?.unwrap_or_default();
+    let mut lowered = Lowered::default();
+    if let Some(dir) = &meta.partition {
+        if partition_back(host, dir, meta.root_enabled.as_deref()) {
+            lowered.restored += 1;
+        } else {
+            lowered.partition_left = Some(dir.clone());
         }
     }
     // Masks of moved threads: only those still as the move left them are given back.
@@ -355,12 +450,100 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
         // Kernels since 6.2 keep the mask asked for across cpuset moves; older ones widen
         // it to the cpuset's.
         if set_of(&current) == original || set_mask(tid, &original) {
-            restored += 1;
+            lowered.restored += 1;
         }
     }
-    // Narrowed cpusets, parents first. One the kernel does not let have its CPUs back
-    // stays journaled (unless it is gone): the next lowering tries again.
-    let mut kept_cpusets = Vec::new();
+    let mut refusals = cpusets_back(host, conn, &mut lowered.restored)?;
+    lowered.restored += threads_back(host, conn)?;
+    let (irqs, complete) = journal::irqs(conn)?;
+    let (restored, refused) = irqs_back(host, &irqs);
+    lowered.restored += restored;
+    refusals.extend(refused);
+    if complete {
+        let (widened, refused) = widen_new_irqs(host, &meta, &irqs);
+        lowered.restored += widened;
+        refusals.extend(refused);
+    }
+    // Threads born under a cpuset or partition shield got their CPUs back from the kernel;
+    // only the affinity shield leaves newborn masks to widen.
+    if meta.cpuset_dir.is_none() && meta.partition.is_none() {
+        lowered.restored += widen_newborn(host, &meta);
+    }
+    let partition_left = lowered.partition_left.is_some();
+    let status = match force {
+        None => ShieldItemStatus::Kept,
+        Some(_) => ShieldItemStatus::Forgotten,
+    };
+    lowered.refused = refusals.iter().map(|r| r.item(host, status)).collect();
+    match force {
+        None => {
+            let kept_irqs: Vec<journal::Saved<String>> = refusals
+                .into_iter()
+                .filter_map(|r| match r.row {
+                    Row::Irq(row) => Some(row),
+                    Row::Cpuset(_) => None,
+                })
+                .collect();
+            journal::finish_lowering(conn, partition_left, journal::Refused::Keep(&kept_irqs))?;
+        }
+        Some(actor) => {
+            let audit: Vec<AuditEvent> = lowered
+                .refused
+                .iter()
+                .map(|item| forgotten(actor, item))
+                .collect();
+            journal::finish_lowering(conn, partition_left, journal::Refused::Forget(&audit))?;
+        }
+    }
+    Ok(lowered)
+}
+
+/// The audit row of an item a forced lowering forgot, as `actor`; logged too.
+fn forgotten(actor: &AuditEvent, item: &ShieldItem) -> AuditEvent {
+    let current = item.current.as_deref().unwrap_or("(unreadable)");
+    tracing::warn!(path = %item.path, original = %item.original, current, reason = %item.reason,
+        "forgot what the kernel refuses to take back: it is the admin's to set by hand");
+    AuditEvent {
+        outcome: format!(
+            "forgot {}: should hold {}, holds {current} ({})",
+            item.path, item.original, item.reason
+        ),
+        ..actor.clone()
+    }
+}
+
+/// v2: removes the partition, and disables the controllers the shield enabled in the root
+/// cgroup; whether the partition is gone. One a run process the kernel cannot kill yet
+/// (stuck in uninterruptible sleep) holds gives its CPUs back and stays journaled, so the
+/// next lowering removes it.
+fn partition_back(host: &Host, dir: &str, root_enabled: Option<&str>) -> bool {
+    let removed = partition_down(host, dir);
+    if !removed {
+        let file = format!("{dir}/cpuset.cpus.partition");
+        if let Err(e) = host.write(&file, "member") {
+            tracing::error!(error = %e, "cannot demote the shield's partition");
+        }
+    }
+    if let (Some(list), Some((root, _))) = (root_enabled, dir.rsplit_once('/')) {
+        for c in list.split_whitespace() {
+            // Refused while anyone else uses it: then it stays.
+            let file = format!("{root}/cgroup.subtree_control");
+            if let Err(e) = host.write(&file, &format!("-{c}")) {
+                tracing::info!(controller = c, error = %e, "a controller the shield enabled stays (in use)");
+            }
+        }
+    }
+    removed
+}
+
+/// Narrowed cpusets get their CPUs back, parents first (adding to `restored`). One the
+/// kernel does not let have them back stays journaled (unless it is gone), and is returned.
+fn cpusets_back(
+    host: &Host,
+    conn: &Connection,
+    restored: &mut usize,
+) -> rusqlite::Result<Vec<Refusal>> {
+    let mut refusals = Vec::new();
     for row in journal::cpusets(conn)? {
         let file = format!("{}/cpuset.cpus", row.key.path);
         let current = host.read(&file).ok().and_then(|t| parse_cpu_list(&t).ok());
@@ -368,15 +551,32 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
             continue; // changed by someone else since: left alone
         }
         match host.write(&file, &row.original) {
-            Ok(()) => restored += 1,
+            Ok(()) => *restored += 1,
             Err(e) if host.exists(&file) => {
-                tracing::error!(error = %e, "cannot give a cpuset its CPUs back; it stays journaled for the next lowering");
-                kept_cpusets.push(row.key.path.clone());
+                tracing::error!(error = %e, "cannot give a cpuset its CPUs back: kept for the next lowering (forgotten if this one is forced)");
+                refusals.push(Refusal {
+                    row: Row::Cpuset(row),
+                    reason: e.to_string(),
+                });
             }
             Err(e) => tracing::warn!(error = %e, "a cpuset the shield narrowed is gone"),
         }
     }
-    journal::clear_cpusets_but(conn, &kept_cpusets)?;
+    let kept: Vec<String> = refusals
+        .iter()
+        .filter_map(|r| match &r.row {
+            Row::Cpuset(row) => Some(row.key.path.clone()),
+            Row::Irq(_) => None,
+        })
+        .collect();
+    journal::clear_cpusets_but(conn, &kept)?;
+    Ok(refusals)
+}
+
+/// Narrowed thread masks (not of moved processes) still as the shield left them get their
+/// originals back; every thread row is forgotten. Returns how many were restored.
+fn threads_back(host: &Host, conn: &Connection) -> rusqlite::Result<usize> {
+    let mut restored = 0;
     for row in journal::threads(conn, false)? {
         let tid = row.key.tid;
         if !same_thread(host, tid, row.key.start) {
@@ -398,45 +598,6 @@ pub fn lower(host: &Host, conn: &mut Connection) -> rusqlite::Result<usize> {
         }
     }
     journal::clear_threads(conn)?;
-    let (irqs, complete) = journal::irqs(conn)?;
-    let mut kept_irqs = Vec::new();
-    for row in &irqs {
-        let mask = row.key.ends_with("default_smp_affinity");
-        let current = host.read(&row.key).ok().and_then(|t| {
-            if mask {
-                crate::host::format::parse_cpu_mask(&t).ok()
-            } else {
-                parse_cpu_list(&t).ok()
-            }
-        });
-        let (Ok(original), Ok(written)) =
-            (parse_cpu_list(&row.original), parse_cpu_list(&row.written))
-        else {
-            continue;
-        };
-        // Compare-and-swap: only an affinity still as the shield left it goes back.
-        if original == written || current.as_ref() != Some(&written) {
-            continue;
-        }
-        if write_irq(host, &row.key, mask, &original) {
-            restored += 1;
-        } else if host.exists(&row.key) {
-            // Still the shield's: it stays journaled, and the next lowering tries again.
-            tracing::error!(path = %row.key, cpus = %row.original, "cannot give an IRQ its CPUs back; it stays journaled for the next lowering");
-            kept_irqs.push(row.clone());
-        }
-    }
-    if complete {
-        let (widened, refused) = widen_new_irqs(host, &meta, &irqs);
-        restored += widened;
-        kept_irqs.extend(refused);
-    }
-    // Threads born under a cpuset or partition shield got their CPUs back from the kernel;
-    // only the affinity shield leaves newborn masks to widen.
-    if meta.cpuset_dir.is_none() && meta.partition.is_none() {
-        restored += widen_newborn(host, &meta);
-    }
-    journal::finish_lowering(conn, partition_left, &kept_irqs)?;
     Ok(restored)
 }
 
@@ -668,47 +829,226 @@ mod tests {
         (tmp, host, store_dir, store)
     }
 
-    /// Lowers the shield on a kernel that refuses its `refused`-th write.
-    fn lower_refusing(host: &Host, store: &crate::store::Store, refused: usize) {
+    /// Runs `op` on a kernel that refuses its `refused`-th write.
+    fn refusing<R>(
+        host: &Host,
+        store: &crate::store::Store,
+        refused: usize,
+        op: impl FnOnce(&Host, &mut Connection) -> R,
+    ) -> R {
         let faults = crate::testing::Faults::refuse(refused);
         let faulty = host.clone().with_faults(std::sync::Arc::clone(&faults));
-        crate::testing::until_crash(store, &faults, || {
-            lower(&faulty, &mut store.lock_blocking())
-        })
-        .unwrap()
-        .unwrap();
+        crate::testing::until_crash(store, &faults, || op(&faulty, &mut store.lock_blocking()))
+            .expect("a refusal is no crash")
     }
+
+    /// Lowers the shield on a kernel that refuses its `refused`-th write.
+    fn lower_refusing(host: &Host, store: &crate::store::Store, refused: usize) -> Lowered {
+        refusing(host, store, refused, lower).unwrap()
+    }
+
+    /// Raises the affinity shield over CPUs 2-3 on a kernel that refuses its `refused`-th
+    /// write (`usize::MAX`: none).
+    fn raise_refusing(
+        host: &Host,
+        store: &crate::store::Store,
+        refused: usize,
+    ) -> Result<Raised, Error> {
+        refusing(host, store, refused, |h, c| {
+            raise(h, c, &[2, 3].into(), &Exempt::default(), &Method::Affinity)
+        })
+    }
+
+    /// An admin forcing a lowering, as the audit log records them.
+    fn admin() -> AuditEvent {
+        AuditEvent {
+            uid: 0,
+            gid: 0,
+            pid: 42,
+            method: "shield.lower".into(),
+            params_digest: "d1".into(),
+            outcome: String::new(),
+        }
+    }
+
+    fn audit(store: &crate::store::Store) -> Vec<AuditEvent> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(store.recent_audit(100))
+            .unwrap()
+    }
+
+    const DEFAULT: &str = "/proc/irq/default_smp_affinity";
 
     #[test]
     fn an_affinity_the_kernel_refuses_to_take_back_stays_journaled() {
         let (_tmp, host, _state, store) = raised_over_two_of_four();
-        // The first write of the lowering, the default's original, is refused.
-        lower_refusing(&host, &store, 0);
-        assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "3");
+        // The first write of the lowering, the default's original, is refused: it is
+        // reported, with the value it should hold (as a mask, the file's format), the one
+        // it holds, and the kernel's words.
+        let lowered = lower_refusing(&host, &store, 0);
+        assert_eq!(host.read(DEFAULT).unwrap(), "3");
         assert_eq!(host.read("/proc/irq/1/smp_affinity_list").unwrap(), "0-3");
+        assert_eq!(lowered.restored, 1, "IRQ 1");
+        assert!(lowered.kept());
+        let [item] = &lowered.refused[..] else {
+            panic!("{lowered:?}")
+        };
+        assert_eq!(
+            (item.kind, item.path.as_str(), item.original.as_str()),
+            (ShieldKind::Irq, DEFAULT, "f")
+        );
+        assert_eq!(item.current.as_deref(), Some("3"));
+        assert_eq!(item.status, ShieldItemStatus::Kept);
+        assert!(item.reason.contains("busy"), "{}", item.reason);
         assert!(
             is_raised(&store.lock_blocking()).unwrap(),
             "still journaled"
         );
         // A raise lowers first; refused again, it fails rather than journal the shield's
-        // value as an original.
-        let faults = crate::testing::Faults::refuse(0);
-        let faulty = host.clone().with_faults(std::sync::Arc::clone(&faults));
-        let again = crate::testing::until_crash(&store, &faults, || {
-            let mut conn = store.lock_blocking();
-            raise(
-                &faulty,
-                &mut conn,
-                &[2, 3].into(),
-                &Exempt::default(),
-                &Method::Affinity,
-            )
-        })
-        .unwrap();
-        assert!(matches!(again, Err(Error::PreviousLeft)), "{again:?}");
+        // value as an original, and names the file and the way out.
+        let again = raise_refusing(&host, &store, 0);
+        let Err(e @ Error::PreviousLeft(_)) = &again else {
+            panic!("{again:?}")
+        };
+        let message = e.to_string();
+        assert!(message.contains(DEFAULT), "{message}");
+        assert!(
+            message.contains("`cleanroomctl shield lower --force`")
+                && message.contains("`cleanroomd --revert --force`"),
+            "{message}"
+        );
         // The kernel takes it now.
+        let lowered = lower(&host, &mut store.lock_blocking()).unwrap();
+        assert_eq!(host.read(DEFAULT).unwrap(), "f");
+        assert!(lowered.refused.is_empty() && !lowered.kept());
+        assert!(!is_raised(&store.lock_blocking()).unwrap());
+        assert!(audit(&store).is_empty(), "nothing was forgotten");
+    }
+
+    #[test]
+    fn a_forced_lowering_forgets_what_the_kernel_refuses_and_audits_it() {
+        let (_tmp, host, _state, store) = raised_over_two_of_four();
+        // The kernel refuses the default's original at every lowering: every raise fails.
+        lower_refusing(&host, &store, 0);
+        assert!(matches!(
+            raise_refusing(&host, &store, 0),
+            Err(Error::PreviousLeft(_))
+        ));
+        // Forced (and refused again): the row goes, named with its original and current
+        // value, and the audit log says so as the admin who forced it.
+        let lowered = refusing(&host, &store, 0, |h, c| lower_forcing(h, c, &admin())).unwrap();
+        let [item] = &lowered.refused[..] else {
+            panic!("{lowered:?}")
+        };
+        assert_eq!((item.path.as_str(), item.original.as_str()), (DEFAULT, "f"));
+        assert_eq!(item.current.as_deref(), Some("3"));
+        assert_eq!(item.status, ShieldItemStatus::Forgotten);
+        assert!(!lowered.kept());
+        assert_eq!(
+            host.read(DEFAULT).unwrap(),
+            "3",
+            "the admin's to set by hand"
+        );
+        assert!(!is_raised(&store.lock_blocking()).unwrap(), "forgotten");
+        let [row] = &audit(&store)[..] else {
+            panic!("one audit row per forgotten file")
+        };
+        assert_eq!(
+            (row.uid, row.pid, row.method.as_str()),
+            (0, 42, "shield.lower")
+        );
+        assert_eq!(row.params_digest, "d1");
+        assert!(
+            row.outcome
+                .starts_with(&format!("forgot {DEFAULT}: should hold f, holds 3")),
+            "{}",
+            row.outcome
+        );
+        // The next raise succeeds; the shield's value stands as the default's original.
+        let raised = raise_refusing(&host, &store, usize::MAX).unwrap();
+        assert_eq!(raised.irqs_moved, 1, "IRQ 1 (the default holds 3 already)");
         lower(&host, &mut store.lock_blocking()).unwrap();
-        assert_eq!(host.read("/proc/irq/default_smp_affinity").unwrap(), "f");
+        assert_eq!(host.read(DEFAULT).unwrap(), "3");
+        assert!(!is_raised(&store.lock_blocking()).unwrap());
+    }
+
+    #[test]
+    fn a_forced_lowering_restores_what_the_kernel_takes_back() {
+        let (_tmp, host, _state, store) = raised_over_two_of_four();
+        lower_refusing(&host, &store, 0);
+        // Forced, on a kernel that takes the default back now: restored, not forgotten.
+        let lowered = lower_forcing(&host, &mut store.lock_blocking(), &admin()).unwrap();
+        assert_eq!(lowered.restored, 1);
+        assert!(lowered.refused.is_empty(), "{lowered:?}");
+        assert_eq!(host.read(DEFAULT).unwrap(), "f");
+        assert!(!is_raised(&store.lock_blocking()).unwrap());
+        assert!(audit(&store).is_empty(), "nothing was forgotten");
+        // Raised again and forced down with the default refused: IRQ 1, which the kernel
+        // takes back, is restored; only the default is forgotten.
+        raise_refusing(&host, &store, usize::MAX).unwrap();
+        assert_eq!(host.read("/proc/irq/1/smp_affinity_list").unwrap(), "0-1");
+        let lowered = refusing(&host, &store, 0, |h, c| lower_forcing(h, c, &admin())).unwrap();
+        assert_eq!(host.read("/proc/irq/1/smp_affinity_list").unwrap(), "0-3");
+        let forgotten: Vec<&str> = lowered.refused.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(forgotten, [DEFAULT]);
+        assert_eq!(audit(&store).len(), 1);
+    }
+
+    #[test]
+    fn a_cpuset_that_cannot_have_its_cpus_back_is_forgotten_by_force() {
+        const MOUNT: &str = "/sys/fs/cgroup/cpuset";
+        const OTHER: &str = "/sys/fs/cgroup/cpuset/a/cpuset.cpus";
+        let (tmp, _) = crate::host::fake_root(&[
+            ("/sys/devices/system/cpu/online", "0-3\n"),
+            ("/proc/sys/kernel/random/boot_id", "b\n"),
+            ("/sys/fs/cgroup/cpuset/cpuset.cpus", "0-3\n"),
+            ("/sys/fs/cgroup/cpuset/cpuset.mems", "0\n"),
+            ("/sys/fs/cgroup/cpuset/cgroup.procs", ""),
+            ("/sys/fs/cgroup/cpuset/a/cgroup.procs", ""),
+            (OTHER, "0-3\n"),
+            ("/sys/fs/cgroup/cpuset/cleanroom/cgroup.procs", ""),
+            ("/sys/fs/cgroup/cpuset/cleanroom/cpuset.cpus", "0-3\n"),
+        ]);
+        let host = Host::new(tmp.path()).with_cgroupfs(MOUNT);
+        let store_dir = crate::testing::scratch_dir();
+        let store = crate::store::Store::open(store_dir.path()).unwrap();
+        let method = Method::Cpuset {
+            mount: MOUNT.into(),
+            dir: "/sys/fs/cgroup/cpuset/cleanroom-shield-t".into(),
+            keep: "/sys/fs/cgroup/cpuset/cleanroom".into(),
+        };
+        let pool = [2, 3].into();
+        let raise_cpuset =
+            |h: &Host, c: &mut Connection| raise(h, c, &pool, &Exempt::default(), &method);
+        raise_cpuset(&host, &mut store.lock_blocking()).unwrap();
+        assert_eq!(host.read(OTHER).unwrap(), "0-1");
+        // Writes: the shield's cpuset removed, then a's CPUs back, which is refused.
+        let lowered = lower_refusing(&host, &store, 1);
+        let [item] = &lowered.refused[..] else {
+            panic!("{lowered:?}")
+        };
+        assert_eq!(
+            (item.kind, item.path.as_str(), item.original.as_str()),
+            (ShieldKind::Cpuset, OTHER, "0-3")
+        );
+        assert_eq!(item.status, ShieldItemStatus::Kept);
+        let again = refusing(&host, &store, 0, raise_cpuset);
+        assert!(matches!(again, Err(Error::PreviousLeft(_))), "{again:?}");
+        // Forced, refused again: forgotten, named with what it should hold and holds.
+        let lowered = refusing(&host, &store, 0, |h, c| lower_forcing(h, c, &admin())).unwrap();
+        let [item] = &lowered.refused[..] else {
+            panic!("{lowered:?}")
+        };
+        assert_eq!((item.path.as_str(), item.original.as_str()), (OTHER, "0-3"));
+        assert_eq!(item.current.as_deref(), Some("0-1"));
+        assert_eq!(item.status, ShieldItemStatus::Forgotten);
+        assert!(!is_raised(&store.lock_blocking()).unwrap());
+        assert!(audit(&store)[0].outcome.contains(OTHER));
+        raise_cpuset(&host, &mut store.lock_blocking()).unwrap();
+        lower(&host, &mut store.lock_blocking()).unwrap();
         assert!(!is_raised(&store.lock_blocking()).unwrap());
     }
 

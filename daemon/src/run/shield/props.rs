@@ -1,9 +1,10 @@
 //! Property tests of the shield journal, on a fake host root (IRQ affinities, a cgroup v1
 //! cpuset hierarchy behaving as cgroupfs does) and a temporary store: random sequences
-//! of raising the shield (affinity or cpuset method), lowering it, outside writes to IRQ
-//! affinities, the default affinity and cpusets, IRQs that appear, crashes at any step,
-//! refused kernel writes and restarts (which lower a shield a dead daemon left, as
-//! `run::lower_left_shield` does at every start).
+//! of raising the shield (affinity or cpuset method), lowering it, an admin forcing down
+//! what is left (`shield.lower --force`), outside writes to IRQ affinities, the default
+//! affinity and cpusets, IRQs that appear, crashes at any step, refused kernel writes and
+//! restarts (which lower a shield a dead daemon left, as `run::lower_left_shield` does at
+//! every start).
 //!
 //! The model, as for the tuning journal (`tune`'s property tests): the shield changes a
 //! file only after journaling it, so a file without a row holds its original (its boot
@@ -13,8 +14,10 @@
 //! up (left alone, holding the outside value, which becomes the original); a value only an
 //! outsider could have written is never overwritten. IRQs that appeared under the shield
 //! with exactly its default affinity get the original default back. What the kernel
-//! refuses to take back stays journaled, for the next lowering. No shield cpuset is left,
-//! and at the end, after a start, the journal is empty.
+//! refuses to take back stays journaled, for the next lowering, unless the lowering is
+//! forced: then it is forgotten, and reported with the original the model knows and the
+//! value it holds (which becomes its original). No shield cpuset is left, and at the end,
+//! after a start, the journal is empty.
 //!
 //! Threads' affinities are system calls on real threads, not files: the fake `/proc` has
 //! no tasks, so the thread part of the shield has nothing to do here.
@@ -24,6 +27,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use tempfile::TempDir;
+
+use cleanroom_proto::ShieldItem;
 
 use super::{Exempt, Method, raise};
 use crate::host::Host;
@@ -95,6 +100,9 @@ enum Event {
     Raise { cpuset: bool, fault: Fault },
     /// The last exclusive run ends: the shield the daemon holds up comes down.
     Lower(Fault),
+    /// An admin forces down what a lowering left journaled (refused while the daemon
+    /// holds the shield up: exclusive runs hold cores).
+    ForceLower(Fault),
     /// Someone else writes `cpus` (a set, as bits) to file `file` of [`FILES`].
     Outside { file: usize, cpus: u8 },
     /// An IRQ appears, with the default affinity as it is.
@@ -114,6 +122,7 @@ fn case() -> impl Strategy<Value = Case> {
     let event = prop_oneof![
         4 => (any::<bool>(), fault.clone()).prop_map(|(cpuset, fault)| Event::Raise { cpuset, fault }),
         3 => fault.clone().prop_map(Event::Lower),
+        1 => fault.clone().prop_map(Event::ForceLower),
         5 => (0..FILES.len(), 1u8..16).prop_map(|(file, cpus)| Event::Outside { file, cpus }),
         1 => Just(Event::IrqAppears),
         2 => fault.prop_map(Event::Restart),
@@ -139,6 +148,8 @@ enum Op {
         cpuset: bool,
     },
     Lower,
+    /// `shield.lower --force`.
+    ForceLower,
     /// A start, which lowers a shield left journaled.
     Restart,
 }
@@ -281,6 +292,15 @@ impl World {
                 }
                 Ok(())
             }
+            Event::ForceLower(fault) => {
+                if !self.up {
+                    self.operate(Op::Restart, Fault::None)?;
+                }
+                if !self.shield_up {
+                    self.operate(Op::ForceLower, fault)?;
+                }
+                Ok(())
+            }
             Event::Restart(fault) => self.operate(Op::Restart, fault),
         }?;
         self.check_journal()
@@ -347,6 +367,8 @@ impl World {
         let faults = fault.faults();
         let host = self.host().with_faults(Arc::clone(&faults));
         let store = self.store();
+        // What a forced lowering forgot.
+        let mut forgotten = Vec::new();
         // Whether the shield is up after it.
         let outcome = until_crash(store, &faults, || match op {
             Op::Raise { cpuset } => {
@@ -365,8 +387,22 @@ impl World {
                 Ok(r.is_ok())
             }
             Op::Lower => super::lower(&host, &mut store.lock_blocking()).map(|_| false),
+            Op::ForceLower => {
+                let admin = crate::store::AuditEvent {
+                    uid: 0,
+                    gid: 0,
+                    pid: 1,
+                    method: "shield.lower".into(),
+                    params_digest: String::new(),
+                    outcome: String::new(),
+                };
+                super::lower_forcing(&host, &mut store.lock_blocking(), &admin).map(|l| {
+                    forgotten = l.refused;
+                    false
+                })
+            }
             Op::Restart => {
-                crate::run::lower_left_shield(&host, store);
+                crate::run::lower_left_shield(&host, store, None);
                 Ok(false)
             }
         });
@@ -410,7 +446,7 @@ impl World {
             }
             Some(Ok(false)) => {
                 self.up = true;
-                self.lowered(&before, &rows, complete)?;
+                self.lowered(&before, &rows, complete, &forgotten)?;
             }
         }
         Ok(())
@@ -419,8 +455,16 @@ impl World {
     /// After a lowering (or a raise that failed and undid itself): no shield cpuset, every
     /// file at its original or, if someone else changed it while the shield was up, at
     /// their value, which becomes its original. Only what the kernel refused to take back
-    /// stays journaled (with, then, the whole IRQ journal), for the next lowering.
-    fn lowered(&mut self, before: &[BTreeSet<u32>], rows: &Rows, complete: bool) -> Checked {
+    /// stays journaled (with, then, the whole IRQ journal), for the next lowering; a
+    /// forced lowering forgets it instead, and reports each such file (`forgotten`) with
+    /// its original and the value it holds, which becomes its original.
+    fn lowered(
+        &mut self,
+        before: &[BTreeSet<u32>],
+        rows: &Rows,
+        complete: bool,
+        forgotten: &[ShieldItem],
+    ) -> Checked {
         let (kept, _) = self.rows();
         prop_assert_eq!(
             self.raised(),
@@ -436,6 +480,34 @@ impl World {
         let shields_default = rows.get(DEFAULT).filter(|(o, w)| o != w);
         let after = self.values();
         for (i, f) in self.files.iter_mut().enumerate() {
+            if let Some(item) = forgotten.iter().find(|item| item.path == f.path) {
+                let set = |text: &str| {
+                    if f.path == DEFAULT {
+                        parse_cpu_mask(text)
+                    } else {
+                        parse_cpu_list(text)
+                    }
+                };
+                let (original, current) = (
+                    set(&item.original).ok(),
+                    item.current.as_deref().and_then(|c| set(c).ok()),
+                );
+                prop_assert_eq!(
+                    original.as_ref(),
+                    Some(&f.original),
+                    "{} forgotten: the original reported",
+                    &f.path
+                );
+                prop_assert_eq!(
+                    current.as_ref(),
+                    Some(&after[i]),
+                    "{} forgotten: the value reported",
+                    &f.path
+                );
+                f.original = after[i].clone();
+                f.outside = None;
+                continue;
+            }
             if let Some((original, written)) = kept.get(&f.path) {
                 // Still journaled (refused, or an IRQ of a journal kept whole): the
                 // shield's value, the original back, or someone else's value left alone.
@@ -595,6 +667,46 @@ fn the_cases_it_found_hold() {
         vec![affinity(Fault::None), Lower(Fault::Refuse(0)), IrqAppears],
     ];
     for events in found {
+        let case = Case { events };
+        let shown = format!("{case:?}");
+        if let Err(e) = run_case(case) {
+            panic!("{e}\n{shown}");
+        }
+    }
+}
+
+/// A forced lowering of what the kernel refused, through the model's checks (the property
+/// draws it too, but rarely after a refusal that left something).
+#[test]
+fn a_forced_lowering_is_held_to_the_model() {
+    use Event::*;
+    let raise = |cpuset| Raise {
+        cpuset,
+        fault: Fault::None,
+    };
+    for events in [
+        // The default's original refused, then refused again when forced: forgotten.
+        vec![
+            raise(false),
+            Lower(Fault::Refuse(0)),
+            ForceLower(Fault::Refuse(0)),
+        ],
+        // A cpuset's CPUs refused (after the shield's cpuset is removed), forced down.
+        vec![
+            raise(true),
+            Lower(Fault::Refuse(1)),
+            ForceLower(Fault::Refuse(0)),
+        ],
+        // An IRQ that appeared under the shield, its widening refused (after the default,
+        // IRQ 1 and IRQ 2 are put back), forced down; the shield goes up again.
+        vec![
+            raise(false),
+            IrqAppears,
+            Lower(Fault::Refuse(3)),
+            ForceLower(Fault::Refuse(0)),
+            raise(false),
+        ],
+    ] {
         let case = Case { events };
         let shown = format!("{case:?}");
         if let Err(e) = run_case(case) {
