@@ -707,6 +707,34 @@ pub mod runs {
         }
     }
 
+    /// The run cgroups `d` has prepared ahead (cgroup v1: `ready-<id>` in every hierarchy),
+    /// each counted once.
+    fn prepared(d: &crate::Daemon) -> usize {
+        let mut names: Vec<String> = json_of(&d.ctl(&["--json", "status"]))["run_cgroups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|base| {
+                std::fs::read_dir(base.as_str().unwrap())
+                    .into_iter()
+                    .flatten()
+            })
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("ready-"))
+            .collect();
+        names.sort();
+        names.dedup();
+        names.len()
+    }
+
+    /// Whether `d` has a prepared run cgroup ready to take, its helper parked inside. Its
+    /// directories exist before the helper has joined them, but the pool is filled one
+    /// after another: once a second is being made, the first is in the pool.
+    pub fn slot_ready(d: &crate::Daemon) -> bool {
+        prepared(d) >= 2
+    }
+
     /// Waits up to `limit` for `cond`.
     pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + limit;

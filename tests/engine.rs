@@ -4,7 +4,9 @@
 use std::fs::OpenOptions;
 use std::time::Duration;
 
-use cleanroom::runs::{alive, eventually, my_cpus, online_cpus, start_run, start_run_as};
+use cleanroom::runs::{
+    alive, eventually, my_cpus, online_cpus, slot_ready, start_run, start_run_as,
+};
 use cleanroom::{Daemon, RawClient, host_lock, is_root_or_skip};
 use serde_json::{Value, json};
 
@@ -153,24 +155,6 @@ fn a_thousand_runs_at_once_leave_the_daemon_responsive_and_all_end_on_cancel() {
     assert!(alive(MARKER).is_empty(), "{:?}", alive(MARKER));
 }
 
-/// The `ready-*` cgroups prepared ahead, in every hierarchy.
-fn prepared(d: &Daemon) -> usize {
-    let out = d.ctl(&["--json", "status"]);
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    status["run_cgroups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|base| {
-            std::fs::read_dir(base.as_str().unwrap())
-                .into_iter()
-                .flatten()
-        })
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("ready-"))
-        .count()
-}
-
 /// A daemon with run cgroups prepared ahead, once they are; `None` (and why, printed)
 /// where there are none to prepare (cgroup v2 clones into the cgroup instead).
 fn daemon_with_prepared_slots(test: &str) -> Option<Daemon> {
@@ -182,7 +166,7 @@ fn daemon_with_prepared_slots(test: &str) -> Option<Daemon> {
         return None;
     }
     assert!(
-        eventually(Duration::from_secs(10), || prepared(&d) > 0),
+        eventually(Duration::from_secs(10), || slot_ready(&d)),
         "run cgroups are prepared ahead"
     );
     Some(d)

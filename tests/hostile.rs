@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use cleanroom::runs::{alive, eventually, start_run_as};
+use cleanroom::runs::{
+    alive, eventually, json_of, next_output, slot_ready, start_run, start_run_as,
+};
 use cleanroom::{Daemon, RawClient, is_root_or_skip};
 use serde_json::json;
 
@@ -729,4 +731,256 @@ fn with_the_state_directory_full_runs_fail_clearly_and_the_host_can_still_be_put
     assert_eq!(swappiness(), original, "{out:?}");
     fs.unfill();
     drop(d);
+}
+
+/// This process's mount table, a line a mount, as `/proc/self/mountinfo` has it.
+fn mount_table() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines().map(str::to_owned).collect()
+}
+
+/// A mountinfo line's mount point, file system type and super options.
+fn mount_fields(line: &str) -> Option<(&str, &str, &str)> {
+    let (ours, fs) = line.split_once(" - ")?;
+    let mut fs = fs.split(' ');
+    let (fstype, super_options) = (fs.next()?, fs.nth(1)?);
+    Some((ours.split(' ').nth(4)?, fstype, super_options))
+}
+
+/// The cgroup file systems of this mount table: (mount point, super options).
+fn cgroup_mounts() -> Vec<(String, String)> {
+    mount_table()
+        .iter()
+        .filter_map(|l| mount_fields(l))
+        .filter(|(_, fstype, _)| matches!(*fstype, "cgroup" | "cgroup2"))
+        .map(|(point, _, options)| (point.to_owned(), options.to_owned()))
+        .collect()
+}
+
+/// The mounts of this mount table a run's mount namespace could change if it leaked: `/`
+/// (its propagation), `/proc`, `/tmp` and the cgroup file systems and what they sit on.
+fn leakable_mounts() -> Vec<String> {
+    mount_table()
+        .into_iter()
+        .filter(|l| {
+            mount_fields(l).is_some_and(|(point, fstype, _)| {
+                matches!(point, "/" | "/proc" | "/tmp")
+                    || point.starts_with("/sys/fs/cgroup")
+                    || fstype.starts_with("cgroup")
+            })
+        })
+        .collect()
+}
+
+/// Kills, when dropped, every process whose command line has `marker` (what a test that
+/// fails leaves behind).
+struct KillOnDrop(&'static str);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for line in alive(self.0) {
+            if let Some(pid) = line.split(':').next().and_then(|p| p.parse().ok()) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// `/proc/<pid>/cgroup`, as this process (outside any run) reads it.
+fn cgroups_of(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap()
+}
+
+#[test]
+fn a_root_callers_run_can_neither_leave_nor_loosen_its_cgroup() {
+    if !is_root_or_skip("a_root_callers_run_can_neither_leave_nor_loosen_its_cgroup") {
+        return;
+    }
+    const MARKER: &str = "1014.25";
+    let _left = KillOnDrop(MARKER);
+    let d = Daemon::start();
+    let before = leakable_mounts();
+    // The root cgroup of every hierarchy, where the host mounts it; and the run's own task
+    // limit, where pids has a v1 hierarchy (uid 0 owns the file, and needs no capability
+    // to write it).
+    let mounts = cgroup_mounts();
+    assert!(!mounts.is_empty(), "no cgroup file system is mounted");
+    let roots: Vec<&str> = mounts.iter().map(|(point, _)| point.as_str()).collect();
+    let pids_v1 = mounts
+        .iter()
+        .find(|(_, options)| options.split(',').any(|o| o == "pids"))
+        .map(|(point, _)| point.as_str());
+    let lift = pids_v1.map_or(String::new(), |m| {
+        format!(
+            "p=$(sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup); \
+             echo 9999 > {m}$p/pids.max && echo lifted; "
+        )
+    });
+    // Undoing the read-only mounts: unmounting, remounting; and the system calls
+    // themselves in a user namespace of its own (where it has every capability over a mount
+    // namespace copied from its own; mount(8) would refuse before asking the kernel).
+    let roots = roots.join(" ");
+    let in_userns = "import ctypes, sys
+l = ctypes.CDLL(None, use_errno=True)
+if l.unshare(0x10000000 | 0x20000) == 0:  # CLONE_NEWUSER | CLONE_NEWNS
+    for m in sys.argv[1:]:
+        if l.mount(None, m.encode(), None, 32 | 4096, None) == 0:  # MS_REMOUNT | MS_BIND
+            print('undone: remount', m, 'read-write in a user namespace')
+        if l.umount2(m.encode(), 2) == 0:  # MNT_DETACH
+            print('undone: umount', m, 'in a user namespace')
+    print('tried in a user namespace')
+else:
+    print('no user namespace')";
+    let undo = format!(
+        "for m in {roots}; do umount $m && echo undone: umount $m; \
+         mount -o remount,rw,bind $m && echo undone: remount $m; done 2>/dev/null; \
+         python3 -c \"{in_userns}\" {roots}; "
+    );
+    // One sleeper where the run was put; the shell tries to undo what contains it, to lift
+    // its limit, then to move itself to each root; then another sleeper wherever the shell
+    // now is.
+    let script = format!(
+        "exec 2>&1; sleep {MARKER} & placed=$!; {undo}{lift}\
+         for m in {roots}; do echo $$ > $m/cgroup.procs && echo moved to $m; done; \
+         sleep {MARKER} & echo pids $placed $!; wait"
+    );
+    let v1 = json_of(&d.ctl(&["--json", "status"]))["cgroup"] != "v2";
+    // Both ways a run's process is cloned: by the helper parked in a cgroup prepared ahead
+    // (cgroup v1), and by the daemon (a memory limit below what a prepared cgroup takes;
+    // cgroup v2 always).
+    for (how, memory) in [("prepared", None), ("made now", Some(48u64 << 20))] {
+        if v1 && memory.is_none() {
+            assert!(eventually(Duration::from_secs(10), || slot_ready(&d)));
+        }
+        let mut c = RawClient::connect(&d.socket);
+        let mut params = json!({"argv": ["sh", "-c", &script], "pids": 64});
+        if let Some(bytes) = memory {
+            params["memory"] = json!(bytes);
+        }
+        start_run(&mut c, params);
+        let mut said = String::new();
+        let pids = loop {
+            let pids = said
+                .split_inclusive('\n')
+                .find_map(|l| l.strip_prefix("pids ")?.strip_suffix('\n'));
+            if let Some(pids) = pids {
+                break pids.to_owned();
+            }
+            let m = next_output(&mut c);
+            assert_eq!(
+                m["method"], "run.output",
+                "{how}: the run ended: {m}\n{said}"
+            );
+            said.push_str(m["params"]["data"].as_str().unwrap());
+        };
+        if v1 {
+            // Which way it was cloned: born in its cgroups (by the helper), or moved there.
+            let log = d.log();
+            let started = log.lines().rfind(|l| l.contains("run started"));
+            let born = format!("born_in_cgroup={}", memory.is_none());
+            assert!(
+                started.is_some_and(|l| l.contains(&born)),
+                "{how}: {started:?}"
+            );
+        }
+        let (placed, moved) = pids.split_once(' ').unwrap();
+        // From outside: the second sleeper is where the first is, in the run's cgroups.
+        let in_run = cgroups_of(placed);
+        assert_ne!(in_run, cgroups_of(&d.pid().to_string()), "{how}");
+        assert_eq!(
+            cgroups_of(moved),
+            in_run,
+            "{how}: the run left its cgroup: {said}"
+        );
+        let refused = mounts.len() + usize::from(pids_v1.is_some());
+        assert_eq!(
+            said.matches("Read-only file system").count(),
+            refused,
+            "{how}: {said}"
+        );
+        assert!(
+            !said.contains("undone") && !said.contains("moved to") && !said.contains("lifted"),
+            "{how}: {said}"
+        );
+        assert!(
+            said.contains("tried in a user namespace") || said.contains("no user namespace"),
+            "{how}: {said}"
+        );
+        if let Some(m) = pids_v1 {
+            let own = in_run
+                .lines()
+                .find_map(|l| l.split_once(":pids:"))
+                .unwrap()
+                .1;
+            let max = std::fs::read_to_string(format!("{m}{own}/pids.max")).unwrap();
+            assert_eq!(max.trim(), "64", "{how}");
+        }
+        // The run's end reaches both sleepers.
+        drop(c);
+        assert!(
+            eventually(Duration::from_secs(10), || alive(MARKER).is_empty()),
+            "{how}: {:?}",
+            alive(MARKER)
+        );
+    }
+    assert_eq!(leakable_mounts(), before, "a run's mounts reached the host");
+}
+
+#[test]
+fn a_root_callers_run_sees_its_own_cgroups_read_only_and_the_hosts_mounts_stay() {
+    if !is_root_or_skip(
+        "a_root_callers_run_sees_its_own_cgroups_read_only_and_the_hosts_mounts_stay",
+    ) {
+        return;
+    }
+    let d = Daemon::start();
+    let before = leakable_mounts();
+    // A plain run is what it was: its output and its exit code.
+    let out = d.ctl(&["run", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("err\n"),
+        "{out:?}"
+    );
+    // Its cgroups are the roots of its cgroup namespace, and each cgroup file system shows
+    // just them, read-only: with namespaces asked for or not.
+    let view = r#"cat /proc/self/cgroup; awk '{for (i = 7; $i != "-"; i++);
+        if ($(i + 1) ~ /^cgroup/) print $4, $5, $6}' /proc/self/mountinfo"#;
+    for isolate in [None, Some("mount,pid")] {
+        let mut args = vec!["run"];
+        args.extend(isolate.map(|i| ["--isolate", i]).into_iter().flatten());
+        args.extend(["--", "sh", "-c", view]);
+        let out = d.ctl(&args);
+        assert!(out.status.success(), "{isolate:?}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (cgroups, mounts): (Vec<&str>, Vec<&str>) =
+            text.lines().partition(|l| !l.starts_with('/'));
+        assert!(
+            !cgroups.is_empty() && cgroups.iter().all(|l| l.ends_with(":/")),
+            "{text}"
+        );
+        // Every mount read-only; at each mount point, the one on top (listed last) shows
+        // the run's cgroup as its root.
+        let mut on_top = std::collections::BTreeMap::new();
+        for m in mounts {
+            let [root, point, options] = m.split(' ').collect::<Vec<_>>()[..] else {
+                panic!("{m}");
+            };
+            assert!(options.split(',').any(|o| o == "ro"), "{isolate:?}: {m}");
+            on_top.insert(point, root);
+        }
+        let points: Vec<String> = cgroup_mounts().into_iter().map(|(p, _)| p).collect();
+        assert!(
+            on_top
+                .keys()
+                .eq(points.iter().collect::<std::collections::BTreeSet<_>>())
+        );
+        assert!(
+            on_top.values().all(|root| *root == "/"),
+            "{isolate:?}: {text}"
+        );
+    }
+    assert_eq!(leakable_mounts(), before, "a run's mounts reached the host");
 }

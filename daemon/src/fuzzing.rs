@@ -310,6 +310,19 @@ fn mountinfo(data: &[u8]) {
         assert!(m.controllers.is_sorted(), "{m:?}");
     }
     let _ = classify_mounts(&mounts);
+    // What a root caller's run would see of them, its parent at every mount's root.
+    let own: Vec<_> = mounts
+        .iter()
+        .map(|m| crate::host::ProcCgroup {
+            id: u32::from(!m.unified),
+            controllers: m.controllers.clone(),
+            path: m.root.to_string_lossy().into_owned(),
+        })
+        .collect();
+    let joins: Vec<_> = mounts.iter().map(|m| m.mount_point.join("run")).collect();
+    let joins: Vec<_> = joins.iter().map(|p| p.as_path()).collect();
+    let views = crate::run::contain::views(&mounts, &own, &joins);
+    assert!(views.len() <= mounts.len(), "{views:?}");
 }
 
 fn selector(text: &str) {

@@ -10,7 +10,7 @@ use caps::{CapSet, Capability, CapsHashSet};
 pub const KEPT: &[(Capability, &str)] = &[
     (
         Capability::CAP_SYS_ADMIN,
-        "write /proc/sys, manage cgroups, create namespaces for runs",
+        "write /proc/sys, manage cgroups, create namespaces for runs and make their cgroup mounts read-only",
     ),
     (
         Capability::CAP_NET_ADMIN,

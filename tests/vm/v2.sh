@@ -57,13 +57,27 @@ out=$(ctl --json run -- sh -c 'setsid sleep 1009.5 & sleep 1009.5 & echo started
 check "setsid'd and background processes are killed (cgroup.kill)" test "$(echo "$out" | field killed)" -ge 2
 check "nothing survives the run" test -z "$(pgrep -f 'sleep 1009.5')"
 
+# A root caller's run sees its own cgroup as the root of the cgroup2 mount.
 quota=$(ctl run --cpu-percent 50 -- sh -c 'cat "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpu.max"' 2>/dev/null)
 check "cpu quota written to cpu.max" test "$quota" = "50000 100000"
 
 # clone3(CLONE_INTO_CGROUP): the command is in its run's cgroup from birth, no migration.
-own=$(ctl run -- cat /proc/self/cgroup 2>/dev/null)
+# A root caller's run tries to move itself to the root cgroup first; it is seen from
+# outside (inside, a cgroup namespace shows its cgroup as /) while it waits on a fifo (the
+# timeouts only keep a run that never starts from hanging the script).
+mounts=$(grep -E ' - cgroup2? ' /proc/self/mountinfo)
+mkfifo "$work/pid" "$work/done"
+ctl run -- sh -c "echo \$\$ > /sys/fs/cgroup/cgroup.procs; cat /proc/self/cgroup; echo \$\$ > $work/pid; read x < $work/done" > "$work/inside" 2>&1 &
+client=$!
+own=$(cat "/proc/$(timeout 60 cat "$work/pid")/cgroup")
+timeout 60 sh -c "echo > '$work/done'"
+wait "$client"
 case "/sys/fs/cgroup${own#0::}" in "$runs_base"/run-*) in_run=yes ;; *) in_run="no: $own" ;; esac
 check "the command runs in its run cgroup" test "$in_run" = yes
+check "a root caller's run cannot write cgroup.procs (read-only cgroup2 mount)" \
+    grep -q "cgroup.procs: Read-only file system" "$work/inside"
+check "a root caller's run sees its cgroup as / (cgroup namespace)" grep -qx "0::/" "$work/inside"
+check "the host's cgroup mounts are as they were" test "$(grep -E ' - cgroup2? ' /proc/self/mountinfo)" = "$mounts"
 check "the run was born in its cgroup (CLONE_INTO_CGROUP)" grep -q "born_in_cgroup=true" "$work/log"
 check "no run had to be moved into its cgroup" sh -c "! grep -q born_in_cgroup=false '$work/log'"
 
@@ -82,7 +96,8 @@ start_daemon() {
 }
 if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
     go=$work/go
-    ctl --json run --exclusive --timeout 20s -- sh -c "cat /proc/self/cgroup > $work/where; while [ ! -e $go ]; do sleep 0.01; done" > "$work/excl.json" 2>/dev/null &
+    mkfifo "$work/where"
+    ctl --json run --exclusive --timeout 20s -- sh -c "echo \$\$ > $work/where; while [ ! -e $go ]; do sleep 0.01; done" > "$work/excl.json" 2>/dev/null &
     client=$!
     for _ in $(seq 1 200); do grep -q "Cpus_allowed_list:.0$" /proc/1/status && break; sleep 0.05; done
     check "while an exclusive run holds CPU 1, PID 1 is kept off it" grep -q "Cpus_allowed_list:.0$" /proc/1/status
@@ -92,7 +107,8 @@ if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
         test -n "$part" -a "$(cat "$part/cpuset.cpus.partition" 2>/dev/null)" = root
     check "the kernel took CPU 1 from the root cgroup's effective set" \
         test "$(cat /sys/fs/cgroup/cpuset.cpus.effective)" = 0
-    check "the exclusive run lives in the partition" grep -q "^0::/cleanroom-exclusive-.*/run-" "$work/where"
+    check "the exclusive run lives in the partition" \
+        grep -q "^0::/cleanroom-exclusive-.*/run-" "/proc/$(timeout 60 cat "$work/where")/cgroup"
     touch "$go"
     wait "$client"
     check "the result names the partition shield" grep -q '"shield":"partition"' "$work/excl.json"

@@ -1,7 +1,10 @@
 //! Cgroup hierarchy detection from `/proc/self/mountinfo`.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::Cursor;
-use std::path::PathBuf;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 use cleanroom_proto::CgroupMode;
 use procfs_core::FromBufRead;
@@ -16,6 +19,19 @@ pub struct CgroupMount {
     pub unified: bool,
     /// The v1 controllers of this hierarchy (`cpu`, `memory`, ...); empty for cgroup2.
     pub controllers: Vec<String>,
+    /// Its mount id, and that of the mount it sits on.
+    pub id: i32,
+    /// The mount it sits on (its parent's mount id).
+    pub parent: i32,
+    /// The file system's device (`major:minor`): one for every mount of a hierarchy.
+    pub device: String,
+    /// The cgroup shown at the mount point (`/` where the whole hierarchy is mounted).
+    pub root: PathBuf,
+    /// Per-mount options (`rw`, `nosuid`, ...), sorted.
+    pub mount_options: Vec<String>,
+    /// Super options as written (`rw`, `cpu`, `name=systemd`, ...), sorted: a v1 line of
+    /// `/proc/<pid>/cgroup` names its hierarchy with some of them.
+    pub super_options: Vec<String>,
 }
 
 /// The v1 controllers cleanroom knows (mount options name them).
@@ -41,29 +57,69 @@ pub(crate) fn parse_mountinfo(text: &[u8]) -> Result<Vec<CgroupMount>, String> {
     let infos = MountInfos::from_buf_read(Cursor::new(text)).map_err(|e| e.to_string())?;
     Ok(infos
         .into_iter()
-        .filter_map(|m| match m.fs_type.as_str() {
-            "cgroup2" => Some(CgroupMount {
-                mount_point: m.mount_point,
-                unified: true,
-                controllers: Vec::new(),
-            }),
-            "cgroup" => {
-                let mut controllers: Vec<String> = m
-                    .super_options
-                    .keys()
-                    .filter(|k| V1_CONTROLLERS.contains(&k.as_str()))
-                    .cloned()
-                    .collect();
-                controllers.sort();
-                Some(CgroupMount {
-                    mount_point: m.mount_point,
-                    unified: false,
-                    controllers,
-                })
-            }
-            _ => None,
+        .filter_map(|m| {
+            let unified = match m.fs_type.as_str() {
+                "cgroup2" => true,
+                "cgroup" => false,
+                _ => return None,
+            };
+            let mut controllers: Vec<String> = m
+                .super_options
+                .keys()
+                .filter(|k| !unified && V1_CONTROLLERS.contains(&k.as_str()))
+                .cloned()
+                .collect();
+            controllers.sort();
+            Some(CgroupMount {
+                mount_point: unescape(&m.mount_point),
+                unified,
+                controllers,
+                id: m.mnt_id,
+                parent: m.pid,
+                device: m.majmin,
+                root: unescape(Path::new(&m.root)),
+                mount_options: options(m.mount_options),
+                super_options: options(m.super_options),
+            })
         })
         .collect())
+}
+
+/// Mount options as written (`name` or `name=value`), sorted.
+fn options(map: HashMap<String, Option<String>>) -> Vec<String> {
+    let mut all: Vec<String> = map
+        .into_iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={v}"),
+            None => k,
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// A mountinfo path with the kernel's octal escapes (`\040` for a space, `\011`, `\012`,
+/// `\134`) turned back into the bytes they stand for.
+fn unescape(path: &Path) -> PathBuf {
+    let bytes = path.as_os_str().as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).filter(|d| {
+            bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)) && d[0] <= b'3'
+        });
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
 }
 
 /// One line of `/proc/<pid>/cgroup`: hierarchy id, its v1 controllers (empty for the
@@ -164,7 +220,29 @@ mod tests {
                 mount_point: "/sys/fs/cgroup/unified".into(),
                 unified: true,
                 controllers: vec![],
+                id: 41,
+                parent: 31,
+                device: "0:38".into(),
+                root: "/".into(),
+                mount_options: vec!["relatime".into(), "rw".into()],
+                super_options: vec!["rw".into()],
             }
+        );
+    }
+
+    #[test]
+    fn keeps_where_a_mount_sits_and_its_options_and_unescapes_its_paths() {
+        let text = "40 31 0:37 /a\\040b /sys/fs/cgroup/my\\040name\\134x ro,nosuid,nodev \
+                    shared:9 - cgroup cgroup rw,xattr,name=systemd\n";
+        let m = &parse_mountinfo(text.as_bytes()).unwrap()[0];
+        assert_eq!((m.id, m.parent, m.device.as_str()), (40, 31, "0:37"));
+        assert_eq!(m.mount_point, Path::new("/sys/fs/cgroup/my name\\x"));
+        assert_eq!(m.root, Path::new("/a b"));
+        assert_eq!(m.mount_options, ["nodev", "nosuid", "ro"]);
+        assert_eq!(m.super_options, ["name=systemd", "rw", "xattr"]);
+        assert_eq!(
+            unescape(Path::new("/no\\escape\\09")),
+            Path::new("/no\\escape\\09")
         );
     }
 

@@ -30,6 +30,7 @@ use std::time::Duration;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
 
+use super::contain::CgroupView;
 use super::spawn::{self, Handoff, Handover, Spec, Started};
 
 /// Most bytes of a request (a spec: argv and env are bounded by the protocol's line).
@@ -49,6 +50,7 @@ enum Reply {
     Started {
         pid: u32,
         entered: PathBuf,
+        cgroup_views: Vec<CgroupView>,
     },
     Failed {
         message: String,
@@ -137,9 +139,21 @@ impl Helper {
             }
         };
         match reply {
-            Reply::Started { pid, entered } => match <[OwnedFd; 4]>::try_from(fds) {
+            Reply::Started {
+                pid,
+                entered,
+                cgroup_views,
+            } => match <[OwnedFd; 4]>::try_from(fds) {
                 Ok(fds) => Ok((
-                    Started::from_handover(Handover { pid, fds, entered }, spec),
+                    Started::from_handover(
+                        Handover {
+                            pid,
+                            fds,
+                            entered,
+                            cgroup_views,
+                        },
+                        spec,
+                    ),
                     exiting,
                 )),
                 Err(_) => {
@@ -291,6 +305,7 @@ fn serve_on(sock: &UnixStream, procs: &[PathBuf]) -> io::Result<()> {
             let reply = Reply::Started {
                 pid: h.pid,
                 entered: h.entered.clone(),
+                cgroup_views: h.cgroup_views.clone(),
             };
             let fds: Vec<RawFd> = h.fds.iter().map(|f| f.as_fd().as_raw_fd()).collect();
             send_reply(sock, &reply, &fds)?;

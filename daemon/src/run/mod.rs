@@ -14,6 +14,7 @@ mod active;
 pub mod batch;
 pub mod cgroup;
 pub mod compare;
+pub mod contain;
 pub mod cpus;
 mod error;
 mod exec;

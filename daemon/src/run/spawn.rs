@@ -15,7 +15,8 @@
 //!   cgroup, so there is no migration to pay for and no instant it runs outside;
 //! - the namespaces the run asked for (`CLONE_NEWNET`, `CLONE_NEWNS`, `CLONE_NEWUTS`,
 //!   `CLONE_NEWIPC`, `CLONE_NEWPID`): with `pid` the command is PID 1 of a namespace of its
-//!   own, which also gets a mount namespace with a fresh `/proc`;
+//!   own, which also gets a mount namespace with a fresh `/proc`; a root caller's run always
+//!   gets a mount namespace, in which its cgroup mounts are read-only ([`contain`]);
 //! - `CLONE_PIDFD`: [`Running::pidfd`] names this process and never a reused pid (where
 //!   the clone gives none, `pidfd_open` does). It becomes readable when the process exits,
 //!   so the daemon waits for runs without a thread per run.
@@ -38,10 +39,13 @@
 //!    can escape;
 //! 2. a new session (no controlling terminal, its own process group);
 //! 3. `personality(ADDR_NO_RANDOMIZE)` for deterministic runs; then, still root, the
-//!    namespaces' contents: `/` made private (nothing mounted here reaches the host), a
-//!    tmpfs on `/tmp` for `mount` that keeps a working directory below the host's `/tmp`
-//!    (below), a proc of the new pid namespace on `/proc` for `pid`, the hostname
-//!    `cleanroom` for `uts`, `lo` up for `net`;
+//!    namespaces' contents: `/` made private (nothing mounted here reaches the host); for a
+//!    root caller's run every cgroup mount remounted read-only and showing the run's own
+//!    cgroup, then a cgroup namespace entered (the run is in its cgroups by now, so they
+//!    become its roots; see [`contain`], whose mount list the parent reads before the
+//!    clone); a tmpfs on `/tmp` for `mount` that keeps a working directory below the
+//!    host's `/tmp` (below), a proc of the new pid namespace on `/proc` for `pid`, the
+//!    hostname `cleanroom` for `uts`, `lo` up for `net`;
 //! 4. SCHED_FIFO for realtime runs, then drop the capability bounding set while still root
 //!    (needs CAP_SYS_NICE and CAP_SETPCAP);
 //! 5. `NO_NEW_PRIVS`, then the caller's groups, gid and uid (setres*: all three ids); not
@@ -108,6 +112,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 
 use cleanroom_proto::Isolation;
+
+use super::contain::{self, CgroupView};
 
 /// What to start. (Serializable: on cgroup v1 it goes to a helper process that clones
 /// the child from inside the run's cgroups, see [`Handoff`].)
@@ -204,6 +210,15 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// Keeping a root caller's run in its cgroup failed (see [`contain`]): the cgroup
+    /// mounts could not be read, made read-only, or made to show the run's own cgroup.
+    #[error("cannot keep a root caller's run in its cgroup ({what}): {source}")]
+    Contain {
+        /// What was being done, naming the mount.
+        what: String,
+        /// Why.
+        source: io::Error,
+    },
     /// Creating or setting up the run's namespaces failed.
     #[error("cannot set up the run's namespaces ({step}): {source}")]
     Namespace {
@@ -271,6 +286,8 @@ enum Stage {
     Session,
     Personality,
     Namespace,
+    CgroupReadOnly,
+    CgroupOwn,
     Rlimit,
     Realtime,
     NoNewPrivs,
@@ -282,11 +299,13 @@ enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 12] = [
+    const ALL: [Stage; 14] = [
         Stage::Cgroup,
         Stage::Session,
         Stage::Personality,
         Stage::Namespace,
+        Stage::CgroupReadOnly,
+        Stage::CgroupOwn,
         Stage::Rlimit,
         Stage::Realtime,
         Stage::NoNewPrivs,
@@ -307,6 +326,8 @@ impl Stage {
             Stage::Session => "setsid",
             Stage::Personality => "turning ASLR off",
             Stage::Namespace => "namespaces",
+            Stage::CgroupReadOnly => "making a cgroup mount read-only",
+            Stage::CgroupOwn => "showing the run its own cgroup",
             Stage::Rlimit => "setting a resource limit",
             Stage::Realtime => "SCHED_FIFO",
             Stage::NoNewPrivs => "no_new_privs",
@@ -329,6 +350,7 @@ enum NsStep {
     Proc,
     Hostname,
     Loopback,
+    CgroupNamespace,
     // Keeping a working directory below /tmp (3b, 3c); their errors name the directory.
     HostDir,
     HostAttributes,
@@ -338,12 +360,16 @@ enum NsStep {
 }
 
 /// Every [`NsStep`] in the order of its byte, with what an error message says of it.
-const NS_STEPS: [(NsStep, &str); 10] = [
+const NS_STEPS: [(NsStep, &str); 11] = [
     (NsStep::PrivateRoot, "making / private"),
     (NsStep::PrivateTmp, "mounting a private /tmp"),
     (NsStep::Proc, "mounting /proc of the pid namespace"),
     (NsStep::Hostname, "setting the hostname"),
     (NsStep::Loopback, "bringing lo up"),
+    (
+        NsStep::CgroupNamespace,
+        "entering a cgroup namespace of its own",
+    ),
     (
         NsStep::HostDir,
         "opening it and the directories above it on the host, without following a symlink",
@@ -445,6 +471,30 @@ impl<'a> Mount<'a> {
             target,
             fstype: None,
             flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+        }
+    }
+
+    /// The mount at `target` (not those below it) remounted read-only, given back the
+    /// per-mount `flags` a bind remount would otherwise reset.
+    const fn read_only(target: &'a CStr, flags: libc::c_ulong) -> Mount<'a> {
+        Mount {
+            source: None,
+            target,
+            fstype: None,
+            flags: libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
+            data: None,
+        }
+    }
+
+    /// `source` (not what is mounted below it) bound onto `target`, with the flags of the
+    /// mount it is in.
+    const fn bind(source: &'a CStr, target: &'a CStr) -> Mount<'a> {
+        Mount {
+            source: Some(source),
+            target,
+            fstype: None,
+            flags: libc::MS_BIND,
             data: None,
         }
     }
@@ -599,6 +649,13 @@ fn below_tmp(path: &Path) -> Vec<OsString> {
         .unwrap_or_default()
 }
 
+/// A [`CgroupView`] as the child takes it, its paths made C strings before the clone.
+struct CgroupViewC {
+    mount_point: CString,
+    own: Option<CString>,
+    flags: libc::c_ulong,
+}
+
 /// Detail byte of a cgroup failure on the `cgroup.procs` file of the v2 directory.
 const V2_PROCS: u8 = u8::MAX;
 
@@ -635,6 +692,10 @@ struct Plan<'a> {
     deterministic: bool,
     realtime: bool,
     private_root: bool,
+    /// A root caller's run: the cgroup mounts made read-only, each showing the run's own
+    /// cgroup (3), and a cgroup namespace of its own. Empty and false for other runs.
+    cgroup_views: &'a [CgroupViewC],
+    cgroup_ns: bool,
     private_tmp: bool,
     proc_mount: bool,
     hostname: bool,
@@ -650,9 +711,14 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// The clone flags of the namespaces in `isolate` (`pid` brings a mount namespace).
-fn namespace_flags(isolate: &[Isolation]) -> u64 {
-    let mut flags = 0;
+/// The clone flags of the namespaces in `isolate` (`pid` brings a mount namespace), and of
+/// a mount namespace for a `contained` run (a root caller's, see [`contain`]).
+fn namespace_flags(isolate: &[Isolation], contained: bool) -> u64 {
+    let mut flags = if contained {
+        libc::CLONE_NEWNS as u64
+    } else {
+        0
+    };
     for i in isolate {
         let f = match i {
             Isolation::Net => libc::CLONE_NEWNET,
@@ -761,6 +827,27 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
     let path_cstring = |p: &Path| cstring(p.as_os_str().as_encoded_bytes().to_vec());
     let cwd = path_cstring(&workdir.enter)?;
     let cwd_as_given = workdir.check.as_deref().map(path_cstring).transpose()?;
+    // A root caller's run: what each cgroup mount shows it, from this process's mount
+    // table and cgroups (read now: the child cannot parse them).
+    let contained = contain::applies(spec);
+    let views = if contained {
+        contain::for_spec(spec).map_err(|e| Error::Contain {
+            what: "reading the cgroup mounts".into(),
+            source: io::Error::other(e),
+        })?
+    } else {
+        Vec::new()
+    };
+    let views_c: Vec<CgroupViewC> = views
+        .iter()
+        .map(|v| {
+            Ok(CgroupViewC {
+                mount_point: path_cstring(&v.mount_point)?,
+                own: v.own.as_deref().map(path_cstring).transpose()?,
+                flags: v.flags as libc::c_ulong,
+            })
+        })
+        .collect::<Result<_, Error>>()?;
     let kept_names: Vec<CString> = workdir
         .below_tmp
         .iter()
@@ -799,7 +886,7 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
     let (status_r, status_w) = pipe().map_err(spawn_err)?;
     let (out_r, out_w) = pipe().map_err(spawn_err)?;
     let (err_r, err_w) = pipe().map_err(spawn_err)?;
-    let ns_flags = namespace_flags(&spec.isolate);
+    let ns_flags = namespace_flags(&spec.isolate, contained);
     let rlimits: Vec<(i32, libc::rlimit64)> = spec
         .rlimits
         .iter()
@@ -839,6 +926,8 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         deterministic: spec.deterministic,
         realtime: spec.realtime,
         private_root: ns_flags & libc::CLONE_NEWNS as u64 != 0,
+        cgroup_views: &views_c,
+        cgroup_ns: contained,
         private_tmp: isolated(Isolation::Mount),
         proc_mount: isolated(Isolation::Pid),
         hostname: isolated(Isolation::Uts),
@@ -899,7 +988,7 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         stderr: err_r,
         status: Some(status_r),
         born_in_cgroup: into_cgroup,
-        origin: Origin::of(spec, &workdir),
+        origin: Origin::of(spec, &workdir, views),
     })
 }
 
@@ -924,21 +1013,24 @@ struct Origin {
     cwd: PathBuf,
     /// The directory entered (resolved, with a private `/tmp`).
     entered: PathBuf,
+    /// The cgroup mounts of a root caller's run.
+    cgroup_views: Vec<CgroupView>,
     uid: u32,
 }
 
 impl Origin {
-    fn of(spec: &Spec, workdir: &WorkDir) -> Self {
-        Self::of_paths(spec, workdir.enter.clone())
+    fn of(spec: &Spec, workdir: &WorkDir, cgroup_views: Vec<CgroupView>) -> Self {
+        Self::of_paths(spec, workdir.enter.clone(), cgroup_views)
     }
 
-    fn of_paths(spec: &Spec, entered: PathBuf) -> Self {
+    fn of_paths(spec: &Spec, entered: PathBuf, cgroup_views: Vec<CgroupView>) -> Self {
         Self {
             program: spec.argv.first().cloned().unwrap_or_default(),
             cgroup_v2: spec.cgroup_v2.clone(),
             cgroup_procs: spec.cgroup_procs.clone(),
             cwd: spec.cwd.clone(),
             entered,
+            cgroup_views,
             uid: spec.uid,
         }
     }
@@ -978,7 +1070,8 @@ pub struct Running {
 }
 
 /// A started child as a helper hands it to the daemon: its pid, its pidfd, stdout, stderr
-/// and status pipe (in that order), and the working directory it enters.
+/// and status pipe (in that order), the working directory it enters and the cgroup mounts
+/// it makes read-only (a start failure names them).
 #[derive(Debug)]
 pub struct Handover {
     /// Its pid.
@@ -987,6 +1080,8 @@ pub struct Handover {
     pub fds: [OwnedFd; 4],
     /// The directory it enters (resolved, with a private `/tmp`).
     pub entered: PathBuf,
+    /// The cgroup mounts of a root caller's run (see [`contain`]).
+    pub cgroup_views: Vec<CgroupView>,
 }
 
 impl Started {
@@ -1006,6 +1101,7 @@ impl Started {
         Ok(Handover {
             pid: self.pid,
             entered: self.origin.entered.clone(),
+            cgroup_views: std::mem::take(&mut self.origin.cgroup_views),
             fds: [self.pidfd, self.stdout, self.stderr, status],
         })
     }
@@ -1014,7 +1110,7 @@ impl Started {
     /// (the helper cloned it with `CLONE_PARENT`), so the daemon reaps it.
     pub fn from_handover(h: Handover, spec: &Spec) -> Started {
         let [pidfd, stdout, stderr, status] = h.fds;
-        let mut origin = Origin::of_paths(spec, h.entered);
+        let mut origin = Origin::of_paths(spec, h.entered, h.cgroup_views);
         origin.cgroup_procs.clear();
         Started {
             pid: h.pid,
@@ -1424,6 +1520,12 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
         if p.private_root {
             PRIVATE_ROOT.mount_as(NsStep::PrivateRoot)?;
         }
+        // Before anything is mounted on the way to a cgroup mount (a kept working
+        // directory's bind copies what is mounted below it, read-only by then).
+        contain_cgroups(p.cgroup_views)?;
+        if p.cgroup_ns && libc::unshare(libc::CLONE_NEWCGROUP) < 0 {
+            return Err(Failure::ns(NsStep::CgroupNamespace));
+        }
         match &p.kept_cwd {
             Some(kept) => {
                 // 3b before the tmpfs hides the host's /tmp, 3c after.
@@ -1447,6 +1549,45 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
         }
         Ok(())
     }
+}
+
+/// Step 3 for a root caller's run, in its own mount namespace with `/` private: each cgroup
+/// mount of `views` remounted read-only, then its own cgroup in that hierarchy bound onto
+/// it (read-only too: a bind takes the flags of the mount it is in). A path that leads to
+/// no cgroup file system (another mount covers it) is left alone: nothing reaches that
+/// mount by it.
+///
+/// # Safety
+/// Only in the child, in its own mount namespace: statfs and mount(2) on paths prepared
+/// before the clone.
+unsafe fn contain_cgroups(views: &[CgroupViewC]) -> Result<(), Failure> {
+    for (i, view) in views.iter().enumerate() {
+        let detail = i.min(u8::MAX as usize) as u8;
+        // SAFETY: a NUL-terminated path; a zeroed statfs is a valid value for the kernel
+        // to overwrite.
+        let fs_type = unsafe {
+            let mut fs: libc::statfs = std::mem::zeroed();
+            if libc::statfs(view.mount_point.as_ptr(), &mut fs) < 0 {
+                return Err(Failure::now(Stage::CgroupReadOnly, detail));
+            }
+            fs.f_type
+        };
+        if !matches!(
+            fs_type,
+            libc::CGROUP_SUPER_MAGIC | libc::CGROUP2_SUPER_MAGIC
+        ) {
+            continue;
+        }
+        if !Mount::read_only(&view.mount_point, view.flags).mount() {
+            return Err(Failure::now(Stage::CgroupReadOnly, detail));
+        }
+        if let Some(own) = &view.own {
+            if !Mount::bind(own, &view.mount_point).mount() {
+                return Err(Failure::now(Stage::CgroupOwn, detail));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// 3a: opens `path` as the caller (their groups, fsgid and fsuid: the ids and the file
@@ -1753,6 +1894,18 @@ fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
                 source,
             },
         },
+        Stage::CgroupReadOnly | Stage::CgroupOwn => {
+            let view = spec.cgroup_views.get(msg[1] as usize);
+            let at = |p: Option<&Path>| p.map_or("?".into(), |p| p.display().to_string());
+            let mount_point = at(view.map(|v| v.mount_point.as_path()));
+            let what = if stage == Stage::CgroupReadOnly {
+                format!("making {mount_point} read-only")
+            } else {
+                let own = at(view.and_then(|v| v.own.as_deref()));
+                format!("binding {own} onto {mount_point}")
+            };
+            Error::Contain { what, source }
+        }
         Stage::Cwd => Error::Cwd {
             cwd: spec.cwd.display().to_string(),
             uid: spec.uid,
@@ -2041,7 +2194,7 @@ mod tests {
         let msg = |step: NsStep| {
             let mut m = [Stage::Namespace as u8, step as u8, 0, 0, 0, 0];
             m[2..].copy_from_slice(&libc::ENOENT.to_ne_bytes());
-            classify(&Origin::of(&spec(&["true"]), &w), m).to_string()
+            classify(&Origin::of(&spec(&["true"]), &w, Vec::new()), m).to_string()
         };
         assert_eq!(
             msg(BindCwd),
@@ -2052,10 +2205,52 @@ mod tests {
     }
 
     #[test]
-    fn pid_isolation_brings_a_mount_namespace() {
-        let f = namespace_flags(&[Isolation::Pid]);
-        assert_eq!(f, (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64);
-        assert_eq!(namespace_flags(&[]), 0);
+    fn a_cgroup_mount_that_cannot_be_made_read_only_is_named() {
+        let views = vec![
+            CgroupView {
+                mount_point: "/sys/fs/cgroup/cpu".into(),
+                own: None,
+                flags: 0,
+            },
+            CgroupView {
+                mount_point: "/sys/fs/cgroup/pids".into(),
+                own: Some("/sys/fs/cgroup/pids/svc/run-1".into()),
+                flags: 0,
+            },
+        ];
+        let origin = Origin::of(&spec(&["true"]), &WorkDir::as_given(Path::new("/")), views);
+        let msg = |stage: Stage, i: u8| {
+            let mut m = [stage as u8, i, 0, 0, 0, 0];
+            m[2..].copy_from_slice(&libc::EINVAL.to_ne_bytes());
+            classify(&origin, m).to_string()
+        };
+        let cannot = "cannot keep a root caller's run in its cgroup";
+        assert_eq!(
+            msg(Stage::CgroupReadOnly, 1),
+            format!(
+                "{cannot} (making /sys/fs/cgroup/pids read-only): Invalid argument (os error 22)"
+            )
+        );
+        assert_eq!(
+            msg(Stage::CgroupOwn, 1),
+            format!(
+                "{cannot} (binding /sys/fs/cgroup/pids/svc/run-1 onto /sys/fs/cgroup/pids): \
+                 Invalid argument (os error 22)"
+            )
+        );
+        assert!(msg(Stage::CgroupReadOnly, 0).contains("(making /sys/fs/cgroup/cpu read-only)"));
+        for stage in Stage::ALL {
+            assert_eq!(Stage::from_byte(stage as u8), Some(stage));
+        }
+    }
+
+    #[test]
+    fn pid_isolation_and_containment_bring_a_mount_namespace() {
+        let (pid, ns) = (libc::CLONE_NEWPID as u64, libc::CLONE_NEWNS as u64);
+        assert_eq!(namespace_flags(&[Isolation::Pid], false), pid | ns);
+        assert_eq!(namespace_flags(&[Isolation::Pid], true), pid | ns);
+        assert_eq!(namespace_flags(&[], true), ns);
+        assert_eq!(namespace_flags(&[], false), 0);
     }
 
     fn spec(argv: &[&str]) -> Spec {
@@ -2277,7 +2472,9 @@ mod tests {
         let rel = format!("{}/{name}", own.trim_end_matches('/'));
         let dir = mount.mount_point.join(rel.trim_start_matches('/'));
         std::fs::create_dir(&dir).unwrap();
+        // As nobody: a root caller's run would see its cgroup as `/` (contain.rs).
         let mut s = spec(&["cat", "/proc/self/cgroup"]);
+        (s.uid, s.gid) = (65534, 65534);
         s.cgroup_v2 = Some(dir.clone());
         let result = run(&s, CloneMode::Clone3);
         s.cgroup_v2 = Some(dir.join("missing"));
@@ -2292,5 +2489,41 @@ mod tests {
             matches!(&e, Error::Cgroup { path, .. } if path.ends_with("/missing")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_root_callers_child_sees_its_cgroups_as_roots_of_read_only_mounts() {
+        if !root_or_skip("a_root_callers_child_sees_its_cgroups_as_roots_of_read_only_mounts") {
+            return;
+        }
+        let host = crate::host::Host::new("/");
+        let mounts = host.cgroup_mounts().unwrap();
+        // Writing 0 to a cgroup.procs moves the writer (here to where it already is).
+        let writes: String = mounts
+            .iter()
+            .map(|m| format!("echo 0 > {}/cgroup.procs; ", m.mount_point.display()))
+            .collect();
+        let script = format!("exec 2>&1; cat /proc/self/cgroup; {writes}true");
+        for mode in [CloneMode::Clone3, CloneMode::Legacy] {
+            for isolate in [vec![], vec![Isolation::Mount, Isolation::Pid]] {
+                let mut s = spec(&["sh", "-c", &script]);
+                s.isolate = isolate.clone();
+                let (out, exit, _) = run(&s, mode).unwrap();
+                assert_eq!(exit.code, Some(0), "{mode:?} {isolate:?}: {out}");
+                let lines: Vec<&str> = out.lines().collect();
+                let (cgroups, refused) = lines.split_at(lines.len() - mounts.len());
+                assert!(cgroups.iter().all(|l| l.ends_with(":/")), "{out}");
+                assert!(
+                    refused.iter().all(|l| l.ends_with("Read-only file system")),
+                    "{mode:?} {isolate:?}: {out}"
+                );
+            }
+        }
+        // Someone else's child is left as it was.
+        let mut s = spec(&["sh", "-c", "cat /proc/self/cgroup"]);
+        (s.uid, s.gid) = (65534, 65534);
+        let (out, _, _) = run(&s, CloneMode::Clone3).unwrap();
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        assert_eq!(out, own);
     }
 }
