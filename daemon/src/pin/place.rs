@@ -106,11 +106,7 @@ fn wanted(rules: &[Rule], p: &Process, t: &Task) -> Wants {
 }
 
 /// The tasks of processes `pids` that some rule takes, each with what the rules want of it.
-fn matched(
-    host: &Host,
-    rules: &[Rule],
-    pids: &[i32],
-) -> Vec<(i32, Task, Wants)> {
+fn matched(host: &Host, rules: &[Rule], pids: &[i32]) -> Vec<(i32, Task, Wants)> {
     let mut out = Vec::new();
     for &pid in pids {
         let Some(p) = process(host, pid) else {
