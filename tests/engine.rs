@@ -201,6 +201,37 @@ fn a_run_cloned_by_a_parked_helper_counts_only_its_own_tasks() {
     );
 }
 
+/// The helper that clones a run exits right after, and counts against the run's tasks
+/// until the daemon reaps it: the run starts only once it has (CI once saw `sh: Cannot
+/// fork` under `--pids 2` when the reap came late). From inside, a root caller's run sees
+/// its own `pids` cgroup at the mount point: the shell and `cat`, nothing else, every time.
+#[test]
+fn a_run_starts_only_once_its_helper_no_longer_counts_against_it() {
+    if !is_root_or_skip("a_run_starts_only_once_its_helper_no_longer_counts_against_it") {
+        return;
+    }
+    let Some(d) =
+        daemon_with_prepared_slots("a_run_starts_only_once_its_helper_no_longer_counts_against_it")
+    else {
+        return;
+    };
+    for i in 0..30 {
+        let out = d.ctl(&[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/pids/pids.current",
+        ]);
+        assert!(out.status.success(), "run {i}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "2",
+            "run {i}: {out:?}"
+        );
+    }
+}
+
 #[test]
 fn a_run_whose_parked_helper_was_killed_still_starts() {
     if !is_root_or_skip("a_run_whose_parked_helper_was_killed_still_starts") {

@@ -94,12 +94,15 @@ fn threads(pid: i32) -> Vec<(i32, String)> {
 
 /// A daemon whose only profile directory is `dir`.
 fn daemon_with(dir: &Path) -> Daemon {
-    Daemon::builder()
-        .config(&format!(
-            "[tuning]\nprofile_dirs = [{:?}]\n",
-            dir.display().to_string()
-        ))
-        .start()
+    daemon_config(dir, "").start()
+}
+
+/// The same, with `extra` in its `[tuning]` section.
+fn daemon_config(dir: &Path, extra: &str) -> cleanroom::DaemonBuilder {
+    Daemon::builder().config(&format!(
+        "[tuning]\nprofile_dirs = [{:?}]\n{extra}",
+        dir.display().to_string()
+    ))
 }
 
 fn ok(out: &Output) -> Value {
@@ -408,4 +411,199 @@ fn bad_rules_are_refused_with_file_line_and_key() {
     );
     let active = json_of(&d.ctl(&["--json", "profile", "active"]));
     assert_eq!(active["profile"], Value::Null);
+}
+
+/// A daemon killed with pins in force: restarted with `on_start = "reapply"` it places
+/// again (what started meanwhile included) and follows new processes; restarted with
+/// `"revert"` it puts every original back.
+#[test]
+fn after_a_kill_the_restart_reapplies_or_reverts_the_placements() {
+    if !is_root_or_skip("after_a_kill_the_restart_reapplies_or_reverts_the_placements") {
+        return;
+    }
+    let _host = host_lock();
+    let online = online_cpus();
+    let bin = tempfile::tempdir().unwrap();
+    let name = unique("crp-k");
+    let sleep = named_copy(bin.path(), "/bin/sleep", &name);
+    let mut procs = Procs::default();
+    let first = procs.spawn(Command::new(&sleep).arg("1000"));
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("k.toml"),
+        format!("[[pin]]\ncomm = \"{name}\"\ncpus = \"1\"\nnice = 3\n"),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let start = |on_start: &str| {
+        daemon_config(profiles.path(), &format!("on_start = \"{on_start}\"\n"))
+            .state_dir(state.path())
+            .start()
+    };
+    let mut d = start("reapply");
+    ok(&d.ctl(&["--json", "profile", "apply", "k"]));
+    assert_eq!(cpus(first, first), "1");
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(5)).expect("killed");
+    drop(d);
+    // Started while no daemon runs: nobody places it.
+    let meanwhile = procs.spawn(Command::new(&sleep).arg("1000"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(cpus(meanwhile, meanwhile), online);
+    let mut d = start("reapply");
+    assert_eq!(
+        cpus(meanwhile, meanwhile),
+        "1",
+        "placed by the restart\n{}",
+        d.log()
+    );
+    assert_eq!(sched_of(meanwhile, meanwhile).0, 3);
+    let later = procs.spawn(Command::new(&sleep).arg("1000"));
+    assert!(
+        eventually(Duration::from_secs(10), || cpus(later, later) == "1"),
+        "followed after the restart\n{}",
+        d.log()
+    );
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(5)).expect("killed");
+    drop(d);
+    let d = start("revert");
+    for pid in [first, meanwhile, later] {
+        assert_eq!(
+            (cpus(pid, pid), sched_of(pid, pid).0),
+            (online.clone(), 0),
+            "{pid}\n{}",
+            d.log()
+        );
+    }
+    let active = json_of(&d.ctl(&["--json", "profile", "active"]));
+    assert_eq!(active["profile"], Value::Null, "{active}");
+}
+
+/// Rules added by hand: only admins add and remove them, a reader lists them; a dry run
+/// changes nothing; a malformed one names its option; they win over the profile's rules,
+/// outlive a restart, and `pin remove` puts back what they placed. At most
+/// `pin::MAX_ADDED` at once.
+#[test]
+fn rules_added_by_hand_are_for_admins_outlive_restarts_and_go_back_on_remove() {
+    if !is_root_or_skip("rules_added_by_hand_are_for_admins_outlive_restarts_and_go_back_on_remove")
+    {
+        return;
+    }
+    let _host = host_lock();
+    let online = online_cpus();
+    let bin = tempfile::tempdir().unwrap();
+    let name = unique("crp-h");
+    let sleep = named_copy(bin.path(), "/bin/sleep", &name);
+    let mut procs = Procs::default();
+    let target = procs.spawn(Command::new(&sleep).arg("1000"));
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("p.toml"),
+        format!("[[pin]]\ncomm = \"{name}\"\ncpus = \"0\"\nnice = 2\n"),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // Everyone may connect (as a reader); `nogroup` runs, nobody administers.
+    let start = || {
+        Daemon::builder()
+            .config(&format!(
+                "[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n[tuning]\nprofile_dirs = [{:?}]\n",
+                profiles.path().display().to_string()
+            ))
+            .state_dir(state.path())
+            .world_traversable()
+            .start()
+    };
+    let mut d = start();
+    const NOBODY: [&str; 5] = ["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"];
+    let add = ["pin", "add", "--comm", name.as_str(), "--cpus", "1"];
+    let denied = d.ctl_as(&NOBODY, &add);
+    assert_eq!(denied.status.code(), Some(77), "{denied:?}");
+    assert_eq!(cpus(target, target), online);
+    // A dry run says what it would do and does nothing.
+    let dry: Value = ok(&d.ctl(&[
+        "--json",
+        "pin",
+        "add",
+        "--comm",
+        &name,
+        "--cpus",
+        "1",
+        "--dry-run",
+    ]));
+    assert_eq!(
+        (dry["id"].clone(), dry["report"]["matched"].clone()),
+        (0.into(), 1.into()),
+        "{dry}"
+    );
+    assert_eq!(dry["report"]["changed"], 1, "{dry}");
+    assert_eq!(cpus(target, target), online);
+    // A malformed rule names its option.
+    let bad = d.ctl(&["pin", "add", "--comm", &name, "--policy", "rr"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--policy: policy \"rr\" needs a priority"),
+        "{bad:?}"
+    );
+    // The profile first, then the rule by hand, which wins on cpus; the profile's nice
+    // stays.
+    ok(&d.ctl(&["--json", "profile", "apply", "p"]));
+    assert_eq!(cpus(target, target), "0");
+    let added = ok(&d.ctl(&["--json", "pin", "add", "--comm", &name, "--cpus", "1"]));
+    let id = added["id"].as_u64().unwrap();
+    assert_eq!(
+        (cpus(target, target), sched_of(target, target).0),
+        ("1".into(), 2)
+    );
+    let listed = json_of(&d.ctl_as(&NOBODY, &["--json", "pin", "list"]));
+    let rules = listed["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 2, "{listed}");
+    assert_eq!(rules[0]["source"], "profile p", "{listed}");
+    assert_eq!(rules[1]["id"], id, "{listed}");
+    assert_eq!(rules[1]["source"], "added by uid 0", "{listed}");
+    // Across a restart (on_start = "reapply"): still in force, and followed.
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(5)).expect("killed");
+    drop(d);
+    let d = start();
+    let later = procs.spawn(Command::new(&sleep).arg("1000"));
+    assert!(
+        eventually(Duration::from_secs(10), || cpus(later, later) == "1"),
+        "{}",
+        d.log()
+    );
+    // Removed: the profile's rule decides again.
+    let removed = ok(&d.ctl(&["--json", "pin", "remove", &id.to_string()]));
+    assert_eq!(removed["ok"], true, "{removed}");
+    assert_eq!(cpus(target, target), "0", "{removed}");
+    assert_eq!(cpus(later, later), "0", "{removed}");
+    let gone = d.ctl(&["pin", "remove", &id.to_string()]);
+    assert!(
+        String::from_utf8_lossy(&gone.stderr)
+            .contains(&format!("no pin rule added by hand has id {id}")),
+        "{gone:?}"
+    );
+    ok(&d.ctl(&["--json", "profile", "revert"]));
+    assert_eq!(
+        (cpus(target, target), sched_of(target, target).0),
+        (online.clone(), 0)
+    );
+    // Bounded: past the most there may be, refused by name.
+    for i in 0..256 {
+        let out = d.ctl(&[
+            "pin",
+            "add",
+            "--comm",
+            &format!("crp-none-{i}"),
+            "--nice",
+            "1",
+        ]);
+        assert!(out.status.success(), "{i}: {out:?}");
+    }
+    let over = d.ctl(&["pin", "add", "--comm", "crp-none-x", "--nice", "1"]);
+    assert!(
+        String::from_utf8_lossy(&over.stderr).contains("256 pin rules added by hand already"),
+        "{over:?}"
+    );
 }

@@ -89,6 +89,10 @@ pub enum Command {
     /// The CPU shield exclusive runs raise: lower what the kernel refused to take back.
     #[command(subcommand)]
     Shield(ShieldCommand),
+    /// Pin processes and threads by hand, beside the active profile's `[[pin]]` rules: add,
+    /// list, remove.
+    #[command(subcommand)]
+    Pin(PinCommand),
     /// Make the daemon re-read its configuration (like SIGHUP); needs role admin.
     #[command(
         after_help = "An invalid file is refused with an error naming the key and line, and the\n\
@@ -421,6 +425,74 @@ pub enum ShieldCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PinCommand {
+    /// Add a pin rule: one selector (--comm, --cmdline, --thread; --user narrows) and at
+    /// least one placement (--cpus, --policy with --priority, --nice, --ioprio). Needs
+    /// role admin.
+    ///
+    /// What matches now is placed at once, and what starts or changes later as it does
+    /// (the kernel's process events). Every original is journaled first; `pin remove`
+    /// puts them back. The rule stays in force across daemon restarts (per
+    /// tuning.on_start) and wins over the profile's rules where both set an attribute.
+    #[command(after_help = "Examples:\n  \
+        sudo cleanroomctl pin add --comm nginx --cpus 2-3\n  \
+        sudo cleanroomctl pin add --comm 'postgres*' --user postgres --nice -5 --ioprio be:0\n  \
+        sudo cleanroomctl pin add --cmdline 'java .*ingest' --thread 'io-*' --policy fifo --priority 10\n  \
+        sudo cleanroomctl pin add --comm nginx --cpus 2-3 --dry-run   # what it would match and change")]
+    Add {
+        #[command(flatten)]
+        rule: PinRuleArgs,
+        /// Say what it would match and change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The pin rules in force (the profile's and those added by hand), with the tasks
+    /// each matches now and any that drifted.
+    #[command(after_help = "Examples:\n  cleanroomctl pin list\n  cleanroomctl --json pin list")]
+    List,
+    /// Remove a pin rule added by hand: what it placed gets its originals back
+    /// (a task someone changed since is left alone, as a conflict). Needs role admin.
+    #[command(after_help = "Exit code 1 when a conflict or failure is left.\n\n\
+        Examples:\n  sudo cleanroomctl pin remove 3")]
+    Remove {
+        /// The rule's id, as `pin add` and `pin list` show it.
+        id: u64,
+    },
+}
+
+/// The selector and placement of a pin rule.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PinRuleArgs {
+    /// Processes whose name (/proc/PID/comm, at most 15 characters) matches this glob.
+    #[arg(long, value_name = "GLOB")]
+    pub comm: Option<String>,
+    /// Processes whose command line (arguments joined by spaces) matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub cmdline: Option<String>,
+    /// Only the threads of the matched processes whose name matches this glob.
+    #[arg(long, value_name = "GLOB")]
+    pub thread: Option<String>,
+    /// Only processes of this user (a name or a uid).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// CPU affinity, a CPU list (e.g. 2-3,6).
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+    /// Scheduling policy: other, batch, idle, fifo or rr.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Real-time priority for fifo and rr, 1-99.
+    #[arg(long)]
+    pub priority: Option<i64>,
+    /// Nice value, -20 to 19.
+    #[arg(long, allow_negative_numbers = true)]
+    pub nice: Option<i64>,
+    /// I/O priority: none, idle, be:N or rt:N (N 0-7, 0 the highest).
+    #[arg(long, value_name = "CLASS[:N]")]
+    pub ioprio: Option<String>,
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use cleanroom_proto::{
     RunsShow, ShieldItemStatus, ShieldLower, ShieldLowerParams, Status, TuneResult,
 };
 use cleanroomctl::cli::{
-    BaselineCommand, Cli, Command, ProfileCommand, RunArgs, RunsCommand, ShieldCommand,
+    BaselineCommand, Cli, Command, PinCommand, ProfileCommand, RunArgs, RunsCommand, ShieldCommand,
 };
 use serde::Serialize;
 
@@ -146,6 +146,40 @@ fn run(cli: &Cli) -> Result<(), CallError> {
                 ))
             } else {
                 Ok(())
+            }
+        }
+        Command::Pin(PinCommand::Add { ref rule, dry_run }) => {
+            let spec = cleanroom_proto::PinRuleSpec {
+                comm: rule.comm.clone(),
+                cmdline: rule.cmdline.clone(),
+                thread: rule.thread.clone(),
+                user: rule.user.clone(),
+                cpus: rule.cpus.clone(),
+                policy: rule.policy.clone(),
+                priority: rule.priority,
+                nice: rule.nice,
+                ioprio: rule.ioprio.clone(),
+            };
+            let r = client.call::<cleanroom_proto::PinAdd>(&cleanroom_proto::PinAddParams {
+                rule: spec,
+                dry_run,
+            })?;
+            emit(cli, &r, || output::pin_add(&r, dry_run))
+        }
+        Command::Pin(PinCommand::List) => {
+            let r = client.call::<cleanroom_proto::PinList>(&NoParams {})?;
+            emit(cli, &r, || output::pin_list(&r))
+        }
+        Command::Pin(PinCommand::Remove { id }) => {
+            let r = client
+                .call::<cleanroom_proto::PinRemove>(&cleanroom_proto::PinRemoveParams { id })?;
+            emit(cli, &r, || output::pin_remove(&r))?;
+            if r.ok {
+                Ok(())
+            } else {
+                Err(CallError::Failed(
+                    "some tasks did not get their originals back (listed above)".into(),
+                ))
             }
         }
         Command::Reload => {

@@ -281,6 +281,79 @@ pub fn tune(r: &TuneResult) -> String {
     out
 }
 
+/// `pin add`.
+pub fn pin_add(r: &cleanroom_proto::PinAddResult, dry_run: bool) -> String {
+    let head = if dry_run {
+        "dry run: nothing changed".to_owned()
+    } else {
+        format!("pin rule {} added", r.id)
+    };
+    format!("{head}\n{}", pins(std::slice::from_ref(&r.report), false))
+}
+
+/// `pin list`: one row per rule in force, then what drifted.
+pub fn pin_list(r: &cleanroom_proto::PinListResult) -> String {
+    if r.rules.is_empty() {
+        return "no pin rules in force\n".into();
+    }
+    let rows: Vec<Vec<String>> = r
+        .rules
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.map_or_else(|| "-".into(), |id| id.to_string()),
+                printable(&i.source).into_owned(),
+                printable(&i.report.rule).into_owned(),
+                i.report.matched.to_string(),
+                i.report.placed.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = columns(&["ID", "SOURCE", "RULE", "TASKS", "PLACED"], &rows);
+    for i in &r.rules {
+        out.push_str(&problems(&i.report));
+    }
+    out
+}
+
+/// `pin remove`.
+pub fn pin_remove(r: &cleanroom_proto::PinRemoveResult) -> String {
+    let restored: u32 = r.pins.iter().map(|p| p.changed).sum();
+    let mut out = format!(
+        "pin rule {} removed: {restored} task attribute(s) got their originals back\n",
+        r.id
+    );
+    for p in &r.pins {
+        out.push_str(&problems(p));
+    }
+    out
+}
+
+/// What went wrong with a rule, task by task (names are the processes' own: escaped).
+fn problems(p: &cleanroom_proto::PinReport) -> String {
+    let mut out = String::new();
+    for q in &p.problems {
+        out.push_str(&format!(
+            "  {}: pid {} tid {} ({}) {}: expected {}, found {}{}\n",
+            q.status,
+            q.pid,
+            q.tid,
+            printable(&q.comm),
+            q.attr,
+            q.expected,
+            q.actual.as_deref().unwrap_or("?"),
+            q.reason
+                .as_deref()
+                .map(|r| format!(": {}", printable(r)))
+                .unwrap_or_default()
+        ));
+    }
+    if p.more_problems > 0 {
+        out.push_str(&format!("  ... and {} more\n", p.more_problems));
+    }
+    out
+}
+
 /// The pin rules of an apply, revert or verify: one row per rule, then what went wrong
 /// task by task (names are the processes' own: escaped).
 fn pins(reports: &[cleanroom_proto::PinReport], verify: bool) -> String {
@@ -306,25 +379,7 @@ fn pins(reports: &[cleanroom_proto::PinReport], verify: bool) -> String {
         .collect();
     let mut out = columns(header, &rows);
     for p in reports {
-        for q in &p.problems {
-            out.push_str(&format!(
-                "  {}: pid {} tid {} ({}) {}: expected {}, found {}{}\n",
-                q.status,
-                q.pid,
-                q.tid,
-                printable(&q.comm),
-                q.attr,
-                q.expected,
-                q.actual.as_deref().unwrap_or("?"),
-                q.reason
-                    .as_deref()
-                    .map(|r| format!(": {}", printable(r)))
-                    .unwrap_or_default()
-            ));
-        }
-        if p.more_problems > 0 {
-            out.push_str(&format!("  ... and {} more\n", p.more_problems));
-        }
+        out.push_str(&problems(p));
     }
     out
 }

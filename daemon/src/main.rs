@@ -85,6 +85,8 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     //    the originals).
     let host = Host::new(&cfg.daemon.host_root);
     let pins = Arc::new(cleanroomd::pin::Pinner::new());
+    pins.load(&store.lock_blocking())
+        .context("cannot read the pin rules added by hand")?;
     let recovered = cleanroomd::tune::recover(
         cleanroomd::tune::Ctx {
             host: &host,
@@ -97,6 +99,22 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     )
     .context("tuning recovery failed")?;
     tracing::info!(outcome = %recovered, "tuning recovery");
+    // Pin rules added by hand follow `on_start` like the profile: in force again, or out
+    // of force with every original back.
+    if cfg.tuning.on_start == cleanroomd::tune::OnStart::Revert {
+        let reverted = pins
+            .revert_all(&host, &mut store.lock_blocking(), false)
+            .context("cannot revert the pin rules added by hand")?;
+        if !reverted.is_empty() {
+            tracing::info!(
+                rules = reverted.len(),
+                "pin rules added by hand reverted at start"
+            );
+        }
+    } else {
+        pins.resume(&host, &store)
+            .context("cannot put the pin rules added by hand in force")?;
+    }
     let cgroup = host.cgroup_mode().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot detect cgroup hierarchies");
         cleanroom_proto::CgroupMode::None
@@ -346,6 +364,7 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
         "cannot take the state directory (while cleanroomd runs, use `cleanroomctl profile revert`)",
     )?;
     let host = Host::new(&daemon.host_root);
+    let pins = Arc::new(cleanroomd::pin::Pinner::new());
     // A shield a killed daemon left raised goes too: its tasks, cpusets and IRQs back;
     // with --force, what the kernel refuses to take back is forgotten (and audited).
     let actor = force.then(|| cleanroomd::store::AuditEvent {
@@ -365,10 +384,12 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
             store: &store,
             profiles: &cleanroomd::tune::profile::ProfileSet::default(),
             allow: &[],
-            pins: &Arc::new(cleanroomd::pin::Pinner::new()),
+            pins: &pins,
         },
         force,
     )?;
+    // Pin rules added by hand go too: the whole host back.
+    let unpinned = pins.revert_all(&host, &mut store.lock_blocking(), force)?;
     let mut out = String::new();
     if let Some(l) = &lowered {
         out.push_str(&shield_report(l));
@@ -388,9 +409,32 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
             .unwrap_or_default();
         out.push_str(&format!("{status:<10} {} {}{reason}\n", i.knob, i.path));
     }
+    let pins_ok = result
+        .pins
+        .iter()
+        .chain(&unpinned)
+        .all(|p| p.problems.is_empty());
+    for p in result.pins.iter().chain(&unpinned) {
+        out.push_str(&format!(
+            "{:<10} {} task(s) of pin rule {}\n",
+            "restored", p.changed, p.rule
+        ));
+        for q in &p.problems {
+            out.push_str(&format!(
+                "{:<10} pid {} tid {} {}: {} ({})\n",
+                q.status,
+                q.pid,
+                q.tid,
+                q.attr,
+                q.actual.as_deref().unwrap_or("?"),
+                q.reason.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    let ok = result.ok && pins_ok;
     out.push_str(&format!(
         "revert {}: {} knob(s) left in the journal\n",
-        if result.ok { "complete" } else { "incomplete" },
+        if ok { "complete" } else { "incomplete" },
         result.journal_entries
     ));
     std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
@@ -400,7 +444,7 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
              (exclusive runs are refused until it is lowered); --force forgets it"
         )
     }
-    if result.ok {
+    if ok {
         Ok(())
     } else {
         anyhow::bail!("conflicts or failures remain (--force restores conflicting knobs too)")

@@ -278,6 +278,11 @@ impl State {
         self.connections.in_use()
     }
 
+    /// The pin rules in force.
+    pub fn pins(&self) -> &Arc<crate::pin::Pinner> {
+        &self.pins
+    }
+
     /// The context tuning operations need, for the configuration in force.
     pub fn tune_ctx<'a>(&'a self, live: &'a Live) -> crate::tune::Ctx<'a> {
         crate::tune::Ctx {

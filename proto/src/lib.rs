@@ -9,7 +9,8 @@
 //! - [`profile`]: `profile.*` (tuning profiles);
 //! - [`run`]: `run.*`, `runs.*`, `baseline.*` (clean-room runs, history, baselines) and the
 //!   notifications a run streams;
-//! - [`shield`]: `shield.*` (the CPU shield exclusive runs raise).
+//! - [`shield`]: `shield.*` (the CPU shield exclusive runs raise);
+//! - [`pin`]: `pin.*` (pin rules added by hand).
 //!
 //! # Methods
 //!
@@ -42,16 +43,21 @@
 //! | `baseline.save` | runner | [`BaselineSaveParams`] | [`BaselineInfo`] |
 //! | `baseline.delete` | runner | [`BaselineParams`] | [`BaselineDeleteResult`] |
 //! | `shield.lower` | admin | [`ShieldLowerParams`] | [`ShieldLowerResult`] |
+//! | `pin.add` | admin | [`PinAddParams`] | [`PinAddResult`] |
+//! | `pin.list` | reader | none | [`PinListResult`] |
+//! | `pin.remove` | admin | [`PinRemoveParams`] | [`PinRemoveResult`] |
 //!
 //! (This table is checked against [`METHODS`] by a test.)
 
 pub mod daemon;
+pub mod pin;
 pub mod profile;
 pub mod run;
 pub mod shield;
 pub mod wire;
 
 pub use daemon::*;
+pub use pin::*;
 pub use profile::*;
 pub use run::*;
 pub use shield::*;
@@ -231,6 +237,14 @@ methods! {
     /// refuses (each item audited and reported with its original, to set by hand).
     /// Refused while exclusive runs hold cores.
     ShieldLower = "shield.lower", Admin, true, ShieldLowerParams => ShieldLowerResult;
+    /// `pin.add`: a pin rule by hand, beside the profile's; placed now and followed
+    /// (journaled first, as every placement).
+    PinAdd = "pin.add", Admin, true, PinAddParams => PinAddResult;
+    /// `pin.list`: the pin rules in force, with what each matches and what drifted.
+    PinList = "pin.list", Reader, false, NoParams => PinListResult;
+    /// `pin.remove`: a rule added by hand out of force; what it placed gets its originals
+    /// back (compare-and-swap).
+    PinRemove = "pin.remove", Admin, true, PinRemoveParams => PinRemoveResult;
 }
 
 /// The names of every method, in the order of the table.

@@ -37,10 +37,21 @@ impl Listener {
         if let Err(e) = conn.set_recv_buf_size(4 << 20) {
             tracing::debug!(error = %e, "the process event socket keeps its default buffer");
         }
-        // Blocking until the kernel acknowledges the subscription; events are read
-        // without blocking, after poll says they are there.
-        conn.subscribe_filtered(EventMask::EXEC | EventMask::FORK | EventMask::COMM)
-            .map_err(std::io::Error::other)?;
+        // The crate waits for the kernel's acknowledgement of the subscription, which a
+        // filtered subscription never gets (the acknowledgement is an event of a type
+        // the filter leaves out): it would wait for the next exec on the host. So the
+        // wait is bounded, and running out of it means subscribed. (A real event read in
+        // its place is lost; the scan every apply makes after subscribing covers it.)
+        nix::sys::socket::setsockopt(
+            &conn,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 100_000),
+        )?;
+        match conn.subscribe_filtered(EventMask::EXEC | EventMask::FORK | EventMask::COMM) {
+            Ok(()) | Err(proc_connector::Error::WouldBlock) => {}
+            Err(e) => return Err(std::io::Error::other(e)),
+        }
+        // Events are read without blocking, after poll says they are there.
         conn.set_nonblocking().map_err(std::io::Error::other)?;
         let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let stop_fd: OwnedFd = stop.as_fd().try_clone_to_owned()?;
@@ -73,7 +84,11 @@ fn run(conn: &ProcConnector, stop: &OwnedFd, pinner: &Weak<Pinner>, host: &Host,
         loop {
             let event = match conn.recv(&mut buf) {
                 Ok(e) => e,
+                // Nothing more for now (`recv` reports it as an OS error of that kind).
                 Err(proc_connector::Error::WouldBlock) => break,
+                Err(proc_connector::Error::Os(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    break;
+                }
                 Err(proc_connector::Error::Interrupted) => continue,
                 Err(proc_connector::Error::Overrun) => {
                     tracing::warn!(
@@ -87,9 +102,10 @@ fn run(conn: &ProcConnector, stop: &OwnedFd, pinner: &Weak<Pinner>, host: &Host,
                     }
                     continue;
                 }
+                // Back to waiting: a message that cannot be read is not read again.
                 Err(e) => {
-                    tracing::debug!(error = %e, fd = conn.as_raw_fd(), "process events: a message skipped");
-                    continue;
+                    tracing::debug!(error = %e, "process events: a message skipped");
+                    break;
                 }
             };
             let Some(p) = pinner.upgrade() else { return };

@@ -39,7 +39,8 @@ use crate::store::pins as journal;
 use rule::Rule;
 use sched::Attr;
 
-/// The rules in force, shared by tuning operations and the event thread.
+/// The rules in force (the active profile's, then those added by hand), shared by tuning
+/// operations, `pin.*` requests and the event thread.
 #[derive(Debug, Default)]
 pub struct Pinner {
     inner: Mutex<Inner>,
@@ -47,7 +48,12 @@ pub struct Pinner {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// What is in force now: `profile` then `added`'s rules.
     rules: Arc<Vec<Rule>>,
+    /// The active profile's rules.
+    profile: Vec<Rule>,
+    /// Rules added by hand: id, who added it, the rule.
+    added: Vec<(u64, u32, Rule)>,
     events: Option<events::Listener>,
     /// Whether the event thread may be started: not before the daemon has dropped the
     /// capabilities it does not use (they are per thread, and a thread keeps those it was
@@ -55,13 +61,29 @@ struct Inner {
     events_enabled: bool,
 }
 
-/// Errors of pinning that stop an apply before it changes anything.
+impl Inner {
+    fn combined(&self) -> Vec<Rule> {
+        self.profile
+            .iter()
+            .cloned()
+            .chain(self.added.iter().map(|(_, _, r)| r.clone()))
+            .collect()
+    }
+}
+
+/// Most rules added by hand at once.
+pub const MAX_ADDED: usize = 256;
+
+/// Errors of pinning that stop an operation before it changes anything.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A rule does not fit this host (CPUs it does not have); names the rule's file, line
-    /// and key.
+    /// A rule is malformed or does not fit this host (CPUs it does not have); names the
+    /// rule's file, line and key, or the option.
     #[error("{0}")]
     Rule(String),
+    /// No rule added by hand has this id.
+    #[error("no pin rule added by hand has id {0} (`cleanroomctl pin list` shows them)")]
+    NoSuchRule(u64),
     /// The pin journal failed.
     #[error("pin journal: {0}")]
     Journal(#[from] rusqlite::Error),
@@ -82,10 +104,31 @@ impl Pinner {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Puts `rules` in force: tasks journaled by rules that no longer want them get their
-    /// originals back, then every process is placed, and processes that start or change
-    /// later are placed as they do. With `dry_run` nothing changes: the reports say what
-    /// would. `conn` is the store's connection, held by the caller.
+    /// Reads the rules added by hand from the store (at start, before recovery); they are
+    /// put in force by the first [`Pinner::apply`] or [`Pinner::resume`]. A stored rule
+    /// that no longer fits (its user is gone) is logged and left out.
+    pub fn load(&self, conn: &Connection) -> Result<(), Error> {
+        let mut added = Vec::new();
+        for s in journal::stored_rules(conn)? {
+            match serde_json::from_str::<cleanroom_proto::PinRuleSpec>(&s.spec)
+                .map_err(|e| e.to_string())
+                .and_then(|spec| rule::from_spec(&spec, s.id))
+            {
+                Ok(r) => added.push((s.id, s.uid, r)),
+                Err(e) => {
+                    tracing::warn!(id = s.id, error = %e, "a pin rule added by hand is left out")
+                }
+            }
+        }
+        self.lock().added = added;
+        Ok(())
+    }
+
+    /// Puts the active profile's `rules` in force beside those added by hand: tasks the
+    /// rules no longer want get their originals back, then every process is placed, and
+    /// processes that start or change later are placed as they do. With `dry_run` nothing
+    /// changes: the reports say what would. `conn` is the store's connection, held by the
+    /// caller. Reports for the profile's rules.
     pub fn apply(
         self: &Arc<Self>,
         host: &Host,
@@ -95,25 +138,142 @@ impl Pinner {
         dry_run: bool,
     ) -> Result<Vec<PinReport>, Error> {
         Self::check(host, rules)?;
-        let mut reports = place::Reports::new(rules);
-        if dry_run {
-            place::place(host, conn, rules, &place::pids(host), true, &mut reports)?;
-            return Ok(reports.into_vec());
-        }
         let mut inner = self.lock();
-        // Whatever rules go: what they placed and the new ones do not want goes back.
-        restore(host, conn, false, |row| !still_wanted(host, rules, row))?;
-        inner.rules = Arc::new(rules.to_vec());
+        if dry_run {
+            let mut all = rules.to_vec();
+            all.extend(inner.added.iter().map(|(_, _, r)| r.clone()));
+            drop(inner);
+            let mut reports = place::Reports::new(&all);
+            place::place(host, conn, &all, &place::pids(host), true, &mut reports)?;
+            return Ok(reports.into_vec().into_iter().take(rules.len()).collect());
+        }
+        inner.profile = rules.to_vec();
+        let (_, placed) = self.put_in_force(inner, host, store, conn, false)?;
+        Ok(placed.into_iter().take(rules.len()).collect())
+    }
+
+    /// Puts what `inner` says in force: journaled tasks no rule wants any more get their
+    /// originals back (all of them with `force`), the event thread follows the rules, and
+    /// every process is placed. Reports of what went back and of each rule in force.
+    fn put_in_force(
+        self: &Arc<Self>,
+        mut inner: std::sync::MutexGuard<'_, Inner>,
+        host: &Host,
+        store: &crate::store::Store,
+        conn: &mut Connection,
+        force: bool,
+    ) -> Result<(Vec<PinReport>, Vec<PinReport>), Error> {
+        let rules = inner.combined();
+        let restored = restore(host, conn, force, |row| !still_wanted(host, &rules, row))?;
+        inner.rules = Arc::new(rules.clone());
         if rules.is_empty() {
             inner.events = None;
-            return Ok(Vec::new());
+            return Ok((restored, Vec::new()));
         }
         if inner.events_enabled && inner.events.is_none() {
             inner.events = self.listen(host, store);
         }
         drop(inner);
-        place::place(host, conn, rules, &place::pids(host), false, &mut reports)?;
-        Ok(reports.into_vec())
+        let mut reports = place::Reports::new(&rules);
+        place::place(host, conn, &rules, &place::pids(host), false, &mut reports)?;
+        Ok((restored, reports.into_vec()))
+    }
+
+    /// After recovery: the rules added by hand are put in force if recovery did not
+    /// already (no profile was re-applied).
+    pub fn resume(self: &Arc<Self>, host: &Host, store: &crate::store::Store) -> Result<(), Error> {
+        let mut conn = store.lock_blocking();
+        let inner = self.lock();
+        if *inner.rules == inner.combined() {
+            return Ok(());
+        }
+        self.put_in_force(inner, host, store, &mut conn, false)?;
+        Ok(())
+    }
+
+    /// `pin.add`: `spec` by `uid`, in force after the profile's rules (so it wins where
+    /// both set an attribute); stored, so it stays in force across restarts. With
+    /// `dry_run`, what it would match and change. The rule's report.
+    pub fn add(
+        self: &Arc<Self>,
+        host: &Host,
+        store: &crate::store::Store,
+        conn: &mut Connection,
+        spec: &cleanroom_proto::PinRuleSpec,
+        uid: u32,
+        dry_run: bool,
+    ) -> Result<cleanroom_proto::PinAddResult, Error> {
+        let probe = rule::from_spec(spec, 0).map_err(Error::Rule)?;
+        Self::check(host, std::slice::from_ref(&probe))?;
+        let mut inner = self.lock();
+        if dry_run {
+            drop(inner);
+            let rules = [probe];
+            let mut reports = place::Reports::new(&rules);
+            place::place(host, conn, &rules, &place::pids(host), true, &mut reports)?;
+            let report = reports.into_vec().remove(0);
+            return Ok(cleanroom_proto::PinAddResult { id: 0, report });
+        }
+        if inner.added.len() >= MAX_ADDED {
+            return Err(Error::Rule(format!(
+                "there are {MAX_ADDED} pin rules added by hand already, the most there may be; remove one first (`cleanroomctl pin remove ID`)"
+            )));
+        }
+        let text = serde_json::to_string(spec).expect("a spec serializes");
+        let id = journal::add_rule(conn, &text, uid)?;
+        let rule = rule::from_spec(spec, id).map_err(Error::Rule)?;
+        inner.added.push((id, uid, rule));
+        let (_, mut placed) = self.put_in_force(inner, host, store, conn, false)?;
+        let report = placed.pop().expect("the rule just added is in force");
+        Ok(cleanroom_proto::PinAddResult { id, report })
+    }
+
+    /// `pin.remove`: the rule added by hand `id` out of force; what it placed (and no
+    /// other rule wants) gets its originals back, compare-and-swap.
+    pub fn remove(
+        self: &Arc<Self>,
+        host: &Host,
+        store: &crate::store::Store,
+        conn: &mut Connection,
+        id: u64,
+    ) -> Result<cleanroom_proto::PinRemoveResult, Error> {
+        let mut inner = self.lock();
+        if !inner.added.iter().any(|(i, _, _)| *i == id) {
+            return Err(Error::NoSuchRule(id));
+        }
+        journal::remove_rule(conn, id)?;
+        inner.added.retain(|(i, _, _)| *i != id);
+        let (pins, _) = self.put_in_force(inner, host, store, conn, false)?;
+        let ok = pins.iter().all(|p| p.problems.is_empty());
+        Ok(cleanroom_proto::PinRemoveResult { id, ok, pins })
+    }
+
+    /// `pin.list`: every rule in force, what it matches now and what drifted; `profile`
+    /// names the active profile.
+    pub fn list(&self, host: &Host, profile: Option<&str>) -> cleanroom_proto::PinListResult {
+        let (rules, sources) = {
+            let inner = self.lock();
+            let mut sources: Vec<(Option<u64>, String)> = inner
+                .profile
+                .iter()
+                .map(|_| (None, format!("profile {}", profile.unwrap_or("?"))))
+                .collect();
+            sources.extend(
+                inner
+                    .added
+                    .iter()
+                    .map(|(id, uid, _)| (Some(*id), format!("added by uid {uid}"))),
+            );
+            (Arc::clone(&inner.rules), sources)
+        };
+        let reports = place::verify(host, &rules);
+        cleanroom_proto::PinListResult {
+            rules: reports
+                .into_iter()
+                .zip(sources)
+                .map(|(report, (id, source))| cleanroom_proto::PinRuleInfo { id, source, report })
+                .collect(),
+        }
     }
 
     fn listen(
@@ -131,9 +291,9 @@ impl Pinner {
     }
 
     /// From now on rules in force follow processes as they start and change (the daemon
-    /// calls it once it has dropped its capabilities). Rules already in force (a profile
-    /// re-applied at start) start listening now, and every process is placed again, for
-    /// those that started in between.
+    /// calls it once it has dropped its capabilities). Rules already in force (re-applied
+    /// at start) start listening now, and every process is placed again, for those that
+    /// started in between.
     pub fn enable_events(self: &Arc<Self>, host: &Host, store: &crate::store::Store) {
         let mut conn = store.lock_blocking();
         let mut inner = self.lock();
@@ -163,19 +323,36 @@ impl Pinner {
         }
     }
 
-    /// Takes every rule out of force and puts back every original the journal holds,
-    /// compare-and-swap (all of them with `force`). Reports by the rule that had placed
-    /// each task.
+    /// `profile.revert`: the profile's rules out of force, and every original they placed
+    /// back, compare-and-swap (all of them with `force`); rules added by hand stay. Reports
+    /// by the rule that had placed each task.
     pub fn revert(
+        self: &Arc<Self>,
+        host: &Host,
+        store: &crate::store::Store,
+        conn: &mut Connection,
+        force: bool,
+    ) -> Result<Vec<PinReport>, Error> {
+        let mut inner = self.lock();
+        inner.profile.clear();
+        Ok(self.put_in_force(inner, host, store, conn, force)?.0)
+    }
+
+    /// `cleanroomd --revert` and a restart with `on_start = "revert"`: every rule out of
+    /// force, those added by hand forgotten, every original back.
+    pub fn revert_all(
         &self,
         host: &Host,
         conn: &mut Connection,
         force: bool,
     ) -> Result<Vec<PinReport>, Error> {
         let mut inner = self.lock();
+        inner.profile.clear();
+        inner.added.clear();
         inner.rules = Arc::new(Vec::new());
         inner.events = None;
         drop(inner);
+        journal::clear_rules(conn)?;
         Ok(restore(host, conn, force, |_| true)?)
     }
 

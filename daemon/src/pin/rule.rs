@@ -332,3 +332,39 @@ pub fn missing_cpus(rule: &Rule, online: &BTreeSet<u32>) -> Option<String> {
         )
     })
 }
+
+/// A rule as a `pin.add` request gives it, checked as a profile's `[[pin]]` is; errors
+/// name the option (`--cpus: ...`). `id` names the rule in reports.
+pub fn from_spec(spec: &cleanroom_proto::PinRuleSpec, id: u64) -> Result<Rule, String> {
+    fn at<T: Clone>(v: &Option<T>) -> Option<toml::Spanned<T>> {
+        v.clone().map(|v| toml::Spanned::new(0..0, v))
+    }
+    let doc = PinDoc {
+        comm: at(&spec.comm),
+        cmdline: at(&spec.cmdline),
+        thread: at(&spec.thread),
+        user: spec.user.as_ref().map(|u| {
+            toml::Spanned::new(
+                0..0,
+                u.parse::<u32>()
+                    .map_or_else(|_| UserRef::Name(u.clone()), UserRef::Id),
+            )
+        }),
+        unit: None,
+        cgroup: None,
+        cpus: at(&spec.cpus),
+        mems: None,
+        policy: at(&spec.policy),
+        priority: at(&spec.priority),
+        nice: at(&spec.nice),
+        ioprio: at(&spec.ioprio),
+    };
+    let mut rule =
+        doc.rule(0, "", &|_| 0)
+            .map_err(|(_, key, msg)| match key.strip_prefix("pin[0].") {
+                Some(option) => format!("--{option}: {msg}"),
+                None => msg,
+            })?;
+    rule.at = format!("rule {id}, added by hand");
+    Ok(rule)
+}

@@ -124,7 +124,10 @@ impl Helper {
             reset,
         })
         .map_err(|e| io_err(io::Error::other(e)))?;
-        let exiting = Exiting(self.process);
+        let exiting = Exiting {
+            helper: self.process,
+            gone: None,
+        };
         if let Err(e) = write_frame(&mut self.sock, &request) {
             exiting.reap();
             return Err(spawn::Error::HelperGone(e));
@@ -143,18 +146,21 @@ impl Helper {
                 pid,
                 entered,
                 cgroup_views,
-            } => match <[OwnedFd; 4]>::try_from(fds) {
-                Ok(fds) => Ok((
+            } => match <[OwnedFd; 5]>::try_from(fds) {
+                Ok([pidfd, stdout, stderr, status, gone]) => Ok((
                     Started::from_handover(
                         Handover {
                             pid,
-                            fds,
+                            fds: [pidfd, stdout, stderr, status],
                             entered,
                             cgroup_views,
                         },
                         spec,
                     ),
-                    exiting,
+                    Exiting {
+                        helper: exiting.helper,
+                        gone: Some(gone),
+                    },
                 )),
                 Err(_) => {
                     exiting.reap();
@@ -178,14 +184,22 @@ impl Helper {
 }
 
 /// One write (the helper wakes once, with the whole request there).
-/// A helper that has answered and is exiting.
+/// A helper that has answered and is exiting, and the daemon's end of the pipe its
+/// child waits on.
 #[derive(Debug)]
-pub struct Exiting(Child);
+pub struct Exiting {
+    helper: Child,
+    /// Closed once the helper is reaped: only then may the child go on (an exited helper
+    /// counts against the run's `pids.max` until it is reaped).
+    gone: Option<OwnedFd>,
+}
 
 impl Exiting {
-    /// Waits for it (blocking, briefly: it exits right after answering).
+    /// Waits for it (blocking, briefly: it exits right after answering), then lets its
+    /// child go on.
     pub fn reap(mut self) {
-        let _ = self.0.wait();
+        let _ = self.helper.wait();
+        drop(self.gone.take());
     }
 }
 
@@ -214,7 +228,7 @@ fn read_frame(r: &mut impl Read) -> io::Result<Vec<u8>> {
 /// with its first bytes.
 fn recv_reply(sock: &UnixStream) -> io::Result<(Reply, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut cmsg = nix::cmsg_space!([RawFd; 5]);
     let (n, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<()>(
@@ -307,7 +321,11 @@ fn serve_on(sock: &UnixStream, procs: &[PathBuf]) -> io::Result<()> {
                 entered: h.entered.clone(),
                 cgroup_views: h.cgroup_views.clone(),
             };
-            let fds: Vec<RawFd> = h.fds.iter().map(|f| f.as_fd().as_raw_fd()).collect();
+            let mut fds: Vec<RawFd> = h.fds.iter().map(|f| f.as_fd().as_raw_fd()).collect();
+            // The daemon holds `gone` open until it has reaped this helper: an exited
+            // helper still counts against the run's task limit until it is reaped, and
+            // the child waits for the end of `gone` before it starts.
+            fds.push(gone_w.as_raw_fd());
             send_reply(sock, &reply, &fds)?;
         }
         Err(e) => {

@@ -124,6 +124,31 @@ async fn route(
         Request::BaselineDelete(p) => {
             reply(runs::delete_baseline(*p, &peer, state).await.map_err(run)?)
         }
+        Request::PinAdd(p) => {
+            let uid = peer.uid;
+            reply(
+                pin_op(st, method, move |ctx, conn| {
+                    ctx.pins
+                        .add(ctx.host, ctx.store, conn, &p.rule, uid, p.dry_run)
+                })
+                .await?,
+            )
+        }
+        Request::PinList(_) => {
+            let result = tokio::task::spawn_blocking(move || {
+                let profile = tune::active(st.store()).ok().and_then(|a| a.profile);
+                st.pins().list(st.host(), profile.as_deref())
+            })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            reply(result)
+        }
+        Request::PinRemove(p) => reply(
+            pin_op(st, method, move |ctx, conn| {
+                ctx.pins.remove(ctx.host, ctx.store, conn, p.id)
+            })
+            .await?,
+        ),
         Request::ShieldLower(p) => {
             let actor = p.force.then(|| AuditEvent {
                 uid: peer.uid,
@@ -235,6 +260,31 @@ where
     state.metrics().observe_tuning(&result);
     state.set_active_profile(active.as_deref());
     Ok(result)
+}
+
+/// A `pin.*` change on a blocking thread, queued behind tuning operations (a profile's
+/// apply changes the rules in force too). A malformed rule is the params' fault.
+async fn pin_op<F, R>(state: Arc<State>, method: &'static str, op: F) -> Result<R, Error>
+where
+    F: FnOnce(tune::Ctx<'_>, &mut rusqlite::Connection) -> Result<R, crate::pin::Error>
+        + Send
+        + 'static,
+    R: Send + 'static,
+{
+    let _guard = state.tune_lock().lock().await;
+    let st = Arc::clone(&state);
+    let result = tokio::task::spawn_blocking(move || {
+        let live = st.live();
+        let ctx = st.tune_ctx(&live);
+        let mut conn = ctx.store.lock_blocking();
+        op(ctx, &mut conn)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("pin task failed: {e}")))?;
+    result.map_err(|e| match e {
+        crate::pin::Error::Rule(detail) => Error::InvalidParams { method, detail },
+        other => Error::Tune(tune::Error::Pin(other)),
+    })
 }
 
 async fn profile_list(state: Arc<State>) -> Result<ProfileListResult, Error> {

@@ -218,6 +218,9 @@ impl Error {
             Error::Tune(crate::tune::Error::Host(_)) => ErrorCode::Internal,
             Error::Tune(crate::tune::Error::Pin(crate::pin::Error::Rule(_))) => ErrorCode::Profile,
             Error::Tune(crate::tune::Error::Pin(crate::pin::Error::Journal(_))) => ErrorCode::Store,
+            Error::Tune(crate::tune::Error::Pin(crate::pin::Error::NoSuchRule(_))) => {
+                ErrorCode::InvalidParams
+            }
             Error::ShuttingDown => ErrorCode::ShuttingDown,
             Error::Quota(_) => ErrorCode::Quota,
             Error::Run { error, .. } => run_code(error),

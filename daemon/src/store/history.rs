@@ -21,12 +21,7 @@ pub struct BatchRow {
     pub result: String,
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+use super::now;
 
 /// Reserves `count` batch ids, durably, before any is used: the next ones after every id
 /// reserved before and every batch stored (a history restored from elsewhere included).

@@ -108,12 +108,7 @@ pub struct Change<'a> {
     pub desired: &'a str,
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+use super::now;
 
 /// Every row, by path.
 pub fn rows(conn: &Connection) -> rusqlite::Result<Vec<Row>> {

@@ -127,6 +127,14 @@ const MIGRATIONS: &[&str] = &[
         written   TEXT    NOT NULL,
         PRIMARY KEY (tid, start, attr)
     );",
+    // 9: pin rules added by hand (`pin.add`), in force until removed: the rule as the
+    // request gave it (JSON), who added it and when.
+    "CREATE TABLE pin_rules (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        spec      TEXT    NOT NULL,
+        uid       INTEGER NOT NULL,
+        created   REAL    NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.

@@ -464,8 +464,8 @@ impl Store {
     }
 }
 
-/// Seconds since the Unix epoch, as the audit table records them.
-fn now() -> f64 {
+/// Seconds since the Unix epoch, as every table records times.
+pub(crate) fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

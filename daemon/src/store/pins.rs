@@ -148,6 +148,51 @@ pub fn clear(conn: &mut Connection) -> rusqlite::Result<()> {
     })
 }
 
+/// A pin rule added by hand, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its id.
+    pub id: u64,
+    /// The rule as the request gave it (JSON).
+    pub spec: String,
+    /// Who added it.
+    pub uid: u32,
+}
+
+/// Stores a rule added by hand; its id. Durable (`synchronous=FULL`): a rule outlives a
+/// power cut, and its placements are made again after one.
+pub fn add_rule(conn: &Connection, spec: &str, uid: u32) -> rusqlite::Result<u64> {
+    conn.execute(
+        "INSERT INTO pin_rules (spec, uid, created) VALUES (?1, ?2, ?3)",
+        params![spec, uid, super::now()],
+    )?;
+    Ok(conn.last_insert_rowid() as u64)
+}
+
+/// Every rule added by hand, oldest first.
+pub fn stored_rules(conn: &Connection) -> rusqlite::Result<Vec<Stored>> {
+    let mut st = conn.prepare_cached("SELECT id, spec, uid FROM pin_rules ORDER BY id")?;
+    let rows = st.query_map([], |r| {
+        Ok(Stored {
+            id: r.get::<_, i64>(0)? as u64,
+            spec: r.get(1)?,
+            uid: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Removes a rule added by hand; whether it was there.
+pub fn remove_rule(conn: &Connection, id: u64) -> rusqlite::Result<bool> {
+    Ok(conn.execute("DELETE FROM pin_rules WHERE id = ?1", [id as i64])? > 0)
+}
+
+/// Removes every rule added by hand (`cleanroomd --revert`: the whole host back).
+pub fn clear_rules(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM pin_rules", [])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

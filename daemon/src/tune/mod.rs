@@ -222,10 +222,10 @@ fn write_knob(host: &Host, path: &str, kind: Kind, value: &str) -> Result<String
 /// tuned. The reserve is made again once there is room.
 pub fn revert(ctx: Ctx<'_>, force: bool) -> Result<TuneResult, Error> {
     let mut conn = ctx.store.lock_blocking();
-    let result = match revert::revert_locked(ctx.host, ctx.pins, &mut conn, force) {
+    let result = match revert::revert_locked(ctx, &mut conn, force) {
         Err(Error::Journal(e)) if crate::store::is_full(&e) && ctx.store.release_reserve() => {
             tracing::warn!("the state directory is full: its reserve is freed to revert");
-            revert::revert_locked(ctx.host, ctx.pins, &mut conn, force)
+            revert::revert_locked(ctx, &mut conn, force)
         }
         other => other,
     };

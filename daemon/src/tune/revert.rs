@@ -32,11 +32,11 @@ enum Fate {
 /// profile is in force from the first step on, so a restart finishes a revert that was
 /// cut short instead of re-applying.
 pub(super) fn revert_locked(
-    host: &Host,
-    pins: &crate::pin::Pinner,
+    ctx: super::Ctx<'_>,
     conn: &mut Connection,
     force: bool,
 ) -> Result<TuneResult, Error> {
+    let host = ctx.host;
     let boot = host.boot_id()?;
     let mut rows = journal::rows(conn)?;
     rows.sort_by_key(|r| revert_rank(&r.path));
@@ -45,7 +45,7 @@ pub(super) fn revert_locked(
     let previous = state.and_then(|s| s.profile);
     journal::set_state(conn, None, Phase::Reverting, &boot)?;
     // Processes first: their rules go out of force, then their originals come back.
-    let pins = pins.revert(host, conn, force)?;
+    let pins = ctx.pins.revert(host, ctx.store, conn, force)?;
     let outcomes: Vec<(KnobResult, Fate)> = rows
         .iter()
         .map(|row| restore(host, row, force, interrupted))
