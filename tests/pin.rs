@@ -230,6 +230,12 @@ priority = 7
     );
     let verified = ok(&d.ctl(&["--json", "profile", "verify"]));
     assert_eq!(verified["ok"], true, "{verified}");
+    // `status` names the rules in force and what they changed (the first process's three
+    // attributes, two for each io thread, the later process's three).
+    let status = ok(&d.ctl(&["--json", "status"]));
+    assert_eq!(status["pin_rules"].as_array().unwrap().len(), 2, "{status}");
+    assert_eq!(status["pin_events"], true, "{status}");
+    assert_eq!(status["pinned"], 10, "{status}");
 
     // Someone re-pins one by hand: verify says drifted, revert leaves it (a conflict) and
     // puts every other original back.
@@ -278,6 +284,13 @@ priority = 7
             "{name}"
         );
     }
+    let status = ok(&d.ctl(&["--json", "status"]));
+    assert_eq!(status["pin_rules"], serde_json::json!([]), "{status}");
+    assert_eq!(status["pin_events"], false, "{status}");
+    assert_eq!(
+        status["pinned"], 1,
+        "the conflict stays journaled: {status}"
+    );
     // Nothing is placed after the revert.
     let after = procs.spawn(Command::new(&sleep).arg("1000"));
     std::thread::sleep(Duration::from_millis(200));

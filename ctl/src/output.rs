@@ -44,7 +44,7 @@ pub fn status(r: &StatusResult) -> String {
     } else {
         r.socket.clone()
     };
-    out.push_str(&table(&[
+    let mut rows = vec![
         ("socket", socket),
         ("state dir", r.state_dir.clone()),
         (
@@ -64,15 +64,40 @@ pub fn status(r: &StatusResult) -> String {
             "journal",
             format!("{} knobs to put back", r.journal_entries),
         ),
-        (
-            "you",
-            format!(
-                "uid {} gid {} pid {}, role {}",
-                r.caller.uid, r.caller.gid, r.caller.pid, r.caller.role
-            ),
+        ("pinning", pinning(r)),
+    ];
+    rows.extend(
+        r.pin_rules
+            .iter()
+            .map(|rule| ("pin rule", printable(rule).into_owned())),
+    );
+    rows.push((
+        "you",
+        format!(
+            "uid {} gid {} pid {}, role {}",
+            r.caller.uid, r.caller.gid, r.caller.pid, r.caller.role
         ),
-    ]));
+    ));
+    out.push_str(&table(&rows));
     out
+}
+
+/// The pinning line of `status`: how many rules are in force and what they changed (the
+/// rules follow, one row each).
+fn pinning(r: &StatusResult) -> String {
+    if r.pin_rules.is_empty() && r.pinned == 0 {
+        return "no rules".into();
+    }
+    format!(
+        "{} rule(s), {} task attribute(s) to put back{}",
+        r.pin_rules.len(),
+        r.pinned,
+        if r.pin_events {
+            ", following new processes"
+        } else {
+            ""
+        }
+    )
 }
 
 /// `ping`.

@@ -84,6 +84,16 @@ pub struct StatusResult {
     /// Directories holding this daemon's run cgroups (one per v1 hierarchy).
     #[serde(default)]
     pub run_cgroups: Vec<String>,
+    /// Pin rules in force (the profile's, then those added by hand), each as one line.
+    #[serde(default)]
+    pub pin_rules: Vec<String>,
+    /// Task attributes pinning changed and can put back.
+    #[serde(default)]
+    pub pinned: u64,
+    /// Whether processes that start later are being followed (the process event
+    /// connector is subscribed); false with no rules in force.
+    #[serde(default)]
+    pub pin_events: bool,
     /// Who asked.
     pub caller: Caller,
 }

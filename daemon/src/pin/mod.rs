@@ -100,6 +100,11 @@ impl Pinner {
         Arc::clone(&self.lock().rules)
     }
 
+    /// Whether processes that start later are followed (the event thread runs).
+    pub fn following(&self) -> bool {
+        self.lock().events.is_some()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -207,9 +207,14 @@ fn params_digest(params: Option<&Value>) -> String {
 async fn status(peer: Peer, state: Arc<State>) -> Result<StatusResult, Error> {
     let live = state.live();
     let st = Arc::clone(&state);
-    let active = tokio::task::spawn_blocking(move || tune::active(st.store()))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+    let (active, pinned) = tokio::task::spawn_blocking(move || {
+        let active = tune::active(st.store())?;
+        let pinned = crate::store::pins::count(&st.store().lock_blocking()).unwrap_or(0);
+        Ok::<_, tune::Error>((active, pinned))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))??;
+    let pins = state.pins();
     Ok(StatusResult {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol: cleanroom_proto::PROTOCOL_VERSION,
@@ -225,6 +230,9 @@ async fn status(peer: Peer, state: Arc<State>) -> Result<StatusResult, Error> {
         active_profile: active.profile,
         journal_entries: active.journal_entries,
         run_cgroups: state.engine().runner().cgroup_bases(),
+        pin_rules: pins.rules().iter().map(|r| r.text()).collect(),
+        pinned,
+        pin_events: pins.following(),
         caller: Caller {
             uid: peer.uid,
             gid: peer.gid,
