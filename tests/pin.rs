@@ -620,3 +620,143 @@ fn rules_added_by_hand_are_for_admins_outlive_restarts_and_go_back_on_remove() {
         "{over:?}"
     );
 }
+
+/// A thread a placed process creates after the apply inherits the placement from the
+/// kernel, whose fork event names the process's parent, not the creating thread, as the
+/// new thread's parent: the thread is journaled from its own process's rows, so a revert
+/// puts it back too. And a task that ends leaves nothing in the journal.
+#[test]
+fn a_thread_started_after_the_apply_gets_its_original_back() {
+    if !is_root_or_skip("a_thread_started_after_the_apply_gets_its_original_back") {
+        return;
+    }
+    let _host = host_lock();
+    let online = online_cpus();
+    let name = unique("crp-l");
+    let script = format!(
+        r#"
+import threading, sys
+open("/proc/self/comm", "w").write("{name}")
+print("ready", flush=True)
+sys.stdin.readline()
+def late():
+    open(f"/proc/self/task/{{threading.get_native_id()}}/comm", "w").write("late")
+    print(threading.get_native_id(), flush=True)
+    threading.Event().wait()
+threading.Thread(target=late, daemon=True).start()
+sys.stdin.read()
+"#
+    );
+    let mut procs = Procs::default();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let py = procs.spawn(&mut cmd);
+    let child = procs.0.last_mut().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::{BufRead, Write};
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("l.toml"),
+        format!("[[pin]]\ncomm = \"{name}\"\ncpus = \"1\"\n"),
+    )
+    .unwrap();
+    let d = daemon_with(profiles.path());
+    ok(&d.ctl(&["--json", "profile", "apply", "l"]));
+    assert_eq!(cpus(py, py), "1");
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let late: i32 = line.trim().parse().unwrap();
+    assert_eq!(cpus(py, late), "1", "inherited from the process");
+    // The journal has it (with the process's original) once its fork event is handled.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let s = json_of(&d.ctl(&["--json", "status"]));
+            s["pinned"].as_u64().unwrap_or(0) >= 2
+        }),
+        "{}",
+        d.log()
+    );
+    let r = ok(&d.ctl(&["--json", "profile", "revert"]));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(cpus(py, py), online);
+    assert_eq!(
+        cpus(py, late),
+        online,
+        "the new thread got its original back"
+    );
+    // With the rule in force again, tasks that end leave no rows behind (their exit
+    // events drop them).
+    ok(&d.ctl(&["--json", "profile", "apply", "l"]));
+    let s = json_of(&d.ctl(&["--json", "status"]));
+    assert_eq!(s["pinned"], 2, "{s}");
+    drop(procs);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            json_of(&d.ctl(&["--json", "status"]))["pinned"] == 0
+        }),
+        "{}",
+        d.log()
+    );
+    ok(&d.ctl(&["--json", "profile", "revert"]));
+}
+
+/// `[cpu] max_latency_us`: every CPU's resume latency limit set (and put back), and a
+/// request held open on /dev/cpu_dma_latency while the profile is in force, which the
+/// kernel reports as the host's limit; released by the revert.
+#[test]
+fn a_latency_limit_is_held_while_the_profile_is_in_force() {
+    if !is_root_or_skip("a_latency_limit_is_held_while_the_profile_is_in_force") {
+        return;
+    }
+    let _host = host_lock();
+    let dma = "/dev/cpu_dma_latency";
+    let qos: Vec<String> = (0..)
+        .map(|c| format!("/sys/devices/system/cpu/cpu{c}/power/pm_qos_resume_latency_us"))
+        .take_while(|p| Path::new(p).exists())
+        .collect();
+    if !Path::new(dma).exists() || qos.is_empty() {
+        eprintln!("skipping: no {dma} or per-CPU resume latency here");
+        return;
+    }
+    let qos_refs: Vec<&str> = qos.iter().map(String::as_str).collect();
+    let snapshot = cleanroom::KernelSnapshot::take(&qos_refs);
+    let limit = || {
+        let mut b = [0u8; 4];
+        use std::io::Read;
+        std::fs::File::open(dma)
+            .unwrap()
+            .read_exact(&mut b)
+            .unwrap();
+        i32::from_ne_bytes(b)
+    };
+    let before = limit();
+    let n: i32 = if before == 7 { 8 } else { 7 };
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("lat.toml"),
+        format!("[cpu]\nmax_latency_us = {n}\n"),
+    )
+    .unwrap();
+    let d = daemon_with(profiles.path());
+    let applied = ok(&d.ctl(&["--json", "profile", "apply", "lat"]));
+    assert_eq!(limit(), n.min(before), "{applied}");
+    for p in &qos {
+        assert_eq!(
+            std::fs::read_to_string(p).unwrap().trim(),
+            n.to_string(),
+            "{p}"
+        );
+    }
+    let verified = ok(&d.ctl(&["--json", "profile", "verify"]));
+    assert_eq!(verified["ok"], true, "{verified}");
+    let reverted = ok(&d.ctl(&["--json", "profile", "revert"]));
+    assert_eq!(reverted["ok"], true, "{reverted}");
+    assert_eq!(limit(), before, "the request went with the revert");
+    assert_eq!(snapshot.current(), snapshot.taken().to_vec());
+}

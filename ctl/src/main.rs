@@ -164,7 +164,15 @@ fn run(cli: &Cli) -> Result<(), CallError> {
                 rule: spec,
                 dry_run,
             })?;
-            emit(cli, &r, || output::pin_add(&r, dry_run))
+            emit(cli, &r, || output::pin_add(&r, dry_run))?;
+            if r.report.problems.is_empty() {
+                Ok(())
+            } else {
+                Err(CallError::Failed(
+                    "the rule is in force, but some tasks could not be placed (listed above)"
+                        .into(),
+                ))
+            }
         }
         Command::Pin(PinCommand::List) => {
             let r = client.call::<cleanroom_proto::PinList>(&NoParams {})?;
@@ -217,11 +225,18 @@ fn profile(cli: &Cli, client: &mut Client, cmd: &ProfileCommand) -> Result<(), C
                 dry_run: *dry_run,
                 best_effort: *best_effort,
             })?;
+            let unplaced = r.ok && r.pins.iter().any(|p| !p.problems.is_empty());
             tune(
                 cli,
                 r,
                 &format!("applying {name} failed; what it wrote was undone unless --best-effort"),
-            )
+            )?;
+            if unplaced {
+                return Err(CallError::Failed(format!(
+                    "{name} is applied, but some tasks could not be placed (listed above)"
+                )));
+            }
+            Ok(())
         }
         ProfileCommand::Revert { force } => {
             let r = client.call::<ProfileRevert>(&ProfileRevertParams { force: *force })?;

@@ -209,7 +209,17 @@ fn accepted_profile(p: &Resolved, allow: &[String]) {
             | Setting::Boost(_)
             | Setting::MinFreqMax
             | Setting::Thp(_)
-            | Setting::ThpDefrag(_) => {}
+            | Setting::ThpDefrag(_)
+            | Setting::MaxLatencyUs(_) => {}
+        }
+    }
+    for rule in &p.pins {
+        assert!(!rule.place.is_empty(), "a rule places something: {rule:?}");
+        if let Some(cpus) = rule.cpus() {
+            assert!(
+                !cpus.is_empty() && cpus.iter().all(|c| *c < MAX_CPUS),
+                "{cpus:?}"
+            );
         }
     }
 }

@@ -29,7 +29,7 @@ impl Drop for Listener {
 }
 
 impl Listener {
-    /// Subscribes to exec, fork and comm events and starts the thread. Needs
+    /// Subscribes to exec, fork, comm and exit events and starts the thread. Needs
     /// `CAP_NET_ADMIN`.
     pub(super) fn start(pinner: Weak<Pinner>, host: Host, store: Store) -> std::io::Result<Self> {
         let conn = ProcConnector::new().map_err(std::io::Error::other)?;
@@ -47,7 +47,9 @@ impl Listener {
             nix::sys::socket::sockopt::ReceiveTimeout,
             &nix::sys::time::TimeVal::new(0, 100_000),
         )?;
-        match conn.subscribe_filtered(EventMask::EXEC | EventMask::FORK | EventMask::COMM) {
+        match conn.subscribe_filtered(
+            EventMask::EXEC | EventMask::FORK | EventMask::COMM | EventMask::EXIT,
+        ) {
             Ok(()) | Err(proc_connector::Error::WouldBlock) => {}
             Err(e) => return Err(std::io::Error::other(e)),
         }
@@ -98,7 +100,7 @@ fn run(conn: &ProcConnector, stop: &OwnedFd, pinner: &Weak<Pinner>, host: &Host,
                     let mut c = store.lock_blocking();
                     let pids = super::place::pids(host);
                     for pid in pids {
-                        p.place_process(host, &mut c, pid);
+                        p.place_process(host, &mut c, pid, None);
                     }
                     continue;
                 }
@@ -114,17 +116,24 @@ fn run(conn: &ProcConnector, stop: &OwnedFd, pinner: &Weak<Pinner>, host: &Host,
     }
 }
 
-/// One event: the tasks it concerns placed by the rules in force.
+/// One event: the tasks it concerns placed by the rules in force; an ended task's rows
+/// dropped. The connection is taken first: the rules are read under it, so a revert that
+/// holds it is never followed by a placement under the rules it took out of force.
 fn handle(pinner: &Pinner, host: &Host, store: &Store, event: &ProcEvent) {
     match *event {
-        ProcEvent::Exec { tgid, .. } | ProcEvent::Comm { tgid, .. } => {
-            // The connection first: the rules are read under it, so a revert that holds it
-            // is never followed by a placement under the rules it took out of force.
+        ProcEvent::Exec { tgid, .. } => {
             let mut c = store.lock_blocking();
-            pinner.place_process(host, &mut c, tgid as i32);
+            pinner.place_process(host, &mut c, tgid as i32, None);
+        }
+        // A process renamed: all its threads may match otherwise; a thread renamed: itself.
+        ProcEvent::Comm { pid, tgid, .. } => {
+            let only = (pid != tgid).then_some(pid as i32);
+            let mut c = store.lock_blocking();
+            pinner.place_process(host, &mut c, tgid as i32, only);
         }
         ProcEvent::Fork {
             parent_pid,
+            parent_tgid,
             child_pid,
             child_tgid,
             ..
@@ -137,12 +146,20 @@ fn handle(pinner: &Pinner, host: &Host, store: &Store, event: &ProcEvent) {
                 host,
                 &mut c,
                 parent_pid as i32,
+                parent_tgid as i32,
                 child_tgid as i32,
                 child_pid as i32,
             ) {
                 tracing::error!(error = %e, child = child_pid, "cannot journal an inherited placement");
             }
-            pinner.place_process(host, &mut c, child_tgid as i32);
+            let only = (child_pid != child_tgid).then_some(child_pid as i32);
+            pinner.place_process(host, &mut c, child_tgid as i32, only);
+        }
+        ProcEvent::Exit { pid, .. } => {
+            let mut c = store.lock_blocking();
+            if let Err(e) = crate::store::pins::exited(&mut c, pid as i32) {
+                tracing::error!(error = %e, tid = pid, "cannot forget an ended task's placement");
+            }
         }
         _ => {}
     }

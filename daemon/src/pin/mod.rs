@@ -23,6 +23,7 @@
 //! inherited a placement in that window is not journaled, and keeps it after a revert.
 
 mod events;
+mod latency;
 mod place;
 pub mod rule;
 pub mod sched;
@@ -59,6 +60,9 @@ struct Inner {
     /// capabilities it does not use (they are per thread, and a thread keeps those it was
     /// born with). See [`Pinner::enable_events`].
     events_enabled: bool,
+    /// The CPU latency request held open (`[cpu] max_latency_us`): its value and the
+    /// descriptor that holds it.
+    latency: Option<(u32, std::fs::File)>,
 }
 
 impl Inner {
@@ -149,7 +153,15 @@ impl Pinner {
             all.extend(inner.added.iter().map(|(_, _, r)| r.clone()));
             drop(inner);
             let mut reports = place::Reports::new(&all);
-            place::place(host, conn, &all, &place::pids(host), true, &mut reports)?;
+            place::place(
+                host,
+                conn,
+                &all,
+                &place::pids(host),
+                None,
+                true,
+                &mut reports,
+            )?;
             return Ok(reports.into_vec().into_iter().take(rules.len()).collect());
         }
         inner.profile = rules.to_vec();
@@ -175,12 +187,26 @@ impl Pinner {
             inner.events = None;
             return Ok((restored, Vec::new()));
         }
-        if inner.events_enabled && inner.events.is_none() {
+        let mut reports = place::Reports::new(&rules);
+        if !inner.events_enabled {
+            // At start, before the event thread may run: placing now would let what forks
+            // before it runs inherit a placement unjournaled. `enable_events` subscribes,
+            // then places everything.
+            return Ok((restored, reports.into_vec()));
+        }
+        if inner.events.is_none() {
             inner.events = self.listen(host, store);
         }
         drop(inner);
-        let mut reports = place::Reports::new(&rules);
-        place::place(host, conn, &rules, &place::pids(host), false, &mut reports)?;
+        place::place(
+            host,
+            conn,
+            &rules,
+            &place::pids(host),
+            None,
+            false,
+            &mut reports,
+        )?;
         Ok((restored, reports.into_vec()))
     }
 
@@ -215,7 +241,15 @@ impl Pinner {
             drop(inner);
             let rules = [probe];
             let mut reports = place::Reports::new(&rules);
-            place::place(host, conn, &rules, &place::pids(host), true, &mut reports)?;
+            place::place(
+                host,
+                conn,
+                &rules,
+                &place::pids(host),
+                None,
+                true,
+                &mut reports,
+            )?;
             let report = reports.into_vec().remove(0);
             return Ok(cleanroom_proto::PinAddResult { id: 0, report });
         }
@@ -223,6 +257,20 @@ impl Pinner {
             return Err(Error::Rule(format!(
                 "there are {MAX_ADDED} pin rules added by hand already, the most there may be; remove one first (`cleanroomctl pin remove ID`)"
             )));
+        }
+        // The boot the rows to come belong to: a restart after a reboot drops them (task
+        // ids and start times mean nothing across boots), also when no profile ever set
+        // the tuning state.
+        if crate::store::journal::state(conn)?.is_none() {
+            let boot = host
+                .boot_id()
+                .map_err(|e| Error::Rule(format!("cannot read the boot id: {e}")))?;
+            crate::store::journal::set_state(
+                conn,
+                None,
+                crate::store::journal::Phase::Idle,
+                &boot,
+            )?;
         }
         let text = serde_json::to_string(spec).expect("a spec serializes");
         let id = journal::add_rule(conn, &text, uid)?;
@@ -247,8 +295,16 @@ impl Pinner {
             return Err(Error::NoSuchRule(id));
         }
         journal::remove_rule(conn, id)?;
+        let text = inner
+            .added
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, _, r)| r.text())
+            .unwrap_or_default();
         inner.added.retain(|(i, _, _)| *i != id);
         let (pins, _) = self.put_in_force(inner, host, store, conn, false)?;
+        // What this rule had placed; other rules' old conflicts are not its business.
+        let pins: Vec<PinReport> = pins.into_iter().filter(|p| p.rule == text).collect();
         let ok = pins.iter().all(|p| p.problems.is_empty());
         Ok(cleanroom_proto::PinRemoveResult { id, ok, pins })
     }
@@ -309,7 +365,7 @@ impl Pinner {
         inner.events = self.listen(host, store);
         drop(inner);
         for pid in place::pids(host) {
-            self.place_process(host, &mut conn, pid);
+            self.place_process(host, &mut conn, pid, None);
         }
     }
 
@@ -367,15 +423,16 @@ impl Pinner {
         place::verify(host, &rules)
     }
 
-    /// Places what one event concerns (the tasks of process `pid`), under the rules in
-    /// force. Called by the event thread with the connection it took.
-    fn place_process(&self, host: &Host, conn: &mut Connection, pid: i32) {
+    /// Places what one event concerns (the tasks of process `pid`, or only its thread
+    /// `only`), under the rules in force. Called by the event thread with the connection
+    /// it took.
+    fn place_process(&self, host: &Host, conn: &mut Connection, pid: i32, only: Option<i32>) {
         let rules = self.rules();
         if rules.is_empty() {
             return;
         }
         let mut reports = place::Reports::new(&rules);
-        if let Err(e) = place::place(host, conn, &rules, &[pid], false, &mut reports) {
+        if let Err(e) = place::place(host, conn, &rules, &[pid], only, false, &mut reports) {
             tracing::error!(pid, error = %e, "cannot journal a placement");
         }
         for r in reports.into_vec() {

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use super::rule::Rule;
 use super::sched::{self, Attr};
 use crate::host::Host;
-use crate::host::tasks::stat_fields;
+use crate::host::tasks::{PF_KTHREAD, stat_fields};
 use crate::store::pins as journal;
 
 /// Problems listed per rule; the rest are counted.
@@ -37,9 +37,15 @@ pub(super) fn process(host: &Host, pid: i32) -> Option<Process> {
     if pid == std::process::id() as i32 {
         return None;
     }
-    let comm = host.read(&format!("/proc/{pid}/comm")).ok()?;
+    let comm = lossy(&host.read_bytes(&format!("/proc/{pid}/comm")).ok()?);
     let cmdline = host.read_bytes(&format!("/proc/{pid}/cmdline")).ok()?;
-    let status = host.read(&format!("/proc/{pid}/status")).ok()?;
+    let status = lossy(&host.read_bytes(&format!("/proc/{pid}/status")).ok()?);
+    // Kernel threads are never pinned (per-CPU ones cannot be moved, and a kthreadd
+    // placement would pass to every worker it starts); the partition handles them.
+    let stat = host.read(&format!("/proc/{pid}/stat")).ok()?;
+    if stat_fields(&stat).is_none_or(|(flags, _)| flags & PF_KTHREAD != 0) {
+        return None;
+    }
     let uid = status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
@@ -56,6 +62,11 @@ pub(super) fn process(host: &Host, pid: i32) -> Option<Process> {
     })
 }
 
+/// A kernel name as text: names are bytes, and one that is not UTF-8 is still a name.
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// The tasks of a process.
 pub(super) fn tasks(host: &Host, pid: i32) -> Vec<Task> {
     host.list(&format!("/proc/{pid}/task"))
@@ -69,7 +80,11 @@ pub(super) fn tasks(host: &Host, pid: i32) -> Vec<Task> {
 pub(super) fn task(host: &Host, pid: i32, tid: i32) -> Option<Task> {
     let stat = host.read(&format!("/proc/{pid}/task/{tid}/stat")).ok()?;
     let (_, start) = stat_fields(&stat)?;
-    let comm = host.read(&format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+    let comm = lossy(
+        &host
+            .read_bytes(&format!("/proc/{pid}/task/{tid}/comm"))
+            .ok()?,
+    );
     Some(Task {
         tid,
         start: start as i64,
@@ -106,7 +121,12 @@ fn wanted(rules: &[Rule], p: &Process, t: &Task) -> Wants {
 }
 
 /// The tasks of processes `pids` that some rule takes, each with what the rules want of it.
-fn matched(host: &Host, rules: &[Rule], pids: &[i32]) -> Vec<(i32, Task, Wants)> {
+fn matched(
+    host: &Host,
+    rules: &[Rule],
+    pids: &[i32],
+    only: Option<i32>,
+) -> Vec<(i32, Task, Wants)> {
     let mut out = Vec::new();
     for &pid in pids {
         let Some(p) = process(host, pid) else {
@@ -118,7 +138,11 @@ fn matched(host: &Host, rules: &[Rule], pids: &[i32]) -> Vec<(i32, Task, Wants)>
         {
             continue;
         }
-        for t in tasks(host, pid) {
+        let tasks = match only {
+            Some(tid) => task(host, pid, tid).into_iter().collect(),
+            None => tasks(host, pid),
+        };
+        for t in tasks {
             let want = wanted(rules, &p, &t);
             if !want.is_empty() {
                 out.push((pid, t, want));
@@ -171,21 +195,23 @@ struct Change {
     rule: usize,
 }
 
-/// Places the tasks of processes `pids` by `rules`: what they want is journaled (one
-/// commit), then set. With `dry_run` nothing is journaled or set, and the reports say what
-/// would change. Tasks that hold what they want already are counted as placed.
+/// Places the tasks of processes `pids` (only thread `only` of them, when given) by
+/// `rules`: what they want is journaled (one commit), then set. With `dry_run` nothing is
+/// journaled or set, and the reports say what would change. Tasks that hold what they
+/// want already are counted as placed.
 pub(super) fn place(
     host: &Host,
     conn: &mut Connection,
     rules: &[Rule],
     pids: &[i32],
+    only: Option<i32>,
     dry_run: bool,
     reports: &mut Reports,
 ) -> rusqlite::Result<()> {
     let mut changes = Vec::new();
     // Per task and rule: whether every attribute of the rule it takes already holds.
     let mut holds: HashMap<(i32, usize), bool> = HashMap::new();
-    for (pid, t, want) in matched(host, rules, pids) {
+    for (pid, t, want) in matched(host, rules, pids, only) {
         // Every value first: a task gone meanwhile is skipped whole.
         let Ok(current) = want
             .keys()
@@ -277,7 +303,7 @@ pub(super) fn place(
 /// Verify: every matched task's attributes against what its rules want.
 pub(super) fn verify(host: &Host, rules: &[Rule]) -> Vec<PinReport> {
     let mut reports = Reports::new(rules);
-    for (pid, t, want) in matched(host, rules, &pids(host)) {
+    for (pid, t, want) in matched(host, rules, &pids(host), None) {
         let mut drifted: HashMap<usize, bool> = HashMap::new();
         for (attr, (value, i)) in want {
             let Ok(current) = sched::get(t.tid, attr) else {
@@ -311,45 +337,60 @@ pub(super) fn verify(host: &Host, rules: &[Rule]) -> Vec<PinReport> {
     reports.into_vec()
 }
 
-/// A task created by a placed one (`parent`, a thread id) inherited its placement: the
-/// child's attributes that hold what was written for the parent are journaled with the
-/// parent's originals, so a revert restores them too.
+/// A task created by a placed one inherited its placement: the child's attributes that
+/// hold what was written for its creator are journaled with the creator's originals, so a
+/// revert restores them too.
+///
+/// Who the creator is: the kernel's fork event names the new task's parent, which for a
+/// new process is the thread that forked it, and for a new thread the parent of the whole
+/// process. So a new thread (`child != child_pid`) takes the rows of its own process's
+/// tasks, and a new process those of the forking thread, or (the forking thread gone by
+/// now) of any task of the parent process.
 pub(super) fn inherit(
     host: &Host,
     conn: &mut Connection,
     parent: i32,
+    parent_pid: i32,
     child_pid: i32,
     child: i32,
 ) -> rusqlite::Result<()> {
-    let Some(parent_start) = host
-        .read(&format!("/proc/{parent}/stat"))
-        .ok()
-        .and_then(|s| stat_fields(&s))
-        .map(|(_, s)| s as i64)
-    else {
-        return Ok(());
-    };
-    let rows = journal::of_task(conn, parent, parent_start)?;
-    if rows.is_empty() {
-        return Ok(());
-    }
     let Some(t) = task(host, child_pid, child) else {
         return Ok(());
     };
-    let inherited: Vec<journal::Row> = rows
-        .into_iter()
-        .filter(|r| {
-            Attr::parse(&r.attr)
-                .and_then(|a| sched::get(child, a).ok())
-                .is_some_and(|v| v == r.written)
-        })
-        .map(|r| journal::Row {
-            tid: child,
-            start: t.start,
-            pid: child_pid,
-            comm: t.comm.clone(),
-            ..r
-        })
-        .collect();
-    journal::record(conn, &inherited)
+    let rows = if child != child_pid {
+        journal::of_process(conn, child_pid)?
+    } else {
+        let mut rows = journal::of_tid(conn, parent, t.start)?;
+        if rows.is_empty() {
+            rows = journal::of_process(conn, parent_pid)?;
+        }
+        rows
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut inherited: BTreeMap<String, journal::Row> = BTreeMap::new();
+    for r in rows {
+        if inherited.contains_key(&r.attr) {
+            continue;
+        }
+        let holds = Attr::parse(&r.attr)
+            .and_then(|a| sched::get(child, a).ok())
+            .is_some_and(|v| v == r.written);
+        if holds {
+            let attr = r.attr.clone();
+            inherited.insert(
+                attr,
+                journal::Row {
+                    tid: child,
+                    start: t.start,
+                    pid: child_pid,
+                    comm: t.comm.clone(),
+                    ..r
+                },
+            );
+        }
+    }
+    let rows: Vec<journal::Row> = inherited.into_values().collect();
+    journal::record(conn, &rows)
 }

@@ -4,7 +4,7 @@
 //! rows of a WAL not yet synced) has nothing left to restore; a crash of the daemon loses
 //! nothing.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::with_normal_sync;
 
@@ -80,6 +80,47 @@ pub fn rows(conn: &Connection) -> rusqlite::Result<Vec<Row>> {
     )?;
     let rows = st.query_map([], row)?;
     rows.collect()
+}
+
+/// The rows of every task of process `pid`, newest task first.
+pub fn of_process(conn: &Connection, pid: i32) -> rusqlite::Result<Vec<Row>> {
+    let mut st = conn.prepare_cached(
+        "SELECT tid, start, attr, pid, comm, rule, original, written FROM pin_journal
+         WHERE pid = ?1 ORDER BY start DESC, attr",
+    )?;
+    let rows = st.query_map([pid], row)?;
+    rows.collect()
+}
+
+/// The rows of the newest task with thread id `tid` that started no later than `before`
+/// (a task's creator started before it).
+pub fn of_tid(conn: &Connection, tid: i32, before: i64) -> rusqlite::Result<Vec<Row>> {
+    let mut st = conn.prepare_cached(
+        "SELECT tid, start, attr, pid, comm, rule, original, written FROM pin_journal
+         WHERE tid = ?1 AND start = (SELECT max(start) FROM pin_journal WHERE tid = ?1 AND start <= ?2)
+         ORDER BY attr",
+    )?;
+    let rows = st.query_map(params![tid, before], row)?;
+    rows.collect()
+}
+
+/// A task ended: its rows go (nothing of it is left to put back).
+pub fn exited(conn: &mut Connection, tid: i32) -> rusqlite::Result<()> {
+    // Most tasks that end were never placed: a read, not a write transaction, for them.
+    let placed: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM pin_journal WHERE tid = ?1 LIMIT 1",
+            [tid],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if placed.is_none() {
+        return Ok(());
+    }
+    with_normal_sync(conn, |conn| {
+        conn.execute("DELETE FROM pin_journal WHERE tid = ?1", [tid])?;
+        Ok(())
+    })
 }
 
 /// The rows of one task.

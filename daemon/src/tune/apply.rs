@@ -97,7 +97,9 @@ pub fn apply(
     best_effort: bool,
 ) -> Result<TuneResult, Error> {
     let planned = super::plan(ctx, name)?;
-    let rules = ctx.profiles.get(name).map_err(Error::Profile)?.pins.clone();
+    let profile = ctx.profiles.get(name).map_err(Error::Profile)?;
+    let rules = profile.pins.clone();
+    let latency = super::max_latency(profile);
     // Rules that do not fit this host stop the apply before anything is written.
     crate::pin::Pinner::check(ctx.host, &rules)?;
     let mut conn = ctx.store.lock_blocking();
@@ -112,6 +114,16 @@ pub fn apply(
                 KnobStatus::Planned,
                 None,
             ));
+        }
+        if let Some(n) = latency {
+            plan.items.push(KnobResult {
+                knob: "cpu latency request (held open)".into(),
+                path: "/dev/cpu_dma_latency".into(),
+                before: None,
+                after: Some(n.to_string()),
+                status: KnobStatus::Planned,
+                reason: None,
+            });
         }
         plan.items.sort_by(|a, b| a.knob.cmp(&b.knob));
         let pins = ctx
@@ -161,8 +173,12 @@ pub fn apply(
     let pins = if failed && !best_effort {
         Vec::new()
     } else {
-        ctx.pins
-            .apply(ctx.host, ctx.store, &mut conn, &rules, false)?
+        let pins = ctx
+            .pins
+            .apply(ctx.host, ctx.store, &mut conn, &rules, false)?;
+        // The latency request the profile holds while in force (dropped if it has none).
+        plan.items.extend(ctx.pins.hold_latency(ctx.host, latency));
+        pins
     };
     // Knobs after a failure that stopped the writes were never attempted: not listed.
     let mut items = plan.items;

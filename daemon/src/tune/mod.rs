@@ -154,6 +154,14 @@ fn plan(ctx: Ctx<'_>, name: &str) -> Result<Vec<Planned>, Error> {
     Ok(planned)
 }
 
+/// The C-state latency limit a profile asks for (`[cpu] max_latency_us`).
+fn max_latency(profile: &profile::Resolved) -> Option<u32> {
+    profile.settings.values().find_map(|s| match s.setting {
+        profile::Setting::MaxLatencyUs(n) => Some(n),
+        _ => None,
+    })
+}
+
 /// Whether a setting names its kernel files exactly (not by a device glob).
 fn is_exact(setting: &profile::Setting) -> bool {
     use profile::Setting;
@@ -245,13 +253,15 @@ pub fn verify(ctx: Ctx<'_>) -> Result<TuneResult, Error> {
         )
     };
     let Some(name) = state.and_then(|s| s.profile) else {
+        // No profile: the rules added by hand, if any.
+        let pins = ctx.pins.verify(ctx.host);
         return Ok(TuneResult {
             profile: None,
-            ok: true,
+            ok: pins.iter().all(|p| p.problems.is_empty()),
             dry_run: false,
             items: Vec::new(),
             journal_entries,
-            pins: Vec::new(),
+            pins,
         });
     };
     let mut items = Vec::new();
@@ -299,6 +309,11 @@ pub fn verify(ctx: Ctx<'_>) -> Result<TuneResult, Error> {
     }
     let pins = ctx.pins.verify(ctx.host);
     ok &= pins.iter().all(|p| p.problems.is_empty());
+    let want = ctx.profiles.get(&name).ok().and_then(max_latency);
+    if let Some(i) = ctx.pins.verify_latency(ctx.host, want) {
+        ok &= i.status != KnobStatus::Drifted;
+        items.push(i);
+    }
     Ok(TuneResult {
         profile: Some(name),
         ok,

@@ -246,7 +246,45 @@ pub fn expand(setting: &Setting, host: &Host, allow: &[String]) -> Vec<Planned> 
         )],
         Setting::IrqAffinity(cpus) => irq(host, cpus),
         Setting::IsolationCpus(_) => Vec::new(),
+        Setting::MaxLatencyUs(n) => resume_latency(host, *n),
     }
+}
+
+/// Every online CPU's `pm_qos_resume_latency_us` set to `n` (the kernel writes `0` as "no
+/// limit" and `n/a` as "no latency at all", so a limit of 0 is written `n/a`). The request
+/// held on `/dev/cpu_dma_latency` is the tuning operations' (`crate::pin::Pinner`), not a
+/// file knob.
+fn resume_latency(host: &Host, n: u32) -> Vec<Planned> {
+    let online = host
+        .read("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|t| crate::host::format::parse_cpu_list(t.trim()).ok())
+        .unwrap_or_default();
+    let value = if n == 0 {
+        "n/a".to_owned()
+    } else {
+        n.to_string()
+    };
+    let knobs: Vec<Planned> = online
+        .iter()
+        .map(|cpu| format!("/sys/devices/system/cpu/cpu{cpu}/power/pm_qos_resume_latency_us"))
+        .filter(|path| host.exists(path))
+        .map(|path| {
+            let cpu = path.split('/').nth(5).unwrap_or("cpu").to_owned();
+            let mut p = Planned::new(format!("{cpu} resume latency"), path, Kind::Text, host);
+            // A CPU that will not take a limit (offline meanwhile) is reported, not fatal.
+            p.soft = true;
+            p.want(Want::Value(value.clone()))
+        })
+        .collect();
+    if knobs.is_empty() {
+        return vec![unsupported(
+            "cpu resume latency",
+            "/sys/devices/system/cpu/cpu0/power/pm_qos_resume_latency_us",
+            "this kernel has no per-CPU resume latency limits",
+        )];
+    }
+    knobs
 }
 
 fn unsupported(knob: &str, path: &str, why: &str) -> Planned {

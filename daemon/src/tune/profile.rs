@@ -14,6 +14,7 @@
 //! boost = false
 //! min_freq = "max"
 //! smt = "off"
+//! max_latency_us = 10                    # C-state exit latency limit while in force
 //! [block."sd*"]
 //! scheduler = ["mq-deadline", "none"]    # the first one the device offers
 //! read_ahead_kb = 4096
@@ -170,6 +171,10 @@ pub enum Setting {
     IrqAffinity(BTreeSet<u32>),
     /// The CPU pool for exclusive runs (not a kernel knob).
     IsolationCpus(BTreeSet<u32>),
+    /// C-state exit latency limit in microseconds while the profile is in force: every
+    /// CPU's `pm_qos_resume_latency_us`, and a request held open on
+    /// `/dev/cpu_dma_latency` (as tuned's `force_latency`).
+    MaxLatencyUs(u32),
 }
 
 impl Setting {
@@ -189,6 +194,7 @@ impl Setting {
             Setting::ThpDefrag(_) => "vm.defrag".into(),
             Setting::IrqAffinity(_) => "irq.affinity".into(),
             Setting::IsolationCpus(_) => "isolation.cpus".into(),
+            Setting::MaxLatencyUs(_) => "cpu.max_latency_us".into(),
         }
     }
 
@@ -204,6 +210,7 @@ impl Setting {
             Setting::ReadAhead { kb, .. } => kb.to_string(),
             Setting::NrRequests { n, .. } => n.to_string(),
             Setting::IrqAffinity(s) | Setting::IsolationCpus(s) => format_cpu_list(s),
+            Setting::MaxLatencyUs(n) => n.to_string(),
         }
     }
 }
@@ -303,6 +310,7 @@ struct CpuDoc {
     boost: Option<bool>,
     min_freq: Option<Spanned<String>>,
     smt: Option<Spanned<String>>,
+    max_latency_us: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -431,6 +439,9 @@ fn parse(what: &str, text: &str, allow: &[String]) -> Result<Parsed, String> {
                 ));
             }
             settings.push(Setting::Smt(s.into_inner()));
+        }
+        if let Some(n) = cpu.max_latency_us {
+            settings.push(Setting::MaxLatencyUs(n));
         }
     }
     for (glob, b) in doc.block {

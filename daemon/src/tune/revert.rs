@@ -46,6 +46,7 @@ pub(super) fn revert_locked(
     journal::set_state(conn, None, Phase::Reverting, &boot)?;
     // Processes first: their rules go out of force, then their originals come back.
     let pins = ctx.pins.revert(host, ctx.store, conn, force)?;
+    let latency = ctx.pins.hold_latency(host, None);
     let outcomes: Vec<(KnobResult, Fate)> = rows
         .iter()
         .map(|row| restore(host, row, force, interrupted))
@@ -58,7 +59,11 @@ pub(super) fn revert_locked(
         profile: previous,
         ok,
         dry_run: false,
-        items: outcomes.into_iter().map(|(item, _)| item).collect(),
+        items: outcomes
+            .into_iter()
+            .map(|(item, _)| item)
+            .chain(latency)
+            .collect(),
         journal_entries: journal::count(conn)?,
         pins,
     })
