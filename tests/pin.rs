@@ -40,10 +40,13 @@ impl Procs {
     }
 }
 
-/// A copy of `program` named `name`, so its processes have that name (`comm`).
+/// `program` under the name `name`, so its processes have that name (`comm` is the base
+/// name of the path exec is given). A symbolic link, not a copy: a copy just written can
+/// fail to exec (`ETXTBSY`) while a test running beside this one forks with its write
+/// descriptor inherited.
 fn named_copy(dir: &Path, program: &str, name: &str) -> PathBuf {
     let path = dir.join(name);
-    std::fs::copy(program, &path).expect("copy");
+    std::os::unix::fs::symlink(program, &path).expect("symlink");
     path
 }
 
