@@ -292,7 +292,16 @@ impl Pinner {
     ) -> Result<cleanroom_proto::PinRemoveResult, Error> {
         let mut inner = self.lock();
         if !inner.added.iter().any(|(i, _, _)| *i == id) {
-            return Err(Error::NoSuchRule(id));
+            // A stored rule left out of force (its user is gone) can still be removed.
+            return if journal::remove_rule(conn, id)? {
+                Ok(cleanroom_proto::PinRemoveResult {
+                    id,
+                    ok: true,
+                    pins: Vec::new(),
+                })
+            } else {
+                Err(Error::NoSuchRule(id))
+            };
         }
         journal::remove_rule(conn, id)?;
         let text = inner
@@ -559,5 +568,33 @@ fn restore_one(host: &Host, row: &journal::Row, force: bool) -> (Option<bool>, O
                 Some(problem("failed", Some(current), e.to_string())),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored rule that no longer fits (its user is gone) is left out of force at load,
+    /// and can still be removed; an id never given is an error naming it.
+    #[test]
+    fn a_stored_rule_left_out_of_force_can_be_removed() {
+        let dir = crate::testing::scratch_dir();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let spec = r#"{"comm":"x","user":"no-such-user-for-cleanroom","nice":1}"#;
+        let id = journal::add_rule(&store.lock_blocking(), spec, 0).unwrap();
+        let pins = Arc::new(Pinner::new());
+        pins.load(&store.lock_blocking()).unwrap();
+        assert!(pins.lock().added.is_empty(), "left out of force");
+        let host = Host::new(dir.path());
+        let mut conn = store.lock_blocking();
+        let removed = pins.remove(&host, &store, &mut conn, id).unwrap();
+        assert!(removed.ok && removed.pins.is_empty());
+        assert!(journal::stored_rules(&conn).unwrap().is_empty());
+        let again = pins.remove(&host, &store, &mut conn, id).unwrap_err();
+        assert!(
+            again.to_string().contains(&format!("has id {id}")),
+            "{again}"
+        );
     }
 }
