@@ -41,17 +41,27 @@ guest() {
     expect_match "vm: the daemon lives in its service's delegated subtree ($svc)" "^0::$svc/" \
         "$(cat "/proc/$pid/cgroup" 2>&1)"
 
-    local dir=/run/vm-install
+    local dir=/run/vm-install client where
     mkdir -p "$dir"
-    out=$(timeout 120 cleanroomctl --json run --exclusive --memory 64M -- \
-        sh -c "c=\$(cut -d: -f3 /proc/self/cgroup); echo \"\$c\" > $dir/where; cat /sys/fs/cgroup\$c/memory.max >> $dir/where" 2>&1)
+    # A root caller's run sees its own cgroup as / (a cgroup namespace, its cgroup bound
+    # over the mount): where it runs is read from outside while it waits on a fifo (the
+    # timeouts only keep a run that never starts from hanging the test).
+    mkfifo "$dir/pid" "$dir/done"
+    timeout 120 cleanroomctl --json run --exclusive --memory 64M -- \
+        sh -c "cat /sys/fs/cgroup/memory.max > $dir/max; echo \$\$ > $dir/pid; read x < $dir/done" \
+        >"$dir/out" 2>&1 &
+    client=$!
+    where=$(cut -d: -f3 "/proc/$(timeout 60 cat "$dir/pid")/cgroup" 2>&1)
+    timeout 60 sh -c "echo > '$dir/done'"
+    wait "$client"
     rc=$?
+    out=$(cat "$dir/out")
     expect "vm: run --exclusive --memory 64M succeeds" 0 "$rc"
     [ "$rc" = 0 ] || echo "$out" | sed 's/^/    /'
     expect_match "vm: ... shielded by a cpuset partition" '"shield":"partition"' "$out"
     expect_match "vm: ... the command ran in a run cgroup inside the partition" \
-        '^/cleanroom-exclusive-[^/]+/run-' "$(head -n 1 "$dir/where" 2>&1)"
-    expect "vm: ... whose memory.max is 64 MiB" 67108864 "$(sed -n 2p "$dir/where" 2>&1)"
+        '^/cleanroom-exclusive-[^/]+/run-' "$where"
+    expect "vm: ... whose memory.max is 64 MiB" 67108864 "$(cat "$dir/max" 2>&1)"
     expect "vm: ... and the partition is gone afterwards" "" \
         "$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null)"
     out=$(timeout 60 setpriv --reuid=nobody --regid=nogroup --clear-groups -- cleanroomctl status 2>&1)
