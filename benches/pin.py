@@ -9,7 +9,12 @@ on a private socket and state directory, applies a profile with one rule (a copy
 /bin/sleep under a name of its own -> the last online CPU), then N times: spawns the copy
 (posix_spawn returns once the exec is done), polls /proc/PID/status until the affinity is
 the rule's, and kills it. Prints p50, p90, p99 and max of exec-to-placed, and of the
-spawn itself for scale. Reverts and stops the daemon at the end.
+spawn itself for scale.
+
+Then what following processes costs: a shell starts /bin/true 3,000 times (none of them
+matched by the rule) with the rule in force, and again after the revert (no rule: no
+subscription); printed are the storm's wall time and the daemon's CPU time for each, side
+by side. Stops the daemon at the end.
 """
 
 import os
@@ -34,6 +39,26 @@ def cpus_of(pid):
             if line.startswith("Cpus_allowed_list:"):
                 return line.split(":", 1)[1].strip()
     return None
+
+
+STORM = 3000
+
+
+def cpu_ms(pid):
+    """User and system CPU time of a process, in ms."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
+
+
+def storm(daemon_pid):
+    """A shell starting /bin/true STORM times: its wall time and the daemon's CPU time."""
+    c0, t0 = cpu_ms(daemon_pid), time.perf_counter()
+    subprocess.run(["sh", "-c", f"i=0; while [ $i -lt {STORM} ]; do /bin/true; i=$((i+1)); done"],
+                   check=True)
+    wall = (time.perf_counter() - t0) * 1e3
+    time.sleep(0.5)  # events still queued are handled before the daemon's time is read
+    return wall, cpu_ms(daemon_pid) - c0
 
 
 def main():
@@ -88,14 +113,19 @@ def main():
             spawn.append((t1 - t0) * 1e3)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+        following = storm(daemon.pid)
         r = ctl("profile", "revert")
         if r.returncode != 0:
             raise SystemExit(f"revert failed: {r.stdout}{r.stderr}")
+        idle = storm(daemon.pid)
         print(f"{n} processes, {missed} not placed within 2 s")
         for label, xs in (("exec to placed", placed), ("posix_spawn itself", spawn)):
             if xs:
                 print(f"{label:20} p50 {quantile(xs, .5):.3f} ms  p90 {quantile(xs, .9):.3f} ms  "
                       f"p99 {quantile(xs, .99):.3f} ms  max {max(xs):.3f} ms")
+        for label, (wall, cpu) in (("storm, rule in force", following), ("storm, no rule", idle)):
+            print(f"{label:20} {STORM} processes in {wall:.0f} ms; cleanroomd CPU {cpu:.0f} ms "
+                  f"({cpu / STORM * 1e3:.1f} us a process)")
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=10)

@@ -64,15 +64,43 @@ impl Listener {
     }
 }
 
+/// How long ended tasks' rows wait, at most, to be dropped together (ms).
+const DROP_AFTER_MS: u8 = 100;
+
 /// The thread: waits for events or the stop signal, and handles each event.
 fn run(conn: &ProcConnector, stop: &OwnedFd, pinner: &Weak<Pinner>, host: &Host, store: &Store) {
     let mut buf = vec![0u8; 16 << 10];
+    let mut waiting_since: Option<std::time::Instant> = None;
     loop {
         let mut fds = [
             PollFd::new(conn.as_fd(), PollFlags::POLLIN),
             PollFd::new(stop.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        // Rows of ended tasks are dropped together, a moment after the first of them
+        // ended, between events (not one commit per exit in the way of placements).
+        let Some(p) = pinner.upgrade() else { return };
+        let timeout = match (p.rows_to_drop(), waiting_since) {
+            (false, _) => {
+                waiting_since = None;
+                PollTimeout::NONE
+            }
+            (true, None) => {
+                waiting_since = Some(std::time::Instant::now());
+                PollTimeout::from(DROP_AFTER_MS)
+            }
+            (true, Some(t)) if t.elapsed().as_millis() >= u128::from(DROP_AFTER_MS) => {
+                if let Err(e) = p.drop_ended(&mut store.lock_blocking()) {
+                    tracing::error!(error = %e, "cannot forget ended tasks' placements");
+                }
+                waiting_since = None;
+                continue;
+            }
+            (true, Some(t)) => {
+                PollTimeout::from(DROP_AFTER_MS.saturating_sub(t.elapsed().as_millis() as u8))
+            }
+        };
+        drop(p);
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
@@ -142,22 +170,25 @@ fn handle(pinner: &Pinner, host: &Host, store: &Store, event: &ProcEvent) {
             if pinner.rules().is_empty() {
                 return;
             }
-            if let Err(e) = super::place::inherit(
+            if let Err(e) = pinner.created(
                 host,
                 &mut c,
-                parent_pid as i32,
-                parent_tgid as i32,
-                child_tgid as i32,
-                child_pid as i32,
+                (parent_pid as i32, parent_tgid as i32),
+                (child_tgid as i32, child_pid as i32),
             ) {
                 tracing::error!(error = %e, child = child_pid, "cannot journal an inherited placement");
             }
-            let only = (child_pid != child_tgid).then_some(child_pid as i32);
-            pinner.place_process(host, &mut c, child_tgid as i32, only);
+            // A new process is its parent's copy until it execs: the rules take it as
+            // they took the parent, whose placement it inherited (journaled above); its
+            // exec event places it anew. A new thread may match a thread rule by the
+            // name it inherited.
+            if child_pid != child_tgid {
+                pinner.place_process(host, &mut c, child_tgid as i32, Some(child_pid as i32));
+            }
         }
         ProcEvent::Exit { pid, .. } => {
             let mut c = store.lock_blocking();
-            if let Err(e) = crate::store::pins::exited(&mut c, pid as i32) {
+            if let Err(e) = pinner.ended(&mut c, pid as i32) {
                 tracing::error!(error = %e, tid = pid, "cannot forget an ended task's placement");
             }
         }

@@ -45,6 +45,8 @@ use sched::Attr;
 #[derive(Debug, Default)]
 pub struct Pinner {
     inner: Mutex<Inner>,
+    /// Which tasks may have journal rows (events of the others cost no query).
+    seen: place::Journaled,
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +76,10 @@ impl Inner {
             .collect()
     }
 }
+
+/// Ended tasks whose rows may wait to be dropped before the event thread drops them
+/// without waiting to be idle.
+const GONE_BATCH: usize = 256;
 
 /// Most rules added by hand at once.
 pub const MAX_ADDED: usize = 256;
@@ -130,6 +136,7 @@ impl Pinner {
             }
         }
         self.lock().added = added;
+        self.seen.reload(conn)?;
         Ok(())
     }
 
@@ -156,9 +163,9 @@ impl Pinner {
             place::place(
                 host,
                 conn,
+                &self.seen,
                 &all,
-                &place::pids(host),
-                None,
+                (&place::pids(host), None),
                 true,
                 &mut reports,
             )?;
@@ -182,6 +189,7 @@ impl Pinner {
     ) -> Result<(Vec<PinReport>, Vec<PinReport>), Error> {
         let rules = inner.combined();
         let restored = restore(host, conn, force, |row| !still_wanted(host, &rules, row))?;
+        self.seen.reload(conn)?;
         inner.rules = Arc::new(rules.clone());
         if rules.is_empty() {
             inner.events = None;
@@ -201,9 +209,9 @@ impl Pinner {
         place::place(
             host,
             conn,
+            &self.seen,
             &rules,
-            &place::pids(host),
-            None,
+            (&place::pids(host), None),
             false,
             &mut reports,
         )?;
@@ -244,9 +252,9 @@ impl Pinner {
             place::place(
                 host,
                 conn,
+                &self.seen,
                 &rules,
-                &place::pids(host),
-                None,
+                (&place::pids(host), None),
                 true,
                 &mut reports,
             )?;
@@ -426,6 +434,36 @@ impl Pinner {
         Ok(restore(host, conn, force, |_| true)?)
     }
 
+    /// Task `tid` ended: its rows go, if it may have any, with others (at most
+    /// [`GONE_BATCH`] wait).
+    fn ended(&self, conn: &mut Connection, tid: i32) -> rusqlite::Result<()> {
+        if self.seen.ended(tid) && self.seen.pending() >= GONE_BATCH {
+            self.seen.flush(conn)?;
+        }
+        Ok(())
+    }
+
+    /// Whether ended tasks' rows wait to be dropped.
+    fn rows_to_drop(&self) -> bool {
+        self.seen.pending() > 0
+    }
+
+    /// Drops the rows of the tasks that ended (the event thread, when idle).
+    fn drop_ended(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        self.seen.flush(conn)
+    }
+
+    /// A task was created: what it inherited from a placed creator is journaled.
+    fn created(
+        &self,
+        host: &Host,
+        conn: &mut Connection,
+        parent: (i32, i32),
+        child: (i32, i32),
+    ) -> rusqlite::Result<()> {
+        place::inherit(host, conn, &self.seen, parent.0, parent.1, child.0, child.1)
+    }
+
     /// Verify: each rule in force against the tasks it matches.
     pub fn verify(&self, host: &Host) -> Vec<PinReport> {
         let rules = self.rules();
@@ -441,7 +479,15 @@ impl Pinner {
             return;
         }
         let mut reports = place::Reports::new(&rules);
-        if let Err(e) = place::place(host, conn, &rules, &[pid], only, false, &mut reports) {
+        if let Err(e) = place::place(
+            host,
+            conn,
+            &self.seen,
+            &rules,
+            (&[pid], only),
+            false,
+            &mut reports,
+        ) {
             tracing::error!(pid, error = %e, "cannot journal a placement");
         }
         for r in reports.into_vec() {
@@ -455,7 +501,7 @@ impl Pinner {
 /// Whether the rules still want a journaled task attribute set.
 fn still_wanted(host: &Host, rules: &[Rule], row: &journal::Row) -> bool {
     let (Some(p), Some(t)) = (
-        place::process(host, row.pid),
+        place::process(host, row.pid, rules),
         place::task(host, row.pid, row.tid),
     ) else {
         return false;

@@ -12,6 +12,76 @@ use crate::host::Host;
 use crate::host::tasks::{PF_KTHREAD, stat_fields};
 use crate::store::pins as journal;
 
+/// Which tasks and processes may have rows in the pin journal: a superset, kept in
+/// memory so the events of the host's other tasks (most forks and exits) cost no query.
+/// A task is added when its rows are recorded and removed when it ends; rows a revert
+/// drops may leave it in, which only costs a query.
+#[derive(Debug, Default)]
+pub(super) struct Journaled {
+    tids: std::sync::Mutex<std::collections::HashSet<i32>>,
+    pids: std::sync::Mutex<std::collections::HashSet<i32>>,
+    /// Tasks that ended with rows to drop: dropped together when the event thread is
+    /// idle or many have gathered, not one commit per exit in the way of placements.
+    gone: std::sync::Mutex<Vec<i32>>,
+}
+
+impl Journaled {
+    /// Starts again from what the journal holds.
+    pub(super) fn reload(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let rows = journal::rows(conn)?;
+        *lock(&self.tids) = rows.iter().map(|r| r.tid).collect();
+        *lock(&self.pids) = rows.iter().map(|r| r.pid).collect();
+        Ok(())
+    }
+
+    fn add(&self, rows: &[journal::Row]) {
+        lock(&self.tids).extend(rows.iter().map(|r| r.tid));
+        lock(&self.pids).extend(rows.iter().map(|r| r.pid));
+    }
+
+    /// Whether task `tid` may have rows.
+    pub(super) fn task(&self, tid: i32) -> bool {
+        lock(&self.tids).contains(&tid)
+    }
+
+    /// Whether a task of process `pid` may have rows.
+    pub(super) fn process(&self, pid: i32) -> bool {
+        lock(&self.pids).contains(&pid)
+    }
+
+    /// Task `tid` ended (a process ends with its main thread: its id goes too). Whether
+    /// it may have had rows; if so, they are dropped with the next [`Journaled::flush`].
+    pub(super) fn ended(&self, tid: i32) -> bool {
+        let had = lock(&self.tids).remove(&tid);
+        lock(&self.pids).remove(&tid);
+        if had {
+            lock(&self.gone).push(tid);
+        }
+        had
+    }
+
+    /// How many ended tasks' rows wait to be dropped.
+    pub(super) fn pending(&self) -> usize {
+        lock(&self.gone).len()
+    }
+
+    /// Drops the rows of the tasks that ended, in one commit.
+    pub(super) fn flush(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        let gone = std::mem::take(&mut *lock(&self.gone));
+        journal::exited(conn, &gone)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records rows and notes their tasks.
+fn record(conn: &mut Connection, seen: &Journaled, rows: &[journal::Row]) -> rusqlite::Result<()> {
+    seen.add(rows);
+    journal::record(conn, rows)
+}
+
 /// Problems listed per rule; the rest are counted.
 const MAX_PROBLEMS: usize = 20;
 
@@ -33,11 +103,20 @@ pub(super) struct Task {
 
 /// Reads a process, or `None` when it is gone (or is this daemon, which never pins
 /// itself).
-pub(super) fn process(host: &Host, pid: i32) -> Option<Process> {
+pub(super) fn process(host: &Host, pid: i32, rules: &[Rule]) -> Option<Process> {
     if pid == std::process::id() as i32 {
         return None;
     }
     let comm = lossy(&host.read_bytes(&format!("/proc/{pid}/comm")).ok()?);
+    // The name first: when every rule names processes and none names this one, nothing
+    // else needs reading (the common case, for every exec on the host).
+    let name = comm.trim_end_matches('\n');
+    if rules
+        .iter()
+        .all(|r| r.select.comm.as_ref().is_some_and(|g| !g.matches(name)))
+    {
+        return None;
+    }
     let cmdline = host.read_bytes(&format!("/proc/{pid}/cmdline")).ok()?;
     let status = lossy(&host.read_bytes(&format!("/proc/{pid}/status")).ok()?);
     // Kernel threads are never pinned (per-CPU ones cannot be moved, and a kthreadd
@@ -129,7 +208,7 @@ fn matched(
 ) -> Vec<(i32, Task, Wants)> {
     let mut out = Vec::new();
     for &pid in pids {
-        let Some(p) = process(host, pid) else {
+        let Some(p) = process(host, pid, rules) else {
             continue;
         };
         if !rules
@@ -202,9 +281,9 @@ struct Change {
 pub(super) fn place(
     host: &Host,
     conn: &mut Connection,
+    seen: &Journaled,
     rules: &[Rule],
-    pids: &[i32],
-    only: Option<i32>,
+    (pids, only): (&[i32], Option<i32>),
     dry_run: bool,
     reports: &mut Reports,
 ) -> rusqlite::Result<()> {
@@ -258,7 +337,7 @@ pub(super) fn place(
         return Ok(());
     }
     let rows: Vec<journal::Row> = changes.iter().map(|c| c.row.clone()).collect();
-    journal::record(conn, &rows)?;
+    record(conn, seen, &rows)?;
     let mut failed: HashMap<(i32, usize), bool> = HashMap::new();
     for c in &changes {
         let attr = Attr::parse(&c.row.attr).expect("an attribute this pass named");
@@ -349,26 +428,35 @@ pub(super) fn verify(host: &Host, rules: &[Rule]) -> Vec<PinReport> {
 pub(super) fn inherit(
     host: &Host,
     conn: &mut Connection,
+    seen: &Journaled,
     parent: i32,
     parent_pid: i32,
     child_pid: i32,
     child: i32,
 ) -> rusqlite::Result<()> {
-    let Some(t) = task(host, child_pid, child) else {
-        return Ok(());
-    };
-    let rows = if child != child_pid {
-        journal::of_process(conn, child_pid)?
-    } else {
-        let mut rows = journal::of_tid(conn, parent, t.start)?;
-        if rows.is_empty() {
-            rows = journal::of_process(conn, parent_pid)?;
+    // The journal first: most tasks on the host descend from nothing placed, and then
+    // nothing of the child needs reading.
+    let mut rows = if child != child_pid {
+        if !seen.process(child_pid) {
+            return Ok(());
         }
-        rows
+        journal::of_process(conn, child_pid)?
+    } else if seen.task(parent) {
+        journal::of_tid(conn, parent, i64::MAX)?
+    } else {
+        Vec::new()
     };
+    if rows.is_empty() && child == child_pid && seen.process(parent_pid) {
+        rows = journal::of_process(conn, parent_pid)?;
+    }
     if rows.is_empty() {
         return Ok(());
     }
+    let Some(t) = task(host, child_pid, child) else {
+        return Ok(());
+    };
+    // The creator's rows are of a task that started before the child.
+    rows.retain(|r| r.start <= t.start);
     let mut inherited: BTreeMap<String, journal::Row> = BTreeMap::new();
     for r in rows {
         if inherited.contains_key(&r.attr) {
@@ -392,5 +480,5 @@ pub(super) fn inherit(
         }
     }
     let rows: Vec<journal::Row> = inherited.into_values().collect();
-    journal::record(conn, &rows)
+    record(conn, seen, &rows)
 }

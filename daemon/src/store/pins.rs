@@ -4,7 +4,7 @@
 //! rows of a WAL not yet synced) has nothing left to restore; a crash of the daemon loses
 //! nothing.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use super::with_normal_sync;
 
@@ -104,22 +104,20 @@ pub fn of_tid(conn: &Connection, tid: i32, before: i64) -> rusqlite::Result<Vec<
     rows.collect()
 }
 
-/// A task ended: its rows go (nothing of it is left to put back).
-pub fn exited(conn: &mut Connection, tid: i32) -> rusqlite::Result<()> {
-    // Most tasks that end were never placed: a read, not a write transaction, for them.
-    let placed: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM pin_journal WHERE tid = ?1 LIMIT 1",
-            [tid],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if placed.is_none() {
+/// Tasks that ended: their rows go (nothing of them is left to put back). One commit.
+pub fn exited(conn: &mut Connection, tids: &[i32]) -> rusqlite::Result<()> {
+    if tids.is_empty() {
         return Ok(());
     }
     with_normal_sync(conn, |conn| {
-        conn.execute("DELETE FROM pin_journal WHERE tid = ?1", [tid])?;
-        Ok(())
+        let tx = conn.transaction()?;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM pin_journal WHERE tid = ?1")?;
+            for tid in tids {
+                del.execute([tid])?;
+            }
+        }
+        tx.commit()
     })
 }
 
