@@ -637,6 +637,41 @@ impl Drop for LoopDevice {
     }
 }
 
+/// Processes a test started (and pids of their children), killed when it ends, even by a
+/// panic.
+#[derive(Debug, Default)]
+pub struct Procs {
+    /// Processes started with [`Procs::spawn`].
+    pub children: Vec<std::process::Child>,
+    /// Other processes to kill (children of those).
+    pub pids: Vec<i32>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Procs {
+    /// Starts `cmd`; its pid.
+    pub fn spawn(&mut self, cmd: &mut std::process::Command) -> i32 {
+        let child = cmd.spawn().expect("spawn");
+        let pid = child.id() as i32;
+        self.children.push(child);
+        pid
+    }
+}
+
 /// Helpers for tests of runs: starting them on a raw connection, reading their
 /// notifications, and looking at processes and CPUs.
 pub mod runs {

@@ -5,40 +5,12 @@
 //! they are killed when the test ends, even by a panic.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use cleanroom::runs::{eventually, json_of, online_cpus};
-use cleanroom::{Daemon, host_lock, is_root_or_skip};
+use cleanroom::{Daemon, Procs, host_lock, is_root_or_skip};
 use serde_json::Value;
-
-/// Processes a test started (and pids of their children), killed when it ends.
-#[derive(Default)]
-struct Procs(Vec<Child>, Vec<i32>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for pid in &self.1 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Procs {
-    fn spawn(&mut self, cmd: &mut Command) -> i32 {
-        let child = cmd.spawn().expect("spawn");
-        let pid = child.id() as i32;
-        self.0.push(child);
-        pid
-    }
-}
 
 /// `program` under the name `name`, so its processes have that name (`comm` is the base
 /// name of the path exec is given). A symbolic link, not a copy: a copy just written can
@@ -142,7 +114,7 @@ sys.stdin.read()
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
     let pid = procs.spawn(&mut cmd);
-    let child = procs.0.last_mut().unwrap();
+    let child = procs.children.last_mut().unwrap();
     let mut line = String::new();
     use std::io::BufRead;
     std::io::BufReader::new(child.stdout.as_mut().unwrap())
@@ -340,7 +312,7 @@ fn a_child_that_inherited_a_placement_gets_its_original_back() {
         .trim()
         .parse()
         .unwrap();
-    procs.1.push(child);
+    procs.pids.push(child);
     assert_eq!(cpus(child, child), "1", "inherited from its parent");
     let r = ok(&d.ctl(&["--json", "profile", "revert"]));
     assert_eq!(r["ok"], true, "{r}");
@@ -656,7 +628,7 @@ sys.stdin.read()
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
     let py = procs.spawn(&mut cmd);
-    let child = procs.0.last_mut().unwrap();
+    let child = procs.children.last_mut().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     use std::io::{BufRead, Write};

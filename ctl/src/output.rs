@@ -66,6 +66,15 @@ pub fn status(r: &StatusResult) -> String {
         ),
         ("pinning", pinning(r)),
     ];
+    if let Some(p) = &r.partition {
+        rows.push((
+            "partition",
+            format!(
+                "CPUs {} kept for what is pinned there (profile {}, by {}); exclusive runs take CPUs {}",
+                p.cpus, p.profile, p.method, p.run_pool
+            ),
+        ));
+    }
     rows.extend(
         r.pin_rules
             .iter()

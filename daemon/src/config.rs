@@ -261,6 +261,7 @@ impl Runs {
                     .filter_map(|n| glob::Pattern::new(n).ok())
                     .collect(),
                 cgroups: self.shield_exempt_cgroups.clone(),
+                tids: Vec::new(),
             },
             partition: self.shield_partition,
         }

@@ -191,7 +191,7 @@ fn accepted_profile(p: &Resolved, allow: &[String]) {
                 assert_eq!(refusal(key, allow), None, "{key} accepted");
                 key_stays_in_proc_sys(key);
             }
-            Setting::IrqAffinity(cpus) => {
+            Setting::IrqAffinity(cpus) | Setting::Partition(cpus) => {
                 assert!(!cpus.is_empty());
                 assert!(cpus.iter().all(|c| *c < MAX_CPUS), "{cpus:?}");
             }

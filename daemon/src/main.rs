@@ -84,6 +84,23 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     //    journal left by a previous run is re-applied or reverted (a new boot recaptures
     //    the originals).
     let host = Host::new(&cfg.daemon.host_root);
+    let cgroup = host.cgroup_mode().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot detect cgroup hierarchies");
+        cleanroom_proto::CgroupMode::None
+    });
+    // Run cgroups below our own, and what a dead daemon left ended and removed: its runs
+    // and its shield (a profile's partition is the shield: recovery raises it again when
+    // it re-applies the profile). The store's lock keeps a second daemon on this state
+    // directory out; another state directory is another instance, whose cgroups and
+    // shield journal are its own. Before serving, so no new run can start first.
+    let runner = std::sync::Arc::new(cleanroomd::run::Runner::new(
+        host.clone(),
+        cgroup,
+        cfg.runs.max_output_bytes,
+        &cleanroomd::run::instance_tag(&cfg.daemon.state_dir),
+        store.clone(),
+        cfg.runs.shield(),
+    ));
     let pins = Arc::new(cleanroomd::pin::Pinner::new());
     pins.load(&store.lock_blocking())
         .context("cannot read the pin rules added by hand")?;
@@ -94,6 +111,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
             profiles: &live.profiles,
             allow: &cfg.tuning.sysctl_allow,
             pins: &pins,
+            runner: Some(&runner),
         },
         cfg.tuning.on_start,
     )
@@ -115,29 +133,12 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         pins.resume(&host, &store)
             .context("cannot put the pin rules added by hand in force")?;
     }
-    let cgroup = host.cgroup_mode().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot detect cgroup hierarchies");
-        cleanroom_proto::CgroupMode::None
-    });
-
     // 5. The socket: systemd's if it passed one, else bound here (stale file replaced,
     //    live daemon refused), with its group and mode set before anyone is told.
     let listening = match listener::inherited()? {
         Some(l) => l,
         None => listener::bind(&cfg.socket.path, &cfg.socket.group, cfg.socket.mode.0)?,
     };
-
-    // 5b. Run cgroups below our own, and the cgroups of runs a dead daemon left behind
-    //     ended and removed. After the socket, so a daemon refused there never touches
-    //     them; before serving, so no new run can start first.
-    let runner = std::sync::Arc::new(cleanroomd::run::Runner::new(
-        host.clone(),
-        cgroup,
-        cfg.runs.max_output_bytes,
-        &cleanroomd::run::instance_tag(&cfg.daemon.state_dir),
-        store.clone(),
-        cfg.runs.shield(),
-    ));
 
     // 6. Drop unneeded capabilities while this is the only thread: capabilities are per
     //    thread, and every thread created later inherits the reduced sets.
@@ -385,6 +386,7 @@ fn offline_revert(source: &Source, overrides: &Overrides, force: bool) -> anyhow
             profiles: &cleanroomd::tune::profile::ProfileSet::default(),
             allow: &[],
             pins: &pins,
+            runner: None,
         },
         force,
     )?;

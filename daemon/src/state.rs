@@ -291,6 +291,7 @@ impl State {
             profiles: &live.profiles,
             allow: &live.config.tuning.sysctl_allow,
             pins: &self.pins,
+            runner: Some(self.engine.runner()),
         }
     }
 

@@ -94,8 +94,26 @@ pub struct StatusResult {
     /// connector is subscribed); false with no rules in force.
     #[serde(default)]
     pub pin_events: bool,
+    /// The active profile's partition (`[partition] isolated`), while it is up.
+    #[serde(default)]
+    pub partition: Option<PartitionStatus>,
     /// Who asked.
     pub caller: Caller,
+}
+
+/// A profile's partition in force: CPUs kept free of every task, IRQ and unbound kernel
+/// work that pin rules do not place there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    /// The profile holding it.
+    pub profile: String,
+    /// Its CPUs, as a CPU list.
+    pub cpus: String,
+    /// How others are kept off: `partition` (a cgroup v2 cpuset partition), `cpuset` (the
+    /// cgroup v1 cpusets) or `affinity` (every task's CPU mask).
+    pub method: String,
+    /// The CPUs exclusive runs take cores from while it is up, as a CPU list.
+    pub run_pool: String,
 }
 
 /// Result of `daemon.metrics`.

@@ -19,6 +19,10 @@ pub fn stat_fields(text: &str) -> Option<(u64, u64)> {
 /// The flag of a kernel thread in `/proc/<tid>/stat`.
 pub const PF_KTHREAD: u64 = 0x0020_0000;
 
+/// The flag of a thread whose CPU mask userspace may not change (`/proc/<tid>/stat`):
+/// per-CPU kernel threads, among others.
+pub const PF_NO_SETAFFINITY: u64 = 0x0400_0000;
+
 /// One thread of the system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thread {
@@ -28,6 +32,8 @@ pub struct Thread {
     pub tid: i32,
     /// Whether it is a kernel thread.
     pub kernel: bool,
+    /// Whether its CPU mask is the kernel's alone (a per-CPU kernel thread).
+    pub fixed: bool,
     /// Its start time (clock ticks since boot): with the id, who it is.
     pub start: u64,
 }
@@ -51,6 +57,7 @@ pub fn threads(host: &Host) -> Vec<Thread> {
                     pid,
                     tid,
                     kernel: flags & PF_KTHREAD != 0,
+                    fixed: flags & PF_NO_SETAFFINITY != 0,
                     start,
                 });
             }

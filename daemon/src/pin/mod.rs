@@ -65,6 +65,21 @@ struct Inner {
     /// The CPU latency request held open (`[cpu] max_latency_us`): its value and the
     /// descriptor that holds it.
     latency: Option<(u32, std::fs::File)>,
+    /// The partition in force, if any.
+    fence: Option<Fence>,
+}
+
+/// A partition in force, as placing tasks sees it: placements onto its CPUs take the
+/// thread over from the shield (and on cgroup v1 out of the shield's cpuset); a task's
+/// original that would put it back on them is narrowed, and handed back to the shield.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fence {
+    /// The partition's CPUs.
+    pub cpus: BTreeSet<u32>,
+    /// cgroup v1: the cpuset mount and the shield's cpuset (which excludes the CPUs).
+    pub cpuset: Option<(String, String)>,
+    /// cgroup v2: the partition's cgroup (only tasks inside it may run on the CPUs).
+    pub cgroup: Option<String>,
 }
 
 impl Inner {
@@ -115,6 +130,11 @@ impl Pinner {
         self.lock().events.is_some()
     }
 
+    /// The partition in force from now on (`None`: none), for placements and restores.
+    pub fn set_fence(&self, fence: Option<Fence>) {
+        self.lock().fence = fence;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -158,14 +178,15 @@ impl Pinner {
         if dry_run {
             let mut all = rules.to_vec();
             all.extend(inner.added.iter().map(|(_, _, r)| r.clone()));
-            drop(inner);
             let mut reports = place::Reports::new(&all);
+            let fence = inner.fence.clone();
+            drop(inner);
             place::place(
                 host,
                 conn,
                 &self.seen,
                 &all,
-                (&place::pids(host), None),
+                (&place::pids(host), None, fence.as_ref()),
                 true,
                 &mut reports,
             )?;
@@ -188,7 +209,10 @@ impl Pinner {
         force: bool,
     ) -> Result<(Vec<PinReport>, Vec<PinReport>), Error> {
         let rules = inner.combined();
-        let restored = restore(host, conn, force, |row| !still_wanted(host, &rules, row))?;
+        let fence = inner.fence.clone();
+        let restored = restore(host, conn, force, fence.as_ref(), |row| {
+            !still_wanted(host, &rules, row)
+        })?;
         self.seen.reload(conn)?;
         inner.rules = Arc::new(rules.clone());
         if rules.is_empty() {
@@ -211,7 +235,7 @@ impl Pinner {
             conn,
             &self.seen,
             &rules,
-            (&place::pids(host), None),
+            (&place::pids(host), None, fence.as_ref()),
             false,
             &mut reports,
         )?;
@@ -246,6 +270,7 @@ impl Pinner {
         Self::check(host, std::slice::from_ref(&probe))?;
         let mut inner = self.lock();
         if dry_run {
+            let fence = inner.fence.clone();
             drop(inner);
             let rules = [probe];
             let mut reports = place::Reports::new(&rules);
@@ -254,7 +279,7 @@ impl Pinner {
                 conn,
                 &self.seen,
                 &rules,
-                (&place::pids(host), None),
+                (&place::pids(host), None, fence.as_ref()),
                 true,
                 &mut reports,
             )?;
@@ -429,9 +454,10 @@ impl Pinner {
         inner.added.clear();
         inner.rules = Arc::new(Vec::new());
         inner.events = None;
+        let fence = inner.fence.clone();
         drop(inner);
         journal::clear_rules(conn)?;
-        Ok(restore(host, conn, force, |_| true)?)
+        Ok(restore(host, conn, force, fence.as_ref(), |_| true)?)
     }
 
     /// Task `tid` ended: its rows go, if it may have any, with others (at most
@@ -474,7 +500,10 @@ impl Pinner {
     /// `only`), under the rules in force. Called by the event thread with the connection
     /// it took.
     fn place_process(&self, host: &Host, conn: &mut Connection, pid: i32, only: Option<i32>) {
-        let rules = self.rules();
+        let (rules, fence) = {
+            let inner = self.lock();
+            (Arc::clone(&inner.rules), inner.fence.clone())
+        };
         if rules.is_empty() {
             return;
         }
@@ -484,7 +513,7 @@ impl Pinner {
             conn,
             &self.seen,
             &rules,
-            (&[pid], only),
+            (&[pid], only, fence.as_ref()),
             false,
             &mut reports,
         ) {
@@ -519,16 +548,45 @@ fn restore(
     host: &Host,
     conn: &mut Connection,
     force: bool,
+    fence: Option<&Fence>,
     which: impl Fn(&journal::Row) -> bool,
 ) -> rusqlite::Result<Vec<PinReport>> {
     let rows: Vec<journal::Row> = journal::rows(conn)?
         .into_iter()
         .filter(|r| which(r))
         .collect();
+    // While a partition is up, an original that would put a task back on its CPUs is
+    // narrowed, and the thread handed back to the shield (journaled there first), whose
+    // lowering gives it the original.
+    let targets: Vec<String> = rows
+        .iter()
+        .map(|r| match fence {
+            Some(f) if r.attr == Attr::Affinity.as_str() => fenced(f, &r.original, host),
+            _ => None,
+        })
+        .zip(&rows)
+        .map(|(t, r)| t.unwrap_or_else(|| r.original.clone()))
+        .collect();
+    let handed: Vec<crate::store::shield::Saved<crate::store::shield::Thread>> = rows
+        .iter()
+        .zip(&targets)
+        .filter(|(r, t)| **t != r.original)
+        .map(|(r, t)| crate::store::shield::Saved {
+            key: crate::store::shield::Thread {
+                tid: r.tid,
+                start: r.start,
+            },
+            original: r.original.clone(),
+            written: t.clone(),
+        })
+        .collect();
+    if !handed.is_empty() {
+        crate::store::shield::add_threads(conn, &handed, false)?;
+    }
     let mut reports: Vec<PinReport> = Vec::new();
     let mut tasks: BTreeSet<(String, i32)> = BTreeSet::new();
     let mut fates = Vec::new();
-    for row in &rows {
+    for (i, row) in rows.iter().enumerate() {
         let at = match reports.iter().position(|r| r.rule == row.rule) {
             Some(i) => i,
             None => {
@@ -548,7 +606,7 @@ fn restore(
         if tasks.insert((row.rule.clone(), row.tid)) {
             report.matched += 1;
         }
-        let (fate, problem) = restore_one(host, row, force);
+        let (fate, problem) = restore_one(host, row, &targets[i], force);
         if fate.is_none() && problem.is_none() {
             report.changed += 1;
         }
@@ -570,9 +628,33 @@ fn restore(
     Ok(reports)
 }
 
-/// One journaled attribute back to its original: the row's fate (see
+/// A task's original CPU list `original` narrowed off the partition's CPUs, when it
+/// reaches them (to every other online CPU when it has nothing else).
+fn fenced(fence: &Fence, original: &str, host: &Host) -> Option<String> {
+    let set = crate::host::format::parse_cpu_list(original).ok()?;
+    if set.is_disjoint(&fence.cpus) {
+        return None;
+    }
+    let mut narrowed: BTreeSet<u32> = set.difference(&fence.cpus).copied().collect();
+    if narrowed.is_empty() {
+        let online = host
+            .read("/sys/devices/system/cpu/online")
+            .ok()
+            .and_then(|t| crate::host::format::parse_cpu_list(&t).ok())?;
+        narrowed = online.difference(&fence.cpus).copied().collect();
+    }
+    Some(crate::host::format::format_cpu_list(&narrowed))
+}
+
+/// One journaled attribute back to its original (`target`: the original, or for a CPU
+/// list while a partition is up, the original narrowed off it): the row's fate (see
 /// [`journal::settle`]) and what went wrong, if anything.
-fn restore_one(host: &Host, row: &journal::Row, force: bool) -> (Option<bool>, Option<PinProblem>) {
+fn restore_one(
+    host: &Host,
+    row: &journal::Row,
+    target: &str,
+    force: bool,
+) -> (Option<bool>, Option<PinProblem>) {
     let Some(attr) = Attr::parse(&row.attr) else {
         return (None, None);
     };
@@ -594,7 +676,7 @@ fn restore_one(host: &Host, row: &journal::Row, force: bool) -> (Option<bool>, O
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return (None, None),
         Err(e) => return (Some(false), Some(problem("failed", None, e.to_string()))),
     };
-    if current == row.original {
+    if current == target {
         return (None, None);
     }
     if current != row.written && !force {
@@ -604,7 +686,7 @@ fn restore_one(host: &Host, row: &journal::Row, force: bool) -> (Option<bool>, O
         );
         return (Some(true), Some(problem("conflict", Some(current), reason)));
     }
-    match sched::set(row.tid, attr, &row.original) {
+    match sched::set(row.tid, attr, target) {
         Ok(()) => (None, None),
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => (None, None),
         Err(e) => {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use cleanroom_proto::{PinProblem, PinReport};
 use rusqlite::Connection;
 
+use super::Fence;
 use super::rule::Rule;
 use super::sched::{self, Attr};
 use crate::host::Host;
@@ -80,6 +81,30 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn record(conn: &mut Connection, seen: &Journaled, rows: &[journal::Row]) -> rusqlite::Result<()> {
     seen.add(rows);
     journal::record(conn, rows)
+}
+
+/// Whether a placement of CPU list `cpus` puts a task on the partition's CPUs.
+fn onto(fence: &Fence, cpus: &str) -> bool {
+    crate::host::format::parse_cpu_list(cpus).is_ok_and(|set| !set.is_disjoint(&fence.cpus))
+}
+
+/// cgroup v1: a thread about to be placed on the partition's CPUs leaves the shield's
+/// cpuset, which does not admit them, for the root cpuset (where it was before the
+/// partition went up). A thread in any other cpuset stays: its cpuset is someone's
+/// choice, and the placement fails with the kernel's reason if it does not admit them.
+fn admit(host: &Host, fence: &Fence, pid: i32, tid: i32) {
+    let Some((mount, dir)) = &fence.cpuset else {
+        return;
+    };
+    let shield = dir.strip_prefix(mount.as_str()).unwrap_or(dir);
+    let inside = host
+        .read(&format!("/proc/{pid}/task/{tid}/cpuset"))
+        .is_ok_and(|c| c.trim_end() == shield);
+    if inside {
+        if let Err(e) = host.write(&format!("{mount}/tasks"), &tid.to_string()) {
+            tracing::warn!(tid, error = %e, "cannot take a pinned thread out of the shield's cpuset");
+        }
+    }
 }
 
 /// Problems listed per rule; the rest are counted.
@@ -274,7 +299,8 @@ struct Change {
     rule: usize,
 }
 
-/// Places the tasks of processes `pids` (only thread `only` of them, when given) by
+/// Places the tasks of processes `pids` (only thread `only` of them, when given; onto
+/// partition `fence`, when one is up) by
 /// `rules`: what they want is journaled (one commit), then set. With `dry_run` nothing is
 /// journaled or set, and the reports say what would change. Tasks that hold what they
 /// want already are counted as placed.
@@ -283,7 +309,7 @@ pub(super) fn place(
     conn: &mut Connection,
     seen: &Journaled,
     rules: &[Rule],
-    (pids, only): (&[i32], Option<i32>),
+    (pids, only, fence): (&[i32], Option<i32>, Option<&Fence>),
     dry_run: bool,
     reports: &mut Reports,
 ) -> rusqlite::Result<()> {
@@ -336,12 +362,24 @@ pub(super) fn place(
         }
         return Ok(());
     }
-    let rows: Vec<journal::Row> = changes.iter().map(|c| c.row.clone()).collect();
-    record(conn, seen, &rows)?;
+    // Placements onto a partition's CPUs take over what the shield journaled of those
+    // threads (one commit with the rest).
+    let (over, rest): (Vec<journal::Row>, Vec<journal::Row>) =
+        changes.iter().map(|c| c.row.clone()).partition(|r| {
+            fence.is_some_and(|f| r.attr == Attr::Affinity.as_str() && onto(f, &r.written))
+        });
+    record(conn, seen, &rest)?;
+    if !over.is_empty() {
+        seen.add(&over);
+        journal::record_over_shield(conn, &over)?;
+    }
     let mut failed: HashMap<(i32, usize), bool> = HashMap::new();
     for c in &changes {
         let attr = Attr::parse(&c.row.attr).expect("an attribute this pass named");
         let r = &c.row;
+        if let Some(f) = fence.filter(|f| attr == Attr::Affinity && onto(f, &r.written)) {
+            admit(host, f, r.pid, r.tid);
+        }
         match sched::set(r.tid, attr, &r.written) {
             Ok(()) => {
                 reports.0[c.rule].changed += 1;
@@ -355,6 +393,16 @@ pub(super) fn place(
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
             Err(e) => {
                 failed.insert((r.tid, c.rule), true);
+                let v2 = fence
+                    .and_then(|f| f.cgroup.as_ref().filter(|_| onto(f, &r.written)))
+                    .filter(|_| attr == Attr::Affinity);
+                let reason = match v2 {
+                    Some(cg) => format!(
+                        "{e}: on cgroup v2 only tasks inside the partition's cgroup ({cg}) may run \
+                         on its CPUs"
+                    ),
+                    None => e.to_string(),
+                };
                 reports.problem(
                     c.rule,
                     PinProblem {
@@ -365,7 +413,7 @@ pub(super) fn place(
                         expected: r.written.clone(),
                         actual: Some(r.original.clone()),
                         status: "failed".into(),
-                        reason: Some(e.to_string()),
+                        reason: Some(reason),
                     },
                 );
             }

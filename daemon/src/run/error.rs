@@ -27,6 +27,17 @@ pub enum Error {
          ends one)"
     )]
     ShieldInUse(String),
+    /// The shield is a profile's partition: it comes down with the profile.
+    #[error(
+        "the shield is profile {profile}'s partition over CPUs {cpus}: it comes down when the \
+         profile does (`cleanroomctl profile revert`, or apply a profile without `[partition]`)"
+    )]
+    PartitionHeld {
+        /// The profile holding it.
+        profile: String,
+        /// Its CPUs.
+        cpus: String,
+    },
     /// Cancelled while waiting for exclusive cores.
     #[error("cancelled while waiting for exclusive cores: {0}")]
     CancelledWaiting(String),

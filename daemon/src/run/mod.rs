@@ -93,6 +93,65 @@ struct Up {
 struct Held {
     taken: BTreeSet<u32>,
     shielded: BTreeSet<u32>,
+    /// The partition a profile holds (the shield, kept up while the profile is in force).
+    partition: Option<Partition>,
+}
+
+/// A profile's partition in force: the shield, raised for the profile rather than for
+/// exclusive runs, and kept up until the profile goes out of force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// The profile holding it.
+    pub profile: String,
+    /// Its CPUs.
+    pub cpus: BTreeSet<u32>,
+    /// The CPUs exclusive runs take cores from while it is up: the partition but for the
+    /// CPUs pin rules place workers on (all of it when that leaves none).
+    pub pool: BTreeSet<u32>,
+    /// How the shield keeps others off (`partition`, `cpuset`, `affinity`).
+    pub method: &'static str,
+    /// cgroup v1: the cpuset hierarchy's mount and the shield's cpuset, which does not
+    /// admit the partition's CPUs (a task pinned there moves to the root cpuset first).
+    pub cpuset: Option<(String, String)>,
+    /// cgroup v2: the partition's cgroup (only tasks inside it may run on its CPUs).
+    pub cgroup: Option<String>,
+    /// What raising it did (counts of what moved).
+    pub moved: PartitionCounts,
+}
+
+/// What raising a partition moved, and what it could not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionCounts {
+    /// Processes moved into the shield's cpuset (v1).
+    pub processes: usize,
+    /// Threads whose affinity was narrowed (kernel threads included).
+    pub threads: usize,
+    /// Threads still allowed there (per-CPU kernel threads, refusals).
+    pub unmovable: usize,
+    /// IRQs (and the workqueue cpumask) moved off.
+    pub irqs: usize,
+    /// IRQs the kernel would not move.
+    pub irqs_unmovable: usize,
+}
+
+/// Why a partition could not go up (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    /// Exclusive runs hold cores under a shield over other CPUs.
+    #[error(
+        "exclusive runs hold CPUs {held} under a shield over CPUs {shielded}: the partition \
+         can go up once they end (`cleanroomctl runs active` lists them)"
+    )]
+    Busy {
+        /// CPUs the runs hold.
+        held: String,
+        /// CPUs their shield covers.
+        shielded: String,
+    },
+    /// The shield could not go up (the kernel refused, the journal failed, a previous
+    /// shield is left).
+    #[error("cannot raise the partition: {0}")]
+    Shield(#[from] shield::Error),
 }
 
 /// Which exclusive CPUs a run wants.
@@ -141,18 +200,9 @@ impl Exclusive {
         for c in &self.set {
             held.taken.remove(c);
         }
-        if held.taken.is_empty() && !held.shielded.is_empty() {
-            let mut conn = self.runner.store.lock_blocking();
-            match shield::lower(&self.runner.host, &mut conn) {
-                Ok(l) => tracing::info!(
-                    restored = l.restored,
-                    kept = l.refused.len(),
-                    "shield lowered"
-                ),
-                Err(e) => tracing::error!(error = %e, "cannot lower the shield"),
-            }
-            held.shielded.clear();
-            *self.runner.up.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        // A profile's partition stays up when the runs inside it end.
+        if held.taken.is_empty() && !held.shielded.is_empty() && held.partition.is_none() {
+            self.runner.lower_locked(&mut held);
         }
         drop(held);
         self.runner.released.notify_waiters();
@@ -311,11 +361,15 @@ impl Runner {
         pool: Option<&BTreeSet<u32>>,
     ) -> Result<Exclusive, cpus::PickError> {
         let mut held = self.cores.lock().unwrap_or_else(|p| p.into_inner());
-        // While the shield is up, its CPUs are the pool.
-        let pool = if held.shielded.is_empty() {
-            pool.unwrap_or(&self.pool).clone()
-        } else {
-            held.shielded.clone()
+        // While the shield is up, its CPUs are the pool; a profile's partition is the
+        // pool but for the CPUs its workers are pinned on (`pool` where it gives one).
+        let pool = match (&held.partition, pool) {
+            (Some(p), Some(asked)) if !asked.is_disjoint(&p.cpus) => {
+                asked.intersection(&p.cpus).copied().collect()
+            }
+            (Some(p), _) => p.pool.clone(),
+            (None, _) if !held.shielded.is_empty() => held.shielded.clone(),
+            (None, pool) => pool.unwrap_or(&self.pool).clone(),
         };
         let topology = cpus::topology(&self.host, &pool);
         let set = match want {
@@ -323,42 +377,11 @@ impl Runner {
             Want::List(list) => cpus::pick_list(&topology, &pool, &held.taken, list)?,
         };
         if held.shielded.is_empty() {
-            // No run helper is half-way into its cgroups while the shield moves processes.
-            let _gate = self.slots.as_ref().map(|s| s.gate());
             let mut conn = self.store.lock_blocking();
-            match shield::raise(&self.host, &mut conn, &pool, &self.exempt, &self.method) {
-                Ok(r) => {
-                    tracing::info!(
-                        cpus = %crate::host::format::format_cpu_list(&pool),
-                        method = r.method,
-                        fallback = r.fallback.as_ref().map(ToString::to_string).unwrap_or_default(),
-                        processes_moved = r.processes_moved,
-                        cpusets_narrowed = r.cpusets_narrowed,
-                        moved = r.moved,
-                        unmovable = r.unmovable,
-                        irqs_moved = r.irqs_moved,
-                        irqs_unmovable = r.irqs_unmovable,
-                        "shield raised"
-                    );
-                    held.shielded = pool.clone();
-                    let online = self
-                        .host
-                        .read("/sys/devices/system/cpu/online")
-                        .ok()
-                        .and_then(|t| crate::host::format::parse_cpu_list(&t).ok())
-                        .unwrap_or_default();
-                    *self.up.lock().unwrap_or_else(|p| p.into_inner()) = Some(Up {
-                        rest: crate::host::format::format_cpu_list(
-                            &online.difference(&pool).copied().collect(),
-                        ),
-                        partition: r.partition,
-                    });
-                }
-                Err(e) => {
-                    return Err(cpus::PickError::Never(format!(
-                        "cannot raise the shield: {e}"
-                    )));
-                }
+            if let Err(e) = self.raise_locked(&mut held, &pool, &self.exempt, &mut conn) {
+                return Err(cpus::PickError::Never(format!(
+                    "cannot raise the shield: {e}"
+                )));
             }
         }
         held.taken.extend(set.iter().copied());
@@ -437,6 +460,12 @@ impl Runner {
                 &held.taken,
             )));
         }
+        if let Some(p) = &held.partition {
+            return Err(Error::PartitionHeld {
+                profile: p.profile.clone(),
+                cpus: crate::host::format::format_cpu_list(&p.cpus),
+            });
+        }
         let mut conn = self.store.lock_blocking();
         let sqlite = |source| crate::store::Error::Sqlite {
             path: self.store.path().to_owned(),
@@ -469,6 +498,160 @@ impl Runner {
             partition_left: lowered.partition_left,
             journaled: shield::is_raised(&conn).map_err(sqlite)?,
         })
+    }
+
+    /// Raises the shield over `pool` for what holds `held` (exclusive runs or a
+    /// partition), leaving `exempt` alone. Blocking (sysfs, /proc, SQLite).
+    fn raise_locked(
+        &self,
+        held: &mut Held,
+        pool: &BTreeSet<u32>,
+        exempt: &shield::Exempt,
+        conn: &mut rusqlite::Connection,
+    ) -> Result<shield::Raised, shield::Error> {
+        // No run helper is half-way into its cgroups while the shield moves processes.
+        let _gate = self.slots.as_ref().map(|s| s.gate());
+        let r = shield::raise(&self.host, conn, pool, exempt, &self.method)?;
+        tracing::info!(
+            cpus = %crate::host::format::format_cpu_list(pool),
+            method = r.method,
+            fallback = r.fallback.as_ref().map(ToString::to_string).unwrap_or_default(),
+            processes_moved = r.processes_moved,
+            cpusets_narrowed = r.cpusets_narrowed,
+            moved = r.moved,
+            unmovable = r.unmovable,
+            irqs_moved = r.irqs_moved,
+            irqs_unmovable = r.irqs_unmovable,
+            "shield raised"
+        );
+        held.shielded = pool.clone();
+        let online = self
+            .host
+            .read("/sys/devices/system/cpu/online")
+            .ok()
+            .and_then(|t| crate::host::format::parse_cpu_list(&t).ok())
+            .unwrap_or_default();
+        *self.up.lock().unwrap_or_else(|p| p.into_inner()) = Some(Up {
+            rest: crate::host::format::format_cpu_list(&online.difference(pool).copied().collect()),
+            partition: r.partition.clone(),
+        });
+        Ok(r)
+    }
+
+    /// Lowers the shield `held` says is up. Blocking.
+    fn lower_locked(&self, held: &mut Held) {
+        let mut conn = self.store.lock_blocking();
+        match shield::lower(&self.host, &mut conn) {
+            Ok(l) => tracing::info!(
+                restored = l.restored,
+                kept = l.refused.len(),
+                "shield lowered"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot lower the shield"),
+        }
+        held.shielded.clear();
+        *self.up.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Puts profile `profile`'s partition over `cpus` in force, or (`None`) takes the
+    /// partition out of force. The partition is the shield, held by the profile: raised
+    /// with the threads pin rules placed there left alone (their journal says which),
+    /// lowered when
+    /// the profile goes out of force, but kept for exclusive runs still inside it (they
+    /// lower it when the last ends). `pinned_cpus` are the CPUs pin rules place workers
+    /// on: exclusive runs take cores from the rest of the partition. Blocking.
+    pub fn hold_partition(
+        &self,
+        want: Option<(&str, &BTreeSet<u32>)>,
+        pinned_cpus: &BTreeSet<u32>,
+    ) -> Result<Option<Partition>, PartitionError> {
+        let mut held = self.cores.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((profile, cpus)) = want else {
+            if held.partition.take().is_some() && held.taken.is_empty() {
+                self.lower_locked(&mut held);
+            }
+            return Ok(None);
+        };
+        let pool: BTreeSet<u32> = match cpus.difference(pinned_cpus).copied().collect() {
+            p if BTreeSet::is_empty(&p) => cpus.clone(),
+            p => p,
+        };
+        if let Some(p) = held.partition.as_mut().filter(|p| &p.cpus == cpus) {
+            p.profile = profile.to_owned();
+            p.pool = pool;
+            return Ok(held.partition.clone());
+        }
+        if !held.shielded.is_empty() {
+            if !held.taken.is_empty() && &held.shielded != cpus {
+                return Err(PartitionError::Busy {
+                    held: crate::host::format::format_cpu_list(&held.taken),
+                    shielded: crate::host::format::format_cpu_list(&held.shielded),
+                });
+            }
+            if held.taken.is_empty() {
+                self.lower_locked(&mut held);
+            }
+        }
+        let mut counts = PartitionCounts::default();
+        let mut method = match &self.method {
+            shield::Method::Partition { .. } => "partition",
+            shield::Method::Cpuset { .. } => "cpuset",
+            shield::Method::Affinity => "affinity",
+        };
+        let cgroup;
+        if held.shielded.is_empty() {
+            let mut conn = self.store.lock_blocking();
+            let pinned = crate::store::pins::placed_on(&conn, cpus)
+                .map_err(|e| PartitionError::Shield(shield::Error::Journal(e)))?;
+            let exempt = shield::Exempt {
+                tids: pinned,
+                ..self.exempt.clone()
+            };
+            let r = self.raise_locked(&mut held, cpus, &exempt, &mut conn)?;
+            method = r.method;
+            cgroup = r.partition.clone();
+            counts = PartitionCounts {
+                processes: r.processes_moved,
+                threads: r.moved,
+                unmovable: r.unmovable,
+                irqs: r.irqs_moved,
+                irqs_unmovable: r.irqs_unmovable,
+            };
+        } else {
+            // The exclusive runs' shield covers exactly these CPUs: the profile takes it.
+            cgroup = self
+                .up
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .and_then(|u| u.partition.clone());
+            if cgroup.is_none() && method == "partition" {
+                method = "affinity";
+            }
+        }
+        let cpuset = match &self.method {
+            shield::Method::Cpuset { mount, dir, .. } => Some((mount.clone(), dir.clone())),
+            _ => None,
+        };
+        held.partition = Some(Partition {
+            profile: profile.to_owned(),
+            cpus: cpus.clone(),
+            pool,
+            method,
+            cpuset,
+            cgroup,
+            moved: counts,
+        });
+        Ok(held.partition.clone())
+    }
+
+    /// The partition in force, if a profile holds one.
+    pub fn partition(&self) -> Option<Partition> {
+        self.cores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .partition
+            .clone()
     }
 
     /// The directories holding this daemon's run cgroups.

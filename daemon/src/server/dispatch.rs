@@ -233,6 +233,16 @@ async fn status(peer: Peer, state: Arc<State>) -> Result<StatusResult, Error> {
         pin_rules: pins.rules().iter().map(|r| r.text()).collect(),
         pinned,
         pin_events: pins.following(),
+        partition: state
+            .engine()
+            .runner()
+            .partition()
+            .map(|p| cleanroom_proto::PartitionStatus {
+                profile: p.profile,
+                cpus: crate::host::format::format_cpu_list(&p.cpus),
+                method: p.method.to_owned(),
+                run_pool: crate::host::format::format_cpu_list(&p.pool),
+            }),
         caller: Caller {
             uid: peer.uid,
             gid: peer.gid,

@@ -310,6 +310,7 @@ fn run_code(error: &crate::run::Error) -> ErrorCode {
         | E::CoresBusy(_)
         | E::CoresNever(_)
         | E::ShieldInUse(_)
+        | E::PartitionHeld { .. }
         | E::CancelledWaiting(_)
         | E::NotFound(_)
         | E::NotYours { .. }

@@ -4,7 +4,7 @@
 //! rows of a WAL not yet synced) has nothing left to restore; a crash of the daemon loses
 //! nothing.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::with_normal_sync;
 
@@ -32,6 +32,18 @@ pub struct Row {
 /// Records changes about to be made, one commit: a new row keeps `original`; a row
 /// already there keeps its first original and takes the new `written` and rule.
 pub fn record(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
+    record_with(conn, rows, false)
+}
+
+/// [`record`], for placements onto a partition's CPUs: a thread whose mask the shield
+/// journaled (it narrowed it, or moved its process) is the pinning's from then on. Its
+/// `cpus` row takes the shield's original (the mask before either touched it) and the
+/// shield forgets the thread, in the same commit.
+pub fn record_over_shield(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
+    record_with(conn, rows, true)
+}
+
+fn record_with(conn: &mut Connection, rows: &[Row], over_shield: bool) -> rusqlite::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -44,9 +56,23 @@ pub fn record(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
                  ON CONFLICT (tid, start, attr) DO UPDATE SET
                      written = excluded.written, rule = excluded.rule, comm = excluded.comm",
             )?;
+            let mut shielded = tx
+                .prepare_cached("SELECT original FROM shield WHERE tid = ?1 AND start_time = ?2")?;
+            let mut forget =
+                tx.prepare_cached("DELETE FROM shield WHERE tid = ?1 AND start_time = ?2")?;
             for r in rows {
+                let mut original = r.original.clone();
+                if over_shield && r.attr == "cpus" {
+                    let theirs: Option<String> = shielded
+                        .query_row(params![r.tid, r.start], |x| x.get(0))
+                        .optional()?;
+                    if let Some(o) = theirs {
+                        original = o;
+                        forget.execute(params![r.tid, r.start])?;
+                    }
+                }
                 ins.execute(params![
-                    r.tid, r.start, r.attr, r.pid, r.comm, r.rule, r.original, r.written
+                    r.tid, r.start, r.attr, r.pid, r.comm, r.rule, original, r.written
                 ])?;
             }
         }
@@ -70,6 +96,23 @@ pub fn rendered(
         )?;
         Ok(())
     })
+}
+
+/// Threads placed on any of `cpus` (their journaled CPU lists reach them): a partition
+/// raised over `cpus` leaves them alone.
+pub fn placed_on(
+    conn: &Connection,
+    cpus: &std::collections::BTreeSet<u32>,
+) -> rusqlite::Result<Vec<i32>> {
+    Ok(rows(conn)?
+        .into_iter()
+        .filter(|r| {
+            r.attr == "cpus"
+                && crate::host::format::parse_cpu_list(&r.written)
+                    .is_ok_and(|s| !s.is_disjoint(cpus))
+        })
+        .map(|r| r.tid)
+        .collect())
 }
 
 /// Every row, by task.

@@ -100,8 +100,20 @@ pub fn apply(
     let profile = ctx.profiles.get(name).map_err(Error::Profile)?;
     let rules = profile.pins.clone();
     let latency = super::max_latency(profile);
+    let partition = super::partition::wanted(profile);
     // Rules that do not fit this host stop the apply before anything is written.
     crate::pin::Pinner::check(ctx.host, &rules)?;
+    if let Some(cpus) = &partition {
+        super::partition::check(ctx.host, name, cpus)?;
+    }
+    // The partition first (the run engine before the connection, as exclusive runs take
+    // them): a partition the kernel refuses stops the apply before any knob is written.
+    let previous_partition = ctx.runner.and_then(|r| r.partition());
+    let partition_row = if dry_run {
+        partition.as_ref().map(super::partition::planned)
+    } else {
+        super::partition::hold(ctx, name, partition.as_ref(), &rules)?
+    };
     let mut conn = ctx.store.lock_blocking();
     let rows = journal::rows(&conn)?;
     let mut plan = plan_changes(ctx.host, planned, &rows);
@@ -125,6 +137,7 @@ pub fn apply(
                 reason: None,
             });
         }
+        plan.items.extend(partition_row);
         plan.items.sort_by(|a, b| a.knob.cmp(&b.knob));
         let pins = ctx
             .pins
@@ -143,8 +156,21 @@ pub fn apply(
     record_originals(&mut conn, name, &boot, &plan.changes)?;
     let failed = write_all(ctx.host, &conn, &mut plan.changes, best_effort);
     let ok = !failed;
+    plan.items.extend(partition_row);
     if failed && !best_effort {
         roll_back(ctx.host, &mut plan.changes);
+        // The partition that was in force before, if any.
+        drop(conn);
+        let back = previous_partition
+            .as_ref()
+            .map(|p| (p.profile.as_str(), &p.cpus));
+        if let Err(e) = match back {
+            Some((profile, cpus)) => super::partition::hold(ctx, profile, Some(cpus), &rules),
+            None => super::partition::hold(ctx, name, None, &rules),
+        } {
+            tracing::error!(error = %e, "cannot put the previous partition back");
+        }
+        conn = ctx.store.lock_blocking();
         // The previous state stands: its profile, and active if it was being applied.
         let (profile, phase) = match &previous {
             Some(st) if st.phase == Phase::Applying => (st.profile.as_deref(), Phase::Active),

@@ -18,6 +18,7 @@
 //! file are merged (the later one wins).
 
 mod apply;
+mod partition;
 pub mod plugins;
 pub mod profile;
 #[cfg(test)]
@@ -96,6 +97,9 @@ pub struct Ctx<'a> {
     pub allow: &'a [String],
     /// The pin rules in force.
     pub pins: &'a std::sync::Arc<crate::pin::Pinner>,
+    /// The run engine, which holds a profile's partition (none where no engine runs:
+    /// `cleanroomd --revert`, whose start-up lowering takes any partition down).
+    pub runner: Option<&'a std::sync::Arc<crate::run::Runner>>,
 }
 
 fn item(
@@ -239,7 +243,13 @@ pub fn revert(ctx: Ctx<'_>, force: bool) -> Result<TuneResult, Error> {
     };
     drop(conn);
     ctx.store.keep_reserve();
-    result
+    // The partition after the tasks it kept apart have their originals back (the shield
+    // takes the connection itself: run engine, then connection, as exclusive runs do).
+    let released = partition::release(ctx);
+    result.map(|mut r| {
+        r.items.extend(released);
+        r
+    })
 }
 
 /// `profile.verify`: the active profile against the host.
@@ -311,6 +321,11 @@ pub fn verify(ctx: Ctx<'_>) -> Result<TuneResult, Error> {
     ok &= pins.iter().all(|p| p.problems.is_empty());
     let want = ctx.profiles.get(&name).ok().and_then(max_latency);
     if let Some(i) = ctx.pins.verify_latency(ctx.host, want) {
+        ok &= i.status != KnobStatus::Drifted;
+        items.push(i);
+    }
+    let want = ctx.profiles.get(&name).ok().and_then(partition::wanted);
+    if let Some(i) = partition::verify(ctx, want.as_ref()) {
         ok &= i.status != KnobStatus::Drifted;
         items.push(i);
     }
@@ -483,6 +498,7 @@ mod tests {
                 profiles: &self.profiles,
                 allow: &self.allow,
                 pins: &self.pins,
+                runner: None,
             }
         }
 
@@ -835,6 +851,7 @@ mod tests {
             profiles: &profiles,
             allow: &allow,
             pins: &pins,
+            runner: None,
         };
         let wants = |name: &str| -> Vec<(String, String)> {
             plan(ctx, name)
@@ -934,6 +951,7 @@ mod tests {
             profiles: &profiles,
             allow: &allow,
             pins: &pins,
+            runner: None,
         };
         fn with<'a>(host: &'a Host, base: Ctx<'a>) -> Ctx<'a> {
             Ctx { host, ..base }

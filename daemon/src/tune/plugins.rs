@@ -245,7 +245,7 @@ pub fn expand(setting: &Setting, host: &Host, allow: &[String]) -> Vec<Planned> 
             v,
         )],
         Setting::IrqAffinity(cpus) => irq(host, cpus),
-        Setting::IsolationCpus(_) => Vec::new(),
+        Setting::IsolationCpus(_) | Setting::Partition(_) => Vec::new(),
         Setting::MaxLatencyUs(n) => resume_latency(host, *n),
     }
 }

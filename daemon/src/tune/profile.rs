@@ -29,6 +29,8 @@
 //! perf_event_max_sample_rate = 1
 //! [isolation]
 //! cpus = "1-3"                           # the pool exclusive runs may take
+//! [partition]
+//! isolated = "2-3"                       # kept free of all but what is pinned there
 //! ```
 //!
 //! Profiles come in layers, by name. The lowest is [`BUILTIN`]: the shipped profiles
@@ -171,6 +173,9 @@ pub enum Setting {
     IrqAffinity(BTreeSet<u32>),
     /// The CPU pool for exclusive runs (not a kernel knob).
     IsolationCpus(BTreeSet<u32>),
+    /// CPUs kept free of every task, IRQ and unbound kernel work not pinned there while
+    /// the profile is in force (the shield, held by the profile: `run::Runner`).
+    Partition(BTreeSet<u32>),
     /// C-state exit latency limit in microseconds while the profile is in force: every
     /// CPU's `pm_qos_resume_latency_us`, and a request held open on
     /// `/dev/cpu_dma_latency` (as tuned's `force_latency`).
@@ -194,6 +199,7 @@ impl Setting {
             Setting::ThpDefrag(_) => "vm.defrag".into(),
             Setting::IrqAffinity(_) => "irq.affinity".into(),
             Setting::IsolationCpus(_) => "isolation.cpus".into(),
+            Setting::Partition(_) => "partition.isolated".into(),
             Setting::MaxLatencyUs(_) => "cpu.max_latency_us".into(),
         }
     }
@@ -209,7 +215,9 @@ impl Setting {
             Setting::Scheduler { prefs, .. } => prefs.join(", "),
             Setting::ReadAhead { kb, .. } => kb.to_string(),
             Setting::NrRequests { n, .. } => n.to_string(),
-            Setting::IrqAffinity(s) | Setting::IsolationCpus(s) => format_cpu_list(s),
+            Setting::IrqAffinity(s) | Setting::IsolationCpus(s) | Setting::Partition(s) => {
+                format_cpu_list(s)
+            }
             Setting::MaxLatencyUs(n) => n.to_string(),
         }
     }
@@ -281,6 +289,7 @@ struct FileDoc {
     irq: Option<IrqDoc>,
     bench: Option<BenchDoc>,
     isolation: Option<IsolationDoc>,
+    partition: Option<PartitionDoc>,
     #[serde(default)]
     pin: Vec<crate::pin::rule::PinDoc>,
 }
@@ -352,6 +361,12 @@ struct BenchDoc {
 #[serde(deny_unknown_fields)]
 struct IsolationDoc {
     cpus: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionDoc {
+    isolated: Option<Spanned<String>>,
 }
 
 /// A parsed file before includes are resolved.
@@ -530,6 +545,32 @@ fn parse(what: &str, text: &str, allow: &[String]) -> Result<Parsed, String> {
             let set = parse_cpu_list(c.get_ref())
                 .map_err(|e| at(line_of(text, c.span().start), "isolation.cpus", e))?;
             settings.push(Setting::IsolationCpus(set));
+        }
+    }
+    if let Some(p) = doc.partition {
+        if let Some(c) = p.isolated {
+            let line = line_of(text, c.span().start);
+            let set = parse_cpu_list(c.get_ref()).map_err(|e| at(line, "partition.isolated", e))?;
+            if set.is_empty() {
+                return Err(at(line, "partition.isolated", "empty CPU list".into()));
+            }
+            let pool = settings.iter().find_map(|s| match s {
+                Setting::IsolationCpus(pool) => Some(pool),
+                _ => None,
+            });
+            if let Some(pool) = pool.filter(|pool| !pool.is_subset(&set)) {
+                return Err(at(
+                    line,
+                    "partition.isolated",
+                    format!(
+                        "the exclusive runs' pool (isolation.cpus = \"{}\") must lie inside the \
+                         partition \"{}\": while it is up, no other CPU is shielded",
+                        format_cpu_list(pool),
+                        format_cpu_list(&set)
+                    ),
+                ));
+            }
+            settings.push(Setting::Partition(set));
         }
     }
     let mut include = Vec::new();

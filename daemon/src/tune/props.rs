@@ -471,6 +471,7 @@ impl World {
             profiles: &self.profiles,
             allow: &self.allow,
             pins: &pins,
+            runner: None,
         };
         let outcome = until_crash(store, &faults, || match op {
             Op::Apply(p) => apply(ctx, p.name(), false, false).map(Outcome::Applied),

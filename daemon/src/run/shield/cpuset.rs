@@ -90,6 +90,16 @@ pub(super) fn cpuset_up(
         if pid != me && exempt.covers(host, pid) {
             continue;
         }
+        // A process with a thread pinned on the shielded CPUs stays where they are allowed;
+        // the affinity pass narrows its other threads.
+        if host
+            .list(&format!("/proc/{pid}/task"))
+            .iter()
+            .filter_map(|t| t.parse::<i32>().ok())
+            .any(|tid| exempt.tids.contains(&tid))
+        {
+            continue;
+        }
         let mut threads: Vec<(i32, u64, BTreeSet<u32>)> = Vec::new();
         let mut kernel = false;
         for tid in host

@@ -1,7 +1,17 @@
 //! IRQ affinity: moved off the shielded CPUs (every IRQ journaled, so those that appear
-//! meanwhile are told apart) and put back.
+//! meanwhile are told apart) and put back. The workqueue cpumask (where unbound kernel
+//! work runs) is a mask file like the default IRQ affinity, journaled and moved with them.
 
 use super::*;
+
+/// The CPUs unbound workqueues may run on (a mask).
+pub(super) const WORKQUEUE: &str = "/sys/devices/virtual/workqueue/cpumask";
+
+/// Whether the affinity file at `path` holds a mask (the default IRQ affinity, the
+/// workqueue cpumask), not a CPU list.
+pub(super) fn is_mask(path: &str) -> bool {
+    path.ends_with("default_smp_affinity") || path == WORKQUEUE
+}
 
 /// IRQ affinity files and their current CPU sets: the default (a mask) and every IRQ's
 /// list.
@@ -14,6 +24,13 @@ pub(super) fn irq_files(host: &Host) -> Vec<(String, bool, BTreeSet<u32>)> {
         .and_then(|t| crate::host::format::parse_cpu_mask(&t).ok());
     if let Some(set) = mask {
         out.push((default, true, set));
+    }
+    let workqueue = host
+        .read(WORKQUEUE)
+        .ok()
+        .and_then(|t| crate::host::format::parse_cpu_mask(&t).ok());
+    if let Some(set) = workqueue {
+        out.push((WORKQUEUE.to_owned(), true, set));
     }
     for irq in host
         .list("/proc/irq")
@@ -41,7 +58,7 @@ fn irq_value(mask: bool, set: &BTreeSet<u32>) -> String {
 /// mask), for a person to write back by hand.
 pub(super) fn irq_text(path: &str, list: &str) -> String {
     match parse_cpu_list(list) {
-        Ok(set) => irq_value(path.ends_with("default_smp_affinity"), &set),
+        Ok(set) => irq_value(is_mask(path), &set),
         Err(_) => list.to_owned(),
     }
 }
@@ -105,7 +122,7 @@ pub(super) fn irqs_back(host: &Host, irqs: &[journal::Saved<String>]) -> (usize,
     let mut restored = 0;
     let mut refused = Vec::new();
     for row in irqs {
-        let mask = row.key.ends_with("default_smp_affinity");
+        let mask = is_mask(&row.key);
         let current = host.read(&row.key).ok().and_then(|t| {
             if mask {
                 crate::host::format::parse_cpu_mask(&t).ok()

@@ -16,9 +16,10 @@
 //! - Otherwise: the affinity of every thread (processes started later inherit the narrowed
 //!   mask from their parent).
 //!
-//! Kernel threads are never moved (per-CPU ones cannot be; they are counted). IRQs move
-//! off the pool the same way (the default affinity and every IRQ the kernel lets move;
-//! managed IRQs stay and are counted).
+//! Kernel threads the kernel lets move (kthreadd, unbound workers) are moved like any
+//! other thread; per-CPU ones cannot be, and are counted. IRQs move off the pool the same
+//! way (the default affinity and every IRQ the kernel lets move; managed IRQs stay and are
+//! counted), and so does the workqueue cpumask (unbound kernel work).
 //!
 //! Everything is journaled in SQLite before it is changed, like tuning, so a crash never
 //! leaves the host shielded: the next start lowers a shield it finds. Lowering is
@@ -45,8 +46,8 @@
 //! IRQs that appear while the shield is up take its default affinity and get the original
 //! default back when it comes down (every IRQ is journaled, so they are told apart).
 //!
-//! Limitation: threads born under the affinity shield get every online CPU back only when
-//! their mask is exactly the shield's (the cpuset and partition shields have no such gap).
+//! Limitation: threads born under the shield from a narrowed parent get every online CPU
+//! back only when their mask is exactly the shield's.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -111,6 +112,9 @@ pub struct Exempt {
     pub names: Vec<glob::Pattern>,
     /// cgroup paths (as in `/proc/<pid>/cgroup`, any hierarchy); their descendants too.
     pub cgroups: Vec<String>,
+    /// Threads placed on the shielded CPUs by pin rules (a partition's workers): their
+    /// masks are the pinning's, and on cgroup v1 their processes stay in the root cpuset.
+    pub tids: Vec<i32>,
 }
 
 impl Exempt {
@@ -464,11 +468,10 @@ fn lower_with(
         lowered.restored += widened;
         refusals.extend(refused);
     }
-    // Threads born under a cpuset or partition shield got their CPUs back from the kernel;
-    // only the affinity shield leaves newborn masks to widen.
-    if meta.cpuset_dir.is_none() && meta.partition.is_none() {
-        lowered.restored += widen_newborn(host, &meta);
-    }
+    // Threads born under the shield from a narrowed parent inherited its narrowed mask,
+    // which the kernel keeps across cpuset moves (since Linux 6.2 it remembers the mask
+    // asked for): whatever the method, those still exactly that mask get every CPU back.
+    lowered.restored += widen_newborn(host, &meta);
     let partition_left = lowered.partition_left.is_some();
     let status = match force {
         None => ShieldItemStatus::Kept,

@@ -21,10 +21,14 @@ pub(super) fn affinity_off(
     for Thread {
         pid,
         tid,
-        kernel,
+        fixed,
         start,
+        ..
     } in threads(host)
     {
+        if exempt.tids.contains(&tid) {
+            continue;
+        }
         if pid != me
             && *exempt_pid
                 .entry(pid)
@@ -44,7 +48,8 @@ pub(super) fn affinity_off(
         if reduced.is_empty() {
             reduced = rest.clone();
         }
-        if kernel {
+        // Kernel threads move too, but for those bound to their CPU by the kernel.
+        if fixed {
             raised.unmovable += 1;
             continue;
         }
@@ -91,10 +96,10 @@ pub(super) fn widen_newborn(host: &Host, meta: &journal::Meta) -> usize {
     };
     let mut widened = 0;
     for Thread {
-        tid, kernel, start, ..
+        tid, fixed, start, ..
     } in threads(host)
     {
-        if kernel || (start as i64) < meta.raised_at {
+        if fixed || (start as i64) < meta.raised_at {
             continue;
         }
         let Ok(current) = sched_getaffinity(Pid::from_raw(tid)) else {
