@@ -735,3 +735,128 @@ fn a_latency_limit_is_held_while_the_profile_is_in_force() {
     assert_eq!(limit(), before, "the request went with the revert");
     assert_eq!(snapshot.current(), snapshot.taken().to_vec());
 }
+
+/// A cpuset cgroup of a test's own (cgroup v1), removed when the test ends.
+struct Cpuset(PathBuf);
+
+impl Cpuset {
+    fn make(name: &str) -> Self {
+        let dir = PathBuf::from("/sys/fs/cgroup/cpuset").join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("cpuset.cpus"), online_cpus()).unwrap();
+        std::fs::write(dir.join("cpuset.mems"), "0").unwrap();
+        Self(dir)
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.0.join(file))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A `sleep` started inside it (it moves itself in, then execs).
+    fn sleeper(&self, procs: &mut Procs) -> i32 {
+        procs.spawn(Command::new("sh").arg("-c").arg(format!(
+            "echo $$ > {}/cgroup.procs && exec sleep 1000",
+            self.0.display()
+        )))
+    }
+}
+
+impl Drop for Cpuset {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A rule with only a cgroup selector places the cgroup: its cpuset's CPUs (so what
+/// starts in it has them from the kernel), and task attributes task by task. A cgroup
+/// made again under the same path is placed again when a process starts in it; a revert
+/// puts the cpuset back, and leaves one someone changed since.
+#[test]
+fn a_cgroup_rule_places_the_cgroup_and_what_starts_in_it() {
+    if !is_root_or_skip("a_cgroup_rule_places_the_cgroup_and_what_starts_in_it") {
+        return;
+    }
+    let _host = host_lock();
+    assert_eq!(online_cpus(), "0-1", "this test pins to CPU 1 of two");
+    let name = unique("crp-cg");
+    let mut procs = Procs::default();
+    let cg = Cpuset::make(&name);
+    let before = cg.sleeper(&mut procs);
+    assert!(eventually(Duration::from_secs(5), || cg
+        .read("cgroup.procs")
+        .contains(&before.to_string())));
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("cg.toml"),
+        format!("[[pin]]\ncgroup = \"/{name}\"\ncpus = \"1\"\nmems = \"0\"\nnice = 4\n"),
+    )
+    .unwrap();
+    let d = daemon_with(profiles.path());
+    let applied = ok(&d.ctl(&["--json", "profile", "apply", "cg"]));
+    assert_eq!(
+        applied["pins"][0]["problems"],
+        serde_json::json!([]),
+        "{applied}"
+    );
+    assert_eq!(cg.read("cpuset.cpus"), "1");
+    assert_eq!(cg.read("cpuset.mems"), "0");
+    assert_eq!(
+        cpus(before, before),
+        "1",
+        "the kernel placed it with its cpuset"
+    );
+    assert_eq!(sched_of(before, before).0, 4);
+    let later = cg.sleeper(&mut procs);
+    assert!(
+        eventually(Duration::from_secs(10), || cpus(later, later) == "1"
+            && sched_of(later, later).0 == 4),
+        "what starts in the cgroup later: {} {:?}\n{}",
+        cpus(later, later),
+        sched_of(later, later),
+        d.log()
+    );
+    let verified = ok(&d.ctl(&["--json", "profile", "verify"]));
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    // The cgroup goes and comes back under its path (a service restarted by hand): the
+    // first process that starts in it places it again.
+    drop(procs);
+    procs = Procs::default();
+    assert!(eventually(Duration::from_secs(5), || cg
+        .read("cgroup.procs")
+        .is_empty()));
+    std::fs::remove_dir(&cg.0).unwrap();
+    let cg = Cpuset::make(&name);
+    assert_eq!(cg.read("cpuset.cpus"), online_cpus());
+    let again = cg.sleeper(&mut procs);
+    assert!(
+        eventually(Duration::from_secs(10), || cg.read("cpuset.cpus") == "1"
+            && cpus(again, again) == "1"),
+        "the cgroup made again is placed again: {}\n{}",
+        cg.read("cpuset.cpus"),
+        d.log()
+    );
+
+    let reverted = ok(&d.ctl(&["--json", "profile", "revert"]));
+    assert_eq!(reverted["ok"], true, "{reverted}");
+    assert_eq!(cg.read("cpuset.cpus"), online_cpus());
+    assert_eq!(cpus(again, again), online_cpus());
+    assert_eq!(sched_of(again, again).0, 0);
+
+    // Someone changes the cpuset after an apply: a revert leaves it, as a conflict.
+    ok(&d.ctl(&["--json", "profile", "apply", "cg"]));
+    std::fs::write(cg.0.join("cpuset.cpus"), "0").unwrap();
+    let reverted = json_of(&d.ctl(&["--json", "profile", "revert"]));
+    assert_eq!(reverted["ok"], false, "{reverted}");
+    assert!(reverted.to_string().contains("conflict"), "{reverted}");
+    assert_eq!(cg.read("cpuset.cpus"), "0");
+    drop(procs);
+}

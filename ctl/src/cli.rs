@@ -429,9 +429,9 @@ pub enum ShieldCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PinCommand {
-    /// Add a pin rule: one selector (--comm, --cmdline, --thread; --user narrows) and at
-    /// least one placement (--cpus, --policy with --priority, --nice, --ioprio). Needs
-    /// role admin.
+    /// Add a pin rule: one selector (--comm, --cmdline, --thread, --cgroup; --user
+    /// narrows) and at least one placement (--cpus, --mems, --policy with --priority,
+    /// --nice, --ioprio). Needs role admin.
     ///
     /// What matches now is placed at once, and what starts or changes later as it does
     /// (the kernel's process events). Every original is journaled first; `pin remove`
@@ -441,10 +441,11 @@ pub enum PinCommand {
         sudo cleanroomctl pin add --comm nginx --cpus 2-3\n  \
         sudo cleanroomctl pin add --comm 'postgres*' --user postgres --nice -5 --ioprio be:0\n  \
         sudo cleanroomctl pin add --cmdline 'java .*ingest' --thread 'io-*' --policy fifo --priority 10\n  \
+        sudo cleanroomctl pin add --cgroup /system.slice/db.service --cpus 4-7 --mems 1   # its cpuset\n  \
         sudo cleanroomctl pin add --comm nginx --cpus 2-3 --dry-run   # what it would match and change")]
     Add {
         #[command(flatten)]
-        rule: PinRuleArgs,
+        rule: Box<PinRuleArgs>,
         /// Say what it would match and change; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -478,9 +479,17 @@ pub struct PinRuleArgs {
     /// Only processes of this user (a name or a uid).
     #[arg(long)]
     pub user: Option<String>,
+    /// The processes in this cgroup and below it (a path as /proc/PID/cgroup shows it).
+    /// Alone, --cpus and --mems go to the cgroup's cpuset, so what starts in it later has
+    /// them from the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
     /// CPU affinity, a CPU list (e.g. 2-3,6).
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
+    /// Memory nodes, a list (e.g. 0 or 0-1): with --cgroup alone, its cpuset.mems.
+    #[arg(long, value_name = "LIST")]
+    pub mems: Option<String>,
     /// Scheduling policy: other, batch, idle, fifo or rr.
     #[arg(long)]
     pub policy: Option<String>,

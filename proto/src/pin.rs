@@ -24,9 +24,16 @@ pub struct PinRuleSpec {
     /// Only processes of this user (a name or a uid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The processes in this cgroup (an absolute path) and below it; alone, the rule's
+    /// `cpus` and `mems` go to the cgroup's cpuset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     /// CPU list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<String>,
+    /// Memory node list (a `cgroup` rule alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mems: Option<String>,
     /// `other`, `batch`, `idle`, `fifo` or `rr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,

@@ -22,6 +22,7 @@
 //! forks) are followed by a full scan, which places what the events missed; a child that
 //! inherited a placement in that window is not journaled, and keeps it after a revert.
 
+mod cgroup;
 mod events;
 mod latency;
 mod place;
@@ -190,6 +191,7 @@ impl Pinner {
                 true,
                 &mut reports,
             )?;
+            cgroup::place(host, conn, &all, None, true, reports.slice())?;
             return Ok(reports.into_vec().into_iter().take(rules.len()).collect());
         }
         inner.profile = rules.to_vec();
@@ -210,8 +212,11 @@ impl Pinner {
     ) -> Result<(Vec<PinReport>, Vec<PinReport>), Error> {
         let rules = inner.combined();
         let fence = inner.fence.clone();
-        let restored = restore(host, conn, force, fence.as_ref(), |row| {
+        let mut restored = restore(host, conn, force, fence.as_ref(), |row| {
             !still_wanted(host, &rules, row)
+        })?;
+        restore_cgroups(host, conn, force, &mut restored, |row| {
+            !cgroup::still_wanted(host, &rules, row)
         })?;
         self.seen.reload(conn)?;
         inner.rules = Arc::new(rules.clone());
@@ -239,6 +244,7 @@ impl Pinner {
             false,
             &mut reports,
         )?;
+        cgroup::place(host, conn, &rules, None, false, reports.slice())?;
         Ok((restored, reports.into_vec()))
     }
 
@@ -283,6 +289,7 @@ impl Pinner {
                 true,
                 &mut reports,
             )?;
+            cgroup::place(host, conn, &rules, None, true, reports.slice())?;
             let report = reports.into_vec().remove(0);
             return Ok(cleanroom_proto::PinAddResult { id: 0, report });
         }
@@ -420,7 +427,16 @@ impl Pinner {
                 .trim(),
         )
         .unwrap_or_default();
-        match rules.iter().find_map(|r| rule::missing_cpus(r, &online)) {
+        if let Some(e) = rules.iter().find_map(|r| rule::missing_cpus(r, &online)) {
+            return Err(Error::Rule(e));
+        }
+        // Memory nodes, where the host lists them (a kernel without NUMA has node 0 only).
+        let nodes = host
+            .read("/sys/devices/system/node/online")
+            .ok()
+            .and_then(|t| crate::host::format::parse_cpu_list(&t).ok())
+            .unwrap_or_else(|| [0].into());
+        match rules.iter().find_map(|r| rule::missing_nodes(r, &nodes)) {
             Some(e) => Err(Error::Rule(e)),
             None => Ok(()),
         }
@@ -457,7 +473,9 @@ impl Pinner {
         let fence = inner.fence.clone();
         drop(inner);
         journal::clear_rules(conn)?;
-        Ok(restore(host, conn, force, fence.as_ref(), |_| true)?)
+        let mut restored = restore(host, conn, force, fence.as_ref(), |_| true)?;
+        restore_cgroups(host, conn, force, &mut restored, |_| true)?;
+        Ok(restored)
     }
 
     /// Task `tid` ended: its rows go, if it may have any, with others (at most
@@ -493,7 +511,9 @@ impl Pinner {
     /// Verify: each rule in force against the tasks it matches.
     pub fn verify(&self, host: &Host) -> Vec<PinReport> {
         let rules = self.rules();
-        place::verify(host, &rules)
+        let mut reports = place::verify(host, &rules);
+        cgroup::verify(host, &rules, &mut reports);
+        reports
     }
 
     /// Places what one event concerns (the tasks of process `pid`, or only its thread
@@ -519,12 +539,56 @@ impl Pinner {
         ) {
             tracing::error!(pid, error = %e, "cannot journal a placement");
         }
+        // A process that starts in a cgroup a rule places: the cgroup may be new (made
+        // again under its old path), so its cpuset is checked, and placed if it is not.
+        if only.is_none() && rules.iter().any(|r| r.select.whole_cgroup().is_some()) {
+            let paths = place::cgroups_of(host, pid);
+            if let Err(e) = cgroup::place(host, conn, &rules, Some(&paths), false, reports.slice())
+            {
+                tracing::error!(pid, error = %e, "cannot journal a cgroup placement");
+            }
+        }
         for r in reports.into_vec() {
             for p in r.problems {
                 tracing::warn!(pid = p.pid, tid = p.tid, attr = %p.attr, value = %p.expected, reason = ?p.reason, rule = %r.rule, "cannot place a task");
             }
         }
     }
+}
+
+/// Puts back the journaled cgroup files `which` selects (see [`cgroup::restore`]), their
+/// problems added to `reports` by rule.
+fn restore_cgroups(
+    host: &Host,
+    conn: &Connection,
+    force: bool,
+    reports: &mut Vec<PinReport>,
+    which: impl Fn(&journal::CgroupRow) -> bool,
+) -> rusqlite::Result<()> {
+    for (rule, problem) in cgroup::restore(host, conn, force, which)? {
+        report_for(reports, &rule).problems.push(problem);
+    }
+    Ok(())
+}
+
+/// The report of rule `rule` (its text) among `reports`, added if there is none yet.
+fn report_for<'a>(reports: &'a mut Vec<PinReport>, rule: &str) -> &'a mut PinReport {
+    let at = match reports.iter().position(|r| r.rule == rule) {
+        Some(i) => i,
+        None => {
+            reports.push(PinReport {
+                rule: rule.to_owned(),
+                at: String::new(),
+                matched: 0,
+                placed: 0,
+                changed: 0,
+                problems: Vec::new(),
+                more_problems: 0,
+            });
+            reports.len() - 1
+        }
+    };
+    &mut reports[at]
 }
 
 /// Whether the rules still want a journaled task attribute set.
@@ -536,9 +600,9 @@ fn still_wanted(host: &Host, rules: &[Rule], row: &journal::Row) -> bool {
         return false;
     };
     rules.iter().any(|r| {
-        r.select.process_matches(&p.comm, &p.cmdline, p.uid)
+        p.taken_by(r)
             && r.select.thread_matches(&t.comm)
-            && r.place.iter().any(|(a, _)| a.as_str() == row.attr)
+            && r.task_place().any(|(a, _)| a.as_str() == row.attr)
     })
 }
 
@@ -587,22 +651,7 @@ fn restore(
     let mut tasks: BTreeSet<(String, i32)> = BTreeSet::new();
     let mut fates = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        let at = match reports.iter().position(|r| r.rule == row.rule) {
-            Some(i) => i,
-            None => {
-                reports.push(PinReport {
-                    rule: row.rule.clone(),
-                    at: String::new(),
-                    matched: 0,
-                    placed: 0,
-                    changed: 0,
-                    problems: Vec::new(),
-                    more_problems: 0,
-                });
-                reports.len() - 1
-            }
-        };
-        let report = &mut reports[at];
+        let report = report_for(&mut reports, &row.rule);
         if tasks.insert((row.rule.clone(), row.tid)) {
             report.matched += 1;
         }

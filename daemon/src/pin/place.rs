@@ -116,6 +116,28 @@ pub(super) struct Process {
     pub(super) comm: String,
     pub(super) cmdline: String,
     pub(super) uid: u32,
+    /// Its cgroup paths, one per hierarchy (read only when a rule names a cgroup).
+    pub(super) cgroups: Vec<String>,
+}
+
+impl Process {
+    /// Whether `rule` takes this process (its threads are checked by name after).
+    pub(super) fn taken_by(&self, rule: &Rule) -> bool {
+        rule.select
+            .process_matches(&self.comm, &self.cmdline, self.uid, &self.cgroups)
+    }
+}
+
+/// The cgroup paths of process `pid` (`/proc/PID/cgroup`, one per hierarchy).
+pub(super) fn cgroups_of(host: &Host, pid: i32) -> Vec<String> {
+    host.read(&format!("/proc/{pid}/cgroup"))
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// One task of a process.
@@ -159,10 +181,16 @@ pub(super) fn process(host: &Host, pid: i32, rules: &[Rule]) -> Option<Process> 
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
+    let cgroups = if rules.iter().any(|r| r.select.cgroup.is_some()) {
+        cgroups_of(host, pid)
+    } else {
+        Vec::new()
+    };
     Some(Process {
         comm: comm.trim_end_matches('\n').to_owned(),
         cmdline: cmdline.join(" "),
         uid,
+        cgroups,
     })
 }
 
@@ -213,10 +241,8 @@ type Wants = BTreeMap<Attr, (String, usize)>;
 fn wanted(rules: &[Rule], p: &Process, t: &Task) -> Wants {
     let mut want = BTreeMap::new();
     for (i, rule) in rules.iter().enumerate() {
-        if rule.select.process_matches(&p.comm, &p.cmdline, p.uid)
-            && rule.select.thread_matches(&t.comm)
-        {
-            for (attr, value) in &rule.place {
+        if p.taken_by(rule) && rule.select.thread_matches(&t.comm) {
+            for (attr, value) in rule.task_place() {
                 want.insert(*attr, (value.clone(), i));
             }
         }
@@ -236,10 +262,7 @@ fn matched(
         let Some(p) = process(host, pid, rules) else {
             continue;
         };
-        if !rules
-            .iter()
-            .any(|r| r.select.process_matches(&p.comm, &p.cmdline, p.uid))
-        {
+        if !rules.iter().any(|r| p.taken_by(r)) {
             continue;
         }
         let tasks = match only {
@@ -289,6 +312,11 @@ impl Reports {
 
     pub(super) fn into_vec(self) -> Vec<PinReport> {
         self.0
+    }
+
+    /// The reports, by rule index.
+    pub(super) fn slice(&mut self) -> &mut [PinReport] {
+        &mut self.0
     }
 }
 

@@ -12,6 +12,11 @@
 //! priority = 10                 # 1-99, for fifo and rr only
 //! nice = -5
 //! ioprio = "be:0"               # none | idle | be:N | rt:N
+//!
+//! [[pin]]
+//! cgroup = "/system.slice/db.service"  # the processes in this cgroup and below it
+//! cpus = "0-7"                  # alone, a cgroup's CPUs and memory nodes are its cpuset's:
+//! mems = "0"                    # what starts in it later has them from the kernel
 //! ```
 //!
 //! A task matched by several rules takes each attribute from the last rule that sets it
@@ -78,6 +83,9 @@ pub struct Select {
     pub thread: Option<Glob>,
     /// The process's real user id.
     pub user: Option<u32>,
+    /// A cgroup path (as `/proc/PID/cgroup` shows it, in any hierarchy): the processes in
+    /// it and below it.
+    pub cgroup: Option<String>,
 }
 
 impl Select {
@@ -96,20 +104,80 @@ impl Select {
         if let Some(u) = self.user {
             parts.push(format!("user={u}"));
         }
+        if let Some(c) = &self.cgroup {
+            parts.push(format!("cgroup={c:?}"));
+        }
         parts.join(" ")
     }
 
-    /// Whether a process matches (the thread name is checked per task).
-    pub fn process_matches(&self, comm: &str, cmdline: &str, uid: u32) -> bool {
+    /// Whether a process matches (the thread name is checked per task); `cgroups` are
+    /// the paths of its `/proc/PID/cgroup` (read only when a rule has a cgroup).
+    pub fn process_matches(&self, comm: &str, cmdline: &str, uid: u32, cgroups: &[String]) -> bool {
         self.comm.as_ref().is_none_or(|g| g.matches(comm))
             && self.cmdline.as_ref().is_none_or(|r| r.matches(cmdline))
             && self.user.is_none_or(|u| u == uid)
+            && self
+                .cgroup
+                .as_ref()
+                .is_none_or(|c| cgroups.iter().any(|p| is_under(p, c)))
+    }
+
+    /// The cgroup a rule with only a cgroup selector names: its CPUs and memory nodes are
+    /// placed through the cgroup's cpuset, not task by task.
+    pub fn whole_cgroup(&self) -> Option<&str> {
+        match self {
+            Select {
+                comm: None,
+                cmdline: None,
+                thread: None,
+                user: None,
+                cgroup: Some(c),
+            } => Some(c),
+            _ => None,
+        }
     }
 
     /// Whether a thread of a matched process is taken.
     pub fn thread_matches(&self, name: &str) -> bool {
         self.thread.as_ref().is_none_or(|g| g.matches(name))
     }
+}
+
+/// Whether cgroup `path` is `prefix` or below it.
+pub(crate) fn is_under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// A cgroup path as a rule may name it: absolute, no `.` or `..` component, no empty
+/// component, printable, at most 4096 bytes.
+fn cgroup_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!(
+            "{text:?} is not an absolute cgroup path (\"/system.slice/x.service\")"
+        ));
+    }
+    let trimmed = text.trim_end_matches('/');
+    if text.len() > 4096
+        || text.chars().any(char::is_control)
+        || trimmed
+            .split('/')
+            .skip(1)
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "{text:?} is not a cgroup path: no empty, `.` or `..` component, no control characters, at most 4096 bytes"
+        ));
+    }
+    Ok(if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    })
 }
 
 /// One rule: a selector and the attributes it sets (canonical values, in [`Attr`] order).
@@ -119,6 +187,8 @@ pub struct Rule {
     pub select: Select,
     /// What they get.
     pub place: Vec<(Attr, String)>,
+    /// The memory nodes of a cgroup rule (its cpuset's `cpuset.mems`), canonical.
+    pub mems: Option<String>,
     /// Where it was written: `FILE: line N`.
     pub at: String,
 }
@@ -126,8 +196,20 @@ pub struct Rule {
 impl Rule {
     /// The rule as one line: `comm="nginx" -> cpus=2-3 policy=fifo:10`.
     pub fn text(&self) -> String {
-        let place: Vec<String> = self.place.iter().map(|(a, v)| format!("{a}={v}")).collect();
+        let mut place: Vec<String> = self.place.iter().map(|(a, v)| format!("{a}={v}")).collect();
+        if let Some(m) = &self.mems {
+            place.push(format!("mems={m}"));
+        }
         format!("{} -> {}", self.select.text(), place.join(" "))
+    }
+
+    /// The attributes the rule sets task by task: all of them but, for a rule with only a
+    /// cgroup selector, its CPUs (its cpuset's).
+    pub fn task_place(&self) -> impl Iterator<Item = &(Attr, String)> {
+        let whole = self.select.whole_cgroup().is_some();
+        self.place
+            .iter()
+            .filter(move |(a, _)| !(whole && *a == Attr::Affinity))
     }
 
     /// The CPUs the rule pins to, if it does.
@@ -181,18 +263,13 @@ impl PinDoc {
         let key = |k: &str| format!("pin[{index}].{k}");
         let err =
             |span: std::ops::Range<usize>, k: &str, msg: String| (line(span.start), key(k), msg);
-        for (k, v) in [
-            ("unit", &self.unit),
-            ("cgroup", &self.cgroup),
-            ("mems", &self.mems),
-        ] {
-            if let Some(v) = v {
-                return Err(err(
-                    v.span(),
-                    k,
-                    "not supported yet: pin processes by comm, cmdline, thread and user".into(),
-                ));
-            }
+        if let Some(v) = &self.unit {
+            return Err(err(
+                v.span(),
+                "unit",
+                "not supported yet: name the unit's cgroup (`cgroup = \"/system.slice/NAME\"`)"
+                    .into(),
+            ));
         }
         let mut select = Select::default();
         let mut first: Option<usize> = None;
@@ -225,13 +302,38 @@ impl PinDoc {
                 },
             });
         }
-        if select.comm.is_none() && select.cmdline.is_none() && select.thread.is_none() {
+        if let Some(c) = self.cgroup {
+            note(c.span());
+            select.cgroup = Some(cgroup_path(c.get_ref()).map_err(|e| err(c.span(), "cgroup", e))?);
+        }
+        if select.comm.is_none()
+            && select.cmdline.is_none()
+            && select.thread.is_none()
+            && select.cgroup.is_none()
+        {
             return Err((
                 first.map_or(0, line),
                 format!("pin[{index}]"),
-                "a rule needs a selector: comm, cmdline or thread (user narrows one of them)"
+                "a rule needs a selector: comm, cmdline, thread or cgroup (user narrows one of them)"
                     .into(),
             ));
+        }
+        let mut mems = None;
+        if let Some(m) = self.mems {
+            if select.whole_cgroup().is_none() {
+                return Err(err(
+                    m.span(),
+                    "mems",
+                    "memory nodes are a cgroup's (its cpuset): `mems` needs a `cgroup` selector alone"
+                        .into(),
+                ));
+            }
+            let set = crate::host::format::parse_cpu_list(m.get_ref())
+                .map_err(|e| err(m.span(), "mems", e.replace("CPU", "node")))?;
+            if set.is_empty() {
+                return Err(err(m.span(), "mems", "empty node list".into()));
+            }
+            mems = Some(format_cpu_list(&set));
         }
         let mut place = Vec::new();
         if let Some(c) = self.cpus {
@@ -282,15 +384,20 @@ impl PinDoc {
                 .map_err(|e| err(p.span(), "ioprio", e))?;
             place.push((Attr::Ioprio, v));
         }
-        if place.is_empty() {
+        if place.is_empty() && mems.is_none() {
             return Err((
                 first.map_or(0, line),
                 format!("pin[{index}]"),
-                "a rule needs a placement: cpus, policy, nice or ioprio".into(),
+                "a rule needs a placement: cpus, mems, policy, nice or ioprio".into(),
             ));
         }
         let at = format!("{what}: line {}", first.map_or(0, line));
-        Ok(Rule { select, place, at })
+        Ok(Rule {
+            select,
+            place,
+            mems,
+            at,
+        })
     }
 }
 
@@ -301,6 +408,16 @@ pub(crate) fn check_contradictions(rules: &[Rule]) -> Result<(), String> {
         for b in &rules[i + 1..] {
             if a.select != b.select {
                 continue;
+            }
+            if let (Some(ma), Some(mb)) = (&a.mems, &b.mems) {
+                if ma != mb {
+                    return Err(format!(
+                        "{}: rules for {} contradict each other: mems={ma} ({}) and mems={mb}",
+                        b.at,
+                        a.select.text(),
+                        a.at
+                    ));
+                }
             }
             for (attr, va) in &a.place {
                 if let Some((_, vb)) = b.place.iter().find(|(x, _)| x == attr) {
@@ -333,6 +450,20 @@ pub fn missing_cpus(rule: &Rule, online: &BTreeSet<u32>) -> Option<String> {
     })
 }
 
+/// Memory nodes a rule names that this host does not have: the error for an apply.
+pub fn missing_nodes(rule: &Rule, online: &BTreeSet<u32>) -> Option<String> {
+    let mems = crate::host::format::parse_cpu_list(rule.mems.as_deref()?).ok()?;
+    let missing: BTreeSet<u32> = mems.difference(online).copied().collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{}: key `mems`: memory nodes {} do not exist on this host (online: {})",
+            rule.at,
+            format_cpu_list(&missing),
+            format_cpu_list(online)
+        )
+    })
+}
+
 /// A rule as a `pin.add` request gives it, checked as a profile's `[[pin]]` is; errors
 /// name the option (`--cpus: ...`). `id` names the rule in reports.
 pub fn from_spec(spec: &cleanroom_proto::PinRuleSpec, id: u64) -> Result<Rule, String> {
@@ -351,9 +482,9 @@ pub fn from_spec(spec: &cleanroom_proto::PinRuleSpec, id: u64) -> Result<Rule, S
             )
         }),
         unit: None,
-        cgroup: None,
+        cgroup: at(&spec.cgroup),
         cpus: at(&spec.cpus),
-        mems: None,
+        mems: at(&spec.mems),
         policy: at(&spec.policy),
         priority: at(&spec.priority),
         nice: at(&spec.nice),

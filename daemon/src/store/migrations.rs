@@ -135,6 +135,14 @@ const MIGRATIONS: &[&str] = &[
         uid       INTEGER NOT NULL,
         created   REAL    NOT NULL
     );",
+    // 10: cgroup files pin rules with only a cgroup selector wrote (`cpuset.cpus`,
+    // `cpuset.mems`): the value before cleanroom first changed it and the value it wrote.
+    "CREATE TABLE pin_cgroups (
+        file      TEXT    PRIMARY KEY,
+        rule      TEXT    NOT NULL,
+        original  TEXT    NOT NULL,
+        written   TEXT    NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.

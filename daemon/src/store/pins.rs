@@ -187,11 +187,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     })
 }
 
-/// How many rows there are.
+/// How many rows there are (task attributes and cgroup files).
 pub fn count(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row("SELECT count(*) FROM pin_journal", [], |r| {
-        r.get::<_, i64>(0)
-    })
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM pin_journal) + (SELECT count(*) FROM pin_cgroups)",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
     .map(|n| n as u64)
 }
 
@@ -226,8 +228,55 @@ pub fn settle(conn: &mut Connection, fates: &[(&Row, Option<bool>)]) -> rusqlite
 pub fn clear(conn: &mut Connection) -> rusqlite::Result<()> {
     with_normal_sync(conn, |conn| {
         conn.execute("DELETE FROM pin_journal", [])?;
+        conn.execute("DELETE FROM pin_cgroups", [])?;
         Ok(())
     })
+}
+
+/// A cgroup file a rule wrote: its original (before cleanroom first changed it) and the
+/// value written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupRow {
+    /// The file (`.../cpuset.cpus`, `.../cpuset.mems`).
+    pub file: String,
+    /// The rule that wrote it, as one line.
+    pub rule: String,
+    /// Its value before.
+    pub original: String,
+    /// The value written.
+    pub written: String,
+}
+
+/// Records a cgroup file change about to be made (committed before it is): a file
+/// already journaled keeps its first original.
+pub fn record_cgroup(conn: &Connection, r: &CgroupRow) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO pin_cgroups (file, rule, original, written) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (file) DO UPDATE SET written = excluded.written, rule = excluded.rule",
+        params![r.file, r.rule, r.original, r.written],
+    )?;
+    Ok(())
+}
+
+/// Every journaled cgroup file.
+pub fn cgroup_rows(conn: &Connection) -> rusqlite::Result<Vec<CgroupRow>> {
+    let mut st =
+        conn.prepare_cached("SELECT file, rule, original, written FROM pin_cgroups ORDER BY file")?;
+    let rows = st.query_map([], |r| {
+        Ok(CgroupRow {
+            file: r.get(0)?,
+            rule: r.get(1)?,
+            original: r.get(2)?,
+            written: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Forgets a cgroup file (its original is back, or the cgroup is gone).
+pub fn forget_cgroup(conn: &Connection, file: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM pin_cgroups WHERE file = ?1", [file])?;
+    Ok(())
 }
 
 /// A pin rule added by hand, as stored.
