@@ -269,7 +269,13 @@ fn plan_changes(host: &Host, planned: Vec<Planned>, rows: &[journal::Row]) -> Pl
                 KnobStatus::Refused,
                 Some(why),
             )),
-            Want::Value(d) if p.current.as_ref() == Some(&d) => {
+            Want::Value(d)
+                if p.current.as_ref() == Some(&d)
+                    && !super::boot::interrupted(
+                        p.kind,
+                        journaled.get(p.path.as_str()).copied(),
+                    ) =>
+            {
                 if journaled.contains_key(p.path.as_str()) {
                     plan.unchanged.push((p.path.clone(), d.clone()));
                 }

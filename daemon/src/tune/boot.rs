@@ -539,30 +539,22 @@ fn entry_options(host: &Host, entry: &str) -> String {
 pub(super) fn write(host: &Host, path: &str, kind: Kind, value: &str) -> Result<(), KnobError> {
     let loader = detect(host).map_err(|e| format_error(path, value, &e))?;
     match (kind, loader) {
-        (Kind::GrubDropin, Loader::Grub { generator }) => {
-            let content = dropin_content(value).map_err(|e| format_error(path, value, &e))?;
-            match content {
+        (Kind::GrubDropin, Loader::Grub { .. }) => {
+            match dropin_content(value).map_err(|e| format_error(path, value, &e))? {
                 Some(text) => {
                     host.make_dir("/etc/default/grub.d")?;
                     host.put_config(path, &text)?;
                 }
                 None => host.remove_config(path)?,
             }
-            host.run(generator[0], &generator[1..], GENERATOR_TIMEOUT)?;
         }
-        (Kind::KernelCmdline, Loader::KernelInstall { release }) => {
+        (Kind::KernelCmdline, Loader::KernelInstall { .. }) => {
             if value == ABSENT {
                 host.remove_config(path)?;
             } else {
                 host.make_dir("/etc/kernel")?;
                 host.put_config(path, &format!("{value}\n"))?;
             }
-            let image = kernel_image(&release);
-            host.run(
-                "/usr/bin/kernel-install",
-                &["add", &release, &image],
-                GENERATOR_TIMEOUT,
-            )?;
         }
         (Kind::GrubbyArg, Loader::Grubby { program }) => {
             let key =
@@ -593,7 +585,43 @@ pub(super) fn write(host: &Host, path: &str, kind: Kind, value: &str) -> Result<
             ));
         }
     }
+    regenerate(host, path, kind)
+}
+
+/// Has the boot loader's configuration made again from the files as they are, where a
+/// write of `path` needs that (a crash between a file and its generator leaves the
+/// configuration behind the file). grubby edits the entries themselves: nothing to do.
+pub(super) fn regenerate(host: &Host, path: &str, kind: Kind) -> Result<(), KnobError> {
+    match (kind, detect(host)) {
+        (Kind::GrubDropin, Ok(Loader::Grub { generator })) => {
+            host.run(generator[0], &generator[1..], GENERATOR_TIMEOUT)?;
+        }
+        (Kind::KernelCmdline, Ok(Loader::KernelInstall { release })) => {
+            let image = kernel_image(&release);
+            host.run(
+                "/usr/bin/kernel-install",
+                &["add", &release, &image],
+                GENERATOR_TIMEOUT,
+            )?;
+        }
+        (Kind::GrubbyArg, _) => {}
+        (_, Ok(loader)) => {
+            return Err(format_error(
+                path,
+                "",
+                &format!("this host's boot loader is now {loader:?}"),
+            ));
+        }
+        (_, Err(e)) => return Err(format_error(path, "", &e)),
+    }
     Ok(())
+}
+
+/// Whether an apply must write a boot-loader knob that already holds its value: its row
+/// says an apply was writing it when the daemon stopped, so the file may be newer than
+/// the configuration made from it.
+pub(super) fn interrupted(kind: Kind, row: Option<&journal::Row>) -> bool {
+    kind.is_boot() && row.is_some_and(|r| r.pending_prev.is_some())
 }
 
 /// The arguments a profile asks for, if any.

@@ -642,3 +642,59 @@ fn kernel_install_gets_the_running_command_line_with_the_arguments() {
         "an absent original removes the file"
     );
 }
+
+/// The daemon died between writing the drop-in and running update-grub: the restart's
+/// re-apply finds the file holding its value, and still makes the configuration again.
+#[test]
+fn an_apply_cut_short_before_the_generator_is_finished_by_the_restart() {
+    let f = Fixture::new(&[]);
+    let args = strings(&["nohz_full=2-3", "rcu_nocbs=2-3"]);
+    journal::begin_apply(
+        &mut f.store.lock_blocking(),
+        "iso",
+        "boot-1",
+        &[journal::Change {
+            path: GRUB_DROPIN,
+            knob: "bootloader cmdline (GRUB drop-in)",
+            kind: "grub-dropin",
+            current: ABSENT,
+            desired: "nohz_full=2-3 rcu_nocbs=2-3",
+        }],
+    )
+    .unwrap();
+    std::fs::create_dir_all(f.host.path("/etc/default/grub.d").unwrap()).unwrap();
+    f.set(GRUB_DROPIN, &dropin_text(&args));
+    let said = recover(f.ctx(), OnStart::Reapply).unwrap();
+    assert!(said.contains("re-applied"), "{said}");
+    assert_eq!(f.commands.take(), ["/usr/sbin/update-grub"]);
+    // Settled: a later apply has nothing to do.
+    assert!(apply(f.ctx(), "iso", false, false).unwrap().ok);
+    assert!(f.commands.take().is_empty());
+    assert_eq!(f.rows()[0].original, ABSENT);
+}
+
+/// The daemon died between removing the drop-in and running update-grub: the restart
+/// finishes the revert by making the configuration again; a generator that fails there
+/// keeps the row, to be tried by the next revert.
+#[test]
+fn a_revert_cut_short_before_the_generator_is_finished_by_the_restart() {
+    let f = Fixture::new(&[]);
+    assert!(apply(f.ctx(), "iso", false, false).unwrap().ok);
+    f.commands.take();
+    journal::set_state(
+        &mut f.store.lock_blocking(),
+        None,
+        journal::Phase::Reverting,
+        "boot-1",
+    )
+    .unwrap();
+    std::fs::remove_file(f.host.path(GRUB_DROPIN).unwrap()).unwrap();
+    f.commands.fail_next("update-grub: out of disk space");
+    recover(f.ctx(), OnStart::Reapply).unwrap();
+    assert_eq!(f.commands.take(), ["/usr/sbin/update-grub"]);
+    assert_eq!(f.rows().len(), 1, "kept for the next revert");
+    let r = revert(f.ctx(), false).unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(f.commands.take(), ["/usr/sbin/update-grub"]);
+    assert!(f.rows().is_empty());
+}
