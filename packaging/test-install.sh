@@ -123,29 +123,7 @@ boot() {
 }
 
 # --- the Debian root ---------------------------------------------------------------------
-mirror() {
-    [ -n "${CLEANROOM_NSPAWN_MIRROR:-}" ] && { echo "$CLEANROOM_NSPAWN_MIRROR"; return; }
-    local m
-    m=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null)
-    [ -n "$m" ] || m=$(awk '$1 == "deb" && $2 ~ /^https?:.*debian/ && $3 ~ /^bookworm/ { print $2; exit }' \
-        /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)
-    echo "${m:-http://deb.debian.org/debian}"
-}
-build_root() {
-    local t0=$SECONDS m
-    m=$(mirror)
-    echo "debootstrap bookworm from $m"
-    if ! timeout 1200 debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,rpm bookworm "$work/bootstrap" "$m" \
-        >"$work/debootstrap.log" 2>&1; then
-        tail -n 20 "$work/debootstrap.log"
-        return 1
-    fi
-    rm -rf "$work"/bootstrap/var/cache/apt/archives/*.deb
-    echo "debootstrap: $((SECONDS - t0))s"
-    mkdir -p "$cache"
-    tar -C "$work/bootstrap" --numeric-owner --xattrs -cpf - . | zstd -q -T0 -o "$tarball.tmp" &&
-        mv -f "$tarball.tmp" "$tarball"
-}
+build_root() { build_debian_root "$tarball" systemd,systemd-sysv,dbus,rpm "$work"; }
 # new_root NAME: a fresh copy of the cached root at $work/NAME, with the packages in /root/pkgs.
 new_root() {
     local r=$work/$1

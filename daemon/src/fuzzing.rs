@@ -211,6 +211,7 @@ fn accepted_profile(p: &Resolved, allow: &[String]) {
             | Setting::Thp(_)
             | Setting::ThpDefrag(_)
             | Setting::MaxLatencyUs(_) => {}
+            Setting::BootCmdline(args) => boot_args(args),
         }
     }
     for rule in &p.pins {
@@ -222,6 +223,24 @@ fn accepted_profile(p: &Resolved, allow: &[String]) {
             );
         }
     }
+}
+
+/// Accepted kernel arguments are each valid, and GRUB's drop-in made of them reads back
+/// as exactly them: nothing in them reaches the shell that sources it.
+fn boot_args(args: &[String]) {
+    use crate::tune::boot;
+    assert!(!args.is_empty());
+    assert_eq!(boot::check_args(args), Ok(()), "{args:?}");
+    for a in args {
+        assert!(!boot::REFUSED.contains(&boot::arg_key(a)), "{a:?} accepted");
+    }
+    let text = boot::dropin_text(args);
+    assert_eq!(text.lines().count(), 3, "{text:?}");
+    assert_eq!(
+        crate::tune::plugins::Kind::GrubDropin.read(&text),
+        Ok(args.join(" ")),
+        "{text:?}"
+    );
 }
 
 /// A block device glob matches names in `/sys/block`: it never names a path.

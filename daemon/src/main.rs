@@ -142,7 +142,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
 
     // 6. Drop unneeded capabilities while this is the only thread: capabilities are per
     //    thread, and every thread created later inherits the reduced sets.
-    privileges::drop_capabilities()?;
+    privileges::drop_capabilities(cfg.daemon.host_root != std::path::Path::new("/"))?;
     // Pin rules recovery re-applied follow processes from now on.
     pins.enable_events(&host, &store);
 

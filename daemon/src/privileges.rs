@@ -64,10 +64,23 @@ pub struct Error {
     source: caps::errors::CapsError,
 }
 
-/// Reduces the bounding, inheritable, permitted and effective sets to [`KEPT`] and clears
-/// the ambient set. A process without capabilities (not root) has nothing to drop.
-pub fn drop_capabilities() -> Result<(), Error> {
-    let keep: CapsHashSet = KEPT.iter().map(|(c, _)| *c).collect();
+/// Kept beside [`KEPT`] by a daemon whose host root is not `/` (`--host-root`, tests
+/// only): the boot loader's generator runs chrooted into that root
+/// (`crate::host::Host::run`). A daemon on `/` (the service) never chroots, and its unit's
+/// bounding set does not have it.
+pub const KEPT_BELOW_ROOT: (Capability, &str) = (
+    Capability::CAP_SYS_CHROOT,
+    "run the boot loader's generator inside a host root other than /",
+);
+
+/// Reduces the bounding, inheritable, permitted and effective sets to [`KEPT`] (and
+/// [`KEPT_BELOW_ROOT`] when `chroot` is asked for) and clears the ambient set. A process
+/// without capabilities (not root) has nothing to drop.
+pub fn drop_capabilities(chroot: bool) -> Result<(), Error> {
+    let mut keep: CapsHashSet = KEPT.iter().map(|(c, _)| *c).collect();
+    if chroot {
+        keep.insert(KEPT_BELOW_ROOT.0);
+    }
     let permitted = caps::read(None, CapSet::Permitted).map_err(|source| Error {
         what: "read permitted set",
         source,

@@ -97,6 +97,94 @@ impl Fault {
     }
 }
 
+/// What a tuning operation needs, on a fake host root: the root holding `files`, a store,
+/// and profiles (name, TOML text) loaded under the default sysctl allowlist.
+pub(crate) struct Tuning {
+    pub(crate) _root: tempfile::TempDir,
+    pub(crate) host: crate::host::Host,
+    pub(crate) _state: tempfile::TempDir,
+    pub(crate) store: Store,
+    pub(crate) _profiles: tempfile::TempDir,
+    pub(crate) profiles: crate::tune::profile::ProfileSet,
+    pub(crate) allow: Vec<String>,
+    pub(crate) pins: Arc<crate::pin::Pinner>,
+}
+
+impl Tuning {
+    /// The fake host, a fresh store, the profiles.
+    pub(crate) fn new(files: &[(&str, &str)], profiles: &[(&str, &str)]) -> Self {
+        let (root, host) = crate::host::fake_root(files);
+        let state = scratch_dir();
+        let store = Store::open(state.path()).expect("store");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, text) in profiles {
+            std::fs::write(dir.path().join(format!("{name}.toml")), text).expect("profile");
+        }
+        let allow: Vec<String> = crate::host::sysctl::DEFAULT_ALLOW
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let profiles = crate::tune::profile::ProfileSet::load(&[dir.path().to_owned()], &allow);
+        Self {
+            _root: root,
+            host,
+            _state: state,
+            store,
+            _profiles: dir,
+            profiles,
+            allow,
+            pins: Arc::new(crate::pin::Pinner::new()),
+        }
+    }
+
+    /// The context of a tuning operation on it.
+    pub(crate) fn ctx(&self) -> crate::tune::Ctx<'_> {
+        crate::tune::Ctx {
+            host: &self.host,
+            store: &self.store,
+            profiles: &self.profiles,
+            allow: &self.allow,
+            pins: &self.pins,
+            runner: None,
+        }
+    }
+}
+
+/// The programs a fake host would have run ([`crate::host::Host::with_commands`]): a fake
+/// root has no `update-grub` to run, so tests check which commands were asked for, and
+/// can make them fail.
+#[derive(Debug, Default)]
+pub(crate) struct Commands {
+    ran: std::sync::Mutex<Vec<String>>,
+    failing: std::sync::Mutex<Option<String>>,
+}
+
+impl Commands {
+    /// Every command succeeds, with no output.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The next command fails with `why`.
+    pub(crate) fn fail_next(&self, why: &str) {
+        *self.failing.lock().unwrap() = Some(why.to_owned());
+    }
+
+    /// Records a command line; its result.
+    pub(crate) fn record(&self, command: &str) -> Result<String, String> {
+        self.ran.lock().unwrap().push(command.to_owned());
+        match self.failing.lock().unwrap().take() {
+            Some(why) => Err(why),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// The command lines asked for so far, and forgets them.
+    pub(crate) fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.ran.lock().unwrap())
+    }
+}
+
 /// What a simulated death unwinds with.
 #[derive(Debug)]
 pub(crate) struct Crashed;

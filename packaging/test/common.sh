@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Shared by packaging/test-install.sh and packaging/test/vm-install.sh (sourced, never run):
-# counting checks, the global test lock, and the search for what a removed package left.
+# Shared by packaging/test-install.sh, packaging/test/vm-install.sh and tests/boot/grub.sh
+# (sourced, never run): counting checks, the global test lock, the search for what a
+# removed package left, and the cached Debian 12 roots.
 
 passed=0 failed=0
 pass() { passed=$((passed + 1)); echo "PASS $1"; }
@@ -65,4 +66,31 @@ leftovers() {
 # its own); empty once a removed package left nothing.
 new_leftovers() {
     leftovers | LC_ALL=C comm -13 <(printf '%s\n' "$1") - | grep -vx /run/cleanroom | tr '\n' ' '
+}
+
+# debian_mirror: CLEANROOM_NSPAWN_MIRROR, else this host's apt source, else Debian's.
+debian_mirror() {
+    [ -n "${CLEANROOM_NSPAWN_MIRROR:-}" ] && { echo "$CLEANROOM_NSPAWN_MIRROR"; return; }
+    local m
+    m=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null)
+    [ -n "$m" ] || m=$(awk '$1 == "deb" && $2 ~ /^https?:.*debian/ && $3 ~ /^bookworm/ { print $2; exit }' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)
+    echo "${m:-http://deb.debian.org/debian}"
+}
+# build_debian_root TARBALL PACKAGES WORK: debootstraps a minimal Debian 12 with PACKAGES
+# (comma-separated) in WORK/bootstrap and caches it as TARBALL (zstd, numeric owners).
+build_debian_root() {
+    local tarball=$1 include=$2 work=$3 t0=$SECONDS m
+    m=$(debian_mirror)
+    echo "debootstrap bookworm (with $include) from $m"
+    if ! timeout 1200 debootstrap --variant=minbase --include="$include" bookworm "$work/bootstrap" "$m" \
+        >"$work/debootstrap.log" 2>&1; then
+        tail -n 20 "$work/debootstrap.log"
+        return 1
+    fi
+    rm -rf "$work"/bootstrap/var/cache/apt/archives/*.deb
+    echo "debootstrap: $((SECONDS - t0))s"
+    mkdir -p "$(dirname "$tarball")"
+    tar -C "$work/bootstrap" --numeric-owner --xattrs -cpf - . | zstd -q -T0 -o "$tarball.tmp" &&
+        mv -f "$tarball.tmp" "$tarball"
 }

@@ -129,6 +129,10 @@ pub enum KnobStatus {
     Ok,
     /// verify: holds another value.
     Drifted,
+    /// apply, verify: a kernel command-line argument is in the boot loader's
+    /// configuration, and the running kernel's `/proc/cmdline` does not show it yet (it
+    /// takes effect at the next boot).
+    PendingReboot,
 }
 
 /// One row of an apply, revert or verify.
@@ -144,7 +148,7 @@ pub struct KnobResult {
     pub after: Option<String>,
     /// What happened.
     pub status: KnobStatus,
-    /// Why, for unsupported, refused, failed, conflict, drifted.
+    /// Why, for unsupported, refused, failed, conflict, drifted, pending reboot.
     pub reason: Option<String>,
 }
 

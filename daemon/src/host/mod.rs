@@ -5,9 +5,13 @@
 //!
 //! One read path ([`Host::read`]) and one write path ([`Host::write`]); their errors carry
 //! the path (and the value written). Parsers of kernel formats live in [`mod@format`] and are
-//! pure.
+//! pure. Boot-loader configuration files, which cleanroom creates and removes (unlike
+//! kernel files), have their own small path ([`Host::read_config`], [`Host::put_config`],
+//! [`Host::remove_config`]), and the programs that turn them into the boot loader's
+//! configuration run through [`Host::run`] (`command.rs`), inside the root.
 
 mod cgroup;
+mod command;
 pub mod format;
 pub mod sysctl;
 pub mod tasks;
@@ -48,6 +52,15 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+    /// A program of the host (a boot loader's generator) failed, timed out or could not
+    /// start.
+    #[error("{program}: {detail}")]
+    Command {
+        /// The program and its arguments, as run.
+        program: String,
+        /// What went wrong, with the end of its output.
+        detail: String,
+    },
     /// A path given to the host layer was not absolute or tried to climb out of the root.
     #[error("refused kernel path {path:?}: it must be absolute and may not contain `..`")]
     BadPath {
@@ -68,6 +81,10 @@ pub struct Host {
     /// does (see [`crate::testing::create_dir`]).
     #[cfg(test)]
     cgroupfs: Option<PathBuf>,
+    /// Unit tests only: programs are recorded there instead of run (a fake root has none
+    /// to run; see [`crate::testing::Commands`]).
+    #[cfg(test)]
+    commands: Option<std::sync::Arc<crate::testing::Commands>>,
 }
 
 impl Host {
@@ -79,7 +96,20 @@ impl Host {
             faults: None,
             #[cfg(test)]
             cgroupfs: None,
+            #[cfg(test)]
+            commands: None,
         }
+    }
+
+    /// This host, with the programs [`Host::run`] would start recorded in `commands`
+    /// instead (unit tests on a fake root).
+    #[cfg(test)]
+    pub(crate) fn with_commands(
+        mut self,
+        commands: std::sync::Arc<crate::testing::Commands>,
+    ) -> Self {
+        self.commands = Some(commands);
+        self
     }
 
     /// This host, with every change to a kernel file or directory passing through `faults`
@@ -200,6 +230,63 @@ impl Host {
             .map_err(err)?;
         f.write_all(value.as_bytes()).map_err(err)?;
         Ok(())
+    }
+
+    /// A configuration file's content (a boot loader's), or `None` when there is none.
+    pub fn read_config(&self, abs: &str) -> Result<Option<String>, Error> {
+        let path = self.path(abs)?;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Read { path, source }),
+        }
+    }
+
+    /// Creates or replaces a configuration file (mode 0644) with `content`, atomically: a
+    /// temporary file beside it, synced, renamed over it. Its directory must exist. A
+    /// reader (the boot loader's generator) sees the old content or the new, never part.
+    pub fn put_config(&self, abs: &str, content: &str) -> Result<(), Error> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path(abs)?;
+        let err = |source| Error::Write {
+            path: path.clone(),
+            value: content.to_owned(),
+            source,
+        };
+        self.changing().map_err(err)?;
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".cleanroom-new");
+        let tmp = PathBuf::from(tmp);
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&tmp)?;
+            f.write_all(content.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(err)
+    }
+
+    /// Removes a configuration file; a missing one is fine.
+    pub fn remove_config(&self, abs: &str) -> Result<(), Error> {
+        let path = self.path(abs)?;
+        match self.changing().and_then(|()| std::fs::remove_file(&path)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Write {
+                path,
+                value: "(remove)".into(),
+                source,
+            }),
+        }
     }
 
     /// Whether a kernel path exists.

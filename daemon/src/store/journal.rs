@@ -307,10 +307,15 @@ pub fn disown(conn: &Connection, path: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Drops every row (a new boot made the originals stale).
-pub fn clear(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute("DELETE FROM journal", [])?;
-    Ok(())
+/// Drops every row but those of the kinds named in `kept` (a new boot made the originals
+/// of kernel values stale; a boot loader's files outlive it). How many rows stay.
+pub fn clear(conn: &Connection, kept: &[&str]) -> rusqlite::Result<u64> {
+    let list = serde_json::to_string(kept).unwrap_or_else(|_| "[]".into());
+    conn.execute(
+        "DELETE FROM journal WHERE kind NOT IN (SELECT value FROM json_each(?1))",
+        [list],
+    )?;
+    count(conn)
 }
 
 /// Forgets the knobs the kernel refused (a revert: no profile is in force any more).

@@ -96,8 +96,9 @@ pub fn apply(
     dry_run: bool,
     best_effort: bool,
 ) -> Result<TuneResult, Error> {
-    let planned = super::plan(ctx, name)?;
+    let mut planned = super::plan(ctx, name)?;
     let profile = ctx.profiles.get(name).map_err(Error::Profile)?;
+    let boot_args = super::boot::profile_args(profile);
     let rules = profile.pins.clone();
     let latency = super::max_latency(profile);
     let partition = super::partition::wanted(profile);
@@ -116,6 +117,7 @@ pub fn apply(
     };
     let mut conn = ctx.store.lock_blocking();
     let rows = journal::rows(&conn)?;
+    super::boot::rebase(ctx.host, &mut planned, &rows, &boot_args);
     let mut plan = plan_changes(ctx.host, planned, &rows);
     if dry_run {
         for c in &plan.changes {
@@ -217,6 +219,7 @@ pub fn apply(
     if ok {
         items.sort_by(|a, b| a.knob.cmp(&b.knob));
     }
+    super::boot::mark_pending(ctx.host, &boot_args, &mut items);
     Ok(TuneResult {
         profile: Some(name.to_owned()),
         ok,
@@ -266,7 +269,13 @@ fn plan_changes(host: &Host, planned: Vec<Planned>, rows: &[journal::Row]) -> Pl
                 KnobStatus::Refused,
                 Some(why),
             )),
-            Want::Value(d) if p.current.as_ref() == Some(&d) => {
+            Want::Value(d)
+                if p.current.as_ref() == Some(&d)
+                    && !super::boot::interrupted(
+                        p.kind,
+                        journaled.get(p.path.as_str()).copied(),
+                    ) =>
+            {
                 if journaled.contains_key(p.path.as_str()) {
                     plan.unchanged.push((p.path.clone(), d.clone()));
                 }

@@ -18,6 +18,7 @@
 //! file are merged (the later one wins).
 
 mod apply;
+pub mod boot;
 mod partition;
 pub mod plugins;
 pub mod profile;
@@ -193,6 +194,9 @@ fn apply_rank(path: &str) -> u8 {
         0
     } else if path.ends_with("/smt/control") {
         3
+    } else if boot::is_boot_path(path) {
+        // After the kernel's own knobs: a boot loader's generator takes seconds.
+        4
     } else {
         1
     }
@@ -212,6 +216,9 @@ fn revert_rank(path: &str) -> u8 {
 
 /// A knob's canonical value: its file read and normalized by its kind.
 fn read_canonical(host: &Host, path: &str, kind: Kind) -> Result<String, KnobError> {
+    if kind.is_boot() {
+        return boot::read(host, path, kind);
+    }
     let raw = host.read(path)?;
     kind.read(&raw).map_err(|detail| KnobError::Format {
         path: path.to_owned(),
@@ -222,7 +229,11 @@ fn read_canonical(host: &Host, path: &str, kind: Kind) -> Result<String, KnobErr
 
 /// Writes `value` and reads back what the kernel kept.
 fn write_knob(host: &Host, path: &str, kind: Kind, value: &str) -> Result<String, KnobError> {
-    host.write(path, &kind.to_write(value))?;
+    if kind.is_boot() {
+        boot::write(host, path, kind, value)?;
+    } else {
+        host.write(path, &kind.to_write(value))?;
+    }
     read_canonical(host, path, kind)
 }
 
@@ -317,6 +328,9 @@ pub fn verify(ctx: Ctx<'_>) -> Result<TuneResult, Error> {
             ),
         });
     }
+    if let Ok(profile) = ctx.profiles.get(&name) {
+        boot::mark_pending(ctx.host, &boot::profile_args(profile), &mut items);
+    }
     let pins = ctx.pins.verify(ctx.host);
     ok &= pins.iter().all(|p| p.problems.is_empty());
     let want = ctx.profiles.get(&name).ok().and_then(max_latency);
@@ -373,13 +387,15 @@ pub fn recover(ctx: Ctx<'_>, on_start: OnStart) -> Result<String, Error> {
         on_start == OnStart::Reapply && matches!(state.phase, Phase::Applying | Phase::Active)
     });
     if state.boot_id != boot {
-        {
+        let kept = {
             let mut conn = ctx.store.lock_blocking();
-            journal::clear(&conn)?;
+            let boot_kinds = Kind::BOOT.map(Kind::as_str);
+            let kept = journal::clear(&conn, &boot_kinds)?;
             // No task of the last boot lives.
             crate::store::pins::clear(&mut conn)?;
             journal::set_state(&mut conn, None, Phase::Idle, &boot)?;
-        }
+            kept
+        };
         return match wanted {
             Some(name) => match apply(ctx, &name, false, false) {
                 Ok(r) if !r.ok => Ok(format!(
@@ -393,6 +409,17 @@ pub fn recover(ctx: Ctx<'_>, on_start: OnStart) -> Result<String, Error> {
                     "new boot: stale originals dropped; profile {name} not re-applied: {e}"
                 )),
             },
+            // The boot loader's files still hold what the last profile wrote.
+            None if kept > 0 => {
+                let r = revert(ctx, false)?;
+                Ok(format!(
+                    "new boot: stale originals dropped; boot loader changes reverted ({} conflicts left in the journal)",
+                    r.items
+                        .iter()
+                        .filter(|i| i.status == KnobStatus::Conflict)
+                        .count()
+                ))
+            }
             None => Ok("new boot: stale originals dropped".into()),
         };
     }
@@ -444,62 +471,30 @@ mod tests {
 
     /// A fake host with three sysctls, a profile `p` that sets them to 1, 2 and 3, a
     /// profile `q` that sets b to 20 and c to 3, and a store.
-    struct Fixture {
-        _root: tempfile::TempDir,
-        host: Host,
-        _state: tempfile::TempDir,
-        store: Store,
-        _profiles: tempfile::TempDir,
-        profiles: ProfileSet,
-        allow: Vec<String>,
-        pins: Arc<crate::pin::Pinner>,
+    struct Fixture(crate::testing::Tuning);
+
+    impl std::ops::Deref for Fixture {
+        type Target = crate::testing::Tuning;
+        fn deref(&self) -> &Self::Target {
+            &self.0
+        }
     }
 
     impl Fixture {
         fn new() -> Self {
-            let (root, host) = crate::host::fake_root(&[
-                ("/proc/sys/kernel/random/boot_id", "boot-1\n"),
-                ("/proc/sys/vm/a", "0\n"),
-                ("/proc/sys/vm/b", "0\n"),
-                ("/proc/sys/vm/c", "0\n"),
-            ]);
-            let state = tempfile::tempdir().unwrap();
-            let store = Store::open(state.path()).unwrap();
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(
-                dir.path().join("p.toml"),
-                "[sysctl]\n\"vm.a\" = 1\n\"vm.b\" = 2\n\"vm.c\" = 3\n",
-            )
-            .unwrap();
-            // A second profile: b set otherwise, c alike, a dropped.
-            std::fs::write(
-                dir.path().join("q.toml"),
-                "[sysctl]\n\"vm.b\" = 20\n\"vm.c\" = 3\n",
-            )
-            .unwrap();
-            let allow: Vec<String> = DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect();
-            let profiles = ProfileSet::load(&[dir.path().to_owned()], &allow);
-            Self {
-                _root: root,
-                host,
-                _state: state,
-                store,
-                _profiles: dir,
-                profiles,
-                allow,
-                pins: Arc::new(crate::pin::Pinner::new()),
-            }
-        }
-
-        fn ctx(&self) -> Ctx<'_> {
-            Ctx {
-                host: &self.host,
-                store: &self.store,
-                profiles: &self.profiles,
-                allow: &self.allow,
-                pins: &self.pins,
-                runner: None,
-            }
+            Self(crate::testing::Tuning::new(
+                &[
+                    ("/proc/sys/kernel/random/boot_id", "boot-1\n"),
+                    ("/proc/sys/vm/a", "0\n"),
+                    ("/proc/sys/vm/b", "0\n"),
+                    ("/proc/sys/vm/c", "0\n"),
+                ],
+                &[
+                    ("p", "[sysctl]\n\"vm.a\" = 1\n\"vm.b\" = 2\n\"vm.c\" = 3\n"),
+                    // A second profile: b set otherwise, c alike, a dropped.
+                    ("q", "[sysctl]\n\"vm.b\" = 20\n\"vm.c\" = 3\n"),
+                ],
+            ))
         }
 
         /// Runs `op` on a host where the daemon dies before `step` (a kernel write or a

@@ -28,6 +28,12 @@ pub enum Kind {
     CpuList,
     /// A hex CPU mask, compared as a set; kept as a CPU list, written as a mask.
     CpuMask,
+    /// GRUB's drop-in of kernel arguments (`super::boot`): the arguments it appends.
+    GrubDropin,
+    /// kernel-install's `/etc/kernel/cmdline` (`super::boot`): the command line.
+    KernelCmdline,
+    /// One kernel argument in the BLS entries grubby edits (`super::boot`).
+    GrubbyArg,
 }
 
 impl Kind {
@@ -41,7 +47,19 @@ impl Kind {
             }
             Kind::CpuList => parse_cpu_list(raw).map(|s| format_cpu_list(&s)),
             Kind::CpuMask => parse_cpu_mask(raw).map(|s| format_cpu_list(&s)),
+            Kind::GrubDropin => Ok(super::boot::dropin_value(Some(raw))),
+            Kind::KernelCmdline | Kind::GrubbyArg => Ok(normalize_words(raw)),
         }
+    }
+
+    /// The boot-loader kinds: files read and written by `super::boot` (created and
+    /// removed, the boot loader's configuration made again), whose journal rows outlive a
+    /// boot as the files do.
+    pub const BOOT: [Kind; 3] = [Kind::GrubDropin, Kind::KernelCmdline, Kind::GrubbyArg];
+
+    /// Whether this is a boot-loader kind.
+    pub fn is_boot(self) -> bool {
+        Self::BOOT.contains(&self)
     }
 
     /// What to write to make the file hold the canonical value `v`.
@@ -50,7 +68,12 @@ impl Kind {
             Kind::CpuMask => parse_cpu_list(v)
                 .map(|s| format_cpu_mask(&s))
                 .unwrap_or_else(|_| v.to_owned()),
-            Kind::Text | Kind::Selector | Kind::CpuList => v.to_owned(),
+            Kind::Text
+            | Kind::Selector
+            | Kind::CpuList
+            | Kind::GrubDropin
+            | Kind::KernelCmdline
+            | Kind::GrubbyArg => v.to_owned(),
         }
     }
 
@@ -61,6 +84,9 @@ impl Kind {
             Kind::Selector => "selector",
             Kind::CpuList => "cpulist",
             Kind::CpuMask => "cpumask",
+            Kind::GrubDropin => "grub-dropin",
+            Kind::KernelCmdline => "kernel-cmdline",
+            Kind::GrubbyArg => "grubby-arg",
         }
     }
 
@@ -71,6 +97,9 @@ impl Kind {
             "selector" => Kind::Selector,
             "cpulist" => Kind::CpuList,
             "cpumask" => Kind::CpuMask,
+            "grub-dropin" => Kind::GrubDropin,
+            "kernel-cmdline" => Kind::KernelCmdline,
+            "grubby-arg" => Kind::GrubbyArg,
             _ => return None,
         })
     }
@@ -247,6 +276,7 @@ pub fn expand(setting: &Setting, host: &Host, allow: &[String]) -> Vec<Planned> 
         Setting::IrqAffinity(cpus) => irq(host, cpus),
         Setting::IsolationCpus(_) | Setting::Partition(_) => Vec::new(),
         Setting::MaxLatencyUs(n) => resume_latency(host, *n),
+        Setting::BootCmdline(args) => super::boot::expand(host, args),
     }
 }
 
@@ -432,7 +462,10 @@ mod tests {
         assert_eq!(Kind::CpuList.read("1,0\n").unwrap(), "0-1");
         assert_eq!(Kind::CpuMask.read("3\n").unwrap(), "0-1");
         assert_eq!(Kind::CpuMask.to_write("0-1"), "3");
-        for k in [Kind::Text, Kind::Selector, Kind::CpuList, Kind::CpuMask] {
+        for k in [Kind::Text, Kind::Selector, Kind::CpuList, Kind::CpuMask]
+            .into_iter()
+            .chain(Kind::BOOT)
+        {
             assert_eq!(Kind::parse_name(k.as_str()), Some(k));
         }
     }

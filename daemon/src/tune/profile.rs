@@ -31,6 +31,8 @@
 //! cpus = "1-3"                           # the pool exclusive runs may take
 //! [partition]
 //! isolated = "2-3"                       # kept free of all but what is pinned there
+//! [bootloader]
+//! cmdline = ["nohz_full=2-3", "rcu_nocbs=2-3"]   # kernel arguments from the next boot
 //! ```
 //!
 //! Profiles come in layers, by name. The lowest is [`BUILTIN`]: the shipped profiles
@@ -180,6 +182,9 @@ pub enum Setting {
     /// CPU's `pm_qos_resume_latency_us`, and a request held open on
     /// `/dev/cpu_dma_latency` (as tuned's `force_latency`).
     MaxLatencyUs(u32),
+    /// Kernel command-line arguments, through the boot loader (`super::boot`), checked by
+    /// `super::boot::check_args`.
+    BootCmdline(Vec<String>),
 }
 
 impl Setting {
@@ -201,6 +206,7 @@ impl Setting {
             Setting::IsolationCpus(_) => "isolation.cpus".into(),
             Setting::Partition(_) => "partition.isolated".into(),
             Setting::MaxLatencyUs(_) => "cpu.max_latency_us".into(),
+            Setting::BootCmdline(_) => "bootloader.cmdline".into(),
         }
     }
 
@@ -219,6 +225,7 @@ impl Setting {
                 format_cpu_list(s)
             }
             Setting::MaxLatencyUs(n) => n.to_string(),
+            Setting::BootCmdline(args) => args.join(" "),
         }
     }
 }
@@ -290,6 +297,7 @@ struct FileDoc {
     bench: Option<BenchDoc>,
     isolation: Option<IsolationDoc>,
     partition: Option<PartitionDoc>,
+    bootloader: Option<BootloaderDoc>,
     #[serde(default)]
     pin: Vec<crate::pin::rule::PinDoc>,
 }
@@ -367,6 +375,27 @@ struct IsolationDoc {
 #[serde(deny_unknown_fields)]
 struct PartitionDoc {
     isolated: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootloaderDoc {
+    cmdline: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[bootloader] cmdline`, checked; errors are `(line, message)`.
+fn boot_cmdline(
+    list: Spanned<Vec<Spanned<String>>>,
+    line: &dyn Fn(usize) -> usize,
+) -> Result<Setting, (usize, String)> {
+    let at_list = line(list.span().start);
+    let list = list.into_inner();
+    let args: Vec<String> = list.iter().map(|a| a.get_ref().clone()).collect();
+    super::boot::check_args(&args).map_err(|(i, msg)| {
+        let at = list.get(i).map_or(at_list, |a| line(a.span().start));
+        (at, msg)
+    })?;
+    Ok(Setting::BootCmdline(args))
 }
 
 /// A parsed file before includes are resolved.
@@ -572,6 +601,11 @@ fn parse(what: &str, text: &str, allow: &[String]) -> Result<Parsed, String> {
             }
             settings.push(Setting::Partition(set));
         }
+    }
+    if let Some(cmdline) = doc.bootloader.and_then(|b| b.cmdline) {
+        let setting = boot_cmdline(cmdline, &|offset| line_of(text, offset))
+            .map_err(|(line, msg)| at(line, "bootloader.cmdline", msg))?;
+        settings.push(setting);
     }
     let mut include = Vec::new();
     for inc in doc.profile.include {

@@ -93,6 +93,16 @@ fn restore(host: &Host, row: &journal::Row, force: bool, interrupted: bool) -> (
         }
     };
     if current == row.original {
+        // A boot loader's file back at its original by a revert cut short before the
+        // generator ran: the configuration is made again from it.
+        if kind.is_boot() && row.written != row.original {
+            if let Err(e) = super::boot::regenerate(host, &row.path, kind) {
+                let (b, a) = (Some(current.clone()), Some(current.clone()));
+                let reason = Some(e.to_string());
+                // `written` stays as it was, so the next revert tries again.
+                return (item(&p, b, a, KnobStatus::Failed, reason), Fate::Kept(None));
+            }
+        }
         let (b, a) = (Some(current.clone()), Some(current));
         return (item(&p, b, a, KnobStatus::Unchanged, None), Fate::Done);
     }
