@@ -31,6 +31,7 @@
 //! cpus = "1-3"                           # the pool exclusive runs may take
 //! [partition]
 //! isolated = "2-3"                       # kept free of all but what is pinned there
+//! kernel_args = true                     # nohz_full, rcu_nocbs, isolcpus for them at boot
 //! [bootloader]
 //! cmdline = ["nohz_full=2-3", "rcu_nocbs=2-3"]   # kernel arguments from the next boot
 //! ```
@@ -375,6 +376,7 @@ struct IsolationDoc {
 #[serde(deny_unknown_fields)]
 struct PartitionDoc {
     isolated: Option<Spanned<String>>,
+    kernel_args: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -576,7 +578,22 @@ fn parse(what: &str, text: &str, allow: &[String]) -> Result<Parsed, String> {
             settings.push(Setting::IsolationCpus(set));
         }
     }
+    // `[partition] kernel_args = true`: the boot arguments derived from the isolated CPUs,
+    // added to `[bootloader] cmdline` below.
+    let mut derived: Option<(usize, Vec<String>)> = None;
     if let Some(p) = doc.partition {
+        if let Some(k) = p.kernel_args.as_ref().filter(|k| *k.get_ref()) {
+            let line = line_of(text, k.span().start);
+            let Some(c) = &p.isolated else {
+                return Err(at(
+                    line,
+                    "partition.kernel_args",
+                    "derives the boot arguments from `isolated`, which this section lacks".into(),
+                ));
+            };
+            let set = parse_cpu_list(c.get_ref()).unwrap_or_default();
+            derived = Some((line, super::boot::partition_args(&set)));
+        }
         if let Some(c) = p.isolated {
             let line = line_of(text, c.span().start);
             let set = parse_cpu_list(c.get_ref()).map_err(|e| at(line, "partition.isolated", e))?;
@@ -602,10 +619,37 @@ fn parse(what: &str, text: &str, allow: &[String]) -> Result<Parsed, String> {
             settings.push(Setting::Partition(set));
         }
     }
+    let mut boot = Vec::new();
     if let Some(cmdline) = doc.bootloader.and_then(|b| b.cmdline) {
-        let setting = boot_cmdline(cmdline, &|offset| line_of(text, offset))
-            .map_err(|(line, msg)| at(line, "bootloader.cmdline", msg))?;
-        settings.push(setting);
+        match boot_cmdline(cmdline, &|offset| line_of(text, offset))
+            .map_err(|(line, msg)| at(line, "bootloader.cmdline", msg))?
+        {
+            Setting::BootCmdline(args) => boot = args,
+            other => settings.push(other),
+        }
+    }
+    if let Some((line, args)) = derived {
+        for arg in args {
+            let key = super::boot::arg_key(&arg);
+            match boot.iter().find(|b| super::boot::arg_key(b) == key) {
+                Some(b) if *b == arg => {}
+                Some(b) => {
+                    return Err(at(
+                        line,
+                        "partition.kernel_args",
+                        format!(
+                            "derives {arg:?}, but [bootloader] cmdline has {b:?}: drop one of them"
+                        ),
+                    ));
+                }
+                None => boot.push(arg),
+            }
+        }
+        super::boot::check_args(&boot)
+            .map_err(|(_, msg)| at(line, "partition.kernel_args", msg))?;
+    }
+    if !boot.is_empty() {
+        settings.push(Setting::BootCmdline(boot));
     }
     let mut include = Vec::new();
     for inc in doc.profile.include {
@@ -952,6 +996,52 @@ mod tests {
 
     fn value(r: &Resolved, id: &str) -> String {
         r.settings[id].setting.value_text()
+    }
+
+    /// `[partition] kernel_args = true` adds the derived arguments to `[bootloader]
+    /// cmdline` (one written the same is kept once); one written otherwise, or no
+    /// `isolated` to derive from, is an error naming the line and key. A partition whose
+    /// runs' pool lies outside it is refused too.
+    #[test]
+    fn a_partition_derives_its_boot_arguments() {
+        let (_d, s) = set(&[
+            (
+                "both",
+                "[bootloader]\ncmdline = [\"quiet\", \"rcu_nocbs=2-3\"]\n[partition]\nisolated = \"2-3\"\nkernel_args = true\n",
+            ),
+            (
+                "clash",
+                "[bootloader]\ncmdline = [\"nohz_full=3\"]\n[partition]\nisolated = \"2-3\"\nkernel_args = true\n",
+            ),
+            ("bare", "[partition]\nkernel_args = true\n"),
+            (
+                "pool",
+                "[isolation]\ncpus = \"1-2\"\n[partition]\nisolated = \"2-3\"\n",
+            ),
+        ]);
+        let both = s.get("both").unwrap();
+        assert_eq!(
+            value(both, "bootloader.cmdline"),
+            "quiet rcu_nocbs=2-3 nohz_full=2-3 isolcpus=managed_irq,domain,2-3"
+        );
+        assert_eq!(value(both, "partition.isolated"), "2-3");
+        let clash = s.get("clash").unwrap_err();
+        assert!(
+            clash.contains("line 5")
+                && clash.contains("partition.kernel_args")
+                && clash.contains("\"nohz_full=3\""),
+            "{clash}"
+        );
+        let bare = s.get("bare").unwrap_err();
+        assert!(
+            bare.contains("line 2") && bare.contains("isolated"),
+            "{bare}"
+        );
+        let pool = s.get("pool").unwrap_err();
+        assert!(
+            pool.contains("line 4") && pool.contains("must lie inside"),
+            "{pool}"
+        );
     }
 
     /// A built-in broken at run time would be a release nobody can use: each one parses,
