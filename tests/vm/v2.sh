@@ -28,7 +28,10 @@ echo "service cgroup $svc: controllers for children: $(cat "$svc/cgroup.subtree_
 work=$(mktemp -d)
 chmod 755 "$work"
 sock=$work/d.sock
-: > "$work/c.toml"
+mkdir -p "$work/profiles"
+printf '[tuning]\nprofile_dirs = ["%s"]\n' "$work/profiles" > "$work/c.toml"
+# A profile's partition: CPU 1 kept free, and the boot arguments that go with it.
+printf '[partition]\nisolated = "1"\nkernel_args = true\n' > "$work/profiles/part.toml"
 ( echo "$BASHPID" > "$svc/cleanroomd/cgroup.procs"
   RUST_LOG=info,cleanroomd::run=debug exec "$bin/cleanroomd" --config "$work/c.toml" --socket "$sock" --state-dir "$work/state" 2> "$work/log" ) &
 daemon=$!
@@ -141,6 +144,30 @@ if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
     check "and lowered the shield" grep -q "Cpus_allowed_list:.0-1$" /proc/1/status
     check "and removed the partition" test -z "$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null)"
     start_daemon
+
+    # A profile's [partition]: the same cpuset partition, held while the profile is in
+    # force; the kernel takes the CPU from PID 1 and every slice.
+    ctl --json profile apply part > "$work/apply.json" 2>&1
+    check "a profile with [partition] applies" grep -q '"knob":"partition (isolated CPUs)"[^}]*"status":"applied"' "$work/apply.json"
+    check "with its partition up, PID 1 is kept off CPU 1" grep -q "Cpus_allowed_list:.0$" /proc/1/status
+    check "and system.slice has CPU 1 no more" \
+        test "$(cat /sys/fs/cgroup/system.slice/cpuset.cpus.effective 2>/dev/null)" = 0
+    part=$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null | head -n1)
+    check "the profile's partition is a cpuset partition" \
+        test -n "$part" -a "$(cat "$part/cpuset.cpus.partition" 2>/dev/null)" = root
+    ctl --json status > "$work/status.json" 2>&1
+    check "status shows the partition" grep -q '"partition":{[^}]*"cpus":"1"' "$work/status.json"
+    out=$(ctl run --exclusive -- grep Cpus_allowed_list /proc/self/status 2>/dev/null)
+    check "an exclusive run takes its core from the partition" test "$out" = "Cpus_allowed_list:	1"
+    check "which stays up after the run" grep -q "Cpus_allowed_list:.0$" /proc/1/status
+    ctl --json profile verify > "$work/verify.json" 2>&1
+    check "verify: the partition is in force" grep -q '"knob":"partition (isolated CPUs)"[^}]*"status":"ok"' "$work/verify.json"
+    check "verify: the kernel was not booted with its arguments (pending reboot)" \
+        grep -q '"path":"/proc/cmdline"[^}]*"status":"pending_reboot"' "$work/verify.json"
+    ctl --json profile revert > "$work/revert.json" 2>&1
+    check "after the revert PID 1 has CPU 1 again" grep -q "Cpus_allowed_list:.0-1$" /proc/1/status
+    check "and the profile's partition is gone" test -z "$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null)"
+    [ "$failed" -eq 0 ] || cat "$work/apply.json" "$work/verify.json" "$work/revert.json"
 fi
 
 kill -TERM "$daemon"; wait "$daemon"

@@ -668,5 +668,40 @@ pub(super) fn mark_pending(host: &Host, args: &[String], items: &mut [KnobResult
     }
 }
 
+/// Verify's row of the running kernel: `applied` when `/proc/cmdline` shows every one of
+/// `args`, `pending reboot` (naming those it lacks) when not. Whatever the boot loader,
+/// or without one: a host booted with the arguments some other way has them.
+pub(super) fn running(host: &Host, args: &[String]) -> Option<KnobResult> {
+    if args.is_empty() {
+        return None;
+    }
+    let text = host.read("/proc/cmdline").ok()?;
+    let running = parse_cmdline(&text);
+    let missing: Vec<&str> = args
+        .iter()
+        .filter(|a| !running.contains(a))
+        .map(String::as_str)
+        .collect();
+    Some(KnobResult {
+        knob: "running kernel's command line".into(),
+        path: "/proc/cmdline".into(),
+        before: None,
+        after: Some(args.join(" ")),
+        status: if missing.is_empty() {
+            KnobStatus::Applied
+        } else {
+            KnobStatus::PendingReboot
+        },
+        reason: Some(if missing.is_empty() {
+            "the running kernel was booted with every argument".into()
+        } else {
+            format!(
+                "lacks {}: they take effect at the next boot",
+                missing.join(" ")
+            )
+        }),
+    })
+}
+
 #[cfg(test)]
 mod tests;

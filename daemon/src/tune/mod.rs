@@ -329,7 +329,9 @@ pub fn verify(ctx: Ctx<'_>) -> Result<TuneResult, Error> {
         });
     }
     if let Ok(profile) = ctx.profiles.get(&name) {
-        boot::mark_pending(ctx.host, &boot::profile_args(profile), &mut items);
+        let args = boot::profile_args(profile);
+        boot::mark_pending(ctx.host, &args, &mut items);
+        items.extend(boot::running(ctx.host, &args));
     }
     let pins = ctx.pins.verify(ctx.host);
     ok &= pins.iter().all(|p| p.problems.is_empty());

@@ -346,12 +346,15 @@ fn apply_writes_the_drop_in_journaled_then_pending_until_proc_cmdline_shows_it()
     let v = verify(f.ctx()).unwrap();
     assert!(v.ok, "a pending reboot is not drift: {v:?}");
     assert_eq!(boot_item(&v).status, KnobStatus::PendingReboot);
+    assert_eq!(running_item(&v).status, KnobStatus::PendingReboot);
     // Rebooted with the arguments: applied, and verify says ok.
     f.set(
         "/proc/cmdline",
         "BOOT_IMAGE=/boot/vmlinuz root=UUID=1 ro quiet nohz_full=2-3 rcu_nocbs=2-3\n",
     );
-    assert_eq!(boot_item(&verify(f.ctx()).unwrap()).status, KnobStatus::Ok);
+    let v = verify(f.ctx()).unwrap();
+    assert_eq!(boot_item(&v).status, KnobStatus::Ok);
+    assert_eq!(running_item(&v).status, KnobStatus::Applied, "{v:?}");
     let again = apply(f.ctx(), "iso", false, false).unwrap();
     assert_eq!(boot_item(&again).status, KnobStatus::Unchanged);
     assert!(f.commands.take().is_empty(), "nothing to regenerate");
@@ -361,6 +364,14 @@ fn apply_writes_the_drop_in_journaled_then_pending_until_proc_cmdline_shows_it()
     let v = verify(f.ctx()).unwrap();
     assert!(!v.ok);
     assert_eq!(boot_item(&v).status, KnobStatus::Drifted);
+}
+
+/// verify's row of the running kernel's command line.
+fn running_item(r: &cleanroom_proto::TuneResult) -> &KnobResult {
+    r.items
+        .iter()
+        .find(|i| i.path == "/proc/cmdline")
+        .unwrap_or_else(|| panic!("no row of /proc/cmdline: {r:?}"))
 }
 
 #[test]
