@@ -429,7 +429,7 @@ pub enum ShieldCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PinCommand {
-    /// Add a pin rule: one selector (--comm, --cmdline, --thread, --cgroup; --user
+    /// Add a pin rule: one selector (--comm, --cmdline, --thread, --cgroup, --unit; --user
     /// narrows) and at least one placement (--cpus, --mems, --policy with --priority,
     /// --nice, --ioprio). Needs role admin.
     ///
@@ -442,6 +442,7 @@ pub enum PinCommand {
         sudo cleanroomctl pin add --comm 'postgres*' --user postgres --nice -5 --ioprio be:0\n  \
         sudo cleanroomctl pin add --cmdline 'java .*ingest' --thread 'io-*' --policy fifo --priority 10\n  \
         sudo cleanroomctl pin add --cgroup /system.slice/db.service --cpus 4-7 --mems 1   # its cpuset\n  \
+        sudo cleanroomctl pin add --unit nginx.service --cpus 2-3   # AllowedCPUs=, kept across restarts\n  \
         sudo cleanroomctl pin add --comm nginx --cpus 2-3 --dry-run   # what it would match and change")]
     Add {
         #[command(flatten)]
@@ -484,6 +485,11 @@ pub struct PinRuleArgs {
     /// them from the kernel.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<String>,
+    /// The processes of this systemd unit (e.g. nginx.service). Alone, --cpus and --mems
+    /// become the unit's AllowedCPUs= and AllowedMemoryNodes= (at runtime), which systemd
+    /// keeps across restarts of the unit.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
     /// CPU affinity, a CPU list (e.g. 2-3,6).
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,

@@ -155,6 +155,7 @@ fn run(cli: &Cli) -> Result<(), CallError> {
                 thread: rule.thread.clone(),
                 user: rule.user.clone(),
                 cgroup: rule.cgroup.clone(),
+                unit: rule.unit.clone(),
                 cpus: rule.cpus.clone(),
                 mems: rule.mems.clone(),
                 policy: rule.policy.clone(),

@@ -11,6 +11,8 @@
 //! status lines are only ever a summary of state kept elsewhere, so a
 //! full queue just reports [`Sent::Full`] and the caller sends the newest line later.
 
+pub mod units;
+
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io;

@@ -28,6 +28,10 @@ pub struct PinRuleSpec {
     /// `cpus` and `mems` go to the cgroup's cpuset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// The processes of this systemd unit; alone, the rule's `cpus` and `mems` are set
+    /// as the unit's `AllowedCPUs=` and `AllowedMemoryNodes=` (at runtime, over D-Bus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     /// CPU list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<String>,

@@ -1,8 +1,10 @@
-//! Rules with only a cgroup selector place the cgroup itself: their `cpus` and `mems` are
-//! written to its cpuset (`cpuset.cpus`, `cpuset.mems`), so every task in it, and every
-//! task that starts in it later, has them from the kernel: nothing to chase. The
-//! originals are journaled first ([`journal::record_cgroup`]) and go back
-//! compare-and-swap, as task attributes do.
+//! Rules with only a cgroup or unit selector place the cgroup itself: their `cpus` and
+//! `mems` are written to its cpuset (`cpuset.cpus`, `cpuset.mems`), or for a unit set as
+//! its `AllowedCPUs=` and `AllowedMemoryNodes=` at runtime through systemd's D-Bus API
+//! (systemd keeps them across restarts of the unit), so every task in it, and every task
+//! that starts in it later, has them from the kernel: nothing to chase. The originals are
+//! journaled first ([`journal::record_cgroup`], keyed by file, or `unit:NAME/PROPERTY`)
+//! and go back compare-and-swap, as task attributes do.
 //!
 //! Where the cpuset is: on cgroup v1 the cpuset hierarchy's directory of that path; on v2
 //! the unified directory, if its parent gives it the cpuset controller (otherwise the rule
@@ -17,6 +19,7 @@ use super::rule::Rule;
 use crate::host::Host;
 use crate::host::format::{format_cpu_list, parse_cpu_list};
 use crate::store::pins::{self as journal, CgroupRow};
+use crate::systemd::units::{self, SetProperty};
 
 /// The cpuset directory of cgroup `path` on this host, or why there is none.
 pub(super) fn dir_of(host: &Host, path: &str) -> Result<String, String> {
@@ -50,47 +53,153 @@ pub(super) fn dir_of(host: &Host, path: &str) -> Result<String, String> {
     Ok(dir)
 }
 
-/// The cgroup files a whole-cgroup rule sets, with the values it wants.
-fn wants(rule: &Rule) -> Vec<(&'static str, String)> {
+/// What a whole rule places: a cpuset directory, or a systemd unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// A cgroup's cpuset directory.
+    Dir(String),
+    /// A unit, through systemd.
+    Unit(String),
+}
+
+/// The journal key of a target's CPUs (`cpus`) or memory nodes: a cpuset file, or
+/// `unit:NAME/PROPERTY`.
+fn key(target: &Target, cpus: bool) -> String {
+    let property = if cpus {
+        SetProperty::Cpus
+    } else {
+        SetProperty::Mems
+    };
+    match target {
+        Target::Dir(dir) if cpus => format!("{dir}/cpuset.cpus"),
+        Target::Dir(dir) => format!("{dir}/cpuset.mems"),
+        Target::Unit(unit) => format!("{UNIT}{unit}/{}", property.name()),
+    }
+}
+
+/// Keys of unit properties start with this.
+const UNIT: &str = "unit:";
+
+/// What a key holds now, as a list (`None`: its cgroup or unit is gone; a unit's error
+/// otherwise).
+fn read_key(host: &Host, key: &str) -> Result<Option<String>, String> {
+    let Some((unit, property)) = key.strip_prefix(UNIT).and_then(|k| k.rsplit_once('/')) else {
+        return Ok(read_list(host, key));
+    };
+    let property = if property == SetProperty::Cpus.name() {
+        SetProperty::Cpus
+    } else {
+        SetProperty::Mems
+    };
+    match units::get(unit, property) {
+        Ok(set) => Ok(Some(format_cpu_list(&set))),
+        Err(units::Error::Call(e)) if e.starts_with("no unit") => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Writes a list to a key.
+fn write_key(host: &Host, key: &str, value: &str) -> Result<(), String> {
+    let Some((unit, property)) = key.strip_prefix(UNIT).and_then(|k| k.rsplit_once('/')) else {
+        return host.write(key, value).map_err(|e| e.to_string());
+    };
+    let property = if property == SetProperty::Cpus.name() {
+        SetProperty::Cpus
+    } else {
+        SetProperty::Mems
+    };
+    let set = parse_cpu_list(value).map_err(|e| e.to_string())?;
+    let group = units::set(unit, property, &set).map_err(|e| e.to_string())?;
+    // systemd (252) takes an emptied property but leaves the cgroup's cpuset file as the
+    // last value made it, and the kernel refuses to empty it while tasks are inside
+    // (ENOSPC): the file gets its parent's effective set, what "none of its own" gives.
+    if set.is_empty() && !group.is_empty() {
+        let file = match property {
+            SetProperty::Cpus => "cpuset.cpus",
+            SetProperty::Mems => "cpuset.mems",
+        };
+        let unified = host
+            .cgroup_mounts()
+            .ok()
+            .and_then(|m| m.into_iter().find(|m| m.unified));
+        if let (Some(m), Some((parent, _))) = (unified, group.rsplit_once('/')) {
+            let mount = m.mount_point.display().to_string();
+            let path = format!("{mount}{group}/{file}");
+            let inherited = host.read(&format!("{mount}{parent}/{file}.effective"));
+            if let (true, Ok(inherited)) = (host.exists(&path), inherited) {
+                host.write(&path, inherited.trim())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The keys a whole rule sets on `target`, with the values it wants.
+fn wants(rule: &Rule, target: &Target) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Some(cpus) = rule.cpus() {
-        out.push(("cpuset.cpus", format_cpu_list(&cpus)));
+        out.push((key(target, true), format_cpu_list(&cpus)));
     }
     if let Some(m) = &rule.mems {
-        out.push(("cpuset.mems", m.clone()));
+        out.push((key(target, false), m.clone()));
     }
     out
 }
 
-/// The whole-cgroup rules among `rules` that set a cpuset file (`only`: those whose
-/// cgroup holds one of these paths), each with its index, cgroup and cpuset directory,
-/// counted as matched; one with no such directory here is reported unsupported instead.
+/// Whether a whole rule places anything through its cgroup.
+fn places(rule: &Rule) -> bool {
+    rule.cpus().is_some() || rule.mems.is_some()
+}
+
+/// Where a whole rule's cgroup is placed on this host, or why it cannot be.
+fn target_of(host: &Host, rule: &Rule) -> Option<Result<Target, String>> {
+    if let Some(unit) = rule.select.whole_unit() {
+        return Some(if units::booted(host) {
+            Ok(Target::Unit(unit.to_owned()))
+        } else {
+            Err(format!(
+                "this host does not run systemd: name the cgroup of {unit} (`cgroup = \"/system.slice/{unit}\"`)"
+            ))
+        });
+    }
+    let path = rule.select.whole_cgroup()?;
+    Some(dir_of(host, path).map(Target::Dir))
+}
+
+/// The whole rules among `rules` that place their cgroup (`only`: those whose cgroup
+/// holds one of these paths), each with its index, what it names and its target,
+/// counted as matched; one whose target is missing here is reported unsupported instead.
 fn targets<'a>(
     host: &Host,
     rules: &'a [Rule],
     only: Option<&[String]>,
     reports: &mut [PinReport],
-) -> Vec<(usize, &'a Rule, &'a str, String)> {
+) -> Vec<(usize, &'a Rule, String, Target)> {
     let mut out = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        let Some(path) = rule.select.whole_cgroup() else {
+        let Some(name) = rule.select.whole_cgroup().or(rule.select.whole_unit()) else {
             continue;
         };
-        if wants(rule).is_empty()
-            || only.is_some_and(|o| !o.iter().any(|p| super::rule::is_under(p, path)))
-        {
+        // For an event, cgroups only: systemd keeps a unit's properties across restarts,
+        // and a D-Bus call per exec in the unit would be the cost of nothing.
+        let skip = only.is_some_and(|o| {
+            rule.select.whole_unit().is_some() || !o.iter().any(|p| rule.select.in_cgroup(p))
+        });
+        if !places(rule) || skip {
             continue;
         }
-        match dir_of(host, path) {
-            Ok(dir) => {
+        match target_of(host, rule) {
+            Some(Ok(target)) => {
                 reports[i].matched += 1;
-                out.push((i, rule, path, dir));
+                out.push((i, rule, name.to_owned(), target));
             }
-            Err(why) => {
+            Some(Err(why)) => {
                 reports[i]
                     .problems
-                    .push(problem(path, "cgroup", "", None, "unsupported", why))
+                    .push(problem(name, "cgroup", "", None, "unsupported", why))
             }
+            None => {}
         }
     }
     out
@@ -102,8 +211,13 @@ fn read_list(host: &Host, file: &str) -> Option<String> {
     parse_cpu_list(&text).ok().map(|s| format_cpu_list(&s))
 }
 
-/// Places the cgroups of the whole-cgroup rules among `rules` (`only`: just those whose
-/// cgroup holds one of these paths, for an event), journaling each original first. With
+/// The attribute a key sets, for reports: the file or property name.
+fn attr_of(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, a)| a)
+}
+
+/// Places the cgroups of the whole rules among `rules` (`only`: just those whose cgroup
+/// holds one of these paths, for an event), journaling each original first. With
 /// `dry_run` nothing changes. Reports go to `reports` by rule index.
 pub(super) fn place(
     host: &Host,
@@ -113,12 +227,20 @@ pub(super) fn place(
     dry_run: bool,
     reports: &mut [PinReport],
 ) -> rusqlite::Result<()> {
-    for (i, rule, path, dir) in targets(host, rules, only, reports) {
+    for (i, rule, name, target) in targets(host, rules, only, reports) {
         let report = &mut reports[i];
         let mut placed = true;
-        for (name, want) in wants(rule) {
-            let file = format!("{dir}/{name}");
-            let current = read_list(host, &file);
+        for (key, want) in wants(rule, &target) {
+            let current = match read_key(host, &key) {
+                Ok(c) => c,
+                Err(why) => {
+                    placed = false;
+                    report
+                        .problems
+                        .push(problem(&name, attr_of(&key), &want, None, "failed", why));
+                    continue;
+                }
+            };
             if current.as_deref() == Some(want.as_str()) {
                 continue;
             }
@@ -129,23 +251,23 @@ pub(super) fn place(
             journal::record_cgroup(
                 conn,
                 &CgroupRow {
-                    file: file.clone(),
+                    file: key.clone(),
                     rule: rule.text(),
                     original: current.clone().unwrap_or_default(),
                     written: want.clone(),
                 },
             )?;
-            match host.write(&file, &want) {
+            match write_key(host, &key, &want) {
                 Ok(()) => report.changed += 1,
-                Err(e) => {
+                Err(why) => {
                     placed = false;
                     report.problems.push(problem(
-                        path,
-                        name,
+                        &name,
+                        attr_of(&key),
                         &want,
                         current,
                         "failed",
-                        e.to_string(),
+                        why,
                     ));
                 }
             }
@@ -157,10 +279,10 @@ pub(super) fn place(
     Ok(())
 }
 
-/// Puts back the journaled cgroup files `which` selects, where they still hold what
-/// cleanroom wrote (every one with `force`); a file someone changed since is a conflict,
-/// kept journaled for `--force`; a cgroup that is gone is forgotten. Problems by rule
-/// text.
+/// Puts back the journaled cgroup files and unit properties `which` selects, where they
+/// still hold what cleanroom wrote (every one with `force`); one someone changed since is
+/// a conflict, kept journaled for `--force`; a cgroup or unit that is gone is forgotten.
+/// Problems by rule text.
 pub(super) fn restore(
     host: &Host,
     conn: &Connection,
@@ -169,74 +291,79 @@ pub(super) fn restore(
 ) -> rusqlite::Result<Vec<(String, PinProblem)>> {
     let mut problems = Vec::new();
     for row in journal::cgroup_rows(conn)?.into_iter().filter(|r| which(r)) {
-        let Some(current) = read_list(host, &row.file) else {
-            journal::forget_cgroup(conn, &row.file)?;
-            continue;
+        let (owner, attr) = row.file.rsplit_once('/').unwrap_or(("", &row.file));
+        let owner = owner.strip_prefix(UNIT).unwrap_or(owner);
+        let mut fail = |current: Option<String>, status: &str, why: String| {
+            problems.push((
+                row.rule.clone(),
+                problem(owner, attr, &row.original, current, status, why),
+            ));
         };
-        let (dir, name) = row.file.rsplit_once('/').unwrap_or(("", &row.file));
+        let current = match read_key(host, &row.file) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                journal::forget_cgroup(conn, &row.file)?;
+                continue;
+            }
+            Err(why) => {
+                fail(None, "failed", why);
+                continue;
+            }
+        };
         if current == row.original {
             journal::forget_cgroup(conn, &row.file)?;
             continue;
         }
         if current != row.written && !force {
-            let reason = format!(
+            let why = format!(
                 "changed by someone else since cleanroom set {:?}; left alone (--force restores {:?})",
                 row.written, row.original
             );
-            problems.push((
-                row.rule.clone(),
-                problem(dir, name, &row.original, Some(current), "conflict", reason),
-            ));
+            fail(Some(current), "conflict", why);
             continue;
         }
-        match host.write(&row.file, &row.original) {
+        match write_key(host, &row.file, &row.original) {
             Ok(()) => journal::forget_cgroup(conn, &row.file)?,
-            Err(e) => problems.push((
-                row.rule.clone(),
-                problem(
-                    dir,
-                    name,
-                    &row.original,
-                    Some(current),
-                    "failed",
-                    e.to_string(),
-                ),
-            )),
+            Err(why) => fail(Some(current), "failed", why),
         }
     }
     Ok(problems)
 }
 
-/// Whether the whole-cgroup rules among `rules` still want journaled file `file` at the
-/// value it was written.
+/// Whether the whole rules among `rules` still want journaled key `row.file` at the value
+/// it was written.
 pub(super) fn still_wanted(host: &Host, rules: &[Rule], row: &CgroupRow) -> bool {
     rules.iter().any(|r| {
-        r.select.whole_cgroup().is_some_and(|path| {
-            dir_of(host, path).is_ok_and(|dir| {
-                wants(r)
-                    .iter()
-                    .any(|(name, v)| format!("{dir}/{name}") == row.file && *v == row.written)
+        places(r)
+            && target_of(host, r).is_some_and(|t| {
+                t.is_ok_and(|t| {
+                    wants(r, &t)
+                        .iter()
+                        .any(|(k, v)| *k == row.file && *v == row.written)
+                })
             })
-        })
     })
 }
 
-/// Verify: each whole-cgroup rule's files against what it wants.
+/// Verify: each whole rule's cgroup against what it wants.
 pub(super) fn verify(host: &Host, rules: &[Rule], reports: &mut [PinReport]) {
-    for (i, rule, path, dir) in targets(host, rules, None, reports) {
+    for (i, rule, name, target) in targets(host, rules, None, reports) {
         let report = &mut reports[i];
         let mut placed = true;
-        for (name, want) in wants(rule) {
-            let current = read_list(host, &format!("{dir}/{name}"));
+        for (key, want) in wants(rule, &target) {
+            let (current, why) = match read_key(host, &key) {
+                Ok(c) => (c, String::new()),
+                Err(why) => (None, why),
+            };
             if current.as_deref() != Some(want.as_str()) {
                 placed = false;
                 report.problems.push(problem(
-                    path,
-                    name,
+                    &name,
+                    attr_of(&key),
                     &want,
                     current,
                     "drifted",
-                    String::new(),
+                    why,
                 ));
             }
         }

@@ -181,7 +181,10 @@ pub(super) fn process(host: &Host, pid: i32, rules: &[Rule]) -> Option<Process> 
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let cgroups = if rules.iter().any(|r| r.select.cgroup.is_some()) {
+    let cgroups = if rules
+        .iter()
+        .any(|r| r.select.cgroup.is_some() || r.select.unit.is_some())
+    {
         cgroups_of(host, pid)
     } else {
         Vec::new()

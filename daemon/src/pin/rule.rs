@@ -86,6 +86,8 @@ pub struct Select {
     /// A cgroup path (as `/proc/PID/cgroup` shows it, in any hierarchy): the processes in
     /// it and below it.
     pub cgroup: Option<String>,
+    /// A systemd unit: the processes in its cgroup (a path component named so).
+    pub unit: Option<String>,
 }
 
 impl Select {
@@ -107,6 +109,9 @@ impl Select {
         if let Some(c) = &self.cgroup {
             parts.push(format!("cgroup={c:?}"));
         }
+        if let Some(u) = &self.unit {
+            parts.push(format!("unit={u:?}"));
+        }
         parts.join(" ")
     }
 
@@ -116,25 +121,42 @@ impl Select {
         self.comm.as_ref().is_none_or(|g| g.matches(comm))
             && self.cmdline.as_ref().is_none_or(|r| r.matches(cmdline))
             && self.user.is_none_or(|u| u == uid)
+            && (self.cgroup.is_none() && self.unit.is_none()
+                || cgroups.iter().any(|p| self.in_cgroup(p)))
+    }
+
+    /// Whether cgroup path `path` is one this selector's cgroup or unit takes (true when
+    /// it names neither).
+    pub fn in_cgroup(&self, path: &str) -> bool {
+        self.cgroup.as_ref().is_none_or(|c| is_under(path, c))
             && self
-                .cgroup
+                .unit
                 .as_ref()
-                .is_none_or(|c| cgroups.iter().any(|p| is_under(p, c)))
+                .is_none_or(|u| path.split('/').any(|c| c == u))
     }
 
     /// The cgroup a rule with only a cgroup selector names: its CPUs and memory nodes are
     /// placed through the cgroup's cpuset, not task by task.
     pub fn whole_cgroup(&self) -> Option<&str> {
-        match self {
-            Select {
-                comm: None,
-                cmdline: None,
-                thread: None,
-                user: None,
-                cgroup: Some(c),
-            } => Some(c),
-            _ => None,
-        }
+        self.cgroup
+            .as_deref()
+            .filter(|_| self.no_process_selector() && self.unit.is_none())
+    }
+
+    /// The unit a rule with only a unit selector names: its CPUs and memory nodes are
+    /// set on the unit (`AllowedCPUs=`, `AllowedMemoryNodes=`), not task by task.
+    pub fn whole_unit(&self) -> Option<&str> {
+        self.unit
+            .as_deref()
+            .filter(|_| self.no_process_selector() && self.cgroup.is_none())
+    }
+
+    /// Whether nothing but a cgroup or unit selects.
+    fn no_process_selector(&self) -> bool {
+        self.comm.is_none()
+            && self.cmdline.is_none()
+            && self.thread.is_none()
+            && self.user.is_none()
     }
 
     /// Whether a thread of a matched process is taken.
@@ -180,6 +202,26 @@ fn cgroup_path(text: &str) -> Result<String, String> {
     })
 }
 
+/// A systemd unit name as a rule may name it: a name of letters, digits and `:_.@-\\`
+/// with a type suffix, at most 255 bytes (systemd's own limit).
+fn unit_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 255
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c))
+        && text
+            .rsplit_once('.')
+            .is_some_and(|(name, kind)| !name.is_empty() && !kind.is_empty());
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a unit name (\"nginx.service\": letters, digits, `:_.@-\\`, a type suffix)"
+        ))
+    }
+}
+
 /// One rule: a selector and the attributes it sets (canonical values, in [`Attr`] order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -206,7 +248,7 @@ impl Rule {
     /// The attributes the rule sets task by task: all of them but, for a rule with only a
     /// cgroup selector, its CPUs (its cpuset's).
     pub fn task_place(&self) -> impl Iterator<Item = &(Attr, String)> {
-        let whole = self.select.whole_cgroup().is_some();
+        let whole = self.select.whole_cgroup().is_some() || self.select.whole_unit().is_some();
         self.place
             .iter()
             .filter(move |(a, _)| !(whole && *a == Attr::Affinity))
@@ -263,14 +305,6 @@ impl PinDoc {
         let key = |k: &str| format!("pin[{index}].{k}");
         let err =
             |span: std::ops::Range<usize>, k: &str, msg: String| (line(span.start), key(k), msg);
-        if let Some(v) = &self.unit {
-            return Err(err(
-                v.span(),
-                "unit",
-                "not supported yet: name the unit's cgroup (`cgroup = \"/system.slice/NAME\"`)"
-                    .into(),
-            ));
-        }
         let mut select = Select::default();
         let mut first: Option<usize> = None;
         let mut note = |s: std::ops::Range<usize>| {
@@ -306,25 +340,30 @@ impl PinDoc {
             note(c.span());
             select.cgroup = Some(cgroup_path(c.get_ref()).map_err(|e| err(c.span(), "cgroup", e))?);
         }
+        if let Some(u) = self.unit {
+            note(u.span());
+            select.unit = Some(unit_name(u.get_ref()).map_err(|e| err(u.span(), "unit", e))?);
+        }
         if select.comm.is_none()
             && select.cmdline.is_none()
             && select.thread.is_none()
             && select.cgroup.is_none()
+            && select.unit.is_none()
         {
             return Err((
                 first.map_or(0, line),
                 format!("pin[{index}]"),
-                "a rule needs a selector: comm, cmdline, thread or cgroup (user narrows one of them)"
+                "a rule needs a selector: comm, cmdline, thread, cgroup or unit (user narrows one of them)"
                     .into(),
             ));
         }
         let mut mems = None;
         if let Some(m) = self.mems {
-            if select.whole_cgroup().is_none() {
+            if select.whole_cgroup().is_none() && select.whole_unit().is_none() {
                 return Err(err(
                     m.span(),
                     "mems",
-                    "memory nodes are a cgroup's (its cpuset): `mems` needs a `cgroup` selector alone"
+                    "memory nodes are a cgroup's (its cpuset): `mems` needs a `cgroup` or `unit` selector alone"
                         .into(),
                 ));
             }
@@ -481,7 +520,7 @@ pub fn from_spec(spec: &cleanroom_proto::PinRuleSpec, id: u64) -> Result<Rule, S
                     .map_or_else(|_| UserRef::Name(u.clone()), UserRef::Id),
             )
         }),
-        unit: None,
+        unit: at(&spec.unit),
         cgroup: at(&spec.cgroup),
         cpus: at(&spec.cpus),
         mems: at(&spec.mems),
@@ -498,4 +537,48 @@ pub fn from_spec(spec: &cleanroom_proto::PinRuleSpec, id: u64) -> Result<Rule, S
             })?;
     rule.at = format!("rule {id}, added by hand");
     Ok(rule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(text: &str) -> Result<Rule, ErrAt> {
+        let doc: PinDoc = toml::from_str(text).unwrap();
+        doc.rule(0, "t.toml", &|_| 1)
+    }
+
+    /// Cgroup and unit selectors: what they take, what is whole (placed through the
+    /// cgroup), and the names and paths refused.
+    #[test]
+    fn cgroup_and_unit_selectors() {
+        let unit = rule("unit = \"db@1.service\"\ncpus = \"1\"\nnice = 2\n").unwrap();
+        assert_eq!(unit.select.whole_unit(), Some("db@1.service"));
+        assert!(unit.select.in_cgroup("/system.slice/db@1.service"));
+        assert!(unit.select.in_cgroup("/system.slice/db@1.service/worker"));
+        assert!(!unit.select.in_cgroup("/system.slice/db@10.service"));
+        let attrs: Vec<Attr> = unit.task_place().map(|(a, _)| *a).collect();
+        assert_eq!(attrs, [Attr::Nice], "its CPUs are the unit's, not per task");
+        let cg = rule("cgroup = \"/a/b/\"\ncomm = \"x\"\ncpus = \"1\"\n").unwrap();
+        assert_eq!(cg.select.cgroup.as_deref(), Some("/a/b"));
+        assert_eq!(
+            cg.select.whole_cgroup(),
+            None,
+            "narrowed by comm: task by task"
+        );
+        assert!(cg.select.in_cgroup("/a/b/c") && !cg.select.in_cgroup("/a/bc"));
+        assert!(cg.select.process_matches("x", "", 0, &["/a/b".into()]));
+        assert!(!cg.select.process_matches("x", "", 0, &["/a".into()]));
+        for (text, key) in [
+            ("unit = \"../x.service\"\ncpus = \"1\"\n", "unit"),
+            ("unit = \"nosuffix\"\ncpus = \"1\"\n", "unit"),
+            ("cgroup = \"a/b\"\ncpus = \"1\"\n", "cgroup"),
+            ("cgroup = \"/a/../b\"\ncpus = \"1\"\n", "cgroup"),
+            ("comm = \"x\"\nmems = \"0\"\n", "mems"),
+            ("cgroup = \"/a\"\nmems = \"\"\n", "mems"),
+        ] {
+            let (_, k, msg) = rule(text).unwrap_err();
+            assert_eq!(k, format!("pin[0].{key}"), "{text:?}: {msg}");
+        }
+    }
 }
