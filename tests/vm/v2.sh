@@ -155,8 +155,12 @@ if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
     check "and system.slice has CPU 1 no more" \
         test "$(cat /sys/fs/cgroup/system.slice/cpuset.cpus.effective 2>/dev/null)" = 0
     part=$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null | head -n1)
-    check "the profile's partition is a cpuset partition" \
-        test -n "$part" -a "$(cat "$part/cpuset.cpus.partition" 2>/dev/null)" = root
+    check "the profile's partition is an isolated cpuset partition" \
+        test -n "$part" -a "$(cat "$part/cpuset.cpus.partition" 2>/dev/null)" = isolated
+    check "systemd's view agrees: system.slice AllowedCPUs=0" \
+        test "$(systemctl show -p AllowedCPUs --value system.slice)" = 0
+    check "and init.scope's, and user.slice's" \
+        test "$(systemctl show -p AllowedCPUs --value init.scope)$(systemctl show -p AllowedCPUs --value user.slice)" = 00
     ctl --json status > "$work/status.json" 2>&1
     check "status shows the partition" grep -q '"partition":{[^}]*"cpus":"1"' "$work/status.json"
     out=$(ctl run --exclusive -- grep Cpus_allowed_list /proc/self/status 2>/dev/null)
@@ -168,6 +172,10 @@ if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
         grep -q '"path":"/proc/cmdline"[^}]*"status":"pending_reboot"' "$work/verify.json"
     ctl --json profile revert > "$work/revert.json" 2>&1
     check "after the revert PID 1 has CPU 1 again" grep -q "Cpus_allowed_list:.0-1$" /proc/1/status
+    check "the slices' AllowedCPUs are back (none)" \
+        test -z "$(systemctl show -p AllowedCPUs --value system.slice)$(systemctl show -p AllowedCPUs --value init.scope)$(systemctl show -p AllowedCPUs --value user.slice)"
+    check "and system.slice has every CPU again" \
+        test "$(cat /sys/fs/cgroup/system.slice/cpuset.cpus.effective 2>/dev/null)" = 0-1
     check "and the profile's partition is gone" test -z "$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null)"
     [ "$failed" -eq 0 ] || cat "$work/apply.json" "$work/verify.json" "$work/revert.json"
 

@@ -73,66 +73,27 @@ fn key(target: &Target, cpus: bool) -> String {
     match target {
         Target::Dir(dir) if cpus => format!("{dir}/cpuset.cpus"),
         Target::Dir(dir) => format!("{dir}/cpuset.mems"),
-        Target::Unit(unit) => format!("{UNIT}{unit}/{}", property.name()),
+        Target::Unit(unit) => units::key(unit, property),
     }
 }
-
-/// Keys of unit properties start with this.
-const UNIT: &str = "unit:";
 
 /// What a key holds now, as a list (`None`: its cgroup or unit is gone; a unit's error
 /// otherwise).
 fn read_key(host: &Host, key: &str) -> Result<Option<String>, String> {
-    let Some((unit, property)) = key.strip_prefix(UNIT).and_then(|k| k.rsplit_once('/')) else {
-        return Ok(read_list(host, key));
-    };
-    let property = if property == SetProperty::Cpus.name() {
-        SetProperty::Cpus
-    } else {
-        SetProperty::Mems
-    };
-    match units::get(unit, property) {
-        Ok(set) => Ok(Some(format_cpu_list(&set))),
-        Err(units::Error::Call(e)) if e.starts_with("no unit") => Ok(None),
-        Err(e) => Err(e.to_string()),
+    match units::parse_key(key) {
+        Some((unit, property)) => units::read_list(unit, property).map_err(|e| e.to_string()),
+        None => Ok(read_list(host, key)),
     }
 }
 
 /// Writes a list to a key.
 fn write_key(host: &Host, key: &str, value: &str) -> Result<(), String> {
-    let Some((unit, property)) = key.strip_prefix(UNIT).and_then(|k| k.rsplit_once('/')) else {
-        return host.write(key, value).map_err(|e| e.to_string());
-    };
-    let property = if property == SetProperty::Cpus.name() {
-        SetProperty::Cpus
-    } else {
-        SetProperty::Mems
-    };
-    let set = parse_cpu_list(value).map_err(|e| e.to_string())?;
-    let group = units::set(unit, property, &set).map_err(|e| e.to_string())?;
-    // systemd (252) takes an emptied property but leaves the cgroup's cpuset file as the
-    // last value made it, and the kernel refuses to empty it while tasks are inside
-    // (ENOSPC): the file gets its parent's effective set, what "none of its own" gives.
-    if set.is_empty() && !group.is_empty() {
-        let file = match property {
-            SetProperty::Cpus => "cpuset.cpus",
-            SetProperty::Mems => "cpuset.mems",
-        };
-        let unified = host
-            .cgroup_mounts()
-            .ok()
-            .and_then(|m| m.into_iter().find(|m| m.unified));
-        if let (Some(m), Some((parent, _))) = (unified, group.rsplit_once('/')) {
-            let mount = m.mount_point.display().to_string();
-            let path = format!("{mount}{group}/{file}");
-            let inherited = host.read(&format!("{mount}{parent}/{file}.effective"));
-            if let (true, Ok(inherited)) = (host.exists(&path), inherited) {
-                host.write(&path, inherited.trim())
-                    .map_err(|e| e.to_string())?;
-            }
+    match units::parse_key(key) {
+        Some((unit, property)) => {
+            units::write_list(host, unit, property, value).map_err(|e| e.to_string())
         }
+        None => host.write(key, value).map_err(|e| e.to_string()),
     }
-    Ok(())
 }
 
 /// The keys a whole rule sets on `target`, with the values it wants.
@@ -292,7 +253,7 @@ pub(super) fn restore(
     let mut problems = Vec::new();
     for row in journal::cgroup_rows(conn)?.into_iter().filter(|r| which(r)) {
         let (owner, attr) = row.file.rsplit_once('/').unwrap_or(("", &row.file));
-        let owner = owner.strip_prefix(UNIT).unwrap_or(owner);
+        let owner = owner.strip_prefix("unit:").unwrap_or(owner);
         let mut fail = |current: Option<String>, status: &str, why: String| {
             problems.push((
                 row.rule.clone(),

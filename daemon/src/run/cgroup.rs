@@ -189,6 +189,7 @@ impl Layout {
                             }
                             Layout::V1(_) => String::new(),
                         },
+                        isolated: false,
                     }
                 }
                 None => Method::Affinity,

@@ -108,7 +108,8 @@ pub struct Partition {
     /// The CPUs exclusive runs take cores from while it is up: the partition but for the
     /// CPUs pin rules place workers on (all of it when that leaves none).
     pub pool: BTreeSet<u32>,
-    /// How the shield keeps others off (`partition`, `cpuset`, `affinity`).
+    /// How the shield keeps others off (`partition (isolated)`, `partition`, `cpuset`,
+    /// `affinity`).
     pub method: &'static str,
     /// cgroup v1: the cpuset hierarchy's mount and the shield's cpuset, which does not
     /// admit the partition's CPUs (a task pinned there moves to the root cpuset first).
@@ -509,9 +510,21 @@ impl Runner {
         exempt: &shield::Exempt,
         conn: &mut rusqlite::Connection,
     ) -> Result<shield::Raised, shield::Error> {
+        self.raise_with(held, pool, exempt, &self.method, conn)
+    }
+
+    /// [`Runner::raise_locked`] by `method`.
+    fn raise_with(
+        &self,
+        held: &mut Held,
+        pool: &BTreeSet<u32>,
+        exempt: &shield::Exempt,
+        method: &shield::Method,
+        conn: &mut rusqlite::Connection,
+    ) -> Result<shield::Raised, shield::Error> {
         // No run helper is half-way into its cgroups while the shield moves processes.
         let _gate = self.slots.as_ref().map(|s| s.gate());
-        let r = shield::raise(&self.host, conn, pool, exempt, &self.method)?;
+        let r = shield::raise(&self.host, conn, pool, exempt, method)?;
         tracing::info!(
             cpus = %crate::host::format::format_cpu_list(pool),
             method = r.method,
@@ -607,8 +620,26 @@ impl Runner {
                 tids: pinned,
                 ..self.exempt.clone()
             };
-            let r = self.raise_locked(&mut held, cpus, &exempt, &mut conn)?;
-            method = r.method;
+            // The profile's partition is an isolated one where the kernel has them.
+            let method_here = match &self.method {
+                shield::Method::Partition {
+                    mount,
+                    dir,
+                    limits_from,
+                    ..
+                } => shield::Method::Partition {
+                    mount: mount.clone(),
+                    dir: dir.clone(),
+                    limits_from: limits_from.clone(),
+                    isolated: true,
+                },
+                other => other.clone(),
+            };
+            let r = self.raise_with(&mut held, cpus, &exempt, &method_here, &mut conn)?;
+            method = match r.partition_type {
+                Some("isolated") => "partition (isolated)",
+                _ => r.method,
+            };
             cgroup = r.partition.clone();
             counts = PartitionCounts {
                 processes: r.processes_moved,

@@ -1553,9 +1553,9 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
 
 /// Step 3 for a root caller's run, in its own mount namespace with `/` private: each cgroup
 /// mount of `views` remounted read-only, then its own cgroup in that hierarchy bound onto
-/// it (read-only too: a bind takes the flags of the mount it is in). A path that leads to
-/// no cgroup file system (another mount covers it) is left alone: nothing reaches that
-/// mount by it.
+/// it (read-only too: a bind takes the flags of the mount it is in; one removed meanwhile
+/// is not bound). A path that leads to no cgroup file system (another mount covers it) is
+/// left alone: nothing reaches that mount by it.
 ///
 /// # Safety
 /// Only in the child, in its own mount namespace: statfs and mount(2) on paths prepared
@@ -1582,7 +1582,13 @@ unsafe fn contain_cgroups(views: &[CgroupViewC]) -> Result<(), Failure> {
             return Err(Failure::now(Stage::CgroupReadOnly, detail));
         }
         if let Some(own) = &view.own {
-            if !Mount::bind(own, &view.mount_point).mount() {
+            // A cgroup gone since the views were made (the shield's cpuset, which a
+            // lowering removes, held the daemon's helper) leaves the hierarchy shown
+            // from its root, read-only all the same: the run cannot leave by it.
+            if !Mount::bind(own, &view.mount_point).mount()
+                // SAFETY: this thread's errno, read right after the failed call.
+                && unsafe { *libc::__errno_location() } != libc::ENOENT
+            {
                 return Err(Failure::now(Stage::CgroupOwn, detail));
             }
         }

@@ -157,6 +157,71 @@ pub fn set(unit: &str, property: SetProperty, value: &BTreeSet<u32>) -> Result<S
     })
 }
 
+/// A unit property as a journal key: `unit:NAME/PROPERTY`.
+pub fn key(unit: &str, property: SetProperty) -> String {
+    format!("{KEY}{unit}/{}", property.name())
+}
+
+/// Keys of unit properties start with this.
+const KEY: &str = "unit:";
+
+/// The unit and property a key names, if it names one.
+pub fn parse_key(key: &str) -> Option<(&str, SetProperty)> {
+    let (unit, property) = key.strip_prefix(KEY)?.rsplit_once('/')?;
+    let property = [SetProperty::Cpus, SetProperty::Mems]
+        .into_iter()
+        .find(|p| p.name() == property)?;
+    Some((unit, property))
+}
+
+/// What a unit property holds, as a list (`None`: the unit does not exist).
+pub fn read_list(unit: &str, property: SetProperty) -> Result<Option<String>, Error> {
+    match get(unit, property) {
+        Ok(set) => Ok(Some(crate::host::format::format_cpu_list(&set))),
+        Err(Error::Call(e)) if e.starts_with("no unit") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets a unit property to a list (empty: no restriction). systemd (252) takes an
+/// emptied property but leaves the unit cgroup's cpuset file as the last value made it,
+/// and the kernel refuses to empty that file while tasks are inside (`ENOSPC`): so the
+/// file then gets every online CPU (or memory node), which leaves the cgroup what its
+/// parent gives it, as "none of its own" does.
+pub fn write_list(
+    host: &crate::host::Host,
+    unit: &str,
+    property: SetProperty,
+    list: &str,
+) -> Result<(), Error> {
+    let set = crate::host::format::parse_cpu_list(list)
+        .map_err(|e| Error::Call(format!("{unit}: {e}")))?;
+    let group = self::set(unit, property, &set)?;
+    if !set.is_empty() || group.is_empty() {
+        return Ok(());
+    }
+    let (file, all) = match property {
+        SetProperty::Cpus => ("cpuset.cpus", "/sys/devices/system/cpu/online"),
+        SetProperty::Mems => ("cpuset.mems", "/sys/devices/system/node/online"),
+    };
+    let unified = host
+        .cgroup_mounts()
+        .ok()
+        .and_then(|m| m.into_iter().find(|m| m.unified));
+    let Some(m) = unified else {
+        return Ok(());
+    };
+    let path = format!("{}{group}/{file}", m.mount_point.display());
+    let all = host
+        .read(all)
+        .map_or_else(|_| "0".to_owned(), |t| t.trim().to_owned());
+    if host.exists(&path) {
+        host.write(&path, &all)
+            .map_err(|e| Error::Call(format!("{unit}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// A set from systemd's byte mask (bit `j` of byte `i` is member `8i + j`).
 fn from_mask(bytes: &[u8]) -> BTreeSet<u32> {
     bytes

@@ -478,7 +478,7 @@ pub(super) fn read(host: &Host, path: &str, kind: Kind) -> Result<String, KnobEr
                 grubby_key(path).ok_or_else(|| format_error(path, "", "not a grubby knob"))?;
             grubby_value(host, key)
         }
-        Kind::Text | Kind::Selector | Kind::CpuList | Kind::CpuMask => {
+        Kind::Text | Kind::Selector | Kind::CpuList | Kind::CpuMask | Kind::UnitCpus => {
             Err(format_error(path, "", "not a boot-loader knob"))
         }
     }

@@ -219,6 +219,21 @@ fn read_canonical(host: &Host, path: &str, kind: Kind) -> Result<String, KnobErr
     if kind.is_boot() {
         return boot::read(host, path, kind);
     }
+    if let Some((unit, property)) = crate::systemd::units::parse_key(path) {
+        return match crate::systemd::units::read_list(unit, property) {
+            Ok(Some(list)) => Ok(list),
+            Ok(None) => Err(KnobError::Format {
+                path: path.to_owned(),
+                raw: String::new(),
+                detail: format!("no unit {unit}"),
+            }),
+            Err(e) => Err(KnobError::Format {
+                path: path.to_owned(),
+                raw: String::new(),
+                detail: e.to_string(),
+            }),
+        };
+    }
     let raw = host.read(path)?;
     kind.read(&raw).map_err(|detail| KnobError::Format {
         path: path.to_owned(),
@@ -231,6 +246,14 @@ fn read_canonical(host: &Host, path: &str, kind: Kind) -> Result<String, KnobErr
 fn write_knob(host: &Host, path: &str, kind: Kind, value: &str) -> Result<String, KnobError> {
     if kind.is_boot() {
         boot::write(host, path, kind, value)?;
+    } else if let Some((unit, property)) = crate::systemd::units::parse_key(path) {
+        crate::systemd::units::write_list(host, unit, property, value).map_err(|e| {
+            KnobError::Format {
+                path: path.to_owned(),
+                raw: value.to_owned(),
+                detail: e.to_string(),
+            }
+        })?;
     } else {
         host.write(path, &kind.to_write(value))?;
     }

@@ -34,6 +34,9 @@ pub enum Kind {
     KernelCmdline,
     /// One kernel argument in the BLS entries grubby edits (`super::boot`).
     GrubbyArg,
+    /// A systemd unit's `AllowedCPUs=` (`unit:NAME/AllowedCPUs`), through D-Bus: a CPU
+    /// list, empty for no restriction.
+    UnitCpus,
 }
 
 impl Kind {
@@ -45,7 +48,7 @@ impl Kind {
                 let (options, selected) = parse_selector(raw);
                 Ok(selected.unwrap_or_else(|| options.join(" ")))
             }
-            Kind::CpuList => parse_cpu_list(raw).map(|s| format_cpu_list(&s)),
+            Kind::CpuList | Kind::UnitCpus => parse_cpu_list(raw).map(|s| format_cpu_list(&s)),
             Kind::CpuMask => parse_cpu_mask(raw).map(|s| format_cpu_list(&s)),
             Kind::GrubDropin => Ok(super::boot::dropin_value(Some(raw))),
             Kind::KernelCmdline | Kind::GrubbyArg => Ok(normalize_words(raw)),
@@ -73,7 +76,8 @@ impl Kind {
             | Kind::CpuList
             | Kind::GrubDropin
             | Kind::KernelCmdline
-            | Kind::GrubbyArg => v.to_owned(),
+            | Kind::GrubbyArg
+            | Kind::UnitCpus => v.to_owned(),
         }
     }
 
@@ -87,6 +91,7 @@ impl Kind {
             Kind::GrubDropin => "grub-dropin",
             Kind::KernelCmdline => "kernel-cmdline",
             Kind::GrubbyArg => "grubby-arg",
+            Kind::UnitCpus => "unit-cpus",
         }
     }
 
@@ -100,6 +105,7 @@ impl Kind {
             "grub-dropin" => Kind::GrubDropin,
             "kernel-cmdline" => Kind::KernelCmdline,
             "grubby-arg" => Kind::GrubbyArg,
+            "unit-cpus" => Kind::UnitCpus,
             _ => return None,
         })
     }
@@ -274,10 +280,49 @@ pub fn expand(setting: &Setting, host: &Host, allow: &[String]) -> Vec<Planned> 
             v,
         )],
         Setting::IrqAffinity(cpus) => irq(host, cpus),
-        Setting::IsolationCpus(_) | Setting::Partition(_) => Vec::new(),
+        Setting::IsolationCpus(_) => Vec::new(),
+        Setting::Partition(cpus) => slices(host, cpus),
         Setting::MaxLatencyUs(n) => resume_latency(host, *n),
         Setting::BootCmdline(args) => super::boot::expand(host, args),
     }
+}
+
+/// The units everything not started by cleanroom runs in, on a systemd host.
+const SLICES: [&str; 3] = ["init.scope", "system.slice", "user.slice"];
+
+/// A partition on a systemd host: `AllowedCPUs=` of PID 1's scope and the system and
+/// user slices narrowed to the CPUs left outside it, at runtime, so systemd's own view
+/// agrees with the kernel's partition (and keeps them narrowed for units it starts).
+/// None elsewhere: the partition itself is the shield's.
+fn slices(host: &Host, cpus: &BTreeSet<u32>) -> Vec<Planned> {
+    use crate::systemd::units::{self, SetProperty};
+    if !units::booted(host) {
+        return Vec::new();
+    }
+    let online = host
+        .read("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|t| parse_cpu_list(t.trim()).ok())
+        .unwrap_or_default();
+    let rest = format_cpu_list(&online.difference(cpus).copied().collect());
+    SLICES
+        .iter()
+        .map(|unit| {
+            let (current, want) = match units::read_list(unit, SetProperty::Cpus) {
+                Ok(Some(c)) => (Some(c), Want::Value(rest.clone())),
+                Ok(None) => (None, Want::Unsupported(format!("no unit {unit}"))),
+                Err(e) => (None, Want::Unsupported(e.to_string())),
+            };
+            Planned {
+                knob: format!("{unit} AllowedCPUs"),
+                path: units::key(unit, SetProperty::Cpus),
+                kind: Kind::UnitCpus,
+                current,
+                want,
+                soft: false,
+            }
+        })
+        .collect()
 }
 
 /// Every online CPU's `pm_qos_resume_latency_us` set to `n` (the kernel writes `0` as "no

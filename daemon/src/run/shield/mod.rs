@@ -87,6 +87,10 @@ pub enum Method {
         dir: String,
         /// The daemon's own cgroup, whose memory and task limits the partition copies.
         limits_from: String,
+        /// Ask for an `isolated` partition first (no load balancing or scheduler domain
+        /// across its CPUs: a profile's partition, whose work is pinned), `root` where
+        /// the kernel refuses; exclusive runs' own shield is `root`.
+        isolated: bool,
     },
     /// cgroup v1: the root cpuset's processes move to `dir`; other cpusets give up the CPUs
     /// except `keep` (the runs' base directory) and its ancestors.
@@ -203,6 +207,8 @@ pub struct Raised {
     pub fallback: Option<Error>,
     /// The partition exclusive runs go into (v2).
     pub partition: Option<String>,
+    /// Its type as the kernel took it: `isolated` or `root` (v2).
+    pub partition_type: Option<&'static str>,
     /// Processes moved into the shield's cpuset (v1).
     pub processes_moved: usize,
     /// Other cpusets that gave up the shielded CPUs (v1).
@@ -284,10 +290,12 @@ pub fn raise(
                 mount,
                 dir,
                 limits_from,
-            } => match partition_up(host, conn, (mount, dir, limits_from), cpus) {
-                Ok(()) => {
+                isolated,
+            } => match partition_up(host, conn, (mount, dir, limits_from), cpus, *isolated) {
+                Ok(kind) => {
                     raised.method = "partition";
                     raised.partition = Some(dir.clone());
+                    raised.partition_type = Some(kind);
                 }
                 Err(why) => {
                     tracing::warn!(reason = %why, "no cpuset partition: shielding by affinity");
@@ -667,6 +675,7 @@ mod tests {
             mount: mount.into(),
             dir: dir.into(),
             limits_from: "/sys/fs/cgroup/system.slice/cleanroomd.service".into(),
+            isolated: false,
         };
         let cpus: BTreeSet<u32> = [2, 3].into();
         let r = raise(&host, &mut conn, &cpus, &Exempt::default(), &method).unwrap();
@@ -713,6 +722,7 @@ mod tests {
             mount: "/sys/fs/cgroup".into(),
             dir: "/sys/fs/cgroup/cleanroom-exclusive-ab".into(),
             limits_from: "/sys/fs/cgroup".into(),
+            isolated: false,
         };
         let r = raise(&host, &mut conn, &[1].into(), &Exempt::default(), &method).unwrap();
         assert_eq!(r.method, "affinity");

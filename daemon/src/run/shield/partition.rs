@@ -4,14 +4,16 @@ use super::*;
 
 /// v2: the partition exclusive runs go into; the kernel takes its CPUs from everyone else.
 /// It gets the memory and task limits of the daemon's own cgroup (`limits_from`), so
-/// exclusive runs stay inside what the host gives the daemon. On failure nothing is left
-/// (controllers it enabled in the root cgroup are disabled again).
+/// exclusive runs stay inside what the host gives the daemon. `isolated` asks for an
+/// isolated partition first, then a root one. On failure nothing is left (controllers it
+/// enabled in the root cgroup are disabled again). The type the kernel took.
 pub(super) fn partition_up(
     host: &Host,
     conn: &Connection,
     (mount, dir, limits_from): (&str, &str, &str),
     cpus: &BTreeSet<u32>,
-) -> Result<(), Error> {
+    isolated: bool,
+) -> Result<&'static str, Error> {
     let available = host.read(&format!("{mount}/cgroup.controllers"))?;
     if !available.split_whitespace().any(|c| c == "cpuset") {
         return Err(Error::NoCpuset);
@@ -70,15 +72,26 @@ pub(super) fn partition_up(
         .collect();
     host.write(&format!("{dir}/cgroup.subtree_control"), &plus.join(" "))
         .map_err(|e| fail(e.into()))?;
-    host.write(&format!("{dir}/cpuset.cpus.partition"), "root")
-        .map_err(|e| fail(Error::PartitionRefused(e.to_string())))?;
-    let state = host
-        .read(&format!("{dir}/cpuset.cpus.partition"))
-        .unwrap_or_default();
-    if state.trim() != "root" {
-        return Err(fail(Error::PartitionRefused(state.trim().to_owned())));
+    let file = format!("{dir}/cpuset.cpus.partition");
+    let kinds: &[&'static str] = if isolated {
+        &["isolated", "root"]
+    } else {
+        &["root"]
+    };
+    let mut refused = String::new();
+    for kind in kinds {
+        match host.write(&file, kind) {
+            // The kernel may take the write and leave the partition invalid (it says why
+            // in the file): only the type read back counts.
+            Ok(()) => match host.read(&file).unwrap_or_default().trim() {
+                state if state == *kind => return Ok(kind),
+                state => refused = state.to_owned(),
+            },
+            Err(e) => refused = e.to_string(),
+        }
+        tracing::info!(kind, reason = %refused, "the kernel refused a partition type");
     }
-    Ok(())
+    Err(fail(Error::PartitionRefused(refused)))
 }
 
 /// v2: ends whatever a dead daemon left in the partition and removes it (the kernel gives
