@@ -34,6 +34,8 @@ printf '[tuning]\nprofile_dirs = ["%s"]\n' "$work/profiles" > "$work/c.toml"
 printf '[partition]\nisolated = "1"\nkernel_args = true\n' > "$work/profiles/part.toml"
 # A unit pinned whole (AllowedCPUs= through D-Bus) and its processes' nice value.
 printf '[[pin]]\nunit = "crpin-test.service"\ncpus = "1"\nnice = 3\n' > "$work/profiles/unitpin.toml"
+# A partition with the unit pinned inside it.
+printf '[partition]\nisolated = "1"\n[[pin]]\nunit = "crpin-test.service"\ncpus = "1"\n' > "$work/profiles/partpin.toml"
 ( echo "$BASHPID" > "$svc/cleanroomd/cgroup.procs"
   RUST_LOG=info,cleanroomd::run=debug exec "$bin/cleanroomd" --config "$work/c.toml" --socket "$sock" --state-dir "$work/state" 2> "$work/log" ) &
 daemon=$!
@@ -205,8 +207,25 @@ if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
     check "its process has every CPU again" grep -q "Cpus_allowed_list:.0-1$" "/proc/$second/status"
     [ "$failed" -eq 0 ] || { grep Cpus_allowed "/proc/$second/status"; cat "/sys/fs/cgroup/system.slice/crpin-test.service/cpuset.cpus" "/sys/fs/cgroup/system.slice/crpin-test.service/cpuset.cpus.effective" /sys/fs/cgroup/system.slice/cgroup.subtree_control; }
     check "and its nice back" test "$(awk '{print $19}' "/proc/$second/stat")" = 0
-    systemctl stop crpin-test.service
     [ "$failed" -eq 0 ] || cat "$work/unit.json" "$work/unitv.json" "$work/unitr.json"
+
+    # A partition with a service pinned inside it: a kernel partition would admit only its
+    # own cgroup, so it is kept by affinity, and the slices keep the CPU for the service.
+    ctl --json profile apply partpin > "$work/pp.json" 2>&1
+    check "a partition with a unit pinned inside applies" grep -q '"ok":true' "$work/pp.json"
+    ctl --json status > "$work/pps.json" 2>&1
+    check "it is kept by affinity" grep -q '"partition":{[^}]*"method":"affinity"' "$work/pps.json"
+    check "PID 1 is kept off its CPU" grep -q "Cpus_allowed_list:.0$" /proc/1/status
+    check "the unit runs on it" grep -q "Cpus_allowed_list:.1$" "/proc/$(mainpid)/status"
+    check "system.slice keeps the CPU (no AllowedCPUs)" test -z "$(systemctl show -p AllowedCPUs --value system.slice)"
+    systemctl restart crpin-test.service
+    check "restarted, the unit still runs on it" grep -q "Cpus_allowed_list:.1$" "/proc/$(mainpid)/status"
+    ctl --json profile revert > "$work/ppr.json" 2>&1
+    check "after the revert PID 1 has it again" grep -q "Cpus_allowed_list:.0-1$" /proc/1/status
+    for _ in $(seq 1 100); do grep -q "Cpus_allowed_list:.0-1$" "/proc/$(mainpid)/status" && break; sleep 0.05; done
+    check "and so has the unit" grep -q "Cpus_allowed_list:.0-1$" "/proc/$(mainpid)/status"
+    [ "$failed" -eq 0 ] || cat "$work/pp.json" "$work/pps.json" "$work/ppr.json"
+    systemctl stop crpin-test.service
 fi
 
 kill -TERM "$daemon"; wait "$daemon"

@@ -572,7 +572,9 @@ impl Runner {
     /// lowered when
     /// the profile goes out of force, but kept for exclusive runs still inside it (they
     /// lower it when the last ends). `pinned_cpus` are the CPUs pin rules place workers
-    /// on: exclusive runs take cores from the rest of the partition. Blocking.
+    /// on: exclusive runs take cores from the rest of the partition, and on cgroup v2 a
+    /// partition they reach is kept by affinity (a kernel partition would admit only its
+    /// own cgroup's tasks). Blocking.
     pub fn hold_partition(
         &self,
         want: Option<(&str, &BTreeSet<u32>)>,
@@ -620,8 +622,13 @@ impl Runner {
                 tids: pinned,
                 ..self.exempt.clone()
             };
-            // The profile's partition is an isolated one where the kernel has them.
+            // The profile's partition is an isolated one where the kernel has them. On
+            // cgroup v2 a kernel partition admits only the tasks inside its own cgroup,
+            // so one that pin rules place work on (services in their own cgroups) is
+            // kept by affinity instead.
+            let inside = !cpus.is_disjoint(pinned_cpus);
             let method_here = match &self.method {
+                shield::Method::Partition { .. } if inside => shield::Method::Affinity,
                 shield::Method::Partition {
                     mount,
                     dir,

@@ -132,6 +132,12 @@ fn plan(ctx: Ctx<'_>, name: &str) -> Result<Vec<Planned>, Error> {
     let mut order = Vec::new();
     for (id, s) in &profile.settings {
         let rank = (s.profile == profile.name, is_exact(&s.setting));
+        // A partition its own rules place work on is kept by affinity, and the slices
+        // those services live in must keep its CPUs.
+        if matches!(s.setting, profile::Setting::Partition(_)) && partition::pinned_inside(profile)
+        {
+            continue;
+        }
         for p in plugins::expand(&s.setting, ctx.host, ctx.allow) {
             match by_path.get(&p.path) {
                 None => order.push(p.path.clone()),

@@ -55,6 +55,11 @@ pub(super) fn check(host: &Host, profile: &str, cpus: &BTreeSet<u32>) -> Result<
     Ok(())
 }
 
+/// Whether profile `profile`'s own pin rules place work on its partition's CPUs.
+pub(super) fn pinned_inside(profile: &Resolved) -> bool {
+    wanted(profile).is_some_and(|cpus| !pinned_cpus(&profile.pins).is_disjoint(&cpus))
+}
+
 /// The CPUs `rules` place tasks on.
 fn pinned_cpus(rules: &[Rule]) -> BTreeSet<u32> {
     rules.iter().filter_map(Rule::cpus).flatten().collect()
