@@ -483,6 +483,11 @@ fn a_second_daemon_on_a_live_socket_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already serving"), "{err}");
     assert!(err.contains(&first.socket.display().to_string()), "{err}");
+    // Refused before it touched anything: no run cgroups made (and left), no recovery.
+    assert!(
+        !err.contains("run cgroups ready") && !err.contains("tuning recovery"),
+        "{err}"
+    );
     assert_eq!(
         first.connect().call("daemon.ping", json!({}))["result"]["pong"],
         true

@@ -80,19 +80,27 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
     // Room kept for putting the host back should the file system fill up.
     store.keep_reserve();
 
-    // 4. Recovery before the socket, so no request can see a half-recovered host: the
-    //    journal left by a previous run is re-applied or reverted (a new boot recaptures
-    //    the originals).
+    // 4. The socket: systemd's if it passed one, else bound here (stale file replaced,
+    //    live daemon refused), with its group and mode set before anyone is told. Before
+    //    anything is touched, so a daemon refused here leaves the host as it found it;
+    //    connections queue in the kernel until step 8 serves them, so no request sees a
+    //    half-recovered host.
+    let listening = match listener::inherited()? {
+        Some(l) => l,
+        None => listener::bind(&cfg.socket.path, &cfg.socket.group, cfg.socket.mode.0)?,
+    };
+
+    // 5. Run cgroups below our own, and what a dead daemon left ended and removed: its
+    //    runs and its shield (a profile's partition is the shield: recovery raises it
+    //    again when it re-applies the profile). The store's lock keeps a second daemon on
+    //    this state directory out; another state directory is another instance, whose
+    //    cgroups and shield journal are its own. Before serving, so no new run can start
+    //    first.
     let host = Host::new(&cfg.daemon.host_root);
     let cgroup = host.cgroup_mode().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot detect cgroup hierarchies");
         cleanroom_proto::CgroupMode::None
     });
-    // Run cgroups below our own, and what a dead daemon left ended and removed: its runs
-    // and its shield (a profile's partition is the shield: recovery raises it again when
-    // it re-applies the profile). The store's lock keeps a second daemon on this state
-    // directory out; another state directory is another instance, whose cgroups and
-    // shield journal are its own. Before serving, so no new run can start first.
     let runner = std::sync::Arc::new(cleanroomd::run::Runner::new(
         host.clone(),
         cgroup,
@@ -101,44 +109,16 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         store.clone(),
         cfg.runs.shield(),
     ));
+
+    // 5b. Recovery: the journal left by a previous run is re-applied or reverted (a new
+    //     boot recaptures the originals); pin rules added by hand follow `on_start` like
+    //     the profile. A start that fails here removes the run cgroups it made.
     let pins = Arc::new(cleanroomd::pin::Pinner::new());
-    pins.load(&store.lock_blocking())
-        .context("cannot read the pin rules added by hand")?;
-    let recovered = cleanroomd::tune::recover(
-        cleanroomd::tune::Ctx {
-            host: &host,
-            store: &store,
-            profiles: &live.profiles,
-            allow: &cfg.tuning.sysctl_allow,
-            pins: &pins,
-            runner: Some(&runner),
-        },
-        cfg.tuning.on_start,
-    )
-    .context("tuning recovery failed")?;
-    tracing::info!(outcome = %recovered, "tuning recovery");
-    // Pin rules added by hand follow `on_start` like the profile: in force again, or out
-    // of force with every original back.
-    if cfg.tuning.on_start == cleanroomd::tune::OnStart::Revert {
-        let reverted = pins
-            .revert_all(&host, &mut store.lock_blocking(), false)
-            .context("cannot revert the pin rules added by hand")?;
-        if !reverted.is_empty() {
-            tracing::info!(
-                rules = reverted.len(),
-                "pin rules added by hand reverted at start"
-            );
-        }
-    } else {
-        pins.resume(&host, &store)
-            .context("cannot put the pin rules added by hand in force")?;
+    let recovery = recover(&host, &store, &live, &cfg, &pins, &runner);
+    if let Err(e) = recovery {
+        runner.shutdown();
+        return Err(e);
     }
-    // 5. The socket: systemd's if it passed one, else bound here (stale file replaced,
-    //    live daemon refused), with its group and mode set before anyone is told.
-    let listening = match listener::inherited()? {
-        Some(l) => l,
-        None => listener::bind(&cfg.socket.path, &cfg.socket.group, cfg.socket.mode.0)?,
-    };
 
     // 6. Drop unneeded capabilities while this is the only thread: capabilities are per
     //    thread, and every thread created later inherits the reduced sets.
@@ -563,4 +543,46 @@ fn init_logging() {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+}
+
+/// Step 5b of the start: the rules added by hand loaded, tuning recovered per `on_start`,
+/// and those rules in force again or reverted.
+fn recover(
+    host: &Host,
+    store: &Store,
+    live: &Live,
+    cfg: &cleanroomd::config::Config,
+    pins: &Arc<cleanroomd::pin::Pinner>,
+    runner: &Arc<cleanroomd::run::Runner>,
+) -> anyhow::Result<()> {
+    pins.load(&store.lock_blocking())
+        .context("cannot read the pin rules added by hand")?;
+    let recovered = cleanroomd::tune::recover(
+        cleanroomd::tune::Ctx {
+            host,
+            store,
+            profiles: &live.profiles,
+            allow: &cfg.tuning.sysctl_allow,
+            pins,
+            runner: Some(runner),
+        },
+        cfg.tuning.on_start,
+    )
+    .context("tuning recovery failed")?;
+    tracing::info!(outcome = %recovered, "tuning recovery");
+    if cfg.tuning.on_start == cleanroomd::tune::OnStart::Revert {
+        let reverted = pins
+            .revert_all(host, &mut store.lock_blocking(), false)
+            .context("cannot revert the pin rules added by hand")?;
+        if !reverted.is_empty() {
+            tracing::info!(
+                rules = reverted.len(),
+                "pin rules added by hand reverted at start"
+            );
+        }
+    } else {
+        pins.resume(host, store)
+            .context("cannot put the pin rules added by hand in force")?;
+    }
+    Ok(())
 }
