@@ -26,6 +26,7 @@ pub mod shield;
 mod slots;
 pub mod spawn;
 pub mod stats;
+pub mod verdict;
 
 pub use active::{Active, Registration};
 pub use batch::{Batch, Caller, Engine, RunEvent, Settings};

@@ -1,0 +1,332 @@
+//! The verdict of a comparison (issue 13, first step: the statistics, not yet wired to
+//! `compare` or `run --baseline`).
+//!
+//! The statistic is the **median** of each side, and the verdict a confidence interval of
+//! the ratio new/old of the medians, by a seeded percentile bootstrap. The median, not the
+//! mean: a benchmark's slow outliers (a page-cache miss, a preempted repeat) move a mean by
+//! their size and a median not at all, and the noise this tool fights comes as such
+//! outliers. For interleaved rounds the bootstrap resamples rounds (pairs), so drift that
+//! hits both sides of a round cancels; for sequential batches it resamples each side on
+//! its own.
+//!
+//! Four outcomes against an equivalence margin δ: `slower` / `faster` (the interval
+//! entirely beyond 1 and the point estimate beyond δ), `equivalent` (the interval entirely
+//! inside 1 ± δ), else `inconclusive`, with an estimate of how many more repeats a side
+//! would decide (the interval narrows as 1/√n). Several comparisons at once are corrected
+//! with Holm's step-down method on their bootstrap p-values.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// What a comparison concludes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New is slower than old by more than δ.
+    Slower,
+    /// New is faster than old by more than δ.
+    Faster,
+    /// The two are within δ of each other.
+    Equivalent,
+    /// Neither can be said yet.
+    Inconclusive,
+}
+
+/// How a verdict is reached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// Confidence level of the interval (default 0.95).
+    pub level: f64,
+    /// Equivalence margin, a share of old (default 0.02).
+    pub delta: f64,
+    /// Bootstrap resamples (default 4000).
+    pub resamples: usize,
+    /// Seed of the resampling: the same data and seed give the same verdict.
+    pub seed: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            level: 0.95,
+            delta: 0.02,
+            resamples: 4000,
+            seed: 0x636c_6561_6e72_6f6f,
+        }
+    }
+}
+
+/// A verdict: the ratio new/old of the medians, its interval, the outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The point estimate of new/old.
+    pub ratio: f64,
+    /// The interval's lower end.
+    pub low: f64,
+    /// The interval's upper end.
+    pub high: f64,
+    /// Two-sided bootstrap p-value of "the ratio is 1".
+    pub p: f64,
+    /// What it says.
+    pub outcome: Outcome,
+    /// For an inconclusive verdict: about how many more repeats a side would decide it
+    /// (`None` when the effect sits on a boundary and no number of repeats would).
+    pub more_repeats: Option<usize>,
+}
+
+/// The median of `xs` (sorted in place); `None` for no values.
+fn median(xs: &mut [f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+/// Two independent samples (sequential batches): each side resampled on its own.
+pub fn independent(old: &[f64], new: &[f64], s: &Settings) -> Option<Verdict> {
+    let (mut o, mut n) = (old.to_vec(), new.to_vec());
+    let ratio = median(&mut n)? / positive(median(&mut o)?)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+    let (mut ro, mut rn) = (vec![0.0; old.len()], vec![0.0; new.len()]);
+    let mut ratios = Vec::with_capacity(s.resamples);
+    for _ in 0..s.resamples {
+        for x in ro.iter_mut() {
+            *x = old[rng.random_range(0..old.len())];
+        }
+        for x in rn.iter_mut() {
+            *x = new[rng.random_range(0..new.len())];
+        }
+        if let (Some(mn), Some(mo)) = (median(&mut rn), median(&mut ro).and_then(positive)) {
+            ratios.push(mn / mo);
+        }
+    }
+    Some(decide(ratio, ratios, old.len().min(new.len()), s))
+}
+
+/// Interleaved rounds, each `(old, new)` measured together: rounds resampled whole.
+pub fn paired(rounds: &[(f64, f64)], s: &Settings) -> Option<Verdict> {
+    let ratio_of = |rs: &[(f64, f64)]| -> Option<f64> {
+        let mut o: Vec<f64> = rs.iter().map(|r| r.0).collect();
+        let mut n: Vec<f64> = rs.iter().map(|r| r.1).collect();
+        Some(median(&mut n)? / positive(median(&mut o)?)?)
+    };
+    let ratio = ratio_of(rounds)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+    let mut sample = vec![(0.0, 0.0); rounds.len()];
+    let mut ratios = Vec::with_capacity(s.resamples);
+    for _ in 0..s.resamples {
+        for x in sample.iter_mut() {
+            *x = rounds[rng.random_range(0..rounds.len())];
+        }
+        ratios.extend(ratio_of(&sample));
+    }
+    Some(decide(ratio, ratios, rounds.len(), s))
+}
+
+fn positive(x: f64) -> Option<f64> {
+    (x > 0.0 && x.is_finite()).then_some(x)
+}
+
+/// The percentile interval of `ratios` at the settings' level, the p-value, the outcome.
+fn decide(ratio: f64, mut ratios: Vec<f64>, n: usize, s: &Settings) -> Verdict {
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let i = ((ratios.len() as f64 - 1.0) * q).round() as usize;
+        ratios.get(i).copied().unwrap_or(ratio)
+    };
+    let tail = (1.0 - s.level) / 2.0;
+    let (low, high) = (at(tail), at(1.0 - tail));
+    let below = ratios.iter().filter(|r| **r <= 1.0).count() as f64;
+    let above = ratios.iter().filter(|r| **r >= 1.0).count() as f64;
+    let total = (ratios.len() as f64).max(1.0);
+    let p = (2.0 * below.min(above) / total).min(1.0);
+    let outcome = classify(ratio, low, high, s.delta);
+    let more_repeats = (outcome == Outcome::Inconclusive)
+        .then(|| more_repeats(ratio, low, high, s.delta, n))
+        .flatten();
+    Verdict {
+        ratio,
+        low,
+        high,
+        p,
+        outcome,
+        more_repeats,
+    }
+}
+
+/// The outcome of a point estimate and its interval against margin `delta`.
+pub fn classify(ratio: f64, low: f64, high: f64, delta: f64) -> Outcome {
+    if low > 1.0 && ratio > 1.0 + delta {
+        Outcome::Slower
+    } else if high < 1.0 && ratio < 1.0 - delta {
+        Outcome::Faster
+    } else if low >= 1.0 - delta && high <= 1.0 + delta {
+        Outcome::Equivalent
+    } else {
+        Outcome::Inconclusive
+    }
+}
+
+/// About how many more repeats a side would make an interval of this width decide: the
+/// half-width shrinks as 1/√n, and must fall below the distance from the estimate to the
+/// boundary it has to clear (1 beyond δ, or the edge of ±δ within it). `None` when the
+/// estimate sits so close to a boundary that more than a thousand times the repeats would
+/// be needed: no budget decides it.
+fn more_repeats(ratio: f64, low: f64, high: f64, delta: f64, n: usize) -> Option<usize> {
+    let half = (high - low) / 2.0;
+    let off = (ratio - 1.0).abs();
+    let room = if off > delta { off } else { delta - off };
+    if n == 0 || room <= 0.0 {
+        return None;
+    }
+    let needed = (n as f64) * (half / room).powi(2);
+    // Rounded up, but not for the last bit of a float that is a whole number.
+    (needed <= 1000.0 * n as f64)
+        .then(|| ((needed - 1e-9).ceil() as usize).saturating_sub(n).max(1))
+}
+
+/// Holm's step-down adjustment of p-values, in their given order: a family of
+/// comparisons keeps its error rate at the level each is tested at.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|a, b| p[*a].total_cmp(&p[*b]));
+    let mut adjusted = vec![0.0; m];
+    let mut running: f64 = 0.0;
+    for (rank, i) in order.into_iter().enumerate() {
+        running = running.max(((m - rank) as f64 * p[i]).min(1.0));
+        adjusted[i] = running;
+    }
+    adjusted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha8Rng;
+
+    /// R's `p.adjust(c(0.01, 0.04, 0.03, 0.005), method = "holm")` gives
+    /// 0.03 0.06 0.06 0.02 (the four-hypothesis example of Holm's method).
+    #[test]
+    fn holm_matches_rs_p_adjust() {
+        let got = holm(&[0.01, 0.04, 0.03, 0.005]);
+        for (g, want) in got.iter().zip([0.03, 0.06, 0.06, 0.02]) {
+            assert!((g - want).abs() < 1e-12, "{got:?}");
+        }
+        assert_eq!(holm(&[0.4, 0.5]), vec![0.8, 0.8], "capped by the step-down");
+        assert!(holm(&[]).is_empty());
+    }
+
+    #[test]
+    fn outcomes_against_the_margin() {
+        let d = 0.02;
+        assert_eq!(classify(1.05, 1.03, 1.07, d), Outcome::Slower);
+        assert_eq!(classify(0.95, 0.93, 0.97, d), Outcome::Faster);
+        assert_eq!(
+            classify(1.01, 1.005, 1.015, d),
+            Outcome::Equivalent,
+            "beyond 1, within δ"
+        );
+        assert_eq!(classify(1.0, 0.99, 1.01, d), Outcome::Equivalent);
+        assert_eq!(classify(1.03, 0.99, 1.07, d), Outcome::Inconclusive);
+        assert_eq!(classify(1.0, 0.95, 1.05, d), Outcome::Inconclusive);
+    }
+
+    /// `n` run times around `base` with a log-normal spread and, one in ten, a slow
+    /// outlier (a preempted repeat).
+    fn times(rng: &mut ChaCha8Rng, n: usize, base: f64) -> Vec<f64> {
+        (0..n)
+            .map(|_| {
+                let z: f64 = (0..12).map(|_| rng.random::<f64>()).sum::<f64>() - 6.0;
+                let outlier = if rng.random::<f64>() < 0.1 { 1.5 } else { 1.0 };
+                base * (0.03 * z).exp() * outlier
+            })
+            .collect()
+    }
+
+    /// The truth is known by construction (new is old's distribution scaled by 1.03, so
+    /// the ratio of medians is 1.03): the 95% intervals cover it in about 95% of 200
+    /// independent trials (a binomial count: 180 to 199 holds with probability > 0.999).
+    #[test]
+    fn the_interval_covers_the_true_ratio_at_its_level() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let s = Settings {
+            resamples: 1000,
+            ..Settings::default()
+        };
+        let mut covered = 0;
+        for trial in 0..200 {
+            let old = times(&mut rng, 40, 50.0);
+            let new = times(&mut rng, 40, 50.0 * 1.03);
+            let v = independent(&old, &new, &Settings { seed: trial, ..s }).unwrap();
+            if v.low <= 1.03 && 1.03 <= v.high {
+                covered += 1;
+            }
+        }
+        assert!((180..=199).contains(&covered), "covered {covered} of 200");
+    }
+
+    /// Interleaved rounds share each round's drift (a machine twice as slow for a while):
+    /// resampled as pairs, the drift cancels and a 3% slowdown is found; resampled as two
+    /// independent sides it drowns.
+    #[test]
+    fn pairs_cancel_drift_that_independent_samples_drown_in() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let rounds: Vec<(f64, f64)> = (0..20)
+            .map(|i| {
+                let drift = if i % 4 < 2 { 1.0 } else { 2.0 };
+                let jitter = |rng: &mut ChaCha8Rng| 1.0 + 0.004 * (rng.random::<f64>() - 0.5);
+                (
+                    50.0 * drift * jitter(&mut rng),
+                    51.5 * drift * jitter(&mut rng),
+                )
+            })
+            .collect();
+        let s = Settings::default();
+        let p = paired(&rounds, &s).unwrap();
+        assert_eq!(p.outcome, Outcome::Slower, "{p:?}");
+        assert!((p.ratio - 1.03).abs() < 0.01, "{p:?}");
+        let old: Vec<f64> = rounds.iter().map(|r| r.0).collect();
+        let new: Vec<f64> = rounds.iter().map(|r| r.1).collect();
+        let i = independent(&old, &new, &s).unwrap();
+        assert_eq!(i.outcome, Outcome::Inconclusive, "{i:?}");
+        assert!(i.more_repeats.is_some(), "{i:?}");
+        assert!(i.high - i.low > 10.0 * (p.high - p.low), "{i:?} {p:?}");
+    }
+
+    /// The same data and seed give the same verdict; the identical program compared with
+    /// itself is equivalent given enough repeats.
+    #[test]
+    fn seeded_and_equivalent_with_itself() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let old = times(&mut rng, 200, 50.0);
+        let new = times(&mut rng, 200, 50.0);
+        let s = Settings::default();
+        assert_eq!(independent(&old, &new, &s), independent(&old, &new, &s));
+        assert_eq!(
+            independent(&old, &new, &s).unwrap().outcome,
+            Outcome::Equivalent
+        );
+        assert!(independent(&[], &new, &s).is_none());
+        assert!(
+            independent(&[0.0], &new, &s).is_none(),
+            "no ratio to a zero median"
+        );
+    }
+
+    /// The estimate of more repeats, worked by hand: an interval of half-width 0.1 around
+    /// 1.05 must shrink below 0.05 to clear 1, which takes (0.1/0.05)² × 10 = 40 repeats,
+    /// 30 more; one of half-width 0.04 around 1.0 must fit within ±0.02: also 40. An
+    /// estimate 0.0001 from the margin would need 10⁶ times as many: none decides it.
+    #[test]
+    fn more_repeats_follow_the_square_root_law() {
+        assert_eq!(more_repeats(1.05, 0.95, 1.15, 0.02, 10), Some(30));
+        assert_eq!(more_repeats(1.0, 0.96, 1.04, 0.02, 10), Some(30));
+        assert_eq!(more_repeats(1.0199, 0.97, 1.07, 0.02, 10), None);
+    }
+}
