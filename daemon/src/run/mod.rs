@@ -13,6 +13,7 @@
 mod active;
 pub mod batch;
 pub mod cgroup;
+pub mod changepoint;
 pub mod compare;
 pub mod contain;
 pub mod cpus;
