@@ -85,23 +85,58 @@ fn assert_all_back(snap: &KernelSnapshot, pids: &[i32], log: &str) {
     }
 }
 
+/// What both partition tests start from (holding the host lock): the masks snapshotted,
+/// a process to pin and one to keep off, each named `PREFIX-p…` and `PREFIX-u…`, and the
+/// profile directory.
+struct Scene {
+    snap: KernelSnapshot,
+    bin: tempfile::TempDir,
+    procs: Procs,
+    pinned_name: String,
+    free_name: String,
+    pinned: i32,
+    free: i32,
+    dir: tempfile::TempDir,
+}
+
+fn scene(prefix: &str) -> Scene {
+    assert_eq!(online_cpus(), "0-1", "this test partitions CPU 1 of two");
+    let snap = snapshot();
+    let bin = tempfile::tempdir().unwrap();
+    let pinned_name = format!("{prefix}-p{}", std::process::id());
+    let free_name = format!("{prefix}-u{}", std::process::id());
+    let mut procs = Procs::default();
+    let pinned = sleeper(bin.path(), &mut procs, &pinned_name);
+    let free = sleeper(bin.path(), &mut procs, &free_name);
+    let dir = profiles(&pinned_name);
+    Scene {
+        snap,
+        bin,
+        procs,
+        pinned_name,
+        free_name,
+        pinned,
+        free,
+        dir,
+    }
+}
+
 #[test]
 fn a_partition_keeps_all_but_pinned_work_off_its_cpus_until_reverted() {
     if !is_root_or_skip("a_partition_keeps_all_but_pinned_work_off_its_cpus_until_reverted") {
         return;
     }
     let _host = host_lock();
-    assert_eq!(online_cpus(), "0-1", "this test partitions CPU 1 of two");
-    let snap = snapshot();
-    let bin = tempfile::tempdir().unwrap();
-    let (pinned_name, free_name) = (
-        format!("crpp-p{}", std::process::id()),
-        format!("crpp-u{}", std::process::id()),
-    );
-    let mut procs = Procs::default();
-    let pinned = sleeper(bin.path(), &mut procs, &pinned_name);
-    let free = sleeper(bin.path(), &mut procs, &free_name);
-    let dir = profiles(&pinned_name);
+    let Scene {
+        snap,
+        bin,
+        mut procs,
+        pinned_name,
+        free_name,
+        pinned,
+        free,
+        dir,
+    } = scene("crpp");
     let d = Daemon::builder()
         .config(&config(dir.path(), "reapply"))
         .start();
@@ -208,17 +243,15 @@ fn after_a_kill_the_restart_raises_the_partition_again_or_puts_everything_back()
         return;
     }
     let _host = host_lock();
-    assert_eq!(online_cpus(), "0-1", "this test partitions CPU 1 of two");
-    let snap = snapshot();
-    let bin = tempfile::tempdir().unwrap();
-    let (pinned_name, free_name) = (
-        format!("crpk-p{}", std::process::id()),
-        format!("crpk-u{}", std::process::id()),
-    );
-    let mut procs = Procs::default();
-    let pinned = sleeper(bin.path(), &mut procs, &pinned_name);
-    let free = sleeper(bin.path(), &mut procs, &free_name);
-    let dir = profiles(&pinned_name);
+    let Scene {
+        snap,
+        bin: _bin,
+        procs: _procs,
+        pinned,
+        free,
+        dir,
+        ..
+    } = scene("crpk");
     let state = tempfile::tempdir().unwrap();
     let start = |on_start: &str| {
         Daemon::builder()

@@ -179,20 +179,10 @@ impl Pinner {
         if dry_run {
             let mut all = rules.to_vec();
             all.extend(inner.added.iter().map(|(_, _, r)| r.clone()));
-            let mut reports = place::Reports::new(&all);
             let fence = inner.fence.clone();
             drop(inner);
-            place::place(
-                host,
-                conn,
-                &self.seen,
-                &all,
-                (&place::pids(host), None, fence.as_ref()),
-                true,
-                &mut reports,
-            )?;
-            cgroup::place(host, conn, &all, None, true, reports.slice())?;
-            return Ok(reports.into_vec().into_iter().take(rules.len()).collect());
+            let reports = self.place_all(host, conn, &all, fence.as_ref(), true)?;
+            return Ok(reports.into_iter().take(rules.len()).collect());
         }
         inner.profile = rules.to_vec();
         let (_, placed) = self.put_in_force(inner, host, store, conn, false)?;
@@ -224,28 +214,43 @@ impl Pinner {
             inner.events = None;
             return Ok((restored, Vec::new()));
         }
-        let mut reports = place::Reports::new(&rules);
         if !inner.events_enabled {
             // At start, before the event thread may run: placing now would let what forks
             // before it runs inherit a placement unjournaled. `enable_events` subscribes,
             // then places everything.
-            return Ok((restored, reports.into_vec()));
+            return Ok((restored, place::Reports::new(&rules).into_vec()));
         }
         if inner.events.is_none() {
             inner.events = self.listen(host, store);
         }
         drop(inner);
+        let placed = self.place_all(host, conn, &rules, fence.as_ref(), false)?;
+        Ok((restored, placed))
+    }
+
+    /// Every process placed by `rules` (onto partition `fence`, if one is up), and the
+    /// cgroups and units of the rules that place them whole; reports by rule. With
+    /// `dry_run`, what would change.
+    fn place_all(
+        &self,
+        host: &Host,
+        conn: &mut Connection,
+        rules: &[Rule],
+        fence: Option<&Fence>,
+        dry_run: bool,
+    ) -> rusqlite::Result<Vec<PinReport>> {
+        let mut reports = place::Reports::new(rules);
         place::place(
             host,
             conn,
             &self.seen,
-            &rules,
-            (&place::pids(host), None, fence.as_ref()),
-            false,
+            rules,
+            (&place::pids(host), None, fence),
+            dry_run,
             &mut reports,
         )?;
-        cgroup::place(host, conn, &rules, None, false, reports.slice())?;
-        Ok((restored, reports.into_vec()))
+        cgroup::place(host, conn, rules, None, dry_run, reports.slice())?;
+        Ok(reports.into_vec())
     }
 
     /// After recovery: the rules added by hand are put in force if recovery did not
@@ -279,18 +284,9 @@ impl Pinner {
             let fence = inner.fence.clone();
             drop(inner);
             let rules = [probe];
-            let mut reports = place::Reports::new(&rules);
-            place::place(
-                host,
-                conn,
-                &self.seen,
-                &rules,
-                (&place::pids(host), None, fence.as_ref()),
-                true,
-                &mut reports,
-            )?;
-            cgroup::place(host, conn, &rules, None, true, reports.slice())?;
-            let report = reports.into_vec().remove(0);
+            let report = self
+                .place_all(host, conn, &rules, fence.as_ref(), true)?
+                .remove(0);
             return Ok(cleanroom_proto::PinAddResult { id: 0, report });
         }
         if inner.added.len() >= MAX_ADDED {
