@@ -77,6 +77,25 @@ pub enum Command {
         cleanroomctl --json run --repeat 10 -- ./bench > result.json"
     )]
     Run(Box<RunArgs>),
+    /// Compare two or more commands: run alternately on the same CPUs, in a random order
+    /// each round, each stored as a batch, with a verdict for each against the first.
+    #[command(
+        after_help = format!("The commands follow --, separated by :: (or the word --separator names); the\n\
+        first is the reference. Each verdict is the ratio new/reference of the medians with\n\
+        its 95% bootstrap interval (rounds resampled as pairs): slower or faster when the\n\
+        interval is clear of 1 and the change beyond the margin (runs.compare_threshold_percent,\n\
+        2%), equivalent when the interval is within the margin, else inconclusive (with the\n\
+        rounds that would decide). Several commands: Holm's correction.\n\n\
+        Exit code: 0; 1 when a command is slower than the reference or a run failed; 3 with\n\
+        --fail-inconclusive when a verdict is inconclusive; see below for the rest.\n\n\
+        Examples:\n  \
+        cleanroomctl compare -- ./bench-old :: ./bench-new\n  \
+        cleanroomctl compare --rounds 20 --exclusive -- ./a --n 100 :: ./b --n 100\n  \
+        cleanroomctl compare --until-decided --max-time 60s --exclusive -- ./old :: ./new\n  \
+        cleanroomctl compare --metric cpu --label old --label new -- ./old :: ./new\n  \
+        cleanroomctl compare --separator VS -- sh -c 'a :: b' VS sh -c 'c'\n\n{EXIT_HELP}")
+    )]
+    Compare(Box<CompareArgs>),
     /// Stored runs: list, show, compare.
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -101,8 +120,9 @@ pub enum Command {
     Reload,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
+/// The options of a clean-room run, shared by `run` and `compare`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunOptions {
     /// Memory limit (bytes, or with K, M, G suffix); swap is off for the run.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory: Option<u64>,
@@ -112,12 +132,6 @@ pub struct RunArgs {
     /// CPU quota in percent of one CPU (150 = one and a half CPUs).
     #[arg(long, value_name = "PERCENT")]
     pub cpu_percent: Option<u64>,
-    /// Measured repetitions; statistics are printed when more than one.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub repeat: u32,
-    /// Unmeasured repetitions before the measured ones.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub warmup: u32,
     /// Whole cores of its own from the isolation pool; every other task is kept off them
     /// while it runs.
     #[arg(long)]
@@ -155,7 +169,22 @@ pub struct RunArgs {
     /// limit.
     #[arg(long = "rlimit", value_name = "NAME=VALUE", value_parser = parse_rlimit)]
     pub rlimits: Vec<(String, u64)>,
-    /// A label stored with the run.
+    /// Run as this user (name or uid) instead of yourself; role admin only.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub options: RunOptions,
+    /// Measured repetitions; statistics are printed when more than one.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub repeat: u32,
+    /// Unmeasured repetitions before the measured ones.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub warmup: u32,
+    /// A label stored with the run (`runs history LABEL` follows it over time).
     #[arg(long)]
     pub label: Option<String>,
     /// Start the run and return at once with its batch id; it goes on without this
@@ -163,9 +192,6 @@ pub struct RunArgs {
     /// stored: `cleanroomctl runs show BATCH` once it has ended. Output is not kept.
     #[arg(long)]
     pub detach: bool,
-    /// Run as this user (name or uid) instead of yourself; role admin only.
-    #[arg(long, value_name = "USER")]
-    pub user: Option<String>,
     /// Save the measured runs as the baseline of this name (yours and admins' to compare
     /// with, unless --public).
     #[arg(long, value_name = "NAME")]
@@ -173,13 +199,115 @@ pub struct RunArgs {
     /// With --save-baseline: every user may compare with it.
     #[arg(long, requires = "save_baseline")]
     pub public: bool,
-    /// Compare with this baseline (Welch's t-test and a relative threshold); exit code 1
-    /// on a regression when the command itself succeeded.
+    /// Compare with this baseline: the verdict (slower, faster, equivalent or
+    /// inconclusive) from a bootstrap interval of the ratio of medians, widened by the
+    /// command's between-batch spread (from the label's history); exit code 1 on
+    /// `slower` when the command itself succeeded.
     #[arg(long, value_name = "NAME")]
     pub baseline: Option<String>,
+    /// With --baseline: refuse (before running) when this host's environment differs
+    /// from the baseline's (CPU, microcode, kernel, command line, profile, ...).
+    #[arg(long, requires = "baseline")]
+    pub strict: bool,
+    /// With --baseline: exit code 3 when the verdict is inconclusive.
+    #[arg(long, requires = "baseline")]
+    pub fail_inconclusive: bool,
+    /// With --baseline: what to compare, wall (wall time) or cpu (user + system CPU time
+    /// of the whole run, from the kernel's nanosecond counters).
+    #[arg(long, value_name = "METRIC", default_value = "wall", requires = "baseline", value_parser = parse_metric)]
+    pub metric: cleanroom_proto::Metric,
     /// The command and its arguments (after --).
     #[arg(required = true, last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// The separator between the commands of `compare`, unless --separator says otherwise.
+pub const DEFAULT_SEPARATOR: &str = "::";
+
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub options: RunOptions,
+    /// Measured rounds: in each, every command runs once, in a random order (at least 5
+    /// for a verdict).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub rounds: u32,
+    /// Unmeasured rounds first.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub warmup: u32,
+    /// After --rounds, keep adding rounds until no verdict is inconclusive, or the budget
+    /// (--max-rounds, --max-time) is spent.
+    #[arg(long)]
+    pub until_decided: bool,
+    /// With --until-decided: most rounds in all [default: 10 × --rounds].
+    #[arg(long, value_name = "N", requires = "until_decided")]
+    pub max_rounds: Option<u32>,
+    /// With --until-decided: most time measuring (e.g. 60s, 5m) [default: 5m].
+    #[arg(long, value_name = "DURATION", requires = "until_decided", value_parser = parse_duration)]
+    pub max_time: Option<u64>,
+    /// What to compare: wall (wall time) or cpu (user + system CPU time of the whole run,
+    /// from the kernel's nanosecond counters).
+    #[arg(long, value_name = "METRIC", default_value = "wall", value_parser = parse_metric)]
+    pub metric: cleanroom_proto::Metric,
+    /// A label per command, in order (repeat it once for each command).
+    #[arg(long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
+    /// Seed of the round order and the bootstrap [default: a fixed one].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Exit code 3 when a verdict is inconclusive (else 0, with a warning).
+    #[arg(long)]
+    pub fail_inconclusive: bool,
+    /// Show the commands' own output (hidden by default).
+    #[arg(long)]
+    pub show_output: bool,
+    /// The word that separates the commands [default: ::]; for commands that take `::`
+    /// as an argument.
+    #[arg(long, value_name = "WORD")]
+    pub separator: Option<String>,
+    /// The commands after --, separated by :: (the first is the reference): -- ./old
+    /// --size 10 :: ./new --size 10
+    #[arg(required = true, last = true, value_name = "COMMANDS")]
+    pub commands: Vec<String>,
+}
+
+impl CompareArgs {
+    /// The commands, split at the separator; an error names what is wrong.
+    pub fn split(&self) -> Result<Vec<Vec<String>>, String> {
+        let sep = self.separator.as_deref().unwrap_or(DEFAULT_SEPARATOR);
+        let commands: Vec<Vec<String>> = self
+            .commands
+            .split(|w| w == sep)
+            .map(<[String]>::to_vec)
+            .collect();
+        if let Some(i) = commands.iter().position(Vec::is_empty) {
+            return Err(format!(
+                "command {} is empty: put one command between each {sep} (e.g. -- ./old {sep} ./new)",
+                i + 1
+            ));
+        }
+        if commands.len() < 2 {
+            return Err(format!(
+                "one command given: compare needs two or more, separated by {sep} (e.g. -- ./old {sep} ./new)"
+            ));
+        }
+        if !self.labels.is_empty() && self.labels.len() != commands.len() {
+            return Err(format!(
+                "{} --label given for {} commands: one for each, or none",
+                self.labels.len(),
+                commands.len()
+            ));
+        }
+        Ok(commands)
+    }
+}
+
+fn parse_metric(s: &str) -> Result<cleanroom_proto::Metric, String> {
+    match s.trim() {
+        "wall" => Ok(cleanroom_proto::Metric::Wall),
+        "cpu" => Ok(cleanroom_proto::Metric::Cpu),
+        other => Err(format!("{other:?} is not a metric: use wall or cpu")),
+    }
 }
 
 fn parse_cpus(s: &str) -> Result<cleanroom_proto::CpuRequest, String> {
@@ -313,13 +441,41 @@ pub enum RunsCommand {
         /// Batch id (from the run's start, or `runs list`).
         batch: String,
     },
-    /// Compare batch B against batch A (ids or baseline:NAME); exit code 1 when B is slower.
-    #[command(after_help = "Examples:\n  cleanroomctl runs compare baseline:main 1795438620536")]
+    /// Compare batch B against batch A (ids or baseline:NAME) as sequential batches: the
+    /// verdict's interval is widened by the command's between-batch spread (from the
+    /// label's history). Exit code 1 when B is slower.
+    #[command(
+        after_help = "Examples:\n  cleanroomctl runs compare baseline:main 1795438620536\n  \
+        cleanroomctl runs compare --strict 1795438620535 1795438620536"
+    )]
     Compare {
         /// The reference.
         a: String,
         /// The batch compared with it.
         b: String,
+        /// Refuse when the two ran in different environments.
+        #[arg(long)]
+        strict: bool,
+        /// What to compare: wall or cpu.
+        #[arg(long, default_value = "wall", value_parser = parse_metric)]
+        metric: cleanroom_proto::Metric,
+    },
+    /// A label's batches over time, and the change points among them (E-Divisive with a
+    /// permutation test): where the median moved, by how much, how surely.
+    #[command(
+        after_help = "Examples:\n  cleanroomctl runs history nightly-bench\n  \
+        cleanroomctl runs history nightly-bench --metric cpu --limit 300\n  \
+        cleanroomctl --json runs history nightly-bench | jq .change_points"
+    )]
+    History {
+        /// The label (`run --label`).
+        label: String,
+        /// The measure followed: wall or cpu.
+        #[arg(long, default_value = "wall", value_parser = parse_metric)]
+        metric: cleanroom_proto::Metric,
+        /// How many of the newest batches (at most 500).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
     },
 }
 

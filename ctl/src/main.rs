@@ -23,7 +23,8 @@ use cleanroom_proto::{
     RunsShow, ShieldItemStatus, ShieldLower, ShieldLowerParams, Status, TuneResult,
 };
 use cleanroomctl::cli::{
-    BaselineCommand, Cli, Command, PinCommand, ProfileCommand, RunArgs, RunsCommand, ShieldCommand,
+    BaselineCommand, Cli, Command, CompareArgs, PinCommand, ProfileCommand, RunArgs, RunOptions,
+    RunsCommand, ShieldCommand,
 };
 use serde::Serialize;
 
@@ -44,6 +45,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), CallError> {
+    // A usage error is one before the daemon is asked anything.
+    let commands = match &cli.command {
+        Command::Compare(a) => match a.split() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                use clap::CommandFactory;
+                Cli::command()
+                    .error(clap::error::ErrorKind::InvalidValue, e)
+                    .exit()
+            }
+        },
+        _ => None,
+    };
     let wait = Duration::from_millis(cli.timeout.unwrap_or(10_000));
     let mut client = Client::connect(&cli.socket, wait)?;
     match cli.command {
@@ -63,6 +77,9 @@ fn run(cli: &Cli) -> Result<(), CallError> {
         }
         Command::Profile(ref p) => profile(cli, &mut client, p),
         Command::Run(ref r) => run_command(cli, &mut client, r),
+        Command::Compare(ref a) => {
+            compare_command(cli, &mut client, a, commands.unwrap_or_default())
+        }
         Command::Runs(RunsCommand::List { limit }) => {
             let r = client.call::<RunsList>(&RunsListParams { limit: Some(limit) })?;
             emit(cli, &r, || output::runs_list(&r))
@@ -89,10 +106,17 @@ fn run(cli: &Cli) -> Result<(), CallError> {
             })?;
             emit(cli, &r, || output::run_summary(&r))
         }
-        Command::Runs(RunsCommand::Compare { ref a, ref b }) => {
+        Command::Runs(RunsCommand::Compare {
+            ref a,
+            ref b,
+            strict,
+            metric,
+        }) => {
             let r = client.call::<RunsCompare>(&RunsCompareParams {
                 a: a.clone(),
                 b: b.clone(),
+                strict,
+                metric,
             })?;
             emit(cli, &r, || output::comparison(&r))?;
             if r.verdict == cleanroom_proto::Verdict::Slower {
@@ -103,6 +127,20 @@ fn run(cli: &Cli) -> Result<(), CallError> {
             } else {
                 Ok(())
             }
+        }
+        Command::Runs(RunsCommand::History {
+            ref label,
+            metric,
+            limit,
+        }) => {
+            let r = client.call::<cleanroom_proto::RunsHistory>(
+                &cleanroom_proto::RunsHistoryParams {
+                    label: label.clone(),
+                    metric,
+                    limit: Some(limit),
+                },
+            )?;
+            emit(cli, &r, || output::history(&r))
         }
         Command::Baseline(BaselineCommand::List) => {
             let r = client.call::<BaselineList>(&NoParams {})?;
@@ -264,35 +302,45 @@ fn profile(cli: &Cli, client: &mut Client, cmd: &ProfileCommand) -> Result<(), C
     }
 }
 
-fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallError> {
-    use std::io::IsTerminal;
-    let cwd = match &a.cwd {
+/// The run options as the daemon takes them (the command, label and baselines aside).
+fn run_params(cli: &Cli, o: &RunOptions) -> RunParams {
+    let cwd = match &o.cwd {
         Some(c) => std::path::absolute(c).unwrap_or_else(|_| c.clone()),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
     };
+    RunParams {
+        cwd: Some(cwd.display().to_string()),
+        env: o.env.iter().cloned().collect(),
+        memory: o.memory,
+        pids: o.pids,
+        cpu_percent: o.cpu_percent,
+        timeout_ms: cli.timeout,
+        deterministic: o.deterministic,
+        isolate: o.isolate.clone(),
+        user: o.user.clone(),
+        exclusive: o.exclusive,
+        cpus: o.cpus.clone(),
+        wait: o.wait,
+        rlimits: o.rlimits.iter().cloned().collect(),
+        realtime: o.realtime,
+        ..RunParams::default()
+    }
+}
+
+fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallError> {
+    use std::io::IsTerminal;
     let params = RunParams {
         argv: a.command.clone(),
-        cwd: Some(cwd.display().to_string()),
-        env: a.env.iter().cloned().collect(),
-        memory: a.memory,
-        pids: a.pids,
-        cpu_percent: a.cpu_percent,
-        timeout_ms: cli.timeout,
-        deterministic: a.deterministic,
-        isolate: a.isolate.clone(),
         label: a.label.clone(),
         save_baseline: a.save_baseline.clone(),
         public: a.public,
-        user: a.user.clone(),
-        exclusive: a.exclusive,
-        cpus: a.cpus.clone(),
-        wait: a.wait,
         detach: a.detach,
-        rlimits: a.rlimits.iter().cloned().collect(),
-        realtime: a.realtime,
         baseline: a.baseline.clone(),
+        strict: a.strict,
+        metric: a.metric,
         repeat: a.repeat,
         warmup: a.warmup,
+        ..run_params(cli, &a.options)
     };
     let progress = std::io::stderr().is_terminal() && (a.repeat + a.warmup) > 1;
     let json = cli.json;
@@ -347,14 +395,17 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         eprint!("{}", output::printable(&output::run_summary(&r)));
     }
     let code = output::run_exit_code(&r.last);
-    let regression = r
-        .comparison
-        .as_ref()
-        .is_some_and(|c| c.verdict == cleanroom_proto::Verdict::Slower);
-    if code == 0 && regression {
+    let verdict = r.comparison.as_ref().map(|c| c.verdict);
+    if code == 0 && verdict == Some(cleanroom_proto::Verdict::Slower) {
         return Err(CallError::Exit(
             1,
             Some("regression: slower than the baseline".into()),
+        ));
+    }
+    if code == 0 && a.fail_inconclusive && verdict == Some(cleanroom_proto::Verdict::Inconclusive) {
+        return Err(CallError::Exit(
+            3,
+            Some("inconclusive: the verdict could not be decided (--fail-inconclusive)".into()),
         ));
     }
     if code == 0 {
@@ -362,6 +413,83 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
     } else {
         Err(CallError::Exit(code, r.last.error.clone()))
     }
+}
+
+fn compare_command(
+    cli: &Cli,
+    client: &mut Client,
+    a: &CompareArgs,
+    commands: Vec<Vec<String>>,
+) -> Result<(), CallError> {
+    use std::io::IsTerminal;
+    let k = commands.len();
+    let params = cleanroom_proto::CompareParams {
+        commands: commands.clone(),
+        labels: a.labels.clone(),
+        options: RunParams {
+            repeat: a.rounds,
+            warmup: a.warmup,
+            ..run_params(cli, &a.options)
+        },
+        metric: a.metric,
+        until_decided: a.until_decided,
+        max_rounds: a.max_rounds,
+        max_seconds: a.max_time.map(|ms| ms.div_ceil(1000)),
+        seed: a.seed,
+    };
+    let progress = std::io::stderr().is_terminal();
+    let (json, show) = (cli.json, a.show_output);
+    let mut on_note = |method: &str, params: &serde_json::Value| match method {
+        "run.output" if show => {
+            let data = params["data"].as_str().unwrap_or_default();
+            let _ = std::io::stderr().write_all(data.as_bytes());
+        }
+        "run.progress" if progress && !json => {
+            let done = params["done"].as_u64().unwrap_or(0);
+            let round = done.div_ceil(k as u64);
+            eprint!(
+                "\r{} round {round}, command {}: {:.1} ms          ",
+                if params["warmup"] == true {
+                    "warm-up"
+                } else {
+                    "measuring"
+                },
+                params["command"].as_u64().unwrap_or(0) + 1,
+                params["wall_ms"].as_f64().unwrap_or(0.0),
+            );
+        }
+        _ => {}
+    };
+    let r = client.call_streaming::<cleanroom_proto::RunCompare>(&params, &mut on_note)?;
+    if progress && !json {
+        eprint!("\r{:60}\r", "");
+    }
+    emit(cli, &r, || output::compare(&r, &commands))?;
+    let failed = r.sides.iter().enumerate().find_map(|(i, s)| {
+        let code = output::run_exit_code(&s.last);
+        (code != 0).then(|| format!("command {} failed: {}", i + 1, output::ended(&s.last)))
+    });
+    if let Some(why) = failed {
+        return Err(CallError::Exit(1, Some(why)));
+    }
+    let verdicts: Vec<_> = r
+        .sides
+        .iter()
+        .filter_map(|s| s.comparison.as_ref().map(|c| c.verdict))
+        .collect();
+    if verdicts.contains(&cleanroom_proto::Verdict::Slower) {
+        return Err(CallError::Exit(
+            1,
+            Some("regression: a command is slower than the reference".into()),
+        ));
+    }
+    if a.fail_inconclusive && verdicts.contains(&cleanroom_proto::Verdict::Inconclusive) {
+        return Err(CallError::Exit(
+            3,
+            Some("inconclusive: a verdict could not be decided (--fail-inconclusive)".into()),
+        ));
+    }
+    Ok(())
 }
 
 /// Prints the result as JSON with `--json`, else as the human text `human` makes.

@@ -492,11 +492,9 @@ fn ms(v: f64) -> String {
     }
 }
 
-/// The summary `cleanroomctl run` prints on stderr.
-pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
-    let l = &r.last;
-    let mut out = String::from("\n");
-    let ended = match (l.end_reason, l.exit_code, l.signal) {
+/// How a run ended, in words.
+pub fn ended(l: &cleanroom_proto::RunRecord) -> String {
+    match (l.end_reason, l.exit_code, l.signal) {
         (cleanroom_proto::EndReason::Timeout, ..) => "timeout (every process killed)".to_owned(),
         (cleanroom_proto::EndReason::Oom, ..) => {
             "killed by the OOM killer (memory limit)".to_owned()
@@ -508,7 +506,14 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
         (_, Some(c), _) => format!("exit code {c}"),
         (_, _, Some(s)) => format!("signal {s}"),
         _ => "unknown".to_owned(),
-    };
+    }
+}
+
+/// The summary `cleanroomctl run` prints on stderr.
+pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
+    let l = &r.last;
+    let mut out = String::from("\n");
+    let ended = ended(l);
     let mut rows = vec![
         ("run", l.id.clone()),
         ("ended", ended),
@@ -572,6 +577,7 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
             r.runs.len() + r.runs_omitted as usize
         ));
         out.push_str(&noise_over_runs(&r.runs));
+        out.push_str(&reruns(&r.reruns));
         if r.runs_omitted > 0 {
             out.push_str(&format!(
                 "(the noise over the first {} runs: the records of the other {} are not kept)\n",
@@ -655,25 +661,226 @@ fn noise_over_runs(runs: &[cleanroom_proto::RunRecord]) -> String {
     )
 }
 
-/// A comparison, one paragraph.
+/// A comparison, one paragraph: the verdict, the ratio and its interval, what it rests
+/// on, and why it cannot decide when it cannot.
 pub fn comparison(c: &cleanroom_proto::Comparison) -> String {
+    use cleanroom_proto::{Design, Verdict};
+    let change = (c.ratio - 1.0) * 100.0;
     let verdict = match c.verdict {
-        cleanroom_proto::Verdict::Faster => "FASTER",
-        cleanroom_proto::Verdict::Slower => "SLOWER (regression)",
-        cleanroom_proto::Verdict::NoChange => "no change",
+        Verdict::Slower => format!("SLOWER by {change:.2}% (regression)"),
+        Verdict::Faster => format!("FASTER by {:.2}%", -change),
+        Verdict::Equivalent => format!("equivalent (within ±{}%)", c.delta_percent),
+        Verdict::Inconclusive => "INCONCLUSIVE".to_owned(),
     };
-    format!(
-        "{}: {} → {} ({:+.2}%), p = {:.4} (confidence {:.1}%): {verdict}\n  \
-         (Welch's t-test at alpha {}, changes under {}% ignored)\n",
+    let design = match c.design {
+        Design::Paired => format!("{} interleaved rounds", c.n),
+        Design::Independent => format!("sequential batches, {} and {} runs", c.n_baseline, c.n),
+    };
+    let mut out = format!(
+        "{} against {} ({design}): {} → {}, ratio {:.4}, {:.1}% interval [{:.4}, {:.4}]: {verdict}\n",
         c.metric,
-        ms(c.baseline_mean),
-        ms(c.mean),
-        c.change_percent,
-        c.p_value,
-        c.confidence_percent,
-        c.alpha,
-        c.threshold_percent
-    )
+        c.against,
+        ms(c.baseline_median),
+        ms(c.median),
+        c.ratio,
+        c.level * 100.0,
+        c.low,
+        c.high,
+    );
+    if let Some(b) = &c.between_batch {
+        out.push_str(&format!(
+            "  between-batch spread {:.2}% (from {} {}) widens the interval\n",
+            b.percent,
+            b.from,
+            if b.source == "history" {
+                "earlier batches of the label"
+            } else {
+                "repeats of the baseline: its own drift"
+            }
+        ));
+    }
+    if let Some(why) = &c.reason {
+        out.push_str(&format!("  {why}\n"));
+    }
+    if c.verdict == Verdict::Inconclusive {
+        match c.more_repeats {
+            Some(n) => out.push_str(&format!(
+                "  about {n} more {} would decide it\n",
+                if c.design == Design::Paired {
+                    "rounds"
+                } else {
+                    "repeats a side"
+                }
+            )),
+            None if c.reason.is_none() => out.push_str(
+                "  the change sits on the margin: no reasonable number of repeats decides it\n",
+            ),
+            None => {}
+        }
+    }
+    if c.p_adjusted != c.p_value {
+        out.push_str(&format!(
+            "  p = {:.4}, {:.4} after Holm's correction for the comparisons made together\n",
+            c.p_value, c.p_adjusted
+        ));
+    }
+    for d in &c.environment_differs {
+        out.push_str(&format!(
+            "  environment differs: {} {} → {}\n",
+            d.field,
+            d.baseline.as_deref().unwrap_or("unknown"),
+            d.current.as_deref().unwrap_or("unknown")
+        ));
+    }
+    match c.same_executable {
+        Some(true) if c.design == Design::Independent => {
+            out.push_str("  the same executable (sha256) on both sides\n")
+        }
+        _ => {}
+    }
+    out
+}
+
+/// One line per noisy repeat measured again.
+fn reruns(r: &[cleanroom_proto::Rerun]) -> String {
+    if r.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("{} noisy repeats measured again:\n", r.len());
+    for x in r {
+        out.push_str(&format!("  repeat {}: {}\n", x.index + 1, x.reason));
+    }
+    out
+}
+
+/// `compare` of `commands`: each command's statistics, then the verdicts.
+pub fn compare(r: &cleanroom_proto::CompareResult, commands: &[Vec<String>]) -> String {
+    let series = r.metric.series();
+    let rows: Vec<Vec<String>> = r
+        .sides
+        .iter()
+        .enumerate()
+        .map(|(i, side)| {
+            let (median, spread) = match side.stats.get(series) {
+                Some(st) => (
+                    ms(st.median),
+                    format!("{} ± {}", ms(st.mean), ms(st.stddev)),
+                ),
+                None => (ms(side.last.wall_ms), String::new()),
+            };
+            vec![
+                (i + 1).to_string(),
+                side.batch.clone(),
+                median,
+                spread,
+                side.comparison.as_ref().map_or_else(
+                    || "(reference)".to_owned(),
+                    |c| c.verdict.as_str().to_owned(),
+                ),
+                commands.get(i).map(|c| c.join(" ")).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let how = match r.sides.first().and_then(|s| s.shield.as_ref()) {
+        Some(shield) => format!(
+            "on CPUs {} (exclusive, shielded by {shield})",
+            r.sides[0].last.cpus
+        ),
+        None => format!(
+            "on CPUs {}",
+            r.sides.first().map_or("", |s| s.last.cpus.as_str())
+        ),
+    };
+    let mut out = format!(
+        "{} rounds of {} commands in a random order each round, {how}; stopped: {}\n\n",
+        r.rounds,
+        r.sides.len(),
+        match r.stopped.as_str() {
+            "rounds" => "the rounds asked for are done",
+            "decided" => "every verdict is decided",
+            "max_rounds" => "--max-rounds reached",
+            "max_seconds" => "--max-time reached",
+            "failed" => "a run failed",
+            "cancelled" => "cancelled",
+            other => other,
+        }
+    );
+    let median = if series == "cpu_ms" {
+        "MEDIAN CPU"
+    } else {
+        "MEDIAN WALL"
+    };
+    out.push_str(&columns(
+        &["#", "BATCH", median, "MEAN ± σ", "VERDICT", "COMMAND"],
+        &rows,
+    ));
+    for (i, side) in r.sides.iter().enumerate().skip(1) {
+        if let Some(c) = &side.comparison {
+            out.push_str(&format!("\n{} vs 1: ", i + 1));
+            out.push_str(&comparison(c));
+        }
+    }
+    for (i, side) in r.sides.iter().enumerate() {
+        if !side.reruns.is_empty() {
+            out.push_str(&format!("command {}: ", i + 1));
+            out.push_str(&reruns(&side.reruns));
+        }
+    }
+    out
+}
+
+/// `runs history`: the label's batches, oldest first, and its change points.
+pub fn history(r: &cleanroom_proto::RunsHistoryResult) -> String {
+    if r.batches.is_empty() {
+        return format!("no stored batches labelled {:?}\n", r.label);
+    }
+    let rows: Vec<Vec<String>> = r
+        .batches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let cp = r.change_points.iter().find(|c| c.index as usize == i);
+            vec![
+                b.batch.clone(),
+                b.uid.to_string(),
+                b.runs.to_string(),
+                ms(b.median),
+                cp.map_or_else(String::new, |c| {
+                    format!(
+                        "◆ change ×{:.3} ({:+.1}%), confidence {:.1}%",
+                        c.magnitude,
+                        (c.magnitude - 1.0) * 100.0,
+                        c.confidence * 100.0
+                    )
+                }),
+                b.baselines.join(","),
+            ]
+        })
+        .collect();
+    let median = if r.metric == cleanroom_proto::Metric::Cpu {
+        "MEDIAN CPU"
+    } else {
+        "MEDIAN WALL"
+    };
+    let mut out = columns(
+        &["BATCH", "UID", "RUNS", median, "CHANGE POINT", "BASELINES"],
+        &rows,
+    );
+    out.push_str(&match r.change_points.len() {
+        0 if r.batches.len() < 2 * r.min_segment as usize => format!(
+            "{} batches: change points need at least {} (at least {} on each side)\n",
+            r.batches.len(),
+            2 * r.min_segment,
+            r.min_segment
+        ),
+        0 => format!("{} batches, no change point\n", r.batches.len()),
+        n => format!(
+            "{} batches, {n} change point{} (E-Divisive, permutation test at 5%)\n",
+            r.batches.len(),
+            if n == 1 { "" } else { "s" }
+        ),
+    });
+    out
 }
 
 /// `runs list`.

@@ -51,8 +51,10 @@
 //! max_output_bytes = 16777216          # output streamed per run; the rest is dropped
 //! max_repeat = 10000                   # most repetitions per request
 //! history_limit = 1000                 # batches kept in the run history, per uid
-//! compare_alpha = 0.05                 # significance level of comparisons (Welch's t-test)
-//! compare_threshold_percent = 2.0      # smallest relative change a comparison reports
+//! compare_alpha = 0.05                 # 1 - confidence level of verdicts (95 %)
+//! compare_threshold_percent = 2.0      # equivalence margin of verdicts, percent
+//! noisy_percent = 10.0                 # foreign CPU share that makes a repeat noisy
+//! max_reruns = 3                       # noisy repeats measured again, per batch
 //! isolation_cpus = "1-3"               # CPUs exclusive runs may take (default: all but 0)
 //! shield_exempt_pids = [1]             # processes the shield leaves alone
 //! shield_exempt_names = ["qemu-*"]     # ... by command name (glob)
@@ -229,10 +231,19 @@ pub struct Runs {
     /// Batches kept in the run history per uid (default 1000; baselines' batches are kept
     /// too).
     pub history_limit: u32,
-    /// Significance level of comparisons (Welch's t-test; default 0.05).
+    /// 1 − the confidence level of a verdict's interval (default 0.05: 95 %); with
+    /// several comparisons at once, the family's (Holm).
     pub compare_alpha: f64,
-    /// Smallest relative change of the mean a comparison reports, percent (default 2).
+    /// The equivalence margin δ of verdicts, percent (default 2): a change within it is
+    /// `equivalent`, one beyond it with its interval clear of 1 `slower` or `faster`.
     pub compare_threshold_percent: f64,
+    /// A measured repeat whose CPUs spent more than this share of their time (wall time ×
+    /// CPUs) on something else, or that saw thermal throttling or its frequency move, is
+    /// noisy and measured again, percent (default 10; 0 turns it off).
+    pub noisy_percent: f64,
+    /// Most noisy repeats measured again per batch (per command of a comparison);
+    /// default 3.
+    pub max_reruns: u32,
     /// CPUs exclusive runs may take, a CPU list (default: every online CPU but CPU 0).
     pub isolation_cpus: Option<String>,
     /// Pids the shield leaves alone (default none; e.g. `[1]` where init is not yours).
@@ -276,6 +287,8 @@ impl Default for Runs {
             history_limit: 1000,
             compare_alpha: 0.05,
             compare_threshold_percent: 2.0,
+            noisy_percent: 10.0,
+            max_reruns: 3,
             isolation_cpus: None,
             shield_exempt_pids: Vec::new(),
             shield_exempt_names: Vec::new(),
@@ -614,6 +627,18 @@ impl Config {
         }
         if !(r.compare_threshold_percent >= 0.0 && r.compare_threshold_percent.is_finite()) {
             return Err("key `runs.compare_threshold_percent`: must be 0 or more".into());
+        }
+        if !(r.noisy_percent >= 0.0 && r.noisy_percent <= 100.0) {
+            return Err(format!(
+                "key `runs.noisy_percent`: {} is not between 0 and 100",
+                r.noisy_percent
+            ));
+        }
+        if r.max_reruns > 1000 {
+            return Err(format!(
+                "key `runs.max_reruns`: {} is over 1000",
+                r.max_reruns
+            ));
         }
         if let Some(c) = &r.isolation_cpus {
             crate::host::format::parse_cpu_list(c)

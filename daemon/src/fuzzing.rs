@@ -98,6 +98,20 @@ fn request(method: &str, params: Option<Value>) -> Result<Request, server::Error
             let want = request::wanted_cpus(p).map_err(run)?;
             accepted_run(p, max_repeat, want.as_ref());
         }
+        Request::RunCompare(p) => {
+            let max_repeat = Config::default().runs.max_repeat;
+            request::check_compare(p, max_repeat).map_err(run)?;
+            for argv in &p.commands {
+                let side = RunParams {
+                    argv: argv.clone(),
+                    ..p.options.clone()
+                };
+                request::check(&side, max_repeat).map_err(run)?;
+                let want = request::wanted_cpus(&side).map_err(run)?;
+                accepted_run(&side, max_repeat, want.as_ref());
+            }
+            assert!((2..=cleanroom_proto::MAX_COMMANDS).contains(&p.commands.len()));
+        }
         Request::BaselineSave(p) => history::check_name(&p.name, "name").map_err(run)?,
         _ => {}
     }

@@ -336,11 +336,12 @@ impl State {
         exclusive: bool,
     ) -> Result<run::Settings, crate::store::Error> {
         let live = self.live();
+        let state = self.store.call(|c| crate::store::journal::state(c)).await?;
         let pool = if exclusive {
-            let state = self.store.call(|c| crate::store::journal::state(c)).await?;
             state
+                .as_ref()
                 .filter(|t| t.phase == Phase::Active)
-                .and_then(|t| t.profile)
+                .and_then(|t| t.profile.clone())
                 .and_then(|name| isolation_pool(&live.profiles, &name))
         } else {
             None
@@ -348,9 +349,19 @@ impl State {
         let cfg = &live.config.runs;
         Ok(run::Settings {
             history_limit: cfg.history_limit,
-            compare: run::history::CompareSettings {
-                alpha: cfg.compare_alpha,
-                threshold: cfg.compare_threshold_percent / 100.0,
+            verdict: run::verdict::Settings {
+                level: 1.0 - cfg.compare_alpha,
+                delta: cfg.compare_threshold_percent / 100.0,
+                ..run::verdict::Settings::default()
+            },
+            noise: run::batch::NoiseRule {
+                share: cfg.noisy_percent / 100.0,
+                max_reruns: cfg.max_reruns,
+            },
+            context: run::fingerprint::Context {
+                profile: state.as_ref().and_then(|t| t.profile.clone()),
+                profile_state: state.as_ref().map(|t| t.phase.as_str().to_owned()),
+                ..run::fingerprint::Context::default()
             },
             pool,
             quotas: live.config.quotas.clone(),

@@ -34,11 +34,13 @@
 //! | `profile.recommend` | reader | none | [`RecommendResult`] |
 //! | `profile.active` | reader | none | [`ActiveResult`] |
 //! | `run.start` | runner | [`RunParams`] | [`RunResult`] (after [`Event`] notifications) |
+//! | `run.compare` | runner | [`CompareParams`] | [`CompareResult`] (after [`Event`] notifications) |
 //! | `run.cancel` | runner | [`BatchParams`] | [`RunCancelResult`] |
 //! | `runs.list` | reader | [`RunsListParams`] | [`RunsListResult`] |
 //! | `runs.active` | reader | none | [`RunsActiveResult`] |
 //! | `runs.show` | reader | [`BatchParams`] | [`RunResult`] |
 //! | `runs.compare` | reader | [`RunsCompareParams`] | [`Comparison`] |
+//! | `runs.history` | reader | [`RunsHistoryParams`] | [`RunsHistoryResult`] |
 //! | `baseline.list` | reader | none | [`BaselineListResult`] |
 //! | `baseline.save` | runner | [`BaselineSaveParams`] | [`BaselineInfo`] |
 //! | `baseline.delete` | runner | [`BaselineParams`] | [`BaselineDeleteResult`] |
@@ -212,6 +214,11 @@ methods! {
     /// notifications (`run.started` first, then `run.output` and `run.progress`) while it
     /// runs, then answers with the result.
     RunStart = "run.start", Runner, true, RunParams => RunResult;
+    /// `run.compare`: two or more commands run alternately on the same CPUs, the order
+    /// random each round, each stored as a batch, with the verdict of each against the
+    /// first; streams the same notifications as `run.start` (`run.started` once per
+    /// command, `run.progress` with its `command`).
+    RunCompare = "run.compare", Runner, true, CompareParams => CompareResult;
     /// `run.cancel`: end a batch in progress (its owner or an admin); it answers with
     /// `end_reason` `cancelled`.
     RunCancel = "run.cancel", Runner, true, BatchParams => RunCancelResult;
@@ -225,6 +232,8 @@ methods! {
     RunsShow = "runs.show", Reader, false, BatchParams => RunResult;
     /// `runs.compare`: two stored batches, `b` against `a`.
     RunsCompare = "runs.compare", Reader, false, RunsCompareParams => Comparison;
+    /// `runs.history`: a label's batches over time and the change points among them.
+    RunsHistory = "runs.history", Reader, false, RunsHistoryParams => RunsHistoryResult;
     /// `baseline.list`: every baseline.
     BaselineList = "baseline.list", Reader, false, NoParams => BaselineListResult;
     /// `baseline.save`: name a stored batch as a baseline (a batch the caller may see; an

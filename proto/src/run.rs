@@ -9,10 +9,12 @@ fn default_one() -> u32 {
 }
 
 /// Params of `run.start`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunParams {
-    /// Program and arguments (the program is looked up in the run's `PATH`).
+    /// Program and arguments (the program is looked up in the run's `PATH`); in
+    /// [`CompareParams::options`], empty (the commands are given there).
+    #[serde(default)]
     pub argv: Vec<String>,
     /// Working directory, entered as the caller (default `/`); with `isolate` `mount`, one
     /// below `/tmp` is kept in the private `/tmp` (see [`Isolation::Mount`]).
@@ -69,6 +71,13 @@ pub struct RunParams {
     /// Compare the measured runs with this baseline (`comparison` in the result).
     #[serde(default)]
     pub baseline: Option<String>,
+    /// With `baseline`: refuse the comparison, before running anything, when the
+    /// environment differs from the baseline's ([`Fingerprint`], the executable aside).
+    #[serde(default)]
+    pub strict: bool,
+    /// With `baseline`: the measure compared (default wall time).
+    #[serde(default)]
+    pub metric: Metric,
     /// Resource limits by name (`nofile`, `nproc`, `core`, `stack`, `as`, `data`, `fsize`,
     /// `memlock`, `cpu`), each setting the soft and the hard limit (`u64::MAX`: unlimited).
     /// Without `nofile` a run gets the open-files limit the daemon was started with, not
@@ -94,6 +103,116 @@ pub struct RunParams {
     /// Unmeasured repetitions first (default 0).
     #[serde(default)]
     pub warmup: u32,
+}
+
+/// The measure a comparison compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Wall time (`wall_ms`).
+    #[default]
+    Wall,
+    /// CPU time of the whole run, user and system (`cpu_ms`), from the kernel's
+    /// nanosecond counters.
+    Cpu,
+}
+
+impl Metric {
+    /// The name of the sample series it reads (`wall_ms`, `cpu_ms`).
+    pub fn series(self) -> &'static str {
+        match self {
+            Metric::Wall => "wall_ms",
+            Metric::Cpu => "cpu_ms",
+        }
+    }
+}
+
+/// Params of `run.compare`: two or more commands run alternately on the same CPUs, in a
+/// random order each round, and compared.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareParams {
+    /// The commands (two to [`MAX_COMMANDS`]); the first is the reference the others are
+    /// compared with.
+    pub commands: Vec<Vec<String>>,
+    /// A label per command, stored with its batch (none, or one for each).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// The run options every command shares (`argv` empty): `repeat` is the number of
+    /// rounds (at least 5 for a verdict), `warmup` the unmeasured rounds first.
+    /// `baseline`, `save_baseline`, `public` and `detach` do not apply.
+    #[serde(default)]
+    pub options: RunParams,
+    /// The measure compared (default wall time).
+    #[serde(default)]
+    pub metric: Metric,
+    /// After `repeat` rounds, keep adding rounds until no verdict is `inconclusive` or
+    /// the budget (`max_rounds`, `max_seconds`) is spent.
+    #[serde(default)]
+    pub until_decided: bool,
+    /// With `until_decided`: most rounds in all (default 10 × `repeat`, within
+    /// `runs.max_repeat`).
+    #[serde(default)]
+    pub max_rounds: Option<u32>,
+    /// With `until_decided`: most seconds of measuring (default 300).
+    #[serde(default)]
+    pub max_seconds: Option<u64>,
+    /// Seed of the round order and the bootstrap (default: a fixed one, so the same
+    /// measurements give the same verdict).
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// Most commands one `run.compare` compares.
+pub const MAX_COMMANDS: usize = 16;
+
+/// Result of `run.compare`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompareResult {
+    /// Each command's batch, in the order given; every one after the first carries its
+    /// comparison with the first (`comparison`).
+    pub sides: Vec<RunResult>,
+    /// Measured rounds.
+    pub rounds: u32,
+    /// Why measuring stopped: `rounds` (the rounds asked for), `decided`, `max_rounds`,
+    /// `max_seconds`, `failed` (a run did not exit 0) or `cancelled`.
+    pub stopped: String,
+    /// The metric compared.
+    pub metric: Metric,
+    /// The seed of the round order and the bootstrap.
+    pub seed: u64,
+}
+
+impl Default for RunParams {
+    /// What an empty params object means: one measured run, nothing else asked.
+    fn default() -> Self {
+        Self {
+            argv: Vec::new(),
+            cwd: None,
+            env: Default::default(),
+            memory: None,
+            pids: None,
+            cpu_percent: None,
+            timeout_ms: None,
+            deterministic: false,
+            exclusive: false,
+            cpus: None,
+            wait: false,
+            realtime: false,
+            user: None,
+            save_baseline: None,
+            public: false,
+            baseline: None,
+            strict: false,
+            metric: Metric::Wall,
+            rlimits: Default::default(),
+            isolate: Vec::new(),
+            label: None,
+            detach: false,
+            repeat: 1,
+            warmup: 0,
+        }
+    }
 }
 
 /// Which exclusive CPUs a run asks for.
@@ -276,40 +395,204 @@ pub struct Summary {
     pub outliers: Vec<usize>,
 }
 
-/// Whether a set of runs is faster or slower than another.
+/// What a comparison concludes about new against old (lower is better).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// Significantly faster, by more than the threshold.
-    Faster,
-    /// Significantly slower, by more than the threshold: a regression.
+    /// Slower by more than the margin δ, with the interval entirely above 1: a regression.
     Slower,
-    /// Neither.
-    NoChange,
+    /// Faster by more than δ, with the interval entirely below 1.
+    Faster,
+    /// The interval lies entirely within 1 ± δ: no change that matters.
+    Equivalent,
+    /// Neither can be said from these measurements (see `more_repeats` and `reason`).
+    Inconclusive,
 }
 
-/// A comparison of one metric between a baseline and new runs (Welch's t-test and a
-/// relative threshold).
+impl Verdict {
+    /// The name on the wire and in summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Slower => "slower",
+            Verdict::Faster => "faster",
+            Verdict::Equivalent => "equivalent",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// How the two sides of a comparison were measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Design {
+    /// Interleaved rounds (`run.compare`): each round measured both, in random order; the
+    /// bootstrap resamples whole rounds.
+    Paired,
+    /// Two batches measured at different times (`run --baseline`, `runs.compare`): each
+    /// side resampled on its own, the interval widened by the command's between-batch
+    /// variance.
+    Independent,
+}
+
+/// One field of the environment that differs between the two sides of a comparison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldDiff {
+    /// The [`Fingerprint`] field.
+    pub field: String,
+    /// Its value on the reference side (`null`: not known there).
+    pub baseline: Option<String>,
+    /// Its value on the compared side.
+    pub current: Option<String>,
+}
+
+/// A comparison of one metric: the ratio new/old of the medians with its bootstrap
+/// confidence interval, and the verdict against the equivalence margin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
-    /// The metric (`wall_ms`).
+    /// The metric compared (`wall_ms`, `cpu_ms`, `instructions`, `cycles`).
     pub metric: String,
-    /// Mean of the baseline.
-    pub baseline_mean: f64,
-    /// Mean of the new runs.
-    pub mean: f64,
-    /// Relative change of the mean, percent (positive: slower).
-    pub change_percent: f64,
-    /// Two-sided p-value of Welch's t-test.
+    /// The reference side: a batch id, or `baseline:NAME`.
+    pub against: String,
+    /// Interleaved or sequential.
+    pub design: Design,
+    /// Median of the reference side.
+    pub baseline_median: f64,
+    /// Median of the compared side.
+    pub median: f64,
+    /// `median / baseline_median`: above 1 is slower.
+    pub ratio: f64,
+    /// Lower end of the interval of the ratio.
+    pub low: f64,
+    /// Upper end of the interval.
+    pub high: f64,
+    /// Confidence level of the interval (above the configured one when several
+    /// comparisons are made at once: Holm's step-down level for this one).
+    pub level: f64,
+    /// The equivalence margin δ, percent.
+    pub delta_percent: f64,
+    /// Bootstrap p-value of "no difference" (two-sided).
     pub p_value: f64,
-    /// 100 × (1 − p).
-    pub confidence_percent: f64,
-    /// Significance level used.
-    pub alpha: f64,
-    /// Smallest relative change that counts, percent.
-    pub threshold_percent: f64,
+    /// The p-value after Holm's correction for the comparisons made together (equal to
+    /// `p_value` for one).
+    pub p_adjusted: f64,
     /// The verdict.
     pub verdict: Verdict,
+    /// For an inconclusive verdict: about how many more repeats (rounds, for a paired
+    /// one) a side would decide it; `null` when no reasonable number would.
+    #[serde(default)]
+    pub more_repeats: Option<u32>,
+    /// Why the verdict is inconclusive whatever the interval says (too few repeats, the
+    /// between-batch variance unknown), if so.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// For sequential batches: the between-batch spread (standard deviation of log
+    /// medians, percent) the interval was widened by, and where it came from.
+    #[serde(default)]
+    pub between_batch: Option<BetweenBatch>,
+    /// Measured values on the reference side.
+    pub n_baseline: u32,
+    /// Measured values on the compared side.
+    pub n: u32,
+    /// Environment fields that differ between the two sides (the executable aside).
+    #[serde(default)]
+    pub environment_differs: Vec<FieldDiff>,
+    /// Whether both sides ran the same executable (same sha256); `null` where unknown.
+    #[serde(default)]
+    pub same_executable: Option<bool>,
+}
+
+/// The between-batch spread a sequential comparison accounts for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BetweenBatch {
+    /// Standard deviation of a batch's log median beyond its own sampling error, percent.
+    pub percent: f64,
+    /// `history` (the label's earlier batches) or `baseline` (the drift within the
+    /// baseline's own repeats).
+    pub source: String,
+    /// How many batches (for `history`) or repeats (for `baseline`) it rests on.
+    pub from: u32,
+}
+
+/// The environment a batch ran in. Every field is optional: `null` where this host does
+/// not tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Fingerprint {
+    /// CPU model name (`/proc/cpuinfo`).
+    pub cpu_model: Option<String>,
+    /// CPU microcode revision.
+    pub microcode: Option<String>,
+    /// Kernel release.
+    pub kernel: Option<String>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// SMT state (`/sys/devices/system/cpu/smt/control`).
+    pub smt: Option<String>,
+    /// cpufreq governors of the CPUs (distinct values, comma-separated).
+    pub governor: Option<String>,
+    /// Frequency boost (`cpufreq/boost` or `intel_pstate/no_turbo`).
+    pub boost: Option<String>,
+    /// Frequency limits of the CPUs, kHz (`min-max`, distinct values).
+    pub frequency_limits: Option<String>,
+    /// The active tuning profile (`none` when none).
+    pub profile: Option<String>,
+    /// The tuning journal's phase (`active` when the profile is fully applied).
+    pub profile_state: Option<String>,
+    /// `v1`, `v2` or `hybrid`.
+    pub cgroup: Option<String>,
+    /// How exclusive CPUs were shielded (exclusive runs only).
+    pub shield: Option<String>,
+    /// The exclusive CPUs (exclusive runs only).
+    pub exclusive_cpus: Option<String>,
+    /// The C library's version (glibc).
+    pub glibc: Option<String>,
+    /// The executable, as found in the run's `PATH`.
+    pub executable: Option<String>,
+    /// Its sha256, when the caller may read it.
+    pub executable_sha256: Option<String>,
+}
+
+impl Fingerprint {
+    /// The fields that differ from `baseline` (the executable's path and hash aside: two
+    /// builds compared differ there by design, see [`Comparison::same_executable`]).
+    pub fn differences(&self, baseline: &Fingerprint) -> Vec<FieldDiff> {
+        let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
+            (serde_json::to_value(baseline), serde_json::to_value(self))
+        else {
+            return Vec::new();
+        };
+        let text = |v: Option<&Value>| match v {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        };
+        a.iter()
+            .filter(|(k, _)| !k.starts_with("executable"))
+            .filter(|(k, v)| b.get(*k) != Some(*v))
+            .map(|(k, v)| FieldDiff {
+                field: k.clone(),
+                baseline: text(Some(v)),
+                current: text(b.get(k)),
+            })
+            .collect()
+    }
+
+    /// Whether both ran the same executable, where both hashes are known.
+    pub fn same_executable(&self, baseline: &Fingerprint) -> Option<bool> {
+        Some(self.executable_sha256.as_ref()? == baseline.executable_sha256.as_ref()?)
+    }
+}
+
+/// A repeat measured again because something else took its CPUs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rerun {
+    /// The repeat's place among the measured ones (0-based; for `run.compare`, the
+    /// round).
+    pub index: u32,
+    /// The command (its index in `run.compare`; 0 for `run.start`).
+    pub command: u32,
+    /// Why: the foreign CPU time (or throttling) it saw.
+    pub reason: String,
 }
 
 /// Result of `run.start`.
@@ -336,9 +619,19 @@ pub struct RunResult {
     /// The batch id under which the runs are stored (`runs.show`).
     #[serde(default)]
     pub batch: String,
-    /// The comparison with `baseline`, when one was asked for.
+    /// The comparison with `baseline` (or, for a side of `run.compare`, with the
+    /// reference command), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison: Option<Comparison>,
+    /// A comparison stored before verdicts (Welch's t-test on the means), kept as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub welch: Option<Value>,
+    /// The environment it ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
+    /// Repeats measured again because they were noisy (at most `runs.max_reruns`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reruns: Vec<Rerun>,
     /// How the exclusive cores were shielded (`partition`, `cpuset` or `affinity`), for an
     /// exclusive run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -452,6 +745,75 @@ pub struct RunsCompareParams {
     pub a: String,
     /// The batch compared with it (or `baseline:NAME`).
     pub b: String,
+    /// Refuse when the two ran in different environments ([`Fingerprint`], the
+    /// executable aside).
+    #[serde(default)]
+    pub strict: bool,
+    /// The measure compared (default wall time).
+    #[serde(default)]
+    pub metric: Metric,
+}
+
+/// Params of `runs.history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsHistoryParams {
+    /// The label.
+    pub label: String,
+    /// The measure followed (default wall time).
+    #[serde(default)]
+    pub metric: Metric,
+    /// How many of the newest batches (default 100, at most 500).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One batch in a label's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// Batch id.
+    pub batch: String,
+    /// When it ended (seconds since the epoch).
+    pub ts: f64,
+    /// Who ran it.
+    pub uid: u32,
+    /// Median of the metric over its measured runs.
+    pub median: f64,
+    /// Its measured runs.
+    pub runs: u32,
+    /// The baselines naming it.
+    #[serde(default)]
+    pub baselines: Vec<String>,
+}
+
+/// A change point in a label's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangePointInfo {
+    /// The first batch after the change.
+    pub batch: String,
+    /// Its place in `batches` (oldest first).
+    pub index: u32,
+    /// Median after over median before (within the segment it splits): above 1 is
+    /// slower.
+    pub magnitude: f64,
+    /// 1 − the permutation test's p-value.
+    pub confidence: f64,
+}
+
+/// Result of `runs.history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunsHistoryResult {
+    /// The label.
+    pub label: String,
+    /// The measure followed.
+    pub metric: Metric,
+    /// Oldest first (batches without the metric left out).
+    pub batches: Vec<HistoryPoint>,
+    /// Change points found (E-Divisive with a permutation test; none with fewer than
+    /// twice the minimum segment of batches).
+    pub change_points: Vec<ChangePointInfo>,
+    /// The fewest batches on either side of a change point.
+    pub min_segment: u32,
 }
 
 /// Params naming a baseline.
@@ -537,6 +899,9 @@ pub struct RunProgress {
     pub warmup: bool,
     /// Its wall time, milliseconds.
     pub wall_ms: f64,
+    /// For `run.compare`: which command (its index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<u32>,
 }
 
 /// A notification `run.start` streams before its answer, each carrying the request id of

@@ -10,14 +10,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use cleanroom_proto::{EndReason, MAX_RECORDS, RunRecord, RunResult};
+use cleanroom_proto::{
+    Design, EndReason, Fingerprint, MAX_RECORDS, Metric, Rerun, RunRecord, RunResult,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::active::{Active, Listing, Registration};
+use super::compare::{Plan, Side};
 use super::error::Error;
-use super::history::CompareSettings;
-use super::{Exclusive, Job, Runner, Want, compare, stats};
+use super::{Exclusive, Job, Runner, Want, compare, fingerprint, history, stats, verdict};
 use crate::config::Quotas;
 use crate::quota::Exceeded;
 use crate::store::{Store, history as rows};
@@ -45,10 +47,16 @@ impl Caller {
 /// A baseline a batch is compared with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Baseline {
+    /// Its name, as comparisons show it (`baseline:NAME`).
+    pub against: String,
     /// Its batch.
     pub batch: String,
-    /// Its wall times, milliseconds.
-    pub samples: Vec<f64>,
+    /// Who ran it.
+    pub owner: u32,
+    /// Its label.
+    pub label: Option<String>,
+    /// Its stored result.
+    pub result: RunResult,
 }
 
 /// What to run and how often, fully resolved ([`super::request::resolve`] makes one from
@@ -75,6 +83,10 @@ pub struct Batch {
     pub save_baseline: Option<(String, bool)>,
     /// Compare the measured runs with this baseline.
     pub baseline: Option<Baseline>,
+    /// Refuse to run when the environment differs from the baseline's.
+    pub strict: bool,
+    /// The measure compared with the baseline.
+    pub metric: Metric,
     /// Nobody waits for the answer: a failure is stored too.
     pub detached: bool,
 }
@@ -84,12 +96,65 @@ pub struct Batch {
 pub struct Settings {
     /// Batches kept in the history.
     pub history_limit: u32,
-    /// How runs are compared.
-    pub compare: CompareSettings,
+    /// How verdicts are reached.
+    pub verdict: verdict::Settings,
+    /// Which repeats are noisy, and how many are measured again.
+    pub noise: NoiseRule,
+    /// What the fingerprint takes from the daemon's state (the profile).
+    pub context: fingerprint::Context,
     /// The isolation pool of the active profile, replacing the configured one.
     pub pool: Option<BTreeSet<u32>>,
     /// The per-uid quotas in force.
     pub quotas: Quotas,
+}
+
+/// Foreign CPU time below this is never noise, milliseconds: starting, watching and
+/// reaping a run costs the daemon about that on the run's CPUs (on a CPU the run shares),
+/// and measuring again cannot remove it.
+pub const NOISE_FLOOR_MS: f64 = 2.0;
+
+/// Which repeats are noisy, and how many are measured again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NoiseRule {
+    /// Share of the run's CPU time (wall × CPUs) foreign CPU time may take (0: off).
+    pub share: f64,
+    /// Most noisy repeats measured again, per batch (per command of a comparison).
+    pub max_reruns: u32,
+}
+
+impl NoiseRule {
+    /// Why `r` is noisy, if it is: foreign CPU time beyond the share of its CPUs' time
+    /// (and at least [`NOISE_FLOOR_MS`]), thermal throttling, or its CPUs' frequency
+    /// apart by more than 5 %.
+    pub fn noisy(&self, r: &RunRecord) -> Option<String> {
+        if self.share <= 0.0 || r.end_reason != EndReason::Exited {
+            return None;
+        }
+        let cpus = crate::host::format::parse_cpu_list(&r.cpus)
+            .map(|c| c.len())
+            .unwrap_or(1)
+            .max(1);
+        let capacity = r.wall_ms * cpus as f64;
+        if let Some(foreign) = r.noise.foreign_cpu_ms {
+            if capacity > 0.0 && foreign > self.share * capacity && foreign >= NOISE_FLOOR_MS {
+                return Some(format!(
+                    "foreign CPU time {foreign:.1} ms on CPUs {}: {:.0} % of their {capacity:.1} ms (over runs.noisy_percent = {})",
+                    r.cpus,
+                    foreign / capacity * 100.0,
+                    self.share * 100.0
+                ));
+            }
+        }
+        if let Some(n) = r.noise.throttle_events.filter(|n| *n > 0) {
+            return Some(format!("{n} thermal throttling events on its CPUs"));
+        }
+        if let (Some(lo), Some(hi)) = (r.noise.freq_min_khz, r.noise.freq_max_khz) {
+            if hi as f64 > lo as f64 * 1.05 {
+                return Some(format!("its CPUs' frequency moved: {lo} to {hi} kHz"));
+            }
+        }
+        None
+    }
 }
 
 /// What a batch emits while it runs.
@@ -117,17 +182,21 @@ pub enum RunEvent {
         warmup: bool,
         /// Its wall time, milliseconds.
         wall_ms: f64,
+        /// For a comparison: which command.
+        command: Option<u32>,
     },
 }
 
 /// Executes batches on this host and keeps the list of those in progress.
 #[derive(Debug)]
 pub struct Engine {
-    runner: Arc<Runner>,
-    store: Store,
+    pub(super) runner: Arc<Runner>,
+    pub(super) store: Store,
     active: Arc<Active>,
     /// Batch ids reserved in the store and not yet given.
     ids: std::sync::Mutex<std::ops::Range<u64>>,
+    /// Executables' hashes, for fingerprints.
+    hashes: Arc<fingerprint::Hashes>,
 }
 
 /// Free space the state directory must have for a batch to start: its result (a few
@@ -145,6 +214,7 @@ impl Engine {
             store,
             active: Arc::new(Active::default()),
             ids: std::sync::Mutex::new(0..0),
+            hashes: Arc::default(),
         }
     }
 
@@ -224,28 +294,89 @@ impl Engine {
             Err(e) => return self.failed(id, &batch, &settings, e).await,
         };
         let shield = exclusive.as_ref().map(|x| x.method.to_owned());
-        let mut job = batch.job.clone();
-        // Exclusive CPUs are held at most `quotas.exclusive_hold_s` (admins: no limit).
-        let mut hold = None;
-        if let Some(x) = &exclusive {
-            job.limits.cpus = Some(x.cpus.clone());
-            if !batch.owner.admin {
-                let limit = std::time::Duration::from_secs(settings.quotas.exclusive_hold_s);
-                hold = Some((tokio::time::Instant::now() + limit, limit));
+        let (job, hold) = on_cores(&batch, &settings, exclusive.as_ref());
+        let fingerprint = self.fingerprint(&settings, &job, exclusive.as_ref()).await;
+        if let Some(differ) = batch
+            .baseline
+            .as_ref()
+            .filter(|_| batch.strict)
+            .and_then(|b| differences(&fingerprint, b.result.fingerprint.as_ref()))
+        {
+            if let Some(x) = exclusive {
+                x.release().await;
+                self.active.release_exclusive(&id);
             }
+            return self
+                .failed(id, &batch, &settings, Error::EnvironmentsDiffer(differ))
+                .await;
         }
-        let measured = self.repeat(&batch, &job, hold, &events, &cancel).await;
+        let mut reruns = Vec::new();
+        let measured = self
+            .repeat(
+                &batch,
+                &job,
+                hold,
+                settings.noise,
+                &mut reruns,
+                &events,
+                &cancel,
+            )
+            .await;
         if let Some(x) = exclusive {
             x.release().await;
             self.active.release_exclusive(&id);
         }
-        self.finish(id, &batch, &settings, measured, shield).await
+        let ran = Ran {
+            measured,
+            shield,
+            fingerprint: Some(fingerprint),
+            reruns,
+        };
+        self.finish(id, &batch, &settings, ran).await
+    }
+
+    /// The environment `job` runs in (blocking reads on the blocking pool).
+    pub(super) async fn fingerprint(
+        &self,
+        settings: &Settings,
+        job: &Job,
+        exclusive: Option<&Exclusive>,
+    ) -> Fingerprint {
+        let mut ctx = settings.context.clone();
+        if let Some(x) = exclusive {
+            ctx.shield = Some(x.method.to_owned());
+            ctx.exclusive_cpus = Some(x.cpus.clone());
+        }
+        let (host, hashes, spec) = (
+            self.runner.host().clone(),
+            Arc::clone(&self.hashes),
+            job.spec.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let path = spec
+                .env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map_or("", |(_, v)| v.as_str());
+            let runs = fingerprint::Runs {
+                program: spec.argv.first().map_or("", String::as_str),
+                path,
+                cwd: &spec.cwd,
+                uid: spec.uid,
+                groups: std::iter::once(spec.gid)
+                    .chain(spec.groups.iter().copied())
+                    .collect(),
+            };
+            fingerprint::take(&host, &ctx, &runs, &hashes)
+        })
+        .await
+        .unwrap_or_default()
     }
 
     /// Exclusive cores for the whole batch (the shield goes up with the first holder), or
     /// none when the batch does not ask; within the owner's `quotas.exclusive_cpus_per_uid`
     /// (with `--wait`, waiting for its own other batches to give some back).
-    async fn acquire(
+    pub(super) async fn acquire(
         &self,
         id: &str,
         batch: &Batch,
@@ -297,43 +428,44 @@ impl Engine {
 
     /// Warm-ups, then measured repeats, until the count is reached, a run does not exit
     /// normally, or the batch is cancelled.
+    #[allow(clippy::too_many_arguments)]
     async fn repeat(
         &self,
         batch: &Batch,
         job: &Job,
-        hold: Option<(tokio::time::Instant, std::time::Duration)>,
+        hold: Option<Hold>,
+        noise: NoiseRule,
+        reruns: &mut Vec<Rerun>,
         events: &mpsc::Sender<RunEvent>,
         cancel: &CancellationToken,
     ) -> Vec<RunRecord> {
         let total = batch.warmup + batch.repeat;
         let mut measured = Vec::new();
         for i in 0..total {
-            // The time left of the exclusive hold bounds each run's timeout.
-            let mut job = std::borrow::Cow::Borrowed(job);
-            let mut held_out = false;
-            if let Some((until, _)) = hold {
-                let left = until.saturating_duration_since(tokio::time::Instant::now());
-                if job.timeout.is_none_or(|t| t > left) {
-                    job.to_mut().timeout = Some(left);
-                    held_out = true;
-                }
-            }
-            let mut record = self.runner.run_once(&job, events, cancel.clone()).await;
-            if let (true, Some((_, limit))) = (held_out, hold) {
-                if record.end_reason == EndReason::Timeout {
-                    record.error = Some(format!(
-                        "ended: exclusive CPUs are held at most quotas.exclusive_hold_s = {} s",
-                        limit.as_secs()
-                    ));
-                }
-            }
             let warmup = i < batch.warmup;
+            let mut record = self.run_held(job, hold, events, cancel).await;
+            // A noisy repeat is measured again, within the batch's budget of reruns.
+            while !warmup && batch.repeat > 1 && (reruns.len() as u32) < noise.max_reruns {
+                let Some(reason) = noise.noisy(&record) else {
+                    break;
+                };
+                if cancel.is_cancelled() {
+                    break;
+                }
+                reruns.push(Rerun {
+                    index: measured.len() as u32,
+                    command: 0,
+                    reason,
+                });
+                record = self.run_held(job, hold, events, cancel).await;
+            }
             let _ = events
                 .send(RunEvent::Progress {
                     done: i + 1,
                     total,
                     warmup,
                     wall_ms: record.wall_ms,
+                    command: None,
                 })
                 .await;
             let stop = record.end_reason != EndReason::Exited || cancel.is_cancelled();
@@ -345,6 +477,35 @@ impl Engine {
             }
         }
         measured
+    }
+
+    /// One run of `job`, its timeout bounded by the time left of the exclusive hold.
+    pub(super) async fn run_held(
+        &self,
+        job: &Job,
+        hold: Option<Hold>,
+        events: &mpsc::Sender<RunEvent>,
+        cancel: &CancellationToken,
+    ) -> RunRecord {
+        let mut job = std::borrow::Cow::Borrowed(job);
+        let mut held_out = false;
+        if let Some((until, _)) = hold {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if job.timeout.is_none_or(|t| t > left) {
+                job.to_mut().timeout = Some(left);
+                held_out = true;
+            }
+        }
+        let mut record = self.runner.run_once(&job, events, cancel.clone()).await;
+        if let (true, Some((_, limit))) = (held_out, hold) {
+            if record.end_reason == EndReason::Timeout {
+                record.error = Some(format!(
+                    "ended: exclusive CPUs are held at most quotas.exclusive_hold_s = {} s",
+                    limit.as_secs()
+                ));
+            }
+        }
+        record
     }
 
     /// A batch that could not run: nobody waits for a detached one's answer, so its
@@ -359,7 +520,13 @@ impl Engine {
         if batch.detached {
             let mut failed = RunRecord::new(id.clone(), EndReason::FailedToStart, String::new());
             failed.error = Some(e.to_string());
-            if let Err(store_error) = self.finish(id, batch, settings, vec![failed], None).await {
+            let ran = Ran {
+                measured: vec![failed],
+                shield: None,
+                fingerprint: None,
+                reruns: Vec::new(),
+            };
+            if let Err(store_error) = self.finish(id, batch, settings, ran).await {
                 tracing::warn!(error = %store_error, "cannot store a detached batch that failed");
             }
         }
@@ -373,38 +540,48 @@ impl Engine {
         id: String,
         batch: &Batch,
         settings: &Settings,
-        measured: Vec<RunRecord>,
-        shield: Option<String>,
+        ran: Ran,
     ) -> Result<RunResult, Error> {
-        let Some(last) = measured.last().cloned() else {
-            return Err(Error::Task("no run was carried out".into()));
-        };
-        let mut result = RunResult {
-            batch: id,
-            last,
-            runs: Vec::new(),
-            runs_omitted: 0,
-            samples: BTreeMap::new(),
-            stats: BTreeMap::new(),
-            comparison: None,
-            shield,
-            detached: false,
-        };
-        if batch.repeat > 1 {
-            result.stats = summaries(&measured);
-            result.samples = samples(&measured);
-            result.runs_omitted = measured.len().saturating_sub(MAX_RECORDS) as u32;
-            result.runs = measured.iter().take(MAX_RECORDS).cloned().collect();
-        }
+        let mut result = result_of(id, batch.repeat, ran)?;
         if let Some(base) = &batch.baseline {
-            let walls: Vec<f64> = measured.iter().map(|r| r.wall_ms).collect();
-            result.comparison = compare::compare(
-                "wall_ms",
-                &base.samples,
-                &walls,
-                settings.compare.alpha,
-                settings.compare.threshold,
+            let (old, new) = (
+                history::metric_samples(&base.result, batch.metric),
+                history::metric_samples(&result, batch.metric),
             );
+            let label = batch.label.clone().or_else(|| base.label.clone());
+            let spread = history::spread(
+                &self.store,
+                label.as_deref(),
+                [batch.owner.uid, base.owner],
+                [&base.batch, &result.batch],
+                batch.metric,
+                &old,
+            )
+            .await?;
+            let plan = Plan {
+                metric: batch.metric.series().to_owned(),
+                against: base.against.clone(),
+                design: Design::Independent,
+            };
+            let s = settings.verdict;
+            let (base_fp, fp) = (base.result.fingerprint.clone(), result.fingerprint.clone());
+            result.comparison = tokio::task::spawn_blocking(move || {
+                let prepared = compare::sequential(
+                    plan,
+                    Side {
+                        values: &old,
+                        fingerprint: base_fp.as_ref(),
+                    },
+                    Side {
+                        values: &new,
+                        fingerprint: fp.as_ref(),
+                    },
+                    spread,
+                    &s,
+                );
+                compare::decide(vec![prepared], &s).pop()
+            })
+            .await?;
         }
         self.store_result(batch, settings, &result).await?;
         Ok(result)
@@ -413,7 +590,7 @@ impl Engine {
     /// The history row (after the comparison, so a run never compares against itself),
     /// and the baseline to save, in one call of the store. Without a baseline to save,
     /// nothing can be refused: the row is written after the answer.
-    async fn store_result(
+    pub(super) async fn store_result(
         &self,
         batch: &Batch,
         settings: &Settings,
@@ -472,6 +649,78 @@ impl Engine {
     }
 }
 
+/// The environment fields of `now` that differ from `then`'s, for a message; `None` when
+/// none does. A side without a fingerprint (stored before them) differs in all.
+pub fn differences(now: &Fingerprint, then: Option<&Fingerprint>) -> Option<String> {
+    let Some(then) = then else {
+        return Some("the reference was stored without its environment".into());
+    };
+    let d = now.differences(then);
+    (!d.is_empty()).then(|| {
+        d.iter()
+            .map(|f| {
+                format!(
+                    "{}: {} → {}",
+                    f.field,
+                    f.baseline.as_deref().unwrap_or("unknown"),
+                    f.current.as_deref().unwrap_or("unknown")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// `batch`'s job on its exclusive CPUs, if it has some, and until when it may hold them:
+/// at most `quotas.exclusive_hold_s` from now (admins: no limit).
+pub(super) fn on_cores(
+    batch: &Batch,
+    settings: &Settings,
+    exclusive: Option<&Exclusive>,
+) -> (Job, Option<Hold>) {
+    let mut job = batch.job.clone();
+    let mut hold = None;
+    if let Some(x) = exclusive {
+        job.limits.cpus = Some(x.cpus.clone());
+        if !batch.owner.admin {
+            let limit = std::time::Duration::from_secs(settings.quotas.exclusive_hold_s);
+            hold = Some((tokio::time::Instant::now() + limit, limit));
+        }
+    }
+    (job, hold)
+}
+
+/// When exclusive CPUs must be given back, and the limit that set it.
+pub(super) type Hold = (tokio::time::Instant, std::time::Duration);
+
+/// What a batch measured.
+#[derive(Debug, Default)]
+pub(super) struct Ran {
+    pub(super) measured: Vec<RunRecord>,
+    pub(super) shield: Option<String>,
+    pub(super) fingerprint: Option<Fingerprint>,
+    pub(super) reruns: Vec<Rerun>,
+}
+
+/// The result of a batch of `repeat` asked for: the last run, and with more than one,
+/// every run's values and their statistics.
+pub(super) fn result_of(id: String, repeat: u32, ran: Ran) -> Result<RunResult, Error> {
+    let Some(last) = ran.measured.last().cloned() else {
+        return Err(Error::Task("no run was carried out".into()));
+    };
+    let mut result = bare(id, last);
+    result.fingerprint = ran.fingerprint;
+    result.reruns = ran.reruns;
+    result.shield = ran.shield;
+    if repeat > 1 {
+        result.stats = summaries(&ran.measured);
+        result.samples = samples(&ran.measured);
+        result.runs_omitted = ran.measured.len().saturating_sub(MAX_RECORDS) as u32;
+        result.runs = ran.measured.iter().take(MAX_RECORDS).cloned().collect();
+    }
+    Ok(result)
+}
+
 /// Every measured value by metric, in run order.
 fn samples(measured: &[RunRecord]) -> BTreeMap<String, Vec<f64>> {
     let metric = |f: fn(&RunRecord) -> f64| measured.iter().map(f).collect::<Vec<f64>>();
@@ -479,6 +728,7 @@ fn samples(measured: &[RunRecord]) -> BTreeMap<String, Vec<f64>> {
         ("wall_ms", metric(|r| r.wall_ms)),
         ("user_ms", metric(|r| r.user_ms)),
         ("sys_ms", metric(|r| r.sys_ms)),
+        ("cpu_ms", metric(|r| r.user_ms + r.sys_ms)),
         ("max_rss_kb", metric(|r| r.max_rss_kb as f64)),
     ]
     .into_iter()
@@ -496,15 +746,28 @@ fn summaries(measured: &[RunRecord]) -> BTreeMap<String, cleanroom_proto::Summar
 
 /// The answer to a detached start: the batch goes on without its client.
 pub fn detached(batch: String) -> RunResult {
+    let mut r = bare(
+        batch,
+        RunRecord::new(String::new(), EndReason::Running, String::new()),
+    );
+    r.detached = true;
+    r
+}
+
+/// A result of batch `batch` holding only `last`.
+fn bare(batch: String, last: RunRecord) -> RunResult {
     RunResult {
         batch,
-        last: RunRecord::new(String::new(), EndReason::Running, String::new()),
+        last,
         runs: Vec::new(),
         runs_omitted: 0,
         samples: BTreeMap::new(),
         stats: BTreeMap::new(),
         comparison: None,
+        welch: None,
+        fingerprint: None,
+        reruns: Vec::new(),
         shield: None,
-        detached: true,
+        detached: false,
     }
 }

@@ -1,117 +1,348 @@
-//! Comparing two sets of runs: Welch's t-test on the means plus a relative threshold.
-//!
-//! A change is reported only when it is both statistically significant (two-sided p-value
-//! below `alpha`, default 0.05) and large enough to matter (the relative change of the
-//! mean beyond `threshold`, default 2 %). Welch's test does not assume equal variances,
-//! which benchmark samples rarely have.
+//! Comparisons as the protocol reports them: the verdicts of [`super::verdict`] with what
+//! they rest on (the sides' medians and sizes, the between-batch spread of sequential
+//! batches, the environments' differences) and why they cannot decide when they cannot.
 
-use cleanroom_proto::{Comparison, Verdict};
-use statrs::distribution::{ContinuousCDF, StudentsT};
+use cleanroom_proto::{BetweenBatch, Comparison, Design, Fingerprint, Verdict};
 
-fn mean_var(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var)
+use super::verdict::{self, MIN_SAMPLES, Outcome, Resampled, Settings};
+
+/// One side of a comparison.
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    /// Its measured values of the metric.
+    pub values: &'a [f64],
+    /// The environment it ran in, if known.
+    pub fingerprint: Option<&'a Fingerprint>,
 }
 
-/// Compares `current` against `baseline` samples of `metric` (lower is better).
-pub fn compare(
-    metric: &str,
-    baseline: &[f64],
-    current: &[f64],
-    alpha: f64,
-    threshold: f64,
-) -> Option<Comparison> {
-    if baseline.is_empty() || current.is_empty() {
+/// What makes a comparison: the metric, the reference's name, the design.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The metric (`wall_ms`, `cpu_ms`).
+    pub metric: String,
+    /// The reference side's name (a batch id or `baseline:NAME`).
+    pub against: String,
+    /// Paired rounds or sequential batches.
+    pub design: Design,
+}
+
+/// One comparison of a family before the family's correction: the bootstrap, or why
+/// there is none.
+#[derive(Debug)]
+pub struct Prepared {
+    plan: Plan,
+    old: (f64, usize),
+    new: (f64, usize),
+    resampled: Option<Resampled>,
+    reason: Option<String>,
+    more: Option<u32>,
+    between: Option<BetweenBatch>,
+    differs: Vec<cleanroom_proto::FieldDiff>,
+    same_executable: Option<bool>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Interleaved rounds of `old` and `new` (the same length: one value each per round).
+pub fn paired(plan: Plan, old: Side<'_>, new: Side<'_>, s: &Settings) -> Prepared {
+    let rounds: Vec<(f64, f64)> = old
+        .values
+        .iter()
+        .copied()
+        .zip(new.values.iter().copied())
+        .collect();
+    let mut p = Prepared::new(plan, old, new);
+    if rounds.len() < MIN_SAMPLES {
+        p.too_few(rounds.len(), "rounds");
+    } else {
+        p.resampled = verdict::paired(&rounds, s);
+    }
+    p
+}
+
+/// Two batches measured at different times: `spread` is the command's between-batch
+/// spread (`None`: unknown, and then no verdict but `inconclusive`).
+pub fn sequential(
+    plan: Plan,
+    old: Side<'_>,
+    new: Side<'_>,
+    spread: Result<BetweenBatch, String>,
+    s: &Settings,
+) -> Prepared {
+    let mut p = Prepared::new(plan, old, new);
+    let n = old.values.len().min(new.values.len());
+    if n < MIN_SAMPLES {
+        p.too_few(n, "repeats a side");
+        return p;
+    }
+    match spread {
+        Ok(between) => {
+            p.resampled = verdict::independent(old.values, new.values, s)
+                .map(|r| r.widened(between.percent / 100.0, s.seed));
+            p.between = Some(between);
+        }
+        Err(why) => p.reason = Some(why),
+    }
+    p
+}
+
+impl Prepared {
+    fn new(plan: Plan, old: Side<'_>, new: Side<'_>) -> Self {
+        let (differs, same_executable) = match (old.fingerprint, new.fingerprint) {
+            (Some(a), Some(b)) => (b.differences(a), b.same_executable(a)),
+            _ => (Vec::new(), None),
+        };
+        Self {
+            plan,
+            old: (median(old.values), old.values.len()),
+            new: (median(new.values), new.values.len()),
+            resampled: None,
+            reason: None,
+            more: None,
+            between: None,
+            differs,
+            same_executable,
+        }
+    }
+
+    fn too_few(&mut self, n: usize, what: &str) {
+        self.reason = Some(format!(
+            "too few measurements for a verdict: {n} {what} (at least {MIN_SAMPLES})"
+        ));
+        self.more = Some((MIN_SAMPLES - n) as u32);
+    }
+
+    /// The environment fields that differ between the sides.
+    pub fn environment_differs(&self) -> &[cleanroom_proto::FieldDiff] {
+        &self.differs
+    }
+}
+
+/// The comparisons of a family, each decided at its Holm level among those that could
+/// be decided at all.
+pub fn decide(family: Vec<Prepared>, s: &Settings) -> Vec<Comparison> {
+    let decidable: Vec<Resampled> = family.iter().filter_map(|p| p.resampled.clone()).collect();
+    let mut members = verdict::family(&decidable, s).into_iter();
+    family
+        .into_iter()
+        .map(|p| {
+            let ratio = p.new.0 / p.old.0;
+            let (verdict, low, high, level, p_value, p_adjusted, more) = match &p.resampled {
+                Some(_) => match members.next() {
+                    Some(m) => (
+                        outcome(m.verdict.outcome),
+                        m.verdict.low,
+                        m.verdict.high,
+                        m.level,
+                        m.verdict.p,
+                        m.p_adjusted,
+                        m.verdict
+                            .more_repeats
+                            .map(|n| n.min(u32::MAX as usize) as u32),
+                    ),
+                    None => unreachable_member(ratio, s),
+                },
+                None => (
+                    Verdict::Inconclusive,
+                    f64::NAN,
+                    f64::NAN,
+                    s.level,
+                    1.0,
+                    1.0,
+                    p.more,
+                ),
+            };
+            Comparison {
+                metric: p.plan.metric,
+                against: p.plan.against,
+                design: p.plan.design,
+                baseline_median: p.old.0,
+                median: p.new.0,
+                ratio: p.resampled.as_ref().map_or(ratio, |r| r.ratio),
+                low: finite_or(low, ratio),
+                high: finite_or(high, ratio),
+                level,
+                delta_percent: s.delta * 100.0,
+                p_value,
+                p_adjusted,
+                verdict,
+                more_repeats: more,
+                reason: p.reason,
+                between_batch: p.between,
+                n_baseline: p.old.1 as u32,
+                n: p.new.1 as u32,
+                environment_differs: p.differs,
+                same_executable: p.same_executable,
+            }
+        })
+        .collect()
+}
+
+/// A decidable comparison always has its member; should the family come back short, the
+/// comparison is inconclusive rather than made up.
+fn unreachable_member(ratio: f64, s: &Settings) -> (Verdict, f64, f64, f64, f64, f64, Option<u32>) {
+    (Verdict::Inconclusive, ratio, ratio, s.level, 1.0, 1.0, None)
+}
+
+/// An interval end that cannot be computed is shown as the point estimate (JSON has no
+/// NaN); `reason` says why there is no interval.
+fn finite_or(x: f64, or: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else if or.is_finite() {
+        or
+    } else {
+        0.0
+    }
+}
+
+fn outcome(o: Outcome) -> Verdict {
+    match o {
+        Outcome::Slower => Verdict::Slower,
+        Outcome::Faster => Verdict::Faster,
+        Outcome::Equivalent => Verdict::Equivalent,
+        Outcome::Inconclusive => Verdict::Inconclusive,
+    }
+}
+
+/// The between-batch spread of a command from the medians of its earlier batches (each
+/// with its values): the variance of their logs beyond what each median's own sampling
+/// error explains (a median's variance is about π/2 · σ²/n, σ from the batch's median
+/// absolute deviation). `None` with fewer than three batches.
+pub fn spread_of_history(batches: &[Vec<f64>]) -> Option<f64> {
+    let logs: Vec<(f64, f64)> = batches
+        .iter()
+        .filter(|b| !b.is_empty())
+        .filter_map(|b| {
+            let m = median(b);
+            (m > 0.0 && m.is_finite()).then(|| {
+                let mad = median(&b.iter().map(|x| (x - m).abs()).collect::<Vec<_>>());
+                let sigma = 1.4826 * mad / m;
+                (
+                    m.ln(),
+                    std::f64::consts::FRAC_PI_2 * sigma * sigma / b.len() as f64,
+                )
+            })
+        })
+        .collect();
+    if logs.len() < 3 {
         return None;
     }
-    let (m1, v1) = mean_var(baseline);
-    let (m2, v2) = mean_var(current);
-    let (n1, n2) = (baseline.len() as f64, current.len() as f64);
-    let se2 = v1 / n1 + v2 / n2;
-    let p_value = if se2 <= 0.0 || n1 < 2.0 || n2 < 2.0 {
-        if (m1 - m2).abs() < f64::EPSILON {
-            1.0
-        } else {
-            0.0
-        }
-    } else {
-        let t = (m2 - m1) / se2.sqrt();
-        let df = se2.powi(2) / ((v1 / n1).powi(2) / (n1 - 1.0) + (v2 / n2).powi(2) / (n2 - 1.0));
-        match StudentsT::new(0.0, 1.0, df) {
-            Ok(dist) => 2.0 * (1.0 - dist.cdf(t.abs())),
-            Err(_) => 1.0,
-        }
-    };
-    let change = if m1 != 0.0 { (m2 - m1) / m1 } else { 0.0 };
-    let verdict = if p_value < alpha && change.abs() > threshold {
-        if change > 0.0 {
-            Verdict::Slower
-        } else {
-            Verdict::Faster
-        }
-    } else {
-        Verdict::NoChange
-    };
-    Some(Comparison {
-        metric: metric.to_owned(),
-        baseline_mean: m1,
-        mean: m2,
-        change_percent: change * 100.0,
-        p_value,
-        confidence_percent: (1.0 - p_value) * 100.0,
-        alpha,
-        threshold_percent: threshold * 100.0,
-        verdict,
-    })
+    let k = logs.len() as f64;
+    let mean = logs.iter().map(|l| l.0).sum::<f64>() / k;
+    let observed = logs.iter().map(|l| (l.0 - mean).powi(2)).sum::<f64>() / (k - 1.0);
+    let sampling = logs.iter().map(|l| l.1).sum::<f64>() / k;
+    Some((observed - sampling).max(0.0).sqrt())
+}
+
+/// The drift within one batch, as a stand-in for the between-batch spread when there is
+/// no history: the log ratio of the medians of its second and first halves, whole (not
+/// divided by √2: one difference is a weak estimate, so it is taken generously). `None`
+/// below ten values.
+pub fn spread_of_drift(values: &[f64]) -> Option<f64> {
+    if values.len() < 10 {
+        return None;
+    }
+    let (a, b) = values.split_at(values.len() / 2);
+    let (ma, mb) = (median(a), median(b));
+    (ma > 0.0 && mb > 0.0).then(|| (mb / ma).ln().abs())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn clear_regression_is_slower() {
-        let base = [100.0, 101.0, 99.0, 100.5, 99.5, 100.2];
-        let cur = [110.0, 111.0, 109.0, 110.5, 109.5, 110.2];
-        let c = compare("wall_ms", &base, &cur, 0.05, 0.02).unwrap();
-        assert_eq!(c.verdict, Verdict::Slower);
-        assert!(c.p_value < 1e-6, "{}", c.p_value);
-        assert!((c.change_percent - 10.0).abs() < 0.1);
-        let c = compare("wall_ms", &cur, &base, 0.05, 0.02).unwrap();
-        assert_eq!(c.verdict, Verdict::Faster);
+    fn plan() -> Plan {
+        Plan {
+            metric: "wall_ms".into(),
+            against: "1".into(),
+            design: Design::Paired,
+        }
     }
 
     #[test]
-    fn noise_or_tiny_changes_are_no_change() {
-        let base = [100.0, 130.0, 80.0, 120.0, 90.0];
-        let cur = [105.0, 125.0, 85.0, 118.0, 95.0];
-        assert_eq!(
-            compare("wall_ms", &base, &cur, 0.05, 0.02).unwrap().verdict,
-            Verdict::NoChange
+    fn fewer_than_five_rounds_are_inconclusive_and_say_so() {
+        let s = Settings::default();
+        let old = [100.0, 101.0, 99.0];
+        let new = [150.0, 151.0, 149.0];
+        let side = |values| Side {
+            values,
+            fingerprint: None,
+        };
+        let c = decide(vec![paired(plan(), side(&old), side(&new), &s)], &s);
+        assert_eq!(c[0].verdict, Verdict::Inconclusive);
+        assert_eq!(c[0].more_repeats, Some(2));
+        assert!(
+            c[0].reason.as_deref().unwrap().contains("3 rounds"),
+            "{c:?}"
         );
-        // Significant but under the threshold.
-        let base = [100.0, 100.1, 99.9, 100.0, 100.05, 99.95];
-        let cur = [101.0, 101.1, 100.9, 101.0, 101.05, 100.95];
-        let c = compare("wall_ms", &base, &cur, 0.05, 0.02).unwrap();
-        assert!(c.p_value < 0.05);
-        assert_eq!(c.verdict, Verdict::NoChange);
-        assert!(compare("wall_ms", &[], &cur, 0.05, 0.02).is_none());
+        assert!((c[0].ratio - 1.5).abs() < 1e-12);
     }
 
     #[test]
-    fn p_value_matches_a_known_welch_test() {
-        // Welch by hand: t = 2.074, df = 10.21; the two-sided tail of Student's t, integrated
-        // numerically, is p = 0.0643.
-        let a = [19.8, 20.4, 19.6, 17.8, 18.5, 18.9, 18.3, 18.9, 19.5, 22.0];
-        let b = [28.2, 26.6, 20.1, 23.3, 25.2, 22.1, 17.7, 27.6, 20.6, 13.7];
-        let c = compare("x", &a, &b, 0.05, 0.0).unwrap();
-        assert!((c.p_value - 0.0643).abs() < 0.001, "{}", c.p_value);
-        assert_eq!(c.verdict, Verdict::NoChange, "p above alpha");
+    fn sequential_batches_without_a_known_spread_cannot_decide() {
+        let s = Settings::default();
+        let old: Vec<f64> = (0..8).map(|i| 100.0 + f64::from(i) * 0.01).collect();
+        let new: Vec<f64> = old.iter().map(|x| x * 1.2).collect();
+        let side = |values| Side {
+            values,
+            fingerprint: None,
+        };
+        let unknown = sequential(
+            plan(),
+            side(&old),
+            side(&new),
+            Err("unknown spread".into()),
+            &s,
+        );
+        let known = sequential(
+            plan(),
+            side(&old),
+            side(&new),
+            Ok(BetweenBatch {
+                percent: 1.0,
+                source: "history".into(),
+                from: 5,
+            }),
+            &s,
+        );
+        let c = decide(vec![unknown, known], &s);
+        assert_eq!(c[0].verdict, Verdict::Inconclusive);
+        assert_eq!(c[0].reason.as_deref(), Some("unknown spread"));
+        assert_eq!(c[1].verdict, Verdict::Slower, "{c:?}");
+        assert_eq!(c[1].level, 0.95, "one decidable comparison: no correction");
+    }
+
+    /// Worked by hand: batches with medians 100, 110, 90, 100 and no spread of their own:
+    /// the logs' sample variance is that of ln(1), ln(1.1), ln(0.9), ln(1) = 0, 0.09531,
+    /// −0.10536, 0: mean −0.0025125, variance 0.0067183, sd 0.081966.
+    #[test]
+    fn the_history_spread_is_the_variance_of_log_medians_beyond_sampling() {
+        let flat = |m: f64| vec![m; 9];
+        let sd = spread_of_history(&[flat(100.0), flat(110.0), flat(90.0), flat(100.0)]).unwrap();
+        assert!((sd - 0.081_966).abs() < 1e-5, "{sd}");
+        assert!(spread_of_history(&[flat(1.0), flat(2.0)]).is_none());
+        // Batches as spread inside as between them show no between-batch spread.
+        let wide: Vec<Vec<f64>> = (0..4)
+            .map(|i| {
+                (0..9)
+                    .map(|j| 100.0 + 20.0 * f64::from((j + i) % 9) - 80.0)
+                    .collect()
+            })
+            .collect();
+        let sd = spread_of_history(&wide).unwrap();
+        assert!(sd < 0.05, "{sd}");
+        // Drift: halves with medians 100 and 105.
+        let drift: Vec<f64> = [100.0; 6].into_iter().chain([105.0; 6]).collect();
+        assert!((spread_of_drift(&drift).unwrap() - 1.05f64.ln()).abs() < 1e-12);
+        assert!(spread_of_drift(&[1.0; 9]).is_none());
     }
 }

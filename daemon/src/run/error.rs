@@ -80,6 +80,9 @@ pub enum Error {
     /// Two stored batches without a sample between them.
     #[error("nothing to compare: {0}")]
     NothingToCompare(String),
+    /// `strict` and the two sides ran in different environments.
+    #[error("refused (strict): the environments differ: {0}")]
+    EnvironmentsDiffer(String),
     /// A stored result cannot be read back.
     #[error("stored batch {batch} is unreadable: {source}")]
     Unreadable {

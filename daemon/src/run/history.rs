@@ -4,13 +4,15 @@
 //! public, and replaced or deleted only by its owner or an admin.
 
 use cleanroom_proto::{
-    BaselineDeleteResult, BaselineInfo, BaselineListResult, BatchInfo, Comparison, RunResult,
+    BaselineDeleteResult, BaselineInfo, BaselineListResult, BatchInfo, BetweenBatch,
+    ChangePointInfo, Comparison, Design, HistoryPoint, Metric, RunResult, RunsHistoryResult,
     RunsListResult,
 };
 
 use super::batch::Caller;
-use super::compare;
+use super::compare::{self, Plan, Side};
 use super::error::Error;
+use super::{changepoint, verdict};
 use crate::quota::Exceeded;
 use crate::store::{Store, history};
 
@@ -21,17 +23,10 @@ pub struct Stored {
     pub batch: String,
     /// Who ran it.
     pub owner: u32,
+    /// Its label.
+    pub label: Option<String>,
     /// The result as `run.start` answered it.
     pub result: RunResult,
-}
-
-/// The comparison settings in force.
-#[derive(Debug, Clone, Copy)]
-pub struct CompareSettings {
-    /// Significance level.
-    pub alpha: f64,
-    /// Smallest relative change that counts (a fraction, 0.02 for 2 %).
-    pub threshold: f64,
 }
 
 /// A baseline name must be one: letters, digits, `.`, `_`, `-`; at most 64.
@@ -94,20 +89,87 @@ pub async fn load(store: &Store, caller: &Caller, what: &str) -> Result<Stored, 
     Ok(Stored {
         batch: row.batch,
         owner: row.uid,
+        label: row.label,
         result,
     })
 }
 
-/// The wall times of a stored result.
-pub fn wall_samples(r: &RunResult) -> Vec<f64> {
+/// The values of `metric` in a stored result, one per measured run.
+pub fn metric_samples(r: &RunResult, metric: Metric) -> Vec<f64> {
     // Every run's, from `samples`; results stored before it have every record instead.
-    if let Some(walls) = r.samples.get("wall_ms") {
-        walls.clone()
-    } else if r.runs.is_empty() {
-        vec![r.last.wall_ms]
-    } else {
-        r.runs.iter().map(|x| x.wall_ms).collect()
+    let series = |name: &str, of: fn(&cleanroom_proto::RunRecord) -> f64| {
+        if let Some(values) = r.samples.get(name) {
+            values.clone()
+        } else if r.runs.is_empty() {
+            vec![of(&r.last)]
+        } else {
+            r.runs.iter().map(of).collect()
+        }
+    };
+    match metric {
+        Metric::Wall => series("wall_ms", |x| x.wall_ms),
+        Metric::Cpu => match (r.samples.get("user_ms"), r.samples.get("sys_ms")) {
+            // Stored before `cpu_ms` was a series of its own: its parts are.
+            (Some(u), Some(s)) if !r.samples.contains_key("cpu_ms") => {
+                u.iter().zip(s).map(|(u, s)| u + s).collect()
+            }
+            _ => series("cpu_ms", |x| x.user_ms + x.sys_ms),
+        },
     }
+}
+
+/// Earlier batches a between-batch spread is estimated from (the newest of the label).
+const SPREAD_BATCHES: u32 = 30;
+
+/// The between-batch spread of a command for a sequential comparison with `baseline`:
+/// from the earlier batches labelled `label` (the caller's and the baseline owner's, the
+/// two compared left out) when there are at least three, else from the drift within the
+/// baseline's own repeats (at least ten), else unknown, with the reason.
+pub async fn spread(
+    store: &Store,
+    label: Option<&str>,
+    uids: [u32; 2],
+    exclude: [&str; 2],
+    metric: Metric,
+    baseline: &[f64],
+) -> Result<Result<BetweenBatch, String>, Error> {
+    if let Some(label) = label {
+        store.settled().await;
+        let l = label.to_owned();
+        let rows = store
+            .call(move |c| history::labelled(c, &l, Some(&uids), SPREAD_BATCHES))
+            .await?;
+        let batches: Vec<Vec<f64>> = rows
+            .iter()
+            .filter(|row| !exclude.contains(&row.batch.as_str()))
+            .filter_map(|row| serde_json::from_str::<RunResult>(&row.result).ok())
+            .map(|r| metric_samples(&r, metric))
+            .collect();
+        if let Some(sd) = compare::spread_of_history(&batches) {
+            return Ok(Ok(BetweenBatch {
+                percent: sd * 100.0,
+                source: "history".into(),
+                from: batches.len() as u32,
+            }));
+        }
+    }
+    if let Some(sd) = compare::spread_of_drift(baseline) {
+        return Ok(Ok(BetweenBatch {
+            percent: sd * 100.0,
+            source: "baseline".into(),
+            from: baseline.len() as u32,
+        }));
+    }
+    Ok(Err(format!(
+        "the between-batch spread of this command is unknown: {} and a baseline of {} \
+         repeats (10 needed); label the runs (--label) to build a history, or use \
+         `cleanroomctl compare` for an interleaved verdict",
+        match label {
+            Some(l) => format!("fewer than 3 earlier batches labelled {l:?}"),
+            None => "no label".to_owned(),
+        },
+        baseline.len()
+    )))
 }
 
 /// `runs.list`: the newest batches the caller may see, newest first.
@@ -141,24 +203,124 @@ pub async fn show(store: &Store, caller: &Caller, batch: &str) -> Result<RunResu
 }
 
 /// `runs.compare`: `b` against `a`, each the caller's (or any, for an admin) or a baseline
-/// the caller may read.
+/// the caller may read, as sequential batches.
 pub async fn compare(
     store: &Store,
     caller: &Caller,
     a: &str,
     b: &str,
-    settings: CompareSettings,
+    strict: bool,
+    metric: Metric,
+    settings: &verdict::Settings,
 ) -> Result<Comparison, Error> {
     let sa = load(store, caller, a).await?;
     let sb = load(store, caller, b).await?;
-    compare::compare(
-        "wall_ms",
-        &wall_samples(&sa.result),
-        &wall_samples(&sb.result),
-        settings.alpha,
-        settings.threshold,
+    if strict {
+        let now = sb.result.fingerprint.clone().unwrap_or_default();
+        if let Some(differ) = super::batch::differences(&now, sa.result.fingerprint.as_ref()) {
+            return Err(Error::EnvironmentsDiffer(differ));
+        }
+    }
+    let (old, new) = (
+        metric_samples(&sa.result, metric),
+        metric_samples(&sb.result, metric),
+    );
+    if old.is_empty() || new.is_empty() {
+        return Err(Error::NothingToCompare(format!(
+            "{a} and {b} hold no samples"
+        )));
+    }
+    let label = sb.label.clone().or_else(|| sa.label.clone());
+    let spread = spread(
+        store,
+        label.as_deref(),
+        [caller.uid, sa.owner],
+        [&sa.batch, &sb.batch],
+        metric,
+        &old,
     )
-    .ok_or_else(|| Error::NothingToCompare(format!("{a} and {b} hold no samples")))
+    .await?;
+    let plan = Plan {
+        metric: metric.series().into(),
+        against: a.to_owned(),
+        design: Design::Independent,
+    };
+    let prepared = compare::sequential(
+        plan,
+        Side {
+            values: &old,
+            fingerprint: sa.result.fingerprint.as_ref(),
+        },
+        Side {
+            values: &new,
+            fingerprint: sb.result.fingerprint.as_ref(),
+        },
+        spread,
+        settings,
+    );
+    let mut all = compare::decide(vec![prepared], settings);
+    all.pop()
+        .ok_or_else(|| Error::NothingToCompare(format!("{a} and {b}")))
+}
+
+/// Most batches `runs.history` reads.
+pub const MAX_HISTORY: u32 = 500;
+
+/// `runs.history`: the caller's batches labelled `label` (an admin: everyone's), oldest
+/// first, with the change points of `metric`'s medians.
+pub async fn label_history(
+    store: &Store,
+    caller: &Caller,
+    label: &str,
+    metric: Metric,
+    limit: u32,
+) -> Result<RunsHistoryResult, Error> {
+    store.settled().await;
+    let (l, uid) = (label.to_owned(), caller.uid);
+    let admin = caller.admin;
+    let rows = store
+        .call(move |c| {
+            let mine = [uid];
+            history::label_points(c, &l, (!admin).then_some(&mine[..]), limit.min(MAX_HISTORY))
+        })
+        .await?;
+    let batches: Vec<HistoryPoint> = rows
+        .into_iter()
+        .filter_map(|row| {
+            let median = match metric {
+                Metric::Wall => row.median_wall_ms,
+                Metric::Cpu => row.median_cpu_ms,
+            }?;
+            Some(HistoryPoint {
+                batch: row.batch,
+                ts: row.ts,
+                uid: row.uid,
+                median,
+                runs: row.runs,
+                baselines: row.baselines,
+            })
+        })
+        .collect();
+    let settings = changepoint::Settings::default();
+    let series: Vec<f64> = batches.iter().map(|b| b.median).collect();
+    let change_points =
+        tokio::task::spawn_blocking(move || changepoint::detect(&series, &settings))
+            .await?
+            .into_iter()
+            .map(|cp| ChangePointInfo {
+                batch: batches[cp.index].batch.clone(),
+                index: cp.index as u32,
+                magnitude: cp.magnitude,
+                confidence: 1.0 - cp.p,
+            })
+            .collect();
+    Ok(RunsHistoryResult {
+        label: label.to_owned(),
+        metric,
+        batches,
+        change_points,
+        min_segment: settings.min_segment as u32,
+    })
 }
 
 fn info(row: history::BaselineRow) -> BaselineInfo {

@@ -19,8 +19,10 @@ pub mod contain;
 pub mod cpus;
 mod error;
 mod exec;
+pub mod fingerprint;
 pub mod helper;
 pub mod history;
+pub mod interleave;
 pub mod noise;
 pub mod request;
 pub mod shield;
@@ -697,6 +699,11 @@ impl Runner {
     /// The directories holding this daemon's run cgroups.
     pub fn cgroup_bases(&self) -> Vec<String> {
         self.layout.as_ref().map(Layout::bases).unwrap_or_default()
+    }
+
+    /// The host it runs on (kernel files below its root).
+    pub fn host(&self) -> &Host {
+        &self.host
     }
 
     /// Why runs cannot happen here, if they cannot.

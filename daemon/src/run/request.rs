@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cleanroom_proto::{CpuRequest, RunParams};
+use cleanroom_proto::{CompareParams, CpuRequest, MAX_COMMANDS, RunParams};
 use nix::sys::resource::Resource;
 
 use super::batch::{Baseline, Batch, Caller};
 use super::cgroup::Limits;
 use super::error::Error;
 use super::history;
+use super::interleave::Compare;
 use super::{Job, Want, spawn};
 
 use crate::config::Quotas;
@@ -157,8 +158,108 @@ pub async fn resolve(
         argv: params.argv,
         save_baseline: params.save_baseline.map(|name| (name, params.public)),
         baseline,
+        strict: params.strict,
+        metric: params.metric,
         detached: params.detach,
     })
+}
+
+/// Most seconds `until_decided` may measure.
+pub const MAX_COMPARE_SECONDS: u64 = 24 * 3600;
+
+/// Checks a `run.compare` and resolves each command as a batch of its own (with every
+/// check of [`resolve`]), sharing the options.
+pub async fn resolve_compare(
+    p: CompareParams,
+    caller: &Caller,
+    bounds: &Bounds,
+    store: &Store,
+) -> Result<Compare, Error> {
+    check_compare(&p, bounds.max_repeat)?;
+    let repeat = p.options.repeat;
+    let max_rounds = p
+        .max_rounds
+        .unwrap_or_else(|| repeat.saturating_mul(10).min(bounds.max_repeat).max(repeat));
+    let mut sides = Vec::with_capacity(p.commands.len());
+    for (i, argv) in p.commands.iter().enumerate() {
+        let params = RunParams {
+            argv: argv.clone(),
+            label: p.labels.get(i).cloned(),
+            ..p.options.clone()
+        };
+        let side = resolve(params, caller, bounds, store)
+            .await
+            .map_err(|e| match e {
+                Error::Invalid(m) => Error::Invalid(format!("command {}: {m}", i + 1)),
+                e => e,
+            })?;
+        sides.push(side);
+    }
+    Ok(Compare {
+        sides,
+        metric: p.metric,
+        until_decided: p.until_decided,
+        max_rounds,
+        max_time: Duration::from_secs(p.max_seconds.unwrap_or(300)),
+        seed: p.seed.unwrap_or(super::verdict::Settings::default().seed),
+    })
+}
+
+/// The rules of a `run.compare` beyond each command's own; the message names the field.
+pub(crate) fn check_compare(p: &CompareParams, max_repeat: u32) -> Result<(), Error> {
+    let bad = |m: String| Err(Error::Invalid(m));
+    let k = p.commands.len();
+    if !(2..=MAX_COMMANDS).contains(&k) {
+        return bad(format!(
+            "commands: {k} given; a comparison needs 2 to {MAX_COMMANDS}"
+        ));
+    }
+    if !p.labels.is_empty() && p.labels.len() != k {
+        return bad(format!(
+            "labels: {} given for {k} commands (one for each, or none)",
+            p.labels.len()
+        ));
+    }
+    let o = &p.options;
+    if !o.argv.is_empty() {
+        return bad("options.argv must be empty: the commands are in `commands`".into());
+    }
+    for (set, name) in [
+        (o.baseline.is_some(), "baseline"),
+        (o.save_baseline.is_some(), "save_baseline"),
+        (o.public, "public"),
+        (o.detach, "detach"),
+        (o.label.is_some(), "label (use `labels`, one per command)"),
+        (
+            o.strict,
+            "strict (the commands of a comparison run side by side)",
+        ),
+    ] {
+        if set {
+            return bad(format!(
+                "options.{name} does not apply to run.compare (each command is stored as a batch: baseline save NAME BATCH)"
+            ));
+        }
+    }
+    if !p.until_decided && (p.max_rounds.is_some() || p.max_seconds.is_some()) {
+        return bad("max_rounds and max_seconds are the budget of until_decided".into());
+    }
+    if let Some(m) = p.max_rounds {
+        if m < o.repeat || m > max_repeat {
+            return bad(format!(
+                "max_rounds must be from repeat ({}) to {max_repeat}, not {m}",
+                o.repeat
+            ));
+        }
+    }
+    if let Some(s) = p.max_seconds {
+        if s == 0 || s > MAX_COMPARE_SECONDS {
+            return bad(format!(
+                "max_seconds must be 1 to {MAX_COMPARE_SECONDS}, not {s}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The checks of [`resolve`] that need neither the store nor the user database, in its
@@ -230,6 +331,12 @@ fn validate(p: &RunParams, max_repeat: u32) -> Result<(), Error> {
     if (p.cpus.is_some() || p.wait) && !p.exclusive {
         return bad("cpus and wait need exclusive".into());
     }
+    if p.metric != cleanroom_proto::Metric::Wall && p.baseline.is_none() {
+        return bad("metric needs baseline: it is the measure compared with it".into());
+    }
+    if p.strict && p.baseline.is_none() {
+        return bad("strict needs baseline: it refuses a baseline of another environment".into());
+    }
     if p.realtime && !p.exclusive {
         return bad("realtime needs exclusive: a SCHED_FIFO run must have cores of its own".into());
     }
@@ -296,8 +403,11 @@ pub(crate) fn wanted_cpus(p: &RunParams) -> Result<Option<Want>, Error> {
 async fn baseline(store: &Store, caller: &Caller, name: &str) -> Result<Baseline, Error> {
     match history::load(store, caller, &format!("baseline:{name}")).await {
         Ok(stored) => Ok(Baseline {
+            against: format!("baseline:{name}"),
             batch: stored.batch,
-            samples: history::wall_samples(&stored.result),
+            owner: stored.owner,
+            label: stored.label,
+            result: stored.result,
         }),
         Err(Error::NotFound(_)) => Err(Error::Invalid(format!(
             "baseline: no baseline named {name:?} (cleanroomctl baseline list)"

@@ -1,5 +1,5 @@
-//! The verdict of a comparison (issue 13, first step: the statistics, not yet wired to
-//! `compare` or `run --baseline`).
+//! The verdict of a comparison: `run.compare` (paired rounds), `run --baseline` and
+//! `runs.compare` (sequential batches).
 //!
 //! The statistic is the **median** of each side, and the verdict a confidence interval of
 //! the ratio new/old of the medians, by a seeded percentile bootstrap. The median, not the
@@ -13,7 +13,9 @@
 //! entirely beyond 1 and the point estimate beyond δ), `equivalent` (the interval entirely
 //! inside 1 ± δ), else `inconclusive`, with an estimate of how many more repeats a side
 //! would decide (the interval narrows as 1/√n). Several comparisons at once are corrected
-//! with Holm's step-down method on their bootstrap p-values.
+//! with Holm's step-down method on their bootstrap p-values. Two batches measured at
+//! different times also differ by whatever changed between them: their interval is
+//! widened by the command's between-batch spread ([`Resampled::widened`]).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -87,8 +89,23 @@ fn median(xs: &mut [f64]) -> Option<f64> {
     })
 }
 
+/// The bootstrap distribution of a comparison's ratio, before a level is chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resampled {
+    /// The point estimate of new/old.
+    pub ratio: f64,
+    /// The resampled ratios, sorted.
+    ratios: Vec<f64>,
+    /// Values a side (rounds, for pairs).
+    pub n: usize,
+}
+
+/// Fewest values a side (rounds, for pairs) a verdict rests on: below it a percentile
+/// bootstrap of medians has too few distinct resamples to mean its level.
+pub const MIN_SAMPLES: usize = 5;
+
 /// Two independent samples (sequential batches): each side resampled on its own.
-pub fn independent(old: &[f64], new: &[f64], s: &Settings) -> Option<Verdict> {
+pub fn independent(old: &[f64], new: &[f64], s: &Settings) -> Option<Resampled> {
     let (mut o, mut n) = (old.to_vec(), new.to_vec());
     let ratio = median(&mut n)? / positive(median(&mut o)?)?;
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
@@ -105,11 +122,11 @@ pub fn independent(old: &[f64], new: &[f64], s: &Settings) -> Option<Verdict> {
             ratios.push(mn / mo);
         }
     }
-    Some(decide(ratio, ratios, old.len().min(new.len()), s))
+    Some(Resampled::new(ratio, ratios, old.len().min(new.len())))
 }
 
 /// Interleaved rounds, each `(old, new)` measured together: rounds resampled whole.
-pub fn paired(rounds: &[(f64, f64)], s: &Settings) -> Option<Verdict> {
+pub fn paired(rounds: &[(f64, f64)], s: &Settings) -> Option<Resampled> {
     let ratio_of = |rs: &[(f64, f64)]| -> Option<f64> {
         let mut o: Vec<f64> = rs.iter().map(|r| r.0).collect();
         let mut n: Vec<f64> = rs.iter().map(|r| r.1).collect();
@@ -125,38 +142,102 @@ pub fn paired(rounds: &[(f64, f64)], s: &Settings) -> Option<Verdict> {
         }
         ratios.extend(ratio_of(&sample));
     }
-    Some(decide(ratio, ratios, rounds.len(), s))
+    Some(Resampled::new(ratio, ratios, rounds.len()))
 }
 
 fn positive(x: f64) -> Option<f64> {
     (x > 0.0 && x.is_finite()).then_some(x)
 }
 
-/// The percentile interval of `ratios` at the settings' level, the p-value, the outcome.
-fn decide(ratio: f64, mut ratios: Vec<f64>, n: usize, s: &Settings) -> Verdict {
-    ratios.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let i = ((ratios.len() as f64 - 1.0) * q).round() as usize;
-        ratios.get(i).copied().unwrap_or(ratio)
-    };
-    let tail = (1.0 - s.level) / 2.0;
-    let (low, high) = (at(tail), at(1.0 - tail));
-    let below = ratios.iter().filter(|r| **r <= 1.0).count() as f64;
-    let above = ratios.iter().filter(|r| **r >= 1.0).count() as f64;
-    let total = (ratios.len() as f64).max(1.0);
-    let p = (2.0 * below.min(above) / total).min(1.0);
-    let outcome = classify(ratio, low, high, s.delta);
-    let more_repeats = (outcome == Outcome::Inconclusive)
-        .then(|| more_repeats(ratio, low, high, s.delta, n))
-        .flatten();
-    Verdict {
-        ratio,
-        low,
-        high,
-        p,
-        outcome,
-        more_repeats,
+impl Resampled {
+    fn new(ratio: f64, mut ratios: Vec<f64>, n: usize) -> Self {
+        ratios.sort_by(f64::total_cmp);
+        Self { ratio, ratios, n }
     }
+
+    /// Adds a between-batch error of standard deviation `sd` (natural log scale) to each
+    /// side: every resampled ratio is multiplied by `exp(N(0, 2·sd²))`, seeded. Two
+    /// batches measured at different times differ by more than their repeats' spread
+    /// says, and this is how much more.
+    pub fn widened(mut self, sd: f64, seed: u64) -> Self {
+        if sd > 0.0 && sd.is_finite() {
+            if let Ok(normal) = rand_distr::Normal::new(0.0, sd * std::f64::consts::SQRT_2) {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5769_6465);
+                for r in &mut self.ratios {
+                    *r *= rng.sample(normal).exp();
+                }
+                self.ratios.sort_by(f64::total_cmp);
+            }
+        }
+        self
+    }
+
+    /// Two-sided bootstrap p-value of "the ratio is 1": twice the share of resampled
+    /// ratios on the far side of 1.
+    pub fn p(&self) -> f64 {
+        let at_or_below = self.ratios.partition_point(|r| *r <= 1.0);
+        let at_or_above = self.ratios.len() - self.ratios.partition_point(|r| *r < 1.0);
+        let total = (self.ratios.len() as f64).max(1.0);
+        (2.0 * at_or_below.min(at_or_above) as f64 / total).min(1.0)
+    }
+
+    /// The verdict at confidence `level` against margin `delta`.
+    pub fn verdict(&self, level: f64, delta: f64) -> Verdict {
+        let at = |q: f64| {
+            let i = ((self.ratios.len() as f64 - 1.0) * q).round() as usize;
+            self.ratios.get(i).copied().unwrap_or(self.ratio)
+        };
+        let tail = (1.0 - level) / 2.0;
+        let (low, high) = (at(tail), at(1.0 - tail));
+        let outcome = classify(self.ratio, low, high, delta);
+        let more_repeats = (outcome == Outcome::Inconclusive)
+            .then(|| more_repeats(self.ratio, low, high, delta, self.n))
+            .flatten();
+        Verdict {
+            ratio: self.ratio,
+            low,
+            high,
+            p: self.p(),
+            outcome,
+            more_repeats,
+        }
+    }
+}
+
+/// One verdict of a family: the verdict, its Holm-adjusted p-value, and its level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    /// The verdict at `level`.
+    pub verdict: Verdict,
+    /// Holm-adjusted p-value.
+    pub p_adjusted: f64,
+    /// The level its interval is taken at.
+    pub level: f64,
+}
+
+/// The verdicts of several comparisons made together, each at its Holm step-down level:
+/// the one with the smallest p-value at `1 − α/m`, the next at `1 − α/(m−1)`, and so on
+/// (α = 1 − the settings' level), so the chance of any false `slower` or `faster` in the
+/// family stays at most α. With one comparison, the settings' level itself.
+pub fn family(all: &[Resampled], s: &Settings) -> Vec<Member> {
+    let alpha = 1.0 - s.level;
+    let p: Vec<f64> = all.iter().map(Resampled::p).collect();
+    let adjusted = holm(&p);
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by(|a, b| p[*a].total_cmp(&p[*b]));
+    let mut level = vec![s.level; all.len()];
+    for (rank, i) in order.into_iter().enumerate() {
+        level[i] = 1.0 - alpha / (all.len() - rank) as f64;
+    }
+    all.iter()
+        .zip(adjusted)
+        .zip(level)
+        .map(|((r, p_adjusted), level)| Member {
+            verdict: r.verdict(level, s.delta),
+            p_adjusted,
+            level,
+        })
+        .collect()
 }
 
 /// The outcome of a point estimate and its interval against margin `delta`.
@@ -263,7 +344,9 @@ mod tests {
         for trial in 0..200 {
             let old = times(&mut rng, 40, 50.0);
             let new = times(&mut rng, 40, 50.0 * 1.03);
-            let v = independent(&old, &new, &Settings { seed: trial, ..s }).unwrap();
+            let v = independent(&old, &new, &Settings { seed: trial, ..s })
+                .unwrap()
+                .verdict(s.level, s.delta);
             if v.low <= 1.03 && 1.03 <= v.high {
                 covered += 1;
             }
@@ -288,12 +371,14 @@ mod tests {
             })
             .collect();
         let s = Settings::default();
-        let p = paired(&rounds, &s).unwrap();
+        let p = paired(&rounds, &s).unwrap().verdict(s.level, s.delta);
         assert_eq!(p.outcome, Outcome::Slower, "{p:?}");
         assert!((p.ratio - 1.03).abs() < 0.01, "{p:?}");
         let old: Vec<f64> = rounds.iter().map(|r| r.0).collect();
         let new: Vec<f64> = rounds.iter().map(|r| r.1).collect();
-        let i = independent(&old, &new, &s).unwrap();
+        let i = independent(&old, &new, &s)
+            .unwrap()
+            .verdict(s.level, s.delta);
         assert_eq!(i.outcome, Outcome::Inconclusive, "{i:?}");
         assert!(i.more_repeats.is_some(), "{i:?}");
         assert!(i.high - i.low > 10.0 * (p.high - p.low), "{i:?} {p:?}");
@@ -309,7 +394,10 @@ mod tests {
         let s = Settings::default();
         assert_eq!(independent(&old, &new, &s), independent(&old, &new, &s));
         assert_eq!(
-            independent(&old, &new, &s).unwrap().outcome,
+            independent(&old, &new, &s)
+                .unwrap()
+                .verdict(s.level, s.delta)
+                .outcome,
             Outcome::Equivalent
         );
         assert!(independent(&[], &new, &s).is_none());
@@ -328,5 +416,66 @@ mod tests {
         assert_eq!(more_repeats(1.05, 0.95, 1.15, 0.02, 10), Some(30));
         assert_eq!(more_repeats(1.0, 0.96, 1.04, 0.02, 10), Some(30));
         assert_eq!(more_repeats(1.0199, 0.97, 1.07, 0.02, 10), None);
+    }
+
+    /// Sequential batches of one program whose medians move by a between-batch error
+    /// (sd 3% of the log) that their repeats do not show: each batch's own spread is tiny,
+    /// so the plain interval calls most pairs of identical programs different. Widened by
+    /// the true spread, the intervals cover the true ratio (1) at about their level: 95%
+    /// of 200 trials, 180 to 199 with probability > 0.999.
+    #[test]
+    fn widening_by_the_between_batch_spread_restores_coverage() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let normal = rand_distr::Normal::new(0.0, 0.03).unwrap();
+        let s = Settings {
+            resamples: 1000,
+            ..Settings::default()
+        };
+        let (mut plain, mut widened) = (0, 0);
+        for trial in 0..200 {
+            let batch = |rng: &mut ChaCha8Rng| {
+                let shift: f64 = rng.sample(normal);
+                let base = 50.0 * shift.exp();
+                (0..20)
+                    .map(|_| base * (1.0 + 0.002 * (rng.random::<f64>() - 0.5)))
+                    .collect::<Vec<f64>>()
+            };
+            let (old, new) = (batch(&mut rng), batch(&mut rng));
+            let r = independent(&old, &new, &Settings { seed: trial, ..s }).unwrap();
+            let v = r.verdict(s.level, s.delta);
+            plain += usize::from(v.low <= 1.0 && 1.0 <= v.high);
+            let w = r.widened(0.03, trial).verdict(s.level, s.delta);
+            widened += usize::from(w.low <= 1.0 && 1.0 <= w.high);
+        }
+        assert!(plain < 60, "the plain interval covers 1 in {plain} of 200");
+        assert!((180..=199).contains(&widened), "widened: {widened} of 200");
+    }
+
+    /// Three comparisons at a 95% family level: Holm tests the smallest p-value at
+    /// 1 − 0.05/3, the next at 1 − 0.05/2, the largest at 0.95; the adjusted p-values
+    /// are Holm's (checked against R above).
+    #[test]
+    fn a_family_is_decided_at_holms_levels() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let old = times(&mut rng, 30, 50.0);
+        let sides = [1.10, 1.0, 1.04].map(|f| {
+            let new = times(&mut rng, 30, 50.0 * f);
+            independent(&old, &new, &Settings::default()).unwrap()
+        });
+        let s = Settings::default();
+        let members = family(&sides, &s);
+        let p: Vec<f64> = sides.iter().map(Resampled::p).collect();
+        let adjusted = holm(&p);
+        let mut order: Vec<usize> = (0..3).collect();
+        order.sort_by(|a, b| p[*a].total_cmp(&p[*b]));
+        for (rank, i) in order.iter().enumerate() {
+            let want = 1.0 - 0.05 / (3 - rank) as f64;
+            assert!((members[*i].level - want).abs() < 1e-12, "{members:?}");
+            assert_eq!(members[*i].p_adjusted, adjusted[*i]);
+        }
+        assert_eq!(members[0].verdict.outcome, Outcome::Slower, "{members:?}");
+        let one = family(&sides[..1], &s);
+        assert_eq!(one[0].level, 0.95);
+        assert_eq!(one[0].verdict, sides[0].verdict(0.95, 0.02));
     }
 }

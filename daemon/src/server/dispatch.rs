@@ -110,6 +110,11 @@ async fn route(
                 .await
                 .map_err(run)?,
         ),
+        Request::RunCompare(p) => reply(
+            runs::compare(*p, &peer, call.clone(), state)
+                .await
+                .map_err(run)?,
+        ),
         Request::RunCancel(p) => reply(runs::cancel(*p, &peer, state).map_err(run)?),
         Request::RunsList(p) => reply(runs::list(*p, &peer, state).await.map_err(run)?),
         Request::RunsActive(_) => reply(runs::active(&peer, state)),
@@ -117,6 +122,7 @@ async fn route(
         Request::RunsCompare(p) => {
             reply(runs::compare_batches(*p, &peer, state).await.map_err(run)?)
         }
+        Request::RunsHistory(p) => reply(runs::history(*p, &peer, state).await.map_err(run)?),
         Request::BaselineList(_) => reply(runs::baselines(&peer, state).await.map_err(run)?),
         Request::BaselineSave(p) => {
             reply(runs::save_baseline(*p, &peer, state).await.map_err(run)?)

@@ -317,7 +317,8 @@ fn run_code(error: &crate::run::Error) -> ErrorCode {
         | E::NotYourBatch(_)
         | E::StillRunning { .. }
         | E::BaselineTaken { .. }
-        | E::NothingToCompare(_) => ErrorCode::Run,
+        | E::NothingToCompare(_)
+        | E::EnvironmentsDiffer(_) => ErrorCode::Run,
     }
 }
 

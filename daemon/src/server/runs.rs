@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use cleanroom_proto::{
     BaselineDeleteResult, BaselineInfo, BaselineListResult, BaselineParams, BaselineSaveParams,
-    BatchParams, Comparison, Event, RunCancelResult, RunOutput, RunParams, RunProgress, RunResult,
-    RunStarted, RunsActiveResult, RunsCompareParams, RunsListParams, RunsListResult,
+    BatchParams, CompareParams, CompareResult, Comparison, Event, RunCancelResult, RunOutput,
+    RunParams, RunProgress, RunResult, RunStarted, RunsActiveResult, RunsCompareParams,
+    RunsHistoryParams, RunsHistoryResult, RunsListParams, RunsListResult,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -16,6 +17,16 @@ use super::peer::Peer;
 use super::{Call, Notifier};
 use crate::run::{self, Error, RunEvent, history, request};
 use crate::state::State;
+
+/// The bounds a request is resolved within: the configuration in force and the host's
+/// memory.
+fn bounds(live: &crate::state::Live, state: &State) -> request::Bounds {
+    request::Bounds {
+        max_repeat: live.config.runs.max_repeat,
+        quotas: live.config.quotas.clone(),
+        memory_total: state.memory_total(),
+    }
+}
 
 /// `run.start`: resolves the request, executes the batch in a task of its own (so a client
 /// going away ends it through its token and it still cleans up) and forwards its events.
@@ -29,11 +40,7 @@ pub async fn start(
 ) -> Result<RunResult, Error> {
     let caller = state.caller(peer);
     let live = state.live();
-    let bounds = request::Bounds {
-        max_repeat: live.config.runs.max_repeat,
-        quotas: live.config.quotas.clone(),
-        memory_total: state.memory_total(),
-    };
+    let bounds = bounds(&live, state);
     let batch = request::resolve(p, &caller, &bounds, state.store()).await?;
     let settings = state.run_settings(batch.exclusive.is_some()).await?;
     let engine = Arc::clone(state.engine());
@@ -63,6 +70,56 @@ pub async fn start(
     task.await?
 }
 
+/// `run.compare`: resolves every command, runs the comparison in a task of its own (a
+/// client going away ends it through its token) and forwards its events.
+pub async fn compare(
+    p: CompareParams,
+    peer: &Peer,
+    call: Call,
+    state: &State,
+) -> Result<CompareResult, Error> {
+    let caller = state.caller(peer);
+    let live = state.live();
+    let bounds = bounds(&live, state);
+    let cmp = request::resolve_compare(p, &caller, &bounds, state.store()).await?;
+    let settings = state.run_settings(cmp.sides[0].exclusive.is_some()).await?;
+    let engine = Arc::clone(state.engine());
+    let mut ids = Vec::with_capacity(cmp.sides.len());
+    for _ in &cmp.sides {
+        ids.push(engine.new_batch_id().await?);
+    }
+    let cancel = call.cancel.child_token();
+    let listed = engine.admit_all(&ids, &cmp, &cancel, &live.config.quotas)?;
+    let (events, forwarded) = forward_events(call.id.clone(), call.notify.clone());
+    state
+        .runs()
+        .spawn(async move {
+            let result = engine
+                .compare(listed, ids, cmp, settings, events, cancel)
+                .await;
+            let _ = forwarded.await;
+            result
+        })
+        .await?
+}
+
+/// `runs.history`.
+pub async fn history(
+    p: RunsHistoryParams,
+    peer: &Peer,
+    state: &State,
+) -> Result<RunsHistoryResult, Error> {
+    let limit = p.limit.unwrap_or(100);
+    history::label_history(
+        state.store(),
+        &state.caller(peer),
+        &p.label,
+        p.metric,
+        limit,
+    )
+    .await
+}
+
 /// A channel for the engine's events, and the task that turns them into notifications of
 /// request `request` on its connection (a connection gone: they are dropped).
 fn forward_events(
@@ -86,12 +143,14 @@ fn forward_events(
                     total,
                     warmup,
                     wall_ms,
+                    command,
                 } => Event::RunProgress(RunProgress {
                     request,
                     done,
                     total,
                     warmup,
                     wall_ms,
+                    command,
                 }),
             };
             // The client is gone: keep draining so the run is never blocked.
@@ -146,8 +205,17 @@ pub async fn compare_batches(
     peer: &Peer,
     state: &State,
 ) -> Result<Comparison, Error> {
-    let settings = state.run_settings(false).await?.compare;
-    history::compare(state.store(), &state.caller(peer), &p.a, &p.b, settings).await
+    let settings = state.run_settings(false).await?.verdict;
+    history::compare(
+        state.store(),
+        &state.caller(peer),
+        &p.a,
+        &p.b,
+        p.strict,
+        p.metric,
+        &settings,
+    )
+    .await
 }
 
 /// `baseline.list`.

@@ -66,8 +66,8 @@ fn insert_tx(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Resu
     // migration 7 used for the rows before it.
     tx.execute(
         "INSERT INTO runs (batch, ts, uid, label, argv, result,
-                           n_runs, end_reason, exit_code, median_wall_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(json_array_length(?6, '$.samples.wall_ms'), nullif(json_array_length(?6, '$.runs'), 0), 1), json_extract(?6, '$.end_reason'), json_extract(?6, '$.exit_code'), coalesce(json_extract(?6, '$.stats.wall_ms.median'), json_extract(?6, '$.wall_ms')))",
+                           n_runs, end_reason, exit_code, median_wall_ms, median_cpu_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(json_array_length(?6, '$.samples.wall_ms'), nullif(json_array_length(?6, '$.runs'), 0), 1), json_extract(?6, '$.end_reason'), json_extract(?6, '$.exit_code'), coalesce(json_extract(?6, '$.stats.wall_ms.median'), json_extract(?6, '$.wall_ms')), coalesce(json_extract(?6, '$.stats.cpu_ms.median'), json_extract(?6, '$.user_ms') + json_extract(?6, '$.sys_ms')))",
         params![row.batch, now(), row.uid, row.label, row.argv, row.result],
     )?;
     // Retention is per uid: one runner's thousand batches never push out anyone else's.
@@ -144,6 +144,81 @@ pub fn get(conn: &Connection, batch: &str) -> rusqlite::Result<Option<BatchRow>>
         row,
     )
     .optional()
+}
+
+/// A batch in a label's history: its listing columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointRow {
+    /// Batch id.
+    pub batch: String,
+    /// When it finished.
+    pub ts: f64,
+    /// Who ran it.
+    pub uid: u32,
+    /// Measured runs.
+    pub runs: u32,
+    /// Median wall time, milliseconds.
+    pub median_wall_ms: Option<f64>,
+    /// Median CPU time (user + system), milliseconds.
+    pub median_cpu_ms: Option<f64>,
+    /// The baselines naming it.
+    pub baselines: Vec<String>,
+}
+
+/// The newest `limit` batches labelled `label` as listings show them (never their
+/// results: a history of hundreds of large batches reads a few columns each), oldest
+/// first; of `uids` only when given.
+pub fn label_points(
+    conn: &Connection,
+    label: &str,
+    uids: Option<&[u32]>,
+    limit: u32,
+) -> rusqlite::Result<Vec<PointRow>> {
+    let uids = uids.map(|u| serde_json::Value::from(u.to_vec()).to_string());
+    let mut stmt = conn.prepare_cached(
+        "SELECT batch, ts, uid, n_runs, median_wall_ms, median_cpu_ms,
+                (SELECT json_group_array(name) FROM baselines b WHERE b.batch = r.batch)
+         FROM runs r
+         WHERE label = ?1 AND (?2 IS NULL OR uid IN (SELECT value FROM json_each(?2)))
+         ORDER BY ts DESC LIMIT ?3",
+    )?;
+    let mut rows = stmt
+        .query_map(params![label, uids, limit], |r| {
+            let names: String = r.get(6)?;
+            Ok(PointRow {
+                batch: r.get(0)?,
+                ts: r.get(1)?,
+                uid: r.get(2)?,
+                runs: r.get(3)?,
+                median_wall_ms: r.get(4)?,
+                median_cpu_ms: r.get(5)?,
+                baselines: serde_json::from_str(&names).unwrap_or_default(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// The newest `limit` batches labelled `label`, whole, oldest first; of `uids` only when
+/// given.
+pub fn labelled(
+    conn: &Connection,
+    label: &str,
+    uids: Option<&[u32]>,
+    limit: u32,
+) -> rusqlite::Result<Vec<BatchRow>> {
+    let uids = uids.map(|u| serde_json::Value::from(u.to_vec()).to_string());
+    let mut stmt = conn.prepare_cached(
+        "SELECT batch, ts, uid, label, argv, result FROM runs
+         WHERE label = ?1 AND (?2 IS NULL OR uid IN (SELECT value FROM json_each(?2)))
+         ORDER BY ts DESC LIMIT ?3",
+    )?;
+    let mut rows = stmt
+        .query_map(params![label, uids, limit], row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.reverse();
+    Ok(rows)
 }
 
 /// Who saves a baseline, and as what.

@@ -143,6 +143,19 @@ const MIGRATIONS: &[&str] = &[
         original  TEXT    NOT NULL,
         written   TEXT    NOT NULL
     );",
+    // 11: verdicts replace Welch's t-test: a comparison stored before them moves to
+    // `welch` in its result, kept as it was (the new `comparison` has other fields); a
+    // label's history is read by label, with each batch's median CPU time (user + system;
+    // for batches stored before `cpu_ms` was a series, the sum of the two medians).
+    "UPDATE runs SET result = json_set(json_remove(result, '$.comparison'),
+                                      '$.welch', json_extract(result, '$.comparison'))
+     WHERE json_extract(result, '$.comparison.p_value') IS NOT NULL
+       AND json_extract(result, '$.comparison.design') IS NULL;
+    CREATE INDEX runs_label ON runs(label, ts);
+    ALTER TABLE runs ADD COLUMN median_cpu_ms REAL;
+    UPDATE runs SET median_cpu_ms = coalesce(
+        json_extract(result, '$.stats.user_ms.median') + json_extract(result, '$.stats.sys_ms.median'),
+        json_extract(result, '$.user_ms') + json_extract(result, '$.sys_ms'));",
 ];
 
 /// The schema version this binary writes.
@@ -192,6 +205,29 @@ mod tests {
         assert_eq!(v, current_version());
         // Idempotent.
         migrate(&mut c, Path::new(":memory:")).unwrap();
+    }
+
+    #[test]
+    fn comparisons_stored_before_verdicts_are_kept_as_welch() {
+        let mut c = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..10] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", 10).unwrap();
+        let old = r#"{"id":"1","wall_ms":5.0,"comparison":{"metric":"wall_ms","p_value":0.01,"verdict":"no_change"}}"#;
+        c.execute(
+            "INSERT INTO runs (batch, ts, uid, label, argv, result) VALUES ('1', 1, 0, NULL, '[]', ?1)",
+            [old],
+        )
+        .unwrap();
+        migrate(&mut c, Path::new(":memory:")).unwrap();
+        let result: String = c
+            .query_row("SELECT result FROM runs", [], |r| r.get(0))
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&result).unwrap();
+        assert!(v.get("comparison").is_none(), "{v}");
+        assert_eq!(v["welch"]["verdict"], "no_change", "{v}");
+        assert_eq!(v["welch"]["p_value"], 0.01, "{v}");
     }
 
     #[test]
