@@ -210,6 +210,32 @@ fn too_few_rounds_are_inconclusive_and_fail_only_when_asked() {
 }
 
 #[test]
+fn a_command_that_fails_ends_the_comparison_and_is_named() {
+    if !is_root_or_skip("a_command_that_fails_ends_the_comparison_and_is_named") {
+        return;
+    }
+    let d = Daemon::start();
+    // It fails in the warm-up round: no round is measured, and still every side is
+    // stored, readable, with numbers JSON can hold.
+    let out = d.ctl(&[
+        "--json", "compare", "--warmup", "1", "--", "true", "::", "sh", "-c", "exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("command 2 failed: exit code 7"), "{err}");
+    let r = json_of(&out);
+    assert_eq!(r["stopped"], "failed", "{r}");
+    assert_eq!(r["rounds"], 0, "{r}");
+    let c = &r["sides"][1]["comparison"];
+    assert_eq!(c["verdict"], "inconclusive", "{c}");
+    assert!(c["ratio"].is_number(), "{c}");
+    for side in r["sides"].as_array().unwrap() {
+        let out = d.ctl(&["--json", "runs", "show", side["batch"].as_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+#[test]
 fn bad_comparisons_are_refused_with_their_reason() {
     if !is_root_or_skip("bad_comparisons_are_refused_with_their_reason") {
         return;

@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand};
 /// The exit codes, for `--help` and the man page.
 pub const EXIT_HELP: &str = "Exit codes:\n  \
     0   success\n  \
-    1   the operation failed (the message says why)\n  \
+    1   the operation failed (the message says why); run, compare: a regression\n  \
     2   usage error\n  \
+    3   run --baseline, compare: a verdict is inconclusive (with --fail-inconclusive)\n  \
     69  the daemon is unreachable (not running, or wrong --socket)\n  \
     75  over a quota: try again once something of yours ends (the message names it)\n  \
     77  permission denied (the message names the group to join)";
@@ -42,8 +43,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// How long to wait for the daemon's answer (e.g. 10, 2.5s, 500ms) [default: 10s].
-    /// With `run`: the run's wall-clock limit, after which every process of the run is
-    /// killed (no limit by default).
+    /// With `run` and `compare`: each run's wall-clock limit, after which every process
+    /// of the run is killed (no limit by default).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<u64>,
     #[command(subcommand)]

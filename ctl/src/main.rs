@@ -51,7 +51,11 @@ fn run(cli: &Cli) -> Result<(), CallError> {
             Ok(c) => Some(c),
             Err(e) => {
                 use clap::CommandFactory;
-                Cli::command()
+                let mut cmd = Cli::command();
+                let compare = cmd
+                    .find_subcommand_mut("compare")
+                    .expect("compare is a subcommand");
+                compare
                     .error(clap::error::ErrorKind::InvalidValue, e)
                     .exit()
             }
@@ -465,10 +469,17 @@ fn compare_command(
         eprint!("\r{:60}\r", "");
     }
     emit(cli, &r, || output::compare(&r, &commands))?;
-    let failed = r.sides.iter().enumerate().find_map(|(i, s)| {
-        let code = output::run_exit_code(&s.last);
-        (code != 0).then(|| format!("command {} failed: {}", i + 1, output::ended(&s.last)))
-    });
+    // The command whose run failed (one stopped before its turn ended as `cancelled`).
+    let failed = r
+        .sides
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.last.end_reason != cleanroom_proto::EndReason::Cancelled)
+        .chain(r.sides.iter().enumerate())
+        .find_map(|(i, s)| {
+            let code = output::run_exit_code(&s.last);
+            (code != 0).then(|| format!("command {} failed: {}", i + 1, output::ended(&s.last)))
+        });
     if let Some(why) = failed {
         return Err(CallError::Exit(1, Some(why)));
     }
@@ -483,11 +494,16 @@ fn compare_command(
             Some("regression: a command is slower than the reference".into()),
         ));
     }
-    if a.fail_inconclusive && verdicts.contains(&cleanroom_proto::Verdict::Inconclusive) {
-        return Err(CallError::Exit(
-            3,
-            Some("inconclusive: a verdict could not be decided (--fail-inconclusive)".into()),
-        ));
+    if verdicts.contains(&cleanroom_proto::Verdict::Inconclusive) {
+        if a.fail_inconclusive {
+            return Err(CallError::Exit(
+                3,
+                Some("inconclusive: a verdict could not be decided (--fail-inconclusive)".into()),
+            ));
+        }
+        eprintln!(
+            "cleanroomctl: warning: a verdict is inconclusive (more rounds, --until-decided, or --fail-inconclusive to fail on it)"
+        );
     }
     Ok(())
 }

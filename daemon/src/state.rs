@@ -361,7 +361,6 @@ impl State {
             context: run::fingerprint::Context {
                 profile: state.as_ref().and_then(|t| t.profile.clone()),
                 profile_state: state.as_ref().map(|t| t.phase.as_str().to_owned()),
-                ..run::fingerprint::Context::default()
             },
             pool,
             quotas: live.config.quotas.clone(),

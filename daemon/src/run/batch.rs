@@ -289,13 +289,16 @@ impl Engine {
     ) -> Result<RunResult, Error> {
         let _listed = listed;
         let _ = events.send(RunEvent::Started { batch: id.clone() }).await;
+        // The fingerprint's files are read before any core is held.
+        let mut fingerprint = self.fingerprint(&settings, &batch.job).await;
         let exclusive = match self.acquire(&id, &batch, &settings, &cancel).await {
             Ok(x) => x,
             Err(e) => return self.failed(id, &batch, &settings, e).await,
         };
         let shield = exclusive.as_ref().map(|x| x.method.to_owned());
+        fingerprint.shield = shield.clone();
+        fingerprint.exclusive_cpus = exclusive.as_ref().map(|x| x.cpus.clone());
         let (job, hold) = on_cores(&batch, &settings, exclusive.as_ref());
-        let fingerprint = self.fingerprint(&settings, &job, exclusive.as_ref()).await;
         if let Some(differ) = batch
             .baseline
             .as_ref()
@@ -335,18 +338,10 @@ impl Engine {
         self.finish(id, &batch, &settings, ran).await
     }
 
-    /// The environment `job` runs in (blocking reads on the blocking pool).
-    pub(super) async fn fingerprint(
-        &self,
-        settings: &Settings,
-        job: &Job,
-        exclusive: Option<&Exclusive>,
-    ) -> Fingerprint {
-        let mut ctx = settings.context.clone();
-        if let Some(x) = exclusive {
-            ctx.shield = Some(x.method.to_owned());
-            ctx.exclusive_cpus = Some(x.cpus.clone());
-        }
+    /// The environment `job` runs in (blocking reads on the blocking pool), but for its
+    /// exclusive CPUs and shield, which the caller fills in once it has them.
+    pub(super) async fn fingerprint(&self, settings: &Settings, job: &Job) -> Fingerprint {
+        let ctx = settings.context.clone();
         let (host, hashes, spec) = (
             self.runner.host().clone(),
             Arc::clone(&self.hashes),
@@ -552,12 +547,12 @@ impl Engine {
             let spread = history::spread(
                 &self.store,
                 label.as_deref(),
-                [batch.owner.uid, base.owner],
+                batch.owner.uid,
                 [&base.batch, &result.batch],
                 batch.metric,
                 &old,
             )
-            .await?;
+            .await;
             let plan = Plan {
                 metric: batch.metric.series().to_owned(),
                 against: base.against.clone(),
@@ -565,7 +560,7 @@ impl Engine {
             };
             let s = settings.verdict;
             let (base_fp, fp) = (base.result.fingerprint.clone(), result.fingerprint.clone());
-            result.comparison = tokio::task::spawn_blocking(move || {
+            result.comparison = verdict::in_turn(move || {
                 let prepared = compare::sequential(
                     plan,
                     Side {

@@ -160,22 +160,29 @@ pub fn decide(family: Vec<Prepared>, s: &Settings) -> Vec<Comparison> {
                     p.more,
                 ),
             };
+            let ratio = p.resampled.as_ref().map_or(ratio, |r| r.ratio);
+            let reason = p.reason.or_else(|| {
+                (!ratio.is_finite()).then(|| {
+                    "no ratio: a side has no measurement, or its median is 0 (nothing to divide by)"
+                        .to_owned()
+                })
+            });
             Comparison {
                 metric: p.plan.metric,
                 against: p.plan.against,
                 design: p.plan.design,
-                baseline_median: p.old.0,
-                median: p.new.0,
-                ratio: p.resampled.as_ref().map_or(ratio, |r| r.ratio),
-                low: finite_or(low, ratio),
-                high: finite_or(high, ratio),
+                baseline_median: finite_or(p.old.0, 0.0),
+                median: finite_or(p.new.0, 0.0),
+                ratio: finite_or(ratio, 0.0),
+                low: finite_or(low, finite_or(ratio, 0.0)),
+                high: finite_or(high, finite_or(ratio, 0.0)),
                 level,
                 delta_percent: s.delta * 100.0,
                 p_value,
                 p_adjusted,
                 verdict,
                 more_repeats: more,
-                reason: p.reason,
+                reason,
                 between_batch: p.between,
                 n_baseline: p.old.1 as u32,
                 n: p.new.1 as u32,
@@ -192,8 +199,8 @@ fn unreachable_member(ratio: f64, s: &Settings) -> (Verdict, f64, f64, f64, f64,
     (Verdict::Inconclusive, ratio, ratio, s.level, 1.0, 1.0, None)
 }
 
-/// An interval end that cannot be computed is shown as the point estimate (JSON has no
-/// NaN); `reason` says why there is no interval.
+/// A number that cannot be computed is shown as `or` (JSON has no NaN, and a stored
+/// result must read back); `reason` says why.
 fn finite_or(x: f64, or: f64) -> f64 {
     if x.is_finite() {
         x
@@ -245,15 +252,26 @@ pub fn spread_of_history(batches: &[Vec<f64>]) -> Option<f64> {
 
 /// The drift within one batch, as a stand-in for the between-batch spread when there is
 /// no history: the log ratio of the medians of its second and first halves, whole (not
-/// divided by √2: one difference is a weak estimate, so it is taken generously). `None`
-/// below ten values.
+/// divided by √2: one difference is a weak estimate, so it is taken generously), and
+/// never less than that difference's own sampling error (equal halves would otherwise
+/// claim no spread at all). `None` below ten values.
 pub fn spread_of_drift(values: &[f64]) -> Option<f64> {
     if values.len() < 10 {
         return None;
     }
     let (a, b) = values.split_at(values.len() / 2);
     let (ma, mb) = (median(a), median(b));
-    (ma > 0.0 && mb > 0.0).then(|| (mb / ma).ln().abs())
+    if !(ma > 0.0 && mb > 0.0) {
+        return None;
+    }
+    // A half's log median varies by about π/2 · σ²/n (σ relative, from the MAD).
+    let sampling = |half: &[f64], m: f64| {
+        let mad = median(&half.iter().map(|x| (x - m).abs()).collect::<Vec<_>>());
+        let sigma = 1.4826 * mad / m;
+        std::f64::consts::FRAC_PI_2 * sigma * sigma / half.len() as f64
+    };
+    let error = (sampling(a, ma) + sampling(b, mb)).sqrt();
+    Some((mb / ma).ln().abs().max(error))
 }
 
 #[cfg(test)]
@@ -340,9 +358,15 @@ mod tests {
             .collect();
         let sd = spread_of_history(&wide).unwrap();
         assert!(sd < 0.05, "{sd}");
-        // Drift: halves with medians 100 and 105.
+        // Drift: halves with medians 100 and 105 and no spread of their own.
         let drift: Vec<f64> = [100.0; 6].into_iter().chain([105.0; 6]).collect();
         assert!((spread_of_drift(&drift).unwrap() - 1.05f64.ln()).abs() < 1e-12);
+        // Equal halves, each 98, 100, 102 twice: MAD 2, σ = 1.4826 · 2/100; each half's
+        // log-median variance π/2 · σ²/6 = 2.3018e-4; the two together √4.6037e-4 =
+        // 0.021456: the floor.
+        let flat: Vec<f64> = [98.0, 100.0, 102.0].repeat(4);
+        let sd = spread_of_drift(&flat).unwrap();
+        assert!((sd - 0.021_456).abs() < 1e-5, "{sd}");
         assert!(spread_of_drift(&[1.0; 9]).is_none());
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! Kernel and CPU facts come from `/proc` and `/sys` through [`Host`] (below its root, so
 //! tests give it a fake tree); the executable is found in the run's `PATH` as `execvp`
-//! would, and hashed only when its caller could read it (the daemon reads as root: a hash
-//! of a file the caller may not read would tell them something about it).
+//! would, and hashed, both **as the run's user**: the thread that does it takes the user's
+//! file-system ids and groups for the look-up and the read (`setfsuid`, `setfsgid`, and
+//! `setgroups` as a raw system call, all three per thread), so the daemon's root tells the
+//! user nothing about a file they could not see or read. A file on a FUSE file system is
+//! not hashed (its server could stall the read), nor one larger than [`MAX_HASHED`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -23,10 +26,6 @@ pub struct Context {
     pub profile: Option<String>,
     /// The tuning journal's phase.
     pub profile_state: Option<String>,
-    /// How the shield kept others off the exclusive CPUs.
-    pub shield: Option<String>,
-    /// The exclusive CPUs.
-    pub exclusive_cpus: Option<String>,
 }
 
 /// Who runs the command, for the executable's look-up and the read check.
@@ -114,10 +113,14 @@ pub fn take(host: &Host, ctx: &Context, runs: &Runs<'_>, hashes: &Hashes) -> Fin
             trimmed("/sys/devices/system/cpu/intel_pstate/no_turbo")
                 .map(|t| if t == "1" { "off" } else { "on" }.to_owned())
         });
-    let executable = resolve(host, runs);
-    let executable_sha256 = executable
-        .as_deref()
-        .and_then(|p| sha256_if_readable(p, runs, hashes));
+    let (executable, executable_sha256) = match AsUser::become_(runs.uid, &runs.groups) {
+        Some(_user) => {
+            let executable = resolve(host, runs);
+            let sha = executable.as_deref().and_then(|p| sha256(p, hashes));
+            (executable, sha)
+        }
+        None => (None, None),
+    };
     Fingerprint {
         cpu_model: field("model name"),
         microcode: field("microcode"),
@@ -130,8 +133,8 @@ pub fn take(host: &Host, ctx: &Context, runs: &Runs<'_>, hashes: &Hashes) -> Fin
         profile: Some(ctx.profile.clone().unwrap_or_else(|| "none".into())),
         profile_state: ctx.profile_state.clone(),
         cgroup: host.cgroup_mode().ok().map(|m| m.as_str().to_owned()),
-        shield: ctx.shield.clone(),
-        exclusive_cpus: ctx.exclusive_cpus.clone(),
+        shield: None,
+        exclusive_cpus: None,
         glibc: glibc_version(),
         executable: executable.map(|p| p.display().to_string()),
         executable_sha256,
@@ -176,35 +179,68 @@ fn resolve(host: &Host, runs: &Runs<'_>) -> Option<PathBuf> {
     })
 }
 
-/// Whether `uid` with `groups` has permission `want` (4 read, 1 search) on `meta`.
-fn may(meta: &std::fs::Metadata, uid: u32, groups: &[u32], want: u32) -> bool {
-    let mode = meta.mode();
-    let bits = if uid == 0 {
-        return true;
-    } else if meta.uid() == uid {
-        mode >> 6
-    } else if groups.contains(&meta.gid()) {
-        mode >> 3
-    } else {
-        mode
-    };
-    bits & want == want
+/// The calling thread acting on files as another user until dropped: its file-system
+/// uid and gid and its supplementary groups, each a per-thread attribute in the kernel
+/// (the C library's `setgroups` would change every thread's, so the system call is made
+/// directly). Dropping it puts root's back.
+struct AsUser {
+    groups: Vec<libc::gid_t>,
 }
 
-/// The sha256 of `path` when `runs`' user could read it (every directory above it
-/// searchable, the file readable), no larger than [`MAX_HASHED`].
-fn sha256_if_readable(path: &Path, runs: &Runs<'_>, hashes: &Hashes) -> Option<String> {
-    let real = path.canonicalize().ok()?;
-    let mut dir = real.parent();
-    while let Some(d) = dir {
-        if !may(&std::fs::metadata(d).ok()?, runs.uid, &runs.groups, 1) {
+impl AsUser {
+    /// Acts as `uid` with `groups` (the first is the primary group); `None` when the
+    /// kernel refuses (then nothing changed).
+    fn become_(uid: u32, groups: &[u32]) -> Option<AsUser> {
+        let gid = groups.first().copied().unwrap_or(uid);
+        let old = nix::unistd::getgroups().ok()?;
+        let old: Vec<libc::gid_t> = old.into_iter().map(|g| g.as_raw()).collect();
+        let back = AsUser { groups: old };
+        // SAFETY: setgroups(2) reads `groups.len()` gids from a live slice.
+        let r = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+        if r != 0 {
             return None;
         }
-        dir = d.parent();
+        // SAFETY: setfsgid/setfsuid take plain ids; each returns the previous one.
+        unsafe {
+            libc::setfsgid(gid);
+            libc::setfsuid(uid);
+        }
+        // Read back (an invalid id changes nothing and returns the current one).
+        // SAFETY: as above.
+        let now = unsafe { libc::setfsuid(u32::MAX) } as u32;
+        (now == uid).then_some(back)
     }
-    let mut file = std::fs::File::open(&real).ok()?;
+}
+
+impl Drop for AsUser {
+    fn drop(&mut self) {
+        // SAFETY: plain ids, then the saved list of gids, live for the call.
+        unsafe {
+            libc::setfsuid(0);
+            libc::setfsgid(0);
+            libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
+        }
+    }
+}
+
+/// The FUSE file systems' magic number (`statfs` `f_type`).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// The sha256 of `path`, opened as whoever the thread acts as (never blocking on a FIFO;
+/// a FUSE file or one over [`MAX_HASHED`] is not read).
+fn sha256(path: &Path, hashes: &Hashes) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
     let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() > MAX_HASHED || !may(&meta, runs.uid, &runs.groups, 4) {
+    if !meta.is_file() || meta.len() > MAX_HASHED {
+        return None;
+    }
+    let fs = nix::sys::statfs::fstatfs(&file).ok()?;
+    if fs.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC {
         return None;
     }
     hashes.get_or(&meta, || {
@@ -277,7 +313,6 @@ mod tests {
         let ctx = Context {
             profile: Some("bench".into()),
             profile_state: Some("active".into()),
-            ..Context::default()
         };
         let runs = Runs {
             program: "prog",
@@ -300,6 +335,9 @@ mod tests {
         // sha256 of "#!/bin/sh\n", computed with sha256sum.
         let sum = "a8076d3d28d21e02012b20eaf7dbf75409a6277134439025f282e368e3305abf";
         assert_eq!(f.executable_sha256.as_deref(), Some(sum));
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
         // Another user who may not read it gets no hash; one who may, the same.
         std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o711))
             .unwrap();

@@ -122,23 +122,28 @@ pub fn metric_samples(r: &RunResult, metric: Metric) -> Vec<f64> {
 const SPREAD_BATCHES: u32 = 30;
 
 /// The between-batch spread of a command for a sequential comparison with `baseline`:
-/// from the earlier batches labelled `label` (the caller's and the baseline owner's, the
-/// two compared left out) when there are at least three, else from the drift within the
-/// baseline's own repeats (at least ten), else unknown, with the reason.
+/// from the caller's earlier batches labelled `label` (the two compared left out) when
+/// there are at least three, else from the drift within the baseline's own repeats (at
+/// least ten), else unknown, with the reason. Only the caller's own batches: nobody else
+/// can widen or narrow their verdicts by running under their label.
 pub async fn spread(
     store: &Store,
     label: Option<&str>,
-    uids: [u32; 2],
+    uid: u32,
     exclude: [&str; 2],
     metric: Metric,
     baseline: &[f64],
-) -> Result<Result<BetweenBatch, String>, Error> {
+) -> Result<BetweenBatch, String> {
     if let Some(label) = label {
         store.settled().await;
         let l = label.to_owned();
-        let rows = store
-            .call(move |c| history::labelled(c, &l, Some(&uids), SPREAD_BATCHES))
-            .await?;
+        let rows = match store
+            .call(move |c| history::labelled(c, &l, Some(&[uid]), SPREAD_BATCHES))
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return Err(format!("the label's history cannot be read: {e}")),
+        };
         let batches: Vec<Vec<f64>> = rows
             .iter()
             .filter(|row| !exclude.contains(&row.batch.as_str()))
@@ -146,21 +151,21 @@ pub async fn spread(
             .map(|r| metric_samples(&r, metric))
             .collect();
         if let Some(sd) = compare::spread_of_history(&batches) {
-            return Ok(Ok(BetweenBatch {
+            return Ok(BetweenBatch {
                 percent: sd * 100.0,
                 source: "history".into(),
                 from: batches.len() as u32,
-            }));
+            });
         }
     }
     if let Some(sd) = compare::spread_of_drift(baseline) {
-        return Ok(Ok(BetweenBatch {
+        return Ok(BetweenBatch {
             percent: sd * 100.0,
             source: "baseline".into(),
             from: baseline.len() as u32,
-        }));
+        });
     }
-    Ok(Err(format!(
+    Err(format!(
         "the between-batch spread of this command is unknown: {} and a baseline of {} \
          repeats (10 needed); label the runs (--label) to build a history, or use \
          `cleanroomctl compare` for an interleaved verdict",
@@ -169,7 +174,7 @@ pub async fn spread(
             None => "no label".to_owned(),
         },
         baseline.len()
-    )))
+    ))
 }
 
 /// `runs.list`: the newest batches the caller may see, newest first.
@@ -234,33 +239,40 @@ pub async fn compare(
     let spread = spread(
         store,
         label.as_deref(),
-        [caller.uid, sa.owner],
+        caller.uid,
         [&sa.batch, &sb.batch],
         metric,
         &old,
     )
-    .await?;
+    .await;
     let plan = Plan {
         metric: metric.series().into(),
         against: a.to_owned(),
         design: Design::Independent,
     };
-    let prepared = compare::sequential(
-        plan,
-        Side {
-            values: &old,
-            fingerprint: sa.result.fingerprint.as_ref(),
-        },
-        Side {
-            values: &new,
-            fingerprint: sb.result.fingerprint.as_ref(),
-        },
-        spread,
-        settings,
+    let (fa, fb, s) = (
+        sa.result.fingerprint.clone(),
+        sb.result.fingerprint.clone(),
+        *settings,
     );
-    let mut all = compare::decide(vec![prepared], settings);
-    all.pop()
-        .ok_or_else(|| Error::NothingToCompare(format!("{a} and {b}")))
+    verdict::in_turn(move || {
+        let prepared = compare::sequential(
+            plan,
+            Side {
+                values: &old,
+                fingerprint: fa.as_ref(),
+            },
+            Side {
+                values: &new,
+                fingerprint: fb.as_ref(),
+            },
+            spread,
+            &s,
+        );
+        compare::decide(vec![prepared], &s).pop()
+    })
+    .await?
+    .ok_or_else(|| Error::NothingToCompare(format!("{a} and {b}")))
 }
 
 /// Most batches `runs.history` reads.

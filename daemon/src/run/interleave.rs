@@ -52,6 +52,34 @@ fn value(r: &RunRecord, metric: Metric) -> f64 {
     }
 }
 
+impl Compare {
+    /// How many times `until_decided` looks at the verdicts at most: after the rounds
+    /// asked for, each time they have doubled, and at `max_rounds`.
+    pub fn looks(&self) -> u32 {
+        looks(self.until_decided, self.sides[0].repeat, self.max_rounds)
+    }
+
+    /// The level each look decides at: every look is a chance of a false `slower`, so
+    /// the error α is split evenly among them (Bonferroni): `1 − α/looks`.
+    pub fn level(&self, level: f64) -> f64 {
+        1.0 - (1.0 - level) / f64::from(self.looks())
+    }
+}
+
+/// The looks of [`Compare::looks`] for `asked` rounds and at most `max_rounds`.
+fn looks(until_decided: bool, asked: u32, max_rounds: u32) -> u32 {
+    if !until_decided {
+        return 1;
+    }
+    let mut n = asked.max(1);
+    let mut looks = 1;
+    while n < max_rounds {
+        n = n.saturating_mul(2).min(max_rounds);
+        looks += 1;
+    }
+    looks
+}
+
 impl Engine {
     /// Admits every side of `cmp` under its id (see [`Engine::admit`]); all or none.
     pub fn admit_all(
@@ -82,19 +110,24 @@ impl Engine {
         for id in &ids {
             let _ = events.send(RunEvent::Started { batch: id.clone() }).await;
         }
+        // Fingerprints before the cores are taken: reading files holds no core.
+        let mut fingerprints = Vec::with_capacity(cmp.sides.len());
+        for side in &cmp.sides {
+            fingerprints.push(self.fingerprint(&settings, &side.job).await);
+        }
         let first = &cmp.sides[0];
         let exclusive = self.acquire(&ids[0], first, &settings, &cancel).await?;
         let shield = exclusive.as_ref().map(|x| x.method.to_owned());
+        for f in &mut fingerprints {
+            f.shield = shield.clone();
+            f.exclusive_cpus = exclusive.as_ref().map(|x| x.cpus.clone());
+        }
         let mut jobs = Vec::with_capacity(cmp.sides.len());
         let mut hold = None;
         for side in &cmp.sides {
             let (job, h) = on_cores(side, &settings, exclusive.as_ref());
             hold = hold.or(h);
             jobs.push(job);
-        }
-        let mut fingerprints = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            fingerprints.push(self.fingerprint(&settings, job, exclusive.as_ref()).await);
         }
         let mut rounds = Rounds {
             engine: self,
@@ -273,8 +306,8 @@ struct Rounds<'a> {
 enum Round {
     /// Every command ran and exited.
     Done,
-    /// A run did not exit (timeout, signal, failed to start) or the comparison was
-    /// cancelled.
+    /// A run did not exit 0 (an exit code, timeout, signal, failed to start) or the
+    /// comparison was cancelled.
     Stop(&'static str),
 }
 
@@ -291,14 +324,15 @@ impl Rounds<'_> {
         }
         let started = Instant::now();
         let mut n = 0;
-        // The verdicts are looked at after the rounds asked for, then every tenth of the
-        // rounds so far: a bootstrap a round would cost more than the rounds.
+        // The verdicts are looked at after the rounds asked for, then each time the rounds
+        // have doubled, and at the last (see `Compare::looks`).
         let mut look = asked;
         loop {
             if n >= asked {
-                let decided = self.cmp.until_decided && n >= look && self.decided(n).await;
+                let at_look = n >= look || n >= self.cmp.max_rounds;
+                let decided = self.cmp.until_decided && at_look && self.decided(n).await;
                 if n >= look {
-                    look = n + (n / 10).max(1);
+                    look = n.saturating_mul(2).min(self.cmp.max_rounds);
                 }
                 let budget = Budget {
                     until_decided: self.cmp.until_decided,
@@ -378,7 +412,9 @@ impl Rounds<'_> {
                     command: Some(i as u32),
                 })
                 .await;
-            let failed = record.end_reason != EndReason::Exited;
+            // A command that does not exit 0 has nothing to compare: its round ends the
+            // comparison (and the result says which).
+            let failed = record.end_reason != EndReason::Exited || record.exit_code != Some(0);
             if !warmup || failed {
                 self.measured[i].push(record);
             }
@@ -442,5 +478,14 @@ mod tests {
         );
         assert_eq!(c[0].level, 1.0 - 0.05 / 2.0, "the smaller p-value at α/2");
         assert_eq!(c[1].level, 0.95);
+    }
+
+    #[test]
+    fn looks_double_the_rounds() {
+        // 10, 20, 40, 80, 100: five looks.
+        assert_eq!(looks(true, 10, 100), 5);
+        assert_eq!(looks(true, 10, 10), 1);
+        assert_eq!(looks(false, 10, 100), 1);
+        assert_eq!(looks(true, 5, 50), 5, "5, 10, 20, 40, 50");
     }
 }

@@ -75,18 +75,37 @@ pub struct Verdict {
     pub more_repeats: Option<usize>,
 }
 
-/// The median of `xs` (sorted in place); `None` for no values.
+/// The median of `xs` (reordered in place, by selection: O(n), not a sort); `None` for no
+/// values.
 fn median(xs: &mut [f64]) -> Option<f64> {
-    if xs.is_empty() {
+    let n = xs.len();
+    if n == 0 {
         return None;
     }
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
+    let (_, hi, _) = xs.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let hi = *hi;
     Some(if n % 2 == 1 {
-        xs[n / 2]
+        hi
     } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+        // The largest of the lower half, which selection left below the middle.
+        let lo = xs[..n / 2]
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        (lo + hi) / 2.0
     })
+}
+
+/// Bootstraps at once in the whole daemon: each is seconds of CPU at the largest sizes,
+/// on the blocking pool, and callers beyond these wait their turn.
+pub static BOOTSTRAPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs `f` (a bootstrap) on the blocking pool once one of [`BOOTSTRAPS`] is free.
+pub async fn in_turn<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let _turn = BOOTSTRAPS.acquire().await;
+    tokio::task::spawn_blocking(f).await
 }
 
 /// The bootstrap distribution of a comparison's ratio, before a level is chosen.
@@ -217,8 +236,9 @@ pub struct Member {
 
 /// The verdicts of several comparisons made together, each at its Holm step-down level:
 /// the one with the smallest p-value at `1 − α/m`, the next at `1 − α/(m−1)`, and so on
-/// (α = 1 − the settings' level), so the chance of any false `slower` or `faster` in the
-/// family stays at most α. With one comparison, the settings' level itself.
+/// while each is rejected; from the first that is not, every later one stays at that
+/// first's level (α = 1 − the settings' level). So the chance of any false `slower` or
+/// `faster` in the family stays at most α. With one comparison, the settings' level.
 pub fn family(all: &[Resampled], s: &Settings) -> Vec<Member> {
     let alpha = 1.0 - s.level;
     let p: Vec<f64> = all.iter().map(Resampled::p).collect();
@@ -226,8 +246,16 @@ pub fn family(all: &[Resampled], s: &Settings) -> Vec<Member> {
     let mut order: Vec<usize> = (0..all.len()).collect();
     order.sort_by(|a, b| p[*a].total_cmp(&p[*b]));
     let mut level = vec![s.level; all.len()];
+    // Step-down: the first comparison not rejected at its level stops the procedure, and
+    // every later one is held to that same, stricter level.
+    let mut held: Option<f64> = None;
     for (rank, i) in order.into_iter().enumerate() {
-        level[i] = 1.0 - alpha / (all.len() - rank) as f64;
+        let own = alpha / (all.len() - rank) as f64;
+        let at = held.unwrap_or(own);
+        level[i] = 1.0 - at;
+        if held.is_none() && p[i] > own {
+            held = Some(own);
+        }
     }
     all.iter()
         .zip(adjusted)
@@ -477,5 +505,35 @@ mod tests {
         let one = family(&sides[..1], &s);
         assert_eq!(one[0].level, 0.95);
         assert_eq!(one[0].verdict, sides[0].verdict(0.95, 0.02));
+    }
+
+    /// Holm stops at the first comparison it does not reject: with p-values 0.03 and 0.04
+    /// at α = 0.05, neither is rejected (0.03 > 0.05/2), so the second stays at the
+    /// first's level 1 − 0.025, not 0.95.
+    #[test]
+    fn holm_holds_the_level_after_the_first_not_rejected() {
+        // Bootstrap distributions whose p-values are 0.03 and 0.04: 1.5 % and 2 % of the
+        // ratios at or below 1.
+        let dist = |below: usize| {
+            Resampled::new(
+                1.05,
+                (0..1000)
+                    .map(|i| if i < below { 0.99 } else { 1.05 })
+                    .collect(),
+                20,
+            )
+        };
+        let all = [dist(15), dist(20)];
+        assert!((all[0].p() - 0.03).abs() < 1e-12 && (all[1].p() - 0.04).abs() < 1e-12);
+        let m = family(&all, &Settings::default());
+        assert!((m[0].level - 0.975).abs() < 1e-9, "{m:?}");
+        assert!((m[1].level - 0.975).abs() < 1e-9, "{m:?}");
+        assert!((m[0].p_adjusted - 0.06).abs() < 1e-12 && (m[1].p_adjusted - 0.06).abs() < 1e-12);
+        // And a median by selection is the median.
+        let mut odd = [5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(median(&mut odd), Some(3.0));
+        let mut even = [4.0, 1.0, 3.0, 2.0];
+        assert_eq!(median(&mut even), Some(2.5));
+        assert_eq!(median(&mut []), None);
     }
 }

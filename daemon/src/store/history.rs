@@ -165,7 +165,8 @@ pub struct PointRow {
     pub baselines: Vec<String>,
 }
 
-/// The newest `limit` batches labelled `label` as listings show them (never their
+/// The newest `limit` batches labelled `label` that ran to their end (a run that failed,
+/// timed out or was cancelled measures nothing to follow) as listings show them (never their
 /// results: a history of hundreds of large batches reads a few columns each), oldest
 /// first; of `uids` only when given.
 pub fn label_points(
@@ -179,7 +180,8 @@ pub fn label_points(
         "SELECT batch, ts, uid, n_runs, median_wall_ms, median_cpu_ms,
                 (SELECT json_group_array(name) FROM baselines b WHERE b.batch = r.batch)
          FROM runs r
-         WHERE label = ?1 AND (?2 IS NULL OR uid IN (SELECT value FROM json_each(?2)))
+         WHERE label = ?1 AND end_reason = 'exited'
+           AND (?2 IS NULL OR uid IN (SELECT value FROM json_each(?2)))
          ORDER BY ts DESC LIMIT ?3",
     )?;
     let mut rows = stmt
@@ -200,8 +202,8 @@ pub fn label_points(
     Ok(rows)
 }
 
-/// The newest `limit` batches labelled `label`, whole, oldest first; of `uids` only when
-/// given.
+/// The newest `limit` batches labelled `label` that ran to their end, whole, oldest
+/// first; of `uids` only when given.
 pub fn labelled(
     conn: &Connection,
     label: &str,
@@ -211,7 +213,8 @@ pub fn labelled(
     let uids = uids.map(|u| serde_json::Value::from(u.to_vec()).to_string());
     let mut stmt = conn.prepare_cached(
         "SELECT batch, ts, uid, label, argv, result FROM runs
-         WHERE label = ?1 AND (?2 IS NULL OR uid IN (SELECT value FROM json_each(?2)))
+         WHERE label = ?1 AND end_reason = 'exited'
+           AND (?2 IS NULL OR uid IN (SELECT value FROM json_each(?2)))
          ORDER BY ts DESC LIMIT ?3",
     )?;
     let mut rows = stmt
