@@ -14,14 +14,41 @@
 #      spread from the label's history as it grows over the trials)
 #   c  `compare --rounds 20` (interleaved, paired bootstrap)
 #   d  `compare --until-decided --rounds 10 --max-time 60s`
+#   e  `compare --metric instructions --rounds 5` (cachegrind: at most 5 repeats a side)
 # Under stress every method runs --exclusive (the shield keeps the load off its core).
-# TRIALS defaults to 20 per cell. Needs gcc and stress-ng. Leaves nothing behind: the load
-# is stopped and the daemon stops (lowering its shield) even on failure.
+# TRIALS defaults to 20 per cell; METHODS (default abcde) picks the methods. Needs gcc,
+# stress-ng and valgrind. Leaves nothing behind: the load is stopped and the daemon stops
+# (lowering its shield) even on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+summarize() {
+python3 - "$1" <<'PY'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1])]
+names = {"a": "(a) Welch, sequential", "b": "(b) verdict, sequential", "c": "(c) compare, 20 rounds", "d": "(d) compare --until-decided", "e": "(e) compare --metric instructions, 5 rounds"}
+print("| condition | method | power (3 % slower found) | false alarms (self) | equivalent (self) | median s / comparison |")
+print("|---|---|---|---|---|---|")
+for cond in ("idle", "stress"):
+    for m in "abcde":
+        new = [r for r in rows if r[0] == cond and r[1] == m and r[2] == "new"]
+        own = [r for r in rows if r[0] == cond and r[1] == m and r[2] == "self"]
+        if not new or not own:
+            continue
+        power = sum(r[3] == "slower" for r in new) / len(new)
+        alarms = sum(r[3] in ("slower", "faster") for r in own) / len(own)
+        equiv = sum(r[3] == "equivalent" for r in own) / len(own)
+        secs = statistics.median(float(r[4]) for r in new + own)
+        label = cond if cond == "idle" else "stress-ng --cpu 2, --exclusive"
+        print(f"| {label} | {names[m]} | {power:.2f} ({len(new)}) | {alarms:.2f} ({len(own)}) | {equiv:.2f} | {secs:.1f} |")
+PY
+}
+# SUMMARIZE=FILE: only the table of raw lines kept before (several OUT files concatenated).
+if [ -n "${SUMMARIZE:-}" ]; then summarize "$SUMMARIZE"; exit 0; fi
 bin=${BIN:-target/release}
 trials=${1:-20}
+methods=${METHODS:-abcde}
 command -v stress-ng >/dev/null || { echo "stress-ng is not installed" >&2; exit 1; }
+command -v valgrind >/dev/null || [[ ${METHODS:-abcde} != *e* ]] || { echo "valgrind is not installed" >&2; exit 1; }
 work=$(mktemp -d /tmp/cleanroom-verdicts.XXXXXX)
 pid= load=
 cleanup() {
@@ -102,6 +129,7 @@ trial() { # condition exclusive-flags program-name program...
     local cond=$1 flags=$2 name=$3; shift 3
     local t0 t1 ra rb
     # a, b: two sequential batches, labelled so the history builds the between-batch spread.
+    if [[ $methods == *[ab]* ]]; then
     t0=$(now)
     ctl --json run $flags --label "$cond-old" --repeat 20 --warmup 2 -- "${old[@]}" > "$work/a.json" 2>/dev/null || true
     ctl --json run $flags --label "$cond-$name" --repeat 20 --warmup 2 -- "$@" > "$work/b.json" 2>/dev/null || true
@@ -110,16 +138,28 @@ trial() { # condition exclusive-flags program-name program...
     ra=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["batch"])' "$work/a.json")
     rb=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["batch"])' "$work/b.json")
     record "$cond" b "$name" "$(ctl --json runs compare "$ra" "$rb" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["verdict"])')" "$(awk "BEGIN { print $t1 - $t0 }")"
+    fi
     # c: interleaved rounds.
+    if [[ $methods == *c* ]]; then
     t0=$(now)
     ctl --json compare $flags --rounds 20 --warmup 2 -- "${old[@]}" :: "$@" > "$work/c.json" 2>/dev/null || true
     t1=$(now)
     record "$cond" c "$name" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sides"][1]["comparison"]["verdict"])' "$work/c.json")" "$(awk "BEGIN { print $t1 - $t0 }")"
+    fi
     # d: until decided, within a minute.
+    if [[ $methods == *d* ]]; then
     t0=$(now)
     ctl --json compare $flags --rounds 10 --warmup 2 --until-decided --max-time 60s -- "${old[@]}" :: "$@" > "$work/d.json" 2>/dev/null || true
     t1=$(now)
     record "$cond" d "$name" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sides"][1]["comparison"]["verdict"])' "$work/d.json")" "$(awk "BEGIN { print $t1 - $t0 }")"
+    fi
+    # e: instructions executed, five rounds.
+    if [[ $methods == *e* ]]; then
+    t0=$(now)
+    ctl --json compare $flags --rounds 5 --warmup 1 --metric instructions -- "${old[@]}" :: "$@" > "$work/e.json" 2>/dev/null || true
+    t1=$(now)
+    record "$cond" e "$name" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sides"][1]["comparison"]["verdict"])' "$work/e.json")" "$(awk "BEGIN { print $t1 - $t0 }")"
+    fi
 }
 
 run_condition() { # condition flags
@@ -137,22 +177,4 @@ sleep 1
 run_condition stress "--exclusive"
 kill "$load"; wait "$load" 2>/dev/null || true; load=
 
-python3 - "$results" <<'PY'
-import sys, statistics
-rows = [l.split() for l in open(sys.argv[1])]
-names = {"a": "(a) Welch, sequential", "b": "(b) verdict, sequential", "c": "(c) compare, 20 rounds", "d": "(d) compare --until-decided"}
-print("| condition | method | power (3 % slower found) | false alarms (self) | equivalent (self) | median s / comparison |")
-print("|---|---|---|---|---|---|")
-for cond in ("idle", "stress"):
-    for m in "abcd":
-        new = [r for r in rows if r[0] == cond and r[1] == m and r[2] == "new"]
-        own = [r for r in rows if r[0] == cond and r[1] == m and r[2] == "self"]
-        if not new or not own:
-            continue
-        power = sum(r[3] == "slower" for r in new) / len(new)
-        alarms = sum(r[3] in ("slower", "faster") for r in own) / len(own)
-        equiv = sum(r[3] == "equivalent" for r in own) / len(own)
-        secs = statistics.median(float(r[4]) for r in new + own)
-        label = cond if cond == "idle" else "stress-ng --cpu 2, --exclusive"
-        print(f"| {label} | {names[m]} | {power:.2f} ({len(new)}) | {alarms:.2f} ({len(own)}) | {equiv:.2f} | {secs:.1f} |")
-PY
+summarize "$results"

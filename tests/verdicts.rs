@@ -549,3 +549,52 @@ fn a_labels_history_shows_where_it_changed() {
     let none = json_of(&d.ctl(&["--json", "runs", "history", "nobody-uses-this"]));
     assert_eq!(none["batches"], serde_json::json!([]), "{none}");
 }
+
+#[test]
+fn instructions_counted_under_cachegrind_decide_with_few_rounds() {
+    if !is_root_or_skip("instructions_counted_under_cachegrind_decide_with_few_rounds") {
+        return;
+    }
+    let d = Daemon::start();
+    // Twice the loop and the same loop, five rounds: instruction counts barely move, so
+    // five rounds decide both.
+    let args = compare_args(
+        &["--rounds", "5", "--metric", "instructions"],
+        &[busy(2_000), busy(4_000), busy(2_000)],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = d.ctl(&args);
+    assert_eq!(out.status.code(), Some(1), "the slower one fails: {out:?}");
+    let r = json_of(&out);
+    let side = |i: usize| &r["sides"][i];
+    assert_eq!(side(1)["comparison"]["verdict"], "slower", "{r}");
+    assert_eq!(side(2)["comparison"]["verdict"], "equivalent", "{r}");
+    assert_eq!(side(1)["comparison"]["metric"], "instructions", "{r}");
+    let counts = side(0)["samples"]["instructions"].as_array().unwrap();
+    assert_eq!(counts.len(), 5, "{r}");
+    assert!(counts.iter().all(|n| n.as_f64().unwrap() > 1e5), "{r}");
+    // The warm-up ran plain: what counting cost, in wall time.
+    assert!(side(0)["cost_factor"].as_f64().unwrap() > 1.0, "{r}");
+    // A run counts them too, and says so.
+    let out = d.ctl(&["run", "--measure", "instructions", "--", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(cachegrind"),
+        "{out:?}"
+    );
+    // Without valgrind in the run's PATH: refused before anything runs, naming it.
+    let out = d.ctl(&[
+        "run",
+        "--measure",
+        "instructions",
+        "--env",
+        "PATH=/nowhere",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs valgrind in the run's PATH"),
+        "{out:?}"
+    );
+}

@@ -94,6 +94,7 @@ pub enum Command {
         cleanroomctl compare --rounds 20 --exclusive -- ./a --n 100 :: ./b --n 100\n  \
         cleanroomctl compare --until-decided --max-time 60s --exclusive -- ./old :: ./new\n  \
         cleanroomctl compare --metric cpu --label old --label new -- ./old :: ./new\n  \
+        cleanroomctl compare --metric instructions --rounds 5 -- ./old :: ./new\n  \
         cleanroomctl compare --separator VS -- sh -c 'a :: b' VS sh -c 'c'\n\n{EXIT_HELP}")
     )]
     Compare(Box<CompareArgs>),
@@ -173,6 +174,11 @@ pub struct RunOptions {
     /// Run as this user (name or uid) instead of yourself; role admin only.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Count this in every measured run besides times: instructions (the command under
+    /// valgrind's cachegrind, many times slower; warm-ups run plain and the cost factor
+    /// is shown). Needs valgrind on the host.
+    #[arg(long, value_name = "WHAT", value_parser = parse_measure)]
+    pub measure: Option<cleanroom_proto::Measure>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -213,8 +219,9 @@ pub struct RunArgs {
     /// With --baseline: exit code 3 when the verdict is inconclusive.
     #[arg(long, requires = "baseline")]
     pub fail_inconclusive: bool,
-    /// With --baseline: what to compare, wall (wall time) or cpu (user + system CPU time
-    /// of the whole run, from the kernel's nanosecond counters).
+    /// With --baseline: what to compare, wall (wall time), cpu (user + system CPU time
+    /// of the whole run, from the kernel's nanosecond counters) or instructions (counted
+    /// under cachegrind: implies --measure instructions; the baseline must have them).
     #[arg(long, value_name = "METRIC", default_value = "wall", requires = "baseline", value_parser = parse_metric)]
     pub metric: cleanroom_proto::Metric,
     /// The command and its arguments (after --).
@@ -246,8 +253,10 @@ pub struct CompareArgs {
     /// With --until-decided: most time measuring (e.g. 60s, 5m) [default: 5m].
     #[arg(long, value_name = "DURATION", requires = "until_decided", value_parser = parse_duration)]
     pub max_time: Option<u64>,
-    /// What to compare: wall (wall time) or cpu (user + system CPU time of the whole run,
-    /// from the kernel's nanosecond counters).
+    /// What to compare: wall (wall time), cpu (user + system CPU time of the whole run,
+    /// from the kernel's nanosecond counters) or instructions (executed, counted under
+    /// valgrind's cachegrind: immune to the machine's noise; implies --measure
+    /// instructions).
     #[arg(long, value_name = "METRIC", default_value = "wall", value_parser = parse_metric)]
     pub metric: cleanroom_proto::Metric,
     /// A label per command, in order (repeat it once for each command).
@@ -307,7 +316,17 @@ fn parse_metric(s: &str) -> Result<cleanroom_proto::Metric, String> {
     match s.trim() {
         "wall" => Ok(cleanroom_proto::Metric::Wall),
         "cpu" => Ok(cleanroom_proto::Metric::Cpu),
-        other => Err(format!("{other:?} is not a metric: use wall or cpu")),
+        "instructions" => Ok(cleanroom_proto::Metric::Instructions),
+        other => Err(format!(
+            "{other:?} is not a metric: use wall, cpu or instructions"
+        )),
+    }
+}
+
+fn parse_measure(s: &str) -> Result<cleanroom_proto::Measure, String> {
+    match s.trim() {
+        "instructions" => Ok(cleanroom_proto::Measure::Instructions),
+        other => Err(format!("{other:?} is not a measure: use instructions")),
     }
 }
 
@@ -457,7 +476,7 @@ pub enum RunsCommand {
         /// Refuse when the two ran in different environments.
         #[arg(long)]
         strict: bool,
-        /// What to compare: wall or cpu.
+        /// What to compare: wall, cpu or instructions.
         #[arg(long, default_value = "wall", value_parser = parse_metric)]
         metric: cleanroom_proto::Metric,
     },
@@ -471,7 +490,7 @@ pub enum RunsCommand {
     History {
         /// The label (`run --label`).
         label: String,
-        /// The measure followed: wall or cpu.
+        /// The measure followed: wall, cpu or instructions.
         #[arg(long, default_value = "wall", value_parser = parse_metric)]
         metric: cleanroom_proto::Metric,
         /// How many of the newest batches (at most 500).

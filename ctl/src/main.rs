@@ -327,6 +327,7 @@ fn run_params(cli: &Cli, o: &RunOptions) -> RunParams {
         wait: o.wait,
         rlimits: o.rlimits.iter().cloned().collect(),
         realtime: o.realtime,
+        measure: o.measure,
         ..RunParams::default()
     }
 }

@@ -544,6 +544,15 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
     if l.output_truncated {
         rows.push(("output", "truncated at the daemon's limit".to_owned()));
     }
+    if let Some(n) = l.instructions {
+        rows.push((
+            "instructions",
+            match r.cost_factor {
+                Some(f) => format!("{n} (cachegrind; ×{f:.1} the warm-ups' wall time)"),
+                None => format!("{n} (cachegrind)"),
+            },
+        ));
+    }
     rows.extend(noise_rows(&l.noise, &l.cpus));
     out.push_str(&table(&rows));
     if let Some(c) = &r.comparison {
@@ -676,12 +685,19 @@ pub fn comparison(c: &cleanroom_proto::Comparison) -> String {
         Design::Paired => format!("{} interleaved rounds", c.n),
         Design::Independent => format!("sequential batches, {} and {} runs", c.n_baseline, c.n),
     };
+    let value = |v: f64| {
+        if c.metric == "instructions" {
+            format!("{v:.0} instructions")
+        } else {
+            ms(v)
+        }
+    };
     let mut out = format!(
         "{} against {} ({design}): {} → {}, ratio {:.4}, {:.1}% interval [{:.4}, {:.4}]: {verdict}\n",
         c.metric,
         c.against,
-        ms(c.baseline_median),
-        ms(c.median),
+        value(c.baseline_median),
+        value(c.median),
         c.ratio,
         c.level * 100.0,
         c.low,
@@ -761,10 +777,17 @@ pub fn compare(r: &cleanroom_proto::CompareResult, commands: &[Vec<String>]) -> 
         .iter()
         .enumerate()
         .map(|(i, side)| {
+            let show = |v: f64| {
+                if series == "instructions" {
+                    format!("{v:.0}")
+                } else {
+                    ms(v)
+                }
+            };
             let (median, spread) = match side.stats.get(series) {
                 Some(st) => (
-                    ms(st.median),
-                    format!("{} ± {}", ms(st.mean), ms(st.stddev)),
+                    show(st.median),
+                    format!("{} ± {}", show(st.mean), show(st.stddev)),
                 ),
                 None => (ms(side.last.wall_ms), String::new()),
             };
@@ -805,10 +828,10 @@ pub fn compare(r: &cleanroom_proto::CompareResult, commands: &[Vec<String>]) -> 
             other => other,
         }
     );
-    let median = if series == "cpu_ms" {
-        "MEDIAN CPU"
-    } else {
-        "MEDIAN WALL"
+    let median = match series {
+        "cpu_ms" => "MEDIAN CPU",
+        "instructions" => "MEDIAN INSTRUCTIONS",
+        _ => "MEDIAN WALL",
     };
     out.push_str(&columns(
         &["#", "BATCH", median, "MEAN ± σ", "VERDICT", "COMMAND"],
@@ -821,6 +844,12 @@ pub fn compare(r: &cleanroom_proto::CompareResult, commands: &[Vec<String>]) -> 
         }
     }
     for (i, side) in r.sides.iter().enumerate() {
+        if let Some(f) = side.cost_factor {
+            out.push_str(&format!(
+                "command {}: counting instructions (cachegrind) cost ×{f:.1} in wall time\n",
+                i + 1
+            ));
+        }
         if !side.reruns.is_empty() {
             out.push_str(&format!("command {}: ", i + 1));
             out.push_str(&reruns(&side.reruns));
@@ -844,7 +873,11 @@ pub fn history(r: &cleanroom_proto::RunsHistoryResult) -> String {
                 b.batch.clone(),
                 b.uid.to_string(),
                 b.runs.to_string(),
-                ms(b.median),
+                if r.metric == cleanroom_proto::Metric::Instructions {
+                    format!("{:.0}", b.median)
+                } else {
+                    ms(b.median)
+                },
                 cp.map_or_else(String::new, |c| {
                     format!(
                         "◆ change ×{:.3} ({:+.1}%), confidence {:.1}%",
@@ -857,10 +890,10 @@ pub fn history(r: &cleanroom_proto::RunsHistoryResult) -> String {
             ]
         })
         .collect();
-    let median = if r.metric == cleanroom_proto::Metric::Cpu {
-        "MEDIAN CPU"
-    } else {
-        "MEDIAN WALL"
+    let median = match r.metric {
+        cleanroom_proto::Metric::Cpu => "MEDIAN CPU",
+        cleanroom_proto::Metric::Instructions => "MEDIAN INSTRUCTIONS",
+        cleanroom_proto::Metric::Wall => "MEDIAN WALL",
     };
     let mut out = columns(
         &["BATCH", "UID", "RUNS", median, "CHANGE POINT", "BASELINES"],

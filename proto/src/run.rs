@@ -78,6 +78,9 @@ pub struct RunParams {
     /// With `baseline`: the measure compared (default wall time).
     #[serde(default)]
     pub metric: Metric,
+    /// Count this besides times in every measured run.
+    #[serde(default)]
+    pub measure: Option<Measure>,
     /// Resource limits by name (`nofile`, `nproc`, `core`, `stack`, `as`, `data`, `fsize`,
     /// `memlock`, `cpu`), each setting the soft and the hard limit (`u64::MAX`: unlimited).
     /// Without `nofile` a run gets the open-files limit the daemon was started with, not
@@ -115,16 +118,29 @@ pub enum Metric {
     /// CPU time of the whole run, user and system (`cpu_ms`), from the kernel's
     /// nanosecond counters.
     Cpu,
+    /// Instructions executed, counted under valgrind's cachegrind (`instructions`;
+    /// implies [`Measure::Instructions`]).
+    Instructions,
 }
 
 impl Metric {
-    /// The name of the sample series it reads (`wall_ms`, `cpu_ms`).
+    /// The name of the sample series it reads (`wall_ms`, `cpu_ms`, `instructions`).
     pub fn series(self) -> &'static str {
         match self {
             Metric::Wall => "wall_ms",
             Metric::Cpu => "cpu_ms",
+            Metric::Instructions => "instructions",
         }
     }
+}
+
+/// What a measured run counts besides times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Measure {
+    /// Instructions executed: the command runs under valgrind's cachegrind (Debian's
+    /// `valgrind`), many times slower (the result's `cost_factor`); warm-ups run plain.
+    Instructions,
 }
 
 /// Params of `run.compare`: two or more commands run alternately on the same CPUs, in a
@@ -205,6 +221,7 @@ impl Default for RunParams {
             baseline: None,
             strict: false,
             metric: Metric::Wall,
+            measure: None,
             rlimits: Default::default(),
             isolate: Vec::new(),
             label: None,
@@ -301,6 +318,9 @@ pub struct RunRecord {
     /// Why it could not start, if it could not.
     #[serde(default)]
     pub error: Option<String>,
+    /// Instructions executed, with `measure` `instructions` (every process it started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<u64>,
 }
 
 impl RunRecord {
@@ -323,6 +343,7 @@ impl RunRecord {
             noise: Noise::default(),
             output_truncated: false,
             error: None,
+            instructions: None,
         }
     }
 }
@@ -608,8 +629,8 @@ pub struct RunResult {
     /// Measured runs whose records are left out of `runs` (past [`MAX_RECORDS`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub runs_omitted: u32,
-    /// Every measured run's value by metric (`wall_ms`, `user_ms`, `sys_ms`,
-    /// `max_rss_kb`), in run order, when `repeat` > 1: what `stats` summarizes, compactly.
+    /// Every measured run's value by metric (`wall_ms`, `user_ms`, `sys_ms`, `cpu_ms`,
+    /// `max_rss_kb`, and `instructions` when counted), in run order, when `repeat` > 1: what `stats` summarizes, compactly.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub samples: std::collections::BTreeMap<String, Vec<f64>>,
     /// Statistics by metric (`wall_ms`, `user_ms`, `sys_ms`, `max_rss_kb`), when
@@ -629,6 +650,10 @@ pub struct RunResult {
     /// The environment it ran in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<Fingerprint>,
+    /// With `measure`: the median wall time of the measured runs over the warm-ups'
+    /// (which run plain): what measuring costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_factor: Option<f64>,
     /// Repeats measured again because they were noisy (at most `runs.max_reruns`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reruns: Vec<Rerun>,

@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::active::{Active, Listing, Registration};
 use super::compare::{Plan, Side};
 use super::error::Error;
-use super::{Exclusive, Job, Runner, Want, compare, fingerprint, history, stats, verdict};
+use super::{
+    Exclusive, Job, Runner, Want, compare, fingerprint, history, instructions, stats, verdict,
+};
 use crate::config::Quotas;
 use crate::quota::Exceeded;
 use crate::store::{Store, history as rows};
@@ -87,6 +89,8 @@ pub struct Batch {
     pub strict: bool,
     /// The measure compared with the baseline.
     pub metric: Metric,
+    /// Count instructions in the measured runs (under cachegrind).
+    pub instructions: bool,
     /// Nobody waits for the answer: a failure is stored too.
     pub detached: bool,
 }
@@ -313,14 +317,14 @@ impl Engine {
                 .failed(id, &batch, &settings, Error::EnvironmentsDiffer(differ))
                 .await;
         }
-        let mut reruns = Vec::new();
+        let (mut reruns, mut plain) = (Vec::new(), Vec::new());
         let measured = self
             .repeat(
                 &batch,
                 &job,
                 hold,
                 settings.noise,
-                &mut reruns,
+                (&mut reruns, &mut plain),
                 &events,
                 &cancel,
             )
@@ -334,6 +338,7 @@ impl Engine {
             shield,
             fingerprint: Some(fingerprint),
             reruns,
+            plain: batch.instructions.then_some(plain),
         };
         self.finish(id, &batch, &settings, ran).await
     }
@@ -430,7 +435,7 @@ impl Engine {
         job: &Job,
         hold: Option<Hold>,
         noise: NoiseRule,
-        reruns: &mut Vec<Rerun>,
+        (reruns, plain): (&mut Vec<Rerun>, &mut Vec<f64>),
         events: &mpsc::Sender<RunEvent>,
         cancel: &CancellationToken,
     ) -> Vec<RunRecord> {
@@ -438,7 +443,11 @@ impl Engine {
         let mut measured = Vec::new();
         for i in 0..total {
             let warmup = i < batch.warmup;
-            let mut record = self.run_held(job, hold, events, cancel).await;
+            let counted = batch.instructions && !warmup;
+            let mut record = self.run_measured(job, counted, hold, events, cancel).await;
+            if warmup {
+                plain.push(record.wall_ms);
+            }
             // A noisy repeat is measured again, within the batch's budget of reruns.
             while !warmup && batch.repeat > 1 && (reruns.len() as u32) < noise.max_reruns {
                 let Some(reason) = noise.noisy(&record) else {
@@ -452,7 +461,7 @@ impl Engine {
                     command: 0,
                     reason,
                 });
-                record = self.run_held(job, hold, events, cancel).await;
+                record = self.run_measured(job, counted, hold, events, cancel).await;
             }
             let _ = events
                 .send(RunEvent::Progress {
@@ -472,6 +481,43 @@ impl Engine {
             }
         }
         measured
+    }
+
+    /// A run of `job`: under cachegrind with its instructions counted when `counted`
+    /// (from the summaries in its stderr, which still reaches `events` whole), else plain.
+    pub(super) async fn run_measured(
+        &self,
+        job: &Job,
+        counted: bool,
+        hold: Option<Hold>,
+        events: &mpsc::Sender<RunEvent>,
+        cancel: &CancellationToken,
+    ) -> RunRecord {
+        if !counted {
+            return self.run_held(job, hold, events, cancel).await;
+        }
+        let mut wrapped = job.clone();
+        wrapped.spec.argv = instructions::wrap(&job.spec.argv);
+        let (tx, mut rx) = mpsc::channel::<RunEvent>(2);
+        let forward = events.clone();
+        let tap = tokio::spawn(async move {
+            let mut count = instructions::Count::default();
+            while let Some(e) = rx.recv().await {
+                if let RunEvent::Output {
+                    stream: "stderr",
+                    data,
+                } = &e
+                {
+                    count.feed(data);
+                }
+                let _ = forward.send(e).await;
+            }
+            count.total()
+        });
+        let mut record = self.run_held(&wrapped, hold, &tx, cancel).await;
+        drop(tx);
+        record.instructions = tap.await.ok().flatten();
+        record
     }
 
     /// One run of `job`, its timeout bounded by the time left of the exclusive hold.
@@ -517,9 +563,7 @@ impl Engine {
             failed.error = Some(e.to_string());
             let ran = Ran {
                 measured: vec![failed],
-                shield: None,
-                fingerprint: None,
-                reruns: Vec::new(),
+                ..Ran::default()
             };
             if let Err(store_error) = self.finish(id, batch, settings, ran).await {
                 tracing::warn!(error = %store_error, "cannot store a detached batch that failed");
@@ -695,6 +739,8 @@ pub(super) struct Ran {
     pub(super) shield: Option<String>,
     pub(super) fingerprint: Option<Fingerprint>,
     pub(super) reruns: Vec<Rerun>,
+    /// With counting: the warm-ups' wall times (they run plain).
+    pub(super) plain: Option<Vec<f64>>,
 }
 
 /// The result of a batch of `repeat` asked for: the last run, and with more than one,
@@ -707,6 +753,11 @@ pub(super) fn result_of(id: String, repeat: u32, ran: Ran) -> Result<RunResult, 
     result.fingerprint = ran.fingerprint;
     result.reruns = ran.reruns;
     result.shield = ran.shield;
+    result.cost_factor = ran.plain.as_deref().and_then(|plain| {
+        let walls: Vec<f64> = ran.measured.iter().map(|r| r.wall_ms).collect();
+        let (counted, plain) = (stats::summarize(&walls)?, stats::summarize(plain)?);
+        (plain.median > 0.0).then(|| counted.median / plain.median)
+    });
     if repeat > 1 {
         result.stats = summaries(&ran.measured);
         result.samples = samples(&ran.measured);
@@ -728,6 +779,16 @@ fn samples(measured: &[RunRecord]) -> BTreeMap<String, Vec<f64>> {
     ]
     .into_iter()
     .map(|(name, values)| (name.to_owned(), values))
+    // Counted runs only, and only when every one has its count (a series is one value a
+    // run, in run order).
+    .chain(
+        measured
+            .iter()
+            .map(|r| r.instructions.map(|n| n as f64))
+            .collect::<Option<Vec<f64>>>()
+            .filter(|v| !v.is_empty())
+            .map(|v| ("instructions".to_owned(), v)),
+    )
     .collect()
 }
 
@@ -761,6 +822,7 @@ fn bare(batch: String, last: RunRecord) -> RunResult {
         comparison: None,
         welch: None,
         fingerprint: None,
+        cost_factor: None,
         reruns: Vec::new(),
         shield: None,
         detached: false,

@@ -115,6 +115,18 @@ pub fn metric_samples(r: &RunResult, metric: Metric) -> Vec<f64> {
             }
             _ => series("cpu_ms", |x| x.user_ms + x.sys_ms),
         },
+        // Counted runs only: a batch measured without counting has none.
+        Metric::Instructions => match r.samples.get("instructions") {
+            Some(values) => values.clone(),
+            None if r.runs.is_empty() => {
+                r.last.instructions.map(|n| n as f64).into_iter().collect()
+            }
+            None => r
+                .runs
+                .iter()
+                .filter_map(|x| x.instructions.map(|n| n as f64))
+                .collect(),
+        },
     }
 }
 
@@ -302,6 +314,7 @@ pub async fn label_history(
             let median = match metric {
                 Metric::Wall => row.median_wall_ms,
                 Metric::Cpu => row.median_cpu_ms,
+                Metric::Instructions => row.median_instructions,
             }?;
             Some(HistoryPoint {
                 batch: row.batch,

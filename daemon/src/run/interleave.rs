@@ -49,6 +49,8 @@ fn value(r: &RunRecord, metric: Metric) -> f64 {
     match metric {
         Metric::Wall => r.wall_ms,
         Metric::Cpu => r.user_ms + r.sys_ms,
+        // A run whose count is missing (its stderr cut at the output cap) is left out.
+        Metric::Instructions => r.instructions.map_or(f64::NAN, |n| n as f64),
     }
 }
 
@@ -140,11 +142,15 @@ impl Engine {
             rng: ChaCha8Rng::seed_from_u64(cmp.seed),
             measured: vec![Vec::new(); jobs.len()],
             reruns: vec![Vec::new(); jobs.len()],
+            plain: vec![Vec::new(); jobs.len()],
             done: 0,
         };
         let stopped = rounds.run().await;
         let Rounds {
-            measured, reruns, ..
+            measured,
+            reruns,
+            plain,
+            ..
         } = rounds;
         if let Some(x) = exclusive {
             x.release().await;
@@ -157,10 +163,11 @@ impl Engine {
             .chain(comparisons.into_iter().map(Some))
             .collect();
         let mut sides = Vec::with_capacity(ids.len());
-        for (i, ((id, mut records), (fingerprint, reruns))) in ids
+        for (i, (((id, mut records), (fingerprint, reruns)), plain)) in ids
             .iter()
             .zip(measured)
             .zip(fingerprints.into_iter().zip(reruns))
+            .zip(plain)
             .enumerate()
         {
             if records.is_empty() {
@@ -174,6 +181,7 @@ impl Engine {
                 shield: shield.clone(),
                 fingerprint: Some(fingerprint),
                 reruns,
+                plain: cmp.sides[i].instructions.then_some(plain),
             };
             let mut result = result_of(id.clone(), complete.max(2) as u32, ran)?;
             result.comparison = comparisons.get_mut(i).and_then(Option::take);
@@ -200,14 +208,17 @@ async fn verdicts(
     fingerprints: &[cleanroom_proto::Fingerprint],
     settings: &Settings,
 ) -> Result<Vec<cleanroom_proto::Comparison>, Error> {
+    // The rounds where every command has a value (all, but for a missing count).
+    let whole: Vec<usize> = (0..complete)
+        .filter(|i| {
+            measured
+                .iter()
+                .all(|side| value(&side[*i], cmp.metric).is_finite())
+        })
+        .collect();
     let values: Vec<Vec<f64>> = measured
         .iter()
-        .map(|side| {
-            side[..complete]
-                .iter()
-                .map(|r| value(r, cmp.metric))
-                .collect()
-        })
+        .map(|side| whole.iter().map(|i| value(&side[*i], cmp.metric)).collect())
         .collect();
     let (metric, reference, fingerprints) = (
         cmp.metric.series().to_owned(),
@@ -298,6 +309,8 @@ struct Rounds<'a> {
     measured: Vec<Vec<RunRecord>>,
     /// Each command's repeats measured again.
     reruns: Vec<Vec<Rerun>>,
+    /// Each command's warm-up wall times (plain, when the measured runs are counted).
+    plain: Vec<Vec<f64>>,
     /// Runs done, warm-ups included.
     done: u32,
 }
@@ -379,10 +392,14 @@ impl Rounds<'_> {
         let total = (self.cmp.sides[0].warmup + rounds) * k as u32;
         for i in order {
             let job = &self.jobs[i];
+            let counted = self.cmp.sides[i].instructions && !warmup;
             let mut record = self
                 .engine
-                .run_held(job, self.hold, self.events, self.cancel)
+                .run_measured(job, counted, self.hold, self.events, self.cancel)
                 .await;
+            if warmup {
+                self.plain[i].push(record.wall_ms);
+            }
             let noise = self.settings.noise;
             while !warmup && (self.reruns[i].len() as u32) < noise.max_reruns {
                 let Some(reason) = noise.noisy(&record) else {
@@ -398,7 +415,7 @@ impl Rounds<'_> {
                 });
                 record = self
                     .engine
-                    .run_held(job, self.hold, self.events, self.cancel)
+                    .run_measured(job, counted, self.hold, self.events, self.cancel)
                     .await;
             }
             self.done += 1;

@@ -22,6 +22,7 @@ mod exec;
 pub mod fingerprint;
 pub mod helper;
 pub mod history;
+pub mod instructions;
 pub mod interleave;
 pub mod noise;
 pub mod request;

@@ -6,13 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cleanroom_proto::{CompareParams, CpuRequest, MAX_COMMANDS, RunParams};
+use cleanroom_proto::{CompareParams, CpuRequest, MAX_COMMANDS, Measure, Metric, RunParams};
 use nix::sys::resource::Resource;
 
 use super::batch::{Baseline, Batch, Caller};
 use super::cgroup::Limits;
 use super::error::Error;
 use super::history;
+use super::instructions;
 use super::interleave::Compare;
 use super::{Job, Want, spawn};
 
@@ -122,12 +123,27 @@ pub async fn resolve(
         }
     };
     let home = tokio::task::spawn_blocking(move || home_of(uid)).await?;
+    let env = environment(&params, &home);
+    if counts_instructions(&params) {
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or(String::new(), |(_, v)| v.clone());
+        if !tokio::task::spawn_blocking(move || instructions::available(&path)).await? {
+            return Err(Error::Invalid(format!(
+                "measure instructions needs {} in the run's PATH (apt-get install {})",
+                instructions::VALGRIND,
+                instructions::PACKAGE
+            )));
+        }
+    }
     let exclusive = wanted_cpus(&params)?;
+    let instructions = counts_instructions(&params);
     let job = Job {
         spec: spawn::Spec {
             argv: params.argv.clone(),
             cwd: params.cwd.clone().unwrap_or_else(|| "/".into()).into(),
-            env: environment(&params, &home),
+            env,
             uid,
             gid,
             groups,
@@ -160,8 +176,14 @@ pub async fn resolve(
         baseline,
         strict: params.strict,
         metric: params.metric,
+        instructions,
         detached: params.detach,
     })
+}
+
+/// Whether a run counts instructions: asked for, or the metric compared.
+fn counts_instructions(p: &RunParams) -> bool {
+    p.measure == Some(Measure::Instructions) || p.metric == Metric::Instructions
 }
 
 /// Most seconds `until_decided` may measure.
@@ -185,6 +207,10 @@ pub async fn resolve_compare(
         let params = RunParams {
             argv: argv.clone(),
             label: p.labels.get(i).cloned(),
+            measure: match p.metric {
+                Metric::Instructions => Some(Measure::Instructions),
+                _ => p.options.measure,
+            },
             ..p.options.clone()
         };
         let side = resolve(params, caller, bounds, store)

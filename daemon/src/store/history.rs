@@ -66,8 +66,9 @@ fn insert_tx(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Resu
     // migration 7 used for the rows before it.
     tx.execute(
         "INSERT INTO runs (batch, ts, uid, label, argv, result,
-                           n_runs, end_reason, exit_code, median_wall_ms, median_cpu_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(json_array_length(?6, '$.samples.wall_ms'), nullif(json_array_length(?6, '$.runs'), 0), 1), json_extract(?6, '$.end_reason'), json_extract(?6, '$.exit_code'), coalesce(json_extract(?6, '$.stats.wall_ms.median'), json_extract(?6, '$.wall_ms')), coalesce(json_extract(?6, '$.stats.cpu_ms.median'), json_extract(?6, '$.user_ms') + json_extract(?6, '$.sys_ms')))",
+                           n_runs, end_reason, exit_code, median_wall_ms, median_cpu_ms,
+                           median_instructions)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(json_array_length(?6, '$.samples.wall_ms'), nullif(json_array_length(?6, '$.runs'), 0), 1), json_extract(?6, '$.end_reason'), json_extract(?6, '$.exit_code'), coalesce(json_extract(?6, '$.stats.wall_ms.median'), json_extract(?6, '$.wall_ms')), coalesce(json_extract(?6, '$.stats.cpu_ms.median'), json_extract(?6, '$.user_ms') + json_extract(?6, '$.sys_ms')), coalesce(json_extract(?6, '$.stats.instructions.median'), json_extract(?6, '$.instructions')))",
         params![row.batch, now(), row.uid, row.label, row.argv, row.result],
     )?;
     // Retention is per uid: one runner's thousand batches never push out anyone else's.
@@ -161,6 +162,8 @@ pub struct PointRow {
     pub median_wall_ms: Option<f64>,
     /// Median CPU time (user + system), milliseconds.
     pub median_cpu_ms: Option<f64>,
+    /// Median instructions executed, where counted.
+    pub median_instructions: Option<f64>,
     /// The baselines naming it.
     pub baselines: Vec<String>,
 }
@@ -177,7 +180,7 @@ pub fn label_points(
 ) -> rusqlite::Result<Vec<PointRow>> {
     let uids = uids.map(|u| serde_json::Value::from(u.to_vec()).to_string());
     let mut stmt = conn.prepare_cached(
-        "SELECT batch, ts, uid, n_runs, median_wall_ms, median_cpu_ms,
+        "SELECT batch, ts, uid, n_runs, median_wall_ms, median_cpu_ms, median_instructions,
                 (SELECT json_group_array(name) FROM baselines b WHERE b.batch = r.batch)
          FROM runs r
          WHERE label = ?1 AND end_reason = 'exited'
@@ -186,7 +189,7 @@ pub fn label_points(
     )?;
     let mut rows = stmt
         .query_map(params![label, uids, limit], |r| {
-            let names: String = r.get(6)?;
+            let names: String = r.get(7)?;
             Ok(PointRow {
                 batch: r.get(0)?,
                 ts: r.get(1)?,
@@ -194,6 +197,7 @@ pub fn label_points(
                 runs: r.get(3)?,
                 median_wall_ms: r.get(4)?,
                 median_cpu_ms: r.get(5)?,
+                median_instructions: r.get(6)?,
                 baselines: serde_json::from_str(&names).unwrap_or_default(),
             })
         })?

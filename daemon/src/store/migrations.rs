@@ -146,13 +146,15 @@ const MIGRATIONS: &[&str] = &[
     // 11: verdicts replace Welch's t-test: a comparison stored before them moves to
     // `welch` in its result, kept as it was (the new `comparison` has other fields); a
     // label's history is read by label, with each batch's median CPU time (user + system;
-    // for batches stored before `cpu_ms` was a series, the sum of the two medians).
+    // for batches stored before `cpu_ms` was a series, the sum of the two medians) and
+    // median instructions (none before they were counted).
     "UPDATE runs SET result = json_set(json_remove(result, '$.comparison'),
                                       '$.welch', json_extract(result, '$.comparison'))
      WHERE json_extract(result, '$.comparison.p_value') IS NOT NULL
        AND json_extract(result, '$.comparison.design') IS NULL;
     CREATE INDEX runs_label ON runs(label, ts);
     ALTER TABLE runs ADD COLUMN median_cpu_ms REAL;
+    ALTER TABLE runs ADD COLUMN median_instructions REAL;
     UPDATE runs SET median_cpu_ms = coalesce(
         json_extract(result, '$.stats.user_ms.median') + json_extract(result, '$.stats.sys_ms.median'),
         json_extract(result, '$.user_ms') + json_extract(result, '$.sys_ms'));",
