@@ -13,10 +13,11 @@
 #   b  the verdict on those same two sequential batches (`runs compare`, between-batch
 #      spread from the label's history as it grows over the trials)
 #   c  `compare --rounds 20` (interleaved, paired bootstrap)
-#   d  `compare --until-decided --rounds 10 --max-time 60s`
+#   d  `compare --until-decided --rounds 10 --max-rounds 5000 --max-time 60s`
 #   e  `compare --metric instructions --rounds 5` (cachegrind: at most 5 repeats a side)
+#   f  as d, with `--metric cpu` (the kernel's CPU time of the run instead of wall time)
 # Under stress every method runs --exclusive (the shield keeps the load off its core).
-# TRIALS defaults to 20 per cell; METHODS (default abcde) picks the methods. Needs gcc,
+# TRIALS defaults to 20 per cell; METHODS (default abcdef) picks the methods. Needs gcc,
 # stress-ng and valgrind. Leaves nothing behind: the load is stopped and the daemon stops
 # (lowering its shield) even on failure.
 set -euo pipefail
@@ -25,11 +26,11 @@ summarize() {
 python3 - "$1" <<'PY'
 import sys, statistics
 rows = [l.split() for l in open(sys.argv[1])]
-names = {"a": "(a) Welch, sequential", "b": "(b) verdict, sequential", "c": "(c) compare, 20 rounds", "d": "(d) compare --until-decided", "e": "(e) compare --metric instructions, 5 rounds"}
+names = {"a": "(a) Welch, sequential", "b": "(b) verdict, sequential", "c": "(c) compare, 20 rounds", "d": "(d) compare --until-decided", "e": "(e) compare --metric instructions, 5 rounds", "f": "(f) compare --until-decided --metric cpu"}
 print("| condition | method | power (3 % slower found) | false alarms (self) | equivalent (self) | median s / comparison |")
 print("|---|---|---|---|---|---|")
 for cond in ("idle", "stress"):
-    for m in "abcde":
+    for m in "abcdef":
         new = [r for r in rows if r[0] == cond and r[1] == m and r[2] == "new"]
         own = [r for r in rows if r[0] == cond and r[1] == m and r[2] == "self"]
         if not new or not own:
@@ -46,9 +47,9 @@ PY
 if [ -n "${SUMMARIZE:-}" ]; then summarize "$SUMMARIZE"; exit 0; fi
 bin=${BIN:-target/release}
 trials=${1:-20}
-methods=${METHODS:-abcde}
+methods=${METHODS:-abcdef}
 command -v stress-ng >/dev/null || { echo "stress-ng is not installed" >&2; exit 1; }
-command -v valgrind >/dev/null || [[ ${METHODS:-abcde} != *e* ]] || { echo "valgrind is not installed" >&2; exit 1; }
+command -v valgrind >/dev/null || [[ ${METHODS:-abcdef} != *e* ]] || { echo "valgrind is not installed" >&2; exit 1; }
 work=$(mktemp -d /tmp/cleanroom-verdicts.XXXXXX)
 pid= load=
 cleanup() {
@@ -149,9 +150,16 @@ trial() { # condition exclusive-flags program-name program...
     # d: until decided, within a minute.
     if [[ $methods == *d* ]]; then
     t0=$(now)
-    ctl --json compare $flags --rounds 10 --warmup 2 --until-decided --max-time 60s -- "${old[@]}" :: "$@" > "$work/d.json" 2>/dev/null || true
+    ctl --json compare $flags --rounds 10 --warmup 2 --until-decided --max-rounds 5000 --max-time 60s -- "${old[@]}" :: "$@" > "$work/d.json" 2>/dev/null || true
     t1=$(now)
     record "$cond" d "$name" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sides"][1]["comparison"]["verdict"])' "$work/d.json")" "$(awk "BEGIN { print $t1 - $t0 }")"
+    fi
+    # f: until decided on CPU time.
+    if [[ $methods == *f* ]]; then
+    t0=$(now)
+    ctl --json compare $flags --rounds 10 --warmup 2 --until-decided --max-rounds 5000 --max-time 60s --metric cpu -- "${old[@]}" :: "$@" > "$work/f.json" 2>/dev/null || true
+    t1=$(now)
+    record "$cond" f "$name" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sides"][1]["comparison"]["verdict"])' "$work/f.json")" "$(awk "BEGIN { print $t1 - $t0 }")"
     fi
     # e: instructions executed, five rounds.
     if [[ $methods == *e* ]]; then

@@ -130,26 +130,25 @@ impl Prepared {
 /// be decided at all.
 pub fn decide(family: Vec<Prepared>, s: &Settings) -> Vec<Comparison> {
     let decidable: Vec<Resampled> = family.iter().filter_map(|p| p.resampled.clone()).collect();
+    // One member per decidable comparison, in order: each decidable one takes the next.
     let mut members = verdict::family(&decidable, s).into_iter();
     family
         .into_iter()
         .map(|p| {
             let ratio = p.new.0 / p.old.0;
-            let (verdict, low, high, level, p_value, p_adjusted, more) = match &p.resampled {
-                Some(_) => match members.next() {
-                    Some(m) => (
-                        outcome(m.verdict.outcome),
-                        m.verdict.low,
-                        m.verdict.high,
-                        m.level,
-                        m.verdict.p,
-                        m.p_adjusted,
-                        m.verdict
-                            .more_repeats
-                            .map(|n| n.min(u32::MAX as usize) as u32),
-                    ),
-                    None => unreachable_member(ratio, s),
-                },
+            let member = p.resampled.as_ref().and_then(|_| members.next());
+            let (verdict, low, high, level, p_value, p_adjusted, more) = match member {
+                Some(m) => (
+                    outcome(m.verdict.outcome),
+                    m.verdict.low,
+                    m.verdict.high,
+                    m.level,
+                    m.verdict.p,
+                    m.p_adjusted,
+                    m.verdict
+                        .more_repeats
+                        .map(|n| n.min(u32::MAX as usize) as u32),
+                ),
                 None => (
                     Verdict::Inconclusive,
                     f64::NAN,
@@ -191,12 +190,6 @@ pub fn decide(family: Vec<Prepared>, s: &Settings) -> Vec<Comparison> {
             }
         })
         .collect()
-}
-
-/// A decidable comparison always has its member; should the family come back short, the
-/// comparison is inconclusive rather than made up.
-fn unreachable_member(ratio: f64, s: &Settings) -> (Verdict, f64, f64, f64, f64, f64, Option<u32>) {
-    (Verdict::Inconclusive, ratio, ratio, s.level, 1.0, 1.0, None)
 }
 
 /// A number that cannot be computed is shown as `or` (JSON has no NaN, and a stored
