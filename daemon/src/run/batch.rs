@@ -117,6 +117,11 @@ pub struct Settings {
 /// and measuring again cannot remove it.
 pub const NOISE_FLOOR_MS: f64 = 2.0;
 
+/// How much more CPU time than wall time × CPUs a run may show before its clocks are
+/// taken to disagree, milliseconds (besides 2 %): the CPU time is counted from the exec,
+/// the wall time from just before it, and each side rounds.
+pub const CLOCK_SLACK_MS: f64 = 1.0;
+
 /// Which repeats are noisy, and how many are measured again.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NoiseRule {
@@ -128,8 +133,8 @@ pub struct NoiseRule {
 
 impl NoiseRule {
     /// Why `r` is noisy, if it is: foreign CPU time beyond the share of its CPUs' time
-    /// (and at least [`NOISE_FLOOR_MS`]), thermal throttling, or its CPUs' frequency
-    /// apart by more than 5 %.
+    /// (and at least [`NOISE_FLOOR_MS`]), more CPU time than its CPUs had in its wall
+    /// time, thermal throttling, or its CPUs' frequency apart by more than 5 %.
     pub fn noisy(&self, r: &RunRecord) -> Option<String> {
         if self.share <= 0.0 || r.end_reason != EndReason::Exited {
             return None;
@@ -148,6 +153,18 @@ impl NoiseRule {
                     self.share * 100.0
                 ));
             }
+        }
+        // More CPU time than its CPUs had in its wall time cannot be: the clock that
+        // measured the wall time disagrees with the one that counted the CPU time (a
+        // virtual CPU its host descheduled; seen here under load: 11.4 ms wall for 15.4 ms
+        // of CPU). Such a wall time is not a measurement. The slack covers the edges of the
+        // two intervals.
+        let cpu = r.user_ms + r.sys_ms;
+        if capacity > 0.0 && cpu > capacity * 1.02 + CLOCK_SLACK_MS {
+            return Some(format!(
+                "its CPU time {cpu:.1} ms is more than its {cpus} CPU(s) had in its wall time of {:.1} ms: the clocks disagree (a virtual CPU descheduled by its host?)",
+                r.wall_ms
+            ));
         }
         if let Some(n) = r.noise.throttle_events.filter(|n| *n > 0) {
             return Some(format!("{n} thermal throttling events on its CPUs"));
@@ -826,5 +843,61 @@ fn bare(batch: String, last: RunRecord) -> RunResult {
         reruns: Vec::new(),
         shield: None,
         detached: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(wall_ms: f64, cpu_ms: f64, cpus: &str, foreign_ms: Option<f64>) -> RunRecord {
+        let mut r = RunRecord::new("1".into(), EndReason::Exited, cpus.into());
+        r.exit_code = Some(0);
+        r.wall_ms = wall_ms;
+        r.user_ms = cpu_ms;
+        r.noise.foreign_cpu_ms = foreign_ms;
+        r
+    }
+
+    #[test]
+    fn noisy_repeats_and_why() {
+        let rule = NoiseRule {
+            share: 0.10,
+            max_reruns: 3,
+        };
+        // 20 ms on one CPU: 3 ms foreign is 15 %, noisy; 1.5 ms is 7.5 %, not.
+        let why = rule.noisy(&record(20.0, 18.0, "1", Some(3.0))).unwrap();
+        assert!(
+            why.contains("foreign CPU time 3.0 ms on CPUs 1: 15 %"),
+            "{why}"
+        );
+        assert_eq!(rule.noisy(&record(20.0, 18.0, "1", Some(1.5))), None);
+        // On two CPUs the same 3 ms is 7.5 % of their 40 ms.
+        assert_eq!(rule.noisy(&record(20.0, 18.0, "0-1", Some(3.0))), None);
+        // A short run: 1.5 ms foreign is 50 % of 3 ms, but under the 2 ms floor.
+        assert_eq!(rule.noisy(&record(3.0, 2.0, "1", Some(1.5))), None);
+        // 15.4 ms of CPU in 11.4 ms of wall time on one CPU: the clocks disagree.
+        let why = rule.noisy(&record(11.4, 15.4, "1", Some(0.6))).unwrap();
+        assert!(why.contains("the clocks disagree"), "{why}");
+        // Two threads on two CPUs may use twice the wall time; within the slack is fine.
+        assert_eq!(rule.noisy(&record(11.4, 22.0, "0-1", None)), None);
+        assert_eq!(rule.noisy(&record(10.0, 10.9, "1", None)), None);
+        // Throttling and a moving frequency.
+        let mut hot = record(20.0, 18.0, "1", None);
+        hot.noise.throttle_events = Some(2);
+        assert!(
+            rule.noisy(&hot)
+                .unwrap()
+                .contains("2 thermal throttling events")
+        );
+        let mut moving = record(20.0, 18.0, "1", None);
+        (moving.noise.freq_min_khz, moving.noise.freq_max_khz) = (Some(2_000_000), Some(3_000_000));
+        assert!(rule.noisy(&moving).unwrap().contains("frequency moved"));
+        // Off, and never for a run that did not exit.
+        let off = NoiseRule { share: 0.0, ..rule };
+        assert_eq!(off.noisy(&record(20.0, 18.0, "1", Some(10.0))), None);
+        let mut killed = record(20.0, 18.0, "1", Some(10.0));
+        killed.end_reason = EndReason::Timeout;
+        assert_eq!(rule.noisy(&killed), None);
     }
 }
