@@ -14,6 +14,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
+use super::verdict::median_of;
+
 /// How change points are searched for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
@@ -114,17 +116,6 @@ fn best_split(xs: &[f64], min: usize) -> Option<(usize, f64)> {
     best
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// The change points of `series`, in order.
 pub fn detect(series: &[f64], s: &Settings) -> Vec<ChangePoint> {
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
@@ -147,11 +138,11 @@ pub fn detect(series: &[f64], s: &Settings) -> Vec<ChangePoint> {
         if p >= s.significance {
             continue;
         }
-        let before = median(&seg[..tau]);
+        let before = median_of(&seg[..tau]);
         found.push(ChangePoint {
             index: start + tau,
             magnitude: if before > 0.0 {
-                median(&seg[tau..]) / before
+                median_of(&seg[tau..]) / before
             } else {
                 f64::NAN
             },

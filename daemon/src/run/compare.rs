@@ -4,7 +4,7 @@
 
 use cleanroom_proto::{BetweenBatch, Comparison, Design, Fingerprint, Verdict};
 
-use super::verdict::{self, MIN_SAMPLES, Outcome, Resampled, Settings};
+use super::verdict::{self, MIN_SAMPLES, Outcome, Resampled, Settings, median_of as median};
 
 /// One side of a comparison.
 #[derive(Debug, Clone, Copy)]
@@ -39,16 +39,6 @@ pub struct Prepared {
     between: Option<BetweenBatch>,
     differs: Vec<cleanroom_proto::FieldDiff>,
     same_executable: Option<bool>,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Interleaved rounds of `old` and `new` (the same length: one value each per round).
@@ -213,6 +203,14 @@ fn outcome(o: Outcome) -> Verdict {
     }
 }
 
+/// The sampling variance of the log of `values`' median `m`: about π/2 · σ²/n, σ the
+/// relative spread from the median absolute deviation (1.4826 · MAD / m).
+fn log_median_variance(values: &[f64], m: f64) -> f64 {
+    let mad = median(&values.iter().map(|x| (x - m).abs()).collect::<Vec<_>>());
+    let sigma = 1.4826 * mad / m;
+    std::f64::consts::FRAC_PI_2 * sigma * sigma / values.len() as f64
+}
+
 /// The between-batch spread of a command from the medians of its earlier batches (each
 /// with its values): the variance of their logs beyond what each median's own sampling
 /// error explains (a median's variance is about π/2 · σ²/n, σ from the batch's median
@@ -223,14 +221,7 @@ pub fn spread_of_history(batches: &[Vec<f64>]) -> Option<f64> {
         .filter(|b| !b.is_empty())
         .filter_map(|b| {
             let m = median(b);
-            (m > 0.0 && m.is_finite()).then(|| {
-                let mad = median(&b.iter().map(|x| (x - m).abs()).collect::<Vec<_>>());
-                let sigma = 1.4826 * mad / m;
-                (
-                    m.ln(),
-                    std::f64::consts::FRAC_PI_2 * sigma * sigma / b.len() as f64,
-                )
-            })
+            (m > 0.0 && m.is_finite()).then(|| (m.ln(), log_median_variance(b, m)))
         })
         .collect();
     if logs.len() < 3 {
@@ -257,13 +248,7 @@ pub fn spread_of_drift(values: &[f64]) -> Option<f64> {
     if !(ma > 0.0 && mb > 0.0) {
         return None;
     }
-    // A half's log median varies by about π/2 · σ²/n (σ relative, from the MAD).
-    let sampling = |half: &[f64], m: f64| {
-        let mad = median(&half.iter().map(|x| (x - m).abs()).collect::<Vec<_>>());
-        let sigma = 1.4826 * mad / m;
-        std::f64::consts::FRAC_PI_2 * sigma * sigma / half.len() as f64
-    };
-    let error = (sampling(a, ma) + sampling(b, mb)).sqrt();
+    let error = (log_median_variance(a, ma) + log_median_variance(b, mb)).sqrt();
     Some((mb / ma).ln().abs().max(error))
 }
 

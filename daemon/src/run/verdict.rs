@@ -100,6 +100,11 @@ fn median(xs: &mut [f64]) -> Option<f64> {
     })
 }
 
+/// The median of `xs` (a copy: the slice stays as it is); NaN for no values.
+pub fn median_of(xs: &[f64]) -> f64 {
+    median(&mut xs.to_vec()).unwrap_or(f64::NAN)
+}
+
 /// Bootstraps at once in the whole daemon: each is seconds of CPU at the largest sizes,
 /// on the blocking pool, and callers beyond these wait their turn.
 pub static BOOTSTRAPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
