@@ -8,7 +8,8 @@
 //!   the limit each run ended (median and worst).
 //! - interleaved whole-process overhead: plain `/bin/true`, `cleanroomctl run -- /bin/true`,
 //!   and the same with `--isolate net,mount,uts,ipc` and with `--isolate
-//!   net,pid,mount,uts,ipc`, one after the other in each of 200 rounds (so drift of the
+//!   net,pid,mount,uts,ipc` and with `--measure counters` (performance counters of the run
+//!   cgroup), one after the other in each of 200 rounds (so drift of the
 //!   machine hits every variant alike); prints the median and p90 of each. A variant the
 //!   daemon refuses (an older build without `pid`) is said so and left out.
 //!
@@ -175,32 +176,34 @@ fn timed(cmd: &mut Command) -> Option<f64> {
 }
 
 fn interleaved(d: &Daemon, ctl: &std::path::Path) {
-    // (name, the isolation asked for): `None` is plain /bin/true, no cleanroom at all.
-    let variants: [(&str, Option<&str>); 4] = [
+    // (name, the options of `run`): `None` is plain /bin/true, no cleanroom at all.
+    let variants: [(&str, Option<&[&str]>); 5] = [
         ("plain /bin/true", None),
-        ("cleanroomctl run -- /bin/true", Some("")),
-        ("  --isolate net,mount,uts,ipc", Some("net,mount,uts,ipc")),
+        ("cleanroomctl run -- /bin/true", Some(&[])),
+        (
+            "  --isolate net,mount,uts,ipc",
+            Some(&["--isolate", "net,mount,uts,ipc"]),
+        ),
         (
             "  --isolate net,pid,mount,uts,ipc",
-            Some("net,pid,mount,uts,ipc"),
+            Some(&["--isolate", "net,pid,mount,uts,ipc"]),
         ),
+        ("  --measure counters", Some(&["--measure", "counters"])),
     ];
-    let command = |isolate: Option<&str>| {
-        let Some(isolate) = isolate else {
+    let command = |options: Option<&[&str]>| {
+        let Some(options) = options else {
             return Command::new("/bin/true");
         };
         let mut c = Command::new(ctl);
         c.arg("--socket").arg(&d.socket).arg("run");
-        if !isolate.is_empty() {
-            c.args(["--isolate", isolate]);
-        }
+        c.args(options);
         c.args(["--", "/bin/true"]);
         c
     };
     let usable: Vec<_> = variants
         .into_iter()
-        .filter(|(name, isolate)| {
-            let ok = timed(&mut command(*isolate)).is_some();
+        .filter(|(name, options)| {
+            let ok = timed(&mut command(*options)).is_some();
             if !ok {
                 eprintln!("interleaved: {name:?} fails here; left out");
             }
@@ -209,8 +212,8 @@ fn interleaved(d: &Daemon, ctl: &std::path::Path) {
         .collect();
     let mut times = vec![Vec::new(); usable.len()];
     for _ in 0..200 {
-        for (i, (name, isolate)) in usable.iter().enumerate() {
-            let ms = timed(&mut command(*isolate)).unwrap_or_else(|| panic!("{name} failed"));
+        for (i, (name, options)) in usable.iter().enumerate() {
+            let ms = timed(&mut command(*options)).unwrap_or_else(|| panic!("{name} failed"));
             times[i].push(ms);
         }
     }

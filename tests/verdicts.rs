@@ -598,3 +598,158 @@ fn instructions_counted_under_cachegrind_decide_with_few_rounds() {
         "{out:?}"
     );
 }
+
+/// Whether this host has a hardware PMU, by the kernel's own list of event sources (the
+/// core PMU is `cpu` on x86, `cpu_core`/`cpu_atom` on hybrid Intel, `armv8_pmuv3*` on Arm).
+fn host_has_pmu() -> bool {
+    std::fs::read_dir("/sys/bus/event_source/devices")
+        .map(|d| {
+            d.flatten().any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n == "cpu" || n.starts_with("cpu_") || n.starts_with("armv")
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn counters_count_every_process_of_the_run_through_its_cgroup() {
+    if !is_root_or_skip("counters_count_every_process_of_the_run_through_its_cgroup") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[runs]\nnoisy_percent = 0.0\n")
+        .start();
+    // Two busy children at once, then ten sleeps: work in several processes, and at least
+    // one context switch for each sleep.
+    let script = "w() { i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; }; w & w & wait; \
+                  n=0; while [ $n -lt 10 ]; do sleep 0.01; n=$((n+1)); done";
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--measure",
+        "counters",
+        "--repeat",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let r = json_of(&out);
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{r}");
+    let pmu = host_has_pmu();
+    for run in runs {
+        let c = &run["counters"];
+        let f = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("{k}: {run}"));
+        // The task clock (perf's software event on the cgroup) against the CPU time the
+        // cgroup's CPU accounting counted: two kernel mechanisms, one amount of work.
+        let cpu = run["user_ms"].as_f64().unwrap() + run["sys_ms"].as_f64().unwrap();
+        let task = f("task_clock_ms");
+        assert!(cpu > 10.0, "{run}");
+        assert!(
+            (task - cpu).abs() <= 0.05 * cpu + 3.0,
+            "task clock {task} vs CPU {cpu}: {run}"
+        );
+        // Every sleep switches out at least once; the processes the program waited for
+        // switched as often as their rusage says (a few before a child joined its cgroup
+        // aside).
+        let waited = run["voluntary_ctxt_switches"].as_f64().unwrap()
+            + run["involuntary_ctxt_switches"].as_f64().unwrap();
+        assert!(f("context_switches") >= 10.0, "{run}");
+        assert!(f("context_switches") + 3.0 >= waited, "{run}");
+        assert!(f("page_faults") > 0.0, "{run}");
+        if pmu {
+            assert!(f("instructions") > 0.0 && f("cycles") > 0.0, "{run}");
+        } else {
+            assert!(
+                c["cycles"].is_null() && c["instructions"].is_null(),
+                "{run}"
+            );
+            let why = c["hardware_unsupported"].as_str().unwrap();
+            assert!(why.starts_with("no hardware PMU"), "{run}");
+        }
+    }
+    // Every counter is a series of its own, one value a run.
+    for k in [
+        "task_clock_ms",
+        "context_switches",
+        "cpu_migrations",
+        "page_faults",
+    ] {
+        assert_eq!(
+            r["samples"][k].as_array().map(Vec::len),
+            Some(3),
+            "{k}: {r}"
+        );
+    }
+    // The summary says what the counters saw, and why there are no hardware ones.
+    let out = d.ctl(&["run", "--measure", "counters", "--", "true"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.contains("task clock"),
+        "{out:?}"
+    );
+    assert_eq!(
+        said.contains("unsupported: no hardware PMU"),
+        !pmu,
+        "{said}"
+    );
+}
+
+#[test]
+fn cycles_are_compared_where_there_is_a_pmu_and_refused_plainly_where_not() {
+    if !is_root_or_skip("cycles_are_compared_where_there_is_a_pmu_and_refused_plainly_where_not") {
+        return;
+    }
+    let d = wide_margin();
+    let args = compare_args(
+        &["--metric", "cycles", "--rounds", "5"],
+        &[busy(2000), busy(2000)],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = d.ctl(&args);
+    if host_has_pmu() {
+        assert!(out.status.success(), "{out:?}");
+        let r = json_of(&out);
+        assert_eq!(r["sides"][1]["comparison"]["metric"], "cycles", "{r}");
+        return;
+    }
+    // Refused before anything runs, saying why and what counts instead.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("metric cycles: unsupported on this host: no hardware PMU"),
+        "{said}"
+    );
+    assert!(said.contains("--metric instructions"), "{said}");
+    let listed = json_of(&d.ctl(&["--json", "runs", "list"]));
+    assert_eq!(
+        listed["batches"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
+    // The PMU's instructions likewise; cachegrind's are what this host can count.
+    let args = compare_args(
+        &[
+            "--metric",
+            "instructions",
+            "--measure",
+            "counters",
+            "--rounds",
+            "5",
+        ],
+        &[busy(10), busy(10)],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = d.ctl(&args);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("metric instructions: unsupported"), "{said}");
+    assert!(
+        said.contains("--measure instructions counts them under cachegrind"),
+        "{said}"
+    );
+}

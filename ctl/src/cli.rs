@@ -75,6 +75,7 @@ pub enum Command {
         cleanroomctl run -- make test\n  \
         cleanroomctl run --timeout 30s --memory 512M --pids 256 -- ./integration-test\n  \
         cleanroomctl run --repeat 20 --warmup 3 -- ./bench --quick\n  \
+        cleanroomctl run --measure counters --repeat 10 -- ./bench   # perf counters of the run\n  \
         cleanroomctl --json run --repeat 10 -- ./bench > result.json"
     )]
     Run(Box<RunArgs>),
@@ -95,6 +96,7 @@ pub enum Command {
         cleanroomctl compare --until-decided --max-time 60s --exclusive -- ./old :: ./new\n  \
         cleanroomctl compare --metric cpu --label old --label new -- ./old :: ./new\n  \
         cleanroomctl compare --metric instructions --rounds 5 -- ./old :: ./new\n  \
+        cleanroomctl compare --metric cycles --rounds 10 -- ./old :: ./new\n  \
         cleanroomctl compare --separator VS -- sh -c 'a :: b' VS sh -c 'c'\n\n{EXIT_HELP}")
     )]
     Compare(Box<CompareArgs>),
@@ -176,7 +178,10 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// Count this in every measured run besides times: instructions (the command under
     /// valgrind's cachegrind, many times slower; warm-ups run plain and the cost factor
-    /// is shown). Needs valgrind on the host.
+    /// is shown; needs valgrind on the host), or counters (performance counters of the
+    /// whole run through perf_event_open, at no cost: task clock, context switches, CPU
+    /// migrations and page faults everywhere; instructions, cycles, branch and cache
+    /// misses where the host has a PMU, and the reason where it has none).
     #[arg(long, value_name = "WHAT", value_parser = parse_measure)]
     pub measure: Option<cleanroom_proto::Measure>,
 }
@@ -220,8 +225,10 @@ pub struct RunArgs {
     #[arg(long, requires = "baseline")]
     pub fail_inconclusive: bool,
     /// With --baseline: what to compare, wall (wall time), cpu (user + system CPU time
-    /// of the whole run, from the kernel's nanosecond counters) or instructions (counted
-    /// under cachegrind: implies --measure instructions; the baseline must have them).
+    /// of the whole run, from the kernel's nanosecond counters), instructions (counted
+    /// under cachegrind: implies --measure instructions; by the PMU with --measure
+    /// counters; the baseline must have them, counted the same way) or cycles (the PMU's:
+    /// implies --measure counters; refused on a host without a PMU).
     #[arg(long, value_name = "METRIC", default_value = "wall", requires = "baseline", value_parser = parse_metric)]
     pub metric: cleanroom_proto::Metric,
     /// The command and its arguments (after --).
@@ -254,9 +261,11 @@ pub struct CompareArgs {
     #[arg(long, value_name = "DURATION", requires = "until_decided", value_parser = parse_duration)]
     pub max_time: Option<u64>,
     /// What to compare: wall (wall time), cpu (user + system CPU time of the whole run,
-    /// from the kernel's nanosecond counters) or instructions (executed, counted under
+    /// from the kernel's nanosecond counters), instructions (executed, counted under
     /// valgrind's cachegrind: immune to the machine's noise; implies --measure
-    /// instructions).
+    /// instructions; with --measure counters the PMU counts them instead) or cycles (CPU
+    /// cycles counted by the PMU: implies --measure counters; refused on a host without
+    /// a PMU, as most virtual machines are).
     #[arg(long, value_name = "METRIC", default_value = "wall", value_parser = parse_metric)]
     pub metric: cleanroom_proto::Metric,
     /// A label per command, in order (repeat it once for each command).
@@ -317,8 +326,9 @@ fn parse_metric(s: &str) -> Result<cleanroom_proto::Metric, String> {
         "wall" => Ok(cleanroom_proto::Metric::Wall),
         "cpu" => Ok(cleanroom_proto::Metric::Cpu),
         "instructions" => Ok(cleanroom_proto::Metric::Instructions),
+        "cycles" => Ok(cleanroom_proto::Metric::Cycles),
         other => Err(format!(
-            "{other:?} is not a metric: use wall, cpu or instructions"
+            "{other:?} is not a metric: use wall, cpu, instructions or cycles"
         )),
     }
 }
@@ -326,7 +336,10 @@ fn parse_metric(s: &str) -> Result<cleanroom_proto::Metric, String> {
 fn parse_measure(s: &str) -> Result<cleanroom_proto::Measure, String> {
     match s.trim() {
         "instructions" => Ok(cleanroom_proto::Measure::Instructions),
-        other => Err(format!("{other:?} is not a measure: use instructions")),
+        "counters" => Ok(cleanroom_proto::Measure::Counters),
+        other => Err(format!(
+            "{other:?} is not a measure: use instructions or counters"
+        )),
     }
 }
 
@@ -490,7 +503,7 @@ pub enum RunsCommand {
     History {
         /// The label (`run --label`).
         label: String,
-        /// The measure followed: wall, cpu or instructions.
+        /// The measure followed: wall, cpu, instructions or cycles.
         #[arg(long, default_value = "wall", value_parser = parse_metric)]
         metric: cleanroom_proto::Metric,
         /// How many of the newest batches (at most 500).

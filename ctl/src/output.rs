@@ -509,6 +509,52 @@ pub fn ended(l: &cleanroom_proto::RunRecord) -> String {
     }
 }
 
+/// Whether a series counts events (shown whole) rather than times (milliseconds).
+fn counted(series: &str) -> bool {
+    matches!(series, "instructions" | "cycles")
+}
+
+/// A run's performance counters, one row each; the hardware ones, or why there are none.
+fn counter_rows(c: &cleanroom_proto::Counters) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("task clock", ms(c.task_clock_ms)),
+        (
+            "perf events",
+            format!(
+                "{} context switches, {} CPU migrations, {} page faults",
+                c.context_switches, c.cpu_migrations, c.page_faults
+            ),
+        ),
+    ];
+    match (&c.hardware_unsupported, c.instructions, c.cycles) {
+        (Some(why), ..) => rows.push(("hardware", format!("unsupported: {why}"))),
+        (None, i, Some(cy)) => {
+            let ipc = i.map_or_else(String::new, |i| {
+                format!(", {:.2} instructions a cycle", i as f64 / cy.max(1) as f64)
+            });
+            let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+            rows.push((
+                "hardware",
+                format!(
+                    "{} instructions, {cy} cycles{ipc}; {} branch misses, {} cache misses{}",
+                    opt(i),
+                    opt(c.branch_misses),
+                    opt(c.cache_misses),
+                    match c.hardware_running {
+                        Some(share) if share < 0.999 => format!(
+                            " (scaled: counted {:.0}% of the run, the PMU was shared)",
+                            share * 100.0
+                        ),
+                        _ => String::new(),
+                    }
+                ),
+            ));
+        }
+        (None, ..) => {}
+    }
+    rows
+}
+
 /// The summary `cleanroomctl run` prints on stderr.
 pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
     let l = &r.last;
@@ -544,14 +590,16 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
     if l.output_truncated {
         rows.push(("output", "truncated at the daemon's limit".to_owned()));
     }
-    if let Some(n) = l.instructions {
-        rows.push((
+    match (&l.counters, l.instructions) {
+        (Some(c), _) => rows.extend(counter_rows(c)),
+        (None, Some(n)) => rows.push((
             "instructions",
             match r.cost_factor {
                 Some(f) => format!("{n} (cachegrind; ×{f:.1} the warm-ups' wall time)"),
                 None => format!("{n} (cachegrind)"),
             },
-        ));
+        )),
+        (None, None) => {}
     }
     rows.extend(noise_rows(&l.noise, &l.cpus));
     out.push_str(&table(&rows));
@@ -686,8 +734,8 @@ pub fn comparison(c: &cleanroom_proto::Comparison) -> String {
         Design::Independent => format!("sequential batches, {} and {} runs", c.n_baseline, c.n),
     };
     let value = |v: f64| {
-        if c.metric == "instructions" {
-            format!("{v:.0} instructions")
+        if counted(&c.metric) {
+            format!("{v:.0} {}", c.metric)
         } else {
             ms(v)
         }
@@ -778,7 +826,7 @@ pub fn compare(r: &cleanroom_proto::CompareResult, commands: &[Vec<String>]) -> 
         .enumerate()
         .map(|(i, side)| {
             let show = |v: f64| {
-                if series == "instructions" {
+                if counted(series) {
                     format!("{v:.0}")
                 } else {
                     ms(v)
@@ -831,6 +879,7 @@ pub fn compare(r: &cleanroom_proto::CompareResult, commands: &[Vec<String>]) -> 
     let median = match series {
         "cpu_ms" => "MEDIAN CPU",
         "instructions" => "MEDIAN INSTRUCTIONS",
+        "cycles" => "MEDIAN CYCLES",
         _ => "MEDIAN WALL",
     };
     out.push_str(&columns(
@@ -873,7 +922,7 @@ pub fn history(r: &cleanroom_proto::RunsHistoryResult) -> String {
                 b.batch.clone(),
                 b.uid.to_string(),
                 b.runs.to_string(),
-                if r.metric == cleanroom_proto::Metric::Instructions {
+                if counted(r.metric.series()) {
                     format!("{:.0}", b.median)
                 } else {
                     ms(b.median)
@@ -893,6 +942,7 @@ pub fn history(r: &cleanroom_proto::RunsHistoryResult) -> String {
     let median = match r.metric {
         cleanroom_proto::Metric::Cpu => "MEDIAN CPU",
         cleanroom_proto::Metric::Instructions => "MEDIAN INSTRUCTIONS",
+        cleanroom_proto::Metric::Cycles => "MEDIAN CYCLES",
         cleanroom_proto::Metric::Wall => "MEDIAN WALL",
     };
     let mut out = columns(

@@ -118,9 +118,13 @@ pub enum Metric {
     /// CPU time of the whole run, user and system (`cpu_ms`), from the kernel's
     /// nanosecond counters.
     Cpu,
-    /// Instructions executed, counted under valgrind's cachegrind (`instructions`;
-    /// implies [`Measure::Instructions`]).
+    /// Instructions executed (`instructions`): counted by the PMU with
+    /// [`Measure::Counters`], else under valgrind's cachegrind (implies
+    /// [`Measure::Instructions`]). Counts of the two kinds are never compared.
     Instructions,
+    /// CPU cycles of the whole run, counted by the PMU (`cycles`; implies
+    /// [`Measure::Counters`]; refused where the host has no PMU).
+    Cycles,
 }
 
 impl Metric {
@@ -130,6 +134,7 @@ impl Metric {
             Metric::Wall => "wall_ms",
             Metric::Cpu => "cpu_ms",
             Metric::Instructions => "instructions",
+            Metric::Cycles => "cycles",
         }
     }
 }
@@ -141,6 +146,39 @@ pub enum Measure {
     /// Instructions executed: the command runs under valgrind's cachegrind (Debian's
     /// `valgrind`), many times slower (the result's `cost_factor`); warm-ups run plain.
     Instructions,
+    /// Performance counters of the whole run cgroup through `perf_event_open`
+    /// ([`Counters`]): software counters everywhere, hardware ones (instructions, cycles,
+    /// branch and cache misses) where the host has a PMU.
+    Counters,
+}
+
+/// Performance counters of a whole run (every process and thread in its cgroup), from just
+/// before its process is cloned until its last process is gone. The software counters
+/// include the run's time in the kernel; the hardware ones count user space only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Time the run's tasks were on a CPU (the software task clock), milliseconds.
+    pub task_clock_ms: f64,
+    /// Context switches.
+    pub context_switches: u64,
+    /// Moves of a task from one CPU to another.
+    pub cpu_migrations: u64,
+    /// Page faults, minor and major.
+    pub page_faults: u64,
+    /// Instructions retired in user space (`None` without a PMU, as for the other hardware
+    /// counters).
+    pub instructions: Option<u64>,
+    /// CPU cycles.
+    pub cycles: Option<u64>,
+    /// Branch mispredictions.
+    pub branch_misses: Option<u64>,
+    /// Last-level cache misses.
+    pub cache_misses: Option<u64>,
+    /// Share of the run the hardware counters counted (below 1 where the PMU was shared
+    /// with other counters: the counts are then scaled up from what was seen).
+    pub hardware_running: Option<f64>,
+    /// Why there are no hardware counters (no PMU on this host, or refused).
+    pub hardware_unsupported: Option<String>,
 }
 
 /// Params of `run.compare`: two or more commands run alternately on the same CPUs, in a
@@ -318,9 +356,13 @@ pub struct RunRecord {
     /// Why it could not start, if it could not.
     #[serde(default)]
     pub error: Option<String>,
-    /// Instructions executed, with `measure` `instructions` (every process it started).
+    /// Instructions executed (every process it started): simulated under cachegrind with
+    /// `measure` `instructions`, the PMU's count with `measure` `counters`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instructions: Option<u64>,
+    /// Performance counters, with `measure` `counters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
 }
 
 impl RunRecord {
@@ -344,6 +386,7 @@ impl RunRecord {
             output_truncated: false,
             error: None,
             instructions: None,
+            counters: None,
         }
     }
 }

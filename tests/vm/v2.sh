@@ -68,6 +68,16 @@ check "nothing survives the run" test -z "$(pgrep -f 'sleep 1009.5')"
 quota=$(ctl run --cpu-percent 50 -- sh -c 'cat "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpu.max"' 2>/dev/null)
 check "cpu quota written to cpu.max" test "$quota" = "50000 100000"
 
+# Performance counters of the run's cgroup (perf_event_open's cgroup mode on the unified
+# hierarchy): the task clock of two busy processes against the CPU time cpu.stat counted.
+out=$(ctl --json run --measure counters -- sh -c 'w() { i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; }; w & w & wait' 2>/dev/null)
+task=$(echo "$out" | field task_clock_ms)
+cpu=$(echo "$out" | awk -v u="$(echo "$out" | field user_ms)" -v s="$(echo "$out" | field sys_ms)" 'BEGIN { print u + s }')
+echo "counters: task clock $task ms, cpu.stat $cpu ms, context switches $(echo "$out" | field context_switches)"
+check "counters: the cgroup's task clock is the CPU time cpu.stat counted" \
+    awk -v t="$task" -v c="$cpu" 'BEGIN { d = t - c; if (d < 0) d = -d; exit !(c > 10 && d <= 0.05 * c + 3) }'
+check "counters: page faults counted" test "$(echo "$out" | field page_faults)" -gt 0
+
 # clone3(CLONE_INTO_CGROUP): the command is in its run's cgroup from birth, no migration.
 # A root caller's run tries to move itself to the root cgroup first; it is seen from
 # outside (inside, a cgroup namespace shows its cgroup as /) while it waits on a fifo (the

@@ -332,6 +332,18 @@ impl Host {
         }
     }
 
+    /// A directory opened for its descriptor (a cgroup, for `perf_event_open`'s cgroup
+    /// mode): read-only, `O_DIRECTORY`, close-on-exec.
+    pub fn open_dir(&self, abs: &str) -> Result<std::fs::File, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path(abs)?;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| Error::Read { path, source })
+    }
+
     /// Removes an empty directory (a cgroup); a missing one is fine.
     pub fn remove_dir(&self, abs: &str) -> Result<(), Error> {
         let path = self.path(abs)?;

@@ -798,16 +798,44 @@ fn samples(measured: &[RunRecord]) -> BTreeMap<String, Vec<f64>> {
     .map(|(name, values)| (name.to_owned(), values))
     // Counted runs only, and only when every one has its count (a series is one value a
     // run, in run order).
-    .chain(
+    .chain(COUNTED.iter().filter_map(|(name, of)| {
         measured
             .iter()
-            .map(|r| r.instructions.map(|n| n as f64))
+            .map(of)
             .collect::<Option<Vec<f64>>>()
             .filter(|v| !v.is_empty())
-            .map(|v| ("instructions".to_owned(), v)),
-    )
+            .map(|v| ((*name).to_owned(), v))
+    }))
     .collect()
 }
+
+/// A measure only some runs have: its series name and its value in a run.
+type CountedSeries = (&'static str, fn(&RunRecord) -> Option<f64>);
+
+/// The series of counted measures (cachegrind's instructions or the PMU's, and the
+/// performance counters).
+const COUNTED: &[CountedSeries] = &[
+    ("instructions", |r| r.instructions.map(|n| n as f64)),
+    ("task_clock_ms", |r| {
+        r.counters.as_ref().map(|c| c.task_clock_ms)
+    }),
+    ("context_switches", |r| {
+        r.counters.as_ref().map(|c| c.context_switches as f64)
+    }),
+    ("cpu_migrations", |r| {
+        r.counters.as_ref().map(|c| c.cpu_migrations as f64)
+    }),
+    ("page_faults", |r| {
+        r.counters.as_ref().map(|c| c.page_faults as f64)
+    }),
+    ("cycles", |r| r.counters.as_ref()?.cycles.map(|n| n as f64)),
+    ("branch_misses", |r| {
+        r.counters.as_ref()?.branch_misses.map(|n| n as f64)
+    }),
+    ("cache_misses", |r| {
+        r.counters.as_ref()?.cache_misses.map(|n| n as f64)
+    }),
+];
 
 /// Statistics by metric over the measured runs.
 fn summaries(measured: &[RunRecord]) -> BTreeMap<String, cleanroom_proto::Summary> {
@@ -828,7 +856,7 @@ pub fn detached(batch: String) -> RunResult {
 }
 
 /// A result of batch `batch` holding only `last`.
-fn bare(batch: String, last: RunRecord) -> RunResult {
+pub(crate) fn bare(batch: String, last: RunRecord) -> RunResult {
     RunResult {
         batch,
         last,

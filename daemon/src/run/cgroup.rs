@@ -50,6 +50,9 @@ pub struct Limits {
     pub cpus: Option<String>,
     /// The run is SCHED_FIFO: with v1 RT group scheduling its cpu cgroup needs RT time.
     pub realtime: bool,
+    /// Its performance counters are read: on v1 the run joins the hierarchy that has
+    /// `perf_event` too.
+    pub counters: bool,
 }
 
 /// Resource use read from a run's cgroup.
@@ -153,10 +156,17 @@ impl Layout {
                     }
                     hiers.push((mount.controllers.clone(), base));
                 }
+                if let Some(perf) = perf_v1(host, &mounts, &own, instance)? {
+                    hiers.push(perf);
+                }
                 Ok(Layout::V1(hiers))
             }
             CgroupMode::None => Err(LayoutError::None),
         }
+    }
+
+    fn is_v2(&self) -> bool {
+        matches!(self, Layout::V2(_))
     }
 
     fn runs_dirs(&self) -> Vec<(Vec<String>, String)> {
@@ -231,6 +241,7 @@ impl Layout {
                 .any(|x| matches!(x.as_str(), "pids" | "memory" | "cpuacct" | "freezer"))
                 || (limits.cpu_percent.is_some() && c.iter().any(|x| x == "cpu"))
                 || (limits.cpus.is_some() && c.iter().any(|x| x == "cpuset"))
+                || (limits.counters && c.iter().any(|x| x == "perf_event"))
         };
         let dirs: Vec<(Vec<String>, String)> = self
             .runs_dirs()
@@ -266,11 +277,14 @@ impl Layout {
     /// with no limits: [`RunCgroup::take`] names it `run-<id>` when a run takes it, and
     /// [`RunCgroup::apply_limits`] sets the run's limits.
     pub fn create_slot(&self, host: &Host, id: &str) -> Result<RunCgroup, HostError> {
+        // Not the perf_event hierarchy: on a hybrid host that is the unified one, where a
+        // cgroup cannot be renamed (runs that count make their cgroup when they start).
         let cg = RunCgroup {
             v2: matches!(self, Layout::V2(_)),
             dirs: self
                 .runs_dirs()
                 .into_iter()
+                .filter(|(c, _)| self.is_v2() || !c.iter().any(|x| x == "perf_event"))
                 .map(|(c, base)| (c, join(&base, &format!("ready-{id}"))))
                 .collect(),
         };
@@ -433,6 +447,16 @@ impl RunCgroup {
             .first()
             .filter(|_| self.v2)
             .map(|(_, d)| d.as_str())
+    }
+
+    /// The run's directory in the hierarchy that has `perf_event` (its performance
+    /// counters count what runs in it): the unified one on v2; on v1 a `perf_event` mount,
+    /// or the unified hierarchy where no v1 mount holds the controller.
+    pub fn perf_dir(&self) -> Option<&str> {
+        match self.v2_dir() {
+            Some(d) => Some(d),
+            None => self.dir_with("perf_event"),
+        }
     }
 
     /// Gives back the RT time a realtime run's v1 cpu cgroup took from its parent (one
@@ -765,6 +789,53 @@ impl RunCgroup {
     }
 }
 
+/// Where runs' performance counters can count on a v1 (or hybrid) host: the `perf_event`
+/// v1 mount, else the unified hierarchy when the kernel keeps the controller there (no v1
+/// hierarchy holds it: `/proc/cgroups` lists it on hierarchy 0), else nowhere. Marked
+/// with the controller `perf_event` either way.
+fn perf_v1(
+    host: &Host,
+    mounts: &[crate::host::CgroupMount],
+    own: &[crate::host::ProcCgroup],
+    instance: &str,
+) -> Result<Option<(Vec<String>, String)>, LayoutError> {
+    let own_path = |of: &dyn Fn(&crate::host::ProcCgroup) -> bool| {
+        own.iter()
+            .find(|c| of(c))
+            .map_or_else(|| "/".to_owned(), |c| c.path.clone())
+    };
+    let v1 = mounts
+        .iter()
+        .find(|m| !m.unified && m.controllers.iter().any(|c| c == "perf_event"));
+    let (mount, path) = match v1 {
+        Some(m) => (
+            m,
+            own_path(&|c| c.controllers.iter().any(|x| x == "perf_event")),
+        ),
+        None => {
+            // perf_event on no v1 hierarchy: the kernel lists it on hierarchy 0, enabled.
+            let on_unified = host.read("/proc/cgroups").is_ok_and(|t| {
+                t.lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.first() == Some(&"perf_event")
+                        && f.get(1) == Some(&"0")
+                        && f.get(3) == Some(&"1")
+                })
+            });
+            match mounts.iter().find(|m| m.unified) {
+                Some(m) if on_unified => (m, own_path(&|c| c.id == 0)),
+                _ => return Ok(None),
+            }
+        }
+    };
+    let base = join(
+        &join(&mount.mount_point.display().to_string(), &path),
+        &format!("cleanroom-{instance}"),
+    );
+    host.make_dir(&base)?;
+    Ok(Some((vec!["perf_event".to_owned()], base)))
+}
+
 /// The `ready-<id>` name of a renamed `run-<id>` directory.
 fn done_back(dir: &str, id: &str) -> String {
     match dir.rsplit_once('/') {
@@ -834,6 +905,101 @@ mod tests {
         assert_eq!(keyed("", "x"), 0);
     }
 
+    /// A hybrid host's files: v1 controllers (perf_event among them or not) and the
+    /// unified hierarchy; `perf_event` is on hierarchy `perf_hier` in /proc/cgroups.
+    fn hybrid(perf_v1: bool, perf_hier: &str) -> (tempfile::TempDir, Host) {
+        let mut mountinfo = String::new();
+        let mut ctrls = vec!["pids", "memory", "cpu,cpuacct", "cpuset", "freezer"];
+        if perf_v1 {
+            ctrls.push("perf_event");
+        }
+        for (i, c) in ctrls.iter().enumerate() {
+            mountinfo.push_str(&format!(
+                "{} 23 0:{} / /sys/fs/cgroup/{c} rw - cgroup cgroup rw,{c}\n",
+                40 + i,
+                30 + i
+            ));
+        }
+        mountinfo.push_str("60 23 0:50 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n");
+        let cgroups = format!(
+            "#subsys_name\thierarchy\tnum_cgroups\tenabled\nperf_event\t{perf_hier}\t1\t1\n"
+        );
+        let mut files: Vec<(String, String)> = ctrls
+            .iter()
+            .chain(&["unified"])
+            .map(|c| (format!("/sys/fs/cgroup/{c}/cgroup.procs"), String::new()))
+            .collect();
+        files.extend(
+            [
+                ("/proc/self/mountinfo", mountinfo.as_str()),
+                ("/proc/self/cgroup", "1:pids:/\n0::/svc\n"),
+                ("/proc/cgroups", cgroups.as_str()),
+                ("/sys/fs/cgroup/cpuset/cpuset.cpus", "0-1\n"),
+                ("/sys/fs/cgroup/cpuset/cpuset.mems", "0\n"),
+                ("/sys/fs/cgroup/cpuset/cleanroom-t/cpuset.cpus", ""),
+                ("/sys/fs/cgroup/cpuset/cleanroom-t/cpuset.mems", ""),
+                ("/sys/fs/cgroup/unified/svc/cgroup.procs", ""),
+                ("/sys/fs/cgroup/cpuset/cleanroom-t/ready-6/cpuset.cpus", ""),
+                ("/sys/fs/cgroup/cpuset/cleanroom-t/ready-6/cpuset.mems", ""),
+            ]
+            .map(|(p, c)| (p.to_owned(), c.to_owned())),
+        );
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        fake(&files)
+    }
+
+    #[test]
+    fn a_v1_run_that_counts_joins_the_hierarchy_that_has_perf_event() {
+        let perf_dir = |host: &Host, layout: &Layout, counters: bool| {
+            let limits = Limits {
+                counters,
+                ..Limits::default()
+            };
+            let cg = layout.create(host, "5", &limits, None).unwrap();
+            cg.perf_dir().map(str::to_owned)
+        };
+        // perf_event on no v1 hierarchy: the kernel keeps it on the unified one, below the
+        // daemon's own unified cgroup.
+        let (_d, host) = hybrid(false, "0");
+        let layout = Layout::detect(&host, CgroupMode::Hybrid, "t").unwrap();
+        assert!(
+            layout
+                .bases()
+                .contains(&"/sys/fs/cgroup/unified/svc/cleanroom-t".to_owned())
+        );
+        assert_eq!(
+            perf_dir(&host, &layout, true).as_deref(),
+            Some("/sys/fs/cgroup/unified/svc/cleanroom-t/run-5")
+        );
+        assert_eq!(perf_dir(&host, &layout, false), None);
+        // A prepared slot leaves it out: the unified hierarchy cannot rename a directory.
+        let slot = layout.create_slot(&host, "6").unwrap();
+        assert!(
+            slot.dirs().iter().all(|d| !d.contains("unified")),
+            "{:?}",
+            slot.dirs()
+        );
+        // A v1 perf_event mount is used where there is one.
+        let (_d, host) = hybrid(true, "6");
+        let layout = Layout::detect(&host, CgroupMode::Hybrid, "t").unwrap();
+        assert!(
+            layout
+                .bases()
+                .contains(&"/sys/fs/cgroup/perf_event/cleanroom-t".to_owned())
+        );
+        // Bound to a v1 hierarchy that is not mounted here: nowhere to count.
+        let (_d, host) = hybrid(false, "6");
+        let layout = Layout::detect(&host, CgroupMode::Hybrid, "t").unwrap();
+        assert!(
+            layout.bases().iter().all(|b| !b.contains("unified")),
+            "{:?}",
+            layout.bases()
+        );
+    }
+
     #[test]
     fn v2_layout_limits_and_usage_on_a_fake_root() {
         let (d, host) = fake(&[
@@ -898,6 +1064,7 @@ mod tests {
             cpu_percent: Some(150),
             cpus: Some("1".into()),
             realtime: false,
+            counters: true,
         };
         let run = format!("{base}/runs-t/run-7");
         let cg = layout.create(&host, "7", &limits, None).unwrap();

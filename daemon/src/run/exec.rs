@@ -24,7 +24,7 @@ use super::batch::RunEvent;
 use super::cgroup::RunCgroup;
 use super::helper::Helper;
 use super::spawn::{self, Exit, Running};
-use super::{Error, Job, Runner, noise};
+use super::{Error, Job, Runner, counters, noise};
 use crate::host::Host;
 use crate::host::format::parse_psi_some_total;
 
@@ -62,7 +62,18 @@ impl Runner {
             }
         };
         let id = cg.id().to_owned();
-        let mut record = RunRecord::new(id.clone(), EndReason::FailedToStart, cpus);
+        let mut record = RunRecord::new(id.clone(), EndReason::FailedToStart, cpus.clone());
+        let counting = match self.start_counters(job, &cg, &cpus).await {
+            Ok(c) => c,
+            Err(e) => {
+                record.error = Some(e);
+                if let Some(h) = helper {
+                    h.dismiss();
+                }
+                remove(&host, cg).await;
+                return record;
+            }
+        };
         let pressure_before = pressure(&host);
         // The noise window opens as close to the exec as the daemon can get.
         let noise_start = probe.sample();
@@ -128,13 +139,32 @@ impl Runner {
             .await;
         record.wall_ms = outcome.ended.duration_since(t0).as_secs_f64() * 1e3;
         let exited = t0.elapsed();
-        let (usage, noise_end, own) = {
+        let (usage, noise_end, own, counted) = {
             let (h, c) = (host.clone(), cg.clone());
             let probe = probe.clone();
-            tokio::task::spawn_blocking(move || (c.usage(&h), probe.sample(), c.own_cpu(&h)))
-                .await
-                .unwrap_or_else(|_| (Default::default(), noise_start.clone(), noise::Own::Unknown))
+            tokio::task::spawn_blocking(move || {
+                let counted = counting.map(counters::Open::finish);
+                (c.usage(&h), probe.sample(), c.own_cpu(&h), counted)
+            })
+            .await
+            .unwrap_or_else(|_| {
+                let lost = Some(Err(std::io::Error::other("the reading task failed")));
+                (
+                    Default::default(),
+                    noise_start.clone(),
+                    noise::Own::Unknown,
+                    lost,
+                )
+            })
         };
+        match counted {
+            Some(Ok(c)) => {
+                record.instructions = c.instructions;
+                record.counters = Some(c);
+            }
+            Some(Err(e)) => record.error = Some(format!("cannot read performance counters: {e}")),
+            None => {}
+        }
         if job.limits.realtime {
             cg.release_rt_time(&host);
         }
@@ -184,6 +214,32 @@ impl Runner {
         record
     }
 
+    /// The run's performance counters, opened and started on its cgroup for the CPUs it
+    /// may use, when its job counts them (bounded work: a few system calls a CPU).
+    async fn start_counters(
+        &self,
+        job: &Job,
+        cg: &RunCgroup,
+        cpus: &str,
+    ) -> Result<Option<counters::Open>, String> {
+        if !job.limits.counters {
+            return Ok(None);
+        }
+        let dir = cg.perf_dir().ok_or_else(|| {
+            "performance counters need the run's cgroup in the perf_event hierarchy, and this \
+             host has none (no v1 perf_event mount, no unified hierarchy holding it)"
+                .to_owned()
+        })?;
+        let set = crate::host::format::parse_cpu_list(cpus)
+            .map_err(|e| format!("the run's CPUs {cpus:?}: {e}"))?;
+        let file = self.host.open_dir(dir).map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || counters::Open::start(&file, &set))
+            .await
+            .map_err(|e| e.to_string())?
+            .map(Some)
+            .map_err(|e| format!("cannot open performance counters of {dir}: {e}"))
+    }
+
     /// The run's cgroup with its limits: a slot prepared ahead (with its helper on v1)
     /// when one is ready, else made now. On cgroup v2 an exclusive run goes into the
     /// shield's partition (made now), and any other run stays off the shielded CPUs.
@@ -207,8 +263,10 @@ impl Runner {
         // smaller task or memory limit make their cgroup now.
         let fits = limits.pids.is_none_or(|n| n >= 2)
             && limits.memory.is_none_or(|m| m >= SLOT_MIN_MEMORY);
+        // A run that counts needs its cgroup in the perf_event hierarchy, which slots
+        // leave out (a hybrid host's unified one cannot rename a slot's directory).
         let slot = match (&self.slots, &partition) {
-            (Some(slots), None) if fits => slots.take(),
+            (Some(slots), None) if fits && !limits.counters => slots.take(),
             _ => None,
         };
         if let Some(slot) = slot {

@@ -115,6 +115,15 @@ pub fn metric_samples(r: &RunResult, metric: Metric) -> Vec<f64> {
             }
             _ => series("cpu_ms", |x| x.user_ms + x.sys_ms),
         },
+        Metric::Cycles => match r.samples.get("cycles") {
+            Some(values) => values.clone(),
+            None => r
+                .runs
+                .iter()
+                .chain(r.runs.is_empty().then_some(&r.last))
+                .filter_map(|x| x.counters.as_ref()?.cycles.map(|n| n as f64))
+                .collect(),
+        },
         // Counted runs only: a batch measured without counting has none.
         Metric::Instructions => match r.samples.get("instructions") {
             Some(values) => values.clone(),
@@ -315,6 +324,7 @@ pub async fn label_history(
                 Metric::Wall => row.median_wall_ms,
                 Metric::Cpu => row.median_cpu_ms,
                 Metric::Instructions => row.median_instructions,
+                Metric::Cycles => row.median_cycles,
             }?;
             Some(HistoryPoint {
                 batch: row.batch,

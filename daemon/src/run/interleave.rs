@@ -51,6 +51,11 @@ fn value(r: &RunRecord, metric: Metric) -> f64 {
         Metric::Cpu => r.user_ms + r.sys_ms,
         // A run whose count is missing (its stderr cut at the output cap) is left out.
         Metric::Instructions => r.instructions.map_or(f64::NAN, |n| n as f64),
+        Metric::Cycles => r
+            .counters
+            .as_ref()
+            .and_then(|c| c.cycles)
+            .map_or(f64::NAN, |n| n as f64),
     }
 }
 

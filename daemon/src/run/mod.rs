@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod changepoint;
 pub mod compare;
 pub mod contain;
+pub mod counters;
 pub mod cpus;
 mod error;
 mod exec;

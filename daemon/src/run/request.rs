@@ -114,6 +114,9 @@ pub async fn resolve(
         Some(name) => Some(baseline(store, caller, name).await?),
         None => None,
     };
+    if let (Some(b), Metric::Instructions) = (&baseline, params.metric) {
+        same_instructions(b, counts_counters(&params))?;
+    }
     let (uid, gid, groups) = match &params.user {
         None => (caller.uid, caller.gid, caller.groups.clone()),
         Some(_) if !caller.admin => return Err(Error::AdminOnly("running as another user")),
@@ -136,6 +139,10 @@ pub async fn resolve(
                 instructions::PACKAGE
             )));
         }
+    }
+    let counters = counts_counters(&params);
+    if params.baseline.is_some() {
+        needs_pmu(params.metric, params.measure)?;
     }
     let exclusive = wanted_cpus(&params)?;
     let instructions = counts_instructions(&params);
@@ -160,6 +167,7 @@ pub async fn resolve(
             cpu_percent: params.cpu_percent,
             cpus: None,
             realtime: params.realtime,
+            counters,
         },
         timeout: params.timeout_ms.map(Duration::from_millis),
     };
@@ -181,9 +189,63 @@ pub async fn resolve(
     })
 }
 
-/// Whether a run counts instructions: asked for, or the metric compared.
+/// Whether a run counts instructions under cachegrind: asked for, or the metric compared
+/// (unless the PMU counts them, with `measure` `counters`).
 fn counts_instructions(p: &RunParams) -> bool {
-    p.measure == Some(Measure::Instructions) || p.metric == Metric::Instructions
+    p.measure == Some(Measure::Instructions)
+        || (p.metric == Metric::Instructions && p.measure != Some(Measure::Counters))
+}
+
+/// Refuses a metric the PMU must count on a host without one, saying why and what counts
+/// instead.
+fn needs_pmu(metric: Metric, measure: Option<Measure>) -> Result<(), Error> {
+    let pmu = metric == Metric::Cycles
+        || (metric == Metric::Instructions && measure == Some(Measure::Counters));
+    match super::counters::hardware_unsupported() {
+        Some(why) if pmu => Err(Error::Invalid(format!(
+            "metric {}: unsupported on this host: {why} ({})",
+            metric.series(),
+            if metric == Metric::Instructions {
+                "--measure instructions counts them under cachegrind instead"
+            } else {
+                "--metric instructions counts instructions under cachegrind instead"
+            }
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses to compare instructions counted one way with a baseline's counted the other (a
+/// simulated CPU and a real one count differently: the ratio would measure the difference
+/// between the counters).
+fn same_instructions(b: &Baseline, pmu: bool) -> Result<(), Error> {
+    let records = || b.result.runs.iter().chain(std::iter::once(&b.result.last));
+    if !records().any(|r| r.instructions.is_some()) {
+        return Ok(()); // none counted: the comparison says so
+    }
+    let by_pmu = records().any(|r| r.counters.is_some());
+    let how = |pmu: bool| {
+        if pmu {
+            "by the PMU (--measure counters)"
+        } else {
+            "under cachegrind (--measure instructions)"
+        }
+    };
+    if by_pmu == pmu {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "metric instructions: {} counted them {}, this run would count them {}: counts of \
+         the two are not comparable (measure the way the baseline was)",
+        b.against,
+        how(by_pmu),
+        how(pmu)
+    )))
+}
+
+/// Whether a run reads performance counters: asked for, or cycles compared.
+fn counts_counters(p: &RunParams) -> bool {
+    p.measure == Some(Measure::Counters) || p.metric == Metric::Cycles
 }
 
 /// Most seconds `until_decided` may measure.
@@ -198,6 +260,7 @@ pub async fn resolve_compare(
     store: &Store,
 ) -> Result<Compare, Error> {
     check_compare(&p, bounds.max_repeat)?;
+    needs_pmu(p.metric, p.options.measure)?;
     let repeat = p.options.repeat;
     let max_rounds = p
         .max_rounds
@@ -207,9 +270,11 @@ pub async fn resolve_compare(
         let params = RunParams {
             argv: argv.clone(),
             label: p.labels.get(i).cloned(),
-            measure: match p.metric {
-                Metric::Instructions => Some(Measure::Instructions),
-                _ => p.options.measure,
+            measure: match (p.metric, p.options.measure) {
+                (Metric::Instructions, Some(Measure::Counters)) => Some(Measure::Counters),
+                (Metric::Instructions, _) => Some(Measure::Instructions),
+                (Metric::Cycles, _) => Some(Measure::Counters),
+                (_, m) => m,
             },
             ..p.options.clone()
         };
@@ -510,6 +575,41 @@ fn home_of(uid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instructions_counted_one_way_are_never_compared_with_the_other() {
+        use cleanroom_proto::{Counters, EndReason, RunRecord};
+        let baseline = |instructions: Option<u64>, pmu: bool| {
+            let mut last = RunRecord::new("1".into(), EndReason::Exited, "0".into());
+            last.instructions = instructions;
+            last.counters = pmu.then(|| Counters {
+                instructions,
+                ..Counters::default()
+            });
+            Baseline {
+                against: "baseline:old".into(),
+                batch: "1".into(),
+                owner: 0,
+                label: None,
+                result: super::super::batch::bare("1".into(), last),
+            }
+        };
+        let grind = baseline(Some(1000), false);
+        assert!(same_instructions(&grind, false).is_ok());
+        let Err(Error::Invalid(m)) = same_instructions(&grind, true) else {
+            panic!("cachegrind's count compared with the PMU's");
+        };
+        assert!(
+            m.contains("baseline:old counted them under cachegrind"),
+            "{m}"
+        );
+        assert!(m.contains("this run would count them by the PMU"), "{m}");
+        let pmu = baseline(Some(1000), true);
+        assert!(same_instructions(&pmu, true).is_ok());
+        assert!(same_instructions(&pmu, false).is_err());
+        // A baseline that counted none: the comparison itself says there is nothing.
+        assert!(same_instructions(&baseline(None, false), true).is_ok());
+    }
 
     #[test]
     fn environment_defaults_and_overrides() {

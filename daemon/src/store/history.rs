@@ -67,8 +67,8 @@ fn insert_tx(conn: &mut Connection, row: &BatchRow, keep: u32) -> rusqlite::Resu
     tx.execute(
         "INSERT INTO runs (batch, ts, uid, label, argv, result,
                            n_runs, end_reason, exit_code, median_wall_ms, median_cpu_ms,
-                           median_instructions)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(json_array_length(?6, '$.samples.wall_ms'), nullif(json_array_length(?6, '$.runs'), 0), 1), json_extract(?6, '$.end_reason'), json_extract(?6, '$.exit_code'), coalesce(json_extract(?6, '$.stats.wall_ms.median'), json_extract(?6, '$.wall_ms')), coalesce(json_extract(?6, '$.stats.cpu_ms.median'), json_extract(?6, '$.user_ms') + json_extract(?6, '$.sys_ms')), coalesce(json_extract(?6, '$.stats.instructions.median'), json_extract(?6, '$.instructions')))",
+                           median_instructions, median_cycles)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(json_array_length(?6, '$.samples.wall_ms'), nullif(json_array_length(?6, '$.runs'), 0), 1), json_extract(?6, '$.end_reason'), json_extract(?6, '$.exit_code'), coalesce(json_extract(?6, '$.stats.wall_ms.median'), json_extract(?6, '$.wall_ms')), coalesce(json_extract(?6, '$.stats.cpu_ms.median'), json_extract(?6, '$.user_ms') + json_extract(?6, '$.sys_ms')), coalesce(json_extract(?6, '$.stats.instructions.median'), json_extract(?6, '$.instructions')), coalesce(json_extract(?6, '$.stats.cycles.median'), json_extract(?6, '$.counters.cycles')))",
         params![row.batch, now(), row.uid, row.label, row.argv, row.result],
     )?;
     // Retention is per uid: one runner's thousand batches never push out anyone else's.
@@ -164,6 +164,8 @@ pub struct PointRow {
     pub median_cpu_ms: Option<f64>,
     /// Median instructions executed, where counted.
     pub median_instructions: Option<f64>,
+    /// Median CPU cycles, where counted.
+    pub median_cycles: Option<f64>,
     /// The baselines naming it.
     pub baselines: Vec<String>,
 }
@@ -181,7 +183,7 @@ pub fn label_points(
     let uids = uids.map(|u| serde_json::Value::from(u.to_vec()).to_string());
     let mut stmt = conn.prepare_cached(
         "SELECT batch, ts, uid, n_runs, median_wall_ms, median_cpu_ms, median_instructions,
-                (SELECT json_group_array(name) FROM baselines b WHERE b.batch = r.batch)
+                median_cycles, (SELECT json_group_array(name) FROM baselines b WHERE b.batch = r.batch)
          FROM runs r
          WHERE label = ?1 AND end_reason = 'exited'
            AND (?2 IS NULL OR uid IN (SELECT value FROM json_each(?2)))
@@ -189,7 +191,7 @@ pub fn label_points(
     )?;
     let mut rows = stmt
         .query_map(params![label, uids, limit], |r| {
-            let names: String = r.get(7)?;
+            let names: String = r.get(8)?;
             Ok(PointRow {
                 batch: r.get(0)?,
                 ts: r.get(1)?,
@@ -198,6 +200,7 @@ pub fn label_points(
                 median_wall_ms: r.get(4)?,
                 median_cpu_ms: r.get(5)?,
                 median_instructions: r.get(6)?,
+                median_cycles: r.get(7)?,
                 baselines: serde_json::from_str(&names).unwrap_or_default(),
             })
         })?

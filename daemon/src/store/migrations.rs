@@ -158,6 +158,11 @@ const MIGRATIONS: &[&str] = &[
     UPDATE runs SET median_cpu_ms = coalesce(
         json_extract(result, '$.stats.user_ms.median') + json_extract(result, '$.stats.sys_ms.median'),
         json_extract(result, '$.user_ms') + json_extract(result, '$.sys_ms'));",
+    // 12: a label's history follows CPU cycles too (performance counters, where the host
+    // has a PMU; none before they were counted).
+    "ALTER TABLE runs ADD COLUMN median_cycles REAL;
+    UPDATE runs SET median_cycles = coalesce(
+        json_extract(result, '$.stats.cycles.median'), json_extract(result, '$.counters.cycles'));",
 ];
 
 /// The schema version this binary writes.
