@@ -984,3 +984,42 @@ fn a_root_callers_run_sees_its_own_cgroups_read_only_and_the_hosts_mounts_stay()
     }
     assert_eq!(leakable_mounts(), before, "a run's mounts reached the host");
 }
+
+#[test]
+fn a_runners_counters_count_its_own_run_through_its_cgroup() {
+    if !is_root_or_skip("a_runners_counters_count_its_own_run_through_its_cgroup") {
+        return;
+    }
+    let d = Daemon::builder()
+        .config("[socket]\nmode = 0o666\n[auth]\nrunner_group = \"nogroup\"\n")
+        .world_traversable()
+        .start();
+    // A runner's run (nobody: no containment, its own uid) is counted through its cgroup
+    // like any other, and only its own tasks: its task clock is its own CPU time.
+    let script = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done";
+    let out = d.ctl_as(
+        &NOBODY,
+        &[
+            "--json",
+            "run",
+            "--measure",
+            "counters",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let r = cleanroom::runs::json_of(&out);
+    let cpu = r["user_ms"].as_f64().unwrap() + r["sys_ms"].as_f64().unwrap();
+    let task = r["counters"]["task_clock_ms"].as_f64().unwrap();
+    assert!(cpu > 10.0, "{r}");
+    assert!((task - cpu).abs() <= 0.05 * cpu + 3.0, "{r}");
+    // Without a PMU (this VM) the runner is told why there are no hardware counters.
+    let pmu = std::path::Path::new("/sys/bus/event_source/devices/cpu").exists();
+    if !pmu {
+        let why = r["counters"]["hardware_unsupported"].as_str().unwrap();
+        assert!(why.starts_with("no hardware PMU"), "{r}");
+    }
+}

@@ -6,6 +6,7 @@
 //! wide (20 %) where a test needs an outcome that cannot flip by chance: twice the work is
 //! `slower` and the same work is not, whatever the machine's noise.
 
+use cleanroom::runs::alive;
 use cleanroom::runs::json_of;
 use cleanroom::{Daemon, Procs, is_root_or_skip};
 
@@ -599,6 +600,13 @@ fn instructions_counted_under_cachegrind_decide_with_few_rounds() {
     );
 }
 
+/// Nothing ran: the daemon stored no batch.
+fn assert_nothing_stored(d: &Daemon) {
+    let listed = json_of(&d.ctl(&["--json", "runs", "list"]));
+    let n = listed["batches"].as_array().map(Vec::len);
+    assert_eq!(n, Some(0), "{listed}");
+}
+
 /// Whether this host has a hardware PMU, by the kernel's own list of event sources (the
 /// core PMU is `cpu` on x86, `cpu_core`/`cpu_atom` on hybrid Intel, `armv8_pmuv3*` on Arm).
 fn host_has_pmu() -> bool {
@@ -685,6 +693,12 @@ fn counters_count_every_process_of_the_run_through_its_cgroup() {
             "{k}: {r}"
         );
     }
+    // The PMU's instructions never share cachegrind's series.
+    assert!(r["samples"]["instructions"].is_null(), "{r}");
+    for k in ["cycles", "pmu_instructions"] {
+        let n = r["samples"][k].as_array().map(Vec::len);
+        assert_eq!(n, pmu.then_some(3), "{k}: {r}");
+    }
     // The summary says what the counters saw, and why there are no hardware ones.
     let out = d.ctl(&["run", "--measure", "counters", "--", "true"]);
     let said = String::from_utf8_lossy(&out.stderr);
@@ -715,6 +729,11 @@ fn cycles_are_compared_where_there_is_a_pmu_and_refused_plainly_where_not() {
         assert!(out.status.success(), "{out:?}");
         let r = json_of(&out);
         assert_eq!(r["sides"][1]["comparison"]["metric"], "cycles", "{r}");
+        for side in r["sides"].as_array().unwrap() {
+            let cycles = side["samples"]["cycles"].as_array().unwrap();
+            assert_eq!(cycles.len(), 5, "{r}");
+            assert!(cycles.iter().all(|c| c.as_f64().unwrap() > 0.0), "{r}");
+        }
         return;
     }
     // Refused before anything runs, saying why and what counts instead.
@@ -725,31 +744,113 @@ fn cycles_are_compared_where_there_is_a_pmu_and_refused_plainly_where_not() {
         "{said}"
     );
     assert!(said.contains("--metric instructions"), "{said}");
-    let listed = json_of(&d.ctl(&["--json", "runs", "list"]));
-    assert_eq!(
-        listed["batches"].as_array().map(Vec::len),
-        Some(0),
-        "{listed}"
-    );
-    // The PMU's instructions likewise; cachegrind's are what this host can count.
-    let args = compare_args(
-        &[
-            "--metric",
+    assert_nothing_stored(&d);
+}
+
+#[test]
+fn a_measure_that_contradicts_the_metric_is_refused_before_anything_runs() {
+    if !is_root_or_skip("a_measure_that_contradicts_the_metric_is_refused_before_anything_runs") {
+        return;
+    }
+    let d = Daemon::start();
+    for (metric, measure, says) in [
+        (
             "instructions",
-            "--measure",
             "counters",
-            "--rounds",
-            "5",
-        ],
-        &[busy(10), busy(10)],
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = d.ctl(&args);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+            "metric instructions compares the instructions cachegrind counts",
+        ),
+        ("cycles", "instructions", "they would be valgrind's"),
+    ] {
+        let args = compare_args(
+            &["--metric", metric, "--measure", measure, "--rounds", "5"],
+            &[busy(10), busy(10)],
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = d.ctl(&args);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(says), "{said}");
+    }
+    assert_nothing_stored(&d);
+}
+
+#[test]
+fn counters_hold_no_more_descriptors_than_their_budget_and_the_daemon_goes_on() {
+    if !is_root_or_skip(
+        "counters_hold_no_more_descriptors_than_their_budget_and_the_daemon_goes_on",
+    ) {
+        return;
+    }
+    let d = Daemon::builder().start();
+    // A run that counts holds 10 descriptors a CPU it may use; counters may hold a quarter
+    // of the daemon's open-files limit. Lowered (on the running daemon) to six runs' worth,
+    // the budget has room for one run that counts and not two.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let limit = 60 * cpus;
+    let out = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &d.pid().to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let held = d.dir().join("held");
+    let script = format!("touch {}; sleep 1207.5", held.display());
+    // Runs get an open-files limit under the daemon's new one (the start-up limit they get
+    // by default is above it now).
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--rlimit", "nofile=64"];
+        all.extend_from_slice(args);
+        d.ctl(&all)
+    };
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--rlimit",
+        "nofile=64",
+        "--detach",
+        "--measure",
+        "counters",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let first = json_of(&out)["batch"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !held.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never started: {:?} {}",
+            d.ctl(&["runs", "show", &first]),
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The second is refused, saying why; one that does not count runs as ever.
+    let out = run(&["--measure", "counters", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?} {}", d.log());
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("metric instructions: unsupported"), "{said}");
-    assert!(
-        said.contains("--measure instructions counts them under cachegrind"),
-        "{said}"
-    );
+    assert!(said.contains("too many runs count at once"), "{said}");
+    assert!(run(&["--", "true"]).status.success());
+    // Its descriptors come back when it ends: the next run that counts runs.
+    assert!(d.ctl(&["runs", "cancel", &first]).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = run(&["--measure", "counters", "--", "true"]);
+        if out.status.success() {
+            break;
+        }
+        // Until the cancelled run is gone, its counters are still held.
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("too many runs count at once"), "{said}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never given back: {said}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(alive("1207.5").is_empty());
 }

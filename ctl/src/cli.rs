@@ -226,8 +226,8 @@ pub struct RunArgs {
     pub fail_inconclusive: bool,
     /// With --baseline: what to compare, wall (wall time), cpu (user + system CPU time
     /// of the whole run, from the kernel's nanosecond counters), instructions (counted
-    /// under cachegrind: implies --measure instructions; by the PMU with --measure
-    /// counters; the baseline must have them, counted the same way) or cycles (the PMU's:
+    /// under cachegrind: implies --measure instructions; the baseline must have them) or
+    /// cycles (the PMU's:
     /// implies --measure counters; refused on a host without a PMU).
     #[arg(long, value_name = "METRIC", default_value = "wall", requires = "baseline", value_parser = parse_metric)]
     pub metric: cleanroom_proto::Metric,
@@ -263,7 +263,7 @@ pub struct CompareArgs {
     /// What to compare: wall (wall time), cpu (user + system CPU time of the whole run,
     /// from the kernel's nanosecond counters), instructions (executed, counted under
     /// valgrind's cachegrind: immune to the machine's noise; implies --measure
-    /// instructions; with --measure counters the PMU counts them instead) or cycles (CPU
+    /// instructions) or cycles (CPU
     /// cycles counted by the PMU: implies --measure counters; refused on a host without
     /// a PMU, as most virtual machines are).
     #[arg(long, value_name = "METRIC", default_value = "wall", value_parser = parse_metric)]

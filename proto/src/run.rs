@@ -118,9 +118,9 @@ pub enum Metric {
     /// CPU time of the whole run, user and system (`cpu_ms`), from the kernel's
     /// nanosecond counters.
     Cpu,
-    /// Instructions executed (`instructions`): counted by the PMU with
-    /// [`Measure::Counters`], else under valgrind's cachegrind (implies
-    /// [`Measure::Instructions`]). Counts of the two kinds are never compared.
+    /// Instructions executed, counted under valgrind's cachegrind (`instructions`;
+    /// implies [`Measure::Instructions`]). The PMU's count is in [`Counters`] and never
+    /// compared with it: a simulated CPU and a real one count differently.
     Instructions,
     /// CPU cycles of the whole run, counted by the PMU (`cycles`; implies
     /// [`Measure::Counters`]; refused where the host has no PMU).
@@ -356,8 +356,8 @@ pub struct RunRecord {
     /// Why it could not start, if it could not.
     #[serde(default)]
     pub error: Option<String>,
-    /// Instructions executed (every process it started): simulated under cachegrind with
-    /// `measure` `instructions`, the PMU's count with `measure` `counters`.
+    /// Instructions executed, with `measure` `instructions` (every process it started,
+    /// under cachegrind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instructions: Option<u64>,
     /// Performance counters, with `measure` `counters`.

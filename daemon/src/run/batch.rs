@@ -812,8 +812,9 @@ fn samples(measured: &[RunRecord]) -> BTreeMap<String, Vec<f64>> {
 /// A measure only some runs have: its series name and its value in a run.
 type CountedSeries = (&'static str, fn(&RunRecord) -> Option<f64>);
 
-/// The series of counted measures (cachegrind's instructions or the PMU's, and the
-/// performance counters).
+/// The series of counted measures: cachegrind's instructions, and the performance counters
+/// (the PMU's instructions as `pmu_instructions`: a real CPU and a simulated one count
+/// differently, so the two never share a series).
 const COUNTED: &[CountedSeries] = &[
     ("instructions", |r| r.instructions.map(|n| n as f64)),
     ("task_clock_ms", |r| {
@@ -827,6 +828,9 @@ const COUNTED: &[CountedSeries] = &[
     }),
     ("page_faults", |r| {
         r.counters.as_ref().map(|c| c.page_faults as f64)
+    }),
+    ("pmu_instructions", |r| {
+        r.counters.as_ref()?.instructions.map(|n| n as f64)
     }),
     ("cycles", |r| r.counters.as_ref()?.cycles.map(|n| n as f64)),
     ("branch_misses", |r| {

@@ -156,8 +156,15 @@ impl Layout {
                     }
                     hiers.push((mount.controllers.clone(), base));
                 }
-                if let Some(perf) = perf_v1(host, &mounts, &own, instance)? {
-                    hiers.push(perf);
+                // Optional: a host where it cannot be made still runs everything that does
+                // not count (and a run that does is refused, saying why).
+                match perf_v1(host, &mounts, &own, instance) {
+                    Ok(Some(perf)) => hiers.push(perf),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "no cgroup for runs' performance counters; runs that count are refused"
+                    ),
                 }
                 Ok(Layout::V1(hiers))
             }
@@ -798,7 +805,7 @@ fn perf_v1(
     mounts: &[crate::host::CgroupMount],
     own: &[crate::host::ProcCgroup],
     instance: &str,
-) -> Result<Option<(Vec<String>, String)>, LayoutError> {
+) -> Result<Option<(Vec<String>, String)>, HostError> {
     let own_path = |of: &dyn Fn(&crate::host::ProcCgroup) -> bool| {
         own.iter()
             .find(|c| of(c))

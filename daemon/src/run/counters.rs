@@ -26,6 +26,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cleanroom_proto::run::Counters;
 use perf_event::events::{Event, Hardware, Software};
@@ -49,15 +50,26 @@ const HARDWARE: [Hardware; 4] = [
 
 /// Why this host has no hardware counters, or `None` when it has them: asked of the kernel
 /// once (a cycles counter of the calling thread), then remembered.
-pub fn hardware_unsupported() -> Option<&'static str> {
-    static WHY: OnceLock<Option<String>> = OnceLock::new();
-    WHY.get_or_init(|| {
-        Builder::new(Hardware::CPU_CYCLES)
-            .build()
-            .err()
-            .map(|e| unsupported_reason(&e))
-    })
-    .as_deref()
+pub fn hardware_unsupported() -> Option<String> {
+    // Only the kernel's answer that it has no such event is remembered: any other refusal
+    // (out of descriptors, a busy PMU) may pass, and is asked again next time.
+    static NONE: OnceLock<Option<String>> = OnceLock::new();
+    if let Some(known) = NONE.get() {
+        return known.clone();
+    }
+    match Builder::new(Hardware::CPU_CYCLES).build() {
+        Ok(_) => NONE.get_or_init(|| None).clone(),
+        Err(e) if no_such_event(&e) => NONE.get_or_init(|| Some(unsupported_reason(&e))).clone(),
+        Err(e) => Some(unsupported_reason(&e)),
+    }
+}
+
+/// Whether the kernel refused an event because it has no such event here.
+fn no_such_event(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::EOPNOTSUPP | libc::ENODEV)
+    )
 }
 
 /// The plain words for a hardware counter the kernel refused.
@@ -80,12 +92,58 @@ struct CpuGroup {
     members: Vec<Option<Counter>>,
 }
 
+/// Descriptors every run's counters hold at most, per CPU: two group leaders and eight
+/// events.
+const FDS_PER_CPU: usize = 2 + SOFTWARE.len() + HARDWARE.len();
+
+/// Descriptors held by counters now, in the whole daemon.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// Most descriptors counters may hold at once: a quarter of the daemon's open-files limit,
+/// so runs that count (a member's dozens of them on a host of hundreds of CPUs) never take
+/// the descriptors connections and runs need.
+fn budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        let most = usize::try_from(soft).unwrap_or(usize::MAX) / 4;
+        tracing::debug!(descriptors = most, "performance counters' budget");
+        most
+    })
+}
+
+/// Descriptors taken from a budget, given back when dropped.
+#[derive(Debug)]
+struct Reserved {
+    held: &'static AtomicUsize,
+    n: usize,
+}
+
+impl Reserved {
+    /// Takes `n` descriptors from `held`'s budget of `most`, or says how many are held.
+    fn take(held: &'static AtomicUsize, n: usize, most: usize) -> Result<Reserved, usize> {
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+            h.checked_add(n).filter(|&t| t <= most)
+        })
+        .map(|_| Reserved { held, n })
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
 /// Counters open on a run's cgroup.
 pub struct Open {
     software: Vec<CpuGroup>,
     hardware: Vec<CpuGroup>,
     /// Why there are no hardware counters.
     unsupported: Option<String>,
+    /// Their descriptors' share of the budget (dropped after them).
+    _reserved: Reserved,
 }
 
 impl std::fmt::Debug for Open {
@@ -147,9 +205,7 @@ fn available<E: Event + Copy>(cg: &File, cpu: usize, events: &[E]) -> io::Result
             .build();
         match r {
             Ok(_) => out.push(true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EOPNOTSUPP)) => {
-                out.push(false)
-            }
+            Err(e) if no_such_event(&e) => out.push(false),
             Err(e) => return Err(e),
         }
     }
@@ -159,14 +215,25 @@ fn available<E: Event + Copy>(cg: &File, cpu: usize, events: &[E]) -> io::Result
 impl Open {
     /// Opens and starts the counters of the cgroup `cg` (its directory, opened) on `cpus`.
     /// Software counters must open (the error says why not); hardware ones are left out
-    /// with the reason when the host has no PMU.
+    /// with the reason when the host has no PMU, and any other refusal of theirs is an
+    /// error too (a run that counts never loses counts quietly).
     pub fn start(cg: &File, cpus: &BTreeSet<u32>) -> io::Result<Open> {
+        let want = cpus.len().saturating_mul(FDS_PER_CPU);
+        let reserved = Reserved::take(&HELD, want, budget()).map_err(|held| {
+            io::Error::other(format!(
+                "too many runs count at once: counters hold {held} descriptors of the {} \
+                 the daemon allows them, and this run needs {want} ({} CPUs); try again \
+                 when some end",
+                budget(),
+                cpus.len()
+            ))
+        })?;
         let mut software = Vec::with_capacity(cpus.len());
         for &cpu in cpus {
             software.push(open_group(cg, cpu as usize, (&SOFTWARE, true), &[true; 4])?);
         }
         let mut hardware = Vec::new();
-        let mut unsupported = hardware_unsupported().map(str::to_owned);
+        let mut unsupported = hardware_unsupported();
         if unsupported.is_none() {
             let opened = cpus.first().map_or(Ok(Vec::new()), |&first| {
                 let wanted = available(cg, first as usize, &HARDWARE)?;
@@ -179,7 +246,8 @@ impl Open {
             });
             match opened {
                 Ok(groups) => hardware = groups,
-                Err(e) => unsupported = Some(unsupported_reason(&e)),
+                Err(e) if no_such_event(&e) => unsupported = Some(unsupported_reason(&e)),
+                Err(e) => return Err(e),
             }
         }
         for g in software.iter_mut().chain(hardware.iter_mut()) {
@@ -189,6 +257,7 @@ impl Open {
             software,
             hardware,
             unsupported,
+            _reserved: reserved,
         })
     }
 
@@ -207,6 +276,8 @@ struct Summed {
     values: Vec<Option<f64>>,
     enabled_ns: u64,
     running_ns: u64,
+    /// Some CPU's group never counted while the run was there (its events are unknown).
+    starved: bool,
 }
 
 /// Reads every group (disabled first, so the counts no longer move) and sums them.
@@ -252,6 +323,7 @@ fn sum(reads: &[CpuRead]) -> Summed {
     for r in reads {
         out.enabled_ns += r.enabled;
         out.running_ns += r.running;
+        out.starved |= r.enabled > 0 && r.running == 0;
         for (i, slot) in out.values.iter_mut().enumerate() {
             let v = r.values.get(i).copied().flatten();
             *slot = match (*slot, v) {
@@ -282,8 +354,9 @@ impl Raw {
                 .flatten()
                 .map(|v| v.round() as u64)
         };
-        let busy =
-            unsupported.is_none() && self.hardware.enabled_ns > 0 && self.hardware.running_ns == 0;
+        // Opened, but not counted on some CPU the run was on (another user held the PMU
+        // all that time there): nothing to scale from, so said rather than guessed.
+        let starved = unsupported.is_none() && self.hardware.starved;
         Counters {
             task_clock_ms: sw(0).unwrap_or(0.0) / 1e6,
             context_switches: sw(1).unwrap_or(0.0).round() as u64,
@@ -296,7 +369,11 @@ impl Raw {
             hardware_running: (self.hardware.enabled_ns > 0)
                 .then(|| self.hardware.running_ns as f64 / self.hardware.enabled_ns as f64),
             hardware_unsupported: unsupported.or_else(|| {
-                busy.then(|| "the PMU was taken by other counters the whole run".to_owned())
+                starved.then(|| {
+                    "not counted: other counters held the PMU all the time the run was on \
+                     one of its CPUs"
+                        .to_owned()
+                })
             }),
         }
     }
@@ -330,8 +407,10 @@ mod tests {
     fn a_cpu_the_run_never_used_adds_nothing_and_one_never_counted_is_unknown() {
         let unused = sum(&[read(&[Some(7)], 5_000, 5_000), read(&[Some(0)], 0, 0)]);
         assert_eq!(unused.values, vec![Some(7.0)]);
+        assert!(!unused.starved);
         let starved = sum(&[read(&[Some(7)], 5_000, 5_000), read(&[Some(0)], 3_000, 0)]);
         assert_eq!(starved.values, vec![None]);
+        assert!(starved.starved);
         let missing = sum(&[read(&[None], 5_000, 5_000)]);
         assert_eq!(missing.values, vec![None]);
     }
@@ -343,6 +422,7 @@ mod tests {
                 values: vec![Some(2.5e6), Some(3.0), Some(1.0), Some(90.0)],
                 enabled_ns: 1,
                 running_ns: 1,
+                starved: false,
             },
             hardware: hw,
         };
@@ -355,14 +435,32 @@ mod tests {
             none.hardware_unsupported.as_deref(),
             Some("no hardware PMU")
         );
+        // Counted on one CPU, starved on another: unknown, and said why.
         let busy = raw(Summed {
             values: vec![None; 4],
             enabled_ns: 10,
-            running_ns: 0,
+            running_ns: 4,
+            starved: true,
         })
         .counters(None);
-        assert_eq!(busy.hardware_running, Some(0.0));
-        assert!(busy.hardware_unsupported.unwrap().contains("taken"));
+        assert_eq!(busy.cycles, None);
+        assert_eq!(busy.hardware_running, Some(0.4));
+        assert!(busy.hardware_unsupported.unwrap().contains("held the PMU"));
+    }
+
+    #[test]
+    fn counters_hold_no_more_descriptors_than_their_budget() {
+        static HELD_HERE: AtomicUsize = AtomicUsize::new(0);
+        let a = Reserved::take(&HELD_HERE, 60, 100).unwrap();
+        // 60 + 50 > 100: refused, saying how many are held.
+        assert_eq!(Reserved::take(&HELD_HERE, 50, 100).unwrap_err(), 60);
+        let b = Reserved::take(&HELD_HERE, 40, 100).unwrap();
+        assert_eq!(HELD_HERE.load(Ordering::Acquire), 100);
+        // Given back when dropped: room for the 50 again.
+        drop(a);
+        let c = Reserved::take(&HELD_HERE, 50, 100).unwrap();
+        drop((b, c));
+        assert_eq!(HELD_HERE.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -62,8 +62,8 @@ impl Runner {
             }
         };
         let id = cg.id().to_owned();
-        let mut record = RunRecord::new(id.clone(), EndReason::FailedToStart, cpus.clone());
-        let counting = match self.start_counters(job, &cg, &cpus).await {
+        let mut record = RunRecord::new(id.clone(), EndReason::FailedToStart, cpus);
+        let counting = match self.start_counters(job, &cg).await {
             Ok(c) => c,
             Err(e) => {
                 record.error = Some(e);
@@ -158,10 +158,7 @@ impl Runner {
             })
         };
         match counted {
-            Some(Ok(c)) => {
-                record.instructions = c.instructions;
-                record.counters = Some(c);
-            }
+            Some(Ok(c)) => record.counters = Some(c),
             Some(Err(e)) => record.error = Some(format!("cannot read performance counters: {e}")),
             None => {}
         }
@@ -214,13 +211,14 @@ impl Runner {
         record
     }
 
-    /// The run's performance counters, opened and started on its cgroup for the CPUs it
-    /// may use, when its job counts them (bounded work: a few system calls a CPU).
+    /// The run's performance counters, opened and started on its cgroup when its job counts
+    /// them (bounded work: a few system calls a CPU): on the CPUs its cpuset holds it to
+    /// when it asked for some, else on every online CPU (its own affinity is its to widen
+    /// within its cgroup's CPUs).
     async fn start_counters(
         &self,
         job: &Job,
         cg: &RunCgroup,
-        cpus: &str,
     ) -> Result<Option<counters::Open>, String> {
         if !job.limits.counters {
             return Ok(None);
@@ -230,8 +228,15 @@ impl Runner {
              host has none (no v1 perf_event mount, no unified hierarchy holding it)"
                 .to_owned()
         })?;
-        let set = crate::host::format::parse_cpu_list(cpus)
-            .map_err(|e| format!("the run's CPUs {cpus:?}: {e}"))?;
+        let cpus = match &job.limits.cpus {
+            Some(cpus) => cpus.clone(),
+            None => self
+                .host
+                .read("/sys/devices/system/cpu/online")
+                .map_err(|e| e.to_string())?,
+        };
+        let set = crate::host::format::parse_cpu_list(cpus.trim())
+            .map_err(|e| format!("the CPUs to count on, {cpus:?}: {e}"))?;
         let file = self.host.open_dir(dir).map_err(|e| e.to_string())?;
         tokio::task::spawn_blocking(move || counters::Open::start(&file, &set))
             .await

@@ -114,9 +114,6 @@ pub async fn resolve(
         Some(name) => Some(baseline(store, caller, name).await?),
         None => None,
     };
-    if let (Some(b), Metric::Instructions) = (&baseline, params.metric) {
-        same_instructions(b, counts_counters(&params))?;
-    }
     let (uid, gid, groups) = match &params.user {
         None => (caller.uid, caller.gid, caller.groups.clone()),
         Some(_) if !caller.admin => return Err(Error::AdminOnly("running as another user")),
@@ -142,7 +139,7 @@ pub async fn resolve(
     }
     let counters = counts_counters(&params);
     if params.baseline.is_some() {
-        needs_pmu(params.metric, params.measure)?;
+        check_measures(params.metric, params.measure)?;
     }
     let exclusive = wanted_cpus(&params)?;
     let instructions = counts_instructions(&params);
@@ -189,58 +186,40 @@ pub async fn resolve(
     })
 }
 
-/// Whether a run counts instructions under cachegrind: asked for, or the metric compared
-/// (unless the PMU counts them, with `measure` `counters`).
+/// Whether a run counts instructions under cachegrind: asked for, or the metric compared.
 fn counts_instructions(p: &RunParams) -> bool {
-    p.measure == Some(Measure::Instructions)
-        || (p.metric == Metric::Instructions && p.measure != Some(Measure::Counters))
+    p.measure == Some(Measure::Instructions) || p.metric == Metric::Instructions
 }
 
-/// Refuses a metric the PMU must count on a host without one, saying why and what counts
-/// instead.
-fn needs_pmu(metric: Metric, measure: Option<Measure>) -> Result<(), Error> {
-    let pmu = metric == Metric::Cycles
-        || (metric == Metric::Instructions && measure == Some(Measure::Counters));
+/// Refuses a measure that contradicts the metric compared, and cycles on a host without a
+/// PMU, saying why and what counts instead.
+fn check_measures(metric: Metric, measure: Option<Measure>) -> Result<(), Error> {
+    match (metric, measure) {
+        (Metric::Instructions, Some(Measure::Counters)) => {
+            return Err(Error::Invalid(
+                "metric instructions compares the instructions cachegrind counts (measure \
+                 instructions), not performance counters: drop measure counters, or compare \
+                 the PMU's cycles (metric cycles)"
+                    .into(),
+            ));
+        }
+        (Metric::Cycles, Some(Measure::Instructions)) => {
+            return Err(Error::Invalid(
+                "metric cycles counts the command's own cycles with the PMU (measure \
+                 counters); under cachegrind (measure instructions) they would be \
+                 valgrind's: drop measure instructions"
+                    .into(),
+            ));
+        }
+        _ => {}
+    }
     match super::counters::hardware_unsupported() {
-        Some(why) if pmu => Err(Error::Invalid(format!(
-            "metric {}: unsupported on this host: {why} ({})",
-            metric.series(),
-            if metric == Metric::Instructions {
-                "--measure instructions counts them under cachegrind instead"
-            } else {
-                "--metric instructions counts instructions under cachegrind instead"
-            }
+        Some(why) if metric == Metric::Cycles => Err(Error::Invalid(format!(
+            "metric cycles: unsupported on this host: {why} (--metric instructions counts \
+             instructions under cachegrind instead)"
         ))),
         _ => Ok(()),
     }
-}
-
-/// Refuses to compare instructions counted one way with a baseline's counted the other (a
-/// simulated CPU and a real one count differently: the ratio would measure the difference
-/// between the counters).
-fn same_instructions(b: &Baseline, pmu: bool) -> Result<(), Error> {
-    let records = || b.result.runs.iter().chain(std::iter::once(&b.result.last));
-    if !records().any(|r| r.instructions.is_some()) {
-        return Ok(()); // none counted: the comparison says so
-    }
-    let by_pmu = records().any(|r| r.counters.is_some());
-    let how = |pmu: bool| {
-        if pmu {
-            "by the PMU (--measure counters)"
-        } else {
-            "under cachegrind (--measure instructions)"
-        }
-    };
-    if by_pmu == pmu {
-        return Ok(());
-    }
-    Err(Error::Invalid(format!(
-        "metric instructions: {} counted them {}, this run would count them {}: counts of \
-         the two are not comparable (measure the way the baseline was)",
-        b.against,
-        how(by_pmu),
-        how(pmu)
-    )))
 }
 
 /// Whether a run reads performance counters: asked for, or cycles compared.
@@ -260,7 +239,7 @@ pub async fn resolve_compare(
     store: &Store,
 ) -> Result<Compare, Error> {
     check_compare(&p, bounds.max_repeat)?;
-    needs_pmu(p.metric, p.options.measure)?;
+    check_measures(p.metric, p.options.measure)?;
     let repeat = p.options.repeat;
     let max_rounds = p
         .max_rounds
@@ -270,11 +249,10 @@ pub async fn resolve_compare(
         let params = RunParams {
             argv: argv.clone(),
             label: p.labels.get(i).cloned(),
-            measure: match (p.metric, p.options.measure) {
-                (Metric::Instructions, Some(Measure::Counters)) => Some(Measure::Counters),
-                (Metric::Instructions, _) => Some(Measure::Instructions),
-                (Metric::Cycles, _) => Some(Measure::Counters),
-                (_, m) => m,
+            measure: match p.metric {
+                Metric::Instructions => Some(Measure::Instructions),
+                Metric::Cycles => Some(Measure::Counters),
+                _ => p.options.measure,
             },
             ..p.options.clone()
         };
@@ -577,38 +555,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn instructions_counted_one_way_are_never_compared_with_the_other() {
-        use cleanroom_proto::{Counters, EndReason, RunRecord};
-        let baseline = |instructions: Option<u64>, pmu: bool| {
-            let mut last = RunRecord::new("1".into(), EndReason::Exited, "0".into());
-            last.instructions = instructions;
-            last.counters = pmu.then(|| Counters {
-                instructions,
-                ..Counters::default()
-            });
-            Baseline {
-                against: "baseline:old".into(),
-                batch: "1".into(),
-                owner: 0,
-                label: None,
-                result: super::super::batch::bare("1".into(), last),
-            }
+    fn measures_that_contradict_the_metric_are_refused_naming_both() {
+        let refused = |metric, measure| match check_measures(metric, Some(measure)) {
+            Err(Error::Invalid(m)) => m,
+            other => panic!("{metric:?} with {measure:?}: {other:?}"),
         };
-        let grind = baseline(Some(1000), false);
-        assert!(same_instructions(&grind, false).is_ok());
-        let Err(Error::Invalid(m)) = same_instructions(&grind, true) else {
-            panic!("cachegrind's count compared with the PMU's");
-        };
+        let m = refused(Metric::Instructions, Measure::Counters);
         assert!(
-            m.contains("baseline:old counted them under cachegrind"),
+            m.contains("metric instructions") && m.contains("measure counters"),
             "{m}"
         );
-        assert!(m.contains("this run would count them by the PMU"), "{m}");
-        let pmu = baseline(Some(1000), true);
-        assert!(same_instructions(&pmu, true).is_ok());
-        assert!(same_instructions(&pmu, false).is_err());
-        // A baseline that counted none: the comparison itself says there is nothing.
-        assert!(same_instructions(&baseline(None, false), true).is_ok());
+        let m = refused(Metric::Cycles, Measure::Instructions);
+        assert!(
+            m.contains("metric cycles") && m.contains("valgrind's"),
+            "{m}"
+        );
+        assert!(check_measures(Metric::Instructions, Some(Measure::Instructions)).is_ok());
+        assert!(check_measures(Metric::Wall, Some(Measure::Counters)).is_ok());
     }
 
     #[test]
