@@ -60,6 +60,12 @@
 //! shield_exempt_names = ["qemu-*"]     # ... by command name (glob)
 //! shield_exempt_cgroups = ["/system.slice/db.service"] # ... by cgroup (and below)
 //! shield_partition = true              # v2: a cpuset partition (no exemptions possible)
+//!
+//! [metrics]                            # GET /metrics over HTTP (off by default)
+//! listen = "127.0.0.1:9469"            # unauthenticated, read-only; loopback unless:
+//! allow_remote = false                 # true lets `listen` be any address
+//! max_connections = 16                 # served at once; more are closed at once
+//! timeout_ms = 5000                    # longest a connection takes, accept to answer
 //! ```
 //!
 //! Command-line flags (`--socket`, `--state-dir`, `--host-root`) and `CLEANROOM_SOCKET`
@@ -113,6 +119,56 @@ pub struct Config {
     pub runs: Runs,
     /// What one member of the groups may hold (admins are exempt from the per-uid ones).
     pub quotas: Quotas,
+    /// The Prometheus scrape endpoint over HTTP.
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: `GET /metrics` over HTTP for Prometheus, off unless `listen` is set. The
+/// endpoint is unauthenticated and read-only; it serves nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Address and port to listen on (`127.0.0.1:9469`); none: no listener.
+    pub listen: Option<String>,
+    /// Let `listen` be an address other than loopback (the endpoint is then reachable by
+    /// anyone who can reach the host).
+    pub allow_remote: bool,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Longest a connection may take, from its accept until its answer is sent,
+    /// milliseconds (a client that sends nothing, or reads nothing, is closed then).
+    pub timeout_ms: u64,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            allow_remote: false,
+            max_connections: 16,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+impl MetricsSection {
+    /// The address to listen on, checked: an address and port, loopback unless
+    /// `allow_remote`.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let Some(text) = &self.listen else {
+            return Ok(None);
+        };
+        let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+            format!("key `metrics.listen`: {text:?} is not an address and port (e.g. \"127.0.0.1:9469\")")
+        })?;
+        if !addr.ip().is_loopback() && !self.allow_remote {
+            return Err(format!(
+                "key `metrics.listen`: {addr} is not a loopback address; the endpoint is \
+                 unauthenticated, so serving it beyond this host takes `metrics.allow_remote = true`"
+            ));
+        }
+        Ok(Some(addr))
+    }
 }
 
 /// `[quotas]`: bounds on what one caller (uid) may hold, so a member of the runner group
@@ -618,6 +674,20 @@ impl Config {
                 self.socket.path.display()
             ));
         }
+        let m = &self.metrics;
+        m.address()?;
+        if !(1..=1024).contains(&m.max_connections) {
+            return Err(format!(
+                "key `metrics.max_connections`: {} is not between 1 and 1024",
+                m.max_connections
+            ));
+        }
+        if !(100..=60_000).contains(&m.timeout_ms) {
+            return Err(format!(
+                "key `metrics.timeout_ms`: {} is not between 100 and 60000",
+                m.timeout_ms
+            ));
+        }
         let r = &self.runs;
         if !(r.compare_alpha > 0.0 && r.compare_alpha < 1.0) {
             return Err(format!(
@@ -687,7 +757,11 @@ impl Config {
         let mut restart = Vec::new();
         for (key, value) in &new {
             if old.get(key) != Some(value) {
-                if key.starts_with("daemon.") || key.starts_with("socket.") {
+                let bound_at_start = key.starts_with("daemon.")
+                    || key.starts_with("socket.")
+                    || key == "metrics.listen"
+                    || key == "metrics.allow_remote";
+                if bound_at_start {
                     restart.push(key.clone());
                 } else {
                     live.push(key.clone());

@@ -90,6 +90,13 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         None => listener::bind(&cfg.socket.path, &cfg.socket.group, cfg.socket.mode.0)?,
     };
 
+    // 4b. The scrape endpoint, when asked for: bound here too, so a taken port stops the
+    //     start before anything is touched.
+    let metrics_listener = match cfg.metrics.address().map_err(anyhow::Error::msg)? {
+        Some(addr) => Some(server::http::bind(addr)?),
+        None => None,
+    };
+
     // 5. Run cgroups below our own, and what a dead daemon left ended and removed: its
     //    runs and its shield (a profile's partition is the shield: recovery raises it
     //    again when it re-applies the profile). The store's lock keeps a second daemon on
@@ -133,7 +140,17 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let result = rt.block_on(serve(
-        listening, live, source, overrides, store, host, cgroup, started, runner, pins,
+        listening,
+        metrics_listener,
+        live,
+        source,
+        overrides,
+        store,
+        host,
+        cgroup,
+        started,
+        runner,
+        pins,
     ));
     rt.shutdown_timeout(Duration::from_millis(100));
     result
@@ -142,6 +159,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     listening: listener::Listening,
+    metrics_listener: Option<std::net::TcpListener>,
     live: Live,
     source: Source,
     overrides: Overrides,
@@ -182,6 +200,13 @@ async fn serve(
             .metrics()
             .journal_entries
             .set(a.journal_entries as i64);
+    }
+    // The scrape endpoint answers from READY on, like the socket.
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(address = %addr, "serving metrics over HTTP");
+        }
+        tokio::spawn(server::http::serve(l, Arc::clone(&state)));
     }
     systemd::ready(&state.status_line());
     tracing::info!(

@@ -115,13 +115,22 @@ pub struct Parts {
 impl State {
     /// Shared state from its parts.
     pub fn new(parts: Parts) -> Arc<Self> {
+        let metrics = Metrics::new();
+        let watcher = metrics.clone();
+        if parts
+            .runner
+            .watch(move |end| watcher.observe_run(end))
+            .is_err()
+        {
+            tracing::warn!("the runner is watched already; runs go uncounted in the metrics");
+        }
         Arc::new(Self {
             live: RwLock::new(Arc::new(parts.live)),
             source: parts.source,
             overrides: parts.overrides,
             engine: Arc::new(Engine::new(parts.runner, parts.store.clone())),
             store: parts.store,
-            metrics: Metrics::new(),
+            metrics,
             host: parts.host,
             cgroup: parts.cgroup,
             socket: parts.socket,
@@ -151,6 +160,32 @@ impl State {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Every metric as of now (the gauges of exclusive CPUs, the shield, the partition
+    /// and the pins read first), in the Prometheus text format or OpenMetrics.
+    pub async fn metrics_text(&self, openmetrics: bool) -> String {
+        let m = &self.metrics;
+        let o = self.engine.runner().occupancy();
+        m.exclusive_cpus.set(o.exclusive as i64);
+        m.shielded_cpus.set(o.shielded as i64);
+        m.partition_cpus.set(o.partition as i64);
+        m.pin_rules.set(self.pins.rules().len() as i64);
+        let store = self.store.clone();
+        let pinned = tokio::task::spawn_blocking(move || {
+            crate::store::pins::count(&store.lock_blocking()).ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(n) = pinned {
+            m.pinned_threads.set(n as i64);
+        }
+        if openmetrics {
+            m.render_openmetrics()
+        } else {
+            m.render()
+        }
     }
 
     /// The host's kernel interfaces.

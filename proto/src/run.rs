@@ -319,6 +319,21 @@ pub enum EndReason {
     Running,
 }
 
+impl EndReason {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Exited => "exited",
+            EndReason::Signaled => "signaled",
+            EndReason::Timeout => "timeout",
+            EndReason::Oom => "oom",
+            EndReason::Cancelled => "cancelled",
+            EndReason::FailedToStart => "failed_to_start",
+            EndReason::Running => "running",
+        }
+    }
+}
+
 /// One execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {

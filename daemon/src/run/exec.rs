@@ -49,6 +49,18 @@ impl Runner {
         output: &mpsc::Sender<RunEvent>,
         cancel: CancellationToken,
     ) -> RunRecord {
+        let record = self.execute(job, output, cancel).await;
+        self.ended(&record);
+        record
+    }
+
+    /// [`Runner::run_once`] but for telling the watcher.
+    async fn execute(
+        self: &Arc<Self>,
+        job: &Job,
+        output: &mpsc::Sender<RunEvent>,
+        cancel: CancellationToken,
+    ) -> RunRecord {
         let cpus = job.limits.cpus.clone().unwrap_or_else(|| self.own_cpus());
         let host = self.host.clone();
         let probe = self.probe(&cpus);

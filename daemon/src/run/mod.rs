@@ -85,6 +85,40 @@ pub struct Runner {
     up: std::sync::Mutex<Option<Up>>,
     /// Noise probes by CPU list.
     probes: std::sync::Mutex<std::collections::HashMap<String, noise::Probe>>,
+    /// Told of every execution's end (the daemon's metrics), once set.
+    on_end: std::sync::OnceLock<Watcher>,
+}
+
+/// What watches every execution's end.
+type WatchFn = Box<dyn Fn(&RunEnd<'_>) + Send + Sync>;
+
+/// The runner's watcher (the daemon's metrics).
+struct Watcher(WatchFn);
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watcher")
+    }
+}
+
+/// One execution as it ended, for whoever watches the runner.
+#[derive(Debug)]
+pub struct RunEnd<'a> {
+    /// Its record.
+    pub record: &'a cleanroom_proto::RunRecord,
+    /// Whether it ran on CPUs the shield kept for it (an exclusive run).
+    pub shielded: bool,
+}
+
+/// Exclusive CPUs and the shield now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// CPUs exclusive runs hold.
+    pub exclusive: usize,
+    /// CPUs the shield covers (0: the shield is down).
+    pub shielded: usize,
+    /// CPUs of a profile's partition (0: none).
+    pub partition: usize,
 }
 
 /// The shield in force.
@@ -356,6 +390,7 @@ impl Runner {
             method,
             up: std::sync::Mutex::new(None),
             probes: std::sync::Mutex::new(Default::default()),
+            on_end: std::sync::OnceLock::new(),
         }
     }
 
@@ -696,6 +731,37 @@ impl Runner {
             .unwrap_or_else(|p| p.into_inner())
             .partition
             .clone()
+    }
+
+    /// Exclusive CPUs held, CPUs shielded, and the partition's CPUs, now.
+    pub fn occupancy(&self) -> Occupancy {
+        let held = self.cores.lock().unwrap_or_else(|p| p.into_inner());
+        Occupancy {
+            exclusive: held.taken.len(),
+            shielded: held.shielded.len(),
+            partition: held.partition.as_ref().map_or(0, |p| p.cpus.len()),
+        }
+    }
+
+    /// Calls `watch` at the end of every execution from now on (once: a second watcher is
+    /// refused and returned).
+    pub fn watch<F>(&self, watch: F) -> Result<(), WatchFn>
+    where
+        F: Fn(&RunEnd<'_>) + Send + Sync + 'static,
+    {
+        self.on_end.set(Watcher(Box::new(watch))).map_err(|w| w.0)
+    }
+
+    /// Tells the watcher that `record` ended.
+    fn ended(&self, record: &cleanroom_proto::RunRecord) {
+        if let Some(watch) = self.on_end.get() {
+            let cpus = crate::host::format::parse_cpu_list(&record.cpus).unwrap_or_default();
+            let shielded = !cpus.is_empty() && {
+                let held = self.cores.lock().unwrap_or_else(|p| p.into_inner());
+                cpus.is_subset(&held.shielded)
+            };
+            (watch.0)(&RunEnd { record, shielded });
+        }
     }
 
     /// The directories holding this daemon's run cgroups.

@@ -77,21 +77,21 @@ async fn route(
         Request::Ping(_) => reply(PingResult { pong: true }),
         Request::Status(_) => reply(status(peer, st).await?),
         Request::Metrics(_) => reply(MetricsResult {
-            text: state.metrics().render(),
+            text: state.metrics_text(false).await,
         }),
         Request::Reload(_) => reply(reload(st).await?),
         Request::ProfileList(_) => reply(profile_list(st).await?),
         Request::ProfileShow(p) => reply(profile_show(*p, &st)?),
         Request::ProfileApply(p) => reply(
-            tune_op(st, true, move |ctx| {
+            tune_op(st, "apply", move |ctx| {
                 tune::apply(ctx, &p.name, p.dry_run, p.best_effort)
             })
             .await?,
         ),
         Request::ProfileRevert(p) => {
-            reply(tune_op(st, true, move |ctx| tune::revert(ctx, p.force)).await?)
+            reply(tune_op(st, "revert", move |ctx| tune::revert(ctx, p.force)).await?)
         }
-        Request::ProfileVerify(_) => reply(tune_op(st, false, tune::verify).await?),
+        Request::ProfileVerify(_) => reply(tune_op(st, "verify", tune::verify).await?),
         Request::ProfileRecommend(_) => {
             let host = st.host().clone();
             reply(
@@ -258,13 +258,13 @@ async fn status(peer: Peer, state: Arc<State>) -> Result<StatusResult, Error> {
     })
 }
 
-/// Runs a tuning operation on a blocking thread; `exclusive` ones (apply, revert) queue
-/// behind each other.
-async fn tune_op<F>(state: Arc<State>, exclusive: bool, op: F) -> Result<TuneResult, Error>
+/// Runs a tuning operation (`apply`, `revert`, `verify`) on a blocking thread, counted in
+/// the metrics; the ones that change the host (all but verify) queue behind each other.
+async fn tune_op<F>(state: Arc<State>, operation: &'static str, op: F) -> Result<TuneResult, Error>
 where
     F: FnOnce(tune::Ctx<'_>) -> Result<TuneResult, tune::Error> + Send + 'static,
 {
-    let _guard = if exclusive {
+    let _guard = if operation != "verify" {
         Some(state.tune_lock().lock().await)
     } else {
         None
@@ -280,6 +280,9 @@ where
     })
     .await
     .map_err(|e| Error::Internal(format!("tuning task failed: {e}")))?;
+    state
+        .metrics()
+        .observe_operation(operation, result.as_ref().map_err(|_| ()));
     let result = result?;
     state.metrics().observe_tuning(&result);
     state.set_active_profile(active.as_deref());

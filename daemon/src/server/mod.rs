@@ -6,6 +6,7 @@
 
 pub mod connection;
 pub mod dispatch;
+pub mod http;
 pub mod listener;
 pub mod peer;
 pub mod runs;

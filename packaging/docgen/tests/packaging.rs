@@ -390,3 +390,99 @@ fn maintainer_scripts_parse() {
         }
     }
 }
+
+/// The metric families the daemon exports, by name (from its own registry, with a series
+/// in every family that has none until something happens).
+fn exported_families() -> BTreeSet<String> {
+    let m = cleanroomd::metrics::Metrics::new();
+    m.observe_request("daemon.ping", None, 0.0);
+    m.reloads.with_label_values(&["ok"]).inc();
+    m.set_active_profile(Some("throughput-performance"));
+    m.render()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The Grafana dashboard shipped as an example: a dashboard Grafana imports (its input,
+/// panels inside a 24-column grid that do not overlap, every panel on the Prometheus
+/// input), whose queries name only metrics the daemon exports, and which shows every
+/// metric of the daemon's own.
+#[test]
+fn grafana_dashboard_queries_what_the_daemon_exports() {
+    let text = read("packaging/grafana/cleanroom-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(dash["__inputs"][0]["name"], "DS_PROMETHEUS");
+    assert!(dash["schemaVersion"].as_u64().unwrap() >= 36);
+    assert!(dash["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    let panels = dash["panels"].as_array().unwrap();
+    let exported = exported_families();
+    let name = regex::Regex::new(r"\b(?:cleanroomd|process)_[a-z_]+\b").unwrap();
+    let mut shown = BTreeSet::new();
+    let mut cells: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap();
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (
+            g["x"].as_u64().unwrap(),
+            g["y"].as_u64().unwrap(),
+            g["w"].as_u64().unwrap(),
+            g["h"].as_u64().unwrap(),
+        );
+        assert!(x + w <= 24 && w > 0 && h > 0, "{title}: {g}");
+        for cx in x..x + w {
+            for cy in y..y + h {
+                if let Some(other) = cells.insert((cx, cy), title.to_owned()) {
+                    panic!("{title} overlaps {other}");
+                }
+            }
+        }
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{title}");
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            for m in name.find_iter(expr) {
+                let m = m.as_str();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| m.strip_suffix(s))
+                    .filter(|f| exported.contains(*f))
+                    .unwrap_or(m);
+                assert!(exported.contains(family), "{title}: {m} is not exported");
+                shown.insert(family.to_owned());
+            }
+        }
+    }
+    for family in exported.iter().filter(|f| f.starts_with("cleanroomd_")) {
+        assert!(shown.contains(family), "{family} is on no panel");
+    }
+}
+
+/// The scrape configuration example scrapes the address the configuration example and
+/// the README give, and gives up before the daemon closes the connection.
+#[test]
+fn scrape_example_fits_the_endpoint() {
+    let text = read("packaging/prometheus/cleanroom-scrape.yml");
+    assert!(text.contains(r#"targets: ["127.0.0.1:9469"]"#), "{text}");
+    assert!(read("packaging/cleanroomd.toml").contains(r#"listen = "127.0.0.1:9469""#));
+    let timeout_s: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("scrape_timeout: ")?
+                .strip_suffix('s')?
+                .parse()
+                .ok()
+        })
+        .expect("scrape_timeout");
+    let daemon = cleanroomd::config::MetricsSection::default().timeout_ms;
+    assert!(
+        timeout_s * 1000 < daemon,
+        "{timeout_s} s against {daemon} ms"
+    );
+}
