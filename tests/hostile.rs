@@ -599,9 +599,11 @@ fn a_batch_of_thousands_of_runs_is_stored_compactly_and_read_back_whole() {
     assert_eq!(shown["samples"], result["samples"]);
     let text = d.ctl(&["runs", "show", &batch]);
     assert!(
-        String::from_utf8_lossy(&text.stdout).contains(&format!("{REPEAT} measured runs")),
+        String::from_utf8_lossy(&text.stdout).contains(&format!(" {REPEAT} runs\n")),
         "{text:?}"
     );
+    // Every run's exit code is kept, compactly, past the records.
+    assert_eq!(result["exit_codes"].as_array().unwrap().len(), REPEAT);
     // Listed from its summary columns.
     let listed = cleanroom::runs::json_of(&d.ctl(&["--json", "runs", "list", "--limit", "1"]));
     assert_eq!(listed["batches"][0]["runs"], REPEAT, "{listed}");

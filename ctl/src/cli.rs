@@ -186,10 +186,34 @@ pub struct RunOptions {
     pub measure: Option<cleanroom_proto::Measure>,
 }
 
+/// Files the results are written to, in formats other tools read.
+#[derive(Debug, Default, clap::Args)]
+pub struct Exports {
+    /// Write the results as hyperfine's --export-json does (command, mean, stddev,
+    /// median, user, system, min, max, times, exit_codes, memory_usage_byte; seconds), so
+    /// dashboards that read hyperfine's read ours.
+    #[arg(long, value_name = "FILE", help_heading = "Exports")]
+    pub export_json: Option<std::path::PathBuf>,
+    /// Write the results as hyperfine's --export-csv does
+    /// (command,mean,stddev,median,user,system,min,max; seconds).
+    #[arg(long, value_name = "FILE", help_heading = "Exports")]
+    pub export_csv: Option<std::path::PathBuf>,
+    /// Write the results as hyperfine's --export-markdown does (a table: mean ± σ, min,
+    /// max, relative speed).
+    #[arg(long, value_name = "FILE", help_heading = "Exports")]
+    pub export_markdown: Option<std::path::PathBuf>,
+    /// Write JUnit XML: one testcase per command, failed when a run did not exit 0 or the
+    /// verdict is slower, with the summary. Written whether or not it failed.
+    #[arg(long, value_name = "FILE", help_heading = "Exports")]
+    pub junit: Option<std::path::PathBuf>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub options: RunOptions,
+    #[command(flatten)]
+    pub exports: Exports,
     /// Measured repetitions; statistics are printed when more than one.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub repeat: u32,
@@ -202,7 +226,7 @@ pub struct RunArgs {
     /// Start the run and return at once with its batch id; it goes on without this
     /// client (ended only by `runs cancel` or the daemon stopping) and its result is
     /// stored: `cleanroomctl runs show BATCH` once it has ended. Output is not kept.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["export_json", "export_csv", "export_markdown", "junit"])]
     pub detach: bool,
     /// Save the measured runs as the baseline of this name (yours and admins' to compare
     /// with, unless --public).
@@ -243,6 +267,8 @@ pub const DEFAULT_SEPARATOR: &str = "::";
 pub struct CompareArgs {
     #[command(flatten)]
     pub options: RunOptions,
+    #[command(flatten)]
+    pub exports: Exports,
     /// Measured rounds: in each, every command runs once, in a random order (at least 5
     /// for a verdict).
     #[arg(long, value_name = "N", default_value_t = 10)]

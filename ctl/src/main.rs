@@ -7,6 +7,7 @@
 //! denied.
 
 mod client;
+mod export;
 mod output;
 
 use std::io::Write;
@@ -348,43 +349,40 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         ..run_params(cli, &a.options)
     };
     let progress = std::io::stderr().is_terminal() && (a.repeat + a.warmup) > 1;
+    let bar = progress_bar(progress, u64::from(a.repeat + a.warmup));
     let json = cli.json;
     let mut on_note = |method: &str, params: &serde_json::Value| match method {
         "run.output" => {
             let data = params["data"].as_str().unwrap_or_default();
             let to_stderr = json || params["stream"] == "stderr";
-            let _ = if to_stderr {
-                std::io::stderr().write_all(data.as_bytes())
-            } else {
-                let mut out = std::io::stdout().lock();
-                out.write_all(data.as_bytes()).and_then(|()| out.flush())
-            };
+            // The bar steps aside while the program's output is written.
+            bar.suspend(|| {
+                let _ = if to_stderr {
+                    std::io::stderr().write_all(data.as_bytes())
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(data.as_bytes()).and_then(|()| out.flush())
+                };
+            });
         }
         "run.progress" if progress => {
-            let (done, total) = (
-                params["done"].as_u64().unwrap_or(0),
-                params["total"].as_u64().unwrap_or(1),
-            );
-            let width = 30;
-            let filled = (done * width / total.max(1)) as usize;
-            eprint!(
-                "\r[{}{}] {done}/{total}  last {:.1} ms{}",
-                "#".repeat(filled),
-                " ".repeat(width as usize - filled),
+            bar.set_length(params["total"].as_u64().unwrap_or(1));
+            bar.set_position(params["done"].as_u64().unwrap_or(0));
+            bar.set_message(format!(
+                "last {:.1} ms{}",
                 params["wall_ms"].as_f64().unwrap_or(0.0),
                 if params["warmup"] == true {
                     " (warm-up)"
                 } else {
                     ""
                 }
-            );
-            if done == total {
-                eprintln!();
-            }
+            ));
         }
         _ => {}
     };
-    let r = client.call_streaming::<RunStart>(&params, &mut on_note)?;
+    let r = client.call_streaming::<RunStart>(&params, &mut on_note);
+    bar.finish_and_clear();
+    let r = r?;
     if r.detached {
         return emit(cli, &r, || {
             format!(
@@ -397,8 +395,21 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
     if json {
         emit(cli, &r, String::new)?;
     } else {
-        eprint!("{}", output::printable(&output::run_summary(&r)));
+        anstream::eprint!(
+            "{}",
+            output::paint(&output::printable(&output::run_summary(&r)))
+        );
     }
+    let command = shlex::try_join(a.command.iter().map(String::as_str))
+        .unwrap_or_else(|_| a.command.join(" "));
+    write_exports(
+        &a.exports,
+        "cleanroom.run",
+        &[export::Entry {
+            command: &command,
+            result: &r,
+        }],
+    )?;
     let code = output::run_exit_code(&r.last);
     let verdict = r.comparison.as_ref().map(|c| c.verdict);
     if code == 0 && verdict == Some(cleanroom_proto::Verdict::Slower) {
@@ -443,6 +454,10 @@ fn compare_command(
         seed: a.seed,
     };
     let progress = std::io::stderr().is_terminal();
+    let bar = progress_bar(
+        progress && !cli.json,
+        u64::from(a.rounds + a.warmup) * k as u64,
+    );
     let (json, show) = (cli.json, a.show_output);
     let mut on_note = |method: &str, params: &serde_json::Value| match method {
         "run.output" if show => {
@@ -451,25 +466,36 @@ fn compare_command(
         }
         "run.progress" if progress && !json => {
             let done = params["done"].as_u64().unwrap_or(0);
-            let round = done.div_ceil(k as u64);
-            eprint!(
-                "\r{} round {round}, command {}: {:.1} ms          ",
+            bar.set_length(params["total"].as_u64().unwrap_or(done).max(done));
+            bar.set_position(done);
+            bar.set_message(format!(
+                "{} round {}, command {}: {:.1} ms",
                 if params["warmup"] == true {
                     "warm-up"
                 } else {
                     "measuring"
                 },
+                done.div_ceil(k as u64),
                 params["command"].as_u64().unwrap_or(0) + 1,
                 params["wall_ms"].as_f64().unwrap_or(0.0),
-            );
+            ));
         }
         _ => {}
     };
-    let r = client.call_streaming::<cleanroom_proto::RunCompare>(&params, &mut on_note)?;
-    if progress && !json {
-        eprint!("\r{:60}\r", "");
-    }
+    let r = client.call_streaming::<cleanroom_proto::RunCompare>(&params, &mut on_note);
+    bar.finish_and_clear();
+    let r = r?;
     emit(cli, &r, || output::compare(&r, &commands))?;
+    let names: Vec<String> = commands
+        .iter()
+        .map(|c| shlex::try_join(c.iter().map(String::as_str)).unwrap_or_else(|_| c.join(" ")))
+        .collect();
+    let entries: Vec<export::Entry<'_>> = names
+        .iter()
+        .zip(&r.sides)
+        .map(|(command, result)| export::Entry { command, result })
+        .collect();
+    write_exports(&a.exports, "cleanroom.compare", &entries)?;
     // The command whose run failed (one stopped before its turn ended as `cancelled`).
     let failed = r
         .sides
@@ -510,6 +536,67 @@ fn compare_command(
 }
 
 /// Prints the result as JSON with `--json`, else as the human text `human` makes.
+/// A progress bar on stderr (indicatif: redrawn at most a few times a second, with the
+/// time left), or a hidden one when `shown` is false.
+fn progress_bar(shown: bool, total: u64) -> indicatif::ProgressBar {
+    if !shown {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len}  {msg}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("#>-"),
+    );
+    bar
+}
+
+/// Writes the files `exports` names (each whole, or not at all: through a temporary file
+/// renamed over it), naming the flag and the file when one cannot be written.
+fn write_exports(
+    exports: &cleanroomctl::cli::Exports,
+    suite: &str,
+    entries: &[export::Entry<'_>],
+) -> Result<(), CallError> {
+    let json = || {
+        serde_json::to_string_pretty(&export::json(entries))
+            .map(|mut s| {
+                s.push('\n');
+                s
+            })
+            .map_err(|e| e.to_string())
+    };
+    type Render<'a> = &'a dyn Fn() -> Result<String, String>;
+    let wanted: [(&str, &Option<PathBuf>, Render<'_>); 4] = [
+        ("--export-json", &exports.export_json, &json),
+        ("--export-csv", &exports.export_csv, &|| {
+            export::csv(entries)
+        }),
+        ("--export-markdown", &exports.export_markdown, &|| {
+            Ok(export::markdown(entries))
+        }),
+        ("--junit", &exports.junit, &|| export::junit(suite, entries)),
+    ];
+    for (flag, path, render) in wanted {
+        let Some(path) = path else { continue };
+        let fail = |e: String| CallError::Exit(1, Some(format!("{flag} {}: {e}", path.display())));
+        let text = render().map_err(fail)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        // Created 0666 less the umask, as a plain file would be.
+        let mut tmp = tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .tempfile_in(dir)
+            .map_err(|e| fail(e.to_string()))?;
+        tmp.write_all(text.as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+        tmp.persist(path).map_err(|e| fail(e.error.to_string()))?;
+    }
+    Ok(())
+}
+
 fn emit<T: Serialize>(
     cli: &Cli,
     result: &T,
@@ -521,9 +608,9 @@ fn emit<T: Serialize>(
         s.push('\n');
         s
     } else {
-        output::printable(&human()).into_owned()
+        output::paint(&output::printable(&human()))
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = anstream::stdout().lock();
     // A closed pipe (`| head`) is not an error worth a message.
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),

@@ -9,6 +9,34 @@ use cleanroom_proto::{
     ReloadResult, ShieldItemStatus, ShieldKind, ShieldLowerResult, StatusResult, TuneResult,
 };
 
+/// `text` (already [`printable`]) with its fixed labels and verdicts in colour: the time
+/// lines in bold, a slower verdict in red, a faster or equivalent one in green, an
+/// inconclusive one in yellow. Written through `anstream`, which drops the colours where
+/// the stream is not a terminal, `NO_COLOR` is set or the terminal cannot show them.
+pub fn paint(text: &str) -> String {
+    use anstyle::{AnsiColor, Style};
+    let bold = Style::new().bold();
+    let styled = |style: Style, s: &str| format!("{style}{s}{style:#}");
+    let mut out = text.to_owned();
+    for (pattern, style) in [
+        ("Time (mean ± σ):", bold),
+        ("Range (min … max):", bold),
+        ("SLOWER by", bold.fg_color(Some(AnsiColor::Red.into()))),
+        ("FASTER by", bold.fg_color(Some(AnsiColor::Green.into()))),
+        (
+            "equivalent (within",
+            Style::new().fg_color(Some(AnsiColor::Green.into())),
+        ),
+        (
+            "INCONCLUSIVE",
+            bold.fg_color(Some(AnsiColor::Yellow.into())),
+        ),
+    ] {
+        out = out.replace(pattern, &styled(style, pattern));
+    }
+    out
+}
+
 /// Rows of `label  value`, labels padded to one column.
 fn table(rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
@@ -609,30 +637,7 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
     }
     if !r.stats.is_empty() {
         out.push('\n');
-        let header = [
-            "METRIC", "MEAN", "MEDIAN", "STDDEV", "CV", "MIN", "MAX", "OUTLIERS",
-        ];
-        let rows: Vec<Vec<String>> = r
-            .stats
-            .iter()
-            .map(|(name, s)| {
-                vec![
-                    name.clone(),
-                    format!("{:.3}", s.mean),
-                    format!("{:.3}", s.median),
-                    format!("{:.3}", s.stddev),
-                    format!("{:.2}%", s.cv_percent),
-                    format!("{:.3}", s.min),
-                    format!("{:.3}", s.max),
-                    s.outliers.len().to_string(),
-                ]
-            })
-            .collect();
-        out.push_str(&columns(&header, &rows));
-        out.push_str(&format!(
-            "{} measured runs; outliers by Tukey's rule (1.5 IQR)\n",
-            r.runs.len() + r.runs_omitted as usize
-        ));
+        out.push_str(&statistics(r));
         out.push_str(&noise_over_runs(&r.runs));
         out.push_str(&reruns(&r.reruns));
         if r.runs_omitted > 0 {
@@ -641,6 +646,70 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
                 r.runs.len(),
                 r.runs_omitted
             ));
+        }
+    }
+    out
+}
+
+/// The statistics of repeated runs as hyperfine shows them (the time's mean ± σ, user and
+/// system time, the range), then the median and its spread, and the median of each counted
+/// measure. Only what means something for a run: no spread of a system time that is
+/// mostly zero (`--json` has every series and its statistics).
+fn statistics(r: &cleanroom_proto::RunResult) -> String {
+    let Some(wall) = r.stats.get("wall_ms") else {
+        return String::new();
+    };
+    let mean_of = |k: &str| r.stats.get(k).map_or(0.0, |s| s.mean);
+    let n = r.runs.len() + r.runs_omitted as usize;
+    let mut out = format!(
+        "  Time (mean ± σ):     {} ± {}    [User: {}, System: {}]\n\
+         \x20 Range (min … max):   {} … {}    {n} runs\n",
+        ms(wall.mean),
+        ms(wall.stddev),
+        ms(mean_of("user_ms")),
+        ms(mean_of("sys_ms")),
+        ms(wall.min),
+        ms(wall.max),
+    );
+    let outliers = match wall.outliers.len() {
+        0 => "no outliers".to_owned(),
+        1 => "1 outlier by Tukey's rule (1.5 IQR)".to_owned(),
+        k => format!("{k} outliers by Tukey's rule (1.5 IQR)"),
+    };
+    out.push_str(&format!(
+        "  Median:              {}    CV {:.1} %, {outliers}\n",
+        ms(wall.median),
+        wall.cv_percent
+    ));
+    if let Some(cpu) = r.stats.get("cpu_ms") {
+        out.push_str(&format!(
+            "  CPU time (median):   {}    CV {:.1} %\n",
+            ms(cpu.median),
+            cpu.cv_percent
+        ));
+    }
+    // Counted measures, when measured: their medians (and spread, where it is not noise
+    // around zero).
+    for (key, label, time) in [
+        ("instructions", "Instructions", false),
+        ("pmu_instructions", "Instructions (PMU)", false),
+        ("cycles", "Cycles", false),
+        ("task_clock_ms", "Task clock", true),
+        ("context_switches", "Context switches", false),
+        ("page_faults", "Page faults", false),
+    ] {
+        if let Some(s) = r.stats.get(key) {
+            let value = if time {
+                ms(s.median)
+            } else {
+                format!("{:.0}", s.median)
+            };
+            let spread = if s.mean.abs() > 0.0 && s.cv_percent.is_finite() {
+                format!("    CV {:.1} %", s.cv_percent)
+            } else {
+                String::new()
+            };
+            out.push_str(&format!("  {:<21}{value}{spread}\n", format!("{label}:")));
         }
     }
     out

@@ -691,6 +691,10 @@ pub struct RunResult {
     /// `max_rss_kb`, and `instructions` when counted), in run order, when `repeat` > 1: what `stats` summarizes, compactly.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub samples: std::collections::BTreeMap<String, Vec<f64>>,
+    /// Every measured run's exit code in run order (`null` for one a signal ended, or that
+    /// did not start), when `repeat` > 1: the codes of runs past [`MAX_RECORDS`] too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit_codes: Vec<Option<i32>>,
     /// Statistics by metric (`wall_ms`, `user_ms`, `sys_ms`, `max_rss_kb`), when
     /// `repeat` > 1.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

@@ -778,6 +778,7 @@ pub(super) fn result_of(id: String, repeat: u32, ran: Ran) -> Result<RunResult, 
     if repeat > 1 {
         result.stats = summaries(&ran.measured);
         result.samples = samples(&ran.measured);
+        result.exit_codes = ran.measured.iter().map(|r| r.exit_code).collect();
         result.runs_omitted = ran.measured.len().saturating_sub(MAX_RECORDS) as u32;
         result.runs = ran.measured.iter().take(MAX_RECORDS).cloned().collect();
     }
@@ -867,6 +868,7 @@ pub(crate) fn bare(batch: String, last: RunRecord) -> RunResult {
         runs: Vec::new(),
         runs_omitted: 0,
         samples: BTreeMap::new(),
+        exit_codes: Vec::new(),
         stats: BTreeMap::new(),
         comparison: None,
         welch: None,
