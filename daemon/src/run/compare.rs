@@ -39,6 +39,52 @@ pub struct Prepared {
     between: Option<BetweenBatch>,
     differs: Vec<cleanroom_proto::FieldDiff>,
     same_executable: Option<bool>,
+    /// Why the verdict cannot stand whatever its interval says (wall and CPU time
+    /// disagree).
+    overruled: Option<String>,
+}
+
+/// Least share of its wall time a command spends on a CPU to count as CPU-bound: below
+/// it, wall and CPU time may rightly tell different stories (a command that waits).
+const CPU_BOUND: f64 = 0.8;
+
+/// Whether wall time and CPU time of the same paired rounds disagree about a CPU-bound
+/// comparison: each decides (at the family's base level), and they decide differently
+/// (`equivalent` against `slower`, say). Then the machine's clock, not the commands, made
+/// the wall-time ratio (on a virtual machine whose host deschedules its CPUs under load,
+/// wall times are compressed and noisy while CPU time is not), and the wall-time verdict
+/// cannot be trusted. Outcomes rather than intervals: a run's fixed costs differ between
+/// the two clocks (start-up waits count in wall time only), which moves a large ratio by
+/// a little without changing what it says. `None` when they agree, when either cannot
+/// decide, when the commands are not CPU-bound, or when either cannot be resampled.
+pub fn clock_disagreement(
+    wall: (&[f64], &[f64]),
+    cpu: (&[f64], &[f64]),
+    s: &Settings,
+) -> Option<String> {
+    let bound = |w: &[f64], c: &[f64]| {
+        let (mw, mc) = (median(w), median(c));
+        mw > 0.0 && mc / mw >= CPU_BOUND
+    };
+    if !(bound(wall.0, cpu.0) && bound(wall.1, cpu.1)) {
+        return None;
+    }
+    let pairs = |a: &[f64], b: &[f64]| -> Vec<(f64, f64)> {
+        a.iter().copied().zip(b.iter().copied()).collect()
+    };
+    let w = verdict::paired(&pairs(wall.0, wall.1), s)?.verdict(s.level, s.delta);
+    let c = verdict::paired(&pairs(cpu.0, cpu.1), s)?.verdict(s.level, s.delta);
+    let decided = |o: Outcome| o != Outcome::Inconclusive;
+    let apart = decided(w.outcome) && decided(c.outcome) && w.outcome != c.outcome;
+    apart.then(|| {
+        format!(
+            "wall time and CPU time disagree in the same rounds: wall ratio {:.4} [{:.4}, \
+             {:.4}], CPU ratio {:.4} [{:.4}, {:.4}]; the clock does not keep time on this \
+             machine under its load (a virtual CPU descheduled by its host), so no \
+             wall-time verdict: compare with --metric cpu",
+            w.ratio, w.low, w.high, c.ratio, c.low, c.high
+        )
+    })
 }
 
 /// Interleaved rounds of `old` and `new` (the same length: one value each per round).
@@ -100,7 +146,23 @@ impl Prepared {
             between: None,
             differs,
             same_executable,
+            overruled: None,
         }
+    }
+
+    /// Checks a wall-time comparison against the CPU time of the same rounds (old, new):
+    /// when the two disagree ([`clock_disagreement`]), the verdict is `inconclusive`,
+    /// saying why.
+    pub fn checked_against_cpu(
+        mut self,
+        wall: (&[f64], &[f64]),
+        cpu: (&[f64], &[f64]),
+        s: &Settings,
+    ) -> Self {
+        if self.resampled.is_some() {
+            self.overruled = clock_disagreement(wall, cpu, s);
+        }
+        self
     }
 
     fn too_few(&mut self, n: usize, what: &str) {
@@ -150,7 +212,11 @@ pub fn decide(family: Vec<Prepared>, s: &Settings) -> Vec<Comparison> {
                 ),
             };
             let ratio = p.resampled.as_ref().map_or(ratio, |r| r.ratio);
-            let reason = p.reason.or_else(|| {
+            let (verdict, more) = match &p.overruled {
+                Some(_) => (Verdict::Inconclusive, None),
+                None => (verdict, more),
+            };
+            let reason = p.overruled.or(p.reason).or_else(|| {
                 (!ratio.is_finite()).then(|| {
                     "no ratio: a side has no measurement, or its median is 0 (nothing to divide by)"
                         .to_owned()
@@ -262,6 +328,67 @@ mod tests {
             against: "1".into(),
             design: Design::Paired,
         }
+    }
+
+    #[test]
+    fn a_wall_time_verdict_the_cpu_time_contradicts_is_overruled() {
+        let s = Settings::default();
+        // 30 rounds of a CPU-bound pair: CPU time 3 % apart (100 → 103 ms, ±0.5 %:
+        // `slower`), the wall clock squeezing the difference away (both ~100 ms ± 1 %:
+        // `equivalent`): the wall-time verdict goes.
+        let jitter = |i: usize, amp: f64| 1.0 + amp * (((i * 7919) % 13) as f64 / 6.0 - 1.0);
+        let cpu_old: Vec<f64> = (0..30).map(|i| 100.0 * jitter(i, 0.005)).collect();
+        let cpu_new: Vec<f64> = (0..30).map(|i| 103.0 * jitter(i + 5, 0.005)).collect();
+        let wall_old: Vec<f64> = (0..30).map(|i| 100.5 * jitter(i + 2, 0.01)).collect();
+        let wall_new: Vec<f64> = (0..30).map(|i| 100.5 * jitter(i + 9, 0.01)).collect();
+        let why = clock_disagreement((&wall_old, &wall_new), (&cpu_old, &cpu_new), &s)
+            .expect("disagreement");
+        assert!(why.contains("--metric cpu"), "{why}");
+        let c = decide(
+            vec![
+                paired(
+                    plan(),
+                    Side {
+                        values: &wall_old,
+                        fingerprint: None,
+                    },
+                    Side {
+                        values: &wall_new,
+                        fingerprint: None,
+                    },
+                    &s,
+                )
+                .checked_against_cpu(
+                    (&wall_old, &wall_new),
+                    (&cpu_old, &cpu_new),
+                    &s,
+                ),
+            ],
+            &s,
+        );
+        assert_eq!(c[0].verdict, Verdict::Inconclusive);
+        assert!(
+            c[0].reason
+                .as_deref()
+                .unwrap()
+                .starts_with("wall time and CPU time disagree")
+        );
+        // Wall time that tells the CPU time's story stands, also with a start-up cost of
+        // its own that moves a large ratio a little (2 → 1.97).
+        let wall_new: Vec<f64> = cpu_new.iter().map(|c| c + 0.5).collect();
+        let wall_old: Vec<f64> = cpu_old.iter().map(|c| c + 0.5).collect();
+        assert!(clock_disagreement((&wall_old, &wall_new), (&cpu_old, &cpu_new), &s).is_none());
+        let cpu_twice: Vec<f64> = cpu_old.iter().map(|c| c * 2.0).collect();
+        let wall_twice: Vec<f64> = cpu_twice.iter().map(|c| c + 3.0).collect();
+        let wall_once: Vec<f64> = cpu_old.iter().map(|c| c + 3.0).collect();
+        assert!(
+            clock_disagreement((&wall_once, &wall_twice), (&cpu_old, &cpu_twice), &s).is_none()
+        );
+        // A command that waits (CPU time a tenth of its wall time) is not judged by it.
+        let idle_old: Vec<f64> = cpu_old.iter().map(|c| c / 10.0).collect();
+        let idle_new: Vec<f64> = cpu_old.iter().map(|c| c / 10.0).collect();
+        let wall_new: Vec<f64> = (0..30).map(|i| 103.0 * jitter(i + 9, 0.001)).collect();
+        assert!(clock_disagreement((&wall_old, &wall_new), (&idle_old, &idle_new), &s).is_none());
     }
 
     #[test]

@@ -225,6 +225,18 @@ async fn verdicts(
         .iter()
         .map(|side| whole.iter().map(|i| value(&side[*i], cmp.metric)).collect())
         .collect();
+    // Wall time is checked against the CPU time of the same rounds.
+    let cpu: Option<Vec<Vec<f64>>> = (cmp.metric == Metric::Wall).then(|| {
+        measured
+            .iter()
+            .map(|side| {
+                whole
+                    .iter()
+                    .map(|i| value(&side[*i], Metric::Cpu))
+                    .collect()
+            })
+            .collect()
+    });
     let (metric, reference, fingerprints) = (
         cmp.metric.series().to_owned(),
         reference.to_owned(),
@@ -234,12 +246,17 @@ async fn verdicts(
         seed: cmp.seed,
         ..settings.verdict
     };
-    Ok(
-        tokio::task::spawn_blocking(move || {
-            family(&metric, &reference, &values, &fingerprints, &s)
-        })
-        .await?,
-    )
+    Ok(tokio::task::spawn_blocking(move || {
+        family(
+            &metric,
+            &reference,
+            &values,
+            cpu.as_deref(),
+            &fingerprints,
+            &s,
+        )
+    })
+    .await?)
 }
 
 /// The comparisons of commands 1.. against command 0, decided together.
@@ -247,6 +264,7 @@ fn family(
     metric: &str,
     reference: &str,
     values: &[Vec<f64>],
+    cpu: Option<&[Vec<f64>]>,
     fingerprints: &[cleanroom_proto::Fingerprint],
     s: &verdict::Settings,
 ) -> Vec<cleanroom_proto::Comparison> {
@@ -257,7 +275,7 @@ fn family(
                 against: reference.to_owned(),
                 design: Design::Paired,
             };
-            compare::paired(
+            let p = compare::paired(
                 plan,
                 Side {
                     values: &values[0],
@@ -268,7 +286,11 @@ fn family(
                     fingerprint: fingerprints.get(i),
                 },
                 s,
-            )
+            );
+            match cpu {
+                Some(cpu) => p.checked_against_cpu((&values[0], &values[i]), (&cpu[0], &cpu[i]), s),
+                None => p,
+            }
         })
         .collect();
     compare::decide(prepared, s)
@@ -490,7 +512,7 @@ mod tests {
         let slower: Vec<f64> = base.iter().map(|x| x * 1.5).collect();
         let same = base.clone();
         let fps = vec![cleanroom_proto::Fingerprint::default(); 3];
-        let c = family("wall_ms", "7", &[base, slower, same], &fps, &s);
+        let c = family("wall_ms", "7", &[base, slower, same], None, &fps, &s);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].verdict, cleanroom_proto::Verdict::Slower, "{c:?}");
         assert_eq!(c[1].verdict, cleanroom_proto::Verdict::Equivalent, "{c:?}");
