@@ -12,6 +12,25 @@
 use cleanroom_proto::{EndReason, RunResult, Verdict};
 use serde_json::{Value, json};
 
+/// `text` with every character XML 1.0 and a reader's terminal cannot take (control
+/// characters but tab and newline) written as `\x1b`-style escapes: a command name or an
+/// error can hold anything.
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\t' | '\n' => c.to_string(),
+            c if c.is_control() => format!("\\x{:02x}", u32::from(c)),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// Whether a command has a measured run to export: a side of a comparison stopped
+/// before its first turn has none.
+fn measured(r: &RunResult) -> bool {
+    !(r.samples.is_empty() && r.last.end_reason == EndReason::Cancelled)
+}
+
 /// One command's result and how it is named.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
@@ -90,6 +109,7 @@ fn timing(r: &RunResult) -> Timing {
 pub fn json(entries: &[Entry<'_>]) -> Value {
     let results: Vec<Value> = entries
         .iter()
+        .filter(|e| measured(e.result))
         .map(|e| {
             let t = timing(e.result);
             json!({
@@ -118,7 +138,7 @@ pub fn csv(entries: &[Entry<'_>]) -> Result<String, String> {
         "command", "mean", "stddev", "median", "user", "system", "min", "max",
     ])
     .map_err(fail)?;
-    for e in entries {
+    for e in entries.iter().filter(|e| measured(e.result)) {
         let t = timing(e.result);
         let mut row = vec![e.command.to_owned(), t.mean.to_string()];
         row.push(t.stddev.map_or_else(String::new, |s| s.to_string()));
@@ -135,6 +155,7 @@ pub fn csv(entries: &[Entry<'_>]) -> Result<String, String> {
 
 /// hyperfine's `--export-markdown` table.
 pub fn markdown(entries: &[Entry<'_>]) -> String {
+    let entries: Vec<&Entry<'_>> = entries.iter().filter(|e| measured(e.result)).collect();
     let timings: Vec<Timing> = entries.iter().map(|e| timing(e.result)).collect();
     // The unit of the first command's mean, for the whole table.
     let (unit, scale, digits) = match timings.first() {
@@ -146,9 +167,11 @@ pub fn markdown(entries: &[Entry<'_>]) -> String {
         "| Command | Mean [{unit}] | Min [{unit}] | Max [{unit}] | Relative |\n\
          |:---|---:|---:|---:|---:|\n"
     );
+    // The fastest of the commands that took any time (a ratio to nothing is no ratio).
     let fastest = timings
         .iter()
         .enumerate()
+        .filter(|(_, t)| t.mean > 0.0)
         .min_by(|a, b| a.1.mean.total_cmp(&b.1.mean))
         .map(|(i, _)| i);
     for (i, (e, t)) in entries.iter().zip(&timings).enumerate() {
@@ -169,11 +192,11 @@ pub fn markdown(entries: &[Entry<'_>]) -> String {
                     _ => format!("{ratio:.2}"),
                 }
             }
-            None => String::new(),
+            None => "N/A".to_owned(),
         };
         out.push_str(&format!(
             "| `{}` | {}{spread} | {} | {} | {relative} |\n",
-            e.command.replace('|', "\\|"),
+            clean(e.command).replace('\n', "\\n").replace('|', "\\|"),
             fmt(t.mean),
             fmt(t.min),
             fmt(t.max),
@@ -194,7 +217,7 @@ pub fn junit(suite: &str, entries: &[Entry<'_>]) -> Result<String, String> {
         .map(|e| {
             let t = timing(e.result);
             let total: f64 = t.times.iter().sum();
-            (total, outcome(e.result), summary(&t, e.result))
+            (total, outcome(e.result), clean(&summary(&t, e.result)))
         })
         .collect();
     let failures = cases
@@ -227,7 +250,7 @@ pub fn junit(suite: &str, entries: &[Entry<'_>]) -> Result<String, String> {
     w.write_event(Event::Start(s)).map_err(fail)?;
     for (e, (time, outcome, summary)) in entries.iter().zip(&cases) {
         let mut case = BytesStart::new("testcase");
-        case.push_attribute(("name", e.command));
+        case.push_attribute(("name", clean(e.command).as_str()));
         case.push_attribute(("classname", suite));
         case.push_attribute(("time", format!("{time:.3}").as_str()));
         w.write_event(Event::Start(case)).map_err(fail)?;
@@ -235,7 +258,7 @@ pub fn junit(suite: &str, entries: &[Entry<'_>]) -> Result<String, String> {
             Outcome::Passed => {}
             Outcome::Failed(message) => {
                 let mut f = BytesStart::new("failure");
-                f.push_attribute(("message", message.as_str()));
+                f.push_attribute(("message", clean(message).as_str()));
                 f.push_attribute(("type", "cleanroom"));
                 w.write_event(Event::Start(f)).map_err(fail)?;
                 w.write_event(Event::Text(BytesText::new(summary)))
@@ -303,7 +326,12 @@ fn failure(r: &RunResult) -> Option<String> {
     };
     let other_exit = r.exit_codes.iter().find(|c| **c != Some(0));
     failed_run
-        .or_else(|| other_exit.map(|c| format!("a run's exit code was {c:?}")))
+        .or_else(|| {
+            other_exit.map(|c| match c {
+                Some(code) => format!("a run exited with code {code}"),
+                None => "a run was ended by a signal".to_owned(),
+            })
+        })
         .or_else(|| {
             let c = r.comparison.as_ref()?;
             (c.verdict == Verdict::Slower).then(|| {
@@ -472,5 +500,43 @@ mod tests {
         assert!(xml.contains(r#"name="ok &lt;&amp;&gt;""#), "{xml}");
         assert!(xml.contains(r#"<failure message="exit code 3""#), "{xml}");
         assert!(xml.contains("Time (mean ± σ): 10.000 ms"), "{xml}");
+        // A name with a terminal escape and a newline: escaped in the XML and the table.
+        let odd = "printf '\u{1b}[1m'\nx";
+        let xml = junit(
+            "s",
+            &[Entry {
+                command: odd,
+                result: &ok,
+            }],
+        )
+        .unwrap();
+        assert!(!xml.contains('\u{1b}') && xml.contains("\\x1b[1m"), "{xml}");
+        let md = markdown(&[Entry {
+            command: odd,
+            result: &ok,
+        }]);
+        assert_eq!(md.lines().count(), 3, "{md}");
+        assert!(!md.contains('\u{1b}'), "{md}");
+    }
+
+    #[test]
+    fn a_command_that_never_ran_is_left_out_of_the_tables() {
+        let ran = batch(&[10.0, 20.0], &[Some(0), Some(0)]);
+        let mut never = batch(&[0.0], &[None]);
+        never.last.end_reason = EndReason::Cancelled;
+        let entries = [
+            Entry {
+                command: "ran",
+                result: &ran,
+            },
+            Entry {
+                command: "never",
+                result: &never,
+            },
+        ];
+        assert_eq!(json(&entries)["results"].as_array().unwrap().len(), 1);
+        assert_eq!(csv(&entries).unwrap().lines().count(), 2);
+        let md = markdown(&entries);
+        assert!(!md.contains("never") && md.contains("| 1.00 |"), "{md}");
     }
 }

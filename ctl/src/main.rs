@@ -462,7 +462,9 @@ fn compare_command(
     let mut on_note = |method: &str, params: &serde_json::Value| match method {
         "run.output" if show => {
             let data = params["data"].as_str().unwrap_or_default();
-            let _ = std::io::stderr().write_all(data.as_bytes());
+            bar.suspend(|| {
+                let _ = std::io::stderr().write_all(data.as_bytes());
+            });
         }
         "run.progress" if progress && !json => {
             let done = params["done"].as_u64().unwrap_or(0);
@@ -535,7 +537,6 @@ fn compare_command(
     Ok(())
 }
 
-/// Prints the result as JSON with `--json`, else as the human text `human` makes.
 /// A progress bar on stderr (indicatif: redrawn at most a few times a second, with the
 /// time left), or a hidden one when `shown` is false.
 fn progress_bar(shown: bool, total: u64) -> indicatif::ProgressBar {
@@ -597,22 +598,27 @@ fn write_exports(
     Ok(())
 }
 
+/// Prints the result as JSON with `--json`, else as the human text `human` makes.
 fn emit<T: Serialize>(
     cli: &Cli,
     result: &T,
     human: impl FnOnce() -> String,
 ) -> Result<(), CallError> {
-    let text = if cli.json {
+    // JSON goes out as it is (anstream would drop a DEL a string may hold); text through
+    // anstream, which keeps its colours only for a terminal.
+    let written = if cli.json {
         let mut s = serde_json::to_string(result)
             .map_err(|e| CallError::Protocol(format!("cannot encode result: {e}")))?;
         s.push('\n');
-        s
+        let mut out = std::io::stdout().lock();
+        out.write_all(s.as_bytes()).and_then(|()| out.flush())
     } else {
-        output::paint(&output::printable(&human()))
+        let text = output::paint(&output::printable(&human()));
+        let mut out = anstream::stdout().lock();
+        out.write_all(text.as_bytes()).and_then(|()| out.flush())
     };
-    let mut out = anstream::stdout().lock();
     // A closed pipe (`| head`) is not an error worth a message.
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    match written {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(CallError::Protocol(format!("cannot write output: {e}"))),

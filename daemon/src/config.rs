@@ -759,8 +759,7 @@ impl Config {
             if old.get(key) != Some(value) {
                 let bound_at_start = key.starts_with("daemon.")
                     || key.starts_with("socket.")
-                    || key == "metrics.listen"
-                    || key == "metrics.allow_remote";
+                    || key.starts_with("metrics.");
                 if bound_at_start {
                     restart.push(key.clone());
                 } else {

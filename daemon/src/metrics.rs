@@ -48,8 +48,6 @@ pub struct Metrics {
     pub partition_cpus: IntGauge,
     /// Pin rules in force (set at each scrape).
     pub pin_rules: IntGauge,
-    /// Threads placed by pin rules, with their originals journaled (set at each scrape).
-    pub pinned_threads: IntGauge,
     /// HTTP connections to the scrape endpoint closed at once (over its connection cap).
     pub http_rejected: IntCounter,
 }
@@ -208,10 +206,6 @@ impl Metrics {
             "CPUs of the active profile's partition (0: none).",
         );
         let pin_rules = gauge("cleanroomd_pin_rules", "Pin rules in force.");
-        let pinned_threads = gauge(
-            "cleanroomd_pinned_threads",
-            "Threads pin rules placed (their originals journaled).",
-        );
         let http_rejected = IntCounter::new(
             "cleanroomd_metrics_http_rejected_total",
             "Connections to the scrape endpoint closed at once: metrics.max_connections were \
@@ -229,7 +223,6 @@ impl Metrics {
             Box::new(shielded_cpus.clone()),
             Box::new(partition_cpus.clone()),
             Box::new(pin_rules.clone()),
-            Box::new(pinned_threads.clone()),
             Box::new(http_rejected.clone()),
             Box::new(process),
         ] {
@@ -282,7 +275,6 @@ impl Metrics {
             shielded_cpus,
             partition_cpus,
             pin_rules,
-            pinned_threads,
             http_rejected,
         }
     }

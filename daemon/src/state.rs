@@ -163,24 +163,16 @@ impl State {
     }
 
     /// Every metric as of now (the gauges of exclusive CPUs, the shield, the partition
-    /// and the pins read first), in the Prometheus text format or OpenMetrics.
-    pub async fn metrics_text(&self, openmetrics: bool) -> String {
+    /// and the pin rules read first, from memory), in the Prometheus text format or
+    /// OpenMetrics.
+    pub fn metrics_text(&self, openmetrics: bool) -> String {
         let m = &self.metrics;
         let o = self.engine.runner().occupancy();
         m.exclusive_cpus.set(o.exclusive as i64);
         m.shielded_cpus.set(o.shielded as i64);
         m.partition_cpus.set(o.partition as i64);
+        // Nothing here waits for the store: a scrape must not queue behind it.
         m.pin_rules.set(self.pins.rules().len() as i64);
-        let store = self.store.clone();
-        let pinned = tokio::task::spawn_blocking(move || {
-            crate::store::pins::count(&store.lock_blocking()).ok()
-        })
-        .await
-        .ok()
-        .flatten();
-        if let Some(n) = pinned {
-            m.pinned_threads.set(n as i64);
-        }
         if openmetrics {
             m.render_openmetrics()
         } else {

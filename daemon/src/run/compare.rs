@@ -44,9 +44,14 @@ pub struct Prepared {
     overruled: Option<String>,
 }
 
-/// Least share of its wall time a command spends on a CPU to count as CPU-bound: below
-/// it, wall and CPU time may rightly tell different stories (a command that waits).
-const CPU_BOUND: f64 = 0.8;
+/// The share of its wall time a command spends on a CPU to count as single-threaded and
+/// CPU-bound: below it, wall and CPU time may rightly tell different stories (a command
+/// that waits); above it, it runs in parallel (CPU time beyond wall time).
+const CPU_BOUND: std::ops::RangeInclusive<f64> = 0.8..=1.05;
+
+/// Most the two sides' shares may differ: a new version that waits more (or runs more in
+/// parallel) changes wall time for real, which CPU time cannot see.
+const SAME_SHARE: f64 = 0.05;
 
 /// Whether wall time and CPU time of the same paired rounds disagree about a CPU-bound
 /// comparison: each decides (at the family's base level), and they decide differently
@@ -62,11 +67,14 @@ pub fn clock_disagreement(
     cpu: (&[f64], &[f64]),
     s: &Settings,
 ) -> Option<String> {
-    let bound = |w: &[f64], c: &[f64]| {
-        let (mw, mc) = (median(w), median(c));
-        mw > 0.0 && mc / mw >= CPU_BOUND
+    let share = |w: &[f64], c: &[f64]| {
+        let mw = median(w);
+        (mw > 0.0).then(|| median(c) / mw)
     };
-    if !(bound(wall.0, cpu.0) && bound(wall.1, cpu.1)) {
+    let (Some(a), Some(b)) = (share(wall.0, cpu.0), share(wall.1, cpu.1)) else {
+        return None;
+    };
+    if !(CPU_BOUND.contains(&a) && CPU_BOUND.contains(&b) && (a - b).abs() <= SAME_SHARE) {
         return None;
     }
     let pairs = |a: &[f64], b: &[f64]| -> Vec<(f64, f64)> {
@@ -384,6 +392,14 @@ mod tests {
         assert!(
             clock_disagreement((&wall_once, &wall_twice), (&cpu_old, &cpu_twice), &s).is_none()
         );
+        // A new version that waits 10 % more (its CPU time unchanged) is slower for real:
+        // wall time says so, CPU time cannot, and the verdict stands.
+        let waits: Vec<f64> = wall_old.iter().map(|w| w * 1.1).collect();
+        assert!(clock_disagreement((&wall_old, &waits), (&cpu_old, &cpu_old), &s).is_none());
+        // Nor is a parallel one judged by it (CPU time beyond wall time).
+        let parallel: Vec<f64> = cpu_old.iter().map(|c| c * 3.0).collect();
+        let quicker: Vec<f64> = wall_old.iter().map(|w| w * 0.5).collect();
+        assert!(clock_disagreement((&wall_old, &quicker), (&cpu_old, &parallel), &s).is_none());
         // A command that waits (CPU time a tenth of its wall time) is not judged by it.
         let idle_old: Vec<f64> = cpu_old.iter().map(|c| c / 10.0).collect();
         let idle_new: Vec<f64> = cpu_old.iter().map(|c| c / 10.0).collect();

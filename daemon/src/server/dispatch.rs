@@ -77,7 +77,7 @@ async fn route(
         Request::Ping(_) => reply(PingResult { pong: true }),
         Request::Status(_) => reply(status(peer, st).await?),
         Request::Metrics(_) => reply(MetricsResult {
-            text: state.metrics_text(false).await,
+            text: state.metrics_text(false),
         }),
         Request::Reload(_) => reply(reload(st).await?),
         Request::ProfileList(_) => reply(profile_list(st).await?),

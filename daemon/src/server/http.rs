@@ -113,7 +113,7 @@ async fn answer(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>>
         return r;
     }
     let open = wants_openmetrics(req.headers().get(ACCEPT));
-    let body = state.metrics_text(open).await;
+    let body = state.metrics_text(open);
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         CONTENT_TYPE,
