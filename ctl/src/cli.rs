@@ -103,6 +103,21 @@ pub enum Command {
     /// Stored runs: list, show, compare.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// A report of stored batches to look at or share: charts of every repeat, the
+    /// comparisons with their intervals, labels' histories with baselines and change
+    /// points, the environments (HTML, one file that needs no network), or the same as
+    /// Markdown tables, CSV of every repeat, or JSON.
+    #[command(
+        after_help = "The first batch named is the reference: each later one is compared with it \
+        (as measured, when\nit was compared with it then; else as sequential batches). A --label adds its history\nand its newest batch.\n\n\
+        Examples:\n  \
+        cleanroomctl report 1795438620536 -o run.html\n  \
+        cleanroomctl report baseline:main 1795438620536 -o compare.html\n  \
+        cleanroomctl report --label nightly-bench -o nightly.html\n  \
+        cleanroomctl report --label nightly-bench --metric cpu --format md >> $GITHUB_STEP_SUMMARY\n  \
+        cleanroomctl report 1795438620536 --format csv | python3 -c 'import pandas, sys; print(pandas.read_csv(sys.stdin))'"
+    )]
+    Report(Box<ReportArgs>),
     /// Baselines: list, save, delete (or save one with `run --save-baseline NAME`).
     #[command(subcommand)]
     Baseline(BaselineCommand),
@@ -262,6 +277,61 @@ pub struct RunArgs {
 
 /// The separator between the commands of `compare`, unless --separator says otherwise.
 pub const DEFAULT_SEPARATOR: &str = "::";
+
+/// What `report` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// One self-contained page with charts.
+    Html,
+    /// The tables, in Markdown.
+    Md,
+    /// Every repeat of every batch, one row each.
+    Csv,
+    /// Everything gathered, as JSON.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Batches: ids (from `runs list`) or baseline:NAME. The first is the reference.
+    #[arg(value_name = "BATCH", required_unless_present = "labels")]
+    pub sources: Vec<String>,
+    /// Show this label's history (its batches over time, baselines, change points) and its
+    /// newest batch; repeatable.
+    #[arg(long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
+    /// The measure charted and compared: wall, cpu, instructions or cycles.
+    #[arg(long, default_value = "wall", value_parser = parse_metric)]
+    pub metric: cleanroom_proto::Metric,
+    /// Output format (default: html, or what the -o file's extension says).
+    #[arg(long, value_enum)]
+    pub format: Option<ReportFormat>,
+    /// Write to FILE (replaced whole, never half-written) instead of standard output.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// How many of a label's newest batches its history shows (at most 500).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+impl ReportArgs {
+    /// The format asked for, else the one the output file's extension names, else HTML.
+    pub fn format(&self) -> ReportFormat {
+        self.format.unwrap_or_else(|| {
+            match self
+                .output
+                .as_ref()
+                .and_then(|p| p.extension())
+                .and_then(|e| e.to_str())
+            {
+                Some("md" | "markdown") => ReportFormat::Md,
+                Some("csv") => ReportFormat::Csv,
+                Some("json") => ReportFormat::Json,
+                _ => ReportFormat::Html,
+            }
+        })
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {

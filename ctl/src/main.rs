@@ -9,6 +9,7 @@
 mod client;
 mod export;
 mod output;
+mod report;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,8 +25,8 @@ use cleanroom_proto::{
     RunsShow, ShieldItemStatus, ShieldLower, ShieldLowerParams, Status, TuneResult,
 };
 use cleanroomctl::cli::{
-    BaselineCommand, Cli, Command, CompareArgs, PinCommand, ProfileCommand, RunArgs, RunOptions,
-    RunsCommand, ShieldCommand,
+    BaselineCommand, Cli, Command, CompareArgs, PinCommand, ProfileCommand, ReportArgs,
+    ReportFormat, RunArgs, RunOptions, RunsCommand, ShieldCommand,
 };
 use serde::Serialize;
 
@@ -61,6 +62,18 @@ fn run(cli: &Cli) -> Result<(), CallError> {
                     .exit()
             }
         },
+        Command::Report(a) => {
+            let request = report_request(a);
+            if let Err(e) = request.check() {
+                use clap::CommandFactory;
+                let mut cmd = Cli::command();
+                let report = cmd
+                    .find_subcommand_mut("report")
+                    .expect("report is a subcommand");
+                report.error(clap::error::ErrorKind::InvalidValue, e).exit()
+            }
+            None
+        }
         _ => None,
     };
     let wait = Duration::from_millis(cli.timeout.unwrap_or(10_000));
@@ -84,6 +97,35 @@ fn run(cli: &Cli) -> Result<(), CallError> {
         Command::Run(ref r) => run_command(cli, &mut client, r),
         Command::Compare(ref a) => {
             compare_command(cli, &mut client, a, commands.unwrap_or_default())
+        }
+        Command::Report(ref a) => {
+            let gathered = report::gather(&mut client, &report_request(a))?;
+            let text = match a.format() {
+                ReportFormat::Html => report::html::render(&gathered),
+                ReportFormat::Md => report::text::markdown(&gathered),
+                ReportFormat::Csv => report::text::csv(&gathered)
+                    .map_err(|e| CallError::Protocol(format!("cannot write CSV: {e}")))?,
+                ReportFormat::Json => {
+                    let mut s = serde_json::to_string_pretty(&gathered).map_err(|e| {
+                        CallError::Protocol(format!("cannot encode the report: {e}"))
+                    })?;
+                    s.push('\n');
+                    s
+                }
+            };
+            match &a.output {
+                Some(path) => write_file(path, &text)
+                    .map_err(|e| CallError::Exit(1, Some(format!("-o {}: {e}", path.display())))),
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                            Err(CallError::Protocol(format!("cannot write output: {e}")))
+                        }
+                        _ => Ok(()),
+                    }
+                }
+            }
         }
         Command::Runs(RunsCommand::List { limit }) => {
             let r = client.call::<RunsList>(&RunsListParams { limit: Some(limit) })?;
@@ -582,20 +624,33 @@ fn write_exports(
         let Some(path) = path else { continue };
         let fail = |e: String| CallError::Exit(1, Some(format!("{flag} {}: {e}", path.display())));
         let text = render().map_err(fail)?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => std::path::Path::new("."),
-        };
-        // Created 0666 less the umask, as a plain file would be.
-        let mut tmp = tempfile::Builder::new()
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .tempfile_in(dir)
-            .map_err(|e| fail(e.to_string()))?;
-        tmp.write_all(text.as_bytes())
-            .map_err(|e| fail(e.to_string()))?;
-        tmp.persist(path).map_err(|e| fail(e.error.to_string()))?;
+        write_file(path, &text).map_err(|e| fail(e.to_string()))?;
     }
     Ok(())
+}
+
+/// Writes `text` to `path` whole or not at all: a file beside it, renamed over it.
+fn write_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    // Created 0666 less the umask, as a plain file would be.
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn report_request(a: &ReportArgs) -> report::Request {
+    report::Request {
+        sources: a.sources.clone(),
+        labels: a.labels.clone(),
+        metric: a.metric,
+        limit: a.limit,
+    }
 }
 
 /// Prints the result as JSON with `--json`, else as the human text `human` makes.

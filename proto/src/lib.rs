@@ -56,6 +56,7 @@ pub mod pin;
 pub mod profile;
 pub mod run;
 pub mod shield;
+pub mod stats;
 pub mod wire;
 
 pub use daemon::*;

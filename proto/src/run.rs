@@ -695,6 +695,10 @@ pub struct RunResult {
     /// did not start), when `repeat` > 1: the codes of runs past [`MAX_RECORDS`] too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exit_codes: Vec<Option<i32>>,
+    /// The warm-up runs' wall times in order, milliseconds (not measured: what they show
+    /// is how the command warms up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warmup_ms: Vec<f64>,
     /// Statistics by metric (`wall_ms`, `user_ms`, `sys_ms`, `max_rss_kb`), when
     /// `repeat` > 1.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -726,6 +730,72 @@ pub struct RunResult {
     /// The answer to a detached start: the batch is still running.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detached: bool,
+    /// Where a stored batch came from (`runs.show` fills it in): who ran what, when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<Provenance>,
+}
+
+/// Who ran a stored batch, what and when (`runs.show`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// When it ended (seconds since the epoch).
+    pub ts: f64,
+    /// Who ran it.
+    pub uid: u32,
+    /// Its label.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The command.
+    #[serde(default)]
+    pub argv: Vec<String>,
+}
+
+impl RunResult {
+    /// The values of `metric`, one per measured run.
+    pub fn metric_values(&self, metric: Metric) -> Vec<f64> {
+        let r = self;
+        // Every run's, from `samples`; results stored before it have every record instead.
+        let series = |name: &str, of: fn(&RunRecord) -> f64| {
+            if let Some(values) = r.samples.get(name) {
+                values.clone()
+            } else if r.runs.is_empty() {
+                vec![of(&r.last)]
+            } else {
+                r.runs.iter().map(of).collect()
+            }
+        };
+        match metric {
+            Metric::Wall => series("wall_ms", |x| x.wall_ms),
+            Metric::Cpu => match (r.samples.get("user_ms"), r.samples.get("sys_ms")) {
+                // Stored before `cpu_ms` was a series of its own: its parts are.
+                (Some(u), Some(s)) if !r.samples.contains_key("cpu_ms") => {
+                    u.iter().zip(s).map(|(u, s)| u + s).collect()
+                }
+                _ => series("cpu_ms", |x| x.user_ms + x.sys_ms),
+            },
+            Metric::Cycles => match r.samples.get("cycles") {
+                Some(values) => values.clone(),
+                None => r
+                    .runs
+                    .iter()
+                    .chain(r.runs.is_empty().then_some(&r.last))
+                    .filter_map(|x| x.counters.as_ref()?.cycles.map(|n| n as f64))
+                    .collect(),
+            },
+            // Counted runs only: a batch measured without counting has none.
+            Metric::Instructions => match r.samples.get("instructions") {
+                Some(values) => values.clone(),
+                None if r.runs.is_empty() => {
+                    r.last.instructions.map(|n| n as f64).into_iter().collect()
+                }
+                None => r
+                    .runs
+                    .iter()
+                    .filter_map(|x| x.instructions.map(|n| n as f64))
+                    .collect(),
+            },
+        }
+    }
 }
 
 /// Most whole records a result holds; past them, a run's measures are in

@@ -7,6 +7,7 @@
 //! emits typed [`RunEvent`]s; whoever drives it (the server, later suites and interleaved
 //! comparisons) maps them to its own output. Nothing here knows about connections.
 
+use cleanroom_proto::stats;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -19,9 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::active::{Active, Listing, Registration};
 use super::compare::{Plan, Side};
 use super::error::Error;
-use super::{
-    Exclusive, Job, Runner, Want, compare, fingerprint, history, instructions, stats, verdict,
-};
+use super::{Exclusive, Job, Runner, Want, compare, fingerprint, history, instructions, verdict};
 use crate::config::Quotas;
 use crate::quota::Exceeded;
 use crate::store::{Store, history as rows};
@@ -355,7 +354,8 @@ impl Engine {
             shield,
             fingerprint: Some(fingerprint),
             reruns,
-            plain: batch.instructions.then_some(plain),
+            warmups: plain,
+            counted: batch.instructions,
         };
         self.finish(id, &batch, &settings, ran).await
     }
@@ -601,8 +601,8 @@ impl Engine {
         let mut result = result_of(id, batch.repeat, ran)?;
         if let Some(base) = &batch.baseline {
             let (old, new) = (
-                history::metric_samples(&base.result, batch.metric),
-                history::metric_samples(&result, batch.metric),
+                base.result.metric_values(batch.metric),
+                result.metric_values(batch.metric),
             );
             let label = batch.label.clone().or_else(|| base.label.clone());
             let spread = history::spread(
@@ -756,8 +756,11 @@ pub(super) struct Ran {
     pub(super) shield: Option<String>,
     pub(super) fingerprint: Option<Fingerprint>,
     pub(super) reruns: Vec<Rerun>,
-    /// With counting: the warm-ups' wall times (they run plain).
-    pub(super) plain: Option<Vec<f64>>,
+    /// The warm-ups' wall times, in order (with counting, they run plain).
+    pub(super) warmups: Vec<f64>,
+    /// Whether the measured runs were counted under cachegrind (their cost is the ratio
+    /// to the warm-ups').
+    pub(super) counted: bool,
 }
 
 /// The result of a batch of `repeat` asked for: the last run, and with more than one,
@@ -770,11 +773,15 @@ pub(super) fn result_of(id: String, repeat: u32, ran: Ran) -> Result<RunResult, 
     result.fingerprint = ran.fingerprint;
     result.reruns = ran.reruns;
     result.shield = ran.shield;
-    result.cost_factor = ran.plain.as_deref().and_then(|plain| {
-        let walls: Vec<f64> = ran.measured.iter().map(|r| r.wall_ms).collect();
-        let (counted, plain) = (stats::summarize(&walls)?, stats::summarize(plain)?);
-        (plain.median > 0.0).then(|| counted.median / plain.median)
-    });
+    result.cost_factor = ran
+        .counted
+        .then_some(ran.warmups.as_slice())
+        .and_then(|plain| {
+            let walls: Vec<f64> = ran.measured.iter().map(|r| r.wall_ms).collect();
+            let (counted, plain) = (stats::summarize(&walls)?, stats::summarize(plain)?);
+            (plain.median > 0.0).then(|| counted.median / plain.median)
+        });
+    result.warmup_ms = ran.warmups;
     if repeat > 1 {
         result.stats = summaries(&ran.measured);
         result.samples = samples(&ran.measured);
@@ -877,6 +884,8 @@ pub(crate) fn bare(batch: String, last: RunRecord) -> RunResult {
         reruns: Vec::new(),
         shield: None,
         detached: false,
+        stored: None,
+        warmup_ms: Vec::new(),
     }
 }
 

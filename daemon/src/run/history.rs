@@ -82,61 +82,23 @@ pub async fn load(store: &Store, caller: &Caller, what: &str) -> Result<Stored, 
     if base.is_none() && !caller.may_see(row.uid) {
         return Err(Error::NotYourBatch(what.to_owned()));
     }
-    let result = serde_json::from_str(&row.result).map_err(|source| Error::Unreadable {
-        batch: row.batch.clone(),
-        source,
-    })?;
+    let mut result: RunResult =
+        serde_json::from_str(&row.result).map_err(|source| Error::Unreadable {
+            batch: row.batch.clone(),
+            source,
+        })?;
+    result.stored = Some(cleanroom_proto::Provenance {
+        ts: row.ts,
+        uid: row.uid,
+        label: row.label.clone(),
+        argv: serde_json::from_str(&row.argv).unwrap_or_default(),
+    });
     Ok(Stored {
         batch: row.batch,
         owner: row.uid,
         label: row.label,
         result,
     })
-}
-
-/// The values of `metric` in a stored result, one per measured run.
-pub fn metric_samples(r: &RunResult, metric: Metric) -> Vec<f64> {
-    // Every run's, from `samples`; results stored before it have every record instead.
-    let series = |name: &str, of: fn(&cleanroom_proto::RunRecord) -> f64| {
-        if let Some(values) = r.samples.get(name) {
-            values.clone()
-        } else if r.runs.is_empty() {
-            vec![of(&r.last)]
-        } else {
-            r.runs.iter().map(of).collect()
-        }
-    };
-    match metric {
-        Metric::Wall => series("wall_ms", |x| x.wall_ms),
-        Metric::Cpu => match (r.samples.get("user_ms"), r.samples.get("sys_ms")) {
-            // Stored before `cpu_ms` was a series of its own: its parts are.
-            (Some(u), Some(s)) if !r.samples.contains_key("cpu_ms") => {
-                u.iter().zip(s).map(|(u, s)| u + s).collect()
-            }
-            _ => series("cpu_ms", |x| x.user_ms + x.sys_ms),
-        },
-        Metric::Cycles => match r.samples.get("cycles") {
-            Some(values) => values.clone(),
-            None => r
-                .runs
-                .iter()
-                .chain(r.runs.is_empty().then_some(&r.last))
-                .filter_map(|x| x.counters.as_ref()?.cycles.map(|n| n as f64))
-                .collect(),
-        },
-        // Counted runs only: a batch measured without counting has none.
-        Metric::Instructions => match r.samples.get("instructions") {
-            Some(values) => values.clone(),
-            None if r.runs.is_empty() => {
-                r.last.instructions.map(|n| n as f64).into_iter().collect()
-            }
-            None => r
-                .runs
-                .iter()
-                .filter_map(|x| x.instructions.map(|n| n as f64))
-                .collect(),
-        },
-    }
 }
 
 /// Earlier batches a between-batch spread is estimated from (the newest of the label).
@@ -169,7 +131,7 @@ pub async fn spread(
             .iter()
             .filter(|row| !exclude.contains(&row.batch.as_str()))
             .filter_map(|row| serde_json::from_str::<RunResult>(&row.result).ok())
-            .map(|r| metric_samples(&r, metric))
+            .map(|r| r.metric_values(metric))
             .collect();
         if let Some(sd) = compare::spread_of_history(&batches) {
             return Ok(BetweenBatch {
@@ -248,8 +210,8 @@ pub async fn compare(
         }
     }
     let (old, new) = (
-        metric_samples(&sa.result, metric),
-        metric_samples(&sb.result, metric),
+        sa.result.metric_values(metric),
+        sb.result.metric_values(metric),
     );
     if old.is_empty() || new.is_empty() {
         return Err(Error::NothingToCompare(format!(

@@ -186,7 +186,8 @@ impl Engine {
                 shield: shield.clone(),
                 fingerprint: Some(fingerprint),
                 reruns,
-                plain: cmp.sides[i].instructions.then_some(plain),
+                warmups: plain,
+                counted: cmp.sides[i].instructions,
             };
             let mut result = result_of(id.clone(), complete.max(2) as u32, ran)?;
             result.comparison = comparisons.get_mut(i).and_then(Option::take);

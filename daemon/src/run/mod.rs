@@ -30,7 +30,6 @@ pub mod request;
 pub mod shield;
 mod slots;
 pub mod spawn;
-pub mod stats;
 pub mod verdict;
 
 pub use active::{Active, Registration};

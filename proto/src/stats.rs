@@ -1,6 +1,29 @@
-//! Statistics over repeated runs.
+//! Statistics over repeated runs: the daemon's summaries and the client's charts use the
+//! same quartiles.
 
-use cleanroom_proto::Summary;
+use crate::Summary;
+
+/// Q1, median and Q3 by linear interpolation between order statistics (R's type 7, numpy's
+/// default). `None` for an empty sample.
+pub fn quartiles(values: &[f64]) -> Option<[f64; 3]> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        let pos = p * (sorted.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+    };
+    Some([q(0.25), q(0.5), q(0.75)])
+}
+
+/// Tukey's fences: values outside Q1 − 1.5·IQR … Q3 + 1.5·IQR are outliers.
+pub fn fences([q1, _, q3]: [f64; 3]) -> (f64, f64) {
+    let iqr = q3 - q1;
+    (q1 - 1.5 * iqr, q3 + 1.5 * iqr)
+}
 
 /// Mean, median, sample standard deviation, coefficient of variation, min, max, and the
 /// indexes of outliers by Tukey's rule (outside Q1 − 1.5·IQR … Q3 + 1.5·IQR, quartiles by
@@ -17,16 +40,9 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
         0.0
     };
     let stddev = var.sqrt();
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        let pos = p * (sorted.len() - 1) as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-    };
-    let (q1, median, q3) = (q(0.25), q(0.5), q(0.75));
-    let iqr = q3 - q1;
-    let (lo, hi) = (q1 - 1.5 * iqr, q3 + 1.5 * iqr);
+    let quartiles = quartiles(values)?;
+    let median = quartiles[1];
+    let (lo, hi) = fences(quartiles);
     let outliers = values
         .iter()
         .enumerate()
@@ -42,8 +58,8 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
         } else {
             0.0
         },
-        min: sorted[0],
-        max: sorted[sorted.len() - 1],
+        min: values.iter().copied().fold(f64::INFINITY, f64::min),
+        max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         outliers,
     })
 }
@@ -62,6 +78,15 @@ mod tests {
         assert_eq!((s.min, s.max), (2.0, 9.0));
         // Q1 = 4, Q3 = 5.5 (linear interpolation): the fences are 1.75 and 7.75.
         assert_eq!(s.outliers, vec![7]);
+    }
+
+    #[test]
+    fn quartiles_as_numpy_computes_them() {
+        // numpy.percentile(range(1, 11), [25, 50, 75]) = [3.25, 5.5, 7.75].
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(quartiles(&v), Some([3.25, 5.5, 7.75]));
+        assert_eq!(fences([3.25, 5.5, 7.75]), (-3.5, 14.5));
+        assert_eq!(quartiles(&[]), None);
     }
 
     #[test]
