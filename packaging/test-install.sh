@@ -12,7 +12,8 @@
 # another fresh root, rpm -ivh --nodeps, rpm -e. Then packaging/test/vm-install.sh checks the
 # .deb in a cgroup v2 VM (runs with limits in the shield's partition); CLEANROOM_SKIP_VM=1
 # skips that part.
-# The Debian root is cached as /var/cache/cleanroom-nspawn/bookworm.tar.zst
+# The Debian root is cached as /var/cache/cleanroom-nspawn/bookworm-HASH.tar.zst (HASH: of the
+# package list, root_packages below)
 # (CLEANROOM_NSPAWN_CACHE); CI=true builds it afresh. Mirror: CLEANROOM_NSPAWN_MIRROR, else
 # this host's apt sources. Holds /tmp/cleanroom-test.lock unless an ancestor holds it.
 # Prints PASS/FAIL per check with the reason and "N passed, M failed"; exits 1 on a failure.
@@ -41,7 +42,13 @@ hold_test_lock "$self" "$deb" "$rpm"
 
 t_start=$SECONDS
 cache=${CLEANROOM_NSPAWN_CACHE:-/var/cache/cleanroom-nspawn}
-tarball=$cache/bookworm.tar.zst
+# The packages the root holds besides minbase: systemd to boot it, rpm for the .rpm
+# (debootstrap), and ansible-core with python3-apt for its apt module, to run the
+# collection's role inside it (apt-get). The cache is named by them: a changed list builds
+# a new root.
+root_packages=systemd,systemd-sysv,dbus,rpm
+root_apt_packages="ansible-core python3-apt"
+tarball=$cache/bookworm-$(printf '%s %s' "$root_packages" "$root_apt_packages" | sha256sum | cut -c1-12).tar.zst
 work=$(mktemp -d /var/tmp/cleanroom-nspawn.XXXXXX)
 nspawn_pid='' leader='' cg=''
 PROFILE=cr-pkgtest
@@ -123,7 +130,7 @@ boot() {
 }
 
 # --- the Debian root ---------------------------------------------------------------------
-build_root() { build_debian_root "$tarball" systemd,systemd-sysv,dbus,rpm "$work"; }
+build_root() { build_debian_root "$tarball" "$root_packages" "$work" "$root_apt_packages"; }
 # new_root NAME: a fresh copy of the cached root at $work/NAME, with the packages in /root/pkgs.
 new_root() {
     local r=$work/$1
@@ -407,6 +414,69 @@ fi
 stop_container
 rm -rf --one-file-system "$work/rpm"
 echo "rpm part: $((SECONDS - t0))s"
+
+# --- the Ansible role -----------------------------------------------------------------------
+# The collection's role (ansible/roles/cleanroom) run by ansible-playbook inside a fresh
+# booted root, as an admin runs it on a host: it installs the .deb from a file, enables the
+# socket, adds users to the groups, installs a profile file and applies it; run again it
+# changes nothing.
+role_play() { # role_play: ansible-playbook's recap line for localhost (its output in $work)
+    CT_TIMEOUT=600 in_ct env ANSIBLE_COLLECTIONS_PATH=/root/collections ANSIBLE_NOCOLOR=1 \
+        ansible-playbook -i localhost, /root/site.yml >"$work/role.out" 2>&1
+    local rc=$?
+    grep -E '^localhost +: ok=' "$work/role.out" | tail -n 1 | tr -s ' '
+    return $rc
+}
+role_suite() {
+    local r=$work/role recap rc
+    mkdir -p "$r/root/collections/ansible_collections/cleanroom"
+    cp -r ansible "$r/root/collections/ansible_collections/cleanroom/host"
+    printf '[sysctl]\n"net.core.somaxconn" = 1234\n' >"$r/root/cr-role.toml"
+    cat >"$r/root/site.yml" <<EOF
+---
+- name: A host with cleanroom
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  roles:
+    - role: cleanroom.host.cleanroom
+      vars:
+        cleanroom_package_file: /root/pkgs/$(basename "$deb")
+        cleanroom_users: [alice]
+        cleanroom_admins: [bob]
+        cleanroom_profile_files: [/root/cr-role.toml]
+        cleanroom_profile: cr-role
+EOF
+    in_ct useradd -m alice && in_ct useradd -m bob
+    recap=$(role_play)
+    rc=$?
+    expect "role: first run succeeds" 0 "$rc"
+    [ "$rc" = 0 ] || { tail -n 40 "$work/role.out"; return; }
+    expect_match "role: ... changed what it set up" 'changed=[1-9]' "$recap"
+    expect "role: ... the package is installed" "install ok installed" \
+        "$(in_ct dpkg-query -W -f '${Status}' cleanroom)"
+    expect "role: ... the socket enabled and listening" "enabled active" \
+        "$(oneline "$(in_ct systemctl is-enabled cleanroomd.socket; in_ct systemctl is-active cleanroomd.socket)")"
+    expect_match "role: ... alice in group cleanroom" '(^| )cleanroom( |$)' "$(in_ct id -nG alice)"
+    expect_match "role: ... bob in group cleanroom-admin" '(^| )cleanroom-admin( |$)' "$(in_ct id -nG bob)"
+    check "role: ... the profile file installed" in_ct test -f /etc/cleanroom/profiles/cr-role.toml
+    expect "role: ... the profile applied" "1234" "$(in_ct cat /proc/sys/net/core/somaxconn)"
+    expect_match "role: ... and in force" 'cr-role' "$(in_ct cleanroomctl profile active)"
+    recap=$(role_play)
+    rc=$?
+    expect "role: second run succeeds" 0 "$rc"
+    [ "$rc" = 0 ] || { tail -n 40 "$work/role.out"; return; }
+    expect_match "role: ... and changes nothing" 'changed=0 ' "$recap"
+}
+t0=$SECONDS
+if new_root role && boot role "$work/role"; then
+    role_suite
+else
+    fail "role: boot a fresh Debian 12 root with systemd-nspawn" "see above"
+fi
+stop_container
+rm -rf --one-file-system "$work/role"
+echo "role part: $((SECONDS - t0))s"
 
 if [ "${CLEANROOM_SKIP_VM:-0}" = 1 ]; then
     echo "cgroup v2 VM install test skipped (CLEANROOM_SKIP_VM=1)"

@@ -12,7 +12,9 @@ use serde_json::Value;
 /// Headless Chromium on `page` with `args` (as root it needs --no-sandbox; its profile in
 /// a directory of the test's own): its output, and the console messages it logged.
 fn chromium(dir: &Path, page: &Path, args: &[&str]) -> (Output, Vec<String>) {
-    let out = Command::new("chromium")
+    // Bounded: a browser that hangs fails the test instead of holding it.
+    let out = Command::new("timeout")
+        .args(["-k", "5", "120", "chromium"])
         .args([
             "--headless",
             "--no-sandbox",
@@ -132,19 +134,14 @@ fn the_report_renders_in_a_browser_with_its_charts() {
     ]);
     assert!(out.status.success(), "{out:?}");
     let page = std::fs::read_to_string(&html).unwrap();
-    // Self-contained: no script, nothing fetched; the label shown as text, not markup.
+    // Self-contained: no script and nothing that fetches (the environment table may quote
+    // a URL of the kernel's command line as text); the label shown as text, not markup.
     let lower = page.to_lowercase();
-    for absent in ["<script", "<link", "src=", "url(", "https:"] {
+    for absent in [
+        "<script", "<link", "<img", "<iframe", "<object", "src=", "href=", "url(", "@import",
+    ] {
         assert!(!lower.contains(absent), "the page holds {absent:?}");
     }
-    assert!(
-        lower
-            .replace("http://www.w3.org/2000/svg", "")
-            .matches("http:")
-            .count()
-            == 0,
-        "the page refers to the network"
-    );
     assert!(page.contains("rep &lt;script&gt;alert(1)&lt;/script&gt;"));
 
     // The browser: no console message at all (the page has no script to log one; a
@@ -206,10 +203,16 @@ fn the_report_renders_in_a_browser_with_its_charts() {
             assert!(t.iter().any(|x| x == w), "{name}: no text {w:?} in {t:?}");
         }
     }
-    // Every measured repeat is a point (a circle, or a cross for an outlier).
+    // Every measured repeat is a point: a circle, or a red cross (two lines) for an
+    // outlier; 12 + 8 + 8 and the label's newest 3.
     let dist = figure(&dom, "distribution");
-    let points = dist.matches("<circle").count();
-    assert!(points >= 12 + 8 + 8 - 6, "{points} points drawn");
+    let circles = dist.matches("<circle").count();
+    let crosses = dist.matches("stroke=\"#D62728\"").count() / 2;
+    assert_eq!(
+        circles + crosses,
+        31,
+        "{circles} circles, {crosses} crosses"
+    );
     assert!(texts(dist).iter().any(|t| t.starts_with("rep <script>")));
     // Both comparisons have their verdict written at their point; the 4× slower one says
     // so.
@@ -229,8 +232,9 @@ fn the_report_renders_in_a_browser_with_its_charts() {
     assert!(dom.contains("<h2 id=\"environment\">Environment</h2>"));
     assert!(dom.contains("cgroup"));
 
-    // The screenshot: the charts are painted (the series' colours cover real areas, far
-    // beyond the legend swatches), the page is not blank.
+    // The screenshot: the charts are painted. Each batch's colour covers real areas (the
+    // points, boxes, lines and bars of its series; anti-aliased edges within reach), far
+    // beyond its legend swatches (a few hundred pixels).
     let shot = dir.join("shot.png");
     let (_, console) = chromium(
         &dir,
@@ -250,27 +254,22 @@ fn the_report_renders_in_a_browser_with_its_charts() {
         .chunks(channels)
         .map(|p| [p[0], p[1], p[2]])
         .collect();
-    let near = |c: [u8; 3], to: [u8; 3]| {
+    let near = |c: &[u8; 3], to: [u8; 3]| {
         c.iter()
             .zip(to)
-            .all(|(a, b)| (i16::from(*a) - i16::from(b)).abs() <= 12)
+            .all(|(a, b)| (i16::from(*a) - i16::from(b)).abs() <= 40)
     };
-    let count = |to: [u8; 3]| pixels.iter().filter(|p| near(**p, to)).count();
-    let (blue, orange, green) = (
-        count([31, 119, 180]),
-        count([255, 127, 14]),
-        count([44, 160, 44]),
-    );
-    assert!(
-        blue > 2000 && orange > 1000 && green > 1000,
-        "series colours painted: blue {blue}, orange {orange}, green {green}"
-    );
-    let ink = pixels.iter().filter(|p| p.iter().any(|c| *c < 200)).count();
-    assert!(
-        ink * 50 > pixels.len(),
-        "{ink} of {} pixels inked",
-        pixels.len()
-    );
+    // The first four batches' colours (the palette of ctl/src/report/charts.rs).
+    for (name, colour) in [
+        ("blue", [31, 119, 180]),
+        ("orange", [255, 127, 14]),
+        ("green", [44, 160, 44]),
+        ("purple", [148, 103, 189]),
+    ] {
+        let n = pixels.iter().filter(|p| near(p, colour)).count();
+        eprintln!("{name}: {n} pixels");
+        assert!(n > 1500, "{name}: {n} pixels painted");
+    }
 
     // Markdown: the tables, the label escaped so it renders as text.
     let out = d.ctl(&["report", "baseline:base", &old, &new, "--format", "md"]);
@@ -331,15 +330,49 @@ fn the_report_renders_in_a_browser_with_its_charts() {
     // that cannot be written named, nothing left behind.
     let out = d.ctl(&["report"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let many: Vec<String> = (0..13).map(|i| i.to_string()).collect();
+    let many: Vec<String> = (0..9).map(|i| i.to_string()).collect();
     let mut args = vec!["report"];
     args.extend(many.iter().map(String::as_str));
     let out = d.ctl(&args);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 12 batches"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 8 batches"));
     let out = d.ctl(&["report", "424242"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no stored batch 424242"));
+    // -o through a symbolic link writes the file it names; -o /dev/stdout writes there.
+    let target = dir.join("target.md");
+    std::fs::write(&target, "old").unwrap();
+    let link = dir.join("link.md");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = d.ctl(&["report", "baseline:base", "-o", link.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        std::fs::read_to_string(&target)
+            .unwrap()
+            .starts_with("# cleanroom report")
+    );
+    let out = d.ctl(&[
+        "report",
+        "baseline:base",
+        "--format",
+        "md",
+        "-o",
+        "/dev/stdout",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("# cleanroom report"));
+    assert!(
+        std::fs::symlink_metadata("/dev/stdout")
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     let nowhere = dir.join("no-such-dir").join("r.html");
     let out = d.ctl(&["report", "baseline:base", "-o", nowhere.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");

@@ -629,8 +629,22 @@ fn write_exports(
     Ok(())
 }
 
-/// Writes `text` to `path` whole or not at all: a file beside it, renamed over it.
+/// Writes `text` to `path` whole or not at all: a file beside it, renamed over it. A
+/// symbolic link is written through (the file it names is replaced, not the link), and
+/// what is not a regular file (`/dev/stdout`, a FIFO) is written to as it is.
 fn write_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let resolved;
+    let path = match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+            return f.write_all(text.as_bytes()).and_then(|()| f.flush());
+        }
+        Ok(_) => {
+            resolved = std::fs::canonicalize(path)?;
+            resolved.as_path()
+        }
+        Err(_) => path,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),

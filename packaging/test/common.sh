@@ -77,16 +77,29 @@ debian_mirror() {
         /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)
     echo "${m:-http://deb.debian.org/debian}"
 }
-# build_debian_root TARBALL PACKAGES WORK: debootstraps a minimal Debian 12 with PACKAGES
-# (comma-separated) in WORK/bootstrap and caches it as TARBALL (zstd, numeric owners).
+# build_debian_root TARBALL PACKAGES WORK [APT_PACKAGES]: debootstraps a minimal Debian 12
+# with PACKAGES (comma-separated) in WORK/bootstrap, installs APT_PACKAGES (space-separated)
+# there with apt-get inside systemd-nspawn (what debootstrap's resolver cannot configure,
+# such as ansible-core's Python dependencies), and caches it as TARBALL (zstd, numeric
+# owners).
 build_debian_root() {
-    local tarball=$1 include=$2 work=$3 t0=$SECONDS m
+    local tarball=$1 include=$2 work=$3 apt=${4:-} t0=$SECONDS m
     m=$(debian_mirror)
     echo "debootstrap bookworm (with $include) from $m"
     if ! timeout 1200 debootstrap --variant=minbase --include="$include" bookworm "$work/bootstrap" "$m" \
         >"$work/debootstrap.log" 2>&1; then
         tail -n 20 "$work/debootstrap.log"
         return 1
+    fi
+    if [ -n "$apt" ]; then
+        echo "apt-get install $apt (in the root)"
+        if ! timeout 1200 systemd-nspawn -q -D "$work/bootstrap" --register=no --keep-unit sh -c \
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $apt" \
+            >"$work/apt.log" 2>&1; then
+            tail -n 20 "$work/apt.log"
+            return 1
+        fi
+        rm -rf "$work"/bootstrap/var/lib/apt/lists/*
     fi
     rm -rf "$work"/bootstrap/var/cache/apt/archives/*.deb
     echo "debootstrap: $((SECONDS - t0))s"

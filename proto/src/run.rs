@@ -532,6 +532,10 @@ pub struct Comparison {
     pub metric: String,
     /// The reference side: a batch id, or `baseline:NAME`.
     pub against: String,
+    /// The reference side's batch id (for a baseline, the batch it named when compared;
+    /// `null` in comparisons stored before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against_batch: Option<String>,
     /// Interleaved or sequential.
     pub design: Design,
     /// Median of the reference side.
@@ -742,10 +746,10 @@ pub struct Provenance {
     pub ts: f64,
     /// Who ran it.
     pub uid: u32,
-    /// Its label.
+    /// Its label (to its owner and admins only).
     #[serde(default)]
     pub label: Option<String>,
-    /// The command.
+    /// The command (to its owner and admins only: an argument can hold a secret).
     #[serde(default)]
     pub argv: Vec<String>,
 }

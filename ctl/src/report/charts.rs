@@ -23,9 +23,9 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
-    RGBColor(214, 39, 40),
+    RGBColor(174, 199, 232),
 ];
-/// Outliers and regressions.
+/// Outliers and regressions (no batch's colour).
 const ALERT: RGBColor = RGBColor(214, 39, 40);
 const FONT: &str = "sans-serif";
 
@@ -81,6 +81,15 @@ fn jitter(k: usize) -> f64 {
     ((k as f64 * 0.618_033_988_75).fract() - 0.5) * 0.36
 }
 
+/// The ends of a box's whiskers: the furthest values within Tukey's fences, never inside
+/// the box (when no value lies between a quartile and its fence, the whisker is none).
+fn whiskers(values: &[f64], q: [f64; 3]) -> (f64, f64) {
+    let (lo, hi) = cleanroom_proto::stats::fences(q);
+    let (a, b) =
+        bounds(values.iter().copied().filter(|v| *v >= lo && *v <= hi)).unwrap_or((q[0], q[2]));
+    (a.min(q[0]), b.max(q[2]))
+}
+
 /// Every batch's values of the measure: each repeat a point, the box its quartiles with
 /// the median, whiskers to the furthest values within Tukey's fences, outliers as red
 /// crosses.
@@ -115,7 +124,7 @@ pub fn distribution(report: &Report) -> Option<String> {
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(n.min(12) + 1)
+            .x_labels(n + 1)
             .x_label_formatter(&label)
             .x_desc("batch")
             .y_desc(measure_name(metric))
@@ -128,13 +137,7 @@ pub fn distribution(report: &Report) -> Option<String> {
                 continue;
             };
             let (fence_lo, fence_hi) = cleanroom_proto::stats::fences(q);
-            let inside = bounds(
-                values
-                    .iter()
-                    .copied()
-                    .filter(|v| *v >= fence_lo && *v <= fence_hi),
-            )
-            .unwrap_or((q[0], q[2]));
+            let inside = whiskers(values, q);
             let w = 0.22;
             chart.draw_series([
                 Rectangle::new([(x - w, q[0]), (x + w, q[2])], c.mix(0.18).filled()),
@@ -168,11 +171,12 @@ pub fn distribution(report: &Report) -> Option<String> {
 }
 
 /// Every batch's repeats in the order they ran, warm-ups (wall time only) first as hollow
-/// points left of the dashed line: warm-up and drift show as a slope.
+/// points left of the dashed line: warm-up and drift show as a slope. The warm-ups of a
+/// batch counted under cachegrind ran without it: they are left out, not a step.
 pub fn sequence(report: &Report) -> Option<String> {
     let metric = report.metric;
     let warm = |b: &Batch| {
-        if metric == Metric::Wall {
+        if metric == Metric::Wall && b.result.cost_factor.is_none() {
             b.result.warmup_ms.clone()
         } else {
             Vec::new()
@@ -183,12 +187,11 @@ pub fn sequence(report: &Report) -> Option<String> {
         .iter()
         .map(|b| (warm(b), b.result.metric_values(metric)))
         .collect();
-    let longest = sets.iter().map(|(w, m)| w.len() + m.len()).max()?;
     if sets.iter().all(|(_, m)| m.len() < 2) {
         return None;
     }
     let (lo, hi) = bounds(sets.iter().flat_map(|(w, m)| w.iter().chain(m)).copied())?;
-    let warmups = sets.iter().map(|(w, _)| w.len()).max().unwrap_or(0);
+    let (warmups, longest) = span(&sets);
     svg(|root| {
         let mut chart = ChartBuilder::on(root)
             .caption(
@@ -248,6 +251,14 @@ pub fn sequence(report: &Report) -> Option<String> {
         }
         legend(&mut chart)
     })
+}
+
+/// The most warm-ups of any batch (every batch's measured repeats start after them, so
+/// they line up), and the positions the axis must hold.
+fn span(sets: &[(Vec<f64>, Vec<f64>)]) -> (usize, usize) {
+    let warmups = sets.iter().map(|(w, _)| w.len()).max().unwrap_or(0);
+    let measured = sets.iter().map(|(_, m)| m.len()).max().unwrap_or(0);
+    (warmups, warmups + measured)
 }
 
 fn legend<'a, DB, X, Y>(chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>) -> Drawn
@@ -372,7 +383,7 @@ pub fn comparisons(report: &Report) -> Option<String> {
         chart
             .configure_mesh()
             .disable_y_mesh()
-            .y_labels(n.min(12) + 1)
+            .y_labels(n + 1)
             .y_label_formatter(&label)
             .x_desc("ratio (above 1: slower)")
             .label_style((FONT, 13))
@@ -522,6 +533,30 @@ pub fn history(h: &RunsHistoryResult) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whiskers_never_reach_into_the_box() {
+        // Q1 = Q3 = 0 … 25 for [0, 0, 0, 100]: 100 is beyond the fence (62.5), so the upper
+        // whisker ends at the box (matplotlib draws the same), not at 0 inside it.
+        let v = [0.0, 0.0, 0.0, 100.0];
+        let q = cleanroom_proto::stats::quartiles(&v).unwrap();
+        assert_eq!(q, [0.0, 0.0, 25.0]);
+        assert_eq!(whiskers(&v, q), (0.0, 25.0));
+        // 1 … 10 and an outlier at 100: whiskers at 1 and 10 (Q1 3.5, Q3 8.5 by type 7 of
+        // 1..=10 and 100; the upper fence 16).
+        let mut v: Vec<f64> = (1..=10).map(f64::from).collect();
+        v.push(100.0);
+        let q = cleanroom_proto::stats::quartiles(&v).unwrap();
+        assert_eq!(q, [3.5, 6.0, 8.5]);
+        assert_eq!(whiskers(&v, q), (1.0, 10.0));
+    }
+
+    #[test]
+    fn the_sequence_axis_holds_every_repeat() {
+        // 3 warm-ups and 5 repeats beside none and 10: the second's repeats sit at 4 … 13.
+        let sets = vec![(vec![1.0; 3], vec![1.0; 5]), (vec![], vec![1.0; 10])];
+        assert_eq!(span(&sets), (3, 13));
+    }
 
     #[test]
     fn jitter_stays_within_the_box() {

@@ -25,6 +25,7 @@ figcaption { color: #555; font-size: .88rem; }
 .faster { color: #1b5e20; font-weight: 600; }
 .equivalent { color: #1b5e20; }
 .inconclusive { color: #8a6d00; }
+p.note { background: #fff3cd; padding: .4rem .6rem; border-left: 4px solid #8a6d00; }
 ";
 
 /// Text for HTML, escaped (and without control characters).
@@ -51,6 +52,9 @@ pub fn render(report: &Report) -> String {
         measure_name(report.metric),
         when(report.generated)
     ));
+    for note in &report.notes {
+        page.push_str(&format!("<p class=\"note\">{}</p>\n", t(note)));
+    }
     if !report.batches.is_empty() {
         page.push_str("<h2 id=\"batches\">Batches</h2>\n");
         page.push_str(&batches_table(report));
@@ -179,10 +183,10 @@ fn batches_table(report: &Report) -> String {
             t(&b.command()),
             t(&ran),
             values.len(),
-            if r.warmup_ms.is_empty() {
-                String::new()
-            } else {
-                format!(" (+{} warm-up)", r.warmup_ms.len())
+            match (r.cost_factor, r.warmup_ms.len()) {
+                (Some(f), _) => format!(" (under cachegrind, ×{f:.0} the time of a plain run)"),
+                (None, 0) => String::new(),
+                (None, w) => format!(" (+{w} warm-up)"),
             },
             num(&|s| value(metric, s.median)),
             num(&|s| if values.len() > 1 {

@@ -17,10 +17,11 @@ use serde::Serialize;
 
 use crate::client::{CallError, Client};
 
-/// Most batches one report shows (the charts stay readable).
-pub const MAX_SOURCES: usize = 12;
+/// Most batches one report names (with a label's newest each, at most ten: every one its
+/// own colour and its own tick on an axis).
+pub const MAX_SOURCES: usize = 8;
 /// Most labels one report follows.
-pub const MAX_LABELS: usize = 6;
+pub const MAX_LABELS: usize = 2;
 
 /// Everything a report shows.
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +37,8 @@ pub struct Report {
     pub comparisons: Vec<Compared>,
     /// The labels' histories.
     pub histories: Vec<RunsHistoryResult>,
+    /// What could not be shown, and why (a comparison the daemon refused, say).
+    pub notes: Vec<String>,
 }
 
 /// One batch, as it was asked for.
@@ -45,6 +48,10 @@ pub struct Batch {
     pub source: String,
     /// The stored result, with where it came from (`stored`).
     pub result: RunResult,
+    /// Whether another batch of the report has the same title: then the source is added
+    /// to tell them apart.
+    #[serde(skip)]
+    pub ambiguous: bool,
 }
 
 impl Batch {
@@ -53,23 +60,36 @@ impl Batch {
         shorten(&self.title(), 28)
     }
 
-    /// What the batch is called: its label, else its command, else its id (printable).
+    /// What the batch is called: its label, else its command, else its id (printable);
+    /// with its source when another batch of the report is called the same.
     pub fn title(&self) -> String {
+        if self.ambiguous {
+            format!("{} ({})", self.plain_title(), printable(&self.source))
+        } else {
+            self.plain_title()
+        }
+    }
+
+    fn plain_title(&self) -> String {
         let stored = self.result.stored.as_ref();
         let name = match stored {
             Some(s) if s.label.is_some() => s.label.clone().unwrap_or_default(),
-            Some(s) if !s.argv.is_empty() => s.argv.join(" "),
+            Some(s) if !s.argv.is_empty() => self.command(),
             _ => self.source.clone(),
         };
         printable(&name)
     }
 
-    /// The command line, printable.
+    /// The command line as a shell would take it back (quoted where it must be),
+    /// printable.
     pub fn command(&self) -> String {
         self.result
             .stored
             .as_ref()
-            .map(|s| printable(&s.argv.join(" ")))
+            .map(|s| {
+                let words = s.argv.iter().map(String::as_str);
+                printable(&shlex::try_join(words).unwrap_or_else(|_| s.argv.join(" ")))
+            })
             .unwrap_or_default()
     }
 }
@@ -128,6 +148,7 @@ pub fn gather(client: &mut Client, request: &Request) -> Result<Report, CallErro
         Ok(Batch {
             source: source.to_owned(),
             result,
+            ambiguous: false,
         })
     };
     let mut batches = Vec::new();
@@ -136,6 +157,7 @@ pub fn gather(client: &mut Client, request: &Request) -> Result<Report, CallErro
     }
     let named = batches.len();
     let mut histories = Vec::new();
+    let mut notes = Vec::new();
     for label in &request.labels {
         let history = client.call::<RunsHistory>(&RunsHistoryParams {
             label: label.clone(),
@@ -144,26 +166,35 @@ pub fn gather(client: &mut Client, request: &Request) -> Result<Report, CallErro
         })?;
         if let Some(newest) = history.batches.last() {
             if !batches.iter().any(|b| b.result.batch == newest.batch) {
-                let mut b = show(client, &newest.batch)?;
-                b.source = format!("label:{label}");
-                batches.push(b);
+                match show(client, &newest.batch) {
+                    Ok(mut b) => {
+                        b.source = format!("label:{label}");
+                        batches.push(b);
+                    }
+                    Err(e) => notes.push(format!(
+                        "the newest batch of {label:?} ({}) cannot be shown: {e}",
+                        newest.batch
+                    )),
+                }
             }
         }
         histories.push(history);
+    }
+    for i in 0..batches.len() {
+        let title = batches[i].plain_title();
+        batches[i].ambiguous = batches
+            .iter()
+            .enumerate()
+            .any(|(j, b)| j != i && b.plain_title() == title);
     }
     let mut comparisons = Vec::new();
     let series = request.metric.series();
     for (i, b) in batches.iter().enumerate() {
         let stored = b.result.comparison.as_ref().filter(|c| c.metric == series);
-        let reference = |against: &str| {
-            batches
-                .iter()
-                .position(|r| r.source == against || r.result.batch == against)
-        };
         // A later named batch is compared with the first: as it was measured, when it
-        // was compared with that one then; else as sequential batches now.
+        // was compared with that very batch then; else as sequential batches now.
         if i > 0 && i < named {
-            if let Some(c) = stored.filter(|c| reference(&c.against) == Some(0)) {
+            if let Some(c) = stored.filter(|c| reference_of(c, &batches) == Some(0)) {
                 comparisons.push(Compared {
                     batch: i,
                     reference: Some(0),
@@ -172,22 +203,27 @@ pub fn gather(client: &mut Client, request: &Request) -> Result<Report, CallErro
                 });
                 continue;
             }
-            let comparison = client.call::<RunsCompare>(&RunsCompareParams {
+            match client.call::<RunsCompare>(&RunsCompareParams {
                 a: request.sources[0].clone(),
                 b: b.source.clone(),
                 strict: false,
                 metric: request.metric,
-            })?;
-            comparisons.push(Compared {
-                batch: i,
-                reference: Some(0),
-                comparison,
-                stored: false,
-            });
+            }) {
+                Ok(comparison) => comparisons.push(Compared {
+                    batch: i,
+                    reference: Some(0),
+                    comparison,
+                    stored: false,
+                }),
+                Err(e) => notes.push(format!(
+                    "{} cannot be compared with {}: {e}",
+                    b.source, request.sources[0]
+                )),
+            }
         } else if let Some(c) = stored {
             comparisons.push(Compared {
                 batch: i,
-                reference: reference(&c.against),
+                reference: reference_of(c, &batches),
                 comparison: c.clone(),
                 stored: true,
             });
@@ -199,7 +235,20 @@ pub fn gather(client: &mut Client, request: &Request) -> Result<Report, CallErro
         batches,
         comparisons,
         histories,
+        notes,
     })
+}
+
+/// The batch of the report a stored comparison was made against: by the batch id it
+/// names (a baseline may name another batch by now); a comparison stored before that id
+/// was kept is matched only when it names a batch id.
+fn reference_of(c: &Comparison, batches: &[Batch]) -> Option<usize> {
+    let id = match &c.against_batch {
+        Some(id) => id.as_str(),
+        None if c.against.starts_with("baseline:") => return None,
+        None => c.against.as_str(),
+    };
+    batches.iter().position(|b| b.result.batch == id)
 }
 
 fn now() -> f64 {
@@ -226,9 +275,13 @@ pub fn shorten(text: &str, max: usize) -> String {
     s
 }
 
-/// A time (seconds since the epoch) as `2026-12-06 16:57:00 UTC`.
+/// A time (seconds since the epoch) as `2026-12-06 16:57:00 UTC` (`?` when it is none).
 pub fn when(ts: f64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(ts.max(0.0));
+    // humantime writes years up to 9999.
+    if !(0.0..253_402_300_800.0).contains(&ts) {
+        return "?".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(ts);
     humantime::format_rfc3339_seconds(t)
         .to_string()
         .replacen('T', " ", 1)
@@ -273,6 +326,69 @@ pub fn value(metric: Metric, v: f64) -> String {
 mod tests {
     use super::*;
 
+    fn batch(source: &str, id: &str, label: Option<&str>) -> Batch {
+        let record = cleanroom_proto::RunRecord::new(
+            "1".into(),
+            cleanroom_proto::EndReason::Exited,
+            "0".into(),
+        );
+        let mut v = serde_json::to_value(record).unwrap();
+        v["batch"] = id.into();
+        let mut result: RunResult = serde_json::from_value(v).unwrap();
+        result.stored = Some(cleanroom_proto::Provenance {
+            ts: 0.0,
+            uid: 0,
+            label: label.map(str::to_owned),
+            argv: vec!["sh".into(), "-c".into(), "sleep 1".into()],
+        });
+        Batch {
+            source: source.into(),
+            result,
+            ambiguous: false,
+        }
+    }
+
+    fn comparison(against: &str, against_batch: Option<&str>) -> Comparison {
+        serde_json::from_value(serde_json::json!({
+            "metric": "wall_ms", "against": against, "against_batch": against_batch,
+            "design": "independent", "baseline_median": 1.0, "median": 1.0, "ratio": 1.0,
+            "low": 1.0, "high": 1.0, "level": 0.95, "delta_percent": 2.0, "p_value": 1.0,
+            "p_adjusted": 1.0, "verdict": "equivalent", "n_baseline": 5, "n": 5
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stored_comparison_is_matched_by_the_batch_it_was_made_against() {
+        let batches = [batch("baseline:main", "20", None), batch("21", "21", None)];
+        // Made against the batch `main` names now.
+        assert_eq!(
+            reference_of(&comparison("baseline:main", Some("20")), &batches),
+            Some(0)
+        );
+        // Made against what `main` named before it was replaced: not this report's batch.
+        assert_eq!(
+            reference_of(&comparison("baseline:main", Some("7")), &batches),
+            None
+        );
+        // Stored before the id was kept: a baseline name proves nothing, a batch id does.
+        assert_eq!(
+            reference_of(&comparison("baseline:main", None), &batches),
+            None
+        );
+        assert_eq!(reference_of(&comparison("21", None), &batches), Some(1));
+    }
+
+    #[test]
+    fn commands_are_quoted_as_a_shell_takes_them() {
+        let b = batch("5", "5", None);
+        assert_eq!(b.command(), "sh -c 'sleep 1'");
+        assert_eq!(b.title(), "sh -c 'sleep 1'");
+        let mut b = batch("5", "5", Some("nightly"));
+        b.ambiguous = true;
+        assert_eq!(b.title(), "nightly (5)");
+    }
+
     #[test]
     fn names_and_times_read_plainly() {
         assert_eq!(shorten("abcdef", 4), "abc…");
@@ -280,6 +396,8 @@ mod tests {
         assert_eq!(printable("a\u{1b}[31mb\n"), "a\u{fffd}[31mb\u{fffd}");
         // 1 000 000 000 s after the epoch: `date -u -d @1000000000`.
         assert_eq!(when(1e9), "2001-09-09 01:46:40 UTC");
+        assert_eq!(when(f64::NAN), "?");
+        assert_eq!(when(1e12), "?");
         assert_eq!(value(Metric::Wall, 1500.0), "1.500 s");
         assert_eq!(value(Metric::Cpu, 12.345), "12.35 ms");
     }

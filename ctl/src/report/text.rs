@@ -19,15 +19,28 @@ fn cell(text: &str) -> String {
     out
 }
 
+/// A text cell a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, a tab or a
+/// carriage return first) made plain text with a leading `'` (OWASP's advice for CSV).
+fn inert(text: String) -> String {
+    match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}"),
+        _ => text,
+    }
+}
+
 /// The report's tables in Markdown.
 pub fn markdown(report: &Report) -> String {
     let metric = report.metric;
     let mut out = format!(
-        "# cleanroom report\n\n{} batches · measure: {} · made {}\n",
+        "# cleanroom report\n\n{} batch{} · measure: {} · made {}\n",
         report.batches.len(),
+        if report.batches.len() == 1 { "" } else { "es" },
         measure_name(metric),
         when(report.generated)
     );
+    for note in &report.notes {
+        out.push_str(&format!("\n> {}\n", cell(note)));
+    }
     if !report.batches.is_empty() {
         out.push_str(
             "\n## Batches\n\n| Batch | Command | Repeats | Median | Mean ± σ | Min … Max | Outliers |\n\
@@ -36,6 +49,12 @@ pub fn markdown(report: &Report) -> String {
         for b in &report.batches {
             let values = b.result.metric_values(metric);
             let Some(s) = cleanroom_proto::stats::summarize(&values) else {
+                out.push_str(&format!(
+                    "| {} ({}) | {} | 0 | – | – | – | – |\n",
+                    cell(&b.title()),
+                    cell(&b.source),
+                    cell(&b.command())
+                ));
                 continue;
             };
             out.push_str(&format!(
@@ -126,10 +145,10 @@ pub fn csv(report: &Report) -> Result<String, String> {
             .and_then(|s| s.label.clone())
             .unwrap_or_default();
         let fixed = [
-            printable(&b.source),
+            inert(printable(&b.source)),
             r.batch.clone(),
-            printable(&label),
-            b.command(),
+            inert(printable(&label)),
+            inert(b.command()),
         ];
         for (k, wall) in r.warmup_ms.iter().enumerate() {
             let mut row: Vec<String> = fixed.to_vec();
@@ -180,6 +199,13 @@ pub fn csv(report: &Report) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_cells_are_never_formulas() {
+        assert_eq!(inert("=HYPERLINK(\"x\")".into()), "'=HYPERLINK(\"x\")");
+        assert_eq!(inert("@SUM(A1)".into()), "'@SUM(A1)");
+        assert_eq!(inert("sleep 1".into()), "sleep 1");
+    }
 
     #[test]
     fn markdown_cells_hold_no_markup() {

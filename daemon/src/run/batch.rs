@@ -462,7 +462,8 @@ impl Engine {
             let warmup = i < batch.warmup;
             let counted = batch.instructions && !warmup;
             let mut record = self.run_measured(job, counted, hold, events, cancel).await;
-            if warmup {
+            // A warm-up that ended the batch is its measured run, not a warm-up's time.
+            if warmup && record.end_reason == EndReason::Exited && !cancel.is_cancelled() {
                 plain.push(record.wall_ms);
             }
             // A noisy repeat is measured again, within the batch's budget of reruns.
@@ -617,6 +618,7 @@ impl Engine {
             let plan = Plan {
                 metric: batch.metric.series().to_owned(),
                 against: base.against.clone(),
+                against_batch: base.batch.clone(),
                 design: Design::Independent,
             };
             let s = settings.verdict;

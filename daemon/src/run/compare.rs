@@ -22,6 +22,8 @@ pub struct Plan {
     pub metric: String,
     /// The reference side's name (a batch id or `baseline:NAME`).
     pub against: String,
+    /// The reference side's batch id (what a baseline named then).
+    pub against_batch: String,
     /// Paired rounds or sequential batches.
     pub design: Design,
 }
@@ -234,6 +236,7 @@ pub fn decide(family: Vec<Prepared>, s: &Settings) -> Vec<Comparison> {
             Comparison {
                 metric: p.plan.metric,
                 against: p.plan.against,
+                against_batch: Some(p.plan.against_batch),
                 design: p.plan.design,
                 baseline_median: finite_or(p.old.0, 0.0),
                 median: finite_or(p.new.0, 0.0),
@@ -335,6 +338,7 @@ mod tests {
         Plan {
             metric: "wall_ms".into(),
             against: "1".into(),
+            against_batch: "1".into(),
             design: Design::Paired,
         }
     }

@@ -87,11 +87,18 @@ pub async fn load(store: &Store, caller: &Caller, what: &str) -> Result<Stored, 
             batch: row.batch.clone(),
             source,
         })?;
+    // The command line and label are the owner's (an argument can hold a secret): someone
+    // reading a public baseline gets when and by whom only.
+    let own = caller.may_see(row.uid);
     result.stored = Some(cleanroom_proto::Provenance {
         ts: row.ts,
         uid: row.uid,
-        label: row.label.clone(),
-        argv: serde_json::from_str(&row.argv).unwrap_or_default(),
+        label: row.label.clone().filter(|_| own),
+        argv: if own {
+            serde_json::from_str(&row.argv).unwrap_or_default()
+        } else {
+            Vec::new()
+        },
     });
     Ok(Stored {
         batch: row.batch,
@@ -231,6 +238,7 @@ pub async fn compare(
     let plan = Plan {
         metric: metric.series().into(),
         against: a.to_owned(),
+        against_batch: sa.batch.clone(),
         design: Design::Independent,
     };
     let (fa, fb, s) = (

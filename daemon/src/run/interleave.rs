@@ -274,6 +274,7 @@ fn family(
             let plan = Plan {
                 metric: metric.to_owned(),
                 against: reference.to_owned(),
+                against_batch: reference.to_owned(),
                 design: Design::Paired,
             };
             let p = compare::paired(
@@ -425,7 +426,8 @@ impl Rounds<'_> {
                 .engine
                 .run_measured(job, counted, self.hold, self.events, self.cancel)
                 .await;
-            if warmup {
+            // A warm-up that ends the comparison is its measured run, not a warm-up's time.
+            if warmup && record.end_reason == EndReason::Exited && record.exit_code == Some(0) {
                 self.plain[i].push(record.wall_ms);
             }
             let noise = self.settings.noise;
