@@ -253,32 +253,23 @@ fn duration_s(s: f64) -> String {
     }
 }
 
+/// A table of `rows` under `header`, columns two spaces apart, no borders (`kubectl get`'s
+/// look), widths by display width.
 fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
-    let n = header.len();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate().take(n) {
-            widths[i] = widths[i].max(c.chars().count());
-        }
+    use comfy_table::{Table, presets::NOTHING};
+    let mut table = Table::new();
+    table
+        .load_preset(NOTHING)
+        .set_header(header.iter().copied())
+        .add_rows(rows.iter().map(|r| r.iter().take(header.len())));
+    let last = header.len().saturating_sub(1);
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i == last { 0 } else { 2 }));
     }
     let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                let pad = widths[i] - c.chars().count();
-                l.push_str(c);
-                l.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        out.push_str(l.trim_end());
+    for line in table.lines() {
+        out.push_str(line.trim_end());
         out.push('\n');
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
     }
     out
 }
@@ -1175,9 +1166,24 @@ pub fn shield_lower(r: &ShieldLowerResult) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::columns;
+
+    #[test]
+    fn columns_align_by_display_width() {
+        let rows = vec![
+            vec!["xxx".to_owned(), "y".to_owned(), "z z".to_owned()],
+            vec!["日本".to_owned(), String::new(), "last".to_owned()],
+        ];
+        assert_eq!(
+            columns(&["A", "BB", "C"], &rows),
+            "A     BB  C\nxxx   y   z z\n日本      last\n"
+        );
+    }
+
     #[test]
     fn control_characters_are_shown_escaped_and_the_rest_kept() {
         use super::printable;
+
         assert_eq!(printable("plain – text\n\tok"), "plain – text\n\tok");
         // OSC 52 (set the clipboard), a CSI, a carriage return, a C1 CSI, DEL.
         assert_eq!(
