@@ -419,10 +419,11 @@ echo "rpm part: $((SECONDS - t0))s"
 # The collection's role (ansible/roles/cleanroom) run by ansible-playbook inside a fresh
 # booted root, as an admin runs it on a host: it installs the .deb from a file, enables the
 # socket, adds users to the groups, installs a profile file and applies it; run again it
-# changes nothing.
-role_play() { # role_play: ansible-playbook's recap line for localhost (its output in $work)
+# changes nothing; an edited profile file is reloaded and applied. Check mode first, on the
+# host without cleanroom: it succeeds and installs nothing.
+role_play() { # role_play [ARGS]: ansible-playbook's recap line for localhost (output in $work)
     CT_TIMEOUT=600 in_ct env ANSIBLE_COLLECTIONS_PATH=/root/collections ANSIBLE_NOCOLOR=1 \
-        ansible-playbook -i localhost, /root/site.yml >"$work/role.out" 2>&1
+        ansible-playbook -i localhost, /root/site.yml "$@" >"$work/role.out" 2>&1
     local rc=$?
     grep -E '^localhost +: ok=' "$work/role.out" | tail -n 1 | tr -s ' '
     return $rc
@@ -448,6 +449,11 @@ role_suite() {
         cleanroom_profile: cr-role
 EOF
     in_ct useradd -m alice && in_ct useradd -m bob
+    recap=$(role_play --check)
+    rc=$?
+    expect "role: check mode on a host without cleanroom succeeds" 0 "$rc"
+    [ "$rc" = 0 ] || tail -n 40 "$work/role.out"
+    check "role: ... and installs nothing" test ! -e "$r/usr/bin/cleanroomctl"
     recap=$(role_play)
     rc=$?
     expect "role: first run succeeds" 0 "$rc"
@@ -467,6 +473,14 @@ EOF
     expect "role: second run succeeds" 0 "$rc"
     [ "$rc" = 0 ] || { tail -n 40 "$work/role.out"; return; }
     expect_match "role: ... and changes nothing" 'changed=0 ' "$recap"
+    printf '[sysctl]\n"net.core.somaxconn" = 2345\n' >"$r/root/cr-role.toml"
+    recap=$(role_play)
+    rc=$?
+    expect "role: a run with an edited profile file succeeds" 0 "$rc"
+    [ "$rc" = 0 ] || { tail -n 40 "$work/role.out"; return; }
+    expect "role: ... the daemon reloaded it and applied the new value" "2345" \
+        "$(in_ct cat /proc/sys/net/core/somaxconn)"
+    check "role: cleanroomctl profile revert" in_ct cleanroomctl profile revert
 }
 t0=$SECONDS
 if new_root role && boot role "$work/role"; then

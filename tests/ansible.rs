@@ -242,16 +242,64 @@ fn playbooks_apply_verify_revert_and_fail_on_regressions() {
         "{}",
         p.output
     );
-    let p = run(json!({"run_command": ["sh", "-c", "exit 3"]}));
+    let p = run(json!({"run_command": ["sh", "-c", "exit 3"], "run_repeat": 1}));
     assert_eq!(p.failed, 1, "{}", p.output);
     assert!(
         p.output
-            .contains("sh -c exit 3 ended: exited (exit code 3)"),
+            .contains("sh -c exit 3: exited; runs not exiting 0: 1 (of 1), the last exit code 3"),
         "{}",
         p.output
     );
     let p = run(json!({"run_command": ["sleep", "0.001"], "run_repeat": 3}));
     assert_eq!((p.changed, p.failed), (0, 0), "{}", p.output);
+    // A run that fails before the last one fails the task, naming it (the daemon goes on
+    // after a run that exits with a code; only the first finds no flag file).
+    let flag = format!("/var/tmp/cleanroom-ansible-test-{}", std::process::id());
+    let _ = std::fs::remove_file(&flag);
+    let script = format!("test -e {flag} || {{ touch {flag}; exit 4; }}");
+    let p = run(json!({"run_command": ["sh", "-c", script], "run_repeat": 3}));
+    let _ = std::fs::remove_file(&flag);
+    assert_eq!(p.failed, 1, "{}", p.output);
+    assert!(
+        p.output
+            .contains("runs not exiting 0: 1 (of 3), the last exit code 0"),
+        "{}",
+        p.output
+    );
+    // A regression is not saved as the baseline it asked to replace.
+    let baseline_batch = || {
+        let out = d.ctl(&["--json", "baseline", "list"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["baselines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == "quick")
+            .map(|b| b["batch"].clone())
+            .unwrap()
+    };
+    let before = baseline_batch();
+    let p = run(json!({"run_command": ["sleep", "0.05"], "run_repeat": 10,
+        "run_baseline": "quick", "run_save_baseline": "quick"}));
+    assert_eq!((p.changed, p.failed), (0, 1), "{}", p.output);
+    assert_eq!(
+        baseline_batch(),
+        before,
+        "a regression replaced the baseline"
+    );
+    // Options that do not go with the state are refused, naming them.
+    let p = play(
+        "profile.yml",
+        profile("applied", json!({"profile_force": true})),
+        &[],
+    );
+    assert_eq!(p.failed, 1, "{}", p.output);
+    assert!(
+        p.output
+            .contains("force is for state: reverted (state is applied)"),
+        "{}",
+        p.output
+    );
     drop(d);
     snap.restore();
 

@@ -13,14 +13,13 @@ import json
 CONNECTION_ARGS = dict(
     socket=dict(type="path"),
     cleanroomctl=dict(type="path", default="cleanroomctl"),
-    timeout=dict(type="str"),
 )
 
 
 class Ctl(object):
-    """cleanroomctl as the module's parameters say to call it."""
+    """cleanroomctl as the module's parameters say to call it; TIMEOUT its --timeout."""
 
-    def __init__(self, module):
+    def __init__(self, module, timeout=None):
         self.module = module
         params = module.params
         binary = params["cleanroomctl"]
@@ -33,8 +32,8 @@ class Ctl(object):
         self.argv = [found, "--json"]
         if params.get("socket"):
             self.argv += ["--socket", params["socket"]]
-        if params.get("timeout"):
-            self.argv += ["--timeout", params["timeout"]]
+        if timeout:
+            self.argv += ["--timeout", timeout]
 
     def call(self, args):
         """Runs cleanroomctl ARGS: (exit code, the JSON answer or None, stderr)."""

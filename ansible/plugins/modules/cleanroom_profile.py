@@ -37,26 +37,32 @@ options:
     default: applied
   force:
     description:
-      - With C(state=reverted), restore knobs someone else changed since cleanroom wrote
-        them too (without it they are conflicts, left alone, and the task fails).
+      - With C(state=reverted) only, restore knobs someone else changed since cleanroom
+        wrote them too (without it they are conflicts, left alone, and the task fails).
     type: bool
     default: false
   best_effort:
     description:
-      - Apply what can be applied; without it a failed knob undoes the whole apply.
+      - With C(state=applied) only, apply what can be applied; without it a failed knob
+        undoes the whole apply.
     type: bool
     default: false
   verify:
     description:
-      - Change nothing; fail when NAME is not the profile in force or when any knob (or
-        pinned task) no longer holds the profile's value, naming each.
+      - With C(state=applied) only, change nothing; fail when NAME is not the profile in
+        force or when any knob (or pinned task) no longer holds the profile's value,
+        naming each.
     type: bool
     default: false
   timeout:
-    description: How long to wait for the daemon's answer (C(10s), C(500ms)).
+    description:
+      - How long to wait for the daemon's answer. An apply that writes the boot loader's
+        configuration regenerates it, which the daemon allows five minutes.
     type: str
+    default: 360s
 extends_documentation_fragment:
   - cleanroom.host.connection
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
@@ -84,17 +90,28 @@ EXAMPLES = r"""
 
 RETURN = r"""
 result:
-  description: The daemon's answer (C(cleanroomctl --json profile apply|revert|verify)).
-  returned: always
+  description: >-
+    The daemon's answer (C(cleanroomctl --json profile apply|revert|verify)); for a revert
+    in check mode, C(profile active)'s.
+  returned: when the daemon answered
   type: dict
 knobs:
   description: The knobs this task changed (or would change, in check mode).
-  returned: always
+  returned: when the daemon answered
   type: list
   elements: str
+pins:
+  description: The pin rules that placed tasks (changed their affinity, policy, nice or I/O priority).
+  returned: when the daemon answered
+  type: list
+  elements: str
+reboot_required:
+  description: A kernel command-line argument was written to the boot loader's configuration and takes effect at the next boot.
+  returned: when the daemon answered
+  type: bool
 problems:
-  description: What failed, drifted or conflicts, one line each, naming the knob.
-  returned: on failure
+  description: What failed, drifted, conflicts or was refused, one line each, naming the knob (warnings when the operation still succeeded).
+  returned: when the daemon answered
   type: list
   elements: str
 """
@@ -105,10 +122,11 @@ from ansible_collections.cleanroom.host.plugins.module_utils.cleanroomctl import
     Ctl,
 )
 
-# Statuses that mean a knob's value changed (or, in a dry run, would).
-CHANGING = ("applied", "restored", "forced", "planned")
-# Statuses that mean the operation did not do what was asked.
-BAD = ("failed", "conflict", "drifted", "rolled_back", "refused")
+# Statuses that mean a knob's value changed (or, in a dry run, would). A kernel
+# command-line argument written to the boot loader's configuration is pending a reboot.
+CHANGING = ("applied", "restored", "forced", "planned", "pending_reboot")
+# Statuses worth a line: failures (the operation says not ok), and what it left undone.
+WORTH_SAYING = ("failed", "conflict", "drifted", "rolled_back", "refused")
 
 
 def knob_changes(result):
@@ -118,24 +136,26 @@ def knob_changes(result):
     return knobs, pins
 
 
-def problems(result):
-    """One line per knob or pinned task that went wrong, naming it."""
+def problems(result, state):
+    """One line per knob or pinned task not as asked, naming it."""
     lines = []
     for i in result.get("items", []):
-        if i["status"] not in BAD:
+        status = i["status"]
+        if status not in WORTH_SAYING:
             continue
-        if i["status"] == "drifted":
+        if status == "drifted":
             line = "%s: drifted: holds %s, the profile sets %s" % (i["knob"], i.get("after"), i.get("before"))
-        elif i["status"] == "conflict":
-            line = "%s: conflict: holds %s, changed by someone else since cleanroom wrote %s (force: true restores the original)" % (
+        elif status == "conflict":
+            line = "%s: conflict: holds %s, changed by someone else since cleanroom wrote %s%s" % (
                 i["knob"],
                 i.get("after"),
                 i.get("before"),
+                " (state: reverted with force: true restores the original)" if state == "reverted" else "",
             )
         else:
-            line = "%s: %s" % (i["knob"], i["status"].replace("_", " "))
-            if i.get("reason"):
-                line += " (%s)" % i["reason"]
+            line = "%s: %s" % (i["knob"], status.replace("_", " "))
+        if i.get("reason") and status != "drifted":
+            line += " (%s)" % i["reason"]
         lines.append(line)
     for p in result.get("pins", []):
         for t in p.get("problems", []):
@@ -143,12 +163,15 @@ def problems(result):
                 "pin %s: task %s (%s) %s %s: wants %s, holds %s"
                 % (p["rule"], t["tid"], t["comm"], t["attr"], t["status"], t["expected"], t.get("actual"))
             )
+        if p.get("more_problems"):
+            lines.append("pin %s: %d more tasks not as asked" % (p["rule"], p["more_problems"]))
     return lines
 
 
-def diff_of(result):
-    """The knobs that change, as before/after text for --diff."""
-    before, after = [], []
+def diff_of(result, before_profile, after_profile):
+    """The profile in force and the knobs that change, as before/after text for --diff."""
+    before = ["profile = %s\n" % (before_profile or "none")]
+    after = ["profile = %s\n" % (after_profile or "none")]
     for i in result.get("items", []):
         if i["status"] in CHANGING:
             before.append("%s = %s\n" % (i["knob"], i.get("before")))
@@ -164,24 +187,30 @@ def main():
             force=dict(type="bool", default=False),
             best_effort=dict(type="bool", default=False),
             verify=dict(type="bool", default=False),
+            timeout=dict(type="str", default="360s"),
             **CONNECTION_ARGS
         ),
         required_if=[("state", "applied", ("name",)), ("verify", True, ("name",))],
         supports_check_mode=True,
     )
     p = module.params
-    ctl = Ctl(module)
+    state = p["state"]
+    for option, wants in (("force", "reverted"), ("best_effort", "applied"), ("verify", "applied")):
+        if p[option] and state != wants:
+            module.fail_json(msg="%s is for state: %s (state is %s)" % (option, wants, state))
+    ctl = Ctl(module, p["timeout"])
+    _, active, _ = ctl.must(["profile", "active"])
+    in_force = active.get("profile")
 
     if p["verify"]:
-        _, active, _ = ctl.must(["profile", "active"])
-        if active.get("profile") != p["name"]:
+        if in_force != p["name"]:
             module.fail_json(
-                msg="profile %s is not in force (%s is)" % (p["name"], active.get("profile") or "none"),
+                msg="profile %s is not in force (%s is)" % (p["name"], in_force or "none"),
                 result=active,
                 knobs=[],
             )
         _, result, _ = ctl.must(["profile", "verify"])
-        lines = problems(result)
+        lines = problems(result, state)
         if not result.get("ok") or lines:
             module.fail_json(
                 msg="profile %s drifted: %s" % (p["name"], "; ".join(lines)),
@@ -189,49 +218,61 @@ def main():
                 result=result,
                 knobs=[],
             )
-        module.exit_json(changed=False, result=result, knobs=[])
+        module.exit_json(changed=False, result=result, knobs=[], pins=[], problems=[], reboot_required=False)
 
-    if p["state"] == "applied":
+    if state == "applied":
         args = ["profile", "apply", p["name"]]
         if module.check_mode:
             args.append("--dry-run")
         if p["best_effort"]:
             args.append("--best-effort")
+        target = p["name"]
     elif module.check_mode:
         # The daemon has no dry run of a revert: a profile in force (or journaled knobs)
         # would be reverted.
-        _, active, _ = ctl.must(["profile", "active"])
-        pending = bool(active.get("profile")) or active.get("journal_entries", 0) > 0
+        pending = bool(in_force) or active.get("journal_entries", 0) > 0
         module.exit_json(
             changed=pending,
             result=active,
             knobs=[],
+            pins=[],
+            problems=[],
+            reboot_required=False,
             diff={
-                "before": "profile = %s\n" % (active.get("profile") or "none"),
+                "before": "profile = %s\n" % (in_force or "none"),
                 "after": "profile = none\n",
             },
         )
     else:
         args = ["profile", "revert"] + (["--force"] if p["force"] else [])
+        target = None
 
     rc, result, err = ctl.must(args)
     knobs, pins = knob_changes(result)
-    changed = bool(knobs or pins)
-    lines = problems(result)
-    if rc != 0 or not result.get("ok", False) or lines:
+    # A different profile in force is a change even when every value already held.
+    changed = bool(knobs or pins) or in_force != target
+    lines = problems(result, state)
+    ret = dict(
+        result=result,
+        knobs=knobs,
+        pins=pins,
+        problems=lines,
+        reboot_required=any(i["status"] == "pending_reboot" for i in result.get("items", [])),
+        changed=changed,
+    )
+    if rc != 0 or not result.get("ok", False):
         module.fail_json(
             msg="%s %s: %s"
             % (
-                "apply of" if p["state"] == "applied" else "revert from",
-                result.get("profile") or p["name"] or "the journal",
+                "apply of" if state == "applied" else "revert from",
+                result.get("profile") or p["name"] or in_force or "the journal",
                 "; ".join(lines) or err or "failed",
             ),
-            problems=lines,
-            result=result,
-            knobs=knobs,
-            changed=changed,
+            **ret
         )
-    module.exit_json(changed=changed, result=result, knobs=knobs, pins=pins, diff=diff_of(result))
+    for line in lines:
+        module.warn(line)
+    module.exit_json(diff=diff_of(result, in_force, target), **ret)
 
 
 if __name__ == "__main__":

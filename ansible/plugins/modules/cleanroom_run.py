@@ -15,10 +15,12 @@ version_added: "1.0.0"
 description:
   - Runs a command through C(cleanroomctl run) (every process of it ended when it ends,
     its CPU, memory and noise measured), repeated, and returns the result.
-  - Fails when the command does not exit 0, and when it is slower than its C(baseline)
-    (the verdict of the comparison, a 95 % interval of the ratio of medians against a
-    2 % margin), naming the medians and the interval.
-  - C(changed) when it saved a baseline; a run itself changes nothing on the host.
+  - Fails when any run of the command does not exit 0, and when it is slower than its
+    C(baseline) (the verdict of the comparison, a 95 % interval of the ratio of medians
+    against a 2 % margin), naming the medians and the interval.
+  - C(save_baseline) saves the batch as a baseline only when every run exited 0 and it
+    is not slower than C(baseline); C(changed) when it did. A run itself changes nothing
+    on the host.
   - Not run in check mode (a measurement cannot be simulated).
 options:
   command:
@@ -41,15 +43,19 @@ options:
     description: Compare with this baseline; a C(slower) verdict fails the task.
     type: str
   save_baseline:
-    description: Save this batch as the baseline of this name.
+    description: Save this batch as the baseline of this name, once it passed.
     type: str
+  public:
+    description: The saved baseline may be compared with by every user (else its owner and admins only).
+    type: bool
+    default: false
   metric:
-    description: What the comparison uses.
+    description: What the comparison with C(baseline) uses.
     type: str
     choices: [wall, cpu, instructions, cycles]
     default: wall
   fail_inconclusive:
-    description: Fail when the comparison cannot decide either way too.
+    description: Fail when the comparison with C(baseline) cannot decide either way too.
     type: bool
     default: false
   exclusive:
@@ -64,6 +70,7 @@ options:
     type: str
 extends_documentation_fragment:
   - cleanroom.host.connection
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: none
@@ -98,12 +105,16 @@ verdict:
   description: C(slower), C(faster), C(equivalent) or C(inconclusive), with a baseline.
   returned: with baseline
   type: str
+baseline_saved:
+  description: The baseline saved (C(save_baseline)), when it was.
+  returned: when it ran
+  type: str
 median_ms:
   description: Median wall time of the measured runs, milliseconds.
   returned: when it ran
   type: float
 output:
-  description: The command's output (stdout and stderr), at most 64 KiB of its end.
+  description: The command's output (stdout and stderr) and the client's summary, at most 64 KiB of its end.
   returned: when it ran
   type: str
 """
@@ -133,8 +144,6 @@ def comparison_words(c):
 
 
 def main():
-    connection = dict(CONNECTION_ARGS)
-    connection.pop("timeout")
     module = AnsibleModule(
         argument_spec=dict(
             command=dict(type="list", elements="str", required=True),
@@ -143,12 +152,13 @@ def main():
             label=dict(type="str"),
             baseline=dict(type="str"),
             save_baseline=dict(type="str"),
+            public=dict(type="bool", default=False),
             metric=dict(type="str", default="wall", choices=["wall", "cpu", "instructions", "cycles"]),
             fail_inconclusive=dict(type="bool", default=False),
             exclusive=dict(type="bool", default=False),
             memory=dict(type="str"),
             run_timeout=dict(type="str"),
-            **connection
+            **CONNECTION_ARGS
         ),
         supports_check_mode=False,
     )
@@ -157,12 +167,17 @@ def main():
         module.fail_json(msg="command is empty: give the program and its arguments")
     if p["repeat"] < 1 or p["warmup"] < 0:
         module.fail_json(msg="repeat must be at least 1 and warmup at least 0")
-    p["timeout"] = p.pop("run_timeout")
-    ctl = Ctl(module)
+    for option, needs in (("fail_inconclusive", "baseline"), ("public", "save_baseline")):
+        if p[option] and not p[needs]:
+            module.fail_json(msg="%s goes with %s: give %s" % (option, needs, needs))
+    if p["metric"] != "wall" and not p["baseline"]:
+        module.fail_json(msg="metric is what the comparison with a baseline uses: give baseline")
+    # The client's --timeout is each run's limit for `run`.
+    ctl = Ctl(module, p["run_timeout"])
     args = ["run", "--repeat", str(p["repeat"]), "--warmup", str(p["warmup"])]
-    for flag in ("label", "baseline", "save_baseline", "memory"):
+    for flag in ("label", "baseline", "memory"):
         if p[flag]:
-            args += ["--" + flag.replace("_", "-"), p[flag]]
+            args += ["--" + flag, p[flag]]
     if p["baseline"]:
         args += ["--metric", p["metric"]]
         if p["fail_inconclusive"]:
@@ -170,27 +185,28 @@ def main():
     if p["exclusive"]:
         args.append("--exclusive")
     rc, result, err = ctl.must(args + ["--"] + p["command"])
-    output = err[-OUTPUT_CAP:]
     stats = result.get("stats", {}).get("wall_ms")
-    median = stats["median"] if stats else result.get("wall_ms")
     ret = dict(
         result=result,
-        output=output,
-        median_ms=median,
-        changed=bool(p["save_baseline"]) and rc == 0,
+        output=err[-OUTPUT_CAP:],
+        median_ms=stats["median"] if stats else result.get("wall_ms"),
+        baseline_saved=None,
+        changed=False,
     )
     comparison = result.get("comparison")
     if comparison:
         ret["verdict"] = comparison["verdict"]
-    last_exit = result.get("exit_code")
-    if result.get("end_reason") != "exited" or last_exit != 0:
+    command = " ".join(p["command"])
+    # Every measured run's exit code (one run: the result's own).
+    codes = result.get("exit_codes") or [result.get("exit_code")]
+    failed = [i + 1 for i, code in enumerate(codes) if code != 0]
+    if result.get("end_reason") != "exited" or failed:
+        why = result.get("end_reason")
+        if result.get("error"):
+            why += ": " + result["error"]
         module.fail_json(
-            msg="%s ended: %s%s"
-            % (
-                " ".join(p["command"]),
-                result.get("end_reason"),
-                "" if last_exit is None else " (exit code %s)" % last_exit,
-            ),
+            msg="%s: %s; runs not exiting 0: %s (of %d), the last exit code %s"
+            % (command, why, ", ".join(str(i) for i in failed) or "none", len(codes), result.get("exit_code")),
             **ret
         )
     if comparison and comparison["verdict"] == "slower":
@@ -199,6 +215,12 @@ def main():
         module.fail_json(msg="inconclusive: " + comparison_words(comparison), **ret)
     if rc != 0:
         module.fail_json(msg="cleanroomctl run exited %d: %s" % (rc, err[-2000:]), **ret)
+    if p["save_baseline"]:
+        save = ["baseline", "save", p["save_baseline"], result["batch"]]
+        if p["public"]:
+            save.append("--public")
+        ctl.must(save)
+        ret.update(baseline_saved=p["save_baseline"], changed=True)
     module.exit_json(**ret)
 
 

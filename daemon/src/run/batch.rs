@@ -135,7 +135,9 @@ impl NoiseRule {
     /// (and at least [`NOISE_FLOOR_MS`]), more CPU time than its CPUs had in its wall
     /// time, thermal throttling, or its CPUs' frequency apart by more than 5 %.
     pub fn noisy(&self, r: &RunRecord) -> Option<String> {
-        if self.share <= 0.0 || r.end_reason != EndReason::Exited {
+        // A run that failed is never measured again: a rerun that passes would hide the
+        // failure.
+        if self.share <= 0.0 || r.end_reason != EndReason::Exited || r.exit_code != Some(0) {
             return None;
         }
         let cpus = crate::host::format::parse_cpu_list(&r.cpus)
@@ -912,6 +914,9 @@ mod tests {
         };
         // 20 ms on one CPU: 3 ms foreign is 15 %, noisy; 1.5 ms is 7.5 %, not.
         let why = rule.noisy(&record(20.0, 18.0, "1", Some(3.0))).unwrap();
+        let mut failed = record(20.0, 18.0, "1", Some(3.0));
+        failed.exit_code = Some(4);
+        assert_eq!(rule.noisy(&failed), None, "a failed run is kept as it is");
         assert!(
             why.contains("foreign CPU time 3.0 ms on CPUs 1: 15 %"),
             "{why}"
