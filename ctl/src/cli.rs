@@ -172,9 +172,21 @@ pub struct RunOptions {
     pub deterministic: bool,
     /// Namespaces of its own, comma-separated: net (only lo), pid (it is PID 1 and /proc
     /// shows only its processes), mount (private /tmp; a working directory below /tmp
-    /// stays), uts (hostname cleanroom), ipc.
+    /// stays), uts (hostname cleanroom), ipc, fs (a file-system clean room: it sees the
+    /// host's files, and what it writes outside --rw directories vanishes when it ends;
+    /// /tmp, /var/tmp, /run, /dev/shm private and empty).
     #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_isolation)]
     pub isolate: Vec<cleanroom_proto::Isolation>,
+    /// With --isolate fs: a directory whose writes reach the host (repeatable; default:
+    /// the working directory; `none`: every write vanishes).
+    #[arg(long, value_name = "DIR|none")]
+    pub rw: Vec<PathBuf>,
+    /// With --isolate fs: a directory shown read-only (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub ro: Vec<PathBuf>,
+    /// With --isolate fs: a directory hidden behind an empty one, e.g. ~/.ssh (repeatable).
+    #[arg(long, value_name = "DIR")]
+    pub hide: Vec<PathBuf>,
     /// Environment variable for the command (repeatable); the rest of your environment
     /// is not passed.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -528,8 +540,9 @@ fn parse_isolation(s: &str) -> Result<cleanroom_proto::Isolation, String> {
         "uts" => Ok(Isolation::Uts),
         "ipc" => Ok(Isolation::Ipc),
         "pid" => Ok(Isolation::Pid),
+        "fs" => Ok(Isolation::Fs),
         other => Err(format!(
-            "{other:?} is not a namespace: use net, pid, mount, uts, ipc"
+            "{other:?} is not a namespace: use net, pid, mount, uts, ipc, fs"
         )),
     }
 }

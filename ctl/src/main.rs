@@ -350,6 +350,15 @@ fn profile(cli: &Cli, client: &mut Client, cmd: &ProfileCommand) -> Result<(), C
 }
 
 /// The run options as the daemon takes them (the command, label and baselines aside).
+/// `path` made absolute against the current directory (not resolved: the daemon binds what
+/// it names).
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
+}
+
 fn run_params(cli: &Cli, o: &RunOptions) -> RunParams {
     let cwd = match &o.cwd {
         Some(c) => std::path::absolute(c).unwrap_or_else(|_| c.clone()),
@@ -364,6 +373,15 @@ fn run_params(cli: &Cli, o: &RunOptions) -> RunParams {
         timeout_ms: cli.timeout,
         deterministic: o.deterministic,
         isolate: o.isolate.clone(),
+        rw: if o.rw.is_empty() {
+            None
+        } else if o.rw.iter().any(|d| d.as_os_str() == "none") {
+            Some(Vec::new())
+        } else {
+            Some(o.rw.iter().map(|d| absolute(d)).collect())
+        },
+        ro: o.ro.iter().map(|d| absolute(d)).collect(),
+        hide: o.hide.iter().map(|d| absolute(d)).collect(),
         user: o.user.clone(),
         exclusive: o.exclusive,
         cpus: o.cpus.clone(),

@@ -55,6 +55,7 @@
 //! compare_threshold_percent = 2.0      # equivalence margin of verdicts, percent
 //! noisy_percent = 10.0                 # foreign CPU share that makes a repeat noisy
 //! max_reruns = 3                       # noisy repeats measured again, per batch
+//! fs_write_mb = 1024                   # what an `isolate fs` run may write, MiB
 //! isolation_cpus = "1-3"               # CPUs exclusive runs may take (default: all but 0)
 //! shield_exempt_pids = [1]             # processes the shield leaves alone
 //! shield_exempt_names = ["qemu-*"]     # ... by command name (glob)
@@ -313,6 +314,10 @@ pub struct Runs {
     /// task off the CPUs, but it cannot honour exemptions (default true; false shields by
     /// affinity, which does).
     pub shield_partition: bool,
+    /// Most MiB a run in a file-system clean room (`isolate` `fs`) writes outside its `rw`
+    /// directories, and holds in each of its private `/var/tmp`, `/run` and `/dev/shm`
+    /// (tmpfs, counted in the run's memory; default 1024).
+    pub fs_write_mb: u64,
 }
 
 impl Runs {
@@ -345,6 +350,7 @@ impl Default for Runs {
             compare_threshold_percent: 2.0,
             noisy_percent: 10.0,
             max_reruns: 3,
+            fs_write_mb: 1024,
             isolation_cpus: None,
             shield_exempt_pids: Vec::new(),
             shield_exempt_names: Vec::new(),
@@ -702,6 +708,12 @@ impl Config {
             return Err(format!(
                 "key `runs.noisy_percent`: {} is not between 0 and 100",
                 r.noisy_percent
+            ));
+        }
+        if !(1..=1_048_576).contains(&r.fs_write_mb) {
+            return Err(format!(
+                "key `runs.fs_write_mb`: {} is not between 1 and 1048576",
+                r.fs_write_mb
             ));
         }
         if r.max_reruns > 1000 {

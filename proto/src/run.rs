@@ -89,9 +89,19 @@ pub struct RunParams {
     pub rlimits: std::collections::BTreeMap<String, u64>,
     /// Namespaces of its own: `net` (only a loopback interface, up), `mount` (a private
     /// `/tmp`), `uts` (hostname `cleanroom`), `ipc`, `pid` (the command is PID 1 and
-    /// `/proc` shows only the run's processes).
+    /// `/proc` shows only the run's processes), `fs` (a file-system clean room).
     #[serde(default)]
     pub isolate: Vec<Isolation>,
+    /// With `isolate` `fs`: directories whose writes reach the host (absolute paths;
+    /// `null`: the working directory; empty: none, every write vanishes).
+    #[serde(default)]
+    pub rw: Option<Vec<String>>,
+    /// With `isolate` `fs`: directories shown read-only.
+    #[serde(default)]
+    pub ro: Vec<String>,
+    /// With `isolate` `fs`: directories hidden behind an empty one (`~/.ssh`).
+    #[serde(default)]
+    pub hide: Vec<String>,
     /// A label stored with the run.
     #[serde(default)]
     pub label: Option<String>,
@@ -262,6 +272,9 @@ impl Default for RunParams {
             measure: None,
             rlimits: Default::default(),
             isolate: Vec::new(),
+            rw: None,
+            ro: Vec::new(),
+            hide: Vec::new(),
             label: None,
             detach: false,
             repeat: 1,
@@ -297,6 +310,10 @@ pub enum Isolation {
     /// Its own process ids: the command is PID 1 and sees only its own processes; implies
     /// a private mount namespace with `/proc` of its own.
     Pid,
+    /// A file-system clean room: the host's file system through overlays whose writes
+    /// are the run's own and vanish with it (but in `rw` directories), `/tmp`, `/var/tmp`,
+    /// `/run` and `/dev/shm` private and empty; implies `mount`.
+    Fs,
 }
 
 /// Why a run ended.

@@ -51,6 +51,7 @@ enum Reply {
         pid: u32,
         entered: PathBuf,
         cgroup_views: Vec<CgroupView>,
+        fs_ops: Vec<super::fsroom::Op>,
     },
     Failed {
         message: String,
@@ -146,6 +147,7 @@ impl Helper {
                 pid,
                 entered,
                 cgroup_views,
+                fs_ops,
             } => match <[OwnedFd; 5]>::try_from(fds) {
                 Ok([pidfd, stdout, stderr, status, gone]) => Ok((
                     Started::from_handover(
@@ -154,6 +156,7 @@ impl Helper {
                             fds: [pidfd, stdout, stderr, status],
                             entered,
                             cgroup_views,
+                            fs_ops,
                         },
                         spec,
                     ),
@@ -320,6 +323,7 @@ fn serve_on(sock: &UnixStream, procs: &[PathBuf]) -> io::Result<()> {
                 pid: h.pid,
                 entered: h.entered.clone(),
                 cgroup_views: h.cgroup_views.clone(),
+                fs_ops: h.fs_ops.clone(),
             };
             let mut fds: Vec<RawFd> = h.fds.iter().map(|f| f.as_fd().as_raw_fd()).collect();
             // The daemon holds `gone` open until it has reaped this helper: an exited

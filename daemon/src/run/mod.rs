@@ -21,6 +21,7 @@ pub mod cpus;
 mod error;
 mod exec;
 pub mod fingerprint;
+pub mod fsroom;
 pub mod helper;
 pub mod history;
 pub mod instructions;

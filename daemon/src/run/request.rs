@@ -4,9 +4,12 @@
 //! compared with (which must exist before anything runs).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cleanroom_proto::{CompareParams, CpuRequest, MAX_COMMANDS, Measure, Metric, RunParams};
+use cleanroom_proto::{
+    CompareParams, CpuRequest, Isolation, MAX_COMMANDS, Measure, Metric, RunParams,
+};
 use nix::sys::resource::Resource;
 
 use super::batch::{Baseline, Batch, Caller};
@@ -48,6 +51,11 @@ pub struct Bounds {
     pub quotas: Quotas,
     /// The host's memory (`MemTotal`), bytes, for the memory quotas (none if unknown).
     pub memory_total: Option<u64>,
+    /// Where a file-system clean room is built (a directory of the daemon's state).
+    pub fs_stage: PathBuf,
+    /// Most MiB a file-system clean room's run writes outside its `rw` directories
+    /// (`runs.fs_write_mb`).
+    pub fs_write_mb: u64,
 }
 
 impl Bounds {
@@ -157,6 +165,7 @@ pub async fn resolve(
             cgroup_v2: None,
             cgroup_procs: Vec::new(),
             rlimits: rlimits(&params),
+            fs: room(&params, bounds)?,
         },
         limits: Limits {
             memory,
@@ -184,6 +193,102 @@ pub async fn resolve(
         instructions,
         detached: params.detach,
     })
+}
+
+/// Most directories each of `rw`, `ro` and `hide` may name.
+pub const MAX_ROOM_DIRS: usize = 32;
+
+/// The file-system clean room `p` asks for, if it asks for one: its `rw` directories (the
+/// working directory unless given; one below `/tmp` is kept by the private `/tmp` itself),
+/// `ro` and `hide`. Paths are checked here; whether they exist is the child's to find.
+fn room(p: &RunParams, bounds: &Bounds) -> Result<Option<super::fsroom::Room>, Error> {
+    let bad = |m: String| Err(Error::Invalid(m));
+    if !p.isolate.contains(&Isolation::Fs) {
+        if p.rw.is_some() || !p.ro.is_empty() || !p.hide.is_empty() {
+            return bad("rw, ro and hide go with isolate fs".into());
+        }
+        return Ok(None);
+    }
+    let cwd = PathBuf::from(p.cwd.clone().unwrap_or_else(|| "/".into()));
+    let private = |d: &Path| {
+        super::fsroom::PRIVATE
+            .iter()
+            .find(|p| d.starts_with(p))
+            .copied()
+    };
+    let check = |field: &str, dirs: &[String]| -> Result<Vec<PathBuf>, Error> {
+        if dirs.len() > MAX_ROOM_DIRS {
+            return Err(Error::Invalid(format!(
+                "{field}: {} directories; at most {MAX_ROOM_DIRS}",
+                dirs.len()
+            )));
+        }
+        dirs.iter()
+            .map(|d| {
+                let path = PathBuf::from(d);
+                let normal = path.is_absolute()
+                    && d.len() <= 4096
+                    && !d.contains('\0')
+                    && path
+                        .components()
+                        .all(|c| !matches!(c, std::path::Component::ParentDir));
+                if !normal || path == Path::new("/") {
+                    return Err(Error::Invalid(format!(
+                        "{field}: {d:?} is not an absolute path below / without `..`"
+                    )));
+                }
+                if let Some(p) = private(&path) {
+                    return Err(Error::Invalid(format!(
+                        "{field}: {d} is below {p}, which a file-system clean room shows \
+                         private and empty"
+                    )));
+                }
+                Ok(path)
+            })
+            .collect()
+    };
+    let rw = match &p.rw {
+        Some(dirs) => {
+            if private(&cwd) == Some("/tmp") {
+                return bad(format!(
+                    "rw none: the working directory {} is below /tmp, which a file-system \
+                     clean room keeps from the host (its writes reach it); run from elsewhere",
+                    cwd.display()
+                ));
+            }
+            check("rw", dirs)?
+        }
+        None => match private(&cwd) {
+            // Kept by the private /tmp, bound from the host.
+            Some("/tmp") => Vec::new(),
+            Some(p) => {
+                return bad(format!(
+                    "the working directory {} is below {p}, which a file-system clean room \
+                     shows empty: run from elsewhere, or name --rw directories",
+                    cwd.display()
+                ));
+            }
+            None if cwd == Path::new("/") => Vec::new(),
+            None => vec![cwd.clone()],
+        },
+    };
+    // The stage: a directory of the daemon's state (root's only) each run's tmpfs is
+    // mounted on, in the run's own namespace.
+    let stage = &bounds.fs_stage;
+    if !stage.is_dir() {
+        std::fs::create_dir_all(stage)
+            .and_then(|()| {
+                std::fs::set_permissions(stage, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            })
+            .map_err(|e| Error::Task(format!("creating {}: {e}", stage.display())))?;
+    }
+    Ok(Some(super::fsroom::Room {
+        stage: stage.clone(),
+        upper_mb: bounds.fs_write_mb,
+        rw,
+        ro: check("ro", &p.ro)?,
+        hide: check("hide", &p.hide)?,
+    }))
 }
 
 /// Whether a run counts instructions under cachegrind: asked for, or the metric compared.

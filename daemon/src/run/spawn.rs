@@ -114,6 +114,7 @@ use std::path::{Component, Path, PathBuf};
 use cleanroom_proto::Isolation;
 
 use super::contain::{self, CgroupView};
+use super::fsroom;
 
 /// What to start. (Serializable: on cgroup v1 it goes to a helper process that clones
 /// the child from inside the run's cgroups, see [`Handoff`].)
@@ -143,6 +144,9 @@ pub struct Spec {
     pub cgroup_procs: Vec<PathBuf>,
     /// Resource limits: (`RLIMIT_*` resource, soft, hard), set while still privileged.
     pub rlimits: Vec<(i32, u64, u64)>,
+    /// A file-system clean room ([`fsroom`]; implies a private `/tmp`).
+    #[serde(default)]
+    pub fs: Option<fsroom::Room>,
 }
 
 /// How a child cloned by a helper process is handed over (cgroup v1: the helper sits in the
@@ -288,6 +292,7 @@ enum Stage {
     Namespace,
     CgroupReadOnly,
     CgroupOwn,
+    FsRoom,
     Rlimit,
     Realtime,
     NoNewPrivs,
@@ -299,13 +304,14 @@ enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 14] = [
+    const ALL: [Stage; 15] = [
         Stage::Cgroup,
         Stage::Session,
         Stage::Personality,
         Stage::Namespace,
         Stage::CgroupReadOnly,
         Stage::CgroupOwn,
+        Stage::FsRoom,
         Stage::Rlimit,
         Stage::Realtime,
         Stage::NoNewPrivs,
@@ -328,6 +334,7 @@ impl Stage {
             Stage::Namespace => "namespaces",
             Stage::CgroupReadOnly => "making a cgroup mount read-only",
             Stage::CgroupOwn => "showing the run its own cgroup",
+            Stage::FsRoom => "building the file-system clean room",
             Stage::Rlimit => "setting a resource limit",
             Stage::Realtime => "SCHED_FIFO",
             Stage::NoNewPrivs => "no_new_privs",
@@ -696,6 +703,9 @@ struct Plan<'a> {
     /// cgroup (3), and a cgroup namespace of its own. Empty and false for other runs.
     cgroup_views: &'a [CgroupViewC],
     cgroup_ns: bool,
+    /// A file-system clean room: its steps, then the pivot into `fs_root`.
+    fs_ops: &'a [FsOpC],
+    fs_root: Option<&'a CStr>,
     private_tmp: bool,
     proc_mount: bool,
     hostname: bool,
@@ -726,6 +736,7 @@ fn namespace_flags(isolate: &[Isolation], contained: bool) -> u64 {
             Isolation::Uts => libc::CLONE_NEWUTS,
             Isolation::Ipc => libc::CLONE_NEWIPC,
             Isolation::Pid => libc::CLONE_NEWPID | libc::CLONE_NEWNS,
+            Isolation::Fs => libc::CLONE_NEWNS,
         };
         flags |= f as u64;
     }
@@ -780,7 +791,9 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
     let program = spec.argv.first().cloned().unwrap_or_default();
     let spawn_err = |e: io::Error| Error::Spawn(program.clone(), e);
     let cstring = |bytes: Vec<u8>| CString::new(bytes).map_err(|e| spawn_err(io::Error::other(e)));
-    let isolated = |i: Isolation| spec.isolate.contains(&i);
+    // A file-system clean room has its own mount namespace and a private /tmp.
+    let isolated =
+        |i: Isolation| spec.isolate.contains(&i) || (spec.fs.is_some() && i == Isolation::Mount);
     // A private /tmp keeps a working directory below the host's: resolved here, as root
     // (the child checks the caller's own look-up, 3a).
     let workdir = if isolated(Isolation::Mount) {
@@ -848,6 +861,31 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
             })
         })
         .collect::<Result<_, Error>>()?;
+    // A file-system clean room: planned from this process's mount table (the child cannot
+    // parse it).
+    let fs_ops = match &spec.fs {
+        Some(room) => {
+            let table =
+                std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::Contain {
+                    what: "reading the mount table".into(),
+                    source: e,
+                })?;
+            fsroom::plan(room, &fsroom::parse_mountinfo(&table)).map_err(|e| Error::Contain {
+                what: "planning the file-system clean room".into(),
+                source: io::Error::other(e),
+            })?
+        }
+        None => Vec::new(),
+    };
+    let fs_ops_c: Vec<FsOpC> = fs_ops
+        .iter()
+        .map(|op| FsOpC::of(op, &path_cstring, &cstring))
+        .collect::<Result<_, Error>>()?;
+    let fs_root: Option<CString> = spec
+        .fs
+        .as_ref()
+        .map(|room| path_cstring(&room.stage.join("root")))
+        .transpose()?;
     let kept_names: Vec<CString> = workdir
         .below_tmp
         .iter()
@@ -886,7 +924,7 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
     let (status_r, status_w) = pipe().map_err(spawn_err)?;
     let (out_r, out_w) = pipe().map_err(spawn_err)?;
     let (err_r, err_w) = pipe().map_err(spawn_err)?;
-    let ns_flags = namespace_flags(&spec.isolate, contained);
+    let ns_flags = namespace_flags(&spec.isolate, contained || spec.fs.is_some());
     let rlimits: Vec<(i32, libc::rlimit64)> = spec
         .rlimits
         .iter()
@@ -928,6 +966,8 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         private_root: ns_flags & libc::CLONE_NEWNS as u64 != 0,
         cgroup_views: &views_c,
         cgroup_ns: contained,
+        fs_ops: &fs_ops_c,
+        fs_root: fs_root.as_deref(),
         private_tmp: isolated(Isolation::Mount),
         proc_mount: isolated(Isolation::Pid),
         hostname: isolated(Isolation::Uts),
@@ -988,7 +1028,7 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         stderr: err_r,
         status: Some(status_r),
         born_in_cgroup: into_cgroup,
-        origin: Origin::of(spec, &workdir, views),
+        origin: Origin::of(spec, &workdir, views).with_fs(fs_ops),
     })
 }
 
@@ -1015,6 +1055,8 @@ struct Origin {
     entered: PathBuf,
     /// The cgroup mounts of a root caller's run.
     cgroup_views: Vec<CgroupView>,
+    /// The steps of a file-system clean room.
+    fs_ops: Vec<fsroom::Op>,
     uid: u32,
 }
 
@@ -1031,8 +1073,14 @@ impl Origin {
             cwd: spec.cwd.clone(),
             entered,
             cgroup_views,
+            fs_ops: Vec::new(),
             uid: spec.uid,
         }
+    }
+
+    fn with_fs(mut self, ops: Vec<fsroom::Op>) -> Self {
+        self.fs_ops = ops;
+        self
     }
 }
 
@@ -1082,6 +1130,8 @@ pub struct Handover {
     pub entered: PathBuf,
     /// The cgroup mounts of a root caller's run (see [`contain`]).
     pub cgroup_views: Vec<CgroupView>,
+    /// The steps of its file-system clean room (see [`fsroom`]).
+    pub fs_ops: Vec<fsroom::Op>,
 }
 
 impl Started {
@@ -1102,6 +1152,7 @@ impl Started {
             pid: self.pid,
             entered: self.origin.entered.clone(),
             cgroup_views: std::mem::take(&mut self.origin.cgroup_views),
+            fs_ops: std::mem::take(&mut self.origin.fs_ops),
             fds: [self.pidfd, self.stdout, self.stderr, status],
         })
     }
@@ -1110,7 +1161,7 @@ impl Started {
     /// (the helper cloned it with `CLONE_PARENT`), so the daemon reaps it.
     pub fn from_handover(h: Handover, spec: &Spec) -> Started {
         let [pidfd, stdout, stderr, status] = h.fds;
-        let mut origin = Origin::of_paths(spec, h.entered, h.cgroup_views);
+        let mut origin = Origin::of_paths(spec, h.entered, h.cgroup_views).with_fs(h.fs_ops);
         origin.cgroup_procs.clear();
         Started {
             pid: h.pid,
@@ -1520,6 +1571,9 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
         if p.private_root {
             PRIVATE_ROOT.mount_as(NsStep::PrivateRoot)?;
         }
+        if let Some(root) = p.fs_root {
+            build_room(p.fs_ops, root)?;
+        }
         // Before anything is mounted on the way to a cgroup mount (a kept working
         // directory's bind copies what is mounted below it, read-only by then).
         contain_cgroups(p.cgroup_views)?;
@@ -1548,6 +1602,132 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
             return Err(Failure::ns(NsStep::Loopback));
         }
         Ok(())
+    }
+}
+
+/// The status detail of the pivot (every step of a clean room has its index, at most 254
+/// of them named).
+const FS_PIVOT: u8 = u8::MAX;
+
+/// A step of [`fsroom::Op`] as the child makes it: a mount (or a `mkdir` of `target`).
+struct FsOpC {
+    mkdir: bool,
+    source: Option<CString>,
+    target: CString,
+    fstype: Option<CString>,
+    flags: libc::c_ulong,
+    data: Option<CString>,
+}
+
+impl FsOpC {
+    fn of(
+        op: &fsroom::Op,
+        path: &dyn Fn(&Path) -> Result<CString, Error>,
+        text: &dyn Fn(Vec<u8>) -> Result<CString, Error>,
+    ) -> Result<FsOpC, Error> {
+        let mount = |source: Option<CString>,
+                     target: &Path,
+                     fstype: Option<&CStr>,
+                     flags: libc::c_ulong,
+                     data: Option<CString>|
+         -> Result<FsOpC, Error> {
+            Ok(FsOpC {
+                mkdir: false,
+                source,
+                target: path(target)?,
+                fstype: fstype.map(CStr::to_owned),
+                flags,
+                data,
+            })
+        };
+        match op {
+            fsroom::Op::Mkdir(dir) => Ok(FsOpC {
+                mkdir: true,
+                ..mount(None, dir, None, 0, None)?
+            }),
+            fsroom::Op::Tmpfs {
+                target,
+                options,
+                read_only,
+            } => mount(
+                Some(c"tmpfs".to_owned()),
+                target,
+                Some(c"tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV | if *read_only { libc::MS_RDONLY } else { 0 },
+                Some(text(options.clone().into_bytes())?),
+            ),
+            fsroom::Op::Overlay { target, options } => mount(
+                Some(c"overlay".to_owned()),
+                target,
+                Some(c"overlay"),
+                0,
+                Some(text(options.clone().into_bytes())?),
+            ),
+            fsroom::Op::Bind { source, target } => mount(
+                Some(path(source)?),
+                target,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            ),
+            fsroom::Op::ReadOnly(target) => mount(
+                None,
+                target,
+                None,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+                None,
+            ),
+        }
+    }
+}
+
+/// Step 3 for a file-system clean room, in the run's mount namespace with `/` private:
+/// each step of `ops` in turn, then `root` becomes `/` (`pivot_root(".", ".")` stacks the
+/// old root on the new one, which is then detached: nothing of the host's tree is left
+/// that is not bound in).
+///
+/// # Safety
+/// Only in the child, in its own mount namespace: mkdir, mount, chdir, pivot_root and
+/// umount2 on paths prepared before the clone.
+unsafe fn build_room(ops: &[FsOpC], root: &CStr) -> Result<(), Failure> {
+    let ptr = |s: &Option<CString>| s.as_deref().map_or(std::ptr::null(), CStr::as_ptr);
+    for (i, op) in ops.iter().enumerate() {
+        let detail = i.min(FS_PIVOT as usize - 1) as u8;
+        // SAFETY: NUL-terminated strings or null pointers, as the calls take them.
+        let ok = unsafe {
+            if op.mkdir {
+                libc::mkdir(op.target.as_ptr(), 0o755) == 0
+                    || *libc::__errno_location() == libc::EEXIST
+            } else {
+                libc::mount(
+                    ptr(&op.source),
+                    op.target.as_ptr(),
+                    ptr(&op.fstype),
+                    op.flags,
+                    ptr(&op.data).cast(),
+                ) == 0
+            }
+        };
+        if !ok {
+            return Err(Failure::now(Stage::FsRoom, detail));
+        }
+    }
+    let dot = c".";
+    // SAFETY: as above; pivot_root has no glibc wrapper.
+    let pivoted = unsafe {
+        libc::chdir(root.as_ptr()) == 0
+            && libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) == 0
+            && libc::umount2(dot.as_ptr(), libc::MNT_DETACH) == 0
+            && libc::chdir(c"/".as_ptr()) == 0
+    };
+    if pivoted {
+        Ok(())
+    } else {
+        Err(Failure::now(Stage::FsRoom, FS_PIVOT))
     }
 }
 
@@ -1912,6 +2092,14 @@ fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
             };
             Error::Contain { what, source }
         }
+        Stage::FsRoom => Error::Contain {
+            what: match spec.fs_ops.get(msg[1] as usize) {
+                _ if msg[1] == FS_PIVOT => "pivoting into the file-system clean room".into(),
+                Some(op) => format!("building the file-system clean room: {}", op.describe()),
+                None => "building the file-system clean room".into(),
+            },
+            source,
+        },
         Stage::Cwd => Error::Cwd {
             cwd: spec.cwd.display().to_string(),
             uid: spec.uid,
@@ -2273,6 +2461,7 @@ mod tests {
             cgroup_v2: None,
             cgroup_procs: Vec::new(),
             rlimits: Vec::new(),
+            fs: None,
         }
     }
 

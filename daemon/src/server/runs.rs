@@ -25,6 +25,8 @@ fn bounds(live: &crate::state::Live, state: &State) -> request::Bounds {
         max_repeat: live.config.runs.max_repeat,
         quotas: live.config.quotas.clone(),
         memory_total: state.memory_total(),
+        fs_stage: live.config.daemon.state_dir.join("fs"),
+        fs_write_mb: live.config.runs.fs_write_mb,
     }
 }
 

@@ -1,0 +1,407 @@
+//! File-system clean rooms (`isolate` `fs`): the run sees the host's file system through
+//! overlays whose writable layers are private to it and vanish with it.
+//!
+//! The child of `run/spawn.rs`, in a mount namespace of its own with `/` private, builds a
+//! new root and pivots into it. This module plans that root ([`plan`], pure, from the mount
+//! table the process that clones reads just before the clone):
+//! 1. a tmpfs of the run's own (at most `upper_mb`) on the stage directory (a directory of
+//!    the daemon's state, root's only; the tmpfs is the run's mount, the host never sees it),
+//!    with `root/`, and `upper/N`, `work/N` for each overlay;
+//! 2. every mount point the run can see, parents before children (by depth; the topmost of
+//!    a stack): a writable mount of a file system an overlay can stand on becomes an
+//!    overlay (`lowerdir` the host's mount point, `upperdir` and `workdir` in the tmpfs) at
+//!    the same path below `root/`; anything else (`/proc`, `/sys`, `/dev`, a read-only
+//!    mount) is bound with what is mounted below it, as it is (its own permissions and
+//!    read-only flag), and nothing below it is planned again;
+//! 3. `/tmp` bound from the host (the private, empty `/tmp` of `isolate` `mount`, which
+//!    `fs` implies, is mounted over it later, keeping a working directory below it), and
+//!    fresh empty tmpfs on `/var/tmp`, `/run` and `/dev/shm`; nothing below those four is
+//!    planned;
+//! 4. the caller's `rw` directories bound from the host (writes reach it), `ro` ones bound
+//!    and made read-only, `hide` ones covered by an empty read-only tmpfs;
+//! 5. then the child pivots into `root/` and detaches the old root.
+//!
+//! Writes anywhere else land in the tmpfs and are gone when the run's last process is:
+//! nothing is left to clean up, by the daemon or after a `kill -9` of it. Permissions are
+//! the caller's: an overlay's files keep the owner and mode of the host's, and the kernel
+//! checks the run's credentials against them (copying a file up is the mounter's work).
+
+use std::path::{Path, PathBuf};
+
+/// What a file-system clean room is asked to keep, and where it is built.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Room {
+    /// The directory the run's tmpfs is mounted on (in the run's namespace).
+    pub stage: PathBuf,
+    /// Most MiB the run may write outside its `rw` directories.
+    pub upper_mb: u64,
+    /// Host directories whose writes reach the host.
+    pub rw: Vec<PathBuf>,
+    /// Host directories shown read-only.
+    pub ro: Vec<PathBuf>,
+    /// Host directories hidden behind an empty directory.
+    pub hide: Vec<PathBuf>,
+}
+
+/// One step of building the new root, in order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Op {
+    /// `mkdir` (an existing directory is fine).
+    Mkdir(PathBuf),
+    /// A tmpfs on `target` with these options (`mode=…,size=…`), read-only if asked.
+    Tmpfs {
+        target: PathBuf,
+        options: String,
+        read_only: bool,
+    },
+    /// An overlay on `target`: `options` holds `lowerdir`, `upperdir`, `workdir`.
+    Overlay { target: PathBuf, options: String },
+    /// `source` bound onto `target`, with what is mounted below it.
+    Bind { source: PathBuf, target: PathBuf },
+    /// The mount on `target` made read-only (a bind remount: its other flags kept).
+    ReadOnly(PathBuf),
+}
+
+impl Op {
+    /// The step in words, for an error.
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Mkdir(dir) => format!("creating {}", dir.display()),
+            Op::Tmpfs { target, .. } => format!("mounting a tmpfs on {}", target.display()),
+            Op::Overlay { target, options } => {
+                format!("mounting an overlay on {} ({options})", target.display())
+            }
+            Op::Bind { source, target } => {
+                format!("binding {} onto {}", source.display(), target.display())
+            }
+            Op::ReadOnly(target) => format!("making {} read-only", target.display()),
+        }
+    }
+}
+
+/// One mount of the mount table: where, what file system, whether read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mounted {
+    /// Mount point.
+    pub path: PathBuf,
+    /// File system type (`ext4`, `proc`, ...).
+    pub fstype: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// File systems an overlay's lower layer can be: disk and memory file systems. Everything
+/// else (kernel interfaces, network and FUSE file systems) is bound as it is.
+const OVERLAYABLE: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "f2fs", "vfat", "exfat", "jfs",
+    "reiserfs", "zfs", "bcachefs", "nilfs2",
+];
+
+/// Directories a clean room shows private and empty (`/tmp` through `isolate` `mount`).
+pub const PRIVATE: &[&str] = &["/tmp", "/var/tmp", "/run", "/dev/shm"];
+
+/// Most mount points a clean room is built from (each an overlay or a bind).
+pub const MAX_MOUNTS: usize = 512;
+
+fn below(path: &Path, dir: &Path) -> bool {
+    path.starts_with(dir)
+}
+
+/// `target`'s place below the new root.
+fn staged(stage: &Path, target: &Path) -> PathBuf {
+    let rel = target.strip_prefix("/").unwrap_or(target);
+    stage.join("root").join(rel)
+}
+
+/// A path as overlayfs reads it in its options: `\`, `,` and `:` escaped.
+fn escaped(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        if matches!(c, '\\' | ',' | ':') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The mounts of a `/proc/PID/mountinfo`, in its order.
+pub fn parse_mountinfo(text: &str) -> Vec<Mounted> {
+    text.lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let fields: Vec<&str> = head.split(' ').collect();
+            let fstype = tail.split(' ').next()?;
+            let path = unescape(fields.get(4)?);
+            let options = fields.get(5)?;
+            Some(Mounted {
+                path: PathBuf::from(path),
+                fstype: fstype.to_owned(),
+                read_only: options.split(',').any(|o| o == "ro"),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo's octal escapes (`\040` for a space) undone.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Why a clean room cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// More mount points than [`MAX_MOUNTS`].
+    #[error(
+        "the host has {0} mount points; a file-system clean room is built from at most {MAX_MOUNTS}"
+    )]
+    TooManyMounts(usize),
+}
+
+/// The steps that build `room`'s root from the mount table `mounts` (see the module
+/// documentation).
+pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
+    // The topmost mount of each mount point, parents before children.
+    let mut visible: Vec<&Mounted> = Vec::new();
+    for m in mounts {
+        visible.retain(|v| v.path != m.path);
+        visible.push(m);
+    }
+    visible.sort_by_key(|m| m.path.components().count());
+    if visible.len() > MAX_MOUNTS {
+        return Err(PlanError::TooManyMounts(visible.len()));
+    }
+    let stage = &room.stage;
+    let mut ops = vec![
+        Op::Tmpfs {
+            target: stage.clone(),
+            options: format!("mode=0700,size={}m", room.upper_mb.max(1)),
+            read_only: false,
+        },
+        Op::Mkdir(stage.join("root")),
+        Op::Mkdir(stage.join("upper")),
+        Op::Mkdir(stage.join("work")),
+    ];
+    let private: Vec<&Path> = PRIVATE.iter().map(Path::new).collect();
+    let mut bound: Vec<&Path> = Vec::new();
+    let mut layers = 0;
+    // /tmp from the host (the private /tmp covers it later, keeping the working
+    // directory): right after `/`, while the stage holds nothing else that a recursive
+    // bind would copy (the stage may be below /tmp).
+    let tmp = [
+        Op::Mkdir(staged(stage, Path::new("/tmp"))),
+        Op::Bind {
+            source: "/tmp".into(),
+            target: staged(stage, Path::new("/tmp")),
+        },
+    ];
+    let mut tmp_bound = false;
+    for m in visible {
+        let path = m.path.as_path();
+        if private.iter().any(|p| below(path, p))
+            || bound.iter().any(|b| below(path, b))
+            || below(path, stage)
+        {
+            continue;
+        }
+        let target = staged(stage, path);
+        if !m.read_only && OVERLAYABLE.contains(&m.fstype.as_str()) {
+            let (upper, work) = (
+                stage.join("upper").join(layers.to_string()),
+                stage.join("work").join(layers.to_string()),
+            );
+            layers += 1;
+            ops.push(Op::Mkdir(upper.clone()));
+            ops.push(Op::Mkdir(work.clone()));
+            ops.push(Op::Overlay {
+                target,
+                options: format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    escaped(path),
+                    escaped(&upper),
+                    escaped(&work)
+                ),
+            });
+        } else {
+            ops.push(Op::Bind {
+                source: path.to_owned(),
+                target,
+            });
+            bound.push(path);
+        }
+        if !tmp_bound {
+            ops.extend(tmp.iter().cloned());
+            tmp_bound = true;
+        }
+    }
+    if !tmp_bound {
+        ops.extend(tmp.iter().cloned());
+    }
+    // The other private directories, empty.
+    for (dir, mode) in [("/var/tmp", "1777"), ("/run", "0755"), ("/dev/shm", "1777")] {
+        let target = staged(stage, Path::new(dir));
+        ops.push(Op::Mkdir(target.clone()));
+        ops.push(Op::Tmpfs {
+            target,
+            options: format!("mode={mode},size={}m", room.upper_mb.max(1)),
+            read_only: false,
+        });
+    }
+    for dir in &room.rw {
+        ops.push(Op::Bind {
+            source: dir.clone(),
+            target: staged(stage, dir),
+        });
+    }
+    for dir in &room.ro {
+        let target = staged(stage, dir);
+        ops.push(Op::Bind {
+            source: dir.clone(),
+            target: target.clone(),
+        });
+        ops.push(Op::ReadOnly(target));
+    }
+    for dir in &room.hide {
+        ops.push(Op::Tmpfs {
+            target: staged(stage, dir),
+            options: "mode=0755,size=4k".into(),
+            read_only: true,
+        });
+    }
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This VM's mount table, abridged (`/proc` listed before `/`, stacked `/dev/pts`).
+    const MOUNTINFO: &str = "\
+30 25 0:5 / /proc rw,relatime - proc proc rw
+31 25 0:6 / /sys rw,relatime - sysfs sysfs rw
+32 25 0:7 / /dev rw,relatime - devtmpfs devtmpfs rw
+34 32 0:9 / /dev/pts rw,relatime - devpts devpts rw
+25 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 25 0:30 / /mnt/tools\\040x ro,nosuid,nodev - tmpfs tools ro
+41 32 0:9 / /dev/pts rw,relatime - devpts devpts rw
+42 31 0:31 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw
+43 42 0:32 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+44 25 0:33 / /var/lib/data rw,relatime - xfs /dev/vdb rw
+45 25 0:34 / /tmp rw - tmpfs tmpfs rw
+46 45 0:35 / /tmp/inner rw - ext4 /dev/vdc rw
+47 25 0:36 / /run rw - tmpfs tmpfs rw
+48 47 0:37 / /run/user/0 rw - tmpfs tmpfs rw
+";
+
+    fn room() -> Room {
+        Room {
+            stage: "/var/lib/cleanroom/fs".into(),
+            upper_mb: 256,
+            rw: vec!["/home/u/proj".into()],
+            ro: vec!["/srv/data".into()],
+            hide: vec!["/home/u/.ssh".into()],
+        }
+    }
+
+    #[test]
+    fn the_mount_table_is_read_with_its_escapes() {
+        let m = parse_mountinfo(MOUNTINFO);
+        assert_eq!(m.len(), 14);
+        assert_eq!(m[4].path, Path::new("/"));
+        assert_eq!(m[4].fstype, "ext4");
+        assert_eq!(m[5].path, Path::new("/mnt/tools x"));
+        assert!(m[5].read_only && !m[4].read_only);
+    }
+
+    #[test]
+    fn every_mount_is_overlaid_or_bound_parents_first() {
+        let ops = plan(&room(), &parse_mountinfo(MOUNTINFO)).unwrap();
+        let s = "/var/lib/cleanroom/fs";
+        let overlay = |target: &str, n: u32, lower: &str| Op::Overlay {
+            target: PathBuf::from(format!("{s}/root{target}")),
+            options: format!("lowerdir={lower},upperdir={s}/upper/{n},workdir={s}/work/{n}"),
+        };
+        let bind = |source: &str, target: &str| Op::Bind {
+            source: source.into(),
+            target: PathBuf::from(format!("{s}/root{target}")),
+        };
+        // `/` first although listed after /proc, and /tmp from the host right after it;
+        // /sys and /dev bound with their submounts (not planned again); the read-only
+        // tmpfs bound as it is; the xfs overlaid; what is below /tmp and /run left to the
+        // private directories.
+        let mounts: Vec<&Op> = ops
+            .iter()
+            .filter(|o| matches!(o, Op::Overlay { .. } | Op::Bind { .. }))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![
+                &overlay("", 0, "/"),
+                &bind("/tmp", "/tmp"),
+                &bind("/proc", "/proc"),
+                &bind("/sys", "/sys"),
+                &bind("/dev", "/dev"),
+                &bind("/mnt/tools x", "/mnt/tools x"),
+                &overlay("/var/lib/data", 1, "/var/lib/data"),
+                &bind("/home/u/proj", "/home/u/proj"),
+                &bind("/srv/data", "/srv/data"),
+            ]
+        );
+        assert_eq!(
+            ops[0],
+            Op::Tmpfs {
+                target: s.into(),
+                options: "mode=0700,size=256m".into(),
+                read_only: false
+            }
+        );
+        assert!(ops.contains(&Op::ReadOnly(format!("{s}/root/srv/data").into())));
+        assert!(ops.contains(&Op::Tmpfs {
+            target: format!("{s}/root/home/u/.ssh").into(),
+            options: "mode=0755,size=4k".into(),
+            read_only: true
+        }));
+        for dir in ["/var/tmp", "/run", "/dev/shm"] {
+            assert!(
+                ops.iter()
+                    .any(|o| matches!(o, Op::Tmpfs { target, read_only: false, .. }
+                    if target.as_path() == Path::new(&format!("{s}/root{dir}")))),
+                "{dir}"
+            );
+        }
+    }
+
+    #[test]
+    fn overlay_options_escape_their_separators() {
+        assert_eq!(escaped(Path::new("/a,b:c\\d")), "/a\\,b\\:c\\\\d");
+    }
+
+    #[test]
+    fn a_host_with_too_many_mounts_is_refused() {
+        let many: Vec<Mounted> = (0..=MAX_MOUNTS)
+            .map(|i| Mounted {
+                path: format!("/m/{i}").into(),
+                fstype: "ext4".into(),
+                read_only: false,
+            })
+            .collect();
+        assert_eq!(
+            plan(&room(), &many),
+            Err(PlanError::TooManyMounts(MAX_MOUNTS + 1))
+        );
+    }
+}

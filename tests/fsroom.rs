@@ -1,0 +1,255 @@
+//! End-to-end tests of file-system clean rooms (`--isolate fs`): real overlays on this
+//! host's mounts, in each run's own mount namespace. What a run writes outside its `--rw`
+//! directories is gone when it ends, nothing of it is ever mounted on the host (a
+//! `kill -9` of the daemon mid-run included), permissions are the caller's.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use cleanroom::{Daemon, is_root_or_skip};
+
+/// The host's mount table, the mount points only (what a clean room must never change).
+fn host_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(4).unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A directory outside `/tmp` (which a clean room shows empty), removed when dropped.
+fn outside_tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cleanroom-fsroom-")
+        .tempdir_in("/var/lib")
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `cleanroomctl run --isolate fs ARGS -- sh -c SCRIPT`.
+fn room(d: &Daemon, args: &[&str], script: &str) -> Output {
+    let mut all = vec!["run", "--isolate", "fs"];
+    all.extend_from_slice(args);
+    all.extend(["--", "sh", "-c", script]);
+    d.ctl(&all)
+}
+
+#[test]
+fn writes_vanish_with_the_run_and_rw_directories_keep_theirs() {
+    if !is_root_or_skip("writes_vanish_with_the_run_and_rw_directories_keep_theirs") {
+        return;
+    }
+    let d = Daemon::start();
+    let before = host_mounts();
+    let marker = format!("cleanroom-fsroom-{}", std::process::id());
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let etc = PathBuf::from("/etc").join(&marker);
+    let var_tmp = PathBuf::from("/var/tmp").join(&marker);
+    let cache = PathBuf::from(&home).join(".cache").join(&marker);
+    // Writes everywhere, read back inside the run; the private directories empty.
+    let script = format!(
+        "set -e; echo a > {etc}; echo b > {var_tmp}; mkdir -p {cache_dir}; echo c > {cache}; \
+         cat {etc} {var_tmp} {cache}; ls -A /tmp /var/tmp /run /dev/shm | grep -v '^/' | \
+         grep -vx {marker} | grep -v '^$' || echo empty",
+        etc = etc.display(),
+        var_tmp = var_tmp.display(),
+        cache = cache.display(),
+        cache_dir = cache.parent().unwrap().display(),
+    );
+    let out = room(&d, &["--cwd", "/", "--rw", "none"], &script);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out), "a\nb\nc\nempty\n", "{out:?}");
+    for p in [&etc, &var_tmp, &cache] {
+        assert!(!p.exists(), "{} reached the host", p.display());
+    }
+    // A second run does not see the first one's writes.
+    let out = room(
+        &d,
+        &["--cwd", "/", "--rw", "none"],
+        &format!("test -e {} && echo seen || echo gone", etc.display()),
+    );
+    assert_eq!(text(&out), "gone\n", "{out:?}");
+
+    // The working directory (outside /tmp) is where writes reach the host by default; a
+    // named --rw directory too; everything else still vanishes.
+    let work = outside_tmp();
+    let other = outside_tmp();
+    let out = room(
+        &d,
+        &[
+            "--cwd",
+            work.path().to_str().unwrap(),
+            "--rw",
+            work.path().to_str().unwrap(),
+            "--rw",
+            other.path().to_str().unwrap(),
+        ],
+        &format!(
+            "echo kept > here; echo kept > {}/there; echo gone > {}",
+            other.path().display(),
+            etc.display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("here")).unwrap(),
+        "kept\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(other.path().join("there")).unwrap(),
+        "kept\n"
+    );
+    assert!(!etc.exists());
+    let out = room(
+        &d,
+        &["--cwd", work.path().to_str().unwrap()],
+        "echo default > cwd-default",
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        work.path().join("cwd-default").exists(),
+        "the default --rw is the cwd"
+    );
+    // --rw none: even the working directory's writes vanish.
+    let out = room(
+        &d,
+        &["--cwd", work.path().to_str().unwrap(), "--rw", "none"],
+        "echo x > throwaway; cat throwaway",
+    );
+    assert_eq!(text(&out), "x\n", "{out:?}");
+    assert!(!work.path().join("throwaway").exists());
+
+    // --ro shows a directory read-only; --hide shows an empty one.
+    std::fs::write(other.path().join("secret"), "s3cret").unwrap();
+    let out = room(
+        &d,
+        &[
+            "--cwd",
+            "/",
+            "--rw",
+            "none",
+            "--ro",
+            work.path().to_str().unwrap(),
+            "--hide",
+            other.path().to_str().unwrap(),
+        ],
+        &format!(
+            "touch {}/nope 2>/dev/null && echo wrote || echo read-only; ls -A {} | wc -l",
+            work.path().display(),
+            other.path().display()
+        ),
+    );
+    assert_eq!(text(&out), "read-only\n0\n", "{out:?}");
+
+    // A caller's permissions: nobody cannot write /etc in the overlay either, nor read
+    // what it could not read on the host.
+    std::fs::set_permissions(
+        other.path().join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let out = room(
+        &d,
+        &["--user", "nobody", "--cwd", "/", "--rw", "none"],
+        &format!(
+            "touch /etc/{marker} 2>/dev/null && echo wrote || echo refused; \
+             cat {}/secret 2>/dev/null || echo unreadable",
+            other.path().display()
+        ),
+    );
+    assert_eq!(text(&out), "refused\nunreadable\n", "{out:?}");
+
+    // Nothing of any of it is mounted on the host.
+    assert_eq!(host_mounts(), before);
+}
+
+#[test]
+fn a_clean_room_is_bounded_checked_and_leaves_no_mount_behind_a_killed_daemon() {
+    if !is_root_or_skip(
+        "a_clean_room_is_bounded_checked_and_leaves_no_mount_behind_a_killed_daemon",
+    ) {
+        return;
+    }
+    let before = host_mounts();
+    let state = tempfile::tempdir().unwrap();
+    let mut d = Daemon::builder()
+        .config("[runs]\nfs_write_mb = 8\n")
+        .state_dir(&state.path().join("s"))
+        .start();
+    // Writes beyond runs.fs_write_mb fail in the run: the host's disk is not the limit.
+    let out = room(
+        &d,
+        &["--cwd", "/", "--rw", "none"],
+        "dd if=/dev/zero of=/big bs=1M count=32 2>&1 | grep -o 'No space left on device' | head -n 1",
+    );
+    assert_eq!(text(&out), "No space left on device\n", "{out:?}");
+    // Bad requests name what is wrong.
+    let bad = |args: &[&str], says: &str| {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend(["--", "true"]);
+        let out = d.ctl(&all);
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    };
+    bad(&["--rw", "/srv"], "rw, ro and hide go with isolate fs");
+    bad(
+        &["--isolate", "fs", "--cwd", "/", "--rw", "/run/x"],
+        "/run/x is below /run",
+    );
+    bad(
+        &["--isolate", "fs", "--cwd", "/", "--hide", "/no/such/dir"],
+        "/no/such/dir",
+    );
+    // A kill -9 of the daemon mid-run: the run's mounts were never the host's; a restart
+    // ends the run left behind.
+    let sleeper = format!("{}.25", 1000 + std::process::id() % 1000);
+    let child = std::process::Command::new(cleanroom::bin("cleanroomctl"))
+        .args([
+            "--socket",
+            d.dir().join("cleanroomd.sock").to_str().unwrap(),
+        ])
+        .args(["run", "--isolate", "fs", "--cwd", "/", "--rw", "none", "--"])
+        .args(["sleep", &sleeper])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = Guard(child);
+    let alive = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .any(|c| c == format!("sleep\0{sleeper}\0").into_bytes())
+    };
+    let started = std::time::Instant::now();
+    while !alive() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the run did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(10));
+    assert_eq!(host_mounts(), before, "a mount reached the host");
+    let d2 = Daemon::builder().state_dir(&state.path().join("s")).start();
+    assert!(!alive(), "the run left behind still runs");
+    assert_eq!(host_mounts(), before);
+    drop(d2);
+}
+
+/// A child process killed and reaped when the test ends, however it ends.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
