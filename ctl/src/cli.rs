@@ -118,6 +118,20 @@ pub enum Command {
         cleanroomctl report 1795438620536 --format csv | python3 -c 'import pandas, sys; print(pandas.read_csv(sys.stdin))'"
     )]
     Report(Box<ReportArgs>),
+    /// Run a declarative test suite (a TOML file, or a directory of them): steps with
+    /// expectations and budgets, each a run in a file-system clean room unless the suite
+    /// says otherwise, stored as label SUITE/STEP; independent steps in parallel.
+    #[command(
+        after_help = "A suite file:\n\n  [suite]\n  name = \"demo\"          # label prefix of every step's batches\n  \
+        parallel = 2             # steps at once\n  timeout = \"30s\"\n\n  [[step]]\n  name = \"build\"\n  \
+        shell = \"make\"           # or run = [\"make\", \"-j2\"]\n  [step.expect]\n  files = [\"app\"]\n\n  \
+        [[step]]\n  name = \"bench\"\n  run = [\"./app\", \"--bench\"]\n  depends_on = [\"build\"]\n  repeat = 10\n  \
+        [step.budget.wall_ms]\n  target = 50\n  warning = 80\n  critical = 120\n\n\
+        Exit code 0 when every step passed (warnings allowed), 1 otherwise, 2 for a suite file\nwith errors (each names file:line:column and the key).\n\n\
+        Examples:\n  cleanroomctl test examples/suites/hello.toml\n  cleanroomctl test examples/suites --junit junit.xml\n  \
+        cleanroomctl test suite.toml --step bench --fail-fast\n  cleanroomctl test suite.toml --tap | tappy"
+    )]
+    Test(Box<TestArgs>),
     /// Baselines: list, save, delete (or save one with `run --save-baseline NAME`).
     #[command(subcommand)]
     Baseline(BaselineCommand),
@@ -289,6 +303,28 @@ pub struct RunArgs {
 
 /// The separator between the commands of `compare`, unless --separator says otherwise.
 pub const DEFAULT_SEPARATOR: &str = "::";
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// A suite file, or a directory whose *.toml files are suites.
+    #[arg(value_name = "FILE|DIR")]
+    pub path: PathBuf,
+    /// Run only this step (its dependencies are not run).
+    #[arg(long, value_name = "NAME")]
+    pub step: Option<String>,
+    /// Start no step after the first one that fails.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Write JUnit XML here: one testcase per step.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Print TAP (version 13) instead of the summary table.
+    #[arg(long, conflicts_with = "junit")]
+    pub tap: bool,
+    /// Only check the suite files.
+    #[arg(long)]
+    pub check: bool,
+}
 
 /// What `report` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -484,7 +520,7 @@ fn parse_rlimit(s: &str) -> Result<(String, u64), String> {
     Ok((name.to_owned(), value))
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
         Some((i, _)) => {
@@ -512,7 +548,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-fn parse_duration(s: &str) -> Result<u64, String> {
+pub fn parse_duration(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -532,7 +568,7 @@ fn parse_duration(s: &str) -> Result<u64, String> {
     Ok(ms as u64)
 }
 
-fn parse_isolation(s: &str) -> Result<cleanroom_proto::Isolation, String> {
+pub fn parse_isolation(s: &str) -> Result<cleanroom_proto::Isolation, String> {
     use cleanroom_proto::Isolation;
     match s.trim() {
         "net" => Ok(Isolation::Net),

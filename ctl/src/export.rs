@@ -209,72 +209,102 @@ pub fn markdown(entries: &[Entry<'_>]) -> String {
 /// when a run did not exit 0, timed out or was otherwise ended, or when it is `slower`
 /// than its reference or baseline, with the summary in the message.
 pub fn junit(suite: &str, entries: &[Entry<'_>]) -> Result<String, String> {
-    use quick_xml::Writer;
-    use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
-    let fail = |e: std::io::Error| format!("cannot write JUnit XML: {e}");
-    let cases: Vec<(f64, Outcome, String)> = entries
+    let cases: Vec<Case> = entries
         .iter()
         .map(|e| {
             let t = timing(e.result);
-            let total: f64 = t.times.iter().sum();
-            (total, outcome(e.result), clean(&summary(&t, e.result)))
+            Case {
+                name: e.command.to_owned(),
+                seconds: t.times.iter().sum(),
+                ending: outcome(e.result),
+                output: clean(&summary(&t, e.result)),
+                failure_text: None,
+            }
         })
         .collect();
+    junit_cases(suite, &cases)
+}
+
+/// One JUnit testcase.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Its name.
+    pub name: String,
+    /// How long it took.
+    pub seconds: f64,
+    /// How it ended.
+    pub ending: Outcome,
+    /// Its `system-out` (and a failure's text, unless `failure_text` says otherwise).
+    pub output: String,
+    /// A failure's text, when not its output.
+    pub failure_text: Option<String>,
+}
+
+/// A JUnit XML document of `cases` in test suite `suite` (Jenkins' junit-10.xsd).
+pub fn junit_cases(suite: &str, cases: &[Case]) -> Result<String, String> {
+    use quick_xml::Writer;
+    use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
+    let fail = |e: std::io::Error| format!("cannot write JUnit XML: {e}");
     let failures = cases
         .iter()
-        .filter(|c| matches!(c.1, Outcome::Failed(_)))
+        .filter(|c| matches!(c.ending, Outcome::Failed(_)))
         .count();
     let skipped = cases
         .iter()
-        .filter(|c| matches!(c.1, Outcome::Skipped(_)))
+        .filter(|c| matches!(c.ending, Outcome::Skipped(_)))
         .count();
     // Seconds with at most three decimals, as the schema allows.
-    let time: f64 = cases.iter().map(|c| c.0).sum();
+    let time: f64 = cases.iter().map(|c| c.seconds).sum();
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))
         .map_err(fail)?;
     let counts = |el: &mut BytesStart<'_>| {
-        el.push_attribute(("tests", entries.len().to_string().as_str()));
+        el.push_attribute(("tests", cases.len().to_string().as_str()));
         el.push_attribute(("failures", failures.to_string().as_str()));
         el.push_attribute(("errors", "0"));
         el.push_attribute(("time", format!("{time:.3}").as_str()));
     };
+    let suite = clean(suite);
     let mut suites = BytesStart::new("testsuites");
     suites.push_attribute(("name", "cleanroom"));
     counts(&mut suites);
     w.write_event(Event::Start(suites)).map_err(fail)?;
     let mut s = BytesStart::new("testsuite");
-    s.push_attribute(("name", suite));
+    s.push_attribute(("name", suite.as_str()));
     counts(&mut s);
     s.push_attribute(("skipped", skipped.to_string().as_str()));
     w.write_event(Event::Start(s)).map_err(fail)?;
-    for (e, (time, outcome, summary)) in entries.iter().zip(&cases) {
+    for c in cases {
         let mut case = BytesStart::new("testcase");
-        case.push_attribute(("name", clean(e.command).as_str()));
-        case.push_attribute(("classname", suite));
-        case.push_attribute(("time", format!("{time:.3}").as_str()));
+        case.push_attribute(("name", clean(&c.name).as_str()));
+        case.push_attribute(("classname", suite.as_str()));
+        case.push_attribute(("time", format!("{:.3}", c.seconds).as_str()));
         w.write_event(Event::Start(case)).map_err(fail)?;
-        match outcome {
+        let output = clean(&c.output);
+        match &c.ending {
             Outcome::Passed => {}
             Outcome::Failed(message) => {
                 let mut f = BytesStart::new("failure");
                 f.push_attribute(("message", clean(message).as_str()));
                 f.push_attribute(("type", "cleanroom"));
                 w.write_event(Event::Start(f)).map_err(fail)?;
-                w.write_event(Event::Text(BytesText::new(summary)))
-                    .map_err(fail)?;
+                let text = c.failure_text.as_deref().map(clean);
+                w.write_event(Event::Text(BytesText::new(
+                    text.as_deref().unwrap_or(&output),
+                )))
+                .map_err(fail)?;
                 w.write_event(Event::End(BytesEnd::new("failure")))
                     .map_err(fail)?;
             }
             Outcome::Skipped(message) => {
                 let mut f = BytesStart::new("skipped");
-                f.push_attribute(("message", message.as_str()));
+                f.push_attribute(("message", clean(message).as_str()));
                 w.write_event(Event::Empty(f)).map_err(fail)?;
             }
         }
         w.write_event(Event::Start(BytesStart::new("system-out")))
             .map_err(fail)?;
-        w.write_event(Event::Text(BytesText::new(summary)))
+        w.write_event(Event::Text(BytesText::new(&output)))
             .map_err(fail)?;
         w.write_event(Event::End(BytesEnd::new("system-out")))
             .map_err(fail)?;
@@ -290,9 +320,9 @@ pub fn junit(suite: &str, entries: &[Entry<'_>]) -> Result<String, String> {
     Ok(xml)
 }
 
-/// How a command's testcase ended.
+/// How a testcase ended.
 #[derive(Debug, Clone, PartialEq)]
-enum Outcome {
+pub enum Outcome {
     Passed,
     /// Why it failed.
     Failed(String),

@@ -10,6 +10,7 @@ mod client;
 mod export;
 mod output;
 mod report;
+mod suite;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ use cleanroom_proto::{
 };
 use cleanroomctl::cli::{
     BaselineCommand, Cli, Command, CompareArgs, PinCommand, ProfileCommand, ReportArgs,
-    ReportFormat, RunArgs, RunOptions, RunsCommand, ShieldCommand,
+    ReportFormat, RunArgs, RunOptions, RunsCommand, ShieldCommand, TestArgs,
 };
 use serde::Serialize;
 
@@ -62,6 +63,42 @@ fn run(cli: &Cli) -> Result<(), CallError> {
                     .exit()
             }
         },
+        Command::Test(a) => {
+            let loaded = suite::files(&a.path).and_then(|files| {
+                files
+                    .iter()
+                    .map(|f| suite::load(f))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            let suites = match loaded {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("cleanroomctl: {e}");
+                    std::process::exit(2)
+                }
+            };
+            if let Some(name) = &a.step {
+                if !suites
+                    .iter()
+                    .any(|s| s.steps.iter().any(|st| &st.name == name))
+                {
+                    eprintln!("cleanroomctl: --step {name}: no step of that name");
+                    std::process::exit(2)
+                }
+            }
+            if a.check {
+                let text: String = suites
+                    .iter()
+                    .map(|s| format!("{}: {} steps, no errors\n", s.file.display(), s.steps.len()))
+                    .collect();
+                let checked: Vec<serde_json::Value> = suites
+                    .iter()
+                    .map(|s| serde_json::json!({"file": s.file, "suite": s.name, "steps": s.steps.len()}))
+                    .collect();
+                return emit(cli, &checked, || text.clone());
+            }
+            return test_command(cli, a, &suites);
+        }
         Command::Report(a) => {
             let request = report_request(a);
             if let Err(e) = request.check() {
@@ -98,6 +135,8 @@ fn run(cli: &Cli) -> Result<(), CallError> {
         Command::Compare(ref a) => {
             compare_command(cli, &mut client, a, commands.unwrap_or_default())
         }
+        // Handled before connecting: each step connects on its own.
+        Command::Test(_) => Ok(()),
         Command::Report(ref a) => {
             let gathered = report::gather(&mut client, &report_request(a))?;
             let text = match a.format() {
@@ -674,6 +713,79 @@ fn write_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     tmp.write_all(text.as_bytes())?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// `test`: every suite in turn; exit 1 when a step of any failed.
+fn test_command(cli: &Cli, a: &TestArgs, suites: &[suite::Suite]) -> Result<(), CallError> {
+    use std::io::IsTerminal;
+    let mut all_passed = true;
+    let mut junit = Vec::new();
+    for s in suites {
+        let opts = suite::exec::Options {
+            socket: cli.socket.clone(),
+            fail_fast: a.fail_fast,
+            only: a
+                .step
+                .clone()
+                .filter(|n| s.steps.iter().any(|st| &st.name == n)),
+            live: !cli.json && !a.tap && std::io::stderr().is_terminal(),
+        };
+        if a.step.is_some() && opts.only.is_none() {
+            continue;
+        }
+        let outcomes = suite::exec::run(s, &opts);
+        let counts = suite::report::counts(&outcomes);
+        let passed = counts.failed == 0;
+        all_passed &= passed;
+        if cli.json {
+            let r = suite::report::SuiteResult {
+                suite: &s.name,
+                file: s.file.display().to_string(),
+                passed,
+                counts,
+                steps: &outcomes,
+            };
+            emit(cli, &r, String::new)?;
+        } else if a.tap {
+            emit(cli, &outcomes, || suite::report::tap(&outcomes))?;
+        } else {
+            emit(cli, &outcomes, || suite::report::table(&s.name, &outcomes))?;
+        }
+        if a.junit.is_some() {
+            junit.push(suite::report::junit(&s.name, &outcomes));
+        }
+    }
+    if let Some(path) = &a.junit {
+        let fail = |e: String| CallError::Exit(1, Some(format!("--junit {}: {e}", path.display())));
+        // One document: the first suite's (a directory of suites: one file each beside it).
+        let docs: Vec<String> = junit.into_iter().collect::<Result<_, _>>().map_err(fail)?;
+        let text = if docs.len() == 1 {
+            docs.into_iter().next().unwrap_or_default()
+        } else {
+            merge_junit(&docs)
+        };
+        write_file(path, &text).map_err(|e| fail(e.to_string()))?;
+    }
+    if all_passed {
+        Ok(())
+    } else {
+        Err(CallError::Exit(1, Some("a step failed".into())))
+    }
+}
+
+/// Several JUnit documents as one: their `testsuite` elements under one `testsuites`.
+fn merge_junit(docs: &[String]) -> String {
+    let mut out = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"cleanroom\">\n",
+    );
+    for d in docs {
+        if let (Some(a), Some(b)) = (d.find("<testsuite "), d.rfind("</testsuite>")) {
+            out.push_str(&d[a..b + "</testsuite>".len()]);
+            out.push('\n');
+        }
+    }
+    out.push_str("</testsuites>\n");
+    out
 }
 
 fn report_request(a: &ReportArgs) -> report::Request {

@@ -255,7 +255,7 @@ fn duration_s(s: f64) -> String {
 
 /// A table of `rows` under `header`, columns two spaces apart, no borders (`kubectl get`'s
 /// look), widths by display width.
-fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
     use comfy_table::{Table, presets::NOTHING};
     let mut table = Table::new();
     table
