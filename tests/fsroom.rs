@@ -163,6 +163,49 @@ fn writes_vanish_with_the_run_and_rw_directories_keep_theirs() {
     );
     assert_eq!(text(&out), "refused\nunreadable\n", "{out:?}");
 
+    // --rw and --ro reach only what the caller could reach on the host: a directory below
+    // one nobody cannot enter is refused, also through a symlink that leads there.
+    let locked = outside_tmp();
+    let inner = locked.path().join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::set_permissions(&inner, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        locked.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let link = other.path().join("link");
+    std::os::unix::fs::symlink(&inner, &link).unwrap();
+    for (flag, path) in [("--rw", &inner), ("--ro", &inner), ("--rw", &link)] {
+        let out = room(
+            &d,
+            &[
+                "--user",
+                "nobody",
+                "--cwd",
+                "/",
+                flag,
+                path.to_str().unwrap(),
+            ],
+            "echo ran",
+        );
+        assert!(!out.status.success(), "{flag} {}: {out:?}", path.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("opened as the caller") && err.contains("Permission denied"),
+            "{flag} {}: {err}",
+            path.display()
+        );
+    }
+    // Root may: the same directory is bound for a root caller.
+    let out = room(
+        &d,
+        &["--cwd", "/", "--rw", inner.to_str().unwrap()],
+        &format!("echo in > {}/file", inner.display()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(inner.join("file").exists());
+
     // Nothing of any of it is mounted on the host.
     assert_eq!(host_mounts(), before);
 }

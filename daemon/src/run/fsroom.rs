@@ -56,8 +56,17 @@ pub enum Op {
     },
     /// An overlay on `target`: `options` holds `lowerdir`, `upperdir`, `workdir`.
     Overlay { target: PathBuf, options: String },
-    /// `source` bound onto `target`, with what is mounted below it.
-    Bind { source: PathBuf, target: PathBuf },
+    /// `source` bound onto `target`, with what is mounted below it. A `caller`'s source
+    /// (a `rw` or `ro` directory) is opened as the caller before the clone and bound from
+    /// that descriptor: the run reaches only what the caller could reach on the host (a
+    /// directory below one they cannot enter is not bound, a symlink is followed with
+    /// their permissions).
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        #[serde(default)]
+        caller: bool,
+    },
     /// The mount on `target` made read-only (a bind remount: its other flags kept).
     ReadOnly(PathBuf),
 }
@@ -71,9 +80,20 @@ impl Op {
             Op::Overlay { target, options } => {
                 format!("mounting an overlay on {} ({options})", target.display())
             }
-            Op::Bind { source, target } => {
-                format!("binding {} onto {}", source.display(), target.display())
-            }
+            Op::Bind {
+                source,
+                target,
+                caller,
+            } => format!(
+                "binding {}{} onto {}",
+                source.display(),
+                if *caller {
+                    " (opened as the caller)"
+                } else {
+                    ""
+                },
+                target.display()
+            ),
             Op::ReadOnly(target) => format!("making {} read-only", target.display()),
         }
     }
@@ -207,6 +227,7 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
         Op::Bind {
             source: "/tmp".into(),
             target: staged(stage, Path::new("/tmp")),
+            caller: false,
         },
     ];
     let mut tmp_bound = false;
@@ -240,6 +261,7 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
             ops.push(Op::Bind {
                 source: path.to_owned(),
                 target,
+                caller: false,
             });
             bound.push(path);
         }
@@ -265,6 +287,7 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
         ops.push(Op::Bind {
             source: dir.clone(),
             target: staged(stage, dir),
+            caller: true,
         });
     }
     for dir in &room.ro {
@@ -272,6 +295,7 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
         ops.push(Op::Bind {
             source: dir.clone(),
             target: target.clone(),
+            caller: true,
         });
         ops.push(Op::ReadOnly(target));
     }
@@ -338,6 +362,7 @@ mod tests {
         let bind = |source: &str, target: &str| Op::Bind {
             source: source.into(),
             target: PathBuf::from(format!("{s}/root{target}")),
+            caller: source.starts_with("/home") || source.starts_with("/srv"),
         };
         // `/` first although listed after /proc, and /tmp from the host right after it;
         // /sys and /dev bound with their submounts (not planned again); the read-only

@@ -1572,7 +1572,7 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
             PRIVATE_ROOT.mount_as(NsStep::PrivateRoot)?;
         }
         if let Some(root) = p.fs_root {
-            build_room(p.fs_ops, root)?;
+            build_room(p, p.fs_ops, root)?;
         }
         // Before anything is mounted on the way to a cgroup mount (a kept working
         // directory's bind copies what is mounted below it, read-only by then).
@@ -1612,6 +1612,8 @@ const FS_PIVOT: u8 = u8::MAX;
 /// A step of [`fsroom::Op`] as the child makes it: a mount (or a `mkdir` of `target`).
 struct FsOpC {
     mkdir: bool,
+    /// A bind whose source the child opens as the caller and binds from that descriptor.
+    caller: bool,
     source: Option<CString>,
     target: CString,
     fstype: Option<CString>,
@@ -1633,6 +1635,7 @@ impl FsOpC {
          -> Result<FsOpC, Error> {
             Ok(FsOpC {
                 mkdir: false,
+                caller: false,
                 source,
                 target: path(target)?,
                 fstype: fstype.map(CStr::to_owned),
@@ -1663,13 +1666,20 @@ impl FsOpC {
                 0,
                 Some(text(options.clone().into_bytes())?),
             ),
-            fsroom::Op::Bind { source, target } => mount(
-                Some(path(source)?),
+            fsroom::Op::Bind {
+                source,
                 target,
-                None,
-                libc::MS_BIND | libc::MS_REC,
-                None,
-            ),
+                caller,
+            } => Ok(FsOpC {
+                caller: *caller,
+                ..mount(
+                    Some(path(source)?),
+                    target,
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                )?
+            }),
             fsroom::Op::ReadOnly(target) => mount(
                 None,
                 target,
@@ -1693,13 +1703,15 @@ impl FsOpC {
 /// # Safety
 /// Only in the child, in its own mount namespace: mkdir, mount, chdir, pivot_root and
 /// umount2 on paths prepared before the clone.
-unsafe fn build_room(ops: &[FsOpC], root: &CStr) -> Result<(), Failure> {
+unsafe fn build_room(p: &Plan<'_>, ops: &[FsOpC], root: &CStr) -> Result<(), Failure> {
     let ptr = |s: &Option<CString>| s.as_deref().map_or(std::ptr::null(), CStr::as_ptr);
     for (i, op) in ops.iter().enumerate() {
         let detail = i.min(FS_PIVOT as usize - 1) as u8;
         // SAFETY: NUL-terminated strings or null pointers, as the calls take them.
         let ok = unsafe {
-            if op.mkdir {
+            if op.caller {
+                bind_as_caller(p, op)
+            } else if op.mkdir {
                 libc::mkdir(op.target.as_ptr(), 0o755) == 0
                     || *libc::__errno_location() == libc::EEXIST
             } else {
@@ -1728,6 +1740,64 @@ unsafe fn build_room(ops: &[FsOpC], root: &CStr) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::now(Stage::FsRoom, FS_PIVOT))
+    }
+}
+
+/// A bind of `op.source` opened as the caller (their groups, fsgid and fsuid, then root's
+/// again), from that descriptor (`/proc/self/fd/N`): what they could not reach on the
+/// host, or a symlink they could not follow, fails here. Whether it took (errno set).
+///
+/// # Safety
+/// Only in the child, in its own mount namespace: raw system calls on prepared memory and
+/// a buffer on the stack.
+unsafe fn bind_as_caller(p: &Plan<'_>, op: &FsOpC) -> bool {
+    let Some(source) = op.source.as_deref() else {
+        return false;
+    };
+    // SAFETY: as the function's contract says.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) < 0
+            || !set_fs_ids(p.uid, p.gid)
+        {
+            return false;
+        }
+        let fd = libc::open(source.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+        let errno = *libc::__errno_location();
+        if !set_fs_ids(libc::geteuid(), libc::getegid()) {
+            return false;
+        }
+        if fd < 0 {
+            *libc::__errno_location() = errno;
+            return false;
+        }
+        // "/proc/self/fd/" and the descriptor's digits, NUL-terminated, on the stack.
+        let mut buf = [0u8; 32];
+        let prefix = b"/proc/self/fd/";
+        buf[..prefix.len()].copy_from_slice(prefix);
+        let mut digits = [0u8; 10];
+        let (mut n, mut len) = (fd as u32, 0);
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for k in 0..len {
+            buf[prefix.len() + k] = digits[len - 1 - k];
+        }
+        let ok = libc::mount(
+            buf.as_ptr().cast(),
+            op.target.as_ptr(),
+            std::ptr::null(),
+            op.flags,
+            std::ptr::null(),
+        ) == 0;
+        let errno = *libc::__errno_location();
+        libc::close(fd);
+        *libc::__errno_location() = errno;
+        ok
     }
 }
 
