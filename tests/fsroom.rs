@@ -9,12 +9,16 @@ use std::time::Duration;
 
 use cleanroom::{Daemon, is_root_or_skip};
 
-/// The host's mount table, the mount points only (what a clean room must never change).
-fn host_mounts() -> Vec<String> {
+/// The host's mounts a clean room could have left: any naming the daemon's directory (its
+/// stage, an overlay's layers) or one of this test's directories (others' mounts come and
+/// go while the test runs; they are not looked at).
+fn leaked(d: &Daemon) -> Vec<String> {
+    let dir = d.dir().display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .map(|l| l.split(' ').nth(4).unwrap_or_default().to_owned())
+        .filter(|l| l.contains(&dir) || l.contains("cleanroom-fsroom-"))
+        .map(str::to_owned)
         .collect()
 }
 
@@ -44,7 +48,7 @@ fn writes_vanish_with_the_run_and_rw_directories_keep_theirs() {
         return;
     }
     let d = Daemon::start();
-    let before = host_mounts();
+    let before = Vec::<String>::new();
     let marker = format!("cleanroom-fsroom-{}", std::process::id());
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let etc = PathBuf::from("/etc").join(&marker);
@@ -78,6 +82,12 @@ fn writes_vanish_with_the_run_and_rw_directories_keep_theirs() {
     // named --rw directory too; everything else still vanishes.
     let work = outside_tmp();
     let other = outside_tmp();
+    // Traversable by anyone: what keeps nobody out below it is the files' own modes.
+    std::fs::set_permissions(
+        other.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let out = room(
         &d,
         &[
@@ -145,6 +155,34 @@ fn writes_vanish_with_the_run_and_rw_directories_keep_theirs() {
     );
     assert_eq!(text(&out), "read-only\n0\n", "{out:?}");
 
+    // --hide through a symlink hides what it leads to (resolved before the room is built,
+    // never mounted beside it); /proc is the run's own (nothing of the host's processes,
+    // whose /proc/PID/root would lead back to the host's tree).
+    let real = other.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::write(real.join("f"), "x").unwrap();
+    let alias = other.path().join("alias");
+    std::os::unix::fs::symlink(&real, &alias).unwrap();
+    let out = room(
+        &d,
+        &[
+            "--cwd",
+            "/",
+            "--rw",
+            "none",
+            "--hide",
+            alias.to_str().unwrap(),
+        ],
+        &format!(
+            "ls -A {} | wc -l; ls -A {} | wc -l; cat /proc/1/comm; \
+             test -e /proc/{}/root && echo host || echo own",
+            alias.display(),
+            real.display(),
+            std::process::id()
+        ),
+    );
+    assert_eq!(text(&out), "0\n0\nsh\nown\n", "{out:?}");
+
     // A caller's permissions: nobody cannot write /etc in the overlay either, nor read
     // what it could not read on the host.
     std::fs::set_permissions(
@@ -192,7 +230,7 @@ fn writes_vanish_with_the_run_and_rw_directories_keep_theirs() {
         assert!(!out.status.success(), "{flag} {}: {out:?}", path.display());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("opened as the caller") && err.contains("Permission denied"),
+            err.contains("as uid 65534") && err.contains("Permission denied"),
             "{flag} {}: {err}",
             path.display()
         );
@@ -207,7 +245,7 @@ fn writes_vanish_with_the_run_and_rw_directories_keep_theirs() {
     assert!(inner.join("file").exists());
 
     // Nothing of any of it is mounted on the host.
-    assert_eq!(host_mounts(), before);
+    assert_eq!(leaked(&d), before);
 }
 
 #[test]
@@ -217,7 +255,7 @@ fn a_clean_room_is_bounded_checked_and_leaves_no_mount_behind_a_killed_daemon() 
     ) {
         return;
     }
-    let before = host_mounts();
+    let before = Vec::<String>::new();
     let state = tempfile::tempdir().unwrap();
     let mut d = Daemon::builder()
         .config("[runs]\nfs_write_mb = 8\n")
@@ -280,10 +318,10 @@ fn a_clean_room_is_bounded_checked_and_leaves_no_mount_behind_a_killed_daemon() 
     }
     d.signal(nix::sys::signal::Signal::SIGKILL);
     d.wait_exit(Duration::from_secs(10));
-    assert_eq!(host_mounts(), before, "a mount reached the host");
+    assert_eq!(leaked(&d), before, "a mount reached the host");
     let d2 = Daemon::builder().state_dir(&state.path().join("s")).start();
     assert!(!alive(), "the run left behind still runs");
-    assert_eq!(host_mounts(), before);
+    assert_eq!(leaked(&d), before);
     drop(d2);
 }
 

@@ -22,6 +22,11 @@ shell = "echo hello"
 stdout_contains = ["hello"]
 
 [[step]]
+name = "before-its-dependency"
+shell = "echo never"
+depends_on = ["chain-a"]
+
+[[step]]
 name = "wrong-output"
 shell = "echo hello"
 [step.expect]
@@ -153,6 +158,12 @@ fn a_suite_runs_every_kind_of_step_and_reports_it() {
     assert_eq!(status("chain-b"), "skipped");
     assert!(why("chain-b").contains("its dependency chain-a did not pass"));
     assert_eq!(status("chain-c"), "skipped");
+    assert_eq!(status("before-its-dependency"), "skipped");
+    assert!(
+        why("before-its-dependency").contains("its dependency chain-a did not pass"),
+        "{}",
+        why("before-its-dependency")
+    );
     assert!(why("chain-c").contains("its dependency chain-b did not pass"));
     // Both exclusive steps ran, each on its own whole core (one after the other on a host
     // whose isolation pool has one CPU, as this one's).
@@ -198,8 +209,8 @@ fn a_suite_runs_every_kind_of_step_and_reports_it() {
         .expect("xmllint (scripts/setup installs libxml2-utils)");
     assert!(check.status.success(), "{check:?}");
     let xml = std::fs::read_to_string(&junit).unwrap();
-    assert!(xml.contains(r#"tests="11" failures="4""#), "{xml}");
-    assert_eq!(xml.matches("<skipped").count(), 2, "{xml}");
+    assert!(xml.contains(r#"tests="12" failures="4""#), "{xml}");
+    assert_eq!(xml.matches("<skipped").count(), 3, "{xml}");
     assert!(xml.contains("warning: max_rss_kb"), "{xml}");
 
     // TAP: a line per step, skips marked.
@@ -211,9 +222,9 @@ fn a_suite_runs_every_kind_of_step_and_reports_it() {
         "chain-b",
     ]);
     let tap = String::from_utf8_lossy(&out.stdout);
-    assert!(tap.starts_with("TAP version 13\n1..11\n"), "{tap}");
+    assert!(tap.starts_with("TAP version 13\n1..12\n"), "{tap}");
     assert!(
-        tap.contains("ok 7 - chain-b"),
+        tap.lines().any(|l| l == "ok 8 - chain-b"),
         "--step runs the step alone: {tap}"
     );
     assert!(

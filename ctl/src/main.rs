@@ -414,8 +414,11 @@ fn run_params(cli: &Cli, o: &RunOptions) -> RunParams {
         isolate: o.isolate.clone(),
         rw: if o.rw.is_empty() {
             None
-        } else if o.rw.iter().any(|d| d.as_os_str() == "none") {
+        } else if o.rw.len() == 1 && o.rw[0].as_os_str() == "none" {
             Some(Vec::new())
+        } else if o.rw.iter().any(|d| d.as_os_str() == "none") {
+            // `none` with directories: the daemon refuses it, saying so.
+            Some(o.rw.iter().map(|d| d.display().to_string()).collect())
         } else {
             Some(o.rw.iter().map(|d| absolute(d)).collect())
         },

@@ -14,7 +14,7 @@ use super::{Levels, Step, Suite};
 use crate::client::Client;
 
 /// Most output of a step kept for its expectations and reports, per stream (its end).
-pub const OUTPUT_KEPT: usize = 1 << 20;
+pub const OUTPUT_KEPT: usize = 256 << 10;
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -133,10 +133,13 @@ fn run_step(suite: &Suite, step: &Step, socket: &Path) -> Outcome {
         save_baseline: step.save_baseline.clone(),
         ..RunParams::default()
     };
+    // The output of the run going on, and of the last one that ended (a progress note
+    // follows each run's output): expectations judge the last measured run's.
     let (mut stdout, mut stderr) = (String::new(), String::new());
+    let (mut last_out, mut last_err) = (String::new(), String::new());
     let result = Client::connect(socket, Duration::from_secs(10)).and_then(|mut c| {
-        c.call_streaming::<RunStart>(&params, &mut |method, p| {
-            if method == "run.output" {
+        c.call_streaming::<RunStart>(&params, &mut |method, p| match method {
+            "run.output" => {
                 let data = p["data"].as_str().unwrap_or_default();
                 if p["stream"] == "stderr" {
                     keep_tail(&mut stderr, data);
@@ -144,11 +147,17 @@ fn run_step(suite: &Suite, step: &Step, socket: &Path) -> Outcome {
                     keep_tail(&mut stdout, data);
                 }
             }
+            "run.progress" => {
+                last_out = std::mem::take(&mut stdout);
+                last_err = std::mem::take(&mut stderr);
+            }
+            _ => {}
         })
     });
     out.seconds = started.elapsed().as_secs_f64();
-    out.stdout = stdout;
-    out.stderr = stderr;
+    // Output after the last progress note (none came: a daemon that sends none) counts.
+    out.stdout = if stdout.is_empty() { last_out } else { stdout };
+    out.stderr = if stderr.is_empty() { last_err } else { stderr };
     match result {
         Ok(r) => judge(step, &r, &mut out),
         Err(e) => {
@@ -319,47 +328,64 @@ pub fn run(suite: &Suite, opts: &Options) -> Vec<Outcome> {
         let mut started = vec![false; n];
         let mut failed = false;
         loop {
-            // Skip what cannot run; start what may, within the limit.
-            for i in 0..n {
-                if started[i] || done[i].is_some() {
-                    continue;
-                }
-                let step = &suite.steps[i];
-                let deps_ok = only == Some(i)
-                    || step
-                        .depends_on
-                        .iter()
-                        .all(|&d| done[d].as_ref().is_some_and(Outcome::passed));
-                let blocked = if only == Some(i) {
-                    None
-                } else {
-                    step.depends_on
-                        .iter()
-                        .find(|&&d| done[d].as_ref().is_some_and(|o| !o.passed()))
-                };
-                if let Some(&d) = blocked {
-                    let o = Outcome::skipped(
-                        &step.name,
-                        format!("its dependency {} did not pass", suite.steps[d].name),
-                    );
-                    live(format!("  - {} skipped: {}", step.name, o.reasons[0]));
-                    done[i] = Some(o);
-                    continue;
-                }
-                if failed && opts.fail_fast {
-                    let o = Outcome::skipped(&step.name, "--fail-fast: a step failed".into());
-                    done[i] = Some(o);
-                    continue;
-                }
-                if deps_ok && running < suite.parallel {
-                    started[i] = true;
-                    running += 1;
-                    live(format!("  ▸ {} …", step.name));
-                    let tx = tx.clone();
-                    let socket = opts.socket.as_path();
-                    scope.spawn(move || {
-                        let _ = tx.send((i, run_step(suite, step, socket)));
-                    });
+            // Skip what cannot run (again, until nothing changes: a dependent may come
+            // before its dependency in the file); start what may, within the limit.
+            let mut changed = true;
+            while changed {
+                changed = false;
+                for i in 0..n {
+                    if started[i] || done[i].is_some() {
+                        continue;
+                    }
+                    let step = &suite.steps[i];
+                    let deps_ok = only == Some(i)
+                        || step
+                            .depends_on
+                            .iter()
+                            .all(|&d| done[d].as_ref().is_some_and(Outcome::passed));
+                    let blocked = if only == Some(i) {
+                        None
+                    } else {
+                        step.depends_on
+                            .iter()
+                            .find(|&&d| done[d].as_ref().is_some_and(|o| !o.passed()))
+                    };
+                    if let Some(&d) = blocked {
+                        let o = Outcome::skipped(
+                            &step.name,
+                            format!("its dependency {} did not pass", suite.steps[d].name),
+                        );
+                        live(format!("  - {} skipped: {}", step.name, o.reasons[0]));
+                        done[i] = Some(o);
+                        changed = true;
+                        continue;
+                    }
+                    if failed && opts.fail_fast {
+                        let o = Outcome::skipped(&step.name, "--fail-fast: a step failed".into());
+                        done[i] = Some(o);
+                        changed = true;
+                        continue;
+                    }
+                    if deps_ok && running < suite.parallel {
+                        started[i] = true;
+                        running += 1;
+                        live(format!("  ▸ {} …", step.name));
+                        let tx = tx.clone();
+                        let socket = opts.socket.as_path();
+                        scope.spawn(move || {
+                            // A step that panics is a failed step, not a suite that waits
+                            // forever for it.
+                            let o = std::panic::catch_unwind(|| run_step(suite, step, socket))
+                                .unwrap_or_else(|_| {
+                                    let mut o = Outcome::skipped(&step.name, String::new());
+                                    o.status = Status::Failed;
+                                    o.reasons =
+                                        vec!["cleanroomctl failed running it (a bug)".into()];
+                                    o
+                                });
+                            let _ = tx.send((i, o));
+                        });
+                    }
                 }
             }
             if running == 0 {

@@ -20,6 +20,10 @@ use toml::Spanned;
 /// Most steps one suite holds.
 pub const MAX_STEPS: usize = 256;
 
+/// Most steps at once (under the daemon's default `quotas.runs_per_uid` of 32, so a
+/// suite waits rather than runs into it).
+pub const MAX_PARALLEL: usize = 16;
+
 /// A suite file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -401,7 +405,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Suite, String> {
                 .map_or_else(|| "suite".into(), |s| s.to_string_lossy().into_owned())
         }),
         file: file.to_owned(),
-        parallel: defaults.parallel.unwrap_or(2).clamp(1, 64),
+        parallel: defaults.parallel.unwrap_or(2).clamp(1, MAX_PARALLEL),
         steps,
     })
 }

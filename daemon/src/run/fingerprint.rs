@@ -183,14 +183,14 @@ fn resolve(host: &Host, runs: &Runs<'_>) -> Option<PathBuf> {
 /// uid and gid and its supplementary groups, each a per-thread attribute in the kernel
 /// (the C library's `setgroups` would change every thread's, so the system call is made
 /// directly). Dropping it puts root's back.
-struct AsUser {
+pub(super) struct AsUser {
     groups: Vec<libc::gid_t>,
 }
 
 impl AsUser {
     /// Acts as `uid` with `groups` (the first is the primary group); `None` when the
     /// kernel refuses (then nothing changed).
-    fn become_(uid: u32, groups: &[u32]) -> Option<AsUser> {
+    pub(super) fn become_(uid: u32, groups: &[u32]) -> Option<AsUser> {
         let gid = groups.first().copied().unwrap_or(uid);
         let old = nix::unistd::getgroups().ok()?;
         let old: Vec<libc::gid_t> = old.into_iter().map(|g| g.as_raw()).collect();

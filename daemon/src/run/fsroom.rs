@@ -54,8 +54,14 @@ pub enum Op {
         options: String,
         read_only: bool,
     },
-    /// An overlay on `target`: `options` holds `lowerdir`, `upperdir`, `workdir`.
-    Overlay { target: PathBuf, options: String },
+    /// An overlay on `target`: `options` holds `lowerdir`, `upperdir`, `workdir`;
+    /// `noexec` as the host's mount has it (every overlay is `nosuid`, `nodev`).
+    Overlay {
+        target: PathBuf,
+        options: String,
+        #[serde(default)]
+        noexec: bool,
+    },
     /// `source` bound onto `target`, with what is mounted below it. A `caller`'s source
     /// (a `rw` or `ro` directory) is opened as the caller before the clone and bound from
     /// that descriptor: the run reaches only what the caller could reach on the host (a
@@ -66,9 +72,20 @@ pub enum Op {
         target: PathBuf,
         #[serde(default)]
         caller: bool,
+        /// With what is mounted below it (else the mounts below are planned on their own).
+        #[serde(default)]
+        recursive: bool,
     },
-    /// The mount on `target` made read-only (a bind remount: its other flags kept).
-    ReadOnly(PathBuf),
+    /// The mount on `target` made read-only, keeping the per-mount flags `nosuid`,
+    /// `nodev`, `noexec` that are true here (a bind remount would drop them).
+    ReadOnly {
+        target: PathBuf,
+        nosuid: bool,
+        nodev: bool,
+        noexec: bool,
+    },
+    /// `target` and every mount below it made read-only (`mount_setattr`).
+    ReadOnlyTree(PathBuf),
 }
 
 impl Op {
@@ -77,13 +94,14 @@ impl Op {
         match self {
             Op::Mkdir(dir) => format!("creating {}", dir.display()),
             Op::Tmpfs { target, .. } => format!("mounting a tmpfs on {}", target.display()),
-            Op::Overlay { target, options } => {
-                format!("mounting an overlay on {} ({options})", target.display())
-            }
+            Op::Overlay {
+                target, options, ..
+            } => format!("mounting an overlay on {} ({options})", target.display()),
             Op::Bind {
                 source,
                 target,
                 caller,
+                ..
             } => format!(
                 "binding {}{} onto {}",
                 source.display(),
@@ -94,7 +112,9 @@ impl Op {
                 },
                 target.display()
             ),
-            Op::ReadOnly(target) => format!("making {} read-only", target.display()),
+            Op::ReadOnly { target, .. } | Op::ReadOnlyTree(target) => {
+                format!("making {} read-only", target.display())
+            }
         }
     }
 }
@@ -108,6 +128,14 @@ pub struct Mounted {
     pub fstype: String,
     /// Mounted read-only.
     pub read_only: bool,
+    /// Mounted `nosuid`.
+    pub nosuid: bool,
+    /// Mounted `nodev`.
+    pub nodev: bool,
+    /// Mounted `noexec`.
+    pub noexec: bool,
+    /// A directory (a file can be a mount point too: an overlay cannot stand on it).
+    pub dir: bool,
 }
 
 /// File systems an overlay's lower layer can be: disk and memory file systems. Everything
@@ -120,8 +148,34 @@ const OVERLAYABLE: &[&str] = &[
 /// Directories a clean room shows private and empty (`/tmp` through `isolate` `mount`).
 pub const PRIVATE: &[&str] = &["/tmp", "/var/tmp", "/run", "/dev/shm"];
 
+/// Kernel interfaces: bound with what is mounted below them, as they are (never an
+/// overlay, and nothing below them planned again). `/dev` is bound read-only (its device
+/// nodes still work; nothing is created or removed there).
+const KERNEL: &[&str] = &[
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup",
+    "cgroup2",
+    "mqueue",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "hugetlbfs",
+    "binfmt_misc",
+    "efivarfs",
+    "rpc_pipefs",
+    "nsfs",
+    "autofs",
+    "selinuxfs",
+];
+
 /// Most mount points a clean room is built from (each an overlay or a bind).
-pub const MAX_MOUNTS: usize = 512;
+pub const MAX_MOUNTS: usize = 4096;
 
 fn below(path: &Path, dir: &Path) -> bool {
     path.starts_with(dir)
@@ -154,10 +208,15 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mounted> {
             let fstype = tail.split(' ').next()?;
             let path = unescape(fields.get(4)?);
             let options = fields.get(5)?;
+            let has = |flag: &str| options.split(',').any(|o| o == flag);
             Some(Mounted {
                 path: PathBuf::from(path),
                 fstype: fstype.to_owned(),
-                read_only: options.split(',').any(|o| o == "ro"),
+                read_only: has("ro"),
+                nosuid: has("nosuid"),
+                nodev: has("nodev"),
+                noexec: has("noexec"),
+                dir: true,
             })
         })
         .collect()
@@ -228,19 +287,39 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
             source: "/tmp".into(),
             target: staged(stage, Path::new("/tmp")),
             caller: false,
+            recursive: true,
         },
     ];
     let mut tmp_bound = false;
     for m in visible {
         let path = m.path.as_path();
+        // /proc: the run's own (a clean room has its own pid namespace), mounted after
+        // the pivot; the host's would lead back to the host's tree (/proc/PID/root).
         if private.iter().any(|p| below(path, p))
             || bound.iter().any(|b| below(path, b))
             || below(path, stage)
+            || below(path, Path::new("/proc"))
         {
             continue;
         }
         let target = staged(stage, path);
-        if !m.read_only && OVERLAYABLE.contains(&m.fstype.as_str()) {
+        if KERNEL.contains(&m.fstype.as_str()) {
+            ops.push(Op::Bind {
+                source: path.to_owned(),
+                target: target.clone(),
+                caller: false,
+                recursive: true,
+            });
+            if path == Path::new("/dev") {
+                ops.push(Op::ReadOnly {
+                    target,
+                    nosuid: m.nosuid,
+                    nodev: m.nodev,
+                    noexec: m.noexec,
+                });
+            }
+            bound.push(path);
+        } else if m.dir && !m.read_only && OVERLAYABLE.contains(&m.fstype.as_str()) {
             let (upper, work) = (
                 stage.join("upper").join(layers.to_string()),
                 stage.join("work").join(layers.to_string()),
@@ -256,14 +335,24 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
                     escaped(&upper),
                     escaped(&work)
                 ),
+                noexec: m.noexec,
             });
         } else {
+            // Read-only, a file system no overlay stands on (a network or FUSE one), or a
+            // file: shown read-only (its writes would reach the host), the mounts below it
+            // planned on their own.
             ops.push(Op::Bind {
                 source: path.to_owned(),
-                target,
+                target: target.clone(),
                 caller: false,
+                recursive: false,
             });
-            bound.push(path);
+            ops.push(Op::ReadOnly {
+                target,
+                nosuid: true,
+                nodev: true,
+                noexec: m.noexec,
+            });
         }
         if !tmp_bound {
             ops.extend(tmp.iter().cloned());
@@ -283,28 +372,37 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
             read_only: false,
         });
     }
-    for dir in &room.rw {
-        ops.push(Op::Bind {
-            source: dir.clone(),
-            target: staged(stage, dir),
-            caller: true,
-        });
-    }
-    for dir in &room.ro {
+    // The caller's directories, parents before children (an `rw` inside an `ro` one
+    // stays writable): `rw` bound with what is below it, `ro` bound and made read-only
+    // to the bottom, `hide` covered.
+    let mut mine: Vec<(&PathBuf, u8)> = room
+        .rw
+        .iter()
+        .map(|d| (d, 0))
+        .chain(room.ro.iter().map(|d| (d, 1)))
+        .chain(room.hide.iter().map(|d| (d, 2)))
+        .collect();
+    mine.sort_by_key(|(d, _)| d.components().count());
+    for (dir, kind) in mine {
         let target = staged(stage, dir);
-        ops.push(Op::Bind {
-            source: dir.clone(),
-            target: target.clone(),
-            caller: true,
-        });
-        ops.push(Op::ReadOnly(target));
-    }
-    for dir in &room.hide {
-        ops.push(Op::Tmpfs {
-            target: staged(stage, dir),
-            options: "mode=0755,size=4k".into(),
-            read_only: true,
-        });
+        match kind {
+            0 | 1 => {
+                ops.push(Op::Bind {
+                    source: dir.clone(),
+                    target: target.clone(),
+                    caller: true,
+                    recursive: true,
+                });
+                if kind == 1 {
+                    ops.push(Op::ReadOnlyTree(target));
+                }
+            }
+            _ => ops.push(Op::Tmpfs {
+                target,
+                options: "mode=0755,size=4k".into(),
+                read_only: true,
+            }),
+        }
     }
     Ok(ops)
 }
@@ -358,16 +456,19 @@ mod tests {
         let overlay = |target: &str, n: u32, lower: &str| Op::Overlay {
             target: PathBuf::from(format!("{s}/root{target}")),
             options: format!("lowerdir={lower},upperdir={s}/upper/{n},workdir={s}/work/{n}"),
+            noexec: false,
         };
-        let bind = |source: &str, target: &str| Op::Bind {
+        let bind = |source: &str, target: &str, recursive: bool| Op::Bind {
             source: source.into(),
             target: PathBuf::from(format!("{s}/root{target}")),
             caller: source.starts_with("/home") || source.starts_with("/srv"),
+            recursive,
         };
         // `/` first although listed after /proc, and /tmp from the host right after it;
-        // /sys and /dev bound with their submounts (not planned again); the read-only
-        // tmpfs bound as it is; the xfs overlaid; what is below /tmp and /run left to the
-        // private directories.
+        // /proc left to the run's own; /sys and /dev bound with their submounts (not
+        // planned again); the read-only tmpfs bound and kept read-only; the xfs overlaid;
+        // what is below /tmp and /run left to the private directories; the caller's
+        // directories parents first.
         let mounts: Vec<&Op> = ops
             .iter()
             .filter(|o| matches!(o, Op::Overlay { .. } | Op::Bind { .. }))
@@ -376,14 +477,13 @@ mod tests {
             mounts,
             vec![
                 &overlay("", 0, "/"),
-                &bind("/tmp", "/tmp"),
-                &bind("/proc", "/proc"),
-                &bind("/sys", "/sys"),
-                &bind("/dev", "/dev"),
-                &bind("/mnt/tools x", "/mnt/tools x"),
+                &bind("/tmp", "/tmp", true),
+                &bind("/sys", "/sys", true),
+                &bind("/dev", "/dev", true),
+                &bind("/mnt/tools x", "/mnt/tools x", false),
                 &overlay("/var/lib/data", 1, "/var/lib/data"),
-                &bind("/home/u/proj", "/home/u/proj"),
-                &bind("/srv/data", "/srv/data"),
+                &bind("/srv/data", "/srv/data", true),
+                &bind("/home/u/proj", "/home/u/proj", true),
             ]
         );
         assert_eq!(
@@ -394,7 +494,19 @@ mod tests {
                 read_only: false
             }
         );
-        assert!(ops.contains(&Op::ReadOnly(format!("{s}/root/srv/data").into())));
+        assert!(ops.contains(&Op::ReadOnlyTree(format!("{s}/root/srv/data").into())));
+        assert!(ops.contains(&Op::ReadOnly {
+            target: format!("{s}/root/dev").into(),
+            nosuid: false,
+            nodev: false,
+            noexec: false
+        }));
+        assert!(ops.contains(&Op::ReadOnly {
+            target: format!("{s}/root/mnt/tools x").into(),
+            nosuid: true,
+            nodev: true,
+            noexec: false
+        }));
         assert!(ops.contains(&Op::Tmpfs {
             target: format!("{s}/root/home/u/.ssh").into(),
             options: "mode=0755,size=4k".into(),
@@ -416,12 +528,47 @@ mod tests {
     }
 
     #[test]
+    fn what_no_overlay_stands_on_is_read_only_and_what_is_below_it_planned() {
+        // A read-only / with a writable /home on it, an NFS mount, a bind-mounted file.
+        let mut m = parse_mountinfo(
+            "1 0 8:1 / / ro - ext4 /dev/sda1 ro\n\
+             2 1 8:2 / /home rw,nodev,noexec - ext4 /dev/sda2 rw\n\
+             3 1 0:40 / /mnt/nfs rw - nfs4 srv:/x rw\n\
+             4 1 8:1 /x /etc/hosts rw - ext4 /dev/sda1 rw\n",
+        );
+        m[3].dir = false;
+        let ops = plan(&room(), &m).unwrap();
+        let s = "/var/lib/cleanroom/fs";
+        let ro = |t: &str| Op::ReadOnly {
+            target: format!("{s}/root{t}").into(),
+            nosuid: true,
+            nodev: true,
+            noexec: false,
+        };
+        assert!(ops.contains(&ro("")), "the read-only / stays read-only");
+        assert!(
+            ops.contains(&ro("/mnt/nfs")),
+            "NFS writes would reach the server"
+        );
+        assert!(ops.contains(&ro("/etc/hosts")), "a file cannot be overlaid");
+        assert!(ops.contains(&Op::Overlay {
+            target: format!("{s}/root/home").into(),
+            options: format!("lowerdir=/home,upperdir={s}/upper/0,workdir={s}/work/0"),
+            noexec: true,
+        }));
+    }
+
+    #[test]
     fn a_host_with_too_many_mounts_is_refused() {
         let many: Vec<Mounted> = (0..=MAX_MOUNTS)
             .map(|i| Mounted {
                 path: format!("/m/{i}").into(),
                 fstype: "ext4".into(),
                 read_only: false,
+                nosuid: false,
+                nodev: false,
+                noexec: false,
+                dir: true,
             })
             .collect();
         assert_eq!(

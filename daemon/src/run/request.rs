@@ -249,7 +249,12 @@ fn room(p: &RunParams, bounds: &Bounds) -> Result<Option<super::fsroom::Room>, E
     };
     let rw = match &p.rw {
         Some(dirs) => {
-            if private(&cwd) == Some("/tmp") {
+            if dirs.len() > 1 && dirs.iter().any(|d| d == "none") {
+                return bad(
+                    "rw: none (every write vanishes) goes alone, not with directories".into(),
+                );
+            }
+            if dirs.is_empty() && private(&cwd) == Some("/tmp") {
                 return bad(format!(
                     "rw none: the working directory {} is below /tmp, which a file-system \
                      clean room keeps from the host (its writes reach it); run from elsewhere",

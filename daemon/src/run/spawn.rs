@@ -223,6 +223,14 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// Building a file-system clean room failed (see [`fsroom`]).
+    #[error("cannot build the file-system clean room ({what}): {source}")]
+    FsRoom {
+        /// What was being done, naming the directory or mount.
+        what: String,
+        /// Why.
+        source: io::Error,
+    },
     /// Creating or setting up the run's namespaces failed.
     #[error("cannot set up the run's namespaces ({step}): {source}")]
     Namespace {
@@ -736,7 +744,9 @@ fn namespace_flags(isolate: &[Isolation], contained: bool) -> u64 {
             Isolation::Uts => libc::CLONE_NEWUTS,
             Isolation::Ipc => libc::CLONE_NEWIPC,
             Isolation::Pid => libc::CLONE_NEWPID | libc::CLONE_NEWNS,
-            Isolation::Fs => libc::CLONE_NEWNS,
+            // Its own pid namespace too: the host's /proc would lead back to the host's
+            // tree (/proc/PID/root of any process of the caller's).
+            Isolation::Fs => libc::CLONE_NEWNS | libc::CLONE_NEWPID,
         };
         flags |= f as u64;
     }
@@ -865,12 +875,61 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
     // parse it).
     let fs_ops = match &spec.fs {
         Some(room) => {
-            let table =
-                std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::Contain {
-                    what: "reading the mount table".into(),
-                    source: e,
-                })?;
-            fsroom::plan(room, &fsroom::parse_mountinfo(&table)).map_err(|e| Error::Contain {
+            // Bytes: a mount point need not be UTF-8 (mountinfo escapes only blanks).
+            let table = std::fs::read("/proc/self/mountinfo").map_err(|e| Error::FsRoom {
+                what: "reading the mount table".into(),
+                source: e,
+            })?;
+            let mut mounts = fsroom::parse_mountinfo(&String::from_utf8_lossy(&table));
+            for m in &mut mounts {
+                // A file can be a mount point (a bind-mounted /etc/hosts): no overlay on it.
+                // (Not asked of a FUSE mount: its server, anyone's, may never answer.)
+                if !m.fstype.starts_with("fuse") {
+                    m.dir = std::fs::symlink_metadata(&m.path).map_or(true, |md| md.is_dir());
+                }
+            }
+            // The caller's directories as the caller resolves them (symlinks followed with
+            // their permissions): the binds' targets hold no symlink that could lead them
+            // out of the new root.
+            let mut room = room.clone();
+            {
+                let mut ids = vec![spec.gid];
+                ids.extend(spec.groups.iter().copied().filter(|g| *g != spec.gid));
+                let Some(_as) = super::fingerprint::AsUser::become_(spec.uid, &ids) else {
+                    return Err(Error::FsRoom {
+                        what: format!(
+                            "acting as uid {} to resolve the clean room's directories",
+                            spec.uid
+                        ),
+                        source: io::Error::last_os_error(),
+                    });
+                };
+                for dir in room
+                    .rw
+                    .iter_mut()
+                    .chain(room.ro.iter_mut())
+                    .chain(room.hide.iter_mut())
+                {
+                    *dir = std::fs::canonicalize(&*dir).map_err(|e| Error::FsRoom {
+                        what: format!(
+                            "resolving {} as uid {} for the file-system clean room",
+                            dir.display(),
+                            spec.uid
+                        ),
+                        source: e,
+                    })?;
+                    if let Some(p) = fsroom::PRIVATE.iter().find(|p| dir.starts_with(p)) {
+                        return Err(Error::FsRoom {
+                            what: format!(
+                                "{} is below {p}, which the clean room shows empty",
+                                dir.display()
+                            ),
+                            source: io::Error::from_raw_os_error(libc::EINVAL),
+                        });
+                    }
+                }
+            }
+            fsroom::plan(&room, &mounts).map_err(|e| Error::FsRoom {
                 what: "planning the file-system clean room".into(),
                 source: io::Error::other(e),
             })?
@@ -969,7 +1028,7 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         fs_ops: &fs_ops_c,
         fs_root: fs_root.as_deref(),
         private_tmp: isolated(Isolation::Mount),
-        proc_mount: isolated(Isolation::Pid),
+        proc_mount: isolated(Isolation::Pid) || spec.fs.is_some(),
         hostname: isolated(Isolation::Uts),
         loopback: isolated(Isolation::Net),
         rlimits: &rlimits,
@@ -1614,6 +1673,8 @@ struct FsOpC {
     mkdir: bool,
     /// A bind whose source the child opens as the caller and binds from that descriptor.
     caller: bool,
+    /// `target` and every mount below it made read-only (`mount_setattr`).
+    tree: bool,
     source: Option<CString>,
     target: CString,
     fstype: Option<CString>,
@@ -1636,6 +1697,7 @@ impl FsOpC {
             Ok(FsOpC {
                 mkdir: false,
                 caller: false,
+                tree: false,
                 source,
                 target: path(target)?,
                 fstype: fstype.map(CStr::to_owned),
@@ -1659,38 +1721,56 @@ impl FsOpC {
                 libc::MS_NOSUID | libc::MS_NODEV | if *read_only { libc::MS_RDONLY } else { 0 },
                 Some(text(options.clone().into_bytes())?),
             ),
-            fsroom::Op::Overlay { target, options } => mount(
+            fsroom::Op::Overlay {
+                target,
+                options,
+                noexec,
+            } => mount(
                 Some(c"overlay".to_owned()),
                 target,
                 Some(c"overlay"),
-                0,
+                libc::MS_NOSUID | libc::MS_NODEV | if *noexec { libc::MS_NOEXEC } else { 0 },
                 Some(text(options.clone().into_bytes())?),
             ),
             fsroom::Op::Bind {
                 source,
                 target,
                 caller,
+                recursive,
             } => Ok(FsOpC {
                 caller: *caller,
                 ..mount(
                     Some(path(source)?),
                     target,
                     None,
-                    libc::MS_BIND | libc::MS_REC,
+                    libc::MS_BIND | if *recursive { libc::MS_REC } else { 0 },
                     None,
                 )?
             }),
-            fsroom::Op::ReadOnly(target) => mount(
-                None,
+            fsroom::Op::ReadOnly {
                 target,
-                None,
-                libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV,
-                None,
-            ),
+                nosuid,
+                nodev,
+                noexec,
+            } => {
+                let keep = |on: bool, flag: libc::c_ulong| if on { flag } else { 0 };
+                mount(
+                    None,
+                    target,
+                    None,
+                    libc::MS_REMOUNT
+                        | libc::MS_BIND
+                        | libc::MS_RDONLY
+                        | keep(*nosuid, libc::MS_NOSUID)
+                        | keep(*nodev, libc::MS_NODEV)
+                        | keep(*noexec, libc::MS_NOEXEC),
+                    None,
+                )
+            }
+            fsroom::Op::ReadOnlyTree(target) => Ok(FsOpC {
+                tree: true,
+                ..mount(None, target, None, 0, None)?
+            }),
         }
     }
 }
@@ -1711,6 +1791,8 @@ unsafe fn build_room(p: &Plan<'_>, ops: &[FsOpC], root: &CStr) -> Result<(), Fai
         let ok = unsafe {
             if op.caller {
                 bind_as_caller(p, op)
+            } else if op.tree {
+                read_only_tree(&op.target)
             } else if op.mkdir {
                 libc::mkdir(op.target.as_ptr(), 0o755) == 0
                     || *libc::__errno_location() == libc::EEXIST
@@ -1724,7 +1806,11 @@ unsafe fn build_room(p: &Plan<'_>, ops: &[FsOpC], root: &CStr) -> Result<(), Fai
                 ) == 0
             }
         };
-        if !ok {
+        // A host mount point gone since the plan (unmounted, or its directory removed) is
+        // left out; the caller's own directories and everything else must take.
+        // SAFETY: this thread's errno, read right after the failed call.
+        let gone = !op.caller && !op.mkdir && unsafe { *libc::__errno_location() } == libc::ENOENT;
+        if !ok && !gone {
             return Err(Failure::now(Stage::FsRoom, detail));
         }
     }
@@ -1740,6 +1826,46 @@ unsafe fn build_room(p: &Plan<'_>, ops: &[FsOpC], root: &CStr) -> Result<(), Fai
         Ok(())
     } else {
         Err(Failure::now(Stage::FsRoom, FS_PIVOT))
+    }
+}
+
+/// `target` and every mount below it read-only (`mount_setattr` with `AT_RECURSIVE`; a
+/// kernel before 5.12 gets the top mount read-only only). Whether it took.
+///
+/// # Safety
+/// Only in the child: raw system calls on a prepared path and a struct on the stack.
+unsafe fn read_only_tree(target: &CStr) -> bool {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a NUL-terminated path and a live struct of the size given.
+    unsafe {
+        let r = libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        );
+        if r == 0 {
+            return true;
+        }
+        *libc::__errno_location() == libc::ENOSYS
+            && libc::mount(
+                std::ptr::null(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+                std::ptr::null(),
+            ) == 0
     }
 }
 
@@ -2162,11 +2288,11 @@ fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
             };
             Error::Contain { what, source }
         }
-        Stage::FsRoom => Error::Contain {
+        Stage::FsRoom => Error::FsRoom {
             what: match spec.fs_ops.get(msg[1] as usize) {
-                _ if msg[1] == FS_PIVOT => "pivoting into the file-system clean room".into(),
-                Some(op) => format!("building the file-system clean room: {}", op.describe()),
-                None => "building the file-system clean room".into(),
+                _ if msg[1] == FS_PIVOT => "pivoting into it".into(),
+                Some(op) => op.describe(),
+                None => "a step of building it".into(),
             },
             source,
         },
