@@ -268,6 +268,18 @@ fn a_clean_room_is_bounded_checked_and_leaves_no_mount_behind_a_killed_daemon() 
         "dd if=/dev/zero of=/big bs=1M count=32 2>&1 | grep -o 'No space left on device' | head -n 1",
     );
     assert_eq!(text(&out), "No space left on device\n", "{out:?}");
+    // So do writes to each private directory, /tmp included.
+    for dir in ["/tmp", "/var/tmp", "/dev/shm", "/run"] {
+        let out = room(
+            &d,
+            &["--cwd", "/", "--rw", "none"],
+            &format!(
+                "dd if=/dev/zero of={dir}/big bs=1M count=32 2>&1 | \
+                 grep -o 'No space left on device' | head -n 1"
+            ),
+        );
+        assert_eq!(text(&out), "No space left on device\n", "{dir}: {out:?}");
+    }
     // Bad requests name what is wrong.
     let bad = |args: &[&str], says: &str| {
         let mut all = vec!["run"];

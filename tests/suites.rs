@@ -233,6 +233,45 @@ fn a_suite_runs_every_kind_of_step_and_reports_it() {
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 
+    // A directory of suites: one JSON array, one TAP plan, one JUnit document.
+    let many = tempfile::tempdir().unwrap();
+    write_suite(
+        many.path(),
+        "x.toml",
+        "[[step]]\nname = \"a\"\nshell = \"true\"\n",
+    );
+    write_suite(
+        many.path(),
+        "y.toml",
+        "[[step]]\nname = \"b\"\nshell = \"exit 1\"\n",
+    );
+    let both = dir.path().join("both.xml");
+    let out = d.ctl(&[
+        "--json",
+        "test",
+        many.path().to_str().unwrap(),
+        "--junit",
+        both.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(r.as_array().map(Vec::len), Some(2), "{r}");
+    let check = Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(junit_xsd())
+        .arg(&both)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let out = d.ctl(&["test", many.path().to_str().unwrap(), "--tap"]);
+    let tap = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        tap,
+        "TAP version 13\n1..2\nok 1 - x/a\nnot ok 2 - y/b\n  # expected exit code 0: run 1 exited 1\n",
+        "{out:?}"
+    );
+
     // --fail-fast: nothing starts after the first failure.
     let ff = write_suite(
         dir.path(),

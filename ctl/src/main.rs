@@ -721,8 +721,7 @@ fn write_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 /// `test`: every suite in turn; exit 1 when a step of any failed.
 fn test_command(cli: &Cli, a: &TestArgs, suites: &[suite::Suite]) -> Result<(), CallError> {
     use std::io::IsTerminal;
-    let mut all_passed = true;
-    let mut junit = Vec::new();
+    let mut ran: Vec<(&suite::Suite, Vec<suite::exec::Outcome>)> = Vec::new();
     for s in suites {
         let opts = suite::exec::Options {
             socket: cli.socket.clone(),
@@ -736,32 +735,60 @@ fn test_command(cli: &Cli, a: &TestArgs, suites: &[suite::Suite]) -> Result<(), 
         if a.step.is_some() && opts.only.is_none() {
             continue;
         }
+        // --fail-fast: no suite starts after one failed.
+        if a.fail_fast && ran.iter().any(|(_, o)| suite::report::counts(o).failed > 0) {
+            break;
+        }
         let outcomes = suite::exec::run(s, &opts);
-        let counts = suite::report::counts(&outcomes);
-        let passed = counts.failed == 0;
-        all_passed &= passed;
-        if cli.json {
-            let r = suite::report::SuiteResult {
-                suite: &s.name,
-                file: s.file.display().to_string(),
-                passed,
-                counts,
-                steps: &outcomes,
-            };
-            emit(cli, &r, String::new)?;
-        } else if a.tap {
-            emit(cli, &outcomes, || suite::report::tap(&outcomes))?;
-        } else {
+        if !cli.json && !a.tap {
             emit(cli, &outcomes, || suite::report::table(&s.name, &outcomes))?;
         }
-        if a.junit.is_some() {
-            junit.push(suite::report::junit(&s.name, &outcomes));
+        ran.push((s, outcomes));
+    }
+    let results: Vec<suite::report::SuiteResult<'_>> = ran
+        .iter()
+        .map(|(s, outcomes)| {
+            let counts = suite::report::counts(outcomes);
+            suite::report::SuiteResult {
+                suite: &s.name,
+                file: s.file.display().to_string(),
+                passed: counts.failed == 0,
+                counts,
+                steps: outcomes,
+            }
+        })
+        .collect();
+    let all_passed = results.iter().all(|r| r.passed);
+    // One document, one stream: a suite's object (several: an array of them), one TAP
+    // plan for every step (named SUITE/STEP when there are several suites).
+    if cli.json {
+        match results.as_slice() {
+            [one] => emit(cli, one, String::new)?,
+            many => emit(cli, &many, String::new)?,
         }
+    } else if a.tap {
+        let steps: Vec<suite::exec::Outcome> = ran
+            .iter()
+            .flat_map(|(s, outcomes)| {
+                outcomes.iter().map(move |o| {
+                    let mut o = o.clone();
+                    if suites.len() > 1 {
+                        o.name = format!("{}/{}", s.name, o.name);
+                    }
+                    o
+                })
+            })
+            .collect();
+        emit(cli, &steps, || suite::report::tap(&steps))?;
     }
     if let Some(path) = &a.junit {
         let fail = |e: String| CallError::Exit(1, Some(format!("--junit {}: {e}", path.display())));
-        // One document: the first suite's (a directory of suites: one file each beside it).
-        let docs: Vec<String> = junit.into_iter().collect::<Result<_, _>>().map_err(fail)?;
+        let docs: Vec<String> = ran
+            .iter()
+            .map(|(s, outcomes)| suite::report::junit(&s.name, outcomes))
+            .collect::<Result<_, _>>()
+            .map_err(fail)?;
+        // One document: a suite's, or every suite's testsuite under one testsuites.
         let text = if docs.len() == 1 {
             docs.into_iter().next().unwrap_or_default()
         } else {

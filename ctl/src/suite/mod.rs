@@ -360,13 +360,19 @@ pub fn parse(file: &Path, text: &str) -> Result<Suite, String> {
         );
         let mut env = defaults.env.clone();
         env.extend(s.env);
+        // A bad value is named at its step (the suite's default, at the step using it).
         let isolate = isolation(
             file,
             s.isolate
                 .as_ref()
                 .or(defaults.isolate.as_ref())
                 .map_or(&["fs".to_owned()][..], Vec::as_slice),
-        )?;
+        )
+        .map_err(|e| here(e.trim_start_matches(&format!("{}: ", file.display()))))?;
+        let timeout_ms = duration("timeout", &s.timeout.or(defaults.timeout.clone()))
+            .map_err(|e| here(e.trim_start_matches(&format!("{}: ", file.display()))))?;
+        let memory = size("memory", &s.memory.or(defaults.memory.clone()))
+            .map_err(|e| here(e.trim_start_matches(&format!("{}: ", file.display()))))?;
         steps.push(Step {
             cwd: match &s.cwd {
                 Some(c) => base.join(c),
@@ -374,8 +380,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Suite, String> {
             },
             argv,
             env,
-            timeout_ms: duration("timeout", &s.timeout.or(defaults.timeout.clone()))?,
-            memory: size("memory", &s.memory.or(defaults.memory.clone()))?,
+            timeout_ms,
+            memory,
             pids: s.pids.or(defaults.pids),
             exclusive: s.exclusive,
             cpus: s.cpus,
@@ -491,6 +497,10 @@ mod tests {
             e.starts_with("/s/x.toml:4:15: ") && e.contains("\"zz\""),
             "{e}"
         );
+        let e = err(
+            "[[step]]\nname = \"a\"\nrun = [\"true\"]\n\n[[step]]\nname = \"b\"\nrun = [\"true\"]\ntimeout = \"soon\"\n",
+        );
+        assert!(e.starts_with("/s/x.toml:6:8: step \"b\": timeout: "), "{e}");
         let e = err("[[step]]\nname = \"a\"\n");
         assert!(e.contains("step \"a\": no command"), "{e}");
         let e = err(

@@ -458,6 +458,14 @@ const PRIVATE_TMP: Mount<'static> = Mount {
     data: Some(c"mode=1777"),
 };
 
+/// The private `/tmp` of plan `p`: [`PRIVATE_TMP`], sized in a clean room.
+fn private_tmp<'a>(p: &Plan<'a>) -> Mount<'a> {
+    Mount {
+        data: p.tmp_options.or(PRIVATE_TMP.data),
+        ..PRIVATE_TMP
+    }
+}
+
 /// A proc of the pid namespace the mounting process is in.
 const PROC: Mount<'static> = Mount {
     source: Some(c"proc"),
@@ -715,6 +723,8 @@ struct Plan<'a> {
     fs_ops: &'a [FsOpC],
     fs_root: Option<&'a CStr>,
     private_tmp: bool,
+    /// The private `/tmp`'s mount options (a clean room's is sized), when not the default.
+    tmp_options: Option<&'a CStr>,
     proc_mount: bool,
     hostname: bool,
     loopback: bool,
@@ -940,6 +950,12 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         .iter()
         .map(|op| FsOpC::of(op, &path_cstring, &cstring))
         .collect::<Result<_, Error>>()?;
+    // A clean room's private /tmp holds at most what its writes may.
+    let tmp_options: Option<CString> = spec
+        .fs
+        .as_ref()
+        .map(|room| cstring(format!("mode=1777,size={}m", room.upper_mb.max(1)).into_bytes()))
+        .transpose()?;
     let fs_root: Option<CString> = spec
         .fs
         .as_ref()
@@ -1028,6 +1044,7 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         fs_ops: &fs_ops_c,
         fs_root: fs_root.as_deref(),
         private_tmp: isolated(Isolation::Mount),
+        tmp_options: tmp_options.as_deref(),
         proc_mount: isolated(Isolation::Pid) || spec.fs.is_some(),
         hostname: isolated(Isolation::Uts),
         loopback: isolated(Isolation::Net),
@@ -1644,10 +1661,10 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
                 // 3b before the tmpfs hides the host's /tmp, 3c after.
                 let mut above = [DirAccess::NONE; MAX_BELOW_TMP];
                 let cwd = walk_host(kept, &mut above)?;
-                PRIVATE_TMP.mount_as(NsStep::PrivateTmp)?;
+                private_tmp(p).mount_as(NsStep::PrivateTmp)?;
                 keep_cwd(kept, &above, cwd)?;
             }
-            None if p.private_tmp => PRIVATE_TMP.mount_as(NsStep::PrivateTmp)?,
+            None if p.private_tmp => private_tmp(p).mount_as(NsStep::PrivateTmp)?,
             None => {}
         }
         if p.proc_mount {
