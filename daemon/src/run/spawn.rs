@@ -1899,20 +1899,9 @@ unsafe fn bind_as_caller(p: &Plan<'_>, op: &FsOpC) -> bool {
     };
     // SAFETY: as the function's contract says.
     unsafe {
-        if libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) < 0
-            || !set_fs_ids(p.uid, p.gid)
-        {
+        let Ok(fd) = open_fd_as_caller(source, 0, p) else {
             return false;
-        }
-        let fd = libc::open(source.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
-        let errno = *libc::__errno_location();
-        if !set_fs_ids(libc::geteuid(), libc::getegid()) {
-            return false;
-        }
-        if fd < 0 {
-            *libc::__errno_location() = errno;
-            return false;
-        }
+        };
         // "/proc/self/fd/" and the descriptor's digits, NUL-terminated, on the stack.
         let mut buf = [0u8; 32];
         let prefix = b"/proc/self/fd/";
@@ -1997,27 +1986,56 @@ unsafe fn contain_cgroups(views: &[CgroupViewC]) -> Result<(), Failure> {
 /// Only in the child, which it changes: raw system calls on memory prepared before the
 /// clone.
 unsafe fn open_as_caller(path: &CStr, p: &Plan<'_>) -> Result<(), Failure> {
+    // SAFETY: as the function's contract says.
+    match unsafe { open_fd_as_caller(path, libc::O_DIRECTORY, p) } {
+        Ok(fd) => {
+            // SAFETY: a descriptor this function opened.
+            unsafe { libc::close(fd) };
+            Ok(())
+        }
+        Err(AsCaller::Ids) => Err(Failure::now(Stage::Ids, 0)),
+        Err(AsCaller::Open) => Err(Failure::now(Stage::Cwd, 0)),
+    }
+}
+
+/// Why [`open_fd_as_caller`] failed (errno says more).
+enum AsCaller {
+    /// Taking the caller's ids, or root's back.
+    Ids,
+    /// The open itself.
+    Open,
+}
+
+/// Opens `path` `O_PATH` (with `flags`) as the caller: their groups, fsgid and fsuid, then
+/// root's fsuid and fsgid again; the caller's groups stay (step 5 sets them anyway). On
+/// an open failure errno is the open's.
+///
+/// # Safety
+/// Only in the child, which it changes: raw system calls on memory prepared before the
+/// clone.
+unsafe fn open_fd_as_caller(
+    path: &CStr,
+    flags: libc::c_int,
+    p: &Plan<'_>,
+) -> Result<libc::c_int, AsCaller> {
     // SAFETY: system calls on NUL-terminated paths and the prepared group list. Raw, as in
     // step 5: glibc's wrappers would act on every thread it believes the process has.
     unsafe {
         if libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) < 0
             || !set_fs_ids(p.uid, p.gid)
         {
-            return Err(Failure::now(Stage::Ids, 0));
+            return Err(AsCaller::Ids);
         }
-        let fd = libc::open(
-            path.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        );
-        let refused = Failure::now(Stage::Cwd, 0);
+        let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC | flags);
+        let errno = *libc::__errno_location();
         if !set_fs_ids(libc::geteuid(), libc::getegid()) {
-            return Err(Failure::now(Stage::Ids, 0));
+            return Err(AsCaller::Ids);
         }
         if fd < 0 {
-            return Err(refused);
+            *libc::__errno_location() = errno;
+            return Err(AsCaller::Open);
         }
-        libc::close(fd);
-        Ok(())
+        Ok(fd)
     }
 }
 
