@@ -4,7 +4,7 @@
 # `--rw none`), and through BenchExec's runexec in its container mode, side by side in one
 # hyperfine run (`-N`: no shell in between): `runexec --read-only-dir / --full-access-dir .`
 # (what the issue names) and `runexec` with its default overlay of `/`, the peer of
-# `--isolate fs`.
+# `--isolate fs`; and what `--collect` adds to a run that writes a file in the room.
 #
 #   cargo build --release --workspace --bins && sudo benches/fsroom.sh [RUNS]
 #
@@ -42,6 +42,10 @@ hyperfine -N --warmup 5 --runs "$runs" --style basic \
     -n 'cleanroomctl run' "$ctl -- /bin/true" \
     -n 'cleanroomctl run --isolate fs' "$ctl --isolate fs -- /bin/true" \
     -n 'cleanroomctl run --isolate fs --rw none' "$ctl --isolate fs --rw none -- /bin/true" \
+    -n 'a file written in the room' \
+    "$ctl --isolate fs --rw none -- sh -c 'echo x > /var/tmp/x'" \
+    -n 'the same, --collect /var/tmp/*' \
+    "$ctl --isolate fs --rw none --collect /var/tmp/* --collect-to $work/collected -- sh -c 'echo x > /var/tmp/x'" \
     -n 'runexec (overlay of /)' "$venv/bin/runexec --quiet -- /bin/true" \
     -n 'runexec --read-only-dir / --full-access-dir .' \
     "$venv/bin/runexec --quiet --read-only-dir / --full-access-dir . -- /bin/true"

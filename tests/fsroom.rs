@@ -34,6 +34,40 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A run as nobody in a clean room of `/` (`--rw none`) that collects `pattern` into `into`.
+fn collect_as_nobody(d: &Daemon, pattern: &str, into: &std::path::Path, script: &str) -> Output {
+    d.ctl(&[
+        "run",
+        "--user",
+        "nobody",
+        "--isolate",
+        "fs",
+        "--cwd",
+        "/",
+        "--rw",
+        "none",
+        "--collect",
+        pattern,
+        "--collect-to",
+        into.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
+/// `cleanroomctl run ARGS -- true` is refused, saying `says`.
+fn refused(d: &Daemon, args: &[&str], says: &str) {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    all.extend(["--", "true"]);
+    let out = d.ctl(&all);
+    assert!(!out.status.success(), "{args:?}: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(says), "{args:?}: {err}");
+}
+
 /// `cleanroomctl run --isolate fs ARGS -- sh -c SCRIPT`.
 fn room(d: &Daemon, args: &[&str], script: &str) -> Output {
     let mut all = vec!["run", "--isolate", "fs"];
@@ -280,16 +314,17 @@ fn a_clean_room_is_bounded_checked_and_leaves_no_mount_behind_a_killed_daemon() 
         );
         assert_eq!(text(&out), "No space left on device\n", "{dir}: {out:?}");
     }
+    // One bound for all of it: 6 MiB in /tmp and 6 MiB in /var/tmp do not both fit.
+    let out = room(
+        &d,
+        &["--cwd", "/", "--rw", "none"],
+        "dd if=/dev/zero of=/tmp/a bs=1M count=6 2>/dev/null && echo first; \
+         dd if=/dev/zero of=/var/tmp/b bs=1M count=6 2>&1 | \
+         grep -o 'No space left on device' | head -n 1",
+    );
+    assert_eq!(text(&out), "first\nNo space left on device\n", "{out:?}");
     // Bad requests name what is wrong.
-    let bad = |args: &[&str], says: &str| {
-        let mut all = vec!["run"];
-        all.extend_from_slice(args);
-        all.extend(["--", "true"]);
-        let out = d.ctl(&all);
-        assert!(!out.status.success(), "{args:?}: {out:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(says), "{args:?}: {err}");
-    };
+    let bad = |args: &[&str], says: &str| refused(&d, args, says);
     bad(&["--rw", "/srv"], "rw, ro and hide go with isolate fs");
     bad(
         &["--isolate", "fs", "--cwd", "/", "--rw", "/run/x"],
@@ -335,6 +370,181 @@ fn a_clean_room_is_bounded_checked_and_leaves_no_mount_behind_a_killed_daemon() 
     assert!(!alive(), "the run left behind still runs");
     assert_eq!(leaked(&d), before);
     drop(d2);
+}
+
+#[test]
+fn collect_copies_what_the_run_wrote_as_the_caller_and_lets_the_room_go() {
+    if !is_root_or_skip("collect_copies_what_the_run_wrote_as_the_caller_and_lets_the_room_go") {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = Daemon::start();
+    let marker = format!("cleanroom-fsroom-{}", std::process::id());
+    let etc = PathBuf::from("/etc").join(&marker);
+    let work = outside_tmp();
+    let out_dir = work.path().join("collected");
+    // The clean rooms' stages the daemon holds: descriptors of a tmpfs mounted nowhere (in
+    // no namespace after the run's pivot), which name themselves `/`; the daemon holds no
+    // other descriptor of `/`.
+    let stages = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l == std::path::Path::new("/"))
+            .count()
+    };
+    assert_eq!(stages(), 0);
+    // While a collecting run runs, the daemon holds its stage (the probe sees it).
+    let sleeper = format!("{}.75", 1000 + std::process::id() % 1000);
+    let child = std::process::Command::new(cleanroom::bin("cleanroomctl"))
+        .args([
+            "--socket",
+            d.dir().join("cleanroomd.sock").to_str().unwrap(),
+        ])
+        .args(["run", "--isolate", "fs", "--cwd", "/", "--rw", "none"])
+        .args(["--collect", "/x", "--collect-to"])
+        .arg(work.path().join("none"))
+        .args(["--", "sleep", &sleeper])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Guard(child);
+    let begun = std::time::Instant::now();
+    while stages() != 1 {
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "the run's stage never showed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its client gone, the run is cancelled.
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+
+    // Root's run with --rw none: files in the private directories, an overlaid /etc and
+    // the working directory (relative pattern) are collected; what matches no pattern is
+    // not; none of it reaches the host otherwise.
+    let script = format!(
+        "set -e; echo etc > {etc}; echo log > /var/tmp/a.log; echo tmp > /tmp/b.log; \
+         echo no > /var/tmp/skip.txt; echo shm > /dev/shm/c.log; mkdir -p out/x/y; \
+         echo xml > out/x/y/r.xml; echo no > out/r.txt; ln -s /etc/passwd /var/tmp/l.log",
+        etc = etc.display()
+    );
+    let out = d.ctl(&[
+        "--json",
+        "run",
+        "--isolate",
+        "fs",
+        "--cwd",
+        work.path().to_str().unwrap(),
+        "--rw",
+        "none",
+        "--collect",
+        "/var/tmp/*.log",
+        "--collect",
+        "/tmp/*.log",
+        "--collect",
+        "/dev/shm/*",
+        "--collect",
+        &format!("/etc/{marker}"),
+        "--collect",
+        "out/**/*.xml",
+        "--collect-to",
+        out_dir.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let r = cleanroom::runs::json_of(&out);
+    let c = &r["collected"];
+    assert_eq!(c["files"], 5, "{r}");
+    assert_eq!(c["bytes"], 4 + 4 + 4 + 4 + 4, "{r}");
+    assert_eq!(c["into"], out_dir.to_str().unwrap(), "{r}");
+    let read = |rel: &str| std::fs::read_to_string(out_dir.join(rel)).ok();
+    assert_eq!(read(&format!("etc/{marker}")).as_deref(), Some("etc\n"));
+    assert_eq!(read("var/tmp/a.log").as_deref(), Some("log\n"));
+    assert_eq!(read("tmp/b.log").as_deref(), Some("tmp\n"));
+    assert_eq!(read("dev/shm/c.log").as_deref(), Some("shm\n"));
+    assert_eq!(read("out/x/y/r.xml").as_deref(), Some("xml\n"));
+    for never in ["var/tmp/skip.txt", "out/r.txt", "var/tmp/l.log"] {
+        assert!(!out_dir.join(never).exists(), "{never} was collected");
+    }
+    assert!(!etc.exists(), "{} reached the host", etc.display());
+    assert!(
+        !work.path().join("out").exists(),
+        "--rw none wrote the host"
+    );
+
+    // A user's run: the files are theirs, the copy is made as them (a file the run made
+    // unreadable is not read: left out, and said why), and the human summary says so.
+    let theirs = work.path().join("nobody");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(work.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    nix::unistd::chown(&theirs, Some(65534.into()), Some(65534.into())).unwrap();
+    let out = collect_as_nobody(
+        &d,
+        "/var/tmp/*",
+        &theirs.join("into"),
+        "echo mine > /var/tmp/mine; echo locked > /var/tmp/locked; chmod 000 /var/tmp/locked",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "1 file (5 B) into {}, 1 left out",
+            theirs.join("into").display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("collect: /var/tmp/locked: Permission denied"),
+        "{err}"
+    );
+    let mine = theirs.join("into/var/tmp/mine");
+    let md = std::fs::metadata(&mine).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534), "owned by the caller");
+    assert_eq!(std::fs::metadata(theirs.join("into")).unwrap().uid(), 65534);
+
+    // Where the caller cannot write, refused before anything runs.
+    let root_only = work.path().join("root-only");
+    std::fs::create_dir(&root_only).unwrap();
+    std::fs::set_permissions(&root_only, PermissionsExt::from_mode(0o700)).unwrap();
+    let out = collect_as_nobody(&d, "*", &root_only.join("x"), "echo ran");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("collect_to:") && err.contains("Permission denied"),
+        "{err}"
+    );
+    // Bad patterns and requests are named.
+    let bad = |args: &[&str], says: &str| refused(&d, args, says);
+    bad(
+        &["--cwd", "/", "--collect", "*.log"],
+        "collect goes with isolate fs",
+    );
+    bad(
+        &["--cwd", "/", "--isolate", "fs", "--collect", "[oops"],
+        "\"[oops\" is not a glob pattern",
+    );
+    bad(
+        &["--cwd", "/", "--isolate", "fs", "--collect", "../x"],
+        "has `..`",
+    );
+
+    // Every stage kept for collecting was let go (the cancelled run's too), and nothing
+    // is mounted on the host.
+    let begun = std::time::Instant::now();
+    while stages() != 0 {
+        assert!(
+            begun.elapsed() < Duration::from_secs(20),
+            "a clean room's stage is still held"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(leaked(&d), Vec::<String>::new());
 }
 
 /// A child process killed and reaped when the test ends, however it ends.

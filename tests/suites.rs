@@ -80,6 +80,19 @@ name = "writes"
 shell = "echo kept > out.txt; echo gone > /etc/MARKER"
 [step.expect]
 files = ["out.txt"]
+
+[[step]]
+name = "stale"
+shell = "true"
+[step.expect]
+files = ["old.txt"]
+
+[[step]]
+name = "collects"
+shell = "echo log > /var/tmp/run.log; echo no > /var/tmp/run.txt"
+collect = ["/var/tmp/*.log"]
+[step.expect]
+files = ["collected/collects/var/tmp/run.log"]
 "#;
 
 fn junit_xsd() -> PathBuf {
@@ -99,6 +112,8 @@ fn a_suite_runs_every_kind_of_step_and_reports_it() {
     if !is_root_or_skip("a_suite_runs_every_kind_of_step_and_reports_it") {
         return;
     }
+    // Its exclusive steps raise the shield, host-wide.
+    let _host = cleanroom::host_lock();
     let d = Daemon::start();
     let dir = tempfile::tempdir().unwrap();
     let marker = format!("/etc/cleanroom-suite-{}", std::process::id());
@@ -107,6 +122,8 @@ fn a_suite_runs_every_kind_of_step_and_reports_it() {
         "e2e.toml",
         &SUITE.replace("/etc/MARKER", &marker),
     );
+    // A file there before the suite runs is not one a step wrote.
+    std::fs::write(dir.path().join("old.txt"), "old").unwrap();
     let junit = dir.path().join("junit.xml");
     let out = d.ctl(&[
         "--json",
@@ -186,7 +203,22 @@ fn a_suite_runs_every_kind_of_step_and_reports_it() {
         !Path::new(&marker).exists(),
         "a write outside the clean room's rw reached /etc"
     );
-    assert_eq!(r["counts"]["failed"], 4, "{r}");
+    assert_eq!(status("stale"), "failed");
+    assert!(
+        why("stale").contains("old.txt was not written by the step"),
+        "{}",
+        why("stale")
+    );
+    // A step's collected files are in its directory below `collected/` (by default) when
+    // it is judged.
+    assert_eq!(status("collects"), "passed", "{}", step("collects"));
+    let collected = dir.path().join("collected/collects/var/tmp");
+    assert_eq!(
+        std::fs::read_to_string(collected.join("run.log")).unwrap(),
+        "log\n"
+    );
+    assert!(!collected.join("run.txt").exists());
+    assert_eq!(r["counts"]["failed"], 5, "{r}");
     // Every step is a batch labelled SUITE/STEP.
     let batch = step("ok")["batch"].as_str().unwrap().to_owned();
     let list = d.ctl(&["--json", "runs", "list", "--limit", "50"]);
@@ -209,7 +241,7 @@ fn a_suite_runs_every_kind_of_step_and_reports_it() {
         .expect("xmllint (scripts/setup installs libxml2-utils)");
     assert!(check.status.success(), "{check:?}");
     let xml = std::fs::read_to_string(&junit).unwrap();
-    assert!(xml.contains(r#"tests="12" failures="4""#), "{xml}");
+    assert!(xml.contains(r#"tests="14" failures="5""#), "{xml}");
     assert_eq!(xml.matches("<skipped").count(), 3, "{xml}");
     assert!(xml.contains("warning: max_rss_kb"), "{xml}");
 
@@ -222,7 +254,7 @@ fn a_suite_runs_every_kind_of_step_and_reports_it() {
         "chain-b",
     ]);
     let tap = String::from_utf8_lossy(&out.stdout);
-    assert!(tap.starts_with("TAP version 13\n1..12\n"), "{tap}");
+    assert!(tap.starts_with("TAP version 13\n1..14\n"), "{tap}");
     assert!(
         tap.lines().any(|l| l == "ok 8 - chain-b"),
         "--step runs the step alone: {tap}"
@@ -313,7 +345,7 @@ fn malformed_suites_are_refused_naming_file_line_and_key() {
         "cycle.toml",
         "[[step]]\nname = \"a\"\nrun = [\"true\"]\ndepends_on = [\"b\"]\n\
          [[step]]\nname = \"b\"\nrun = [\"true\"]\ndepends_on = [\"a\"]\n",
-        "depends_on makes a cycle: a → b → a",
+        ":2:8: depends_on makes a cycle: a → b → a",
     );
     refused(
         "missing.toml",
@@ -326,6 +358,16 @@ fn malformed_suites_are_refused_naming_file_line_and_key() {
         "budget \"latency\": bound wall_ms, cpu_ms or max_rss_kb",
     );
     refused("syntax.toml", "[[step]\nname = 1\n", ":1:");
+    refused(
+        "collect.toml",
+        "[[step]]\nname = \"a\"\nrun = [\"true\"]\nisolate = [\"net\"]\ncollect = [\"*.log\"]\n",
+        ":5:12: step \"a\": collect \"*.log\": collect goes with isolate fs",
+    );
+    refused(
+        "glob.toml",
+        "[[step]]\nname = \"a\"\nrun = [\"true\"]\ncollect = [\"[x\"]\n",
+        ":4:12: step \"a\": collect \"[x\": not a glob pattern",
+    );
     // The examples a newcomer runs are valid.
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/suites");
     let out = Command::new(&ctl)

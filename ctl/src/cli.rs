@@ -296,6 +296,21 @@ pub struct RunArgs {
     /// implies --measure counters; refused on a host without a PMU).
     #[arg(long, value_name = "METRIC", default_value = "wall", requires = "baseline", value_parser = parse_metric)]
     pub metric: cleanroom_proto::Metric,
+    /// With --isolate fs: copy the files the last run created or changed outside its --rw
+    /// directories that match this glob (repeatable; `*` and `?` within a directory, `**`
+    /// across them; quote it from your shell) into --collect-to, as you and owned by you.
+    /// An absolute pattern (/var/tmp/*.log) keeps the whole path below --collect-to, a
+    /// relative one (out/**/*.xml) the path below the working directory.
+    #[arg(long, value_name = "GLOB")]
+    pub collect: Vec<String>,
+    /// With --collect: the directory the files are copied into (created if missing).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "collected",
+        requires = "collect"
+    )]
+    pub collect_to: PathBuf,
     /// The command and its arguments (after --).
     #[arg(required = true, last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -448,6 +448,8 @@ fn run_command(cli: &Cli, client: &mut Client, a: &RunArgs) -> Result<(), CallEr
         metric: a.metric,
         repeat: a.repeat,
         warmup: a.warmup,
+        collect: a.collect.clone(),
+        collect_to: (!a.collect.is_empty()).then(|| absolute(&a.collect_to)),
         ..run_params(cli, &a.options)
     };
     let progress = std::io::stderr().is_terminal() && (a.repeat + a.warmup) > 1;

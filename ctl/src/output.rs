@@ -621,7 +621,15 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
         (None, None) => {}
     }
     rows.extend(noise_rows(&l.noise, &l.cpus));
+    if let Some(c) = &r.collected {
+        rows.push(("collected", collected(c)));
+    }
     out.push_str(&table(&rows));
+    if let Some(c) = &r.collected {
+        for e in &c.errors {
+            out.push_str(&format!("collect: {e}\n"));
+        }
+    }
     if let Some(c) = &r.comparison {
         out.push('\n');
         out.push_str(&comparison(c));
@@ -640,6 +648,34 @@ pub fn run_summary(r: &cleanroom_proto::RunResult) -> String {
         }
     }
     out
+}
+
+/// What `--collect` copied, in a line: `3 files (12.0 KiB) into /home/u/out`.
+fn collected(c: &cleanroom_proto::Collected) -> String {
+    let files = match c.files {
+        1 => "1 file".to_owned(),
+        n => format!("{n} files"),
+    };
+    let left = match c.left_out {
+        0 => String::new(),
+        n => format!(", {n} left out"),
+    };
+    format!("{files} ({}) into {}{left}", size(c.bytes), c.into)
+}
+
+/// Bytes as a person reads them: `512 B`, `12.0 KiB`, `3.4 MiB`, `1.2 GiB`.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// The statistics of repeated runs as hyperfine shows them (the time's mean ± σ, user and

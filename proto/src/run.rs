@@ -102,6 +102,18 @@ pub struct RunParams {
     /// With `isolate` `fs`: directories hidden behind an empty one (`~/.ssh`).
     #[serde(default)]
     pub hide: Vec<String>,
+    /// With `isolate` `fs`: glob patterns (`*`, `?`, `[...]`, `**` for any directories)
+    /// of files the batch's last run created or changed outside its `rw` directories,
+    /// copied from its clean room into `collect_to` once the batch ends, as the caller
+    /// (owned by them; only what they could read). An absolute pattern matches the path
+    /// the run saw (the file lands at that path below `collect_to`), a relative one a path
+    /// below the run's working directory (the file lands at that relative path).
+    #[serde(default)]
+    pub collect: Vec<String>,
+    /// With `collect`: the directory the files are copied into (an absolute path; created,
+    /// as the caller, if missing).
+    #[serde(default)]
+    pub collect_to: Option<String>,
     /// A label stored with the run.
     #[serde(default)]
     pub label: Option<String>,
@@ -275,6 +287,8 @@ impl Default for RunParams {
             rw: None,
             ro: Vec::new(),
             hide: Vec::new(),
+            collect: Vec::new(),
+            collect_to: None,
             label: None,
             detach: false,
             repeat: 1,
@@ -754,6 +768,31 @@ pub struct RunResult {
     /// Where a stored batch came from (`runs.show` fills it in): who ran what, when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<Provenance>,
+    /// What `collect` copied out of the last run's clean room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collected: Option<Collected>,
+}
+
+/// Files a batch's `collect` copied out of its last run's clean room.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collected {
+    /// The directory they were copied into.
+    pub into: String,
+    /// Files copied.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Matching files left out: past the most one batch collects, or not copied (see
+    /// `errors`).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub left_out: u64,
+    /// Why files were not copied (the first few), or why nothing could be.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Who ran a stored batch, what and when (`runs.show`).

@@ -102,6 +102,19 @@ out=$(ctl run --isolate pid,mount,net -- sh -c 'echo $$ /proc/[0-9]*; setsid sle
 check "--isolate pid: the command is PID 1, alone in its /proc" test "$out" = "1 /proc/1"
 check "--isolate pid: nothing survives PID 1" test -z "$(pgrep -f 'sleep 1010.5')"
 
+# A file-system clean room, cloned straight into its cgroup (no helper): writes vanish,
+# --collect copies them out as the caller.
+mkdir -p "$work/nobody" && chown nobody "$work/nobody"
+out=$(cd "$work" && ctl run --user nobody --isolate fs --cwd / --rw none \
+    --collect '/var/tmp/*.log' --collect-to "$work/nobody/got" -- \
+    sh -c 'echo made > /var/tmp/r.log; echo gone > /var/tmp/r.txt; touch /etc/cr-vm-marker 2>/dev/null && echo wrote; echo ok' 2>/dev/null)
+check "--isolate fs: nobody cannot write /etc in the overlay either" test "$out" = ok
+check "--isolate fs: nothing reached the host" test ! -e /var/tmp/r.log -a ! -e /etc/cr-vm-marker
+check "--collect copies the matching file, owned by the caller" \
+    test "$(cat "$work/nobody/got/var/tmp/r.log" 2>/dev/null)" = made -a "$(stat -c %U "$work/nobody/got/var/tmp/r.log" 2>/dev/null)" = nobody
+check "--collect leaves what no pattern matches" test ! -e "$work/nobody/got/var/tmp/r.txt"
+check "--isolate fs: nothing of the room is mounted on the host" sh -c "! grep -q '$work/state' /proc/self/mountinfo"
+
 # Exclusive: the shield is a cpuset partition here; the kernel takes the CPU from every
 # other cgroup, PID 1 included (systemd is ours to move in this VM).
 start_daemon() {

@@ -131,8 +131,17 @@ fn run_step(suite: &Suite, step: &Step, socket: &Path) -> Outcome {
         warmup: step.warmup,
         baseline: step.baseline.clone(),
         save_baseline: step.save_baseline.clone(),
+        collect: step.collect.clone(),
+        collect_to: (!step.collect.is_empty()).then(|| step.collect_to.display().to_string()),
         ..RunParams::default()
     };
+    // An expected file must be the step's: one there before must change.
+    let before: Vec<Option<std::time::SystemTime>> = step
+        .expect
+        .files
+        .iter()
+        .map(|f| modified(&step.cwd.join(f)))
+        .collect();
     // The output of the run going on, and of the last one that ended (a progress note
     // follows each run's output): expectations judge the last measured run's.
     let (mut stdout, mut stderr) = (String::new(), String::new());
@@ -159,7 +168,7 @@ fn run_step(suite: &Suite, step: &Step, socket: &Path) -> Outcome {
     out.stdout = if stdout.is_empty() { last_out } else { stdout };
     out.stderr = if stderr.is_empty() { last_err } else { stderr };
     match result {
-        Ok(r) => judge(step, &r, &mut out),
+        Ok(r) => judge(step, &r, &before, &mut out),
         Err(e) => {
             out.status = Status::Failed;
             out.reasons.push(format!("could not run: {e}"));
@@ -193,7 +202,14 @@ pub fn budget(metric: &str, value: f64, l: &Levels) -> (Option<String>, Option<S
     }
 }
 
-fn judge(step: &Step, r: &RunResult, out: &mut Outcome) {
+/// When `path` was last modified, if it exists.
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Judges `r`, the batch of `step`; `before` holds the expected files' modification times
+/// before it ran.
+fn judge(step: &Step, r: &RunResult, before: &[Option<std::time::SystemTime>], out: &mut Outcome) {
     out.batch = Some(r.batch.clone());
     out.exit_code = r.last.exit_code;
     out.wall_ms = median(r, "wall_ms");
@@ -265,10 +281,18 @@ fn judge(step: &Step, r: &RunResult, out: &mut Outcome) {
             }
         }
     }
-    for f in &step.expect.files {
-        if !step.cwd.join(f).exists() {
-            out.reasons.push(format!("{f} does not exist afterwards"));
+    for (f, then) in step.expect.files.iter().zip(before) {
+        match modified(&step.cwd.join(f)) {
+            None => out.reasons.push(format!("{f} does not exist afterwards")),
+            Some(now) if Some(now) == *then => out.reasons.push(format!(
+                "{f} was not written by the step (unchanged since before it ran)"
+            )),
+            Some(_) => {}
         }
+    }
+    if let Some(c) = &r.collected {
+        out.warnings
+            .extend(c.errors.iter().map(|e| format!("collect: {e}")));
     }
     let values: BTreeMap<&str, Option<f64>> = [
         ("wall_ms", out.wall_ms),

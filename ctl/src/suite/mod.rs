@@ -86,6 +86,9 @@ struct StepFile {
     budget: BTreeMap<String, Spanned<Levels>>,
     baseline: Option<String>,
     save_baseline: Option<String>,
+    #[serde(default)]
+    collect: Vec<Spanned<String>>,
+    collect_to: Option<String>,
 }
 
 /// What a step must show to pass.
@@ -104,7 +107,8 @@ pub struct Expect {
     pub stderr_contains: Vec<String>,
     /// A regular expression its standard error matches.
     pub stderr_regex: Option<String>,
-    /// Files that exist afterwards (relative to its working directory).
+    /// Files the step writes (relative to its working directory): each must exist
+    /// afterwards, created or rewritten by it (one left from before does not count).
     #[serde(default)]
     pub files: Vec<String>,
 }
@@ -164,6 +168,10 @@ pub struct Step {
     pub baseline: Option<String>,
     /// Save as this baseline.
     pub save_baseline: Option<String>,
+    /// Files to copy out of its clean room (glob patterns).
+    pub collect: Vec<String>,
+    /// Where (absolute; default `collected/STEP` below its working directory).
+    pub collect_to: PathBuf,
 }
 
 /// A checked suite.
@@ -283,6 +291,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Suite, String> {
             ));
         }
     }
+    let name_at: Vec<usize> = parsed.step.iter().map(|s| s.name.span().start).collect();
     let mut steps = Vec::with_capacity(parsed.step.len());
     for s in parsed.step {
         let name = s.name.get_ref().clone();
@@ -373,11 +382,38 @@ pub fn parse(file: &Path, text: &str) -> Result<Suite, String> {
             .map_err(|e| here(e.trim_start_matches(&format!("{}: ", file.display()))))?;
         let memory = size("memory", &s.memory.or(defaults.memory.clone()))
             .map_err(|e| here(e.trim_start_matches(&format!("{}: ", file.display()))))?;
+        let cwd = match &s.cwd {
+            Some(c) => base.join(c),
+            None => base.clone(),
+        };
+        for c in &s.collect {
+            let bad = |m: String| {
+                Err(at(
+                    file,
+                    text,
+                    c.span().start,
+                    &format!("step {name:?}: collect {:?}: {m}", c.get_ref()),
+                ))
+            };
+            if !isolate.contains(&cleanroom_proto::Isolation::Fs) {
+                return bad("collect goes with isolate fs (it copies from the clean room)".into());
+            }
+            if let Err(e) = glob::Pattern::new(c.get_ref()) {
+                return bad(format!("not a glob pattern: {e}"));
+            }
+        }
+        if s.collect_to.is_some() && s.collect.is_empty() {
+            return Err(here(
+                "collect_to goes with collect (the patterns of the files to copy)",
+            ));
+        }
         steps.push(Step {
-            cwd: match &s.cwd {
-                Some(c) => base.join(c),
-                None => base.clone(),
+            collect: s.collect.iter().map(|c| c.get_ref().clone()).collect(),
+            collect_to: match &s.collect_to {
+                Some(dir) => cwd.join(dir),
+                None => cwd.join("collected").join(&name),
             },
+            cwd,
             argv,
             env,
             timeout_ms,
@@ -399,10 +435,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Suite, String> {
     }
     if let Some(cycle) = cycle(&steps) {
         let names: Vec<&str> = cycle.iter().map(|&i| steps[i].name.as_str()).collect();
-        return Err(format!(
-            "{}: depends_on makes a cycle: {}",
-            file.display(),
-            names.join(" → ")
+        return Err(at(
+            file,
+            text,
+            name_at[cycle[0]],
+            &format!("depends_on makes a cycle: {}", names.join(" → ")),
         ));
     }
     Ok(Suite {

@@ -92,6 +92,8 @@ pub struct Batch {
     pub instructions: bool,
     /// Nobody waits for the answer: a failure is stored too.
     pub detached: bool,
+    /// Files to copy out of the last run's clean room once the batch ends.
+    pub collect: Option<super::collect::Rules>,
 }
 
 /// Settings in force when a batch starts.
@@ -351,6 +353,10 @@ impl Engine {
             x.release().await;
             self.active.release_exclusive(&id);
         }
+        let collected = match &batch.collect {
+            Some(rules) => Some(collect_from(rules, &batch.job).await),
+            None => None,
+        };
         let ran = Ran {
             measured,
             shield,
@@ -358,6 +364,7 @@ impl Engine {
             reruns,
             warmups: plain,
             counted: batch.instructions,
+            collected,
         };
         self.finish(id, &batch, &settings, ran).await
     }
@@ -765,6 +772,32 @@ pub(super) struct Ran {
     /// Whether the measured runs were counted under cachegrind (their cost is the ratio
     /// to the warm-ups').
     pub(super) counted: bool,
+    /// What `collect` copied out of the last run's clean room.
+    pub(super) collected: Option<cleanroom_proto::Collected>,
+}
+
+/// Copies what `rules` asks for out of the clean room of `job`'s last run (on the blocking
+/// pool, as the job's user), letting its stage go.
+async fn collect_from(rules: &super::collect::Rules, job: &Job) -> cleanroom_proto::Collected {
+    let kept = job.latest.as_ref().and_then(super::collect::Latest::take);
+    let (rules, spec) = (rules.clone(), job.spec.clone());
+    let into = rules.into.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let stage = spec
+            .fs
+            .as_ref()
+            .map(|room| room.stage.clone())
+            .unwrap_or_default();
+        let mut groups = vec![spec.gid];
+        groups.extend(spec.groups.iter().copied().filter(|g| *g != spec.gid));
+        super::collect::collect(&rules, kept, &stage, &spec.cwd, spec.uid, &groups)
+    })
+    .await
+    .unwrap_or_else(|e| cleanroom_proto::Collected {
+        into,
+        errors: vec![format!("the collecting task failed: {e}")],
+        ..Default::default()
+    })
 }
 
 /// The result of a batch of `repeat` asked for: the last run, and with more than one,
@@ -777,6 +810,7 @@ pub(super) fn result_of(id: String, repeat: u32, ran: Ran) -> Result<RunResult, 
     result.fingerprint = ran.fingerprint;
     result.reruns = ran.reruns;
     result.shield = ran.shield;
+    result.collected = ran.collected;
     result.cost_factor = ran
         .counted
         .then_some(ran.warmups.as_slice())
@@ -890,6 +924,7 @@ pub(crate) fn bare(batch: String, last: RunRecord) -> RunResult {
         detached: false,
         stored: None,
         warmup_ms: Vec::new(),
+        collected: None,
     }
 }
 

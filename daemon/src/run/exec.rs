@@ -126,7 +126,7 @@ impl Runner {
                 exec.await
             }
         };
-        let running = match running {
+        let mut running = match running {
             Ok(r) => r,
             Err(e) => {
                 record.end_reason = early.unwrap_or(EndReason::FailedToStart);
@@ -146,9 +146,14 @@ impl Runner {
             pidfd_from_clone = running.pidfd_from_clone,
             "run started"
         );
+        let stage = running.stage.take();
         let outcome = self
             .supervise(running, &cg, job, output, (cancel, early), t0)
             .await;
+        // Its processes are gone: what it wrote stays as it is until collected.
+        if let (Some(kept), Some(latest)) = (stage, &job.latest) {
+            latest.keep(kept);
+        }
         record.wall_ms = outcome.ended.duration_since(t0).as_secs_f64() * 1e3;
         let exited = t0.elapsed();
         let (usage, noise_end, own, counted) = {

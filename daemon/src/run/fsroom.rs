@@ -4,26 +4,31 @@
 //! The child of `run/spawn.rs`, in a mount namespace of its own with `/` private, builds a
 //! new root and pivots into it. This module plans that root ([`plan`], pure, from the mount
 //! table the process that clones reads just before the clone):
-//! 1. a tmpfs of the run's own (at most `upper_mb`) on the stage directory (a directory of
-//!    the daemon's state, root's only; the tmpfs is the run's mount, the host never sees it),
-//!    with `root/`, and `upper/N`, `work/N` for each overlay;
+//! 1. the run's stage (a tmpfs of its own, at most `upper_mb`, that the process that clones
+//!    makes detached, with `fsopen`/`fsmount`, and the child attaches on the stage
+//!    directory, a directory of the daemon's state, root's only: the host never sees it),
+//!    with `root/`, `upper/N`, `work/N` for each overlay, and `private/` for the private
+//!    directories;
 //! 2. every mount point the run can see, parents before children (by depth; the topmost of
 //!    a stack): a writable mount of a file system an overlay can stand on becomes an
-//!    overlay (`lowerdir` the host's mount point, `upperdir` and `workdir` in the tmpfs) at
-//!    the same path below `root/`; anything else (`/proc`, `/sys`, `/dev`, a read-only
-//!    mount) is bound with what is mounted below it, as it is (its own permissions and
-//!    read-only flag), and nothing below it is planned again;
+//!    overlay (`lowerdir` the host's mount point, `upperdir` and `workdir` in the stage,
+//!    the upper one given the owner and mode of the host's mount point, which the overlay
+//!    shows for its root) at the same path below `root/`; anything else (`/proc`, `/sys`,
+//!    `/dev`, a read-only mount) is bound with what is mounted below it, as it is (its own
+//!    permissions and read-only flag), and nothing below it is planned again;
 //! 3. `/tmp` bound from the host (the private, empty `/tmp` of `isolate` `mount`, which
-//!    `fs` implies, is mounted over it later, keeping a working directory below it), and
-//!    fresh empty tmpfs on `/var/tmp`, `/run` and `/dev/shm`; nothing below those four is
-//!    planned;
+//!    `fs` implies, is mounted over it later, keeping a working directory below it: a copy
+//!    of the stage's `private/tmp`, taken before the pivot), and `/var/tmp`, `/run`,
+//!    `/dev/shm` bound from the stage's `private/`; nothing below those four is planned;
 //! 4. the caller's `rw` directories bound from the host (writes reach it), `ro` ones bound
 //!    and made read-only, `hide` ones covered by an empty read-only tmpfs;
 //! 5. then the child pivots into `root/` and detaches the old root.
 //!
-//! Writes anywhere else land in the tmpfs and are gone when the run's last process is:
-//! nothing is left to clean up, by the daemon or after a `kill -9` of it. Permissions are
-//! the caller's: an overlay's files keep the owner and mode of the host's, and the kernel
+//! Everything the run writes outside its `rw` directories is in the stage, one bound for
+//! all of it. The stage is gone when the run's last process is and the daemon holds no
+//! descriptor of it (it keeps one only to collect files from it, `run/collect.rs`):
+//! nothing is left to clean up, by the daemon or after a `kill -9` of it.
+//! Permissions are the caller's: an overlay's files keep the owner and mode of the host's, and the kernel
 //! checks the run's credentials against them (copying a file up is the mounter's work).
 
 use std::path::{Path, PathBuf};
@@ -31,10 +36,13 @@ use std::path::{Path, PathBuf};
 /// What a file-system clean room is asked to keep, and where it is built.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Room {
-    /// The directory the run's tmpfs is mounted on (in the run's namespace).
+    /// The directory the run's stage is mounted on (in the run's namespace).
     pub stage: PathBuf,
     /// Most MiB the run may write outside its `rw` directories.
     pub upper_mb: u64,
+    /// The daemon keeps a descriptor of the stage after the run (to collect from it).
+    #[serde(default)]
+    pub keep: bool,
     /// Host directories whose writes reach the host.
     pub rw: Vec<PathBuf>,
     /// Host directories shown read-only.
@@ -46,8 +54,14 @@ pub struct Room {
 /// One step of building the new root, in order.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
+    /// The run's stage (made by the process that clones) attached here.
+    Stage(PathBuf),
     /// `mkdir` (an existing directory is fine).
     Mkdir(PathBuf),
+    /// `path` given `mode` (the umask left out).
+    Mode { path: PathBuf, mode: u32 },
+    /// `path` given the owner, group and permission bits of `model`.
+    Like { path: PathBuf, model: PathBuf },
     /// A tmpfs on `target` with these options (`mode=…,size=…`), read-only if asked.
     Tmpfs {
         target: PathBuf,
@@ -92,7 +106,14 @@ impl Op {
     /// The step in words, for an error.
     pub fn describe(&self) -> String {
         match self {
+            Op::Stage(dir) => format!("attaching the run's stage on {}", dir.display()),
             Op::Mkdir(dir) => format!("creating {}", dir.display()),
+            Op::Mode { path, mode } => format!("giving {} mode {mode:o}", path.display()),
+            Op::Like { path, model } => format!(
+                "giving {} the owner and mode of {}",
+                path.display(),
+                model.display()
+            ),
             Op::Tmpfs { target, .. } => format!("mounting a tmpfs on {}", target.display()),
             Op::Overlay {
                 target, options, ..
@@ -147,6 +168,17 @@ const OVERLAYABLE: &[&str] = &[
 
 /// Directories a clean room shows private and empty (`/tmp` through `isolate` `mount`).
 pub const PRIVATE: &[&str] = &["/tmp", "/var/tmp", "/run", "/dev/shm"];
+
+/// The modes of [`PRIVATE`]'s directories.
+const PRIVATE_MODES: [u32; 4] = [0o1777, 0o1777, 0o755, 0o1777];
+
+/// Where the stage holds private directory `dir` (one of [`PRIVATE`]): `private/tmp`,
+/// `private/var-tmp`, ...
+pub fn private_source(stage: &Path, dir: &str) -> PathBuf {
+    stage
+        .join("private")
+        .join(dir.trim_start_matches('/').replace('/', "-"))
+}
 
 /// Kernel interfaces: bound with what is mounted below them, as they are (never an
 /// overlay, and nothing below them planned again). `/dev` is bound read-only (its device
@@ -266,15 +298,17 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
     }
     let stage = &room.stage;
     let mut ops = vec![
-        Op::Tmpfs {
-            target: stage.clone(),
-            options: format!("mode=0700,size={}m", room.upper_mb.max(1)),
-            read_only: false,
-        },
+        Op::Stage(stage.clone()),
         Op::Mkdir(stage.join("root")),
         Op::Mkdir(stage.join("upper")),
         Op::Mkdir(stage.join("work")),
+        Op::Mkdir(stage.join("private")),
     ];
+    for (dir, mode) in PRIVATE.iter().zip(PRIVATE_MODES) {
+        let path = private_source(stage, dir);
+        ops.push(Op::Mkdir(path.clone()));
+        ops.push(Op::Mode { path, mode });
+    }
     let private: Vec<&Path> = PRIVATE.iter().map(Path::new).collect();
     let mut bound: Vec<&Path> = Vec::new();
     let mut layers = 0;
@@ -326,6 +360,10 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
             );
             layers += 1;
             ops.push(Op::Mkdir(upper.clone()));
+            ops.push(Op::Like {
+                path: upper.clone(),
+                model: path.to_owned(),
+            });
             ops.push(Op::Mkdir(work.clone()));
             ops.push(Op::Overlay {
                 target,
@@ -362,14 +400,15 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
     if !tmp_bound {
         ops.extend(tmp.iter().cloned());
     }
-    // The other private directories, empty.
-    for (dir, mode) in [("/var/tmp", "1777"), ("/run", "0755"), ("/dev/shm", "1777")] {
+    // The other private directories, empty, from the stage.
+    for dir in &PRIVATE[1..] {
         let target = staged(stage, Path::new(dir));
         ops.push(Op::Mkdir(target.clone()));
-        ops.push(Op::Tmpfs {
+        ops.push(Op::Bind {
+            source: private_source(stage, dir),
             target,
-            options: format!("mode={mode},size={}m", room.upper_mb.max(1)),
-            read_only: false,
+            caller: false,
+            recursive: false,
         });
     }
     // The caller's directories, parents before children (an `rw` inside an `ro` one
@@ -433,6 +472,7 @@ mod tests {
         Room {
             stage: "/var/lib/cleanroom/fs".into(),
             upper_mb: 256,
+            keep: false,
             rw: vec!["/home/u/proj".into()],
             ro: vec!["/srv/data".into()],
             hide: vec!["/home/u/.ssh".into()],
@@ -464,11 +504,17 @@ mod tests {
             caller: source.starts_with("/home") || source.starts_with("/srv"),
             recursive,
         };
+        let private = |name: &str, target: &str| Op::Bind {
+            source: PathBuf::from(format!("{s}/private/{name}")),
+            target: PathBuf::from(format!("{s}/root{target}")),
+            caller: false,
+            recursive: false,
+        };
         // `/` first although listed after /proc, and /tmp from the host right after it;
         // /proc left to the run's own; /sys and /dev bound with their submounts (not
         // planned again); the read-only tmpfs bound and kept read-only; the xfs overlaid;
-        // what is below /tmp and /run left to the private directories; the caller's
-        // directories parents first.
+        // what is below /tmp and /run left to the private directories, bound from the
+        // stage; the caller's directories parents first.
         let mounts: Vec<&Op> = ops
             .iter()
             .filter(|o| matches!(o, Op::Overlay { .. } | Op::Bind { .. }))
@@ -482,18 +528,20 @@ mod tests {
                 &bind("/dev", "/dev", true),
                 &bind("/mnt/tools x", "/mnt/tools x", false),
                 &overlay("/var/lib/data", 1, "/var/lib/data"),
+                &private("var-tmp", "/var/tmp"),
+                &private("run", "/run"),
+                &private("dev-shm", "/dev/shm"),
                 &bind("/srv/data", "/srv/data", true),
                 &bind("/home/u/proj", "/home/u/proj", true),
             ]
         );
-        assert_eq!(
-            ops[0],
-            Op::Tmpfs {
-                target: s.into(),
-                options: "mode=0700,size=256m".into(),
-                read_only: false
-            }
-        );
+        assert_eq!(ops[0], Op::Stage(s.into()));
+        // The overlays' upper layers look like the host's mount points (an overlay shows
+        // its upper layer's owner and mode for its root).
+        assert!(ops.contains(&Op::Like {
+            path: format!("{s}/upper/1").into(),
+            model: "/var/lib/data".into()
+        }));
         assert!(ops.contains(&Op::ReadOnlyTree(format!("{s}/root/srv/data").into())));
         assert!(ops.contains(&Op::ReadOnly {
             target: format!("{s}/root/dev").into(),
@@ -512,14 +560,42 @@ mod tests {
             options: "mode=0755,size=4k".into(),
             read_only: true
         }));
-        for dir in ["/var/tmp", "/run", "/dev/shm"] {
-            assert!(
-                ops.iter()
-                    .any(|o| matches!(o, Op::Tmpfs { target, read_only: false, .. }
-                    if target.as_path() == Path::new(&format!("{s}/root{dir}")))),
-                "{dir}"
-            );
+        // The private directories are the stage's: one bound for everything the run
+        // writes, and the daemon can collect from them.
+        for (dir, name, mode) in [
+            ("/tmp", "tmp", 0o1777),
+            ("/var/tmp", "var-tmp", 0o1777),
+            ("/run", "run", 0o755),
+            ("/dev/shm", "dev-shm", 0o1777),
+        ] {
+            let source = PathBuf::from(format!("{s}/private/{name}"));
+            assert_eq!(private_source(Path::new(s), dir), source);
+            assert!(ops.contains(&Op::Mode {
+                path: source.clone(),
+                mode
+            }));
+            if dir != "/tmp" {
+                assert!(
+                    ops.contains(&Op::Bind {
+                        source,
+                        target: format!("{s}/root{dir}").into(),
+                        caller: false,
+                        recursive: false
+                    }),
+                    "{dir}"
+                );
+            }
         }
+        assert!(
+            !ops.iter().any(|o| matches!(
+                o,
+                Op::Tmpfs {
+                    read_only: false,
+                    ..
+                }
+            )),
+            "no tmpfs of its own beside the stage"
+        );
     }
 
     #[test]

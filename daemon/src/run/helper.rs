@@ -44,7 +44,8 @@ struct Request {
     reset: Vec<PathBuf>,
 }
 
-/// What a helper answers (with the four descriptors when it started the child).
+/// What a helper answers (with its descriptors when it started the child: pidfd, stdout,
+/// stderr, status pipe, the end of the pipe its child waits on, and maybe the stage).
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
     Started {
@@ -52,6 +53,9 @@ enum Reply {
         entered: PathBuf,
         cgroup_views: Vec<CgroupView>,
         fs_ops: Vec<super::fsroom::Op>,
+        /// A sixth descriptor: the clean room's stage, kept to collect from.
+        #[serde(default)]
+        stage: bool,
     },
     Failed {
         message: String,
@@ -148,8 +152,9 @@ impl Helper {
                 entered,
                 cgroup_views,
                 fs_ops,
-            } => match <[OwnedFd; 5]>::try_from(fds) {
-                Ok([pidfd, stdout, stderr, status, gone]) => Ok((
+                stage,
+            } => match split_fds(fds, stage) {
+                Some(([pidfd, stdout, stderr, status, gone], stage)) => Ok((
                     Started::from_handover(
                         Handover {
                             pid,
@@ -157,6 +162,7 @@ impl Helper {
                             entered,
                             cgroup_views,
                             fs_ops,
+                            stage,
                         },
                         spec,
                     ),
@@ -165,7 +171,7 @@ impl Helper {
                         gone: Some(gone),
                     },
                 )),
-                Err(_) => {
+                None => {
                     exiting.reap();
                     Err(io_err(io::Error::other(
                         "the run helper sent the wrong descriptors",
@@ -186,7 +192,13 @@ impl Helper {
     }
 }
 
-/// One write (the helper wakes once, with the whole request there).
+/// The five descriptors every started child comes with, and the stage when `stage` says
+/// one follows; `None` for any other count.
+fn split_fds(mut fds: Vec<OwnedFd>, stage: bool) -> Option<([OwnedFd; 5], Option<OwnedFd>)> {
+    let stage = if stage { Some(fds.pop()?) } else { None };
+    Some((<[OwnedFd; 5]>::try_from(fds).ok()?, stage))
+}
+
 /// A helper that has answered and is exiting, and the daemon's end of the pipe its
 /// child waits on.
 #[derive(Debug)]
@@ -206,6 +218,7 @@ impl Exiting {
     }
 }
 
+/// One write (the helper wakes once, with the whole request there).
 fn write_frame(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
     let mut frame = Vec::with_capacity(4 + payload.len());
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -231,7 +244,7 @@ fn read_frame(r: &mut impl Read) -> io::Result<Vec<u8>> {
 /// with its first bytes.
 fn recv_reply(sock: &UnixStream) -> io::Result<(Reply, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut cmsg = nix::cmsg_space!([RawFd; 5]);
+    let mut cmsg = nix::cmsg_space!([RawFd; 6]);
     let (n, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<()>(
@@ -324,12 +337,14 @@ fn serve_on(sock: &UnixStream, procs: &[PathBuf]) -> io::Result<()> {
                 entered: h.entered.clone(),
                 cgroup_views: h.cgroup_views.clone(),
                 fs_ops: h.fs_ops.clone(),
+                stage: h.stage.is_some(),
             };
             let mut fds: Vec<RawFd> = h.fds.iter().map(|f| f.as_fd().as_raw_fd()).collect();
             // The daemon holds `gone` open until it has reaped this helper: an exited
             // helper still counts against the run's task limit until it is reaped, and
             // the child waits for the end of `gone` before it starts.
             fds.push(gone_w.as_raw_fd());
+            fds.extend(h.stage.as_ref().map(|f| f.as_fd().as_raw_fd()));
             send_reply(sock, &reply, &fds)?;
         }
         Err(e) => {

@@ -188,6 +188,7 @@ impl Engine {
                 reruns,
                 warmups: plain,
                 counted: cmp.sides[i].instructions,
+                collected: None,
             };
             let mut result = result_of(id.clone(), complete.max(2) as u32, ran)?;
             result.comparison = comparisons.get_mut(i).and_then(Option::take);

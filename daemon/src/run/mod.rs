@@ -14,6 +14,7 @@ mod active;
 pub mod batch;
 pub mod cgroup;
 pub mod changepoint;
+pub mod collect;
 pub mod compare;
 pub mod contain;
 pub mod counters;
@@ -54,6 +55,8 @@ pub struct Job {
     pub limits: Limits,
     /// Wall-clock limit.
     pub timeout: Option<Duration>,
+    /// Where each run's clean-room stage is kept, for a batch that collects from it.
+    pub latest: Option<collect::Latest>,
 }
 
 /// Runs jobs on this host.

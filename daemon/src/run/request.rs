@@ -151,6 +151,16 @@ pub async fn resolve(
     }
     let exclusive = wanted_cpus(&params)?;
     let instructions = counts_instructions(&params);
+    let collect = collect_rules(&params)?;
+    if let Some(rules) = &collect {
+        // Made (as the caller) before anything runs: a directory they cannot write is
+        // refused now, not after the batch.
+        let (into, mut ids) = (rules.into.clone(), vec![gid]);
+        ids.extend(groups.iter().copied().filter(|g| *g != gid));
+        tokio::task::spawn_blocking(move || super::collect::prepare(&into, uid, &ids))
+            .await?
+            .map_err(Error::Invalid)?;
+    }
     let job = Job {
         spec: spawn::Spec {
             argv: params.argv.clone(),
@@ -165,7 +175,10 @@ pub async fn resolve(
             cgroup_v2: None,
             cgroup_procs: Vec::new(),
             rlimits: rlimits(&params),
-            fs: room(&params, bounds)?,
+            fs: room(&params, bounds)?.map(|room| super::fsroom::Room {
+                keep: collect.is_some(),
+                ..room
+            }),
         },
         limits: Limits {
             memory,
@@ -176,6 +189,7 @@ pub async fn resolve(
             counters,
         },
         timeout: params.timeout_ms.map(Duration::from_millis),
+        latest: collect.as_ref().map(|_| super::collect::Latest::default()),
     };
     Ok(Batch {
         owner: caller.clone(),
@@ -192,7 +206,33 @@ pub async fn resolve(
         metric: params.metric,
         instructions,
         detached: params.detach,
+        collect,
     })
+}
+
+/// What `p` collects from its last run's clean room, checked.
+fn collect_rules(p: &RunParams) -> Result<Option<super::collect::Rules>, Error> {
+    if p.collect.is_empty() {
+        if p.collect_to.is_some() {
+            return Err(Error::Invalid(
+                "collect_to goes with collect (the patterns of the files to copy)".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if !p.isolate.contains(&Isolation::Fs) {
+        return Err(Error::Invalid(
+            "collect goes with isolate fs (it copies from the run's clean room)".into(),
+        ));
+    }
+    let Some(into) = &p.collect_to else {
+        return Err(Error::Invalid(
+            "collect needs collect_to, the directory the files are copied into".into(),
+        ));
+    };
+    super::collect::Rules::new(&p.collect, into)
+        .map(Some)
+        .map_err(Error::Invalid)
 }
 
 /// Most directories each of `rw`, `ro` and `hide` may name.
@@ -290,6 +330,7 @@ fn room(p: &RunParams, bounds: &Bounds) -> Result<Option<super::fsroom::Room>, E
     Ok(Some(super::fsroom::Room {
         stage: stage.clone(),
         upper_mb: bounds.fs_write_mb,
+        keep: false,
         rw,
         ro: check("ro", &p.ro)?,
         hide: check("hide", &p.hide)?,
@@ -419,6 +460,12 @@ pub(crate) fn check_compare(p: &CompareParams, max_repeat: u32) -> Result<(), Er
                 "options.{name} does not apply to run.compare (each command is stored as a batch: baseline save NAME BATCH)"
             ));
         }
+    }
+    if !o.collect.is_empty() || o.collect_to.is_some() {
+        return bad(
+            "options.collect does not apply to run.compare (collect from a run of the command)"
+                .into(),
+        );
     }
     if !p.until_decided && (p.max_rounds.is_some() || p.max_seconds.is_some()) {
         return bad("max_rounds and max_seconds are the budget of until_decided".into());

@@ -458,13 +458,38 @@ const PRIVATE_TMP: Mount<'static> = Mount {
     data: Some(c"mode=1777"),
 };
 
-/// The private `/tmp` of plan `p`: [`PRIVATE_TMP`], sized in a clean room.
-fn private_tmp<'a>(p: &Plan<'a>) -> Mount<'a> {
-    Mount {
-        data: p.tmp_options.or(PRIVATE_TMP.data),
-        ..PRIVATE_TMP
+/// Mounts the private `/tmp`: in a clean room the copy of its stage's `private/tmp` that
+/// `tree` holds (taken before the pivot; closed here), else [`PRIVATE_TMP`].
+///
+/// # Safety
+/// Only in the child, in its own mount namespace: raw system calls on a descriptor of its
+/// own and static strings.
+unsafe fn mount_private_tmp(tree: RawFd) -> Result<(), Failure> {
+    if tree < 0 {
+        return PRIVATE_TMP.mount_as(NsStep::PrivateTmp);
     }
+    // SAFETY: as the function's contract says.
+    unsafe {
+        let r = libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            PRIVATE_TMP.target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        );
+        let errno = *libc::__errno_location();
+        libc::close(tree);
+        if r < 0 {
+            *libc::__errno_location() = errno;
+            return Err(Failure::ns(NsStep::PrivateTmp));
+        }
+    }
+    Ok(())
 }
+
+/// `move_mount(2)`: the source is the descriptor itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// A proc of the pid namespace the mounting process is in.
 const PROC: Mount<'static> = Mount {
@@ -722,9 +747,11 @@ struct Plan<'a> {
     /// A file-system clean room: its steps, then the pivot into `fs_root`.
     fs_ops: &'a [FsOpC],
     fs_root: Option<&'a CStr>,
+    /// Its stage (a detached tmpfs), attached by [`fsroom::Op::Stage`]; -1 without one.
+    stage: RawFd,
+    /// The stage's directory for the private `/tmp`.
+    stage_tmp: Option<&'a CStr>,
     private_tmp: bool,
-    /// The private `/tmp`'s mount options (a clean room's is sized), when not the default.
-    tmp_options: Option<&'a CStr>,
     proc_mount: bool,
     hostname: bool,
     loopback: bool,
@@ -950,11 +977,22 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         .iter()
         .map(|op| FsOpC::of(op, &path_cstring, &cstring))
         .collect::<Result<_, Error>>()?;
-    // A clean room's private /tmp holds at most what its writes may.
-    let tmp_options: Option<CString> = spec
+    // A clean room's stage: everything it writes outside its rw directories, /tmp
+    // included, within one bound.
+    let stage: Option<OwnedFd> = spec
         .fs
         .as_ref()
-        .map(|room| cstring(format!("mode=1777,size={}m", room.upper_mb.max(1)).into_bytes()))
+        .map(|room| {
+            make_stage(room.upper_mb.max(1)).map_err(|e| Error::FsRoom {
+                what: "making the clean room's stage (a tmpfs)".into(),
+                source: e,
+            })
+        })
+        .transpose()?;
+    let stage_tmp: Option<CString> = spec
+        .fs
+        .as_ref()
+        .map(|room| path_cstring(&fsroom::private_source(&room.stage, "/tmp")))
         .transpose()?;
     let fs_root: Option<CString> = spec
         .fs
@@ -1043,8 +1081,9 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         cgroup_ns: contained,
         fs_ops: &fs_ops_c,
         fs_root: fs_root.as_deref(),
+        stage: stage.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        stage_tmp: stage_tmp.as_deref(),
         private_tmp: isolated(Isolation::Mount),
-        tmp_options: tmp_options.as_deref(),
         proc_mount: isolated(Isolation::Pid) || spec.fs.is_some(),
         hostname: isolated(Isolation::Uts),
         loopback: isolated(Isolation::Net),
@@ -1068,8 +1107,10 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         unsafe { exec_child(&mut plan) }
     }
     restore_signals(&saved);
-    // The child's copies are the only writers left.
+    // The child's copies are the only writers left. The stage is the child's now, unless
+    // the daemon collects from it after the run.
     drop((status_w, out_w, err_w, devnull, cgroup_dir));
+    let stage = stage.filter(|_| spec.fs.as_ref().is_some_and(|room| room.keep));
     drop(_clone_lock);
     let (pid, pidfd, into_cgroup) = match cloned {
         Ok(Cloned::Parent {
@@ -1104,7 +1145,67 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         stderr: err_r,
         status: Some(status_r),
         born_in_cgroup: into_cgroup,
+        stage,
         origin: Origin::of(spec, &workdir, views).with_fs(fs_ops),
+    })
+}
+
+/// A clean room's stage: a tmpfs of at most `mb` MiB, mode 0700, nosuid and nodev, made
+/// detached (`fsopen`, `fsmount`: mounted nowhere until the child attaches it in its own
+/// namespace). Raw system calls: the C library has no wrappers for them.
+fn make_stage(mb: u64) -> io::Result<OwnedFd> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    let owned = |r: libc::c_long| -> io::Result<OwnedFd> {
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor to us alone.
+        Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+    };
+    // SAFETY: a NUL-terminated name and flags.
+    let fs = owned(unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) })?;
+    let size = CString::new(format!("{mb}m")).map_err(io::Error::other)?;
+    for (key, value) in [(c"size", size.as_c_str()), (c"mode", c"0700")] {
+        // SAFETY: a descriptor of ours and NUL-terminated strings.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: as above, with no key or value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor of ours and flags.
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        )
     })
 }
 
@@ -1173,6 +1274,8 @@ pub struct Started {
     /// Taken when read.
     status: Option<OwnedFd>,
     born_in_cgroup: bool,
+    /// The clean room's stage, when the daemon collects from it after the run.
+    stage: Option<OwnedFd>,
     origin: Origin,
 }
 
@@ -1191,6 +1294,8 @@ pub struct Running {
     pub born_in_cgroup: bool,
     /// The pidfd came with the clone (`CLONE_PIDFD`), not from `pidfd_open` after it.
     pub pidfd_from_clone: bool,
+    /// Its clean room's stage, kept to collect from after the run.
+    pub stage: Option<super::collect::Kept>,
 }
 
 /// A started child as a helper hands it to the daemon: its pid, its pidfd, stdout, stderr
@@ -1208,6 +1313,8 @@ pub struct Handover {
     pub cgroup_views: Vec<CgroupView>,
     /// The steps of its file-system clean room (see [`fsroom`]).
     pub fs_ops: Vec<fsroom::Op>,
+    /// Its clean room's stage, when kept (see [`Running::stage`]).
+    pub stage: Option<OwnedFd>,
 }
 
 impl Started {
@@ -1230,6 +1337,7 @@ impl Started {
             cgroup_views: std::mem::take(&mut self.origin.cgroup_views),
             fs_ops: std::mem::take(&mut self.origin.fs_ops),
             fds: [self.pidfd, self.stdout, self.stderr, status],
+            stage: self.stage,
         })
     }
 
@@ -1247,6 +1355,7 @@ impl Started {
             stderr,
             status: Some(status),
             born_in_cgroup: true,
+            stage: h.stage,
             origin,
         }
     }
@@ -1272,7 +1381,7 @@ impl Started {
         self.finish(status.map_err(|e| Error::Spawn(program, e)))
     }
 
-    fn finish(self, status: Result<Option<[u8; 6]>, Error>) -> Result<Running, Error> {
+    fn finish(mut self, status: Result<Option<[u8; 6]>, Error>) -> Result<Running, Error> {
         match status {
             Ok(None) => Ok(Running {
                 pid: self.pid,
@@ -1281,6 +1390,10 @@ impl Started {
                 stderr: self.stderr,
                 born_in_cgroup: self.born_in_cgroup,
                 pidfd_from_clone: self.pidfd_from_clone,
+                stage: self.stage.map(|fd| super::collect::Kept {
+                    fd,
+                    ops: std::mem::take(&mut self.origin.fs_ops),
+                }),
             }),
             Ok(Some(msg)) => {
                 // The child exits right after writing.
@@ -1647,8 +1760,11 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
         if p.private_root {
             PRIVATE_ROOT.mount_as(NsStep::PrivateRoot)?;
         }
+        // A clean room's private /tmp, a copy of its stage's directory taken before the
+        // pivot (the stage is out of reach after it); a descriptor, or -1.
+        let mut tmp_tree = -1;
         if let Some(root) = p.fs_root {
-            build_room(p, p.fs_ops, root)?;
+            tmp_tree = build_room(p, p.fs_ops, root)?;
         }
         // Before anything is mounted on the way to a cgroup mount (a kept working
         // directory's bind copies what is mounted below it, read-only by then).
@@ -1661,10 +1777,10 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
                 // 3b before the tmpfs hides the host's /tmp, 3c after.
                 let mut above = [DirAccess::NONE; MAX_BELOW_TMP];
                 let cwd = walk_host(kept, &mut above)?;
-                private_tmp(p).mount_as(NsStep::PrivateTmp)?;
+                mount_private_tmp(tmp_tree)?;
                 keep_cwd(kept, &above, cwd)?;
             }
-            None if p.private_tmp => private_tmp(p).mount_as(NsStep::PrivateTmp)?,
+            None if p.private_tmp => mount_private_tmp(tmp_tree)?,
             None => {}
         }
         if p.proc_mount {
@@ -1685,13 +1801,28 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
 /// of them named).
 const FS_PIVOT: u8 = u8::MAX;
 
-/// A step of [`fsroom::Op`] as the child makes it: a mount (or a `mkdir` of `target`).
-struct FsOpC {
-    mkdir: bool,
+/// What the child does for a step of [`fsroom::Op`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FsStep {
+    /// mount(2) with the step's fields.
+    Mount,
+    /// `mkdir` of `target` (an existing one is fine).
+    Mkdir,
+    /// `chmod` of `target`.
+    Mode(libc::mode_t),
+    /// `target` given the owner, group and mode of `source`.
+    Like,
+    /// The stage (the plan's descriptor) attached on `target`.
+    Stage,
     /// A bind whose source the child opens as the caller and binds from that descriptor.
-    caller: bool,
+    CallerBind,
     /// `target` and every mount below it made read-only (`mount_setattr`).
-    tree: bool,
+    ReadOnlyTree,
+}
+
+/// A step of [`fsroom::Op`] as the child makes it.
+struct FsOpC {
+    step: FsStep,
     source: Option<CString>,
     target: CString,
     fstype: Option<CString>,
@@ -1712,9 +1843,7 @@ impl FsOpC {
                      data: Option<CString>|
          -> Result<FsOpC, Error> {
             Ok(FsOpC {
-                mkdir: false,
-                caller: false,
-                tree: false,
+                step: FsStep::Mount,
                 source,
                 target: path(target)?,
                 fstype: fstype.map(CStr::to_owned),
@@ -1722,10 +1851,22 @@ impl FsOpC {
                 data,
             })
         };
+        let step = |step: FsStep, target: &Path| -> Result<FsOpC, Error> {
+            Ok(FsOpC {
+                step,
+                ..mount(None, target, None, 0, None)?
+            })
+        };
         match op {
-            fsroom::Op::Mkdir(dir) => Ok(FsOpC {
-                mkdir: true,
-                ..mount(None, dir, None, 0, None)?
+            fsroom::Op::Stage(dir) => step(FsStep::Stage, dir),
+            fsroom::Op::Mkdir(dir) => step(FsStep::Mkdir, dir),
+            fsroom::Op::Mode { path, mode } => step(FsStep::Mode(*mode as libc::mode_t), path),
+            fsroom::Op::Like {
+                path: target,
+                model,
+            } => Ok(FsOpC {
+                source: Some(path(model)?),
+                ..step(FsStep::Like, target)?
             }),
             fsroom::Op::Tmpfs {
                 target,
@@ -1755,7 +1896,11 @@ impl FsOpC {
                 caller,
                 recursive,
             } => Ok(FsOpC {
-                caller: *caller,
+                step: if *caller {
+                    FsStep::CallerBind
+                } else {
+                    FsStep::Mount
+                },
                 ..mount(
                     Some(path(source)?),
                     target,
@@ -1784,10 +1929,7 @@ impl FsOpC {
                     None,
                 )
             }
-            fsroom::Op::ReadOnlyTree(target) => Ok(FsOpC {
-                tree: true,
-                ..mount(None, target, None, 0, None)?
-            }),
+            fsroom::Op::ReadOnlyTree(target) => step(FsStep::ReadOnlyTree, target),
         }
     }
 }
@@ -1800,47 +1942,80 @@ impl FsOpC {
 /// # Safety
 /// Only in the child, in its own mount namespace: mkdir, mount, chdir, pivot_root and
 /// umount2 on paths prepared before the clone.
-unsafe fn build_room(p: &Plan<'_>, ops: &[FsOpC], root: &CStr) -> Result<(), Failure> {
+unsafe fn build_room(p: &Plan<'_>, ops: &[FsOpC], root: &CStr) -> Result<RawFd, Failure> {
     let ptr = |s: &Option<CString>| s.as_deref().map_or(std::ptr::null(), CStr::as_ptr);
     for (i, op) in ops.iter().enumerate() {
         let detail = i.min(FS_PIVOT as usize - 1) as u8;
         // SAFETY: NUL-terminated strings or null pointers, as the calls take them.
         let ok = unsafe {
-            if op.caller {
-                bind_as_caller(p, op)
-            } else if op.tree {
-                read_only_tree(&op.target)
-            } else if op.mkdir {
-                libc::mkdir(op.target.as_ptr(), 0o755) == 0
-                    || *libc::__errno_location() == libc::EEXIST
-            } else {
-                libc::mount(
-                    ptr(&op.source),
-                    op.target.as_ptr(),
-                    ptr(&op.fstype),
-                    op.flags,
-                    ptr(&op.data).cast(),
-                ) == 0
+            match op.step {
+                FsStep::CallerBind => bind_as_caller(p, op),
+                FsStep::ReadOnlyTree => read_only_tree(&op.target),
+                FsStep::Mkdir => {
+                    libc::mkdir(op.target.as_ptr(), 0o755) == 0
+                        || *libc::__errno_location() == libc::EEXIST
+                }
+                FsStep::Mode(mode) => libc::chmod(op.target.as_ptr(), mode) == 0,
+                FsStep::Like => {
+                    let mut st: libc::stat = std::mem::zeroed();
+                    libc::stat(ptr(&op.source), &mut st) == 0
+                        && libc::chown(op.target.as_ptr(), st.st_uid, st.st_gid) == 0
+                        && libc::chmod(op.target.as_ptr(), st.st_mode & 0o7777) == 0
+                }
+                FsStep::Stage => {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        p.stage,
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        op.target.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    ) == 0
+                }
+                FsStep::Mount => {
+                    libc::mount(
+                        ptr(&op.source),
+                        op.target.as_ptr(),
+                        ptr(&op.fstype),
+                        op.flags,
+                        ptr(&op.data).cast(),
+                    ) == 0
+                }
             }
         };
         // A host mount point gone since the plan (unmounted, or its directory removed) is
         // left out; the caller's own directories and everything else must take.
         // SAFETY: this thread's errno, read right after the failed call.
-        let gone = !op.caller && !op.mkdir && unsafe { *libc::__errno_location() } == libc::ENOENT;
+        let gone = matches!(op.step, FsStep::Mount | FsStep::Like)
+            && unsafe { *libc::__errno_location() } == libc::ENOENT;
         if !ok && !gone {
             return Err(Failure::now(Stage::FsRoom, detail));
         }
     }
+    // The private /tmp, copied from the stage while it is still in this namespace.
+    let tmp = match p.stage_tmp {
+        // SAFETY: a NUL-terminated path and flags.
+        Some(dir) => unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                dir.as_ptr(),
+                libc::OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            ) as RawFd
+        },
+        None => -1,
+    };
     let dot = c".";
     // SAFETY: as above; pivot_root has no glibc wrapper.
-    let pivoted = unsafe {
-        libc::chdir(root.as_ptr()) == 0
-            && libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) == 0
-            && libc::umount2(dot.as_ptr(), libc::MNT_DETACH) == 0
-            && libc::chdir(c"/".as_ptr()) == 0
-    };
+    let pivoted = tmp >= 0
+        && unsafe {
+            libc::chdir(root.as_ptr()) == 0
+                && libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) == 0
+                && libc::umount2(dot.as_ptr(), libc::MNT_DETACH) == 0
+                && libc::chdir(c"/".as_ptr()) == 0
+        };
     if pivoted {
-        Ok(())
+        Ok(tmp)
     } else {
         Err(Failure::now(Stage::FsRoom, FS_PIVOT))
     }
@@ -2325,7 +2500,7 @@ fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
         }
         Stage::FsRoom => Error::FsRoom {
             what: match spec.fs_ops.get(msg[1] as usize) {
-                _ if msg[1] == FS_PIVOT => "pivoting into it".into(),
+                _ if msg[1] == FS_PIVOT => "copying its private /tmp and pivoting into it".into(),
                 Some(op) => op.describe(),
                 None => "a step of building it".into(),
             },
