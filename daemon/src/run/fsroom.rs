@@ -143,6 +143,10 @@ impl Op {
 /// One mount of the mount table: where, what file system, whether read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mounted {
+    /// Its mount ID.
+    pub id: u32,
+    /// The mount it is mounted on (its parent's ID).
+    pub parent: u32,
     /// Mount point.
     pub path: PathBuf,
     /// File system type (`ext4`, `proc`, ...).
@@ -242,6 +246,8 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mounted> {
             let options = fields.get(5)?;
             let has = |flag: &str| options.split(',').any(|o| o == flag);
             Some(Mounted {
+                id: fields.first()?.parse().ok()?,
+                parent: fields.get(1)?.parse().ok()?,
                 path: PathBuf::from(path),
                 fstype: fstype.to_owned(),
                 read_only: has("ro"),
@@ -283,15 +289,69 @@ pub enum PlanError {
     TooManyMounts(usize),
 }
 
+/// The mounts of `mounts` a process sees, by the mount tree (not by path alone, which would
+/// take a mount hidden under a later one for a visible one): a mount is reachable when its
+/// parent is and no other mount on the same parent covers its mount point (one on a
+/// directory above it, or on the same one mounted later); it is shown when reachable and
+/// not covered by a mount on its own root (a stack shows its top). The table's root (whose
+/// parent is not in it) is reachable.
+fn shown(mounts: &[Mounted]) -> Vec<&Mounted> {
+    use std::collections::HashMap;
+    let index: HashMap<u32, usize> = mounts.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+    // Mounts by (parent, mount point): what covers a mount is on its parent at one of its
+    // mount point's ancestors (a few look-ups, not a scan of its siblings).
+    let mut at: HashMap<(u32, &Path), Vec<usize>> = HashMap::new();
+    for (i, m) in mounts.iter().enumerate() {
+        at.entry((m.parent, m.path.as_path())).or_default().push(i);
+    }
+    let covered = |i: usize| {
+        let m = &mounts[i];
+        m.path.ancestors().any(|a| {
+            at.get(&(m.parent, a))
+                .is_some_and(|js| js.iter().any(|&j| if a == m.path { j > i } else { j != i }))
+        })
+    };
+    // Reachability up the parents, each mount's worked out once (iteratively: a chain of
+    // mounts can be long).
+    let mut reachable: Vec<Option<bool>> = vec![None; mounts.len()];
+    for start in 0..mounts.len() {
+        let mut chain = Vec::new();
+        let mut i = start;
+        let known = loop {
+            if let Some(r) = reachable[i] {
+                break r;
+            }
+            chain.push(i);
+            match index.get(&mounts[i].parent) {
+                // A parent that is itself (a namespace's root) or a loop: as the root.
+                Some(&p) if p != i && !chain.contains(&p) => i = p,
+                _ => break true,
+            }
+        };
+        let mut r = known;
+        for &i in chain.iter().rev() {
+            r = r && !covered(i);
+            reachable[i] = Some(r);
+        }
+    }
+    mounts
+        .iter()
+        .enumerate()
+        .filter(|&(i, m)| {
+            reachable[i] == Some(true)
+                && at
+                    .get(&(m.id, m.path.as_path()))
+                    .is_none_or(|cs| cs.iter().all(|&c| c == i))
+        })
+        .map(|(_, m)| m)
+        .collect()
+}
+
 /// The steps that build `room`'s root from the mount table `mounts` (see the module
 /// documentation).
 pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
-    // The topmost mount of each mount point, parents before children.
-    let mut visible: Vec<&Mounted> = Vec::new();
-    for m in mounts {
-        visible.retain(|v| v.path != m.path);
-        visible.push(m);
-    }
+    // The mounts the run could see, parents before children.
+    let mut visible = shown(mounts);
     visible.sort_by_key(|m| m.path.components().count());
     if visible.len() > MAX_MOUNTS {
         return Err(PlanError::TooManyMounts(visible.len()));
@@ -599,6 +659,36 @@ mod tests {
     }
 
     #[test]
+    fn a_mount_hidden_under_another_is_not_planned() {
+        // /a (ro) with /a/b on it, then an ext4 stacked on /a: /a/b and the ro /a are out
+        // of sight. /c twice on / (the second covers the first) with /c/d on the first.
+        // /e with /e/f, then a mount on /e's parent directory above them: /x over nothing.
+        let m = parse_mountinfo(
+            "25 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             30 25 0:40 / /a ro - tmpfs t ro\n\
+             40 30 8:2 / /a/b ro - ext4 /dev/sda2 ro\n\
+             50 30 8:3 / /a rw - ext4 /dev/sda3 rw\n\
+             60 25 0:41 / /c rw - tmpfs t rw\n\
+             70 60 0:42 / /c/d rw - tmpfs t rw\n\
+             61 25 0:43 / /c rw - tmpfs t rw\n\
+             80 25 0:44 / /srv/e rw - tmpfs t rw\n\
+             81 80 0:45 / /srv/e/f rw - tmpfs t rw\n\
+             90 25 0:46 / /srv rw - tmpfs t rw\n",
+        );
+        let ids: Vec<u32> = shown(&m).iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![25, 50, 61, 90]);
+        // The stacked /dev/pts of this VM's table: the later one.
+        let m = parse_mountinfo(MOUNTINFO);
+        let pts: Vec<u32> = shown(&m)
+            .iter()
+            .filter(|m| m.path == Path::new("/dev/pts"))
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(pts, vec![41]);
+        assert_eq!(shown(&m).len(), 13);
+    }
+
+    #[test]
     fn overlay_options_escape_their_separators() {
         assert_eq!(escaped(Path::new("/a,b:c\\d")), "/a\\,b\\:c\\\\d");
     }
@@ -638,6 +728,8 @@ mod tests {
     fn a_host_with_too_many_mounts_is_refused() {
         let many: Vec<Mounted> = (0..=MAX_MOUNTS)
             .map(|i| Mounted {
+                id: i as u32 + 2,
+                parent: 1,
                 path: format!("/m/{i}").into(),
                 fstype: "ext4".into(),
                 read_only: false,

@@ -413,17 +413,30 @@ impl NsStep {
     }
 }
 
+/// A status message: the [`Stage`], a pad byte, the detail (which step of the stage, a
+/// `u16` in native order) and the errno (an `i32` in native order).
+type Msg = [u8; 8];
+
+/// The message for `stage`, `detail` and `errno`.
+fn message(stage: u8, detail: u16, errno: i32) -> Msg {
+    let mut msg = [0u8; 8];
+    msg[0] = stage;
+    msg[2..4].copy_from_slice(&detail.to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    msg
+}
+
 /// Why the child cannot go on: the status message it writes before it exits.
 #[derive(Debug, Clone, Copy)]
 struct Failure {
     stage: Stage,
-    detail: u8,
+    detail: u16,
     errno: i32,
 }
 
 impl Failure {
     /// The failure of the system call just made (its errno).
-    fn now(stage: Stage, detail: u8) -> Failure {
+    fn now(stage: Stage, detail: u16) -> Failure {
         Failure {
             stage,
             detail,
@@ -433,7 +446,7 @@ impl Failure {
 
     /// A namespace step whose system call just failed.
     fn ns(step: NsStep) -> Failure {
-        Failure::now(Stage::Namespace, step as u8)
+        Failure::now(Stage::Namespace, step as u16)
     }
 }
 
@@ -705,7 +718,7 @@ struct CgroupViewC {
 }
 
 /// Detail byte of a cgroup failure on the `cgroup.procs` file of the v2 directory.
-const V2_PROCS: u8 = u8::MAX;
+const V2_PROCS: u16 = u16::MAX;
 
 /// How the child is created: `clone3`, or (kernels without it, and tests of that path)
 /// the fork-like `clone`.
@@ -1381,7 +1394,7 @@ impl Started {
         self.finish(status.map_err(|e| Error::Spawn(program, e)))
     }
 
-    fn finish(mut self, status: Result<Option<[u8; 6]>, Error>) -> Result<Running, Error> {
+    fn finish(mut self, status: Result<Option<Msg>, Error>) -> Result<Running, Error> {
         match status {
             Ok(None) => Ok(Running {
                 pid: self.pid,
@@ -1412,10 +1425,10 @@ impl Started {
 
 /// Reads the status pipe without blocking a thread: nothing (EOF: the exec succeeded) or a
 /// whole message.
-async fn read_status_async(fd: OwnedFd) -> io::Result<Option<[u8; 6]>> {
+async fn read_status_async(fd: OwnedFd) -> io::Result<Option<Msg>> {
     use tokio::io::AsyncReadExt;
     let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
-    let mut msg = [0u8; 6];
+    let mut msg = [0u8; 8];
     let mut n = 0;
     while n < msg.len() {
         match pipe.read(&mut msg[n..]).await {
@@ -1550,11 +1563,8 @@ unsafe fn clone_process(
 ///
 /// # Safety
 /// Only in the child (it exits).
-unsafe fn fail(fd: RawFd, stage: Stage, detail: u8, errno: i32) -> ! {
-    let mut msg = [0u8; 6];
-    msg[0] = stage as u8;
-    msg[1] = detail;
-    msg[2..].copy_from_slice(&errno.to_ne_bytes());
+unsafe fn fail(fd: RawFd, stage: Stage, detail: u16, errno: i32) -> ! {
+    let msg = message(stage as u8, detail, errno);
     // SAFETY: write and _exit are async-signal-safe; msg is on the stack.
     unsafe {
         libc::write(fd, msg.as_ptr().cast(), msg.len());
@@ -1572,7 +1582,7 @@ unsafe fn exec_child(p: &mut Plan<'_>) -> ! {
     // SAFETY: every call below is an async-signal-safe system call on stack values or on
     // memory prepared before the clone; nothing allocates, locks or unwinds.
     unsafe {
-        let fail_now = |stage: Stage, detail: u8| -> ! { fail(status, stage, detail, errno()) };
+        let fail_now = |stage: Stage, detail: u16| -> ! { fail(status, stage, detail, errno()) };
         // 0. Signals as a new program expects them. The raw rt_sigaction reaches the
         // signals glibc keeps for itself (32, 33) too; an all-zero kernel sigaction is
         // SIG_DFL, no flags, empty mask on every layout, and 8 bytes is the kernel's
@@ -1595,7 +1605,7 @@ unsafe fn exec_child(p: &mut Plan<'_>) -> ! {
         // 1. The cgroup.
         for (i, path) in p.procs_v1.iter().enumerate() {
             if !write_zero(path) {
-                fail_now(Stage::Cgroup, i.min(V2_PROCS as usize - 1) as u8);
+                fail_now(Stage::Cgroup, i.min(V2_PROCS as usize - 1) as u16);
             }
         }
         if let Some(path) = p.procs_v2 {
@@ -1637,7 +1647,7 @@ unsafe fn exec_child(p: &mut Plan<'_>) -> ! {
         for (i, (resource, limit)) in p.rlimits.iter().enumerate() {
             let none: *mut libc::rlimit64 = std::ptr::null_mut();
             if libc::syscall(libc::SYS_prlimit64, 0, *resource, limit as *const _, none) < 0 {
-                fail_now(Stage::Rlimit, i as u8);
+                fail_now(Stage::Rlimit, i as u16);
             }
         }
         // 4. Realtime while privileged (CAP_SYS_NICE; the policy survives setuid and
@@ -1797,9 +1807,8 @@ unsafe fn namespaces(p: &Plan<'_>) -> Result<(), Failure> {
     }
 }
 
-/// The status detail of the pivot (every step of a clean room has its index, at most 254
-/// of them named).
-const FS_PIVOT: u8 = u8::MAX;
+/// The status detail of the pivot (every other step of a clean room has its index).
+const FS_PIVOT: u16 = u16::MAX;
 
 /// What the child does for a step of [`fsroom::Op`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1945,7 +1954,7 @@ impl FsOpC {
 unsafe fn build_room(p: &Plan<'_>, ops: &[FsOpC], root: &CStr) -> Result<RawFd, Failure> {
     let ptr = |s: &Option<CString>| s.as_deref().map_or(std::ptr::null(), CStr::as_ptr);
     for (i, op) in ops.iter().enumerate() {
-        let detail = i.min(FS_PIVOT as usize - 1) as u8;
+        let detail = i.min(FS_PIVOT as usize - 1) as u16;
         // SAFETY: NUL-terminated strings or null pointers, as the calls take them.
         let ok = unsafe {
             match op.step {
@@ -2119,7 +2128,7 @@ unsafe fn bind_as_caller(p: &Plan<'_>, op: &FsOpC) -> bool {
 /// before the clone.
 unsafe fn contain_cgroups(views: &[CgroupViewC]) -> Result<(), Failure> {
     for (i, view) in views.iter().enumerate() {
-        let detail = i.min(u8::MAX as usize) as u8;
+        let detail = i.min(u16::MAX as usize) as u16;
         // SAFETY: a NUL-terminated path; a zeroed statfs is a valid value for the kernel
         // to overwrite.
         let fs_type = unsafe {
@@ -2430,9 +2439,9 @@ unsafe fn loopback_up() -> bool {
 
 /// What the child wrote on the status pipe, blocking: nothing (it executed its program) or
 /// a whole message.
-fn read_status(r: OwnedFd) -> io::Result<Option<[u8; 6]>> {
+fn read_status(r: OwnedFd) -> io::Result<Option<Msg>> {
     let mut f = File::from(r);
-    let mut msg = [0u8; 6];
+    let mut msg = [0u8; 8];
     let mut n = 0;
     while n < msg.len() {
         match f.read(&mut msg[n..]) {
@@ -2446,10 +2455,10 @@ fn read_status(r: OwnedFd) -> io::Result<Option<[u8; 6]>> {
 }
 
 /// `n` bytes of a status message: none means the exec succeeded.
-fn status_of(n: usize, msg: [u8; 6]) -> io::Result<Option<[u8; 6]>> {
+fn status_of(n: usize, msg: Msg) -> io::Result<Option<Msg>> {
     match n {
         0 => Ok(None),
-        6 => Ok(Some(msg)),
+        8 => Ok(Some(msg)),
         _ => Err(io::Error::other(format!(
             "the child wrote {n} bytes of a status message"
         ))),
@@ -2457,16 +2466,17 @@ fn status_of(n: usize, msg: [u8; 6]) -> io::Result<Option<[u8; 6]>> {
 }
 
 /// The error for a status message from the child.
-fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
+fn classify(spec: &Origin, msg: Msg) -> Error {
     let program = spec.program.as_str();
-    let code = i32::from_ne_bytes([msg[2], msg[3], msg[4], msg[5]]);
+    let detail = u16::from_ne_bytes([msg[2], msg[3]]);
+    let code = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
     let source = io::Error::from_raw_os_error(code);
     let Some(stage) = Stage::from_byte(msg[0]) else {
         return Error::Spawn(program.to_owned(), source);
     };
     match stage {
         Stage::Cgroup => {
-            let path = match msg[1] {
+            let path = match detail {
                 V2_PROCS => spec.cgroup_v2.as_ref().map(|d| d.join("cgroup.procs")),
                 i => spec.cgroup_procs.get(i as usize).cloned(),
             };
@@ -2475,7 +2485,7 @@ fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
                 source,
             }
         }
-        Stage::Namespace => match NsStep::from_byte(msg[1]) {
+        Stage::Namespace => match u8::try_from(detail).ok().and_then(NsStep::from_byte) {
             Some((step, what)) if step.keeps_cwd() => Error::CwdBind {
                 cwd: spec.entered.display().to_string(),
                 step: what,
@@ -2487,7 +2497,7 @@ fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
             },
         },
         Stage::CgroupReadOnly | Stage::CgroupOwn => {
-            let view = spec.cgroup_views.get(msg[1] as usize);
+            let view = spec.cgroup_views.get(detail as usize);
             let at = |p: Option<&Path>| p.map_or("?".into(), |p| p.display().to_string());
             let mount_point = at(view.map(|v| v.mount_point.as_path()));
             let what = if stage == Stage::CgroupReadOnly {
@@ -2499,8 +2509,8 @@ fn classify(spec: &Origin, msg: [u8; 6]) -> Error {
             Error::Contain { what, source }
         }
         Stage::FsRoom => Error::FsRoom {
-            what: match spec.fs_ops.get(msg[1] as usize) {
-                _ if msg[1] == FS_PIVOT => "copying its private /tmp and pivoting into it".into(),
+            what: match spec.fs_ops.get(detail as usize) {
+                _ if detail == FS_PIVOT => "copying its private /tmp and pivoting into it".into(),
                 Some(op) => op.describe(),
                 None => "a step of building it".into(),
             },
@@ -2792,8 +2802,7 @@ mod tests {
         // The parent names the kept directory in their errors, and only in theirs.
         let w = WorkDir::with_private_tmp(Path::new("/tmp/l"), Ok("/tmp/a/b".into())).unwrap();
         let msg = |step: NsStep| {
-            let mut m = [Stage::Namespace as u8, step as u8, 0, 0, 0, 0];
-            m[2..].copy_from_slice(&libc::ENOENT.to_ne_bytes());
+            let m = message(Stage::Namespace as u8, step as u16, libc::ENOENT);
             classify(&Origin::of(&spec(&["true"]), &w, Vec::new()), m).to_string()
         };
         assert_eq!(
@@ -2802,6 +2811,30 @@ mod tests {
              No such file or directory (os error 2)"
         );
         assert!(msg(Hostname).starts_with("cannot set up the run's namespaces (setting"));
+    }
+
+    #[test]
+    fn every_step_of_a_large_clean_room_is_named_in_its_error() {
+        // A host of many mounts: well past 255 steps.
+        let ops: Vec<fsroom::Op> = (0..1000)
+            .map(|i| fsroom::Op::Mkdir(format!("/s/root/m/{i}").into()))
+            .collect();
+        let origin = Origin::of(
+            &spec(&["true"]),
+            &WorkDir::as_given(Path::new("/")),
+            Vec::new(),
+        )
+        .with_fs(ops);
+        let err = |detail: u16| {
+            classify(&origin, message(Stage::FsRoom as u8, detail, libc::EACCES)).to_string()
+        };
+        assert!(err(700).contains("creating /s/root/m/700"), "{}", err(700));
+        assert!(
+            err(FS_PIVOT).contains("pivoting into it"),
+            "{}",
+            err(FS_PIVOT)
+        );
+        assert!(err(1000).contains("a step of building it"), "{}", err(1000));
     }
 
     #[test]
@@ -2819,10 +2852,8 @@ mod tests {
             },
         ];
         let origin = Origin::of(&spec(&["true"]), &WorkDir::as_given(Path::new("/")), views);
-        let msg = |stage: Stage, i: u8| {
-            let mut m = [stage as u8, i, 0, 0, 0, 0];
-            m[2..].copy_from_slice(&libc::EINVAL.to_ne_bytes());
-            classify(&origin, m).to_string()
+        let msg = |stage: Stage, i: u16| {
+            classify(&origin, message(stage as u8, i, libc::EINVAL)).to_string()
         };
         let cannot = "cannot keep a root caller's run in its cgroup";
         assert_eq!(
