@@ -173,7 +173,7 @@ fn a_timeout_kills_the_whole_run() {
     // Ended by the 1 s timeout, not by its sleeps (1002.5 s): when exactly is the
     // machine's business (the kill rounds, a loaded host).
     assert!(
-        (1000.0..10_000.0).contains(&wall),
+        (1000.0..3000.0).contains(&wall),
         "a 1 s timeout ended the run after {wall} ms"
     );
     assert!(alive("1002.5").is_empty());

@@ -136,11 +136,11 @@ fn run_step(suite: &Suite, step: &Step, socket: &Path) -> Outcome {
         ..RunParams::default()
     };
     // An expected file must be the step's: one there before must change.
-    let before: Vec<Option<std::time::SystemTime>> = step
+    let before: Vec<Option<Written>> = step
         .expect
         .files
         .iter()
-        .map(|f| modified(&step.cwd.join(f)))
+        .map(|f| written(&step.cwd.join(f)))
         .collect();
     // The output of the run going on, and of the last one that ended (a progress note
     // follows each run's output): expectations judge the last measured run's.
@@ -202,14 +202,22 @@ pub fn budget(metric: &str, value: f64, l: &Levels) -> (Option<String>, Option<S
     }
 }
 
-/// When `path` was last modified, if it exists.
-fn modified(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What tells a file written again from one left alone: its inode and its change time
+/// (which, unlike its modification time, no tool can set back: `cp -p` keeps the one,
+/// never the other).
+type Written = (u64, i64, i64);
+
+/// `path`'s [`Written`], if it exists.
+fn written(path: &Path) -> Option<Written> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 /// Judges `r`, the batch of `step`; `before` holds the expected files' modification times
 /// before it ran.
-fn judge(step: &Step, r: &RunResult, before: &[Option<std::time::SystemTime>], out: &mut Outcome) {
+fn judge(step: &Step, r: &RunResult, before: &[Option<Written>], out: &mut Outcome) {
     out.batch = Some(r.batch.clone());
     out.exit_code = r.last.exit_code;
     out.wall_ms = median(r, "wall_ms");
@@ -282,7 +290,7 @@ fn judge(step: &Step, r: &RunResult, before: &[Option<std::time::SystemTime>], o
         }
     }
     for (f, then) in step.expect.files.iter().zip(before) {
-        match modified(&step.cwd.join(f)) {
+        match written(&step.cwd.join(f)) {
             None => out.reasons.push(format!("{f} does not exist afterwards")),
             Some(now) if Some(now) == *then => out.reasons.push(format!(
                 "{f} was not written by the step (unchanged since before it ran)"

@@ -354,7 +354,7 @@ impl Engine {
             self.active.release_exclusive(&id);
         }
         let collected = match &batch.collect {
-            Some(rules) => Some(collect_from(rules, &batch.job).await),
+            Some(rules) => Some(collect_from(rules, &batch.job, &cancel).await),
             None => None,
         };
         let ran = Ran {
@@ -777,20 +777,34 @@ pub(super) struct Ran {
 }
 
 /// Copies what `rules` asks for out of the clean room of `job`'s last run (on the blocking
-/// pool, as the job's user), letting its stage go.
-async fn collect_from(rules: &super::collect::Rules, job: &Job) -> cleanroom_proto::Collected {
+/// pool, as the job's user, until `cancel`), letting its stage go.
+async fn collect_from(
+    rules: &super::collect::Rules,
+    job: &Job,
+    cancel: &CancellationToken,
+) -> cleanroom_proto::Collected {
     let kept = job.latest.as_ref().and_then(super::collect::Latest::take);
-    let (rules, spec) = (rules.clone(), job.spec.clone());
+    let (rules, spec, cancel) = (rules.clone(), job.spec.clone(), cancel.clone());
     let into = rules.into.display().to_string();
     tokio::task::spawn_blocking(move || {
-        let stage = spec
+        let (stage, mb) = spec
             .fs
             .as_ref()
-            .map(|room| room.stage.clone())
-            .unwrap_or_default();
+            .map_or((std::path::PathBuf::new(), 0), |room| {
+                (room.stage.clone(), room.upper_mb)
+            });
         let mut groups = vec![spec.gid];
         groups.extend(spec.groups.iter().copied().filter(|g| *g != spec.gid));
-        super::collect::collect(&rules, kept, &stage, &spec.cwd, spec.uid, &groups)
+        let job = super::collect::Collection {
+            rules: &rules,
+            stage: &stage,
+            cwd: &spec.cwd,
+            uid: spec.uid,
+            groups: &groups,
+            max_bytes: mb.max(1) << 20,
+            cancel: &cancel,
+        };
+        super::collect::collect(&job, kept)
     })
     .await
     .unwrap_or_else(|e| cleanroom_proto::Collected {

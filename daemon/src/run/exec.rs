@@ -61,6 +61,11 @@ impl Runner {
         output: &mpsc::Sender<RunEvent>,
         cancel: CancellationToken,
     ) -> RunRecord {
+        // The previous run's clean room goes: this run's is the one to collect from, or
+        // none if it never starts its own.
+        if let Some(latest) = &job.latest {
+            drop(latest.take());
+        }
         let cpus = job.limits.cpus.clone().unwrap_or_else(|| self.own_cpus());
         let host = self.host.clone();
         let probe = self.probe(&cpus);

@@ -182,9 +182,13 @@ fn resolve(host: &Host, runs: &Runs<'_>) -> Option<PathBuf> {
 /// The calling thread acting on files as another user until dropped: its file-system
 /// uid and gid and its supplementary groups, each a per-thread attribute in the kernel
 /// (the C library's `setgroups` would change every thread's, so the system call is made
-/// directly). Dropping it puts root's back.
+/// directly), and no effective capability (a per-thread set too): a changed fsuid only
+/// drops the file-system ones, and `CAP_SYS_PTRACE` would still follow another user's
+/// `/proc/PID/cwd`, `CAP_SYS_RESOURCE` still write past a quota. Dropping it puts root's
+/// back.
 pub(super) struct AsUser {
     groups: Vec<libc::gid_t>,
+    caps: std::collections::HashSet<caps::Capability>,
 }
 
 impl AsUser {
@@ -194,7 +198,9 @@ impl AsUser {
         let gid = groups.first().copied().unwrap_or(uid);
         let old = nix::unistd::getgroups().ok()?;
         let old: Vec<libc::gid_t> = old.into_iter().map(|g| g.as_raw()).collect();
-        let back = AsUser { groups: old };
+        let caps = caps::read(None, caps::CapSet::Effective).ok()?;
+        // From here on, dropping `back` undoes whatever was done.
+        let back = AsUser { groups: old, caps };
         // SAFETY: setgroups(2) reads `groups.len()` gids from a live slice.
         let r = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
         if r != 0 {
@@ -208,12 +214,17 @@ impl AsUser {
         // Read back (an invalid id changes nothing and returns the current one).
         // SAFETY: as above.
         let now = unsafe { libc::setfsuid(u32::MAX) } as u32;
-        (now == uid).then_some(back)
+        if now != uid || caps::clear(None, caps::CapSet::Effective).is_err() {
+            return None;
+        }
+        Some(back)
     }
 }
 
 impl Drop for AsUser {
     fn drop(&mut self) {
+        // The capabilities first: changing the ids back needs them.
+        let _ = caps::set(None, caps::CapSet::Effective, &self.caps);
         // SAFETY: plain ids, then the saved list of gids, live for the call.
         unsafe {
             libc::setfsuid(0);
@@ -267,6 +278,36 @@ fn sha256(path: &Path, hashes: &Hashes) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread's line of `/proc/thread-self/status`.
+    fn status(field: &str) -> String {
+        std::fs::read_to_string("/proc/thread-self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
+            .unwrap()
+    }
+
+    #[test]
+    fn acting_as_a_user_takes_their_ids_and_no_capability_and_gives_them_back() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let (caps, groups) = (status("CapEff:"), status("Groups:"));
+        {
+            let _as = AsUser::become_(65534, &[65534, 4242]).unwrap();
+            assert_eq!(status("CapEff:"), "0000000000000000");
+            assert!(status("Uid:").ends_with("65534"), "{}", status("Uid:"));
+            assert!(status("Gid:").ends_with("65534"), "{}", status("Gid:"));
+            assert_eq!(status("Groups:"), "4242 65534");
+            // Root's files are out of reach, /proc's magic links too.
+            assert!(std::fs::read("/proc/1/environ").is_err());
+        }
+        assert_eq!(status("CapEff:"), caps);
+        assert_eq!(status("Groups:"), groups);
+        assert!(status("Uid:").ends_with("\t0"), "{}", status("Uid:"));
+    }
 
     /// A fake host: a CPU, a kernel, cpufreq on two CPUs with different governors.
     #[test]

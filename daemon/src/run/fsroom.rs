@@ -427,8 +427,10 @@ pub fn plan(room: &Room, mounts: &[Mounted]) -> Result<Vec<Op>, PlanError> {
             ops.push(Op::Mkdir(work.clone()));
             ops.push(Op::Overlay {
                 target,
+                // Every copy-up copies the data (a metadata-only one would leave a file
+                // without its contents in the upper layer, which `collect` reads).
                 options: format!(
-                    "lowerdir={},upperdir={},workdir={}",
+                    "lowerdir={},upperdir={},workdir={},metacopy=off",
                     escaped(path),
                     escaped(&upper),
                     escaped(&work)
@@ -555,7 +557,9 @@ mod tests {
         let s = "/var/lib/cleanroom/fs";
         let overlay = |target: &str, n: u32, lower: &str| Op::Overlay {
             target: PathBuf::from(format!("{s}/root{target}")),
-            options: format!("lowerdir={lower},upperdir={s}/upper/{n},workdir={s}/work/{n}"),
+            options: format!(
+                "lowerdir={lower},upperdir={s}/upper/{n},workdir={s}/work/{n},metacopy=off"
+            ),
             noexec: false,
         };
         let bind = |source: &str, target: &str, recursive: bool| Op::Bind {
@@ -719,7 +723,7 @@ mod tests {
         assert!(ops.contains(&ro("/etc/hosts")), "a file cannot be overlaid");
         assert!(ops.contains(&Op::Overlay {
             target: format!("{s}/root/home").into(),
-            options: format!("lowerdir=/home,upperdir={s}/upper/0,workdir={s}/work/0"),
+            options: format!("lowerdir=/home,upperdir={s}/upper/0,workdir={s}/work/0,metacopy=off"),
             noexec: true,
         }));
     }

@@ -151,13 +151,14 @@ pub async fn resolve(
     }
     let exclusive = wanted_cpus(&params)?;
     let instructions = counts_instructions(&params);
-    let collect = collect_rules(&params)?;
-    if let Some(rules) = &collect {
+    let room = room(&params, bounds)?;
+    let mut collect = collect_rules(&params, room.as_ref())?;
+    if let Some(rules) = &mut collect {
         // Made (as the caller) before anything runs: a directory they cannot write is
-        // refused now, not after the batch.
+        // refused now, not after the batch; the files go below it as resolved now.
         let (into, mut ids) = (rules.into.clone(), vec![gid]);
         ids.extend(groups.iter().copied().filter(|g| *g != gid));
-        tokio::task::spawn_blocking(move || super::collect::prepare(&into, uid, &ids))
+        rules.into = tokio::task::spawn_blocking(move || super::collect::prepare(&into, uid, &ids))
             .await?
             .map_err(Error::Invalid)?;
     }
@@ -175,7 +176,7 @@ pub async fn resolve(
             cgroup_v2: None,
             cgroup_procs: Vec::new(),
             rlimits: rlimits(&params),
-            fs: room(&params, bounds)?.map(|room| super::fsroom::Room {
+            fs: room.map(|room| super::fsroom::Room {
                 keep: collect.is_some(),
                 ..room
             }),
@@ -210,8 +211,11 @@ pub async fn resolve(
     })
 }
 
-/// What `p` collects from its last run's clean room, checked.
-fn collect_rules(p: &RunParams) -> Result<Option<super::collect::Rules>, Error> {
+/// What `p` collects from its last run's clean room (`room`), checked.
+fn collect_rules(
+    p: &RunParams,
+    room: Option<&super::fsroom::Room>,
+) -> Result<Option<super::collect::Rules>, Error> {
     if p.collect.is_empty() {
         if p.collect_to.is_some() {
             return Err(Error::Invalid(
@@ -230,9 +234,21 @@ fn collect_rules(p: &RunParams) -> Result<Option<super::collect::Rules>, Error> 
             "collect needs collect_to, the directory the files are copied into".into(),
         ));
     };
-    super::collect::Rules::new(&p.collect, into)
-        .map(Some)
-        .map_err(Error::Invalid)
+    let rules = super::collect::Rules::new(&p.collect, into).map_err(Error::Invalid)?;
+    // A relative pattern names files below the working directory: when its writes reach
+    // the host (an rw directory, or kept below /tmp), none is ever in the room.
+    let cwd = Path::new(p.cwd.as_deref().unwrap_or("/"));
+    let writable =
+        room.is_some_and(|r| r.rw.iter().any(|d| cwd.starts_with(d))) || cwd.starts_with("/tmp");
+    if let Some(pattern) = rules.relative().filter(|_| writable) {
+        return Err(Error::Invalid(format!(
+            "collect: {pattern:?} names files below the working directory {}, whose writes \
+             reach the host (nothing of it is in the clean room): give --rw none (or other \
+             --rw directories), or an absolute pattern",
+            cwd.display()
+        )));
+    }
+    Ok(Some(rules))
 }
 
 /// Most directories each of `rw`, `ro` and `hide` may name.

@@ -990,18 +990,6 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
         .iter()
         .map(|op| FsOpC::of(op, &path_cstring, &cstring))
         .collect::<Result<_, Error>>()?;
-    // A clean room's stage: everything it writes outside its rw directories, /tmp
-    // included, within one bound.
-    let stage: Option<OwnedFd> = spec
-        .fs
-        .as_ref()
-        .map(|room| {
-            make_stage(room.upper_mb.max(1)).map_err(|e| Error::FsRoom {
-                what: "making the clean room's stage (a tmpfs)".into(),
-                source: e,
-            })
-        })
-        .transpose()?;
     let stage_tmp: Option<CString> = spec
         .fs
         .as_ref()
@@ -1047,6 +1035,19 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
     // other child reaches its own exec, which a working directory on a file system that
     // never answers can postpone forever. (Go's ForkLock, for the same reason.)
     let _clone_lock = CLONE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    // A clean room's stage (everything it writes outside its rw directories, /tmp
+    // included, within one bound), made under the lock as the pipes are: a child cloned
+    // meanwhile would hold it until its own exec.
+    let stage: Option<OwnedFd> = spec
+        .fs
+        .as_ref()
+        .map(|room| {
+            make_stage(room.upper_mb.max(1)).map_err(|e| Error::FsRoom {
+                what: "making the clean room's stage (a tmpfs)".into(),
+                source: e,
+            })
+        })
+        .transpose()?;
     let (status_r, status_w) = pipe().map_err(spawn_err)?;
     let (out_r, out_w) = pipe().map_err(spawn_err)?;
     let (err_r, err_w) = pipe().map_err(spawn_err)?;
@@ -1163,7 +1164,8 @@ fn start_with(spec: &Spec, mode: CloneMode, handoff: &Handoff) -> Result<Started
     })
 }
 
-/// A clean room's stage: a tmpfs of at most `mb` MiB, mode 0700, nosuid and nodev, made
+/// A clean room's stage: a tmpfs of at most `mb` MiB (and `mb` × 256 inodes), mode 0700,
+/// nosuid and nodev, made
 /// detached (`fsopen`, `fsmount`: mounted nowhere until the child attaches it in its own
 /// namespace). Raw system calls: the C library has no wrappers for them.
 fn make_stage(mb: u64) -> io::Result<OwnedFd> {
@@ -1181,7 +1183,14 @@ fn make_stage(mb: u64) -> io::Result<OwnedFd> {
     // SAFETY: a NUL-terminated name and flags.
     let fs = owned(unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) })?;
     let size = CString::new(format!("{mb}m")).map_err(io::Error::other)?;
-    for (key, value) in [(c"size", size.as_c_str()), (c"mode", c"0700")] {
+    // Inodes bounded too (an empty file costs no block): one per 4 KiB of the size.
+    let inodes =
+        CString::new((mb.saturating_mul(256)).max(4096).to_string()).map_err(io::Error::other)?;
+    for (key, value) in [
+        (c"size", size.as_c_str()),
+        (c"nr_inodes", inodes.as_c_str()),
+        (c"mode", c"0700"),
+    ] {
         // SAFETY: a descriptor of ours and NUL-terminated strings.
         let r = unsafe {
             libc::syscall(
