@@ -557,6 +557,6 @@ mod tests {
              [[step]]\nname = \"b\"\nrun = [\"true\"]\ndepends_on = [\"a\"]\n\
              [[step]]\nname = \"c\"\nrun = [\"true\"]\ndepends_on = [\"b\"]\n",
         );
-        assert_eq!(e, "/s/x.toml: depends_on makes a cycle: a → c → b → a");
+        assert_eq!(e, "/s/x.toml:2:8: depends_on makes a cycle: a → c → b → a");
     }
 }
