@@ -114,14 +114,18 @@ sys.stdin.read()
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped());
     let pid = procs.spawn(&mut cmd);
-    let child = procs.children.last_mut().unwrap();
-    let mut line = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
+    assert_eq!(read_line(procs.children.last_mut().unwrap()), "ready");
     pid
+}
+
+/// This machine's online CPUs, which must be two: the tests pin to CPU 1.
+fn two_cpus() -> String {
+    let online = online_cpus();
+    assert_eq!(
+        online, "0-1",
+        "this test pins to CPU 1 of a two-CPU machine"
+    );
+    online
 }
 
 #[test]
@@ -130,11 +134,7 @@ fn processes_and_threads_are_placed_now_and_later_and_put_back() {
         return;
     }
     let _host = host_lock();
-    let online = online_cpus();
-    assert_eq!(
-        online, "0-1",
-        "this test pins to CPU 1 of a two-CPU machine"
-    );
+    let online = two_cpus();
     let bin = tempfile::tempdir().unwrap();
     let sleeper = unique("crp-s");
     let threads_name = unique("crp-t");
@@ -324,6 +324,192 @@ fn a_child_that_inherited_a_placement_gets_its_original_back() {
     );
 }
 
+/// A python3 process named `name` whose arguments end with `args`, with a thread named
+/// `calc` that renames itself `rename` when a line comes on stdin (and says `renamed`).
+fn renaming(procs: &mut Procs, name: &str, args: &[&str], rename: &str) -> i32 {
+    let script = format!(
+        r#"
+import os, threading, sys
+open("/proc/self/comm", "w").write("{name}")
+ready, go, done = threading.Barrier(2), threading.Event(), threading.Event()
+def worker():
+    me = f"/proc/self/task/{{threading.get_native_id()}}/comm"
+    open(me, "w").write("calc")
+    ready.wait()
+    go.wait()
+    open(me, "w").write("{rename}")
+    done.set()
+    threading.Event().wait()
+threading.Thread(target=worker, daemon=True).start()
+ready.wait()
+print("ready", flush=True)
+sys.stdin.readline()
+go.set()
+done.wait()
+print("renamed", flush=True)
+sys.stdin.read()
+"#
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let pid = procs.spawn(&mut cmd);
+    assert_eq!(read_line(procs.children.last_mut().unwrap()), "ready");
+    pid
+}
+
+/// A line of a child's stdout, trimmed.
+fn read_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_owned()
+}
+
+#[test]
+fn command_lines_users_renamed_threads_and_every_policy_are_placed() {
+    if !is_root_or_skip("command_lines_users_renamed_threads_and_every_policy_are_placed") {
+        return;
+    }
+    let _host = host_lock();
+    let online = two_cpus();
+    let bin = tempfile::tempdir().unwrap();
+    let (worker, other) = (unique("crp-w"), unique("crp-o"));
+    let role = format!("--role=worker-{}", std::process::id());
+    let mut procs = Procs::default();
+    // By command line: the same program, one with the role among its arguments.
+    let with_role = renaming(&mut procs, &worker, &[&role], &unique("late-"));
+    let without = renaming(&mut procs, &worker, &["--role=other"], "calc2");
+    // By user: the same name, one process nobody's, one root's.
+    let named = named_copy(bin.path(), "/bin/sleep", &other);
+    let theirs = procs.spawn(std::os::unix::process::CommandExt::uid(
+        Command::new(&named).arg("1000"),
+        65534,
+    ));
+    let roots = procs.spawn(Command::new(&named).arg("1000"));
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("more.toml"),
+        format!(
+            r#"
+[[pin]]
+cmdline = "{role}$"
+cpus = "1"
+policy = "rr"
+priority = 3
+
+[[pin]]
+comm = "{worker}"
+thread = "late-*"
+policy = "idle"
+
+[[pin]]
+comm = "{other}"
+user = "nobody"
+nice = 4
+ioprio = "be:6"
+policy = "batch"
+"#
+        ),
+    )
+    .unwrap();
+    let d = daemon_with(profiles.path());
+    let applied = ok(&d.ctl(&["--json", "profile", "apply", "more"]));
+    let pins = applied["pins"].as_array().unwrap();
+    // The command line takes every thread of its process (two: main and calc).
+    assert_eq!(pins[0]["matched"], 2, "{applied}");
+    assert_eq!(pins[2]["matched"], 1, "nobody's process alone: {applied}");
+    for (tid, name) in threads(with_role) {
+        assert_eq!(
+            (
+                cpus(with_role, tid),
+                sched_of(with_role, tid).1,
+                sched_of(with_role, tid).2
+            ),
+            ("1".into(), 3, 2),
+            "{name}: SCHED_RR 3 on CPU 1"
+        );
+    }
+    for (tid, name) in threads(without) {
+        assert_eq!(
+            (cpus(without, tid), sched_of(without, tid).2),
+            (online.clone(), 0),
+            "{name}: another command line, untouched"
+        );
+    }
+    assert_eq!(sched_of(theirs, theirs), (4, 0, 3), "nice 4, SCHED_BATCH");
+    assert_eq!(ionice(theirs), "best-effort: prio 6");
+    assert_eq!(
+        sched_of(roots, roots),
+        (0, 0, 0),
+        "root's process, untouched"
+    );
+    // A thread that takes a name a rule wants is placed by its rename (comm event).
+    let child = procs
+        .children
+        .iter_mut()
+        .find(|c| c.id() as i32 == with_role)
+        .unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(read_line(child), "renamed");
+    let late = threads(with_role)
+        .into_iter()
+        .find(|(_, n)| n.starts_with("late-"))
+        .expect("the renamed thread")
+        .0;
+    assert!(
+        eventually(Duration::from_secs(10), || sched_of(with_role, late).2 == 5),
+        "SCHED_IDLE after its rename: {:?}\n{}",
+        sched_of(with_role, late),
+        d.log()
+    );
+    // By hand, with the same selectors and placements.
+    let io_before: Vec<(i32, String, String)> = threads(without)
+        .into_iter()
+        .map(|(tid, name)| (tid, name, ionice(tid)))
+        .collect();
+    let added = ok(&d.ctl(&[
+        "--json",
+        "pin",
+        "add",
+        "--cmdline=--role=other$",
+        "--user",
+        "0",
+        "--thread",
+        "calc*",
+        "--ioprio",
+        "be:2",
+    ]));
+    assert_eq!(added["report"]["matched"], 1, "{added}");
+    for (tid, name, before) in io_before {
+        let want = if name.starts_with("calc") {
+            "best-effort: prio 2".to_owned()
+        } else {
+            before
+        };
+        assert_eq!(ionice(tid), want, "{name}");
+    }
+    let r = ok(&d.ctl(&["--json", "profile", "revert"]));
+    assert_eq!(r["ok"], true, "{r}");
+    for (tid, name) in threads(with_role) {
+        assert_eq!(
+            (
+                cpus(with_role, tid),
+                sched_of(with_role, tid).1,
+                sched_of(with_role, tid).2
+            ),
+            (online.clone(), 0, 0),
+            "{name} put back"
+        );
+    }
+    assert_eq!(sched_of(theirs, theirs), (0, 0, 0));
+}
+
 #[test]
 fn bad_rules_are_refused_with_file_line_and_key() {
     let profiles = tempfile::tempdir().unwrap();
@@ -356,7 +542,12 @@ fn bad_rules_are_refused_with_file_line_and_key() {
         (
             "contradict",
             "[[pin]]\ncomm = \"x\"\nnice = 1\n[[pin]]\ncomm = \"x\"\nnice = 2\n",
-            "contradict each other: nice=1",
+            "line 6: key `nice`: rules for comm=\"x\" can take the same tasks and contradict each other: nice=2 here, nice=1 at",
+        ),
+        (
+            "overlap",
+            "[[pin]]\ncomm = \"ng*\"\ncpus = \"0\"\n[[pin]]\ncomm = \"nginx\"\ncpus = \"1\"\n",
+            "line 6: key `cpus`: comm=\"nginx\" and comm=\"ng*\" can take the same tasks",
         ),
         (
             "unknown",
@@ -379,7 +570,13 @@ fn bad_rules_are_refused_with_file_line_and_key() {
     .unwrap();
     let d = daemon_with(profiles.path());
     let listed = String::from_utf8_lossy(&d.ctl(&["profile", "list"]).stdout).into_owned();
-    for (name, _, error) in &cases {
+    // CPUs this host does not have: found at load, on this host, at the key's line.
+    let nocpu = (
+        "nocpu",
+        "",
+        "nocpu.toml: line 3: key `cpus`: CPUs 2-4095 do not exist",
+    );
+    for (name, _, error) in cases.iter().chain([&nocpu]) {
         let line = listed
             .lines()
             .find(|l| l.contains(&format!(" {name} ")))
@@ -389,12 +586,12 @@ fn bad_rules_are_refused_with_file_line_and_key() {
             "{name}: {line}"
         );
     }
-    // CPUs this host does not have: refused at apply, before anything changes.
+    // And so refused at apply, before anything changes.
     let out = d.ctl(&["profile", "apply", "nocpu"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("nocpu.toml: line 2: key `cpus`: CPUs 2-4095 do not exist"),
+        err.contains("nocpu.toml: line 3: key `cpus`: CPUs 2-4095 do not exist"),
         "{err}"
     );
     let active = json_of(&d.ctl(&["--json", "profile", "active"]));
@@ -825,6 +1022,12 @@ fn a_cgroup_rule_places_the_cgroup_and_what_starts_in_it() {
     );
     let verified = ok(&d.ctl(&["--json", "profile", "verify"]));
     assert_eq!(verified["ok"], true, "{verified}");
+    // `pin list` reports the whole cgroup's rule as verify does (its cpuset included).
+    let listed = ok(&d.ctl(&["--json", "pin", "list"]));
+    assert_eq!(
+        listed["rules"][0]["report"], verified["pins"][0],
+        "{listed}\n{verified}"
+    );
 
     // The cgroup goes and comes back under its path (a service restarted by hand): the
     // first process that starts in it places it again.

@@ -36,10 +36,19 @@ impl Live {
     /// Resolves the derived parts of a loaded configuration.
     pub fn new(loaded: config::Loaded) -> Self {
         let auth = AuthPolicy::resolve(&loaded.config.auth);
-        let profiles = Arc::new(ProfileSet::load(
+        // What this host has, for the profiles' CPUs and memory nodes.
+        let (online, nodes) =
+            crate::pin::online(&crate::host::Host::new(&loaded.config.daemon.host_root));
+        let profiles = ProfileSet::load(
             &loaded.config.tuning.profile_dirs,
             &loaded.config.tuning.sysctl_allow,
-        ));
+        );
+        // A host whose CPUs cannot be read is not taken for one without any.
+        let profiles = Arc::new(if online.is_empty() {
+            profiles
+        } else {
+            profiles.on_host(&online, &nodes)
+        });
         for (name, entry) in &profiles.entries {
             if let Err(e) = &entry.profile {
                 tracing::warn!(profile = %name, error = %e, "profile is broken; the others stay usable");

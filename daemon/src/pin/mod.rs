@@ -115,6 +115,20 @@ pub enum Error {
     Journal(#[from] rusqlite::Error),
 }
 
+/// The host's online CPUs and memory nodes (a kernel without NUMA lists no nodes: node 0
+/// alone); no CPUs when they cannot be read.
+pub fn online(host: &Host) -> (BTreeSet<u32>, BTreeSet<u32>) {
+    let list = |path: &str| {
+        host.read(path)
+            .ok()
+            .and_then(|t| crate::host::format::parse_cpu_list(t.trim()).ok())
+    };
+    (
+        list("/sys/devices/system/cpu/online").unwrap_or_default(),
+        list("/sys/devices/system/node/online").unwrap_or_else(|| [0].into()),
+    )
+}
+
 impl Pinner {
     /// No rules in force.
     pub fn new() -> Self {
@@ -372,7 +386,9 @@ impl Pinner {
             );
             (Arc::clone(&inner.rules), sources)
         };
-        let reports = place::verify(host, &rules);
+        let mut reports = place::verify(host, &rules);
+        // Whole cgroups and units too: their cpusets are what they match.
+        cgroup::verify(host, &rules, &mut reports);
         cleanroom_proto::PinListResult {
             rules: reports
                 .into_iter()
@@ -417,21 +433,10 @@ impl Pinner {
     /// Checks rules against this host before anything is applied: CPUs it does not have
     /// are an error naming the rule's file, line and key.
     pub fn check(host: &Host, rules: &[Rule]) -> Result<(), Error> {
-        let online = crate::host::format::parse_cpu_list(
-            host.read("/sys/devices/system/cpu/online")
-                .unwrap_or_default()
-                .trim(),
-        )
-        .unwrap_or_default();
+        let (online, nodes) = online(host);
         if let Some(e) = rules.iter().find_map(|r| rule::missing_cpus(r, &online)) {
             return Err(Error::Rule(e));
         }
-        // Memory nodes, where the host lists them (a kernel without NUMA has node 0 only).
-        let nodes = host
-            .read("/sys/devices/system/node/online")
-            .ok()
-            .and_then(|t| crate::host::format::parse_cpu_list(&t).ok())
-            .unwrap_or_else(|| [0].into());
         match rules.iter().find_map(|r| rule::missing_nodes(r, &nodes)) {
             Some(e) => Err(Error::Rule(e)),
             None => Ok(()),

@@ -20,7 +20,10 @@
 //! ```
 //!
 //! A task matched by several rules takes each attribute from the last rule that sets it
-//! (rules of included profiles come first, then the profile's own, in file order).
+//! (rules of included profiles come first, then the profile's own, in file order). Within
+//! a file, two rules that select by the same fields and can take one task may not set an
+//! attribute to different values (see `check_contradictions`); one that selects by more
+//! or other fields refines the other.
 
 use std::collections::BTreeSet;
 
@@ -233,6 +236,17 @@ pub struct Rule {
     pub mems: Option<String>,
     /// Where it was written: `FILE: line N`.
     pub at: String,
+    /// Where its placement's keys (`cpus`, `mems`, `policy`, `nice`, `ioprio`) were
+    /// written (`FILE: line N`), for an error about one of them.
+    pub keys_at: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl Rule {
+    /// Where key `key` of its placement was written (where the rule was, for a rule added
+    /// by hand).
+    pub fn key_at(&self, key: &str) -> &str {
+        self.keys_at.get(key).unwrap_or(&self.at)
+    }
 }
 
 impl Rule {
@@ -357,6 +371,16 @@ impl PinDoc {
                     .into(),
             ));
         }
+        let spans: Vec<(&'static str, std::ops::Range<usize>)> = [
+            ("cpus", self.cpus.as_ref().map(toml::Spanned::span)),
+            ("mems", self.mems.as_ref().map(toml::Spanned::span)),
+            ("policy", self.policy.as_ref().map(toml::Spanned::span)),
+            ("nice", self.nice.as_ref().map(toml::Spanned::span)),
+            ("ioprio", self.ioprio.as_ref().map(toml::Spanned::span)),
+        ]
+        .into_iter()
+        .filter_map(|(k, s)| Some((k, s?)))
+        .collect();
         let mut mems = None;
         if let Some(m) = self.mems {
             if select.whole_cgroup().is_none() && select.whole_unit().is_none() {
@@ -431,48 +455,204 @@ impl PinDoc {
             ));
         }
         let at = format!("{what}: line {}", first.map_or(0, line));
+        let keys_at = spans
+            .into_iter()
+            .map(|(k, s)| (k, format!("{what}: line {}", line(s.start))))
+            .collect();
         Ok(Rule {
             select,
             place,
             mems,
             at,
+            keys_at,
         })
     }
 }
 
-/// Checks a file's rules against each other: two rules with the same selector that set
-/// one attribute to different values contradict each other. Errors name both lines.
+/// Checks a file's rules against each other: two rules that can take the same task and
+/// set one attribute to different values contradict each other, an error naming both
+/// lines and the key. Which rules can take one task is decided where it can be: rules that
+/// select by the same fields (a `comm` glob both, or `comm` and `user` both, ...) can when
+/// every field can match one value (two globs one name, equal command-line regexes, one
+/// user, nested cgroups, one unit). A rule selecting by more or other fields than another
+/// refines it instead (`comm = "nginx"` then `comm = "nginx"` with `cmdline = "worker"`):
+/// for the tasks both take, the later one's value holds.
 pub(crate) fn check_contradictions(rules: &[Rule]) -> Result<(), String> {
     for (i, a) in rules.iter().enumerate() {
         for b in &rules[i + 1..] {
-            if a.select != b.select {
+            if !may_overlap(&a.select, &b.select) {
                 continue;
             }
+            let both = |key: &str, va: &str, vb: &str| {
+                let whose = if a.select == b.select {
+                    format!("rules for {}", a.select.text())
+                } else {
+                    format!("{} and {}", b.select.text(), a.select.text())
+                };
+                Err(format!(
+                    "{}: key `{key}`: {whose} can take the same tasks and contradict each \
+                     other: {key}={vb} here, {key}={va} at {} (make them agree, or select \
+                     disjoint tasks)",
+                    b.key_at(key),
+                    a.key_at(key)
+                ))
+            };
             if let (Some(ma), Some(mb)) = (&a.mems, &b.mems) {
                 if ma != mb {
-                    return Err(format!(
-                        "{}: rules for {} contradict each other: mems={ma} ({}) and mems={mb}",
-                        b.at,
-                        a.select.text(),
-                        a.at
-                    ));
+                    return both("mems", ma, mb);
                 }
             }
             for (attr, va) in &a.place {
                 if let Some((_, vb)) = b.place.iter().find(|(x, _)| x == attr) {
                     if va != vb {
-                        return Err(format!(
-                            "{}: rules for {} contradict each other: {attr}={va} ({}) and {attr}={vb}",
-                            b.at,
-                            a.select.text(),
-                            a.at
-                        ));
+                        return both(attr.as_str(), va, vb);
                     }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Whether two selectors that select by the same fields can take one task (see
+/// [`check_contradictions`]); false for selectors by different fields.
+fn may_overlap(a: &Select, b: &Select) -> bool {
+    let fields = |s: &Select| {
+        [
+            s.comm.is_some(),
+            s.cmdline.is_some(),
+            s.thread.is_some(),
+            s.user.is_some(),
+            s.cgroup.is_some(),
+            s.unit.is_some(),
+        ]
+    };
+    let globs = |x: &Option<Glob>, y: &Option<Glob>| match (x, y) {
+        (Some(x), Some(y)) => globs_meet(x.0.as_str(), y.0.as_str()),
+        _ => true,
+    };
+    let nested = |x: &Option<String>, y: &Option<String>| match (x, y) {
+        (Some(x), Some(y)) => is_under(x, y) || is_under(y, x),
+        _ => true,
+    };
+    fields(a) == fields(b)
+        && globs(&a.comm, &b.comm)
+        && globs(&a.thread, &b.thread)
+        && a.cmdline == b.cmdline
+        && a.user == b.user
+        && nested(&a.cgroup, &b.cgroup)
+        && a.unit == b.unit
+}
+
+/// One position of a glob: a character, `?`, `*`, or a class `[...]` (ranges, `!`
+/// negating it).
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Char(char),
+    Any,
+    Star,
+    Class(Vec<(char, char)>, bool),
+}
+
+impl Token {
+    /// Whether one character can match both (a negated class is taken to leave one).
+    fn meets(&self, other: &Token) -> bool {
+        let has =
+            |ranges: &[(char, char)], c: char| ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi);
+        match (self, other) {
+            (Token::Char(x), Token::Char(y)) => x == y,
+            (Token::Char(c), Token::Class(r, neg)) | (Token::Class(r, neg), Token::Char(c)) => {
+                has(r, *c) != *neg
+            }
+            (Token::Class(r, false), Token::Class(q, false)) => r
+                .iter()
+                .any(|&(lo, hi)| q.iter().any(|&(lo2, hi2)| lo <= hi2 && lo2 <= hi)),
+            _ => true,
+        }
+    }
+}
+
+/// A glob (as `glob::Pattern` reads one) as tokens; `**` is a `*` (names hold no `/`).
+fn tokens(glob: &str) -> Vec<Token> {
+    let chars: Vec<char> = glob.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '?' => out.push(Token::Any),
+            '*' => {
+                if out.last() != Some(&Token::Star) {
+                    out.push(Token::Star);
+                }
+            }
+            '[' => {
+                // `[!...]` negates; a `]` first is literal; without a closing `]`, a `[`.
+                let mut j = i + 1;
+                let neg = chars.get(j) == Some(&'!');
+                if neg {
+                    j += 1;
+                }
+                let start = j;
+                let close = (start..chars.len()).find(|&k| chars[k] == ']' && k > start);
+                match close {
+                    Some(end) => {
+                        let mut ranges = Vec::new();
+                        let mut k = start;
+                        while k < end {
+                            if k + 2 < end && chars[k + 1] == '-' {
+                                ranges.push((chars[k], chars[k + 2]));
+                                k += 3;
+                            } else {
+                                ranges.push((chars[k], chars[k]));
+                                k += 1;
+                            }
+                        }
+                        out.push(Token::Class(ranges, neg));
+                        i = end;
+                    }
+                    None => out.push(Token::Char('[')),
+                }
+            }
+            c => out.push(Token::Char(c)),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether some name matches both globs `a` and `b`: both read at once, as far as one
+/// string can take them (positions reachable together, a `*` taking nothing or one more
+/// character of what the other side matches).
+fn globs_meet(a: &str, b: &str) -> bool {
+    let (a, b) = (tokens(a), tokens(b));
+    let (n, m) = (a.len(), b.len());
+    let mut reach = vec![vec![false; m + 1]; n + 1];
+    reach[0][0] = true;
+    // Positions only grow, so one pass in order reaches everything (a star taking a
+    // character stays at its own index, revisited through the inner loop's order).
+    for i in 0..=n {
+        for j in 0..=m {
+            if !reach[i][j] {
+                continue;
+            }
+            let (x, y) = (a.get(i), b.get(j));
+            if x == Some(&Token::Star) {
+                reach[i + 1][j] = true;
+            }
+            if y == Some(&Token::Star) {
+                reach[i][j + 1] = true;
+            }
+            match (x, y) {
+                (Some(Token::Star), Some(t)) if *t != Token::Star => reach[i][j + 1] = true,
+                (Some(t), Some(Token::Star)) if *t != Token::Star => reach[i + 1][j] = true,
+                (Some(x), Some(y)) if *x != Token::Star && *y != Token::Star && x.meets(y) => {
+                    reach[i + 1][j + 1] = true;
+                }
+                _ => {}
+            }
+        }
+    }
+    reach[n][m]
 }
 
 /// CPUs a rule names that this host does not have: the error for an apply.
@@ -482,7 +662,7 @@ pub fn missing_cpus(rule: &Rule, online: &BTreeSet<u32>) -> Option<String> {
     (!missing.is_empty()).then(|| {
         format!(
             "{}: key `cpus`: CPUs {} do not exist on this host (online: {})",
-            rule.at,
+            rule.key_at("cpus"),
             format_cpu_list(&missing),
             format_cpu_list(online)
         )
@@ -496,7 +676,7 @@ pub fn missing_nodes(rule: &Rule, online: &BTreeSet<u32>) -> Option<String> {
     (!missing.is_empty()).then(|| {
         format!(
             "{}: key `mems`: memory nodes {} do not exist on this host (online: {})",
-            rule.at,
+            rule.key_at("mems"),
             format_cpu_list(&missing),
             format_cpu_list(online)
         )
@@ -536,6 +716,7 @@ pub fn from_spec(spec: &cleanroom_proto::PinRuleSpec, id: u64) -> Result<Rule, S
                 None => msg,
             })?;
     rule.at = format!("rule {id}, added by hand");
+    rule.keys_at.clear();
     Ok(rule)
 }
 
@@ -546,6 +727,80 @@ mod tests {
     fn rule(text: &str) -> Result<Rule, ErrAt> {
         let doc: PinDoc = toml::from_str(text).unwrap();
         doc.rule(0, "t.toml", &|_| 1)
+    }
+
+    #[test]
+    fn globs_meet_when_one_name_can_match_both() {
+        // Checked against `glob::Pattern` on a witness where they meet.
+        for (a, b, witness) in [
+            ("ng*", "nginx", Some("nginx")),
+            ("nginx", "nginx", Some("nginx")),
+            ("*x", "ng*", Some("ngx")),
+            ("*", "io-[0-9]", Some("io-3")),
+            ("io-?", "io-[!0-9]", Some("io-a")),
+            ("[ab]c", "[b-d]c", Some("bc")),
+            ("a*b*c", "*bbb*", Some("abbbc")),
+            ("a*", "b*", None),
+            ("[ab]c", "[cd]c", None),
+            ("?", "ab", None),
+            ("x*y", "*z", None),
+            ("io-[0-9]", "io-x", None),
+        ] {
+            assert_eq!(globs_meet(a, b), witness.is_some(), "{a} / {b}");
+            assert_eq!(globs_meet(b, a), witness.is_some(), "{b} / {a}");
+            if let Some(w) = witness {
+                let (pa, pb) = (
+                    glob::Pattern::new(a).unwrap(),
+                    glob::Pattern::new(b).unwrap(),
+                );
+                assert!(pa.matches(w) && pb.matches(w), "{w} matches {a} and {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn rules_that_can_take_one_task_may_not_contradict() {
+        let rules = |text: &str| -> Vec<Rule> {
+            #[derive(serde::Deserialize)]
+            struct Doc {
+                pin: Vec<PinDoc>,
+            }
+            let doc: Doc = toml::from_str(text).unwrap();
+            doc.pin
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| d.rule(i, "t.toml", &|_| i + 1).unwrap())
+                .collect()
+        };
+        let err = check_contradictions(&rules(
+            "[[pin]]\ncomm = \"ng*\"\ncpus = \"0\"\n[[pin]]\ncomm = \"nginx\"\ncpus = \"1\"\n",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "t.toml: line 2: key `cpus`: comm=\"nginx\" and comm=\"ng*\" can take the same \
+             tasks and contradict each other: cpus=1 here, cpus=0 at t.toml: line 1 (make them \
+             agree, or select disjoint tasks)"
+        );
+        for fine in [
+            // Disjoint names, or the same value.
+            "[[pin]]\ncomm = \"a*\"\nnice = 1\n[[pin]]\ncomm = \"b*\"\nnice = 2\n",
+            "[[pin]]\ncomm = \"ng*\"\nnice = 1\n[[pin]]\ncomm = \"nginx\"\nnice = 1\n",
+            // A refinement: selecting by more fields, the later one holds where both take.
+            "[[pin]]\ncomm = \"nginx\"\nnice = 1\n[[pin]]\ncomm = \"nginx\"\ncmdline = \"worker\"\nnice = 2\n",
+            // Other users, other units, cgroups side by side.
+            "[[pin]]\ncomm = \"x\"\nuser = 1\nnice = 1\n[[pin]]\ncomm = \"x\"\nuser = 2\nnice = 2\n",
+            "[[pin]]\ncgroup = \"/a\"\nnice = 1\n[[pin]]\ncgroup = \"/b\"\nnice = 2\n",
+        ] {
+            assert_eq!(check_contradictions(&rules(fine)), Ok(()), "{fine}");
+        }
+        // Nested cgroups take the same tasks.
+        assert!(
+            check_contradictions(&rules(
+                "[[pin]]\ncgroup = \"/a\"\nnice = 1\n[[pin]]\ncgroup = \"/a/b\"\nnice = 2\n"
+            ))
+            .is_err()
+        );
     }
 
     /// Cgroup and unit selectors: what they take, what is whole (placed through the
