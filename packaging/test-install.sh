@@ -185,10 +185,11 @@ suite() {
     expect "$k: the install left somaxconn $somaxconn_before at $somaxconn_after (ceilings only raise)" \
         "$somaxconn_after" "$(in_ct cat /proc/sys/net/core/somaxconn)"
     check "$k: groups cleanroom and cleanroom-admin exist" in_ct getent group cleanroom cleanroom-admin
-    check "$k: binaries, config, sysctl drop-in, profiles, man pages, completions installed" in_ct sh -c '
+    check "$k: binaries, config, sysctl drop-in, profiles, example, man pages, completions installed" in_ct sh -c '
         test -x /usr/sbin/cleanroomd && test -x /usr/bin/cleanroomctl &&
         test -f /etc/cleanroom/cleanroomd.toml && test -f /usr/lib/sysctl.d/10-cleanroom.conf &&
         ls /usr/lib/cleanroom/profiles/*.toml >/dev/null &&
+        test -f /usr/share/doc/cleanroom/examples/pinned-service.toml &&
         test -n "$(find /usr/share/man -name "cleanroom*")" &&
         test -n "$(find /usr/share -path "*completion*" -name "*cleanroom*")"'
     expect "$k: cleanroomd.socket and .service enabled (the daemon starts at boot)" "enabled enabled" \

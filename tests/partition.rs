@@ -14,12 +14,26 @@ use serde_json::Value;
 const DEFAULT_IRQ: &str = "/proc/irq/default_smp_affinity";
 const WORKQUEUE: &str = "/sys/devices/virtual/workqueue/cpumask";
 
-/// The mask files the partition narrows, as they are now.
+/// Every IRQ's affinity file (a CPU list).
+fn irq_lists() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/proc/irq")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .map(|e| e.path().join("smp_affinity_list").display().to_string())
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The mask files the partition narrows, and every IRQ's affinity, as they are now.
 fn snapshot() -> KernelSnapshot {
     let mut files = vec![DEFAULT_IRQ.to_owned()];
     if Path::new(WORKQUEUE).exists() {
         files.push(WORKQUEUE.to_owned());
     }
+    files.extend(irq_lists());
     let refs: Vec<&str> = files.iter().map(String::as_str).collect();
     KernelSnapshot::take(&refs)
 }
@@ -162,6 +176,17 @@ fn a_partition_keeps_all_but_pinned_work_off_its_cpus_until_reverted() {
     if Path::new(WORKQUEUE).exists() {
         assert_eq!(mask(WORKQUEUE) & 0b10, 0, "no unbound work on CPU 1");
     }
+    // Every IRQ that was allowed on CPU 1 and elsewhere is off it (this VM's are all
+    // movable); one bound to CPU 1 alone would be someone's choice, left there.
+    for (path, was) in snap.taken() {
+        let Some(irq) = path.to_str().filter(|p| p.ends_with("smp_affinity_list")) else {
+            continue;
+        };
+        let now = std::fs::read_to_string(irq).unwrap();
+        if was.trim() != "1" {
+            assert_eq!(now.trim(), "0", "{irq}: was {}", was.trim());
+        }
+    }
     let later_free = sleeper(bin.path(), &mut procs, &free_name);
     assert_eq!(cpus(later_free), "0");
     // What the rule pins is on it: what existed, and what starts later.
@@ -225,6 +250,25 @@ fn a_partition_keeps_all_but_pinned_work_off_its_cpus_until_reverted() {
             .status
             .success()
     );
+    // Someone gives an IRQ the partition's CPU back: verify names it too.
+    let irq = snap
+        .taken()
+        .iter()
+        .find(|(p, was)| p.ends_with("smp_affinity_list") && was.trim() == "0-1")
+        .map(|(p, _)| p.clone())
+        .expect("an IRQ on both CPUs");
+    std::fs::write(&irq, "0-1").unwrap();
+    let drifted = json_of(&d.ctl(&["--json", "profile", "verify"]));
+    assert_eq!(drifted["ok"], false, "{drifted}");
+    assert!(
+        drifted
+            .to_string()
+            .contains(&format!("{}: 0-1, was moved to 0", irq.display())),
+        "{drifted}"
+    );
+    std::fs::write(&irq, "0").unwrap();
+    let verified = ok(&d.ctl(&["--json", "profile", "verify"]));
+    assert_eq!(verified["ok"], true, "{verified}");
 
     let reverted = ok(&d.ctl(&["--json", "profile", "revert"]));
     assert_eq!(reverted["ok"], true, "{reverted}");

@@ -280,6 +280,14 @@ pub fn add_irqs(conn: &mut Connection, rows: &[Saved<String>]) -> rusqlite::Resu
     tx.commit()
 }
 
+/// An IRQ whose affinity the kernel would not change (a managed one): journaled as left
+/// alone (`written` its original), so neither a lowering nor a verify takes it for moved.
+pub fn irq_left_alone(conn: &Connection, path: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE shield_irq SET written = original WHERE path = ?1")?
+        .execute([path])?;
+    Ok(())
+}
+
 /// The journaled IRQ affinities, and whether the list is complete (every IRQ present when
 /// the shield went up).
 pub fn irqs(conn: &Connection) -> rusqlite::Result<(Vec<Saved<String>>, bool)> {

@@ -153,16 +153,37 @@ pub(super) fn verify(ctx: Ctx<'_>, want: Option<&BTreeSet<u32>>) -> Option<KnobR
         .filter_map(|b| b.rsplit('/').next().map(str::to_owned))
         .collect();
     let intruders = intruders(ctx.host, want, &pinned, &runs);
+    let irqs = {
+        let conn = ctx.store.lock_blocking();
+        crate::run::shield::drifted_irqs(ctx.host, &conn)
+    };
     let mut r = row(Some(&p), want, KnobStatus::Ok, None);
+    let mut why = Vec::new();
     if !intruders.is_empty() {
-        r.status = KnobStatus::Drifted;
         let shown: Vec<String> = intruders.iter().take(5).map(i32::to_string).collect();
-        r.reason = Some(format!(
+        why.push(format!(
             "{} task(s) neither pinned there nor bound by the kernel may run on its CPUs (tids {}{})",
             intruders.len(),
             shown.join(", "),
             if intruders.len() > 5 { ", …" } else { "" }
         ));
+    }
+    if !irqs.is_empty() {
+        let shown: Vec<String> = irqs
+            .iter()
+            .take(5)
+            .map(|(path, written, now)| format!("{path}: {now}, was moved to {written}"))
+            .collect();
+        why.push(format!(
+            "{} IRQ affinity file(s) changed since the partition moved them ({}{})",
+            irqs.len(),
+            shown.join("; "),
+            if irqs.len() > 5 { "; …" } else { "" }
+        ));
+    }
+    if !why.is_empty() {
+        r.status = KnobStatus::Drifted;
+        r.reason = Some(why.join("; "));
     }
     Some(r)
 }

@@ -1151,6 +1151,33 @@ mod tests {
         assert_eq!(gov.source_text(), "benchmark (built-in)");
     }
 
+    /// The example profiles a newcomer copies load without an error (their CPUs are
+    /// another host's: checked here without this one's).
+    #[test]
+    fn the_example_profiles_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/profiles");
+        let s = ProfileSet::load(std::slice::from_ref(&dir), &allow());
+        let examples: Vec<&String> = s
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(&e.origin, Origin::File(p) if p.starts_with(&dir)))
+            .map(|(name, e)| {
+                assert!(e.profile.is_ok(), "{name}: {:?}", e.profile);
+                name
+            })
+            .collect();
+        assert_eq!(examples, ["pinned-service"]);
+        let p = s.get("pinned-service").unwrap();
+        assert_eq!(p.pins.len(), 3);
+        // On a host of two CPUs, it is broken, naming the line.
+        let small = s.on_host(&[0, 1].into(), &[0].into());
+        let e = small.get("pinned-service").unwrap_err();
+        assert!(
+            e.contains("pinned-service.toml: line 26: key `cpus`: CPUs 2-7 do not exist"),
+            "{e}"
+        );
+    }
+
     /// A broken file replaces the built-in of its name all the same, and so breaks the
     /// profiles that include it. Falling back to the built-in would apply settings the
     /// admin meant to change, with nothing to say so but a log line; broken, the profile

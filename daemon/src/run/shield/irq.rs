@@ -110,9 +110,32 @@ pub(super) fn irqs_off(
             raised.irqs_moved += 1;
         } else {
             raised.irqs_unmovable += 1;
+            journal::irq_left_alone(conn, path)?;
         }
     }
     Ok(())
+}
+
+/// IRQ affinity files the shield moved that no longer have what it wrote (someone, or the
+/// kernel for a CPU that went, changed them since): each path with the shield's value and
+/// the current one.
+pub fn drifted_irqs(host: &Host, conn: &Connection) -> Vec<(String, String, String)> {
+    let Ok((rows, _)) = journal::irqs(conn) else {
+        return Vec::new();
+    };
+    rows.into_iter()
+        .filter(|r| r.original != r.written)
+        .filter_map(|r| {
+            let text = host.read(&r.key).ok()?;
+            let current = if is_mask(&r.key) {
+                crate::host::format::parse_cpu_mask(&text).ok()?
+            } else {
+                parse_cpu_list(&text).ok()?
+            };
+            let now = format_cpu_list(&current);
+            (parse_cpu_list(&r.written).ok()? != current).then_some((r.key, r.written, now))
+        })
+        .collect()
 }
 
 /// Journaled IRQ affinities still as the shield left them get their originals back.

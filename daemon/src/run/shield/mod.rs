@@ -70,6 +70,7 @@ use threads::*;
 
 pub(crate) use crate::host::tasks::stat_fields;
 use crate::host::tasks::{PF_KTHREAD, mask_of, same_thread, set_of, uptime_ticks};
+pub use irq::drifted_irqs;
 
 use crate::host::Host;
 use crate::host::format::{format_cpu_list, parse_cpu_list};
