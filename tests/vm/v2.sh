@@ -33,7 +33,7 @@ printf '[tuning]\nprofile_dirs = ["%s"]\n' "$work/profiles" > "$work/c.toml"
 # A profile's partition: CPU 1 kept free, and the boot arguments that go with it.
 printf '[partition]\nisolated = "1"\nkernel_args = true\n' > "$work/profiles/part.toml"
 # A unit pinned whole (AllowedCPUs= through D-Bus) and its processes' nice value.
-printf '[[pin]]\nunit = "crpin-test.service"\ncpus = "1"\nnice = 3\n' > "$work/profiles/unitpin.toml"
+printf '[[pin]]\nunit = "crpin-test.service"\ncpus = "1"\nmems = "0"\nnice = 3\n' > "$work/profiles/unitpin.toml"
 # A partition with the unit pinned inside it.
 printf '[partition]\nisolated = "1"\n[[pin]]\nunit = "crpin-test.service"\ncpus = "1"\n' > "$work/profiles/partpin.toml"
 ( echo "$BASHPID" > "$svc/cleanroomd/cgroup.procs"
@@ -195,6 +195,16 @@ if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
     check "verify: the partition is in force" grep -q '"knob":"partition (isolated CPUs)"[^}]*"status":"ok"' "$work/verify.json"
     check "verify: the kernel was not booted with its arguments (pending reboot)" \
         grep -q '"path":"/proc/cmdline"[^}]*"status":"pending_reboot"' "$work/verify.json"
+    # kill -9 with the partition up: the restart (on_start = "reapply") raises it again,
+    # the slices' AllowedCPUs kept as journaled.
+    kill -9 "$daemon"; wait "$daemon" 2>/dev/null
+    start_daemon
+    ctl --json profile verify > "$work/verify2.json" 2>&1
+    check "after kill -9 and a restart the partition is in force again" \
+        grep -q '"knob":"partition (isolated CPUs)"[^}]*"status":"ok"' "$work/verify2.json"
+    check "PID 1 still kept off CPU 1" grep -q "Cpus_allowed_list:.0$" /proc/1/status
+    check "system.slice still has AllowedCPUs=0" \
+        test "$(systemctl show -p AllowedCPUs --value system.slice)" = 0
     ctl --json profile revert > "$work/revert.json" 2>&1
     check "after the revert PID 1 has CPU 1 again" grep -q "Cpus_allowed_list:.0-1$" /proc/1/status
     check "the slices' AllowedCPUs are back (none)" \
@@ -202,7 +212,7 @@ if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
     check "and system.slice has every CPU again" \
         test "$(cat /sys/fs/cgroup/system.slice/cpuset.cpus.effective 2>/dev/null)" = 0-1
     check "and the profile's partition is gone" test -z "$(ls -d /sys/fs/cgroup/cleanroom-exclusive-* 2>/dev/null)"
-    [ "$failed" -eq 0 ] || cat "$work/apply.json" "$work/verify.json" "$work/revert.json"
+    [ "$failed" -eq 0 ] || cat "$work/apply.json" "$work/verify.json" "$work/verify2.json" "$work/revert.json"
 
     # A unit rule: AllowedCPUs= set at runtime through systemd's D-Bus API, so the unit is
     # still pinned after a restart; its processes get the rule's nice at exec.
@@ -213,6 +223,7 @@ if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
     ctl --json profile apply unitpin > "$work/unit.json" 2>&1
     check "a unit rule applies" grep -q '"ok":true' "$work/unit.json"
     check "the unit's AllowedCPUs is the rule's" test "$(systemctl show -p AllowedCPUs --value crpin-test.service)" = 1
+    check "and its AllowedMemoryNodes" test "$(systemctl show -p AllowedMemoryNodes --value crpin-test.service)" = 0
     check "its process runs on CPU 1" grep -q "Cpus_allowed_list:.1$" "/proc/$first/status"
     check "with the rule's nice" test "$(awk '{print $19}' "/proc/$first/stat")" = 3
     systemctl restart crpin-test.service
@@ -225,6 +236,7 @@ if [ "$(cat /sys/devices/system/cpu/online)" != 0 ]; then
     check "verify: the unit is placed" grep -q '"ok":true' "$work/unitv.json"
     ctl --json profile revert > "$work/unitr.json" 2>&1
     check "revert: the unit's AllowedCPUs is back (none)" test -z "$(systemctl show -p AllowedCPUs --value crpin-test.service)"
+    check "and its AllowedMemoryNodes (none)" test -z "$(systemctl show -p AllowedMemoryNodes --value crpin-test.service)"
     # systemd realizes cgroup settings after it answers: the mask follows shortly.
     for _ in $(seq 1 100); do grep -q "Cpus_allowed_list:.0-1$" "/proc/$second/status" && break; sleep 0.05; done
     check "its process has every CPU again" grep -q "Cpus_allowed_list:.0-1$" "/proc/$second/status"
