@@ -386,9 +386,14 @@ fn command_lines_users_renamed_threads_and_every_policy_are_placed() {
     let without = renaming(&mut procs, &worker, &["--role=other"], "calc2");
     // By user: the same name, one process nobody's, one root's.
     let named = named_copy(bin.path(), "/bin/sleep", &other);
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a user nobody")
+        .uid
+        .as_raw();
     let theirs = procs.spawn(std::os::unix::process::CommandExt::uid(
         Command::new(&named).arg("1000"),
-        65534,
+        nobody,
     ));
     let roots = procs.spawn(Command::new(&named).arg("1000"));
     let profiles = tempfile::tempdir().unwrap();
@@ -540,9 +545,9 @@ fn bad_rules_are_refused_with_file_line_and_key() {
             "key `pin[0].nice`: bad nice value",
         ),
         (
-            "contradict",
+            "twice",
             "[[pin]]\ncomm = \"x\"\nnice = 1\n[[pin]]\ncomm = \"x\"\nnice = 2\n",
-            "line 6: key `nice`: rules for comm=\"x\" can take the same tasks and contradict each other: nice=2 here, nice=1 at",
+            "line 5: a second rule for comm=\"x\" (the first at",
         ),
         (
             "overlap",

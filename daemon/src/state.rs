@@ -36,9 +36,12 @@ impl Live {
     /// Resolves the derived parts of a loaded configuration.
     pub fn new(loaded: config::Loaded) -> Self {
         let auth = AuthPolicy::resolve(&loaded.config.auth);
-        // What this host has, for the profiles' CPUs and memory nodes.
-        let (online, nodes) =
-            crate::pin::online(&crate::host::Host::new(&loaded.config.daemon.host_root));
+        // What this host has, online or not, for the profiles' CPUs and memory nodes (an
+        // apply checks those online again).
+        let (online, nodes) = crate::pin::cpus_and_nodes(
+            &crate::host::Host::new(&loaded.config.daemon.host_root),
+            "possible",
+        );
         let profiles = ProfileSet::load(
             &loaded.config.tuning.profile_dirs,
             &loaded.config.tuning.sysctl_allow,

@@ -115,17 +115,18 @@ pub enum Error {
     Journal(#[from] rusqlite::Error),
 }
 
-/// The host's online CPUs and memory nodes (a kernel without NUMA lists no nodes: node 0
-/// alone); no CPUs when they cannot be read.
-pub fn online(host: &Host) -> (BTreeSet<u32>, BTreeSet<u32>) {
-    let list = |path: &str| {
-        host.read(path)
+/// The host's CPUs and memory nodes in `state` (`online`, or `possible`: those it has,
+/// online or not; a kernel without NUMA lists no nodes: node 0 alone); no CPUs when they
+/// cannot be read.
+pub fn cpus_and_nodes(host: &Host, state: &str) -> (BTreeSet<u32>, BTreeSet<u32>) {
+    let list = |path: String| {
+        host.read(&path)
             .ok()
             .and_then(|t| crate::host::format::parse_cpu_list(t.trim()).ok())
     };
     (
-        list("/sys/devices/system/cpu/online").unwrap_or_default(),
-        list("/sys/devices/system/node/online").unwrap_or_else(|| [0].into()),
+        list(format!("/sys/devices/system/cpu/{state}")).unwrap_or_default(),
+        list(format!("/sys/devices/system/node/{state}")).unwrap_or_else(|| [0].into()),
     )
 }
 
@@ -433,11 +434,21 @@ impl Pinner {
     /// Checks rules against this host before anything is applied: CPUs it does not have
     /// are an error naming the rule's file, line and key.
     pub fn check(host: &Host, rules: &[Rule]) -> Result<(), Error> {
-        let (online, nodes) = online(host);
-        if let Some(e) = rules.iter().find_map(|r| rule::missing_cpus(r, &online)) {
+        let (online, nodes) = cpus_and_nodes(host, "online");
+        if online.is_empty() {
+            // Not readable here: the writes themselves say what the kernel refuses.
+            return Ok(());
+        }
+        if let Some(e) = rules
+            .iter()
+            .find_map(|r| rule::missing_cpus(r, &online, "online"))
+        {
             return Err(Error::Rule(e));
         }
-        match rules.iter().find_map(|r| rule::missing_nodes(r, &nodes)) {
+        match rules
+            .iter()
+            .find_map(|r| rule::missing_nodes(r, &nodes, "online"))
+        {
             Some(e) => Err(Error::Rule(e)),
             None => Ok(()),
         }

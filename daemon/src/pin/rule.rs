@@ -20,10 +20,11 @@
 //! ```
 //!
 //! A task matched by several rules takes each attribute from the last rule that sets it
-//! (rules of included profiles come first, then the profile's own, in file order). Within
-//! a file, two rules that select by the same fields and can take one task may not set an
-//! attribute to different values (see `check_contradictions`); one that selects by more
-//! or other fields refines the other.
+//! (rules of included profiles come first, then the profile's own, in file order), whatever
+//! fields they select by: put a narrower rule after a broader one. A rule with the
+//! selector of an included profile's rule replaces it. Within a file, one selector is
+//! written once, and two rules that select by the same fields and can take one task may not
+//! set an attribute to different values (see `check_contradictions`).
 
 use std::collections::BTreeSet;
 
@@ -469,41 +470,52 @@ impl PinDoc {
     }
 }
 
-/// Checks a file's rules against each other: two rules that can take the same task and
-/// set one attribute to different values contradict each other, an error naming both
-/// lines and the key. Which rules can take one task is decided where it can be: rules that
-/// select by the same fields (a `comm` glob both, or `comm` and `user` both, ...) can when
-/// every field can match one value (two globs one name, equal command-line regexes, one
-/// user, nested cgroups, one unit). A rule selecting by more or other fields than another
-/// refines it instead (`comm = "nginx"` then `comm = "nginx"` with `cmdline = "worker"`):
-/// for the tasks both take, the later one's value holds.
+/// Checks a file's rules against each other: one selector written twice is an error
+/// (merge them: a later rule with an earlier one's selector would replace it whole), and
+/// two rules that can take the same task and set one attribute to different values
+/// contradict each other, an error naming both lines and the key. Which rules can take one
+/// task is decided where it can be: rules that select by the same fields (a `comm` glob
+/// both, or `comm` and `user` both, ...) can when every field can match one value (two
+/// globs one name, equal command-line regexes, one user, nested cgroups, one unit). Rules
+/// selecting by different fields are not checked against each other: for a task both take,
+/// the later one's value holds. Two rules that place whole cgroups or units (a `cgroup` or
+/// `unit` alone) set each one's own cpuset: nested ones may differ in `cpus` and `mems`.
 pub(crate) fn check_contradictions(rules: &[Rule]) -> Result<(), String> {
     for (i, a) in rules.iter().enumerate() {
         for b in &rules[i + 1..] {
+            if a.select == b.select {
+                return Err(format!(
+                    "{}: a second rule for {} (the first at {}): merge them into one [[pin]]",
+                    b.at,
+                    a.select.text(),
+                    a.at
+                ));
+            }
             if !may_overlap(&a.select, &b.select) {
                 continue;
             }
             let both = |key: &str, va: &str, vb: &str| {
-                let whose = if a.select == b.select {
-                    format!("rules for {}", a.select.text())
-                } else {
-                    format!("{} and {}", b.select.text(), a.select.text())
-                };
                 Err(format!(
-                    "{}: key `{key}`: {whose} can take the same tasks and contradict each \
+                    "{}: key `{key}`: {} and {} can take the same tasks and contradict each \
                      other: {key}={vb} here, {key}={va} at {} (make them agree, or select \
                      disjoint tasks)",
                     b.key_at(key),
+                    b.select.text(),
+                    a.select.text(),
                     a.key_at(key)
                 ))
             };
-            if let (Some(ma), Some(mb)) = (&a.mems, &b.mems) {
+            // Whole cgroups or units: their cpus and mems are their own cpusets'.
+            let whole =
+                |r: &Rule| r.select.whole_cgroup().is_some() || r.select.whole_unit().is_some();
+            let own_cpusets = whole(a) && whole(b);
+            if let (Some(ma), Some(mb), false) = (&a.mems, &b.mems, own_cpusets) {
                 if ma != mb {
                     return both("mems", ma, mb);
                 }
             }
-            for (attr, va) in &a.place {
-                if let Some((_, vb)) = b.place.iter().find(|(x, _)| x == attr) {
+            for (attr, va) in a.task_place() {
+                if let Some((_, vb)) = b.task_place().find(|(x, _)| x == attr) {
                     if va != vb {
                         return both(attr.as_str(), va, vb);
                     }
@@ -567,12 +579,18 @@ impl Token {
             (Token::Class(r, false), Token::Class(q, false)) => r
                 .iter()
                 .any(|&(lo, hi)| q.iter().any(|&(lo2, hi2)| lo <= hi2 && lo2 <= hi)),
+            // A character of the class that the negated one does not exclude (a wide range
+            // is taken to have one).
+            (Token::Class(r, false), Token::Class(n, true))
+            | (Token::Class(n, true), Token::Class(r, false)) => r.iter().any(|&(lo, hi)| {
+                (hi as u32).saturating_sub(lo as u32) > 4096 || (lo..=hi).any(|c| !has(n, c))
+            }),
             _ => true,
         }
     }
 }
 
-/// A glob (as `glob::Pattern` reads one) as tokens; `**` is a `*` (names hold no `/`).
+/// A glob (as `glob::Pattern` reads one) as tokens; `**` (and `**/`) a `*`.
 fn tokens(glob: &str) -> Vec<Token> {
     let chars: Vec<char> = glob.chars().collect();
     let mut out = Vec::new();
@@ -583,6 +601,11 @@ fn tokens(glob: &str) -> Vec<Token> {
             '*' => {
                 if out.last() != Some(&Token::Star) {
                     out.push(Token::Star);
+                }
+                // `**/` matches any number of whole components, none included: taken as
+                // a `*` (it then can also match what it cannot, never the reverse).
+                if chars.get(i + 1) == Some(&'*') && chars.get(i + 2) == Some(&'/') {
+                    i += 2;
                 }
             }
             '[' => {
@@ -655,13 +678,14 @@ fn globs_meet(a: &str, b: &str) -> bool {
     reach[n][m]
 }
 
-/// CPUs a rule names that this host does not have: the error for an apply.
-pub fn missing_cpus(rule: &Rule, online: &BTreeSet<u32>) -> Option<String> {
+/// CPUs a rule names that this host does not have (`online` are those it has, `what`
+/// names them: `online`, `possible`).
+pub fn missing_cpus(rule: &Rule, online: &BTreeSet<u32>, what: &str) -> Option<String> {
     let cpus = rule.cpus()?;
     let missing: BTreeSet<u32> = cpus.difference(online).copied().collect();
     (!missing.is_empty()).then(|| {
         format!(
-            "{}: key `cpus`: CPUs {} do not exist on this host (online: {})",
+            "{}: key `cpus`: CPUs {} do not exist on this host ({what}: {})",
             rule.key_at("cpus"),
             format_cpu_list(&missing),
             format_cpu_list(online)
@@ -669,13 +693,13 @@ pub fn missing_cpus(rule: &Rule, online: &BTreeSet<u32>) -> Option<String> {
     })
 }
 
-/// Memory nodes a rule names that this host does not have: the error for an apply.
-pub fn missing_nodes(rule: &Rule, online: &BTreeSet<u32>) -> Option<String> {
+/// Memory nodes a rule names that this host does not have (as [`missing_cpus`]).
+pub fn missing_nodes(rule: &Rule, online: &BTreeSet<u32>, what: &str) -> Option<String> {
     let mems = crate::host::format::parse_cpu_list(rule.mems.as_deref()?).ok()?;
     let missing: BTreeSet<u32> = mems.difference(online).copied().collect();
     (!missing.is_empty()).then(|| {
         format!(
-            "{}: key `mems`: memory nodes {} do not exist on this host (online: {})",
+            "{}: key `mems`: memory nodes {} do not exist on this host ({what}: {})",
             rule.key_at("mems"),
             format_cpu_list(&missing),
             format_cpu_list(online)
@@ -758,6 +782,45 @@ mod tests {
         }
     }
 
+    /// No false "disjoint": wherever some name matches both globs (every name of up to
+    /// four characters over a small alphabet, matched by `glob::Pattern`), `globs_meet`
+    /// says they meet; and for these patterns, built from characters, `?`, `*`, classes
+    /// and negated classes, it is exact.
+    #[test]
+    fn globs_meet_agrees_with_the_glob_crate() {
+        let patterns = [
+            "a", "b", "ab", "a*", "*a", "*", "?", "??", "a?b", "*b*", "[a]", "[!a]", "[ab]",
+            "[!ab]", "[a-b]", "[b-c]", "a[!a]", "[a]*", "[!a]*", "-*", "**/a", "a/**/b", "[-]",
+            "[!-]", "*-", "?-?",
+        ];
+        let alphabet = ['a', 'b', 'c', '-', '/'];
+        let mut names = vec![String::new()];
+        for len in 1..=4 {
+            let mut more = Vec::new();
+            for n in names.iter().filter(|n| n.chars().count() == len - 1) {
+                for c in alphabet {
+                    more.push(format!("{n}{c}"));
+                }
+            }
+            names.extend(more);
+        }
+        for a in patterns {
+            for b in patterns {
+                let (pa, pb) = (
+                    glob::Pattern::new(a).unwrap(),
+                    glob::Pattern::new(b).unwrap(),
+                );
+                let witness = names.iter().find(|n| pa.matches(n) && pb.matches(n));
+                let meet = globs_meet(a, b);
+                if let Some(w) = witness {
+                    assert!(meet, "{a} / {b}: {w:?} matches both");
+                } else if !a.contains("**") && !b.contains("**") {
+                    assert!(!meet, "{a} / {b}: no name matches both");
+                }
+            }
+        }
+    }
+
     #[test]
     fn rules_that_can_take_one_task_may_not_contradict() {
         let rules = |text: &str| -> Vec<Rule> {
@@ -794,13 +857,26 @@ mod tests {
         ] {
             assert_eq!(check_contradictions(&rules(fine)), Ok(()), "{fine}");
         }
-        // Nested cgroups take the same tasks.
+        // Nested cgroups take the same tasks: their task attributes may not differ, their
+        // cpusets (a whole cgroup's cpus and mems) may.
         assert!(
             check_contradictions(&rules(
                 "[[pin]]\ncgroup = \"/a\"\nnice = 1\n[[pin]]\ncgroup = \"/a/b\"\nnice = 2\n"
             ))
             .is_err()
         );
+        assert_eq!(
+            check_contradictions(&rules(
+                "[[pin]]\ncgroup = \"/m\"\ncpus = \"0-3\"\nmems = \"0\"\n[[pin]]\ncgroup = \"/m/vm1\"\ncpus = \"2-3\"\nmems = \"1\"\n"
+            )),
+            Ok(())
+        );
+        // One selector twice: merge them (the later would replace the earlier whole).
+        let twice = check_contradictions(&rules(
+            "[[pin]]\ncomm = \"x\"\ncpus = \"1\"\n[[pin]]\ncomm = \"x\"\nnice = 5\n",
+        ))
+        .unwrap_err();
+        assert!(twice.contains("a second rule for comm=\"x\""), "{twice}");
     }
 
     /// Cgroup and unit selectors: what they take, what is whole (placed through the

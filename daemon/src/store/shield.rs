@@ -280,12 +280,22 @@ pub fn add_irqs(conn: &mut Connection, rows: &[Saved<String>]) -> rusqlite::Resu
     tx.commit()
 }
 
-/// An IRQ whose affinity the kernel would not change (a managed one): journaled as left
-/// alone (`written` its original), so neither a lowering nor a verify takes it for moved.
-pub fn irq_left_alone(conn: &Connection, path: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE shield_irq SET written = original WHERE path = ?1")?
-        .execute([path])?;
-    Ok(())
+/// IRQs whose affinity the kernel would not change (managed ones): journaled as left alone
+/// (`written` their original), so neither a lowering nor a verify takes them for moved.
+/// One commit for all of them.
+pub fn irqs_left_alone(conn: &mut Connection, paths: &[&str]) -> rusqlite::Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    {
+        let mut update =
+            tx.prepare_cached("UPDATE shield_irq SET written = original WHERE path = ?1")?;
+        for path in paths {
+            update.execute([path])?;
+        }
+    }
+    tx.commit()
 }
 
 /// The journaled IRQ affinities, and whether the list is complete (every IRQ present when

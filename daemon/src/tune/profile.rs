@@ -802,21 +802,21 @@ impl ProfileSet {
     }
 
     /// Marks broken every profile whose pin rules or partition name CPUs (or memory
-    /// nodes) this host does not have, `online` and `nodes`: checked at load with the rest
-    /// of the profile, so `profile list` says so before anyone applies it (the apply checks
-    /// again, as the host may have changed).
+    /// nodes) this host does not have, `online` and `nodes` (those it has, online or not):
+    /// checked at load with the rest of the profile, so `profile list` says so before
+    /// anyone applies it (the apply checks the online ones).
     pub fn on_host(mut self, online: &BTreeSet<u32>, nodes: &BTreeSet<u32>) -> Self {
         for entry in self.entries.values_mut() {
             let Ok(p) = &entry.profile else {
                 continue;
             };
             let pins = p.pins.iter().find_map(|r| {
-                crate::pin::rule::missing_cpus(r, online)
-                    .or_else(|| crate::pin::rule::missing_nodes(r, nodes))
+                crate::pin::rule::missing_cpus(r, online, "it has")
+                    .or_else(|| crate::pin::rule::missing_nodes(r, nodes, "it has"))
             });
             let partition = p.settings.values().find_map(|s| match &s.setting {
                 Setting::Partition(cpus) if !cpus.is_subset(online) => Some(format!(
-                    "{}: key `partition.isolated`: CPUs {} do not exist on this host (online: {})",
+                    "{}: key `partition.isolated`: CPUs {} do not exist on this host (it has: {})",
                     s.source_text(),
                     format_cpu_list(&cpus.difference(online).copied().collect()),
                     format_cpu_list(online)

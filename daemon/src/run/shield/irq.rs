@@ -105,22 +105,26 @@ pub(super) fn irqs_off(
         })
         .collect();
     journal::add_irqs(conn, &rows)?;
+    let mut unmovable = Vec::new();
     for (path, mask, _, reduced) in irqs.iter().filter(|(_, _, o, r)| o != r) {
         if write_irq(host, path, *mask, reduced).is_ok() {
             raised.irqs_moved += 1;
         } else {
             raised.irqs_unmovable += 1;
-            journal::irq_left_alone(conn, path)?;
+            unmovable.push(path.as_str());
         }
     }
-    Ok(())
+    journal::irqs_left_alone(conn, &unmovable)
 }
 
-/// IRQ affinity files the shield moved that no longer have what it wrote (someone, or the
-/// kernel for a CPU that went, changed them since): each path with the shield's value and
-/// the current one.
+/// IRQ affinity files the shield moved off its CPUs that are allowed on them again (someone
+/// changed them since; a move among the other CPUs, as irqbalance makes, is not drift):
+/// each path with the shield's value and the current one.
 pub fn drifted_irqs(host: &Host, conn: &Connection) -> Vec<(String, String, String)> {
-    let Ok((rows, _)) = journal::irqs(conn) else {
+    let (Ok((rows, _)), Ok(Some(meta))) = (journal::irqs(conn), journal::meta(conn)) else {
+        return Vec::new();
+    };
+    let Ok(shielded) = parse_cpu_list(&meta.shielded) else {
         return Vec::new();
     };
     rows.into_iter()
@@ -133,7 +137,7 @@ pub fn drifted_irqs(host: &Host, conn: &Connection) -> Vec<(String, String, Stri
                 parse_cpu_list(&text).ok()?
             };
             let now = format_cpu_list(&current);
-            (parse_cpu_list(&r.written).ok()? != current).then_some((r.key, r.written, now))
+            (!current.is_disjoint(&shielded)).then_some((r.key, r.written, now))
         })
         .collect()
 }
