@@ -5,18 +5,8 @@
 #       ../shared/tools/vm run --share "$PWD" -- bash tests/vm/boot.sh target/debug
 # The VM boots its kernel directly (no boot loader to write to), so the boot-loader knob
 # is unsupported here; what this checks is verify's reading of the running kernel.
-set -uo pipefail
-bin=$(realpath "${1:-target/debug}")
-passed=0 failed=0
-check() { # check NAME CONDITION...
-    local name=$1; shift
-    if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
-}
-# The daemon in a leaf of the service's cgroup, this script in another (as tests/vm/v2.sh).
-svc=/sys/fs/cgroup$(awk -F: '$1 == "0" {print $3}' /proc/self/cgroup)
-mkdir -p "$svc/script" "$svc/cleanroomd"
-for p in $(cat "$svc/cgroup.procs"); do echo "$p" > "$svc/script/cgroup.procs" 2>/dev/null; done
-for c in $(cat "$svc/cgroup.controllers"); do echo "+$c" > "$svc/cgroup.subtree_control"; done
+source "$(dirname "$0")/lib.sh" "$@"
+leaves
 work=$(mktemp -d)
 chmod 755 "$work"
 mkdir -p "$work/profiles"

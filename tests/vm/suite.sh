@@ -4,18 +4,8 @@
 # time), as root in a Delegate=yes service:
 #   ../shared/tools/vm run --cpus 3 --share "$PWD" -- bash tests/vm/suite.sh target/debug
 # Uses the binaries built on the host. Prints one line per check and "N passed, N failed".
-set -uo pipefail
-bin=$(realpath "${1:-target/debug}")
-passed=0 failed=0
-check() { # check NAME CONDITION...
-    local name=$1; shift
-    if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
-}
-# A leaf for this script and one for the daemon, as tests/vm/v2.sh makes them.
-svc=/sys/fs/cgroup$(awk -F: '$1 == "0" {print $3}' /proc/self/cgroup)
-mkdir -p "$svc/script" "$svc/cleanroomd"
-for p in $(cat "$svc/cgroup.procs"); do echo "$p" > "$svc/script/cgroup.procs" 2>/dev/null; done
-for c in $(cat "$svc/cgroup.controllers"); do echo "+$c" > "$svc/cgroup.subtree_control" 2>/dev/null; done
+source "$(dirname "$0")/lib.sh" "$@"
+leaves
 
 work=$(mktemp -d)
 chmod 755 "$work"

@@ -3,26 +3,14 @@
 # as PID 1, pure cgroup v2), as root in a Delegate=yes service:
 #   ../shared/tools/vm run --share "$PWD" -- bash tests/vm/v2.sh target/debug
 # Uses the binaries built on the host. Prints one line per check and "N passed, N failed".
-set -uo pipefail
-bin=$(realpath "${1:-target/debug}")
-passed=0 failed=0
-check() { # check NAME CONDITION...
-    local name=$1; shift
-    if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
-}
+source "$(dirname "$0")/lib.sh" "$@"
 # field NAME: the value of a top-level scalar field of the JSON object on stdin (the VM has
 # no python or jq; cleanroomctl --json prints one compact object).
 field() { grep -o "\"$1\":[^,}]*" | head -n1 | cut -d: -f2- | tr -d '"'; }
 
 # The service's cgroup may not hold processes once controllers are enabled for its
 # children: this script goes to a leaf of its own, the daemon to another.
-svc=/sys/fs/cgroup$(awk -F: '$1 == "0" {print $3}' /proc/self/cgroup)
-mkdir -p "$svc/script" "$svc/cleanroomd"
-# Every process of the service (the harness's shell too) moves to the script's leaf.
-for p in $(cat "$svc/cgroup.procs"); do echo "$p" > "$svc/script/cgroup.procs" 2>/dev/null; done
-for c in $(cat "$svc/cgroup.controllers"); do
-    echo "+$c" > "$svc/cgroup.subtree_control" || echo "cannot enable $c for the daemon" >&2
-done
+leaves
 echo "service cgroup $svc: controllers for children: $(cat "$svc/cgroup.subtree_control")"
 
 work=$(mktemp -d)
