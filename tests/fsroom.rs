@@ -737,6 +737,24 @@ fn collect_stops_at_its_bounds_on_files_and_entries() {
             .count(),
         10_000
     );
+    // 70 directories deep: looked into 64 deep, and said so.
+    let out = collect_run(
+        &d,
+        (&["--json"], &[]),
+        "/var/tmp/**/f",
+        &into,
+        "cd /var/tmp && for i in $(seq 70); do mkdir d && cd d; done && echo x > f && \
+         echo y > /var/tmp/d/f",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let c = &cleanroom::runs::json_of(&out)["collected"];
+    assert_eq!(c["files"], 1, "the shallow one alone: {c}");
+    assert!(
+        c["errors"]
+            .to_string()
+            .contains("more than 64 directories deep, not looked into"),
+        "{c}"
+    );
 }
 
 /// A child process killed and reaped when the test ends, however it ends.
